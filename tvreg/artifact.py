@@ -1,0 +1,176 @@
+"""The ``.tvskill`` file: one safetensors file holding a manifest and one coded blob per tensor.
+
+Layout (see docs/format.md): a standard safetensors file whose ``__metadata__`` has
+``tvreg.manifest`` (JSON, :class:`~tvreg.manifest.Manifest`) and ``format: tvskill``,
+and whose tensors are 1-D ``U8`` arrays named after the model tensor they encode.
+Any safetensors reader can list it; the header alone tells compatibility; each
+tensor decodes independently (random access), and each blob's SHA-256 is in the
+manifest so a tampered byte is caught when that tensor is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .codecs import get_codec
+from .errors import CorruptArtifact, InvalidManifest
+from .fsutil import disk_errors, fsync_dir, make_temp
+from .manifest import Manifest, TensorEntry
+from .safetensors_io import SafetensorsFile, build_header
+
+MANIFEST_KEY = "tvreg.manifest"
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a whole file, read in 8 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class ArtifactWriter:
+    """Write a ``.tvskill`` atomically while tensors arrive one at a time.
+
+    Blobs stream into a temporary body file beside the output; :meth:`finish` writes
+    the header (now that every size is known) followed by the body into another
+    temporary file, fsyncs it and renames it into place. Nothing appears at ``path``
+    unless the whole artifact was written.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest = manifest
+        self._entries: dict[str, TensorEntry] = {}
+        self._order: list[str] = []
+        fd, self._body_path = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent
+        )
+        self._body = os.fdopen(fd, "wb")
+
+    def add(
+        self, name: str, data: bytes, *, codec: str, shape: tuple[int, ...], dtype: str, params: dict
+    ) -> None:
+        if name in self._entries:
+            raise ValueError(f"tensor `{name}` added twice")
+        with disk_errors(self.path):
+            self._body.write(data)
+        self._entries[name] = TensorEntry(
+            codec=codec,
+            shape=tuple(shape),
+            dtype=dtype,
+            stored_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            params=params,
+        )
+        self._order.append(name)
+
+    def finish(self) -> Manifest:
+        manifest = replace(self.manifest, tensors=dict(self._entries))
+        head, _ = build_header(
+            [(n, "U8", (self._entries[n].stored_bytes,)) for n in self._order],
+            {MANIFEST_KEY: manifest.to_json(), "format": "tvskill"},
+        )
+        fd, tmp = make_temp(self.path.parent, self.path.name)
+        try:
+            with disk_errors(self.path):
+                self._body.close()
+                with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
+                    out.write(head)
+                    shutil.copyfileobj(body, out, 8 * 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            self.abort()
+        return manifest
+
+    def abort(self) -> None:
+        self._body.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._body_path)
+
+
+class Artifact:
+    """An opened ``.tvskill``: its manifest at once, tensors decoded on demand.
+
+    Raises:
+        CorruptArtifact: the file is not a valid tvskill (bad header, blob sizes).
+        InvalidManifest: the manifest is missing or malformed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+            raise CorruptArtifact(
+                f"`{self.path}` is a pickle file, not a tvreg skill; tvreg never unpickles."
+            )
+        self._file = SafetensorsFile(self.path, error=CorruptArtifact)
+        text = self._file.metadata.get(MANIFEST_KEY)
+        if text is None:
+            self._file.close()
+            raise InvalidManifest(
+                f"`{self.path}` has no tvreg manifest; it is not a skill artifact.",
+                hints=["build one with `tvreg build`"],
+            )
+        self.manifest = Manifest.from_json(text, where=str(self.path))
+        blobs = {n: i for n, i in self._file.tensors.items()}
+        for name, entry in self.manifest.tensors.items():
+            info = blobs.get(name)
+            if info is None or info.dtype != "U8" or info.nbytes != entry.stored_bytes:
+                self._file.close()
+                raise CorruptArtifact(
+                    f"`{self.path}` lacks the stored data of tensor `{name}` its manifest lists."
+                )
+            get_codec(entry.codec)
+        extra = sorted(set(blobs) - set(self.manifest.tensors))
+        if extra:
+            self._file.close()
+            raise CorruptArtifact(
+                f"`{self.path}` holds tensor `{extra[0]}`, which its manifest does not list."
+            )
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._file.size
+
+    def decode(self, name: str) -> torch.Tensor:
+        """Decode one tensor to float32, verifying its digest first.
+
+        Raises:
+            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
+        """
+        entry = self.manifest.tensors[name]
+        data = self._file.read_bytes(name)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise CorruptArtifact(
+                f"tensor `{name}` in `{self.path}` is corrupt: its data hashes to sha256:{digest[:12]}…, "
+                f"the manifest says sha256:{entry.sha256[:12]}….",
+                hints=["download or rebuild the skill"],
+            )
+        return get_codec(entry.codec).decode(
+            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
+        )
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

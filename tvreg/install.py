@@ -1,0 +1,396 @@
+"""Install skills into a model environment: stream pristine G and each τ, merge, write, swap.
+
+The pipeline, per tensor of G in storage order: read G's tensor, decode every skill's
+τ for it, merge in float32 (:mod:`tvreg.merge`), round once to G's dtype, hash and
+write it into a staged copy of the model directory. A few tensors are in flight at
+once across threads; nothing holds a whole model. When every shard is written and
+fsynced, the staged directory and the model directory are swapped in one atomic
+rename, so a crash at any moment leaves the old model or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .artifact import Artifact, file_digest
+from .checkpoint import INDEX_NAME, Checkpoint
+from .environment import init_environment, lock_model, require_lock, row_extension
+from .errors import (
+    IncompatibleBase,
+    InstallInterrupted,
+    ModelEnvironmentError,
+    TensorMismatch,
+    WeightError,
+)
+from .faults import crash_point
+from .fingerprint import fingerprint_of_hashes, remember, short, tensor_hashes
+from .fsutil import disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
+from .lockfile import LOCK_NAME, Lock, LockedSkill, write_lock
+from .merge import task_arithmetic
+from .pipeline import ordered_map
+from .progress import NULL_PROGRESS, Progress
+from .safetensors_io import SafetensorsWriter
+from .store import artifact_path, keep_artifact
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What an install did: the locked skill set, the new weights' fingerprint, notes for the user."""
+
+    model_dir: Path
+    skills: tuple[LockedSkill, ...]
+    output_fingerprint: str
+    notes: tuple[str, ...]
+    bytes_written: int
+    seconds: float
+    dry_run: bool = False
+
+
+@dataclass
+class _Skill:
+    artifact: Artifact
+    digest: str
+    weight: float
+    weight_source: str
+    source: str = ""
+
+
+def _staging_dirs(model_dir: Path) -> list[str]:
+    return glob.glob(str(model_dir.parent / f".{glob.escape(model_dir.name)}.tvreg-*.staging"))
+
+
+def _clean_stale_staging(model_dir: Path) -> None:
+    """Remove staging trees left by killed installs (their PID is gone)."""
+    for path in _staging_dirs(model_dir):
+        pid = path.rsplit(".tvreg-", 1)[1].split("-", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _default_weight(artifact: Artifact, lock: Lock, model_dir: Path) -> tuple[float, str]:
+    m = artifact.manifest
+    if m.dataset_size is None:
+        raise WeightError(
+            f"skill `{m.label}` does not record its dataset size |D|, so its default weight |D|/|G| is unknown.",
+            hints=[f"pass `--weight {m.name}=0.3` (any ω you choose)"],
+        )
+    if lock.general_size is None:
+        raise WeightError(
+            f"the size of the general model's instruction-tuning set |G| is unknown for `{model_dir}`, "
+            f"so the default weight of `{m.name}` (|D|/|G|) cannot be computed.",
+            hints=[
+                f"pass `--general-size N` (or run `tvreg init {model_dir} --general-size N`)",
+                f"or give the weight explicitly: `--weight {m.name}=0.3`",
+            ],
+        )
+    if m.dataset_unit != lock.general_size_unit:
+        raise WeightError(
+            f"skill `{m.label}` counts |D| in {m.dataset_unit} but |G| of `{model_dir}` is in "
+            f"{lock.general_size_unit}; the ratio would be meaningless.",
+            hints=[f"give the weight explicitly: `--weight {m.name}=0.3`"],
+        )
+    return m.dataset_size / lock.general_size, f"|D|/|G| = {m.dataset_size}/{lock.general_size}"
+
+
+def _check_compatible(artifact: Artifact, lock: Lock) -> None:
+    m = artifact.manifest
+    want = lock.base_fingerprint if m.kind == "task_vector" else lock.general_fingerprint
+    what = "base model" if m.kind == "task_vector" else "general model"
+    if m.base_fingerprint != want:
+        raise IncompatibleBase(
+            f"skill `{m.label}` was built for base {short(m.base_fingerprint)}, but this model's {what} "
+            f"is {short(want)}.",
+            expected=want,
+            found=m.base_fingerprint,
+            hints=[
+                "build the skill from the same pretrained model that this model environment was initialised with"
+            ],
+        )
+
+
+def _check_tensors(skills: Sequence[_Skill], general: Checkpoint) -> list[str]:
+    notes: list[str] = []
+    extended: dict[str, int] = {}
+    for skill in skills:
+        label = skill.artifact.manifest.label
+        for name, entry in skill.artifact.manifest.tensors.items():
+            if name not in general:
+                raise TensorMismatch(
+                    f"skill `{label}` changes tensor `{name}`, which the general model does not have.",
+                    tensor=name,
+                )
+            info = general.info(name)
+            extra = row_extension(entry.shape, info.shape)
+            if extra is None or not info.is_float:
+                raise TensorMismatch(
+                    f"skill `{label}` has tensor `{name}` with shape {list(entry.shape)}, "
+                    f"but the general model's is {list(info.shape)} {info.dtype}.",
+                    tensor=name,
+                )
+            if extra:
+                extended[name] = extra
+    for name, extra in sorted(extended.items()):
+        rows = general.info(name).shape[0]
+        notes.append(
+            f"`{name}`: skills applied to the first {rows - extra} rows; the general model's "
+            f"{extra} extra rows (added tokens) are unchanged."
+        )
+    return notes
+
+
+def _open_skills(
+    paths: Sequence[str | os.PathLike[str]], lock: Lock, weights: Mapping[str, float], model_dir: Path
+) -> list[_Skill]:
+    """The final skill set: locked skills, with the new ones added or replacing same-named ones."""
+    new: dict[str, _Skill] = {}
+    opened: list[Artifact] = []
+    try:
+        for path in paths:
+            art = Artifact(path)
+            opened.append(art)
+            name = art.manifest.name
+            if name in new:
+                raise ModelEnvironmentError(
+                    f"skill `{name}` is given twice (`{new[name].artifact.path}` and `{path}`)."
+                )
+            _check_compatible(art, lock)
+            new[name] = _Skill(art, "", 0.0, "", str(Path(path).resolve()))
+        final: list[_Skill] = []
+        for locked in lock.skills:
+            if locked.name in new:
+                continue
+            stored = artifact_path(locked.digest)
+            if not stored.is_file():
+                raise ModelEnvironmentError(
+                    f"the artifact of installed skill `{locked.name}@{locked.version}` is missing from the "
+                    f"local store (`{stored}`).",
+                    hints=[f"reinstall it: `tvreg install {locked.artifact} --into {model_dir}`"],
+                )
+            art = Artifact(stored)
+            opened.append(art)
+            final.append(_Skill(art, locked.digest, locked.weight, locked.weight_source, locked.artifact))
+        final.extend(new.values())
+        names = {s.artifact.manifest.name for s in final}
+        for name in sorted(set(weights) - names):
+            raise WeightError(f"`--weight {name}=...` names a skill that is not being installed.")
+        for skill in final:
+            name = skill.artifact.manifest.name
+            if name in weights:
+                skill.weight, skill.weight_source = float(weights[name]), "user"
+            elif name in new:
+                skill.weight, skill.weight_source = _default_weight(skill.artifact, lock, model_dir)
+        return final
+    except BaseException:
+        for art in opened:
+            art.close()
+        raise
+
+
+def _stage_other_files(model_dir: Path, staging: Path, weight_names: set[str]) -> None:
+    """Hard-link everything but the weights and lockfile into the staged tree (no copies)."""
+    for entry in os.scandir(model_dir):
+        if entry.name in weight_names or entry.name == LOCK_NAME:
+            continue
+        if entry.name.endswith(".safetensors") or entry.name == INDEX_NAME:
+            continue
+        src, dst = Path(entry.path), staging / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        else:
+            link_or_copy(src, dst)
+
+
+def _write_weights(
+    general: Checkpoint,
+    skills: Sequence[_Skill],
+    staging: Path,
+    known_hashes: Mapping[str, tuple[str, list[int], str]],
+    progress: Progress,
+) -> tuple[dict[str, tuple[str, list[int], str]], dict[str, dict]]:
+    touched = {name for s in skills for name in s.artifact.manifest.tensors}
+
+    def merged(name: str) -> tuple[str, torch.Tensor | bytes, str]:
+        info = general.info(name)
+        if name not in touched:
+            return name, general.read(name), known_hashes[name][2]
+        crash_point("install:decode")
+        deltas = [(s.weight, s.artifact.decode(name)) for s in skills if name in s.artifact.manifest.tensors]
+        out = task_arithmetic(general.read(name), deltas, out_dtype=info.torch_dtype)
+        raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
+        return name, out, hashlib.sha256(raw).hexdigest()
+
+    hashes: dict[str, tuple[str, list[int], str]] = {}
+    per_file: dict[str, dict] = {}
+    progress.task("Merging and writing weights", general.total_bytes)
+    workers = max(1, min(3, os.cpu_count() or 1))
+    names = general.names()
+    stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
+    for handle in general.handles:
+        target = staging / handle.path.name
+        entries = [(n, i.dtype, i.shape) for n, i in handle.tensors.items()]
+        metadata = dict(handle.metadata)
+        metadata.setdefault("format", "pt")
+        file_hashes: dict[str, tuple[str, list[int], str]] = {}
+        with disk_errors(target, general.total_bytes), open(target, "wb") as f:
+            writer = SafetensorsWriter(f, entries, metadata)
+            for expected in handle.tensors:
+                name, tensor, digest = next(stream)
+                assert name == expected
+                writer.write(name, tensor)
+                info = handle.tensors[name]
+                file_hashes[name] = (info.dtype, list(info.shape), digest)
+                progress.advance(info.nbytes)
+                crash_point("install:write")
+            writer.finish()
+        hashes.update(file_hashes)
+        per_file[handle.path.name] = file_hashes
+    progress.done()
+    return hashes, per_file
+
+
+def install(
+    skills: Sequence[str | os.PathLike[str]],
+    *,
+    into: str | os.PathLike[str],
+    weights: Mapping[str, float] | None = None,
+    base: str | os.PathLike[str] | None = None,
+    base_fingerprint: str | None = None,
+    general_size: int | None = None,
+    dry_run: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> InstallResult:
+    """Install skill artifacts into a model environment: θ = θ_G + Σ_k ω_k τ_k.
+
+    The set installed is the skills already in ``tvreg.lock`` plus ``skills`` (a skill
+    of the same name replaces the locked one), always recomputed from pristine G, so
+    installing twice or in another order gives identical bytes.
+
+    Args:
+        skills: ``.tvskill`` paths.
+        into: the model environment (a model directory of G).
+        weights: ω per skill name, overriding the default |D|/|G|.
+        base, base_fingerprint, general_size: initialise the environment on the fly
+            (see :func:`~tvreg.environment.init_environment`).
+        dry_run: check everything and return the plan without writing.
+
+    Returns:
+        An :class:`InstallResult`.
+
+    Raises:
+        IncompatibleBase: a skill was built for another base; checked before any tensor data is read.
+        TensorMismatch: a skill's tensor is missing from G or has another shape.
+        WeightError: ω cannot be determined.
+        InstallInterrupted / DiskFull: the model directory is unchanged.
+    """
+    started = time.monotonic()
+    model_dir = Path(into)
+    if not model_dir.is_dir():
+        raise ModelEnvironmentError(f"`{model_dir}` is not a directory.")
+    if base is not None or base_fingerprint is not None or general_size is not None:
+        init_environment(
+            model_dir,
+            base=base,
+            base_fingerprint=base_fingerprint,
+            general_size=general_size,
+            progress=progress,
+        )
+    model_dir = model_dir.resolve()
+    with lock_model(model_dir):
+        lock = require_lock(model_dir)
+        _clean_stale_staging(model_dir)
+        final = _open_skills(skills, lock, weights or {}, model_dir)
+        staging: Path | None = None
+        try:
+            general = Checkpoint.open(lock.pristine)
+            try:
+                known = tensor_hashes(general, progress=progress)
+                if fingerprint_of_hashes(known) != lock.general_fingerprint:
+                    raise ModelEnvironmentError(
+                        f"the pristine copy of the general model at `{lock.pristine}` no longer matches "
+                        f"fingerprint {short(lock.general_fingerprint)}.",
+                        hints=["run `tvreg init` again on an untouched copy of the general model"],
+                    )
+                notes = _check_tensors(final, general)
+                for skill in final:
+                    if not skill.digest:
+                        skill.digest = file_digest(skill.artifact.path)
+                locked = tuple(
+                    LockedSkill(
+                        name=s.artifact.manifest.name,
+                        version=s.artifact.manifest.version,
+                        digest=s.digest,
+                        artifact=s.source,
+                        weight=s.weight,
+                        weight_source=s.weight_source,
+                        dataset_size=s.artifact.manifest.dataset_size,
+                        dataset_unit=s.artifact.manifest.dataset_unit,
+                    )
+                    for s in final
+                )
+                if dry_run:
+                    return InstallResult(
+                        model_dir, locked, "", tuple(notes), 0, time.monotonic() - started, True
+                    )
+                for skill in final:
+                    keep_artifact(skill.artifact.path, skill.digest)
+                needed = general.total_bytes + (1 << 20)
+                if free_bytes(model_dir.parent) < needed:
+                    with disk_errors(model_dir, needed):
+                        raise OSError(28, "No space left on device")
+                staging = model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
+                staging.mkdir()
+                weight_names = {p.name for p in general.files}
+                with disk_errors(staging):
+                    _stage_other_files(model_dir, staging, weight_names)
+                hashes, per_file = _write_weights(general, final, staging, known, progress)
+                if general.is_sharded:
+                    with disk_errors(staging):
+                        shutil.copyfile(Path(lock.pristine) / INDEX_NAME, staging / INDEX_NAME)
+                output_fp = fingerprint_of_hashes(hashes)
+                new_lock = replace(
+                    lock,
+                    skills=locked,
+                    output_fingerprint=output_fp,
+                    notes=tuple(notes),
+                    tvreg_version=__version__,
+                )
+                write_lock(staging, new_lock)
+                fsync_dir(staging)
+            finally:
+                general.close()
+            crash_point("install:before-swap")
+            swap_directories(model_dir, staging)
+            crash_point("install:after-swap")
+            old, staging = staging, None
+            shutil.rmtree(old, ignore_errors=True)
+            for fname, entries in per_file.items():
+                remember(model_dir / fname, entries)
+        except KeyboardInterrupt:
+            raise InstallInterrupted(f"install interrupted; `{model_dir}` is unchanged.") from None
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            for skill in final:
+                skill.artifact.close()
+    return InstallResult(
+        model_dir, locked, output_fp, tuple(notes), general.total_bytes, time.monotonic() - started
+    )

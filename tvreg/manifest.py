@@ -1,0 +1,151 @@
+"""What a skill is: the manifest stored in every artifact's header.
+
+The manifest is JSON under the ``tvreg.manifest`` key of the safetensors
+``__metadata__``, so reading the header alone answers "is this skill compatible
+with my model?" without touching tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+import semver
+
+from .errors import InvalidManifest, InvalidName
+
+FORMAT_VERSION = 1
+SKILL_KINDS = ("task_vector", "delta_from_general")
+DATASET_UNITS = ("examples", "tokens")
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,98}[a-z0-9])?$")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe skill name, else raise :class:`InvalidName`.
+
+    Names are lowercase ASCII letters, digits, ``-``, ``_`` and ``.``, start and end
+    with a letter or digit, and are at most 100 characters: they become file and URL
+    path segments, so ``..``, slashes, NUL and look-alike Unicode are refused here.
+    """
+    if not isinstance(name, str) or unicodedata.normalize("NFKC", name) != name or not _NAME_RE.match(name):
+        raise InvalidName(
+            f"invalid skill name {name!r}: use lowercase letters, digits, '-', '_' and '.', "
+            "starting and ending with a letter or digit.",
+        )
+    if ".." in name:
+        raise InvalidName(f"invalid skill name {name!r}: it may not contain '..'.")
+    return name
+
+
+def validate_version(version: str) -> str:
+    """Return ``version`` if it is a valid semantic version (``1.2.3``, ``2.0.0-beta.1``)."""
+    try:
+        semver.Version.parse(version)
+    except (ValueError, TypeError):
+        raise InvalidName(f"invalid version {version!r}: use semantic versioning such as `1.0.0`.") from None
+    return version
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """How one tensor is stored: codec, the base tensor's shape/dtype, and stored bytes' digest."""
+
+    codec: str
+    shape: tuple[int, ...]
+    dtype: str
+    stored_bytes: int
+    sha256: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything tvreg knows about a skill version.
+
+    ``base_fingerprint`` is the fingerprint of θ_pre for ``kind="task_vector"`` (or of
+    the general model for ``delta_from_general``). ``dataset_size`` is |D|, used for the
+    default merge weight |D|/|G|.
+    """
+
+    name: str
+    version: str
+    base_fingerprint: str
+    kind: str = "task_vector"
+    dataset_size: int | None = None
+    dataset_unit: str = "examples"
+    description: str = ""
+    license: str | None = None
+    source: dict = field(default_factory=dict)
+    created_by: str = ""
+    format_version: int = FORMAT_VERSION
+    tensors: dict[str, TensorEntry] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["tensors"] = {k: {**asdict(v), "shape": list(v.shape)} for k, v in sorted(self.tensors.items())}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str) -> Manifest:
+        """Parse and validate a manifest; ``where`` names the artifact in errors."""
+
+        def bad(what: str) -> InvalidManifest:
+            return InvalidManifest(f"the manifest of `{where}` is invalid: {what}.")
+
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise bad(f"not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise bad("not a JSON object")
+        fmt = data.get("format_version")
+        if fmt != FORMAT_VERSION:
+            raise InvalidManifest(
+                f"`{where}` uses tvreg format version {fmt!r}; this tvreg reads version {FORMAT_VERSION}.",
+                hints=["upgrade tvreg"],
+            )
+        for key, typ in (("name", str), ("version", str), ("base_fingerprint", str), ("kind", str)):
+            if not isinstance(data.get(key), typ):
+                raise bad(f"field `{key}` is missing or not a {typ.__name__}")
+        try:
+            validate_name(data["name"])
+            validate_version(data["version"])
+        except InvalidName as exc:
+            raise bad(exc.message.rstrip(".")) from exc
+        if not re.fullmatch(r"[0-9a-f]{64}", data["base_fingerprint"]):
+            raise bad("`base_fingerprint` is not 64 hex digits")
+        if data["kind"] not in SKILL_KINDS:
+            raise bad(f"unknown kind `{data['kind']}`")
+        size = data.get("dataset_size")
+        if size is not None and (type(size) is not int or size <= 0):
+            raise bad("`dataset_size` must be a positive integer")
+        if data.get("dataset_unit", "examples") not in DATASET_UNITS:
+            raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
+        tensors_raw = data.get("tensors")
+        if not isinstance(tensors_raw, dict):
+            raise bad("`tensors` is missing")
+        tensors: dict[str, TensorEntry] = {}
+        for name, entry in tensors_raw.items():
+            try:
+                t = TensorEntry(
+                    codec=entry["codec"],
+                    shape=tuple(entry["shape"]),
+                    dtype=entry["dtype"],
+                    stored_bytes=entry["stored_bytes"],
+                    sha256=entry["sha256"],
+                    params=entry.get("params", {}),
+                )
+            except (KeyError, TypeError) as exc:
+                raise bad(f"tensor `{name}` entry lacks {exc}") from exc
+            if not all(type(d) is int and d >= 0 for d in t.shape) or type(t.stored_bytes) is not int:
+                raise bad(f"tensor `{name}` has an invalid shape or size")
+            tensors[name] = t
+        known = {f for f in cls.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in known and k != "tensors"}
+        return cls(**fields, tensors=tensors)
