@@ -229,15 +229,18 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     Nothing in the library is changed on disk: functions are replaced in this process only.
     """
     import hashlib
+    import importlib
     import threading
     import types
 
-    import tvreg.artifact as art_mod
-    import tvreg.codecs.exact as exact_mod
-    import tvreg.codecs.zstd_frame as zstd_mod
-    import tvreg.install as inst
-    import tvreg.safetensors_io as sio
-    from tvreg.checkpoint import Checkpoint
+    # import_module, not `import tvreg.install as inst`: the package re-exports a function
+    # called `install`, which `import a.b as c` would return instead of the module.
+    art_mod = importlib.import_module("tvreg.artifact")
+    exact_mod = importlib.import_module("tvreg.codecs.exact")
+    zstd_mod = importlib.import_module("tvreg.codecs.zstd_frame")
+    inst = importlib.import_module("tvreg.install")
+    sio = importlib.import_module("tvreg.safetensors_io")
+    Checkpoint = importlib.import_module("tvreg.checkpoint").Checkpoint
 
     totals: dict[str, list[float]] = {}
     guard = threading.Lock()

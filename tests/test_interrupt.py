@@ -1,0 +1,143 @@
+"""Killing, interrupting or starving an install leaves the model exactly as it was (or fully new)."""
+
+from __future__ import annotations
+
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import copy_model, subprocess_env, tree_digest
+
+from tvreg.build import build_skill
+from tvreg.environment import init_environment
+from tvreg.fingerprint import fingerprint
+from tvreg.install import install
+from tvreg.lockfile import read_lock
+
+
+@pytest.fixture
+def setup(family, tmp_path):
+    skill = build_skill(
+        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
+        version="1.0.0", dataset_size=3000,
+    ).path  # fmt: skip
+    model = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(model, base=family.pre, general_size=10000)
+    return model, skill
+
+
+def _cli(*args, fault=None, preexec=None):
+    env = subprocess_env()
+    if fault:
+        env["TVREG_FAULT"] = fault
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvreg.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec,
+    )
+
+
+def _staging(model):
+    return list(model.parent.glob(f".{model.name}.tvreg-*.staging"))
+
+
+@pytest.mark.parametrize("point", ["install:decode", "install:write", "install:before-swap"])
+def test_kill_before_the_swap_leaves_the_old_model(setup, point):
+    model, skill = setup
+    before = tree_digest(model)
+    proc = _cli("install", str(skill), "--into", str(model), fault=point)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert tree_digest(model) == before
+    assert _staging(model), "the killed install should have left its staging tree behind"
+    res = install([skill], into=model)  # the retry cleans up and succeeds
+    assert not _staging(model)
+    assert res.output_fingerprint == fingerprint(model) == read_lock(model).output_fingerprint
+
+
+def test_kill_right_after_the_swap_leaves_the_complete_new_model(setup):
+    model, skill = setup
+    proc = _cli("install", str(skill), "--into", str(model), fault="install:after-swap")
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    lock = read_lock(model)
+    assert [s.name for s in lock.skills] == ["science"]
+    assert lock.output_fingerprint == fingerprint(model)
+
+
+def test_ctrl_c_mid_write_says_so_and_changes_nothing(setup):
+    model, skill = setup
+    before = tree_digest(model)
+    proc = _cli("install", str(skill), "--into", str(model), fault="install:write:SIGINT")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().startswith("error: install interrupted;") and "is unchanged" in err
+    assert "Traceback" not in err
+    assert tree_digest(model) == before and not _staging(model)
+
+
+def test_kill_at_random_moments_leaves_old_or_new(setup, tmp_path):
+    model, skill = setup
+    before = tree_digest(model)
+    reference = copy_model(model, tmp_path / "reference")
+    # The reference must carry the same absolute artifact path into its lock: install it in place of mymodel.
+    install([skill], into=reference)
+    ref_lock = read_lock(reference)
+    rng = random.Random(1234)
+    outcomes = set()
+    for _ in range(6):
+        proc = _cli("install", str(skill), "--into", str(model))
+        time.sleep(rng.uniform(0.05, 4.0))
+        proc.kill()
+        proc.communicate(timeout=120)
+        lock = read_lock(model)
+        if lock.skills:
+            outcomes.add("new")
+            assert lock.output_fingerprint == ref_lock.output_fingerprint == fingerprint(model)
+            break
+        outcomes.add("old")
+        assert tree_digest(model) == before
+    assert outcomes
+
+
+def test_full_disk_names_the_path_and_changes_nothing(setup):
+    model, skill = setup
+    install([skill], into=model)
+    before = tree_digest(model)
+    limit = 40_000  # below one shard of the tiny sharded model, above the lockfile
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = _cli("install", "--into", str(model), preexec=small_files)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err.startswith("error: no space left on the device while writing `")
+    assert ".safetensors`" in err and "Traceback" not in err
+    assert tree_digest(model) == before and not _staging(model)
+
+
+def test_a_second_install_names_the_process_holding_the_model(setup):
+    model, skill = setup
+    import fcntl
+    import os
+
+    lock_path = model.parent / f".{model.name}.tvreg.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.pwrite(fd, b"424242", 0)
+    try:
+        proc = _cli("install", str(skill), "--into", str(model))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1
+    assert "is being changed by tvreg process 424242" in err
