@@ -267,3 +267,26 @@ def _rewrite_manifest(src, dst, edit):
             {MANIFEST_KEY: json.dumps(manifest), "format": "tvskill"},
         )
         dst.write_bytes(head + b"".join(f.read_bytes(n) for n in names))
+
+
+def test_general_weights_symlinked_into_the_hf_cache_are_not_copied(family, tmp_path):
+    blobs = tmp_path / "hf-cache" / "blobs"
+    blobs.mkdir(parents=True)
+    model = tmp_path / "mymodel"
+    model.mkdir()
+    for f in family.general.iterdir():
+        if f.suffix == ".safetensors" or f.name.endswith(".index.json"):
+            shutil.copy(f, blobs / f.name)
+            (model / f.name).symlink_to(blobs / f.name)
+        else:
+            shutil.copy(f, model / f.name)
+    blobs_before = tree_digest(blobs)
+    lock = init_environment(model, base=family.pre, general_size=100)
+    from pathlib import Path
+
+    kept = list(Path(lock.pristine).iterdir())
+    assert kept and all(p.is_symlink() and p.resolve().parent == blobs for p in kept)
+    sci, _ = _skills(family, tmp_path)
+    install([sci], into=model)
+    assert not any(p.is_symlink() for p in model.glob("*.safetensors"))
+    assert tree_digest(blobs) == blobs_before, "the HF cache must never be written to"
