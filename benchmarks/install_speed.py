@@ -54,7 +54,7 @@ INIT_STD = 0.02
 NOISE_STD = 1e-3
 SEED = 1234
 ROLES = ("pre", "ft", "general")
-BIG_DIRS = ("models", "copy", "store", "cache", "artifacts")
+BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts")
 TIME_BIN = "/usr/bin/time"
 
 
@@ -304,6 +304,40 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     out_json.write_text(json.dumps({"wall_s": wall, "stages": totals}, indent=2))
 
 
+# --------------------------------------------------------------------------- sanity check
+
+
+SAMPLE_TENSORS = ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight")
+
+
+def verify_sample(dirs: dict[str, Path], weight: float) -> list[str]:
+    """Names of sampled tensors where the installed model differs from bf16(G + ω (ft − pre)).
+
+    Makes sure the benchmark timed a real install. G's original weights are read from the
+    pristine copy tvreg keeps in its store (the lockfile says where).
+    """
+    import torch
+
+    from tvreg.lockfile import read_lock
+    from tvreg.safetensors_io import SafetensorsFile
+
+    def load(directory: Path, name: str) -> torch.Tensor:
+        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        with SafetensorsFile(directory / index["weight_map"][name]) as f:
+            return f.read(name)
+
+    pristine = Path(read_lock(dirs["general"]).pristine)
+    w = torch.tensor(weight, dtype=torch.float32)
+    bad = []
+    for name in SAMPLE_TENSORS:
+        tau = load(dirs["ft"], name).float() - load(dirs["pre"], name).float()
+        expected = (load(pristine, name).float() + tau * w).to(torch.bfloat16)
+        got = load(dirs["general"], name)
+        if got.dtype != torch.bfloat16 or not torch.equal(got.view(torch.int16), expected.view(torch.int16)):
+            bad.append(name)
+    return bad
+
+
 # --------------------------------------------------------------------------- measuring
 
 
@@ -332,10 +366,26 @@ def _parse_time_v(text: str) -> dict:
     return out
 
 
+def machine_busy_s() -> float | None:
+    """Seconds of non-idle CPU time of the whole machine since boot (Linux ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _fmt(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:6.2f}"
+
+
 def run_step(label: str, cmd: list[str], env: dict, logdir: Path, cold: bool) -> dict:
     """Run ``cmd`` as a subprocess; return wall seconds, peak RSS and CPU time."""
     os.sync()  # write-back of earlier steps is not charged to this one
     dropped = drop_caches() if cold else False
+    busy0 = machine_busy_s()  # other work on the machine skews every number: record it
     log = logdir / f"{label}.log"
     timefile = logdir / f"{label}.time"
     use_time = os.access(TIME_BIN, os.X_OK)
@@ -369,11 +419,14 @@ def run_step(label: str, cmd: list[str], env: dict, logdir: Path, cold: bool) ->
     result.setdefault("max_rss_kib", usage.ru_maxrss)
     result["peak_rss_mib"] = result["max_rss_kib"] / 1024
     cpu = result["user_s"] + result["sys_s"]
+    busy1 = machine_busy_s()
+    # CPU time the rest of the machine used meanwhile (other processes, kernel threads).
+    result["other_cpu_s"] = max(0.0, busy1 - busy0 - cpu) if busy0 is not None and busy1 is not None else None
     result["cpu_s"] = cpu
     result["cpu_util"] = cpu / wall if wall > 0 else 0.0
     print(
         f"  {label:<22} {wall:8.2f} s   peak RSS {result['peak_rss_mib']:8.1f} MiB   "
-        f"CPU {cpu:7.2f} s ({result['cpu_util'] * 100:.0f}%)",
+        f"CPU {cpu:7.2f} s ({result['cpu_util'] * 100:.0f}%)   other CPU {_fmt(result['other_cpu_s'])} s",
         flush=True,
     )
     return result
@@ -518,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
                 "startup (import)", [sys.executable, "-c", "import tvreg.cli, tvreg.install"], env, logs, cold
             )
         )
+        scratch_env = {**env, "TVREG_CACHE_DIR": str(workdir / "cache-scratch")}
+        steps.append(
+            run_step("fingerprint pre", [*tv, "fingerprint", str(dirs["pre"])], scratch_env, logs, cold)
+        )
+        shutil.rmtree(workdir / "cache-scratch", ignore_errors=True)
         steps.append(run_step("build (+fingerprint)", build, env, logs, cold))
         steps.append(run_step("build (cached fp)", build, env, logs, cold))
         artifact_bytes = skill.stat().st_size
@@ -551,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(run_step("install #1", install, env, logs, cold))
         steps.append(run_step("install #2", install, env, logs, cold))
         by = {s["step"]: s for s in steps}
+        mismatches = verify_sample(dirs, weight=1000 / 10000)
+        if mismatches:
+            print(
+                f"  WARNING: installed weights differ from bf16(G + 0.1 (ft - pre)) in: {', '.join(mismatches)}"
+            )
+        else:
+            print("  sanity check: sampled installed tensors == bf16(G + 0.1 (ft - pre)) bit for bit")
 
         breakdown = None
         if args.breakdown:
@@ -621,15 +686,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"\n{'step':<22} {'wall s':>9} {'CPU s':>9} {'CPU %':>7} {'peak RSS MiB':>13} {'wall/copy':>10}"
+            f" {'other CPU s':>12}"
         )
         for s in steps:
             print(
                 f"{s['step']:<22} {s['wall_s']:9.2f} {s['cpu_s']:9.2f} {s['cpu_util'] * 100:7.0f} "
-                f"{s['peak_rss_mib']:13.1f} {s['wall_s'] / copy_wall:10.2f}"
+                f"{s['peak_rss_mib']:13.1f} {s['wall_s'] / copy_wall:10.2f} {_fmt(s['other_cpu_s']):>12}"
             )
         print()
         fp_cost = by["build (+fingerprint)"]["wall_s"] - by["build (cached fp)"]["wall_s"]
-        print(f"fingerprinting pre (build #1 − build #2): {fp_cost:.2f} s")
+        fp_alone = by["fingerprint pre"]["wall_s"] - by["startup (import)"]["wall_s"]
+        print(
+            f"fingerprinting pre: build #1 − build #2 = {fp_cost:.2f} s; "
+            f"`tvreg fingerprint pre` − startup = {fp_alone:.2f} s"
+        )
         print(f"install #1 wall / copy wall : {ratios['install#1_wall_over_copy']:.2f}  (target ≤ 3)")
         print(f"install #2 wall / copy wall : {ratios['install#2_wall_over_copy']:.2f}  (target ≤ 3)")
         print(

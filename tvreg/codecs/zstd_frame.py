@@ -8,7 +8,7 @@ import zstandard
 
 from ..errors import CorruptArtifact
 
-_LEVEL = 3
+_LEVEL = 1
 
 
 def compress(data: bytes | memoryview) -> bytes:
