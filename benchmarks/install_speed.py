@@ -242,27 +242,38 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     sio = importlib.import_module("tvreg.safetensors_io")
     Checkpoint = importlib.import_module("tvreg.checkpoint").Checkpoint
 
-    totals: dict[str, list[float]] = {}
+    totals: dict[str, list[float]] = {}  # label -> [wall s, calling-thread CPU s, calls]
+    missing: list[str] = []
     guard = threading.Lock()
 
-    def add(label: str, seconds: float) -> None:
+    def add(label: str, wall: float, cpu: float) -> None:
         with guard:
-            slot = totals.setdefault(label, [0.0, 0])
-            slot[0] += seconds
-            slot[1] += 1
+            slot = totals.setdefault(label, [0.0, 0.0, 0])
+            slot[0] += wall
+            slot[1] += cpu
+            slot[2] += 1
 
     def timed(fn, label):
         def wrapper(*a, **k):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             try:
                 return fn(*a, **k)
             finally:
-                add(label, time.perf_counter() - t)
+                add(label, time.perf_counter() - t, time.thread_time() - c)
 
         return wrapper
 
     def patch(owner, attr, label):
+        # The library changes under this script: skip (and report) what is no longer there.
+        if not hasattr(owner, attr):
+            missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
+            return
         setattr(owner, attr, timed(getattr(owner, attr), label))
+
+    def hashlib_with_timed_sha256(label):
+        ns = {k: getattr(hashlib, k) for k in dir(hashlib) if not k.startswith("__")}
+        ns["sha256"] = timed(hashlib.sha256, label)
+        return types.SimpleNamespace(**ns)
 
     patch(inst, "tensor_hashes", "verify pristine G fingerprint (tensor_hashes)")
     patch(inst, "file_digest", "sha256 of the whole artifact (file_digest)")
@@ -274,13 +285,12 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     patch(Checkpoint, "read", "[worker] read G tensor")
     patch(art_mod.Artifact, "decode", "[worker] Artifact.decode (all)")
     patch(sio.SafetensorsFile, "read_bytes", "[worker]   decode: read blob")
-    art_mod.hashlib = types.SimpleNamespace(
-        sha256=timed(hashlib.sha256, "[worker]   decode: sha256 verify blob")
-    )
+    art_mod.hashlib = hashlib_with_timed_sha256("[worker]   decode: sha256 verify blob")
     patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + unshuffle)")
     patch(zstd_mod, "decompress_into", "[worker]     codec: zstd decompress")
+    patch(exact_mod, "_unshuffle", "[worker]     codec: unshuffle")
     patch(inst, "task_arithmetic", "[worker] task_arithmetic (fp32 merge + round)")
-    inst.hashlib = types.SimpleNamespace(sha256=timed(hashlib.sha256, "[worker] sha256 of merged tensor"))
+    inst.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
     patch(sio.SafetensorsWriter, "write", "[main] SafetensorsWriter.write")
     patch(sio.SafetensorsWriter, "finish", "[main] SafetensorsWriter.finish (fsync)")
     original_map = inst.ordered_map
@@ -288,20 +298,24 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     def waited_map(*a, **k):
         gen = original_map(*a, **k)
         while True:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             try:
                 item = next(gen)
             except StopIteration:
                 return
             finally:
-                add("[main] waiting for workers (next(stream))", time.perf_counter() - t)
+                add(
+                    "[main] waiting for workers (next(stream))",
+                    time.perf_counter() - t,
+                    time.thread_time() - c,
+                )
             yield item
 
     inst.ordered_map = waited_map
     started = time.perf_counter()
     inst.install([artifact], into=model_dir)
     wall = time.perf_counter() - started
-    out_json.write_text(json.dumps({"wall_s": wall, "stages": totals}, indent=2))
+    out_json.write_text(json.dumps({"wall_s": wall, "stages": totals, "not_patched": missing}, indent=2))
 
 
 # --------------------------------------------------------------------------- sanity check
@@ -438,10 +452,6 @@ def tvreg_cmd() -> list[str]:
         return [str(exe)]
     found = shutil.which("tvreg")
     return [found] if found else [sys.executable, "-m", "tvreg.cli"]
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 # --------------------------------------------------------------------------- main
@@ -725,10 +735,14 @@ def main(argv: list[str] | None = None) -> int:
         if breakdown:
             print(
                 f"\ninstall stage breakdown (in-process, wall {breakdown['wall_s']:.2f} s; "
-                "[worker] rows are summed over worker threads):"
+                "[worker] rows are summed over worker threads; CPU = the calling thread's own, "
+                "so waiting for the GIL or a core shows as wall but not CPU):"
             )
-            for label, (secs, calls) in sorted(breakdown["stages"].items(), key=lambda kv: -kv[1][0]):
-                print(f"  {label:<52} {secs:8.2f} s  {calls:6d} calls")
+            print(f"  {'stage':<52} {'wall s':>8} {'CPU s':>8} {'calls':>6}")
+            for label, (secs, cpu_s, calls) in sorted(breakdown["stages"].items(), key=lambda kv: -kv[1][0]):
+                print(f"  {label:<52} {secs:8.2f} {cpu_s:8.2f} {calls:6d}")
+            if breakdown["not_patched"]:
+                print(f"  (not found in this tvreg, not timed: {', '.join(breakdown['not_patched'])})")
         print(f"\nresults written to {workdir / 'results.json'}")
     finally:
         if not args.keep:

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .checkpoint import Checkpoint
 from .errors import LockHeld, ModelEnvironmentError, TensorMismatch
-from .fingerprint import fingerprint, short
+from .fingerprint import fingerprint, fingerprint_of_hashes, remember, short, tensor_hashes
 from .lockfile import LOCK_NAME, Lock, read_lock, write_lock
 from .progress import NULL_PROGRESS, Progress
 from .store import keep_pristine
@@ -155,8 +155,11 @@ def init_environment(
                     hints=["pass `--base PRE` (a model directory or Hub id) or `--base-fingerprint HEX`"],
                 )
             with Checkpoint.open(model_dir) as general:
-                gfp = fingerprint(general, progress=progress)
+                hashes = tensor_hashes(general, progress=progress)
+                gfp = fingerprint_of_hashes(hashes)
                 pristine = keep_pristine(general, gfp, progress=progress)
+                for handle in general.handles:
+                    remember(pristine / handle.path.name, {n: hashes[n] for n in handle.tensors})
             lock = Lock(
                 base_fingerprint=base_fingerprint,
                 general_fingerprint=gfp,

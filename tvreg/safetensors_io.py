@@ -111,7 +111,7 @@ class SafetensorsFile:
             self.size = os.fstat(self._fd).st_size
             self.metadata, self.tensors, self.data_start = self._parse_header()
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
 
     def _fail(self, what: str) -> TvregError:
@@ -198,11 +198,12 @@ class SafetensorsFile:
                 raise self._fail(f"tensor `{info.name}` ends past the end of the file")
             done += got
 
-    def read_bytes(self, name: str) -> bytes:
+    def read_bytes(self, name: str) -> bytearray:
+        """The tensor's raw bytes (a bytearray: no second copy for large blobs)."""
         info = self.tensors[name]
         buf = bytearray(info.nbytes)
         self.read_into(info, memoryview(buf))
-        return bytes(buf)
+        return buf
 
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor into fresh heap memory, with its stored dtype and shape."""

@@ -29,8 +29,16 @@ def task_arithmetic(
         >>> task_arithmetic(g, [(0.5, torch.ones(2, 2))]).tolist()
         [[1.5, 1.5], [1.5, 1.5]]
     """
-    acc = general.to(torch.float32, copy=True)
-    for weight, tau in deltas:
+    out_dtype = out_dtype or general.dtype
+    if deltas and deltas[0][1].shape == general.shape:
+        # Reuse the first τ's buffer as the accumulator: G + ω₀τ₀ == ω₀τ₀ + G bit for bit
+        # (IEEE addition commutes), and one model-tensor-sized fp32 allocation is saved.
+        weight, acc = deltas[0]
+        acc.mul_(fp32(weight)).add_(general)
+        rest = deltas[1:]
+    else:
+        acc, rest = general.to(torch.float32, copy=True), deltas
+    for weight, tau in rest:
         target = acc if tau.shape == acc.shape else acc[: tau.shape[0]]
         target.add_(tau.mul_(fp32(weight)))
-    return acc.to(out_dtype or general.dtype)
+    return acc.to(out_dtype)
