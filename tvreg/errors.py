@@ -14,9 +14,18 @@ The tree::
     ├── InvalidName                 a name or version that is unsafe or malformed
     ├── ModelEnvironmentError         a model environment (mymodel) that is not set up right
     ├── WeightError                 ω cannot be determined
+    ├── ResolutionImpossible        no set of skill versions satisfies every requirement
     ├── InstallInterrupted          Ctrl-C or a signal stopped an install; nothing changed
     ├── DiskFull                    no space left while writing; nothing changed
-    └── LockHeld                    another tvreg process holds the model environment
+    ├── LockHeld                    another tvreg process holds the model environment
+    ├── ConfigError                 an unreadable ``config.toml`` or no registry configured
+    ├── ProjectError                a skill project (``tvskill.toml``) that cannot be published
+    └── RegistryError               the registry refused a request or could not be used
+        ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
+        ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
+        ├── NotFound                no such skill, version or upload (404; also private ones)
+        ├── Conflict                409: a version exists with other bytes, a name collides
+        └── DownloadError           short body or bytes whose digest is not the one announced
 
 Why one module: callers catch a family (``except ArtifactError``), the CLI maps each
 family to an exit code and prints ``hint:`` lines, and foreign exceptions (zstd, json,
@@ -115,18 +124,111 @@ class LockHeld(TvregError):
     """Another tvreg process is working on the same model environment."""
 
 
+class ResolutionImpossible(TvregError):
+    """No combination of skill versions satisfies the requirements; ``causes`` holds the reasons."""
+
+    def __init__(self, message: str, *, causes: list[str] | tuple[str, ...] = (), hints=()) -> None:
+        super().__init__(message, hints=hints)
+        self.causes = list(causes)
+
+
+class ConfigError(TvregError):
+    """The client configuration (``config.toml``) is unreadable, or no registry is configured."""
+
+
+class ProjectError(TvregError):
+    """A skill project directory (``tvskill.toml``) is missing, malformed or inconsistent."""
+
+
+class RegistryError(TvregError):
+    """A registry request failed.
+
+    ``status`` is the HTTP status (None when no response arrived), ``code`` the
+    error slug of the registry's JSON body (``bad_request``, ``digest_mismatch``, ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        hints: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.status = status
+        self.code = code
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or answered 503; ``retry_after`` is in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        hints: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, status=status, code=code, hints=hints)
+        self.retry_after = retry_after
+
+
+class AuthError(RegistryError):
+    """Not logged in, a rejected token (401), or a role too low for the request (403)."""
+
+
+class NotFound(RegistryError):
+    """The skill, version or upload does not exist (or is private and not readable)."""
+
+
+class Conflict(RegistryError):
+    """The request conflicts with the registry's state (a version exists with other bytes)."""
+
+
+class DownloadError(RegistryError):
+    """Downloaded bytes are short or do not hash to the digest the registry announced.
+
+    ``expected`` and ``found`` are ``sha256:<hex>`` digests (``found`` is None for a
+    short body, whose sizes are in the message).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str,
+        found: str | None = None,
+        hints: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.expected = expected
+        self.found = found
+
+
 __all__ = [
     "ArtifactError",
+    "AuthError",
     "CheckpointError",
+    "ConfigError",
+    "Conflict",
     "CorruptArtifact",
     "CorruptCheckpoint",
     "DiskFull",
-    "ModelEnvironmentError",
+    "DownloadError",
     "IncompatibleBase",
     "InstallInterrupted",
     "InvalidManifest",
     "InvalidName",
     "LockHeld",
+    "ModelEnvironmentError",
+    "NotFound",
+    "ProjectError",
+    "RegistryError",
+    "RegistryUnavailable",
+    "ResolutionImpossible",
     "TensorMismatch",
     "TvregError",
     "UnsafeCheckpoint",
