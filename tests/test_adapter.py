@@ -14,7 +14,8 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama_config
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from tvreg.adapter import AdapterDelta, adapter_deltas, read_adapter
 from tvreg.errors import CheckpointError, CorruptCheckpoint, TensorMismatch, UnsafeCheckpoint
@@ -27,17 +28,7 @@ pytestmark = [
 
 
 def _llama() -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=VOCAB,
-        attention_bias=True,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(tiny_llama_config(VOCAB, attention_bias=True))
 
 
 def _gpt2() -> GPT2LMHeadModel:
