@@ -1,6 +1,6 @@
 """Where tvreg keeps its files, following the XDG base directory convention.
 
-``TVREG_CACHE_DIR`` and ``TVREG_DATA_DIR`` override the defaults, so tests and CI
+``TVREG_CACHE_DIR``, ``TVREG_DATA_DIR`` and ``TVREG_CONFIG_DIR`` override the defaults, so tests and CI
 can sandbox everything in a temporary directory.
 """
 
@@ -25,3 +25,9 @@ def data_dir() -> Path:
     """Data that must survive: pristine copies of general models for uninstall."""
     override = os.environ.get("TVREG_DATA_DIR")
     return Path(override) if override else _xdg("XDG_DATA_HOME", ".local/share") / "tvreg"
+
+
+def config_dir() -> Path:
+    """Settings the user wrote (registry URL and token in ``config.toml``)."""
+    override = os.environ.get("TVREG_CONFIG_DIR")
+    return Path(override) if override else _xdg("XDG_CONFIG_HOME", ".config") / "tvreg"

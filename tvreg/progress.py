@@ -22,5 +22,9 @@ class Progress:
     def note(self, message: str) -> None:
         """Something the user should read in the summary (e.g. rows left unchanged)."""
 
+    def warn(self, message: str) -> None:
+        """Something the user should act on (e.g. installing a yanked version); a note by default."""
+        self.note(message)
+
 
 NULL_PROGRESS = Progress()

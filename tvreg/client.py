@@ -1,0 +1,400 @@
+"""The registry's HTTP API (docs/registry-api.md) as Python methods, over ``httpx``.
+
+This is the one boundary where HTTP becomes tvreg: every transport failure and every
+non-2xx answer turns into a :class:`~tvreg.errors.RegistryError` subclass here (the
+``{"error": {"code", "message"}}`` body supplies the sentence), so no ``httpx``
+exception escapes to callers. Path segments are always validated names
+(:mod:`tvreg.refs`), never raw user input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .config import API_PREFIX, normalize_url, resolve
+from .errors import (
+    AuthError,
+    Conflict,
+    DownloadError,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+)
+from .manifest import validate_name, validate_version
+from .refs import SkillRef
+
+DEFAULT_TIMEOUT = 60.0
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _segment(ref: SkillRef | str) -> str:
+    if isinstance(ref, SkillRef):
+        return f"{ref.namespace}/{ref.skill}"
+    namespace, _, skill = ref.partition("/")
+    validate_name(namespace)
+    validate_name(skill)
+    return f"{namespace}/{skill}"
+
+
+class RegistryClient:
+    """A session with one registry: base URL, optional bearer token, connection pool.
+
+    Args:
+        url: the registry's address (``https://host``; a trailing ``/api/v1`` is accepted).
+        token: a ``tvr_...`` token, or None for anonymous reads.
+        timeout: seconds to wait for a connection or for the next bytes of an answer.
+
+    Example:
+        >>> with RegistryClient("http://127.0.0.1:9", timeout=1) as c:
+        ...     c.url
+        'http://127.0.0.1:9'
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = normalize_url(url)
+        self.token = token
+        headers = {"User-Agent": f"tvreg/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.url + API_PREFIX,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    @classmethod
+    def from_config(
+        cls, registry: str | None = None, token: str | None = None, **kwargs: Any
+    ) -> RegistryClient:
+        """A client for the configured registry (see :func:`tvreg.config.resolve`)."""
+        settings = resolve(registry, token)
+        return cls(settings.url, settings.token, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the one translation boundary --------------------------------------------------------
+
+    def _transport_error(self, exc: httpx.HTTPError) -> RegistryError:
+        if isinstance(exc, httpx.TimeoutException):
+            return RegistryUnavailable(
+                f"the registry at {self.url} did not answer in time.",
+                hints=["check the network, or try again later"],
+            )
+        if isinstance(exc, httpx.ConnectError):
+            return RegistryUnavailable(
+                f"cannot connect to the registry at {self.url}.",
+                hints=["check the URL (`tvreg login --registry URL`) and that the registry is running"],
+            )
+        return RegistryUnavailable(
+            f"the connection to the registry at {self.url} failed ({type(exc).__name__}: {exc}).",
+            hints=["try again; downloads resume where they stopped"],
+        )
+
+    def _error(self, resp: httpx.Response, what: str | None) -> RegistryError:
+        status = resp.status_code
+        code, message = None, None
+        with contextlib.suppress(ValueError, KeyError, TypeError, httpx.ResponseNotRead):
+            body = resp.json()["error"]
+            code, message = body.get("code"), body.get("message")
+        text = _sentence(message) if message else f"HTTP {status} {resp.reason_phrase}."
+        if status == 401:
+            if not self.token:
+                return AuthError(
+                    f"the registry at {self.url} needs a login for this.",
+                    status=status,
+                    code=code,
+                    hints=[f"log in: `tvreg login --registry {self.url}`"],
+                )
+            return AuthError(
+                f"the registry at {self.url} rejected the token: {text}",
+                status=status,
+                code=code,
+                hints=[f"log in again: `tvreg login --registry {self.url}`"],
+            )
+        if status == 403:
+            return AuthError(
+                text, status=status, code=code, hints=["ask an admin of the team for a higher role"]
+            )
+        if status == 404:
+            sentence = f"{what} was not found on the registry at {self.url}." if what else text
+            hints = [] if self.token else ["if it is private, log in first: `tvreg login`"]
+            return NotFound(sentence, status=status, code=code, hints=hints)
+        if status == 409:
+            return Conflict(text, status=status, code=code)
+        if status in (429, 503):
+            retry = resp.headers.get("Retry-After")
+            seconds = float(retry) if retry and retry.strip().isdigit() else None
+            later = f"try again in {int(seconds)} s" if seconds is not None else "try again later"
+            return RegistryUnavailable(
+                f"the registry at {self.url} is unavailable: {text}",
+                status=status,
+                code=code,
+                retry_after=seconds,
+                hints=[later],
+            )
+        if status >= 500:
+            return RegistryError(
+                f"the registry at {self.url} failed with HTTP {status}: {text}", status=status, code=code
+            )
+        return RegistryError(text, status=status, code=code)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        params: dict | None = None,
+        headers: dict | None = None,
+    ) -> httpx.Response:
+        """Send one request under ``/api/v1``; return the 2xx response or raise a tvreg error.
+
+        ``what`` names the object for a 404 sentence ("skill `nlp/science`").
+        """
+        try:
+            resp = self._http.request(
+                method, path, json=json, content=content, params=params, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        if resp.is_success:
+            return resp
+        raise self._error(resp, what)
+
+    def _json(self, resp: httpx.Response) -> Any:
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise RegistryError(
+                f"the registry at {self.url} sent an answer that is not JSON (HTTP {resp.status_code})."
+            ) from exc
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def whoami(self) -> dict:
+        """``{"user", "teams": [{"team", "role"}], "namespaces"}``; AuthError when anonymous."""
+        return self._json(self.request("GET", "/whoami"))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        base: str | None = None,
+        tag: str | None = None,
+        namespace: str | None = None,
+        page: int = 1,
+        per_page: int = 20,
+    ) -> dict:
+        """One page of skill summaries: ``{"items", "page", "per_page", "total"}``."""
+        params: dict[str, Any] = {"page": page, "per_page": per_page}
+        for key, value in (("q", query), ("base", base), ("tag", tag), ("namespace", namespace)):
+            if value:
+                params[key] = value
+        return self._json(self.request("GET", "/skills", params=params))
+
+    def skill(self, ref: SkillRef | str) -> dict:
+        """A skill with every version (ascending semver) and its dist-tags."""
+        seg = _segment(ref)
+        return self._json(self.request("GET", f"/skills/{seg}", what=f"skill `{seg}`"))
+
+    def version(self, ref: SkillRef | str, version: str) -> dict:
+        """One version object (digest, size, base fingerprint, manifest, yanked, ...)."""
+        seg = _segment(ref)
+        validate_version(version)
+        return self._json(self.request("GET", f"/skills/{seg}/versions/{version}", what=f"`{seg}@{version}`"))
+
+    @contextlib.contextmanager
+    def open_artifact(
+        self, ref: SkillRef | str, version: str, *, start: int = 0, expected_digest: str | None = None
+    ) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """Stream an artifact's bytes from ``start`` (``Range``); yields ``(offset, chunks)``.
+
+        ``offset`` is ``start`` when the registry answered 206 with a matching
+        ``Content-Range``, and 0 when it ignored the range (200): the caller restarts.
+        A body that ends early raises :class:`~tvreg.errors.DownloadError`.
+        """
+        seg = _segment(ref)
+        validate_version(version)
+        label = f"`{seg}@{version}`"
+        headers = {"Accept-Encoding": "identity"}
+        if start > 0:
+            headers["Range"] = f"bytes={start}-"
+        try:
+            with self._http.stream(
+                "GET", f"/skills/{seg}/versions/{version}/artifact", headers=headers
+            ) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    raise self._error(resp, f"the artifact of {label}")
+                offset = 0
+                if resp.status_code == 206:
+                    offset = _content_range_start(resp.headers.get("Content-Range"))
+                    if offset != start:
+                        raise RegistryError(
+                            f"the registry answered a download of {label} from byte {start} with bytes "
+                            f"from {offset}."
+                        )
+                announced = resp.headers.get("X-Tvreg-Digest")
+                if expected_digest and announced and announced != expected_digest:
+                    raise DownloadError(
+                        f"the registry announces {label} as {announced} in the download but as "
+                        f"{expected_digest} in its metadata.",
+                        expected=expected_digest,
+                        found=announced,
+                    )
+                yield offset, self._chunks(resp, label)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    def _chunks(self, resp: httpx.Response, label: str) -> Iterator[bytes]:
+        try:
+            yield from resp.iter_raw(_DOWNLOAD_CHUNK)
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise DownloadError(
+                f"the download of {label} from {self.url} ended early ({exc}).",
+                expected="",
+                hints=["run the command again: the download resumes where it stopped"],
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    # -- uploads ------------------------------------------------------------------------------
+
+    def create_upload(self, size: int, digest: str) -> dict:
+        """Start a resumable upload: ``{"id", "offset", "chunk_size"}``."""
+        return self._json(self.request("POST", "/uploads", json={"size": size, "digest": digest}))
+
+    def upload_status(self, upload_id: str) -> dict:
+        """``{"id", "offset", "size", "digest"}`` of an upload, to resume it."""
+        return self._json(self.request("GET", f"/uploads/{_uuid(upload_id)}", what=f"upload `{upload_id}`"))
+
+    def upload_chunk(self, upload_id: str, offset: int, data: bytes) -> int:
+        """Send ``data`` at ``offset``; returns the registry's new offset."""
+        resp = self.request(
+            "PATCH",
+            f"/uploads/{_uuid(upload_id)}",
+            content=data,
+            headers={"Upload-Offset": str(offset), "Content-Type": "application/octet-stream"},
+            what=f"upload `{upload_id}`",
+        )
+        return int(self._json(resp)["offset"])
+
+    def delete_upload(self, upload_id: str) -> None:
+        self.request("DELETE", f"/uploads/{_uuid(upload_id)}", what=f"upload `{upload_id}`")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def put_version(
+        self, ref: SkillRef | str, version: str, upload_id: str, *, tag: str | None = "latest"
+    ) -> tuple[dict, bool]:
+        """Publish a completed upload as ``version``; returns (version object, created?).
+
+        ``created`` is False when the registry already had these exact bytes (200).
+        """
+        seg = _segment(ref)
+        validate_version(version)
+        resp = self.request(
+            "PUT",
+            f"/skills/{seg}/versions/{version}",
+            json={"upload_id": upload_id, "tag": tag},
+        )
+        return self._json(resp), resp.status_code == 201
+
+    def yank(self, ref: SkillRef | str, version: str, reason: str) -> dict:
+        seg = _segment(ref)
+        validate_version(version)
+        return self._json(
+            self.request(
+                "POST",
+                f"/skills/{seg}/versions/{version}/yank",
+                json={"reason": reason},
+                what=f"`{seg}@{version}`",
+            )
+        )
+
+    def unyank(self, ref: SkillRef | str, version: str) -> dict | None:
+        seg = _segment(ref)
+        validate_version(version)
+        resp = self.request("DELETE", f"/skills/{seg}/versions/{version}/yank", what=f"`{seg}@{version}`")
+        return self._json(resp) if resp.content else None
+
+    def set_tag(self, ref: SkillRef | str, tag: str, version: str) -> dict:
+        seg = _segment(ref)
+        validate_version(version)
+        _tag(tag)
+        return self._json(
+            self.request(
+                "PUT", f"/skills/{seg}/tags/{tag}", json={"version": version}, what=f"`{seg}@{version}`"
+            )
+        )
+
+    def delete_tag(self, ref: SkillRef | str, tag: str) -> dict | None:
+        seg = _segment(ref)
+        _tag(tag)
+        resp = self.request("DELETE", f"/skills/{seg}/tags/{tag}", what=f"tag `{tag}` of `{seg}`")
+        return self._json(resp) if resp.content else None
+
+
+def _content_range_start(value: str | None) -> int:
+    # "bytes 100-199/200"
+    try:
+        unit, _, rest = (value or "").partition(" ")
+        if unit != "bytes":
+            raise ValueError
+        return int(rest.split("-", 1)[0])
+    except ValueError:
+        return -1
+
+
+def _uuid(value: str) -> str:
+    if not value or not all(c in "0123456789abcdefABCDEF-" for c in value) or len(value) > 64:
+        raise RegistryError(f"`{value}` is not an upload id.")
+    return value
+
+
+def _tag(tag: str) -> str:
+    from .errors import InvalidName
+
+    try:
+        validate_name(tag)
+    except InvalidName:
+        raise InvalidName(f"invalid tag {tag!r}: use lowercase letters, digits, '-', '_' and '.'.") from None
+    return tag
+
+
+def client_for(registry: str | None = None, token: str | None = None) -> RegistryClient:
+    """A :class:`RegistryClient` for the configured registry, honouring ``TVREG_TIMEOUT`` seconds."""
+    timeout = float(os.environ.get("TVREG_TIMEOUT") or DEFAULT_TIMEOUT)
+    return RegistryClient.from_config(registry, token, timeout=timeout)
