@@ -156,13 +156,17 @@ def _check_tensors(skills: Sequence[_Skill], general: Checkpoint) -> list[str]:
 
 
 def _open_skills(
-    paths: Sequence[str | os.PathLike[str]], lock: Lock, weights: Mapping[str, float], model_dir: Path
+    paths: Sequence[str | os.PathLike[str]],
+    lock: Lock,
+    weights: Mapping[str, float],
+    model_dir: Path,
+    sources: Sequence[str | None],
 ) -> list[_Skill]:
     """The final skill set: locked skills, with the new ones added or replacing same-named ones."""
     new: dict[str, _Skill] = {}
     opened: list[Artifact] = []
     try:
-        for path in paths:
+        for path, origin in zip(paths, sources, strict=True):
             art = Artifact(path)
             opened.append(art)
             name = art.manifest.name
@@ -171,7 +175,7 @@ def _open_skills(
                     f"skill `{name}` is given twice (`{new[name].artifact.path}` and `{path}`)."
                 )
             _check_compatible(art, lock)
-            new[name] = _Skill(art, "", 0.0, "", str(Path(path).resolve()))
+            new[name] = _Skill(art, "", 0.0, "", origin or str(Path(path).resolve()))
         final: list[_Skill] = []
         for locked in lock.skills:
             if locked.name in new:
@@ -276,6 +280,7 @@ def install(
     base_fingerprint: str | None = None,
     general_size: int | None = None,
     dry_run: bool = False,
+    sources: Sequence[str | None] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Install skill artifacts into a model environment: θ = θ_G + Σ_k ω_k τ_k.
@@ -291,6 +296,8 @@ def install(
         base, base_fingerprint, general_size: initialise the environment on the fly
             (see :func:`~tvreg.environment.init_environment`).
         dry_run: check everything and return the plan without writing.
+        sources: what ``tvreg.lock`` records as each skill's origin, parallel to ``skills``
+            (e.g. ``nlp/science@1.2.0`` for a registry download); default: the artifact's path.
 
     Returns:
         An :class:`InstallResult`.
@@ -317,7 +324,10 @@ def install(
     with lock_model(model_dir):
         lock = require_lock(model_dir)
         _clean_stale_staging(model_dir)
-        final = _open_skills(skills, lock, weights or {}, model_dir)
+        origins = list(sources) if sources is not None else [None] * len(skills)
+        if len(origins) != len(skills):
+            raise ValueError("`sources` must have one entry per skill")
+        final = _open_skills(skills, lock, weights or {}, model_dir, origins)
         staging: Path | None = None
         try:
             general = Checkpoint.open(lock.pristine)

@@ -1,0 +1,304 @@
+"""Fetch a skill from the registry by name: pick a version, download it into the cache.
+
+Why a separate step from install: install works on local artifacts and stays offline;
+fetching only turns ``nlp/science`` (or ``nlp/science@1.2.0``) into a verified file in
+the download cache (:mod:`tvreg.cache`). The choice is deliberately simple until the
+resolver lands: the highest non-yanked version built for the model's base (final
+releases before prereleases), or exactly the pinned version, yanked or not (PEP 592),
+with a warning that carries the yank reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import semver
+
+from .cache import BlobCache, BlobSource
+from .client import RegistryClient, client_for
+from .errors import ConfigError, IncompatibleBase, NotFound, RegistryError
+from .fingerprint import short
+from .progress import NULL_PROGRESS, Progress
+from .refs import SkillRef, looks_like_ref, parse_ref
+
+
+@dataclass(frozen=True)
+class FetchedSkill:
+    """A skill version downloaded into the cache."""
+
+    path: Path
+    name: str
+    version: str
+    digest: str
+    size: int
+    registry: str
+    yanked: bool = False
+    yanked_reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class _RegistrySource(BlobSource):
+    def __init__(self, client: RegistryClient, ref: SkillRef, version: str, digest: str) -> None:
+        self.client, self.ref, self.version, self.digest = client, ref, version, digest
+        self.label = f"{ref.name}@{version}"
+
+    def open(self, start: int) -> AbstractContextManager[tuple[int, Iterator[bytes]]]:
+        return self.client.open_artifact(self.ref, self.version, start=start, expected_digest=self.digest)
+
+
+def _semver(v: dict) -> semver.Version:
+    return semver.Version.parse(v["version"])
+
+
+def _fits(v: dict, base: str | None, general: str | None) -> bool:
+    if base is None and general is None:
+        return True
+    if v.get("kind", "task_vector") == "delta_from_general":
+        return general is not None and v.get("base_fingerprint") == general
+    return v.get("base_fingerprint") == base
+
+
+def select_version(
+    ref: SkillRef,
+    versions: Sequence[dict],
+    *,
+    base_fingerprint: str | None,
+    general_fingerprint: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> dict:
+    """Choose the version object to install from a skill's published versions.
+
+    Args:
+        ref: the skill, with ``version`` set for an exact pin.
+        versions: the registry's version objects of that skill.
+        base_fingerprint: the model's θ_pre fingerprint (None: any base).
+        general_fingerprint: the model's G fingerprint, for ``delta_from_general`` skills.
+
+    Returns:
+        One version object.
+
+    Raises:
+        NotFound: the skill has no versions, or not the pinned one.
+        IncompatibleBase: no (non-yanked) version is built for this base.
+    """
+    if ref.version is not None:
+        want = semver.Version.parse(ref.version)
+        match = [v for v in versions if _semver(v) == want]
+        if not match:
+            have = ", ".join(v["version"] for v in versions) or "none"
+            raise NotFound(f"`{ref.name}` has no version {ref.version} (published: {have}).")
+        chosen = match[0]
+        if not _fits(chosen, base_fingerprint, general_fingerprint):
+            want_fp = general_fingerprint if chosen.get("kind") == "delta_from_general" else base_fingerprint
+            raise IncompatibleBase(
+                f"`{ref}` was built for base {short(chosen['base_fingerprint'])}, but this model's base is "
+                f"{short(want_fp or '')}.",
+                expected=want_fp or "",
+                found=chosen["base_fingerprint"],
+                hints=[f"search for skills built for this model: `tvreg search {ref.skill} --into MODEL`"],
+            )
+        if chosen.get("yanked"):
+            reason = chosen.get("yanked_reason")
+            progress.warn(
+                f"`{ref}` is yanked{f' ({reason})' if reason else ''}; installing it because it was pinned "
+                "exactly."
+            )
+        return chosen
+    if not versions:
+        raise NotFound(f"`{ref.name}` has no published versions.")
+    fitting = [v for v in versions if _fits(v, base_fingerprint, general_fingerprint)]
+    usable = [v for v in fitting if not v.get("yanked")]
+    if not usable:
+        if fitting:
+            listed = ", ".join(v["version"] for v in fitting)
+            raise NotFound(
+                f"every version of `{ref.name}` built for this model's base is yanked ({listed}).",
+                hints=[f"pin one exactly to install it anyway: `{ref.name}@{fitting[-1]['version']}`"],
+            )
+        bases = sorted({v["base_fingerprint"] for v in versions})
+        listed = "; ".join(
+            f"{short(b)} ({', '.join(v['version'] for v in versions if v['base_fingerprint'] == b)})"
+            for b in bases[:3]
+        )
+        raise IncompatibleBase(
+            f"no version of `{ref.name}` is built for base {short(base_fingerprint or '')}; "
+            f"versions exist for {listed}.",
+            expected=base_fingerprint or "",
+            found=bases[0],
+            hints=["a task vector only applies to models fine-tuned from the base it was computed on"],
+        )
+    final = [v for v in usable if not _semver(v).prerelease] or usable
+    return max(final, key=_semver)
+
+
+def fetch(
+    spec: str | SkillRef,
+    *,
+    base_fingerprint: str | None,
+    general_fingerprint: str | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    client: RegistryClient | None = None,
+    cache: BlobCache | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> FetchedSkill:
+    """Choose a version of a registry skill and download it into the cache.
+
+    Like :func:`fetch_skill`, but returns what was chosen as well as where it is.
+    """
+    ref = spec if isinstance(spec, SkillRef) else parse_ref(spec)
+    cache = cache or BlobCache()
+    own = client is None
+    client = client or client_for(registry, token)
+    try:
+        info = client.skill(ref)
+        chosen = select_version(
+            ref,
+            info.get("versions", []),
+            base_fingerprint=base_fingerprint,
+            general_fingerprint=general_fingerprint,
+            progress=progress,
+        )
+        version, digest, size = chosen["version"], chosen["digest"], int(chosen["size"])
+        meta = {"name": ref.name, "version": version, "registry": client.url}
+        path = cache.fetch(
+            digest, size, _RegistrySource(client, ref, version, digest), meta=meta, progress=progress
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RegistryError(
+            f"the registry at {client.url} sent malformed metadata for `{ref}` ({type(exc).__name__}: {exc})."
+        ) from exc
+    finally:
+        if own:
+            client.close()
+    return FetchedSkill(
+        path,
+        ref.name,
+        version,
+        digest,
+        size,
+        client.url,
+        bool(chosen.get("yanked")),
+        chosen.get("yanked_reason"),
+    )
+
+
+def fetch_skill(
+    spec: str,
+    *,
+    base_fingerprint: str | None,
+    general_fingerprint: str | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    cache: BlobCache | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> Path:
+    """Download a registry skill into the cache and return the cached artifact's path.
+
+    Args:
+        spec: ``namespace/skill`` (highest non-yanked version for the base) or
+            ``namespace/skill@1.2.0`` (exactly that version; a yanked one with a warning).
+        base_fingerprint: the fingerprint of the model's θ_pre; versions built for other
+            bases are never chosen. None accepts any base.
+        general_fingerprint: the model's G, for ``delta_from_general`` skills.
+        registry, token: override the configured registry and token.
+        cache: the download cache (default: under ``tvreg.paths.cache_dir()``).
+
+    Returns:
+        The path of a verified artifact in the cache.
+
+    Raises:
+        InvalidName: ``spec`` is malformed or unsafe; checked before any request.
+        NotFound / IncompatibleBase: no version fits.
+        DownloadError: the bytes were short or did not match their digest (twice for a
+            tampered cache entry).
+        RegistryError: any other registry failure.
+
+    Example:
+        >>> fetch_skill("../etc/passwd", base_fingerprint=None)
+        Traceback (most recent call last):
+        tvreg.errors.InvalidName: invalid skill reference '../etc/passwd': use `namespace/skill` or `namespace/skill@1.2.0`.
+    """
+    return fetch(
+        spec,
+        base_fingerprint=base_fingerprint,
+        general_fingerprint=general_fingerprint,
+        registry=registry,
+        token=token,
+        cache=cache,
+        progress=progress,
+    ).path
+
+
+def fetch_for_install(
+    args: Sequence[str],
+    *,
+    into: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> tuple[list[str], list[str | None]]:
+    """Turn ``tvreg install`` arguments into local paths: files stay, registry names are fetched.
+
+    An argument that is an existing file is used as is; one shaped like ``ns/skill[@version]``
+    is fetched for the base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the
+    model is initialised on the fly). Every name is validated before the first request.
+
+    Returns:
+        ``(paths, sources)``, parallel lists for :func:`tvreg.install.install`; a source
+        is ``ns/skill@version`` for a fetched skill and None for a local file.
+    """
+    from .environment import require_lock
+    from .fingerprint import fingerprint
+    from .lockfile import read_lock
+
+    plan: list[tuple[str, SkillRef | None]] = []
+    for arg in args:
+        if os.path.isfile(arg) or not looks_like_ref(arg):
+            plan.append((arg, None))
+        else:
+            plan.append((arg, parse_ref(arg)))
+    if not any(ref for _, ref in plan):
+        return [a for a, _ in plan], [None] * len(plan)
+    lock = read_lock(Path(into)) if Path(into).is_dir() else None
+    if lock is not None:
+        base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
+    elif base is not None:
+        base_fp, general_fp = fingerprint(base, progress=progress), None
+    else:
+        require_lock(Path(into))
+        raise AssertionError("unreachable")
+    paths: list[str] = []
+    sources: list[str | None] = []
+    with contextlib.ExitStack() as stack:
+        client: RegistryClient | None = None
+        for arg, ref in plan:
+            if ref is None:
+                paths.append(arg)
+                sources.append(None)
+                continue
+            try:
+                if client is None:
+                    client = stack.enter_context(client_for(registry, token))
+                got = fetch(
+                    ref,
+                    base_fingerprint=base_fp,
+                    general_fingerprint=general_fp,
+                    client=client,
+                    progress=progress,
+                )
+            except (NotFound, ConfigError) as exc:
+                exc.hints.append(f"no file `{arg}` exists either")
+                raise
+            paths.append(str(got.path))
+            sources.append(got.label)
+    return paths, sources

@@ -1,0 +1,307 @@
+"""A skill project: a directory with ``tvskill.toml`` saying what to publish and how to build it.
+
+Why a file rather than flags: a published version must be reproducible and reviewable,
+so its name, version, base, |D| and license live in version control beside the data
+that made it. Two forms::
+
+    name = "nlp/science"            # "namespace/skill", or "skill" for your own namespace
+    version = "1.0.0"
+    base = "../models/pre"          # θ_pre: a directory, a cached Hub id, or its fingerprint
+    dataset_size = 61000
+    dataset_unit = "examples"       # or "tokens"
+    description = "Answers science questions."
+    license = "Apache-2.0"
+    artifact = "science-1.0.0.tvskill"      # publish this file as is ...
+
+    [build]                          # ... or build it (into dist/) from one of these
+    finetuned = "../models/science"  #     θ_D, a model directory or cached Hub id
+    # adapter = "lora/"              #     a PEFT LoRA adapter trained on `base`
+    codec = "exact"
+
+Paths are relative to the project directory. Unknown keys are refused so a typo cannot
+silently publish a default. :func:`prepare_artifact` builds when the artifact in
+``dist/`` is missing or older than its inputs, and checks that the artifact agrees
+with the file (name, version, base, and every field the file sets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .artifact import Artifact
+from .errors import ArtifactError, InvalidName, ProjectError
+from .fingerprint import short
+from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
+from .progress import NULL_PROGRESS, Progress
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROJECT_FILE = "tvskill.toml"
+_TOP_KEYS = {
+    "name",
+    "version",
+    "base",
+    "dataset_size",
+    "dataset_unit",
+    "description",
+    "license",
+    "artifact",
+    "build",
+}
+_BUILD_KEYS = {"finetuned", "adapter", "codec"}
+_FP_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SkillProject:
+    """A parsed ``tvskill.toml``; paths are absolute."""
+
+    root: Path
+    namespace: str | None
+    skill: str
+    version: str
+    base: str | None = None
+    dataset_size: int | None = None
+    dataset_unit: str | None = None
+    description: str | None = None
+    license: str | None = None
+    artifact: Path | None = None
+    finetuned: str | None = None
+    adapter: str | None = None
+    codec: str = "exact"
+
+    @property
+    def name(self) -> str:
+        """``namespace/skill`` as written, or ``skill`` when the namespace is left to the publisher."""
+        return f"{self.namespace}/{self.skill}" if self.namespace else self.skill
+
+    @property
+    def dist_path(self) -> Path:
+        """Where a built artifact goes: ``dist/<skill>-<version>.tvskill``."""
+        return self.root / "dist" / f"{self.skill}-{self.version}.tvskill"
+
+
+def _bad(path: Path, what: str) -> ProjectError:
+    return ProjectError(
+        f"`{path}` is invalid: {what}.",
+        hints=[f"see `tvreg publish --help` for the format of {PROJECT_FILE}"],
+    )
+
+
+def _resolve_model(root: Path, value: str) -> str:
+    """A model given relative to the project if it exists there, else as written (a Hub id)."""
+    candidate = root / os.path.expanduser(value)
+    return str(candidate.resolve()) if candidate.exists() else value
+
+
+def load_project(path: str | os.PathLike[str]) -> SkillProject:
+    """Read and validate ``tvskill.toml`` in ``path`` (a project directory or the file itself).
+
+    Raises:
+        ProjectError: the file is missing, not TOML, has unknown keys or wrong types,
+            or gives both (or neither) of ``artifact`` and ``[build]``.
+        InvalidName: the name or version is malformed.
+
+    Example:
+        >>> load_project("/nonexistent")
+        Traceback (most recent call last):
+        tvreg.errors.ProjectError: `/nonexistent/tvskill.toml` does not exist.
+    """
+    p = Path(path)
+    file = p if p.name == PROJECT_FILE or p.is_file() else p / PROJECT_FILE
+    root = file.parent.resolve()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProjectError(
+            f"`{file}` does not exist.",
+            hints=[f"a skill project is a directory with a {PROJECT_FILE}; see `tvreg publish --help`"],
+        ) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _bad(file, str(exc).rstrip(".")) from exc
+    for key in sorted(set(data) - _TOP_KEYS):
+        raise _bad(file, f"unknown key `{key}`")
+    build = data.get("build", {})
+    if not isinstance(build, dict):
+        raise _bad(file, "`build` must be a table")
+    for key in sorted(set(build) - _BUILD_KEYS):
+        raise _bad(file, f"unknown key `build.{key}`")
+    for key in ("name", "version"):
+        if not isinstance(data.get(key), str):
+            raise _bad(file, f"`{key}` is missing or not a string")
+    for key in ("base", "dataset_unit", "description", "license", "artifact"):
+        if key in data and not isinstance(data[key], str):
+            raise _bad(file, f"`{key}` must be a string")
+    for key in ("finetuned", "adapter", "codec"):
+        if key in build and not isinstance(build[key], str):
+            raise _bad(file, f"`build.{key}` must be a string")
+    size = data.get("dataset_size")
+    if size is not None and (type(size) is not int or size <= 0):
+        raise _bad(file, "`dataset_size` must be a positive integer")
+    unit = data.get("dataset_unit")
+    if unit is not None and unit not in DATASET_UNITS:
+        raise _bad(file, f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
+    namespace, slash, skill = data["name"].rpartition("/")
+    try:
+        if slash:
+            validate_name(namespace)
+        validate_name(skill)
+    except InvalidName as exc:
+        raise InvalidName(f"`{file}`: {exc.message}") from exc
+    validate_version(data["version"])
+    has_build = bool(build.get("finetuned") or build.get("adapter"))
+    if ("artifact" in data) == has_build:
+        raise _bad(file, 'give exactly one of `artifact = "file.tvskill"` and a `[build]` table')
+    if has_build and build.get("finetuned") and build.get("adapter"):
+        raise _bad(file, "`[build]` takes one of `finetuned` and `adapter`, not both")
+    if has_build and not data.get("base"):
+        raise _bad(file, "building needs `base`, the pretrained model the skill was tuned from")
+    base = data.get("base")
+    if base is not None and not _FP_RE.match(base):
+        base = _resolve_model(root, base)
+    return SkillProject(
+        root=root,
+        namespace=namespace or None,
+        skill=skill,
+        version=data["version"],
+        base=base,
+        dataset_size=size,
+        dataset_unit=unit,
+        description=data.get("description"),
+        license=data.get("license"),
+        artifact=(root / data["artifact"]).resolve() if "artifact" in data else None,
+        finetuned=_resolve_model(root, build["finetuned"]) if build.get("finetuned") else None,
+        adapter=_resolve_model(root, build["adapter"]) if build.get("adapter") else None,
+        codec=build.get("codec", "exact"),
+    )
+
+
+def _newest_mtime(paths: list[Path]) -> float:
+    newest = 0.0
+    for p in paths:
+        if p.is_file():
+            newest = max(newest, p.stat().st_mtime)
+        elif p.is_dir():
+            for f in p.rglob("*"):
+                if f.is_file():
+                    newest = max(newest, f.stat().st_mtime)
+    return newest
+
+
+def _needs_build(project: SkillProject) -> bool:
+    out = project.dist_path
+    if not out.is_file():
+        return True
+    inputs = [project.root / PROJECT_FILE]
+    for model in (project.base, project.finetuned, project.adapter):
+        if model and os.path.isabs(model):
+            inputs.append(Path(model))
+    return _newest_mtime(inputs) > out.stat().st_mtime
+
+
+def _check_manifest(project: SkillProject, m: Manifest, where: Path) -> None:
+    def differs(field: str, said, found) -> ProjectError:
+        return ProjectError(
+            f"{PROJECT_FILE} of `{project.root}` says {field} {said!r} but the artifact `{where}` has {found!r}.",
+            hints=["make them agree, or rebuild the artifact"],
+        )
+
+    if m.name != project.skill:
+        raise differs("name", project.skill, m.name)
+    if m.version != project.version:
+        raise differs("version", project.version, m.version)
+    for field in ("dataset_size", "dataset_unit", "description", "license"):
+        said = getattr(project, field)
+        if said is not None and said != getattr(m, field):
+            raise differs(field, said, getattr(m, field))
+
+
+def verify_artifact(path: Path, *, progress: Progress = NULL_PROGRESS) -> Manifest:
+    """Decode every tensor of an artifact: digests, codec bounds, and no NaN/Inf (FAULTS row 15).
+
+    Raises:
+        ArtifactError: the artifact is corrupt or holds non-finite values.
+    """
+    with Artifact(path) as art:
+        m = art.manifest
+        progress.task(f"Checking {m.label}", sum(t.stored_bytes for t in m.tensors.values()))
+        try:
+            for name, entry in m.tensors.items():
+                tau = art.decode(name)
+                if not bool(torch.isfinite(tau).all()):
+                    raise ArtifactError(
+                        f"tensor `{name}` of `{path}` has NaN or infinite values; refusing to publish it.",
+                        hints=["check the fine-tuned checkpoint for diverged training"],
+                    )
+                progress.advance(entry.stored_bytes)
+        finally:
+            progress.done()
+    return m
+
+
+def prepare_artifact(
+    project: SkillProject, *, progress: Progress = NULL_PROGRESS
+) -> tuple[Path, Manifest, bool]:
+    """The artifact to publish, built into ``dist/`` first when needed, fully verified.
+
+    Returns:
+        ``(path, manifest, built)``: ``built`` says whether it was (re)built just now.
+
+    Raises:
+        ProjectError: the artifact is missing or disagrees with ``tvskill.toml``.
+        ArtifactError: the artifact is corrupt or holds NaN/Inf.
+        TvregError: building failed (see :func:`tvreg.build.build_skill`).
+    """
+    built = False
+    if project.artifact is not None:
+        path = project.artifact
+        if not path.is_file():
+            raise ProjectError(
+                f"the artifact `{path}` named in {PROJECT_FILE} does not exist.",
+                hints=["build it with `tvreg build`, or use a `[build]` table instead of `artifact`"],
+            )
+    else:
+        path = project.dist_path
+        if _needs_build(project):
+            from .build import build_skill
+
+            build_skill(
+                project.base,
+                finetuned=project.finetuned,
+                adapter=project.adapter,
+                output=path,
+                name=project.skill,
+                version=project.version,
+                dataset_size=project.dataset_size,
+                dataset_unit=project.dataset_unit or "examples",
+                description=project.description or "",
+                license=project.license,
+                codec=project.codec,
+                progress=progress,
+            )
+            built = True
+    manifest = verify_artifact(path, progress=progress)
+    _check_manifest(project, manifest, path)
+    if project.base is not None:
+        if _FP_RE.match(project.base):
+            base_fp = project.base
+        else:
+            from .fingerprint import fingerprint
+
+            base_fp = fingerprint(project.base, progress=progress)
+        if manifest.kind == "task_vector" and manifest.base_fingerprint != base_fp:
+            raise ProjectError(
+                f"the artifact `{path}` was built for base {short(manifest.base_fingerprint)}, but "
+                f"{PROJECT_FILE} names base {short(base_fp)}.",
+                hints=["rebuild the artifact from the base named in the project"],
+            )
+    return path, manifest, built

@@ -1,0 +1,202 @@
+"""Publish a skill project to the registry: build if needed, verify, upload in chunks, PUT the version.
+
+Why chunked and resumable: artifacts are hundreds of megabytes and connections drop.
+The upload's id is kept in ``cache_dir()/uploads/<digest>.json``, so a publish that was
+killed or lost its connection continues from the registry's offset the next time
+(``GET /uploads/{id}``), and a 409 on a chunk (offsets disagree) is answered the same
+way. Everything that can be checked locally is checked before the first byte goes out:
+the project file, the artifact (every tensor decoded, no NaN/Inf), the login, and
+whether the version already exists (same bytes: nothing to do; other bytes: refused,
+versions are immutable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifact import file_digest
+from .client import RegistryClient, client_for
+from .errors import AuthError, Conflict, NotFound, RegistryUnavailable
+from .faults import crash_point
+from .fsutil import atomic_write_text
+from .paths import cache_dir
+from .progress import NULL_PROGRESS, Progress
+from .project import load_project, prepare_artifact
+from .refs import SkillRef
+
+_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish`` did.
+
+    ``status`` is ``published`` (a new version), ``unchanged`` (the registry already had
+    exactly these bytes) or ``dry-run`` (checked, nothing uploaded).
+    """
+
+    name: str
+    version: str
+    digest: str
+    size: int
+    registry: str
+    artifact: Path
+    built: bool
+    status: str
+    uploaded_bytes: int = 0
+    tag: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _state_path(digest: str) -> Path:
+    return cache_dir() / "uploads" / f"{digest.split(':', 1)[1]}.json"
+
+
+def _resume_or_create(client: RegistryClient, digest: str, size: int) -> tuple[str, int, int]:
+    """(upload id, offset, chunk size): the saved upload for this digest if the registry still has it."""
+    state = _state_path(digest)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(state.read_text())
+        if saved["registry"] == client.url:
+            try:
+                st = client.upload_status(saved["id"])
+            except NotFound:
+                st = None
+            if st and st.get("digest") == digest and int(st.get("size", -1)) == size:
+                return saved["id"], int(st["offset"]), int(saved.get("chunk_size") or (8 << 20))
+    up = client.create_upload(size, digest)
+    chunk = max(1, int(up.get("chunk_size") or (8 << 20)))
+    state.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state, json.dumps({"registry": client.url, "id": up["id"], "chunk_size": chunk}))
+    return up["id"], int(up.get("offset", 0)), chunk
+
+
+def _upload(
+    client: RegistryClient, path: Path, digest: str, size: int, label: str, progress: Progress
+) -> str:
+    upload_id, offset, chunk = _resume_or_create(client, digest, size)
+    progress.task(f"Uploading {label}", size)
+    shown = 0
+    failures = 0
+    try:
+        with open(path, "rb") as f:
+            while offset < size:
+                if offset > shown:
+                    progress.advance(offset - shown)
+                    shown = offset
+                f.seek(offset)
+                data = f.read(min(chunk, size - offset))
+                try:
+                    offset = client.upload_chunk(upload_id, offset, data)
+                    failures = 0
+                except (Conflict, RegistryUnavailable) as exc:
+                    failures += 1
+                    if failures > _RETRIES:
+                        raise
+                    if isinstance(exc, RegistryUnavailable):
+                        time.sleep(min(exc.retry_after or float(failures), 10.0))
+                    offset = int(client.upload_status(upload_id)["offset"])
+                crash_point("publish:chunk")
+            if size > shown:
+                progress.advance(size - shown)
+    finally:
+        progress.done()
+    return upload_id
+
+
+def publish(
+    project_dir: str | os.PathLike[str],
+    *,
+    registry: str | None = None,
+    token: str | None = None,
+    tag: str | None = "latest",
+    dry_run: bool = False,
+    client: RegistryClient | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> PublishResult:
+    """Publish the skill project in ``project_dir`` (a directory with ``tvskill.toml``).
+
+    Args:
+        project_dir: the project; see :mod:`tvreg.project` for ``tvskill.toml``.
+        registry, token: override the configured registry and token.
+        tag: the dist-tag to point at the new version (``latest`` by default, which the
+            registry does not move for prereleases); None to set no tag.
+        dry_run: do every check (build, verify, login, version collision) and upload nothing.
+
+    Returns:
+        A :class:`PublishResult`.
+
+    Raises:
+        ProjectError / InvalidName: ``tvskill.toml`` is wrong.
+        ArtifactError: the artifact is corrupt or holds NaN/Inf.
+        AuthError: not logged in, or no write role on the namespace.
+        Conflict: the version exists with other bytes.
+        RegistryError: any other registry failure.
+    """
+    project = load_project(project_dir)
+    own = client is None
+    client = client or client_for(registry, token)
+    try:
+        namespace = project.namespace
+        who = None
+        if client.token:
+            who = client.whoami()
+        elif not dry_run:
+            raise AuthError(
+                f"publishing to {client.url} needs a login.",
+                hints=[f"log in: `tvreg login --registry {client.url}` (or set `TVREG_TOKEN`)"],
+            )
+        if namespace is None:
+            if who is None:
+                raise AuthError(
+                    f"`{project.skill}` has no namespace, and without a login the default one (your user) is unknown.",
+                    hints=['write `name = "namespace/skill"` in tvskill.toml, or log in'],
+                )
+            namespace = who["user"]
+        if who is not None and "namespaces" in who and namespace not in who["namespaces"]:
+            raise AuthError(
+                f"{who.get('user', 'you')} cannot publish to namespace `{namespace}`; "
+                f"yours: {', '.join(who['namespaces']) or 'none'}.",
+                hints=["ask an admin of the namespace's team to add you with the `write` role"],
+            )
+        ref = SkillRef(namespace, project.skill, project.version)
+        path, _manifest, built = prepare_artifact(project, progress=progress)
+        digest, size = file_digest(path), path.stat().st_size
+
+        def result(status: str, uploaded: int = 0) -> PublishResult:
+            return PublishResult(
+                ref.name, ref.version or "", digest, size, client.url, path, built, status, uploaded, tag
+            )
+
+        try:
+            existing = client.version(ref, project.version)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            if existing.get("digest") != digest:
+                raise Conflict(
+                    f"`{ref}` is already published with other bytes ({existing.get('digest')}; yours are {digest}).",
+                    hints=["published versions are immutable: bump `version` in tvskill.toml"],
+                )
+            return result("dry-run" if dry_run else "unchanged")
+        if dry_run:
+            return result("dry-run")
+        upload_id = _upload(client, path, digest, size, str(ref), progress)
+        put_tag = tag if tag == "latest" else None
+        _version, created = client.put_version(ref, project.version, upload_id, tag=put_tag)
+        with contextlib.suppress(FileNotFoundError):
+            _state_path(digest).unlink()
+        if tag is not None and tag != "latest":
+            client.set_tag(ref, tag, project.version)
+        return result("published" if created else "unchanged", size)
+    finally:
+        if own:
+            client.close()
