@@ -7,40 +7,60 @@ __version__ = "0.1.0"
 
 from .artifact import Artifact  # noqa: E402
 from .build import BuildResult, build_skill  # noqa: E402
+from .cache import BlobCache  # noqa: E402
 from .checkpoint import Checkpoint  # noqa: E402
+from .client import RegistryClient  # noqa: E402
 from .environment import init_environment  # noqa: E402
 from .errors import (  # noqa: E402
     ArtifactError,
+    AuthError,
     CheckpointError,
+    ConfigError,
+    Conflict,
     CorruptArtifact,
     CorruptCheckpoint,
     DiskFull,
+    DownloadError,
     IncompatibleBase,
     InstallInterrupted,
     InvalidManifest,
     InvalidName,
     LockHeld,
     ModelEnvironmentError,
+    NotFound,
+    ProjectError,
+    RegistryError,
+    RegistryUnavailable,
     TensorMismatch,
     TvregError,
     UnsafeCheckpoint,
     WeightError,
 )
+from .fetch import FetchedSkill, fetch_skill  # noqa: E402
 from .fingerprint import fingerprint  # noqa: E402
 from .install import InstallResult, install  # noqa: E402
 from .lockfile import Lock, LockedSkill, read_lock  # noqa: E402
 from .manifest import Manifest  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .project import SkillProject, load_project  # noqa: E402
+from .publish import PublishResult, publish  # noqa: E402
+from .refs import SkillRef, parse_ref  # noqa: E402
 
 __all__ = [
     "Artifact",
     "ArtifactError",
+    "AuthError",
+    "BlobCache",
     "BuildResult",
     "Checkpoint",
     "CheckpointError",
+    "ConfigError",
+    "Conflict",
     "CorruptArtifact",
     "CorruptCheckpoint",
     "DiskFull",
+    "DownloadError",
+    "FetchedSkill",
     "IncompatibleBase",
     "InstallInterrupted",
     "InstallResult",
@@ -51,15 +71,27 @@ __all__ = [
     "LockedSkill",
     "Manifest",
     "ModelEnvironmentError",
+    "NotFound",
     "Progress",
+    "ProjectError",
+    "PublishResult",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailable",
+    "SkillProject",
+    "SkillRef",
     "TensorMismatch",
     "TvregError",
     "UnsafeCheckpoint",
     "WeightError",
     "__version__",
     "build_skill",
+    "fetch_skill",
     "fingerprint",
     "init_environment",
     "install",
+    "load_project",
+    "parse_ref",
+    "publish",
     "read_lock",
 ]
