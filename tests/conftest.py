@@ -19,10 +19,12 @@ from tiny_models import build_family  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def tvreg_home(tmp_path, monkeypatch):
-    """Every test gets its own data and cache directories, like a fresh machine."""
+    """Every test gets its own data, cache and config directories, like a fresh machine."""
     monkeypatch.setenv("TVREG_DATA_DIR", str(tmp_path / "tvreg-data"))
     monkeypatch.setenv("TVREG_CACHE_DIR", str(tmp_path / "tvreg-cache"))
-    monkeypatch.delenv("TVREG_FAULT", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    for var in ("TVREG_FAULT", "TVREG_CONFIG_DIR", "TVREG_REGISTRY", "TVREG_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
     return tmp_path
 
 
