@@ -27,7 +27,7 @@ from .errors import TvregError
 from .progress import Progress
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 
 
 class RichProgress(Progress):

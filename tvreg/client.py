@@ -30,7 +30,7 @@ from .manifest import validate_name, validate_version
 from .refs import SkillRef
 
 DEFAULT_TIMEOUT = 60.0
-_DOWNLOAD_CHUNK = 1 << 20
+_DOWNLOAD_CHUNK = 64 << 10
 
 
 def _sentence(text: str) -> str:
