@@ -1,0 +1,86 @@
+"""The FastAPI application: routes under ``/api/v1`` and the error boundary.
+
+Every failure leaves here as ``{"error": {"code", "message"}}`` (docs/registry-api.md):
+:class:`~registry_server.errors.ApiError` as itself, request validation as 400
+``bad_request``, unknown paths and methods as 404/405 in the same shape, and
+SQLAlchemy errors through :func:`registry_server.db.translate` (a database that is
+down or locked becomes 503 with ``Retry-After``). Anything else is a bug: logged
+with its traceback, answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .context import Context
+from .db import translate
+from .errors import ApiError, BadRequest, NotFound, ServerFault
+from .routes import meta, skills, uploads
+
+log = logging.getLogger("registry_server")
+API_PREFIX = "/api/v1"
+
+
+def _answer(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "the request is malformed."
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return f"invalid request: `{where}`: {first.get('msg', 'invalid value')}."
+
+
+def create_app(context: Context) -> FastAPI:
+    """The registry application serving ``context`` (settings, database, blob store)."""
+    app = FastAPI(
+        title="tvreg registry",
+        version=__version__,
+        description="Publish, search and download task-vector skills. See docs/registry-api.md.",
+    )
+    app.state.context = context
+    for router in (meta.router, uploads.router, skills.router):
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _answer(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _answer(BadRequest(_validation_message(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _answer(NotFound("no such endpoint; see /docs for the API."))
+        error = ApiError(str(exc.detail))
+        error.status = exc.status_code
+        error.code = "method_not_allowed" if exc.status_code == 405 else "bad_request"
+        return _answer(error)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        error = translate(exc)
+        if isinstance(error, ServerFault):
+            log.error("unexpected database error", exc_info=exc)
+        else:
+            log.warning("database error answered %s: %s", error.status, exc)
+        return _answer(error)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return _answer(ServerFault("the registry hit an internal error; it has been logged."))
+
+    return app

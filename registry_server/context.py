@@ -1,0 +1,37 @@
+"""The handles every request shares: settings, database engine and sessions, blob store.
+
+One :class:`Context` per process, stored on ``app.state``. It holds nothing that two
+replicas would need to agree on: all shared state lives in the database or the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import make_engine, make_sessionmaker
+from .settings import Settings
+from .storage import BlobStore, LocalBlobStore
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: BlobStore
+
+    @classmethod
+    def open(cls, settings: Settings, *, engine: Engine | None = None) -> Context:
+        engine = engine or make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            store=LocalBlobStore(settings.blob_dir),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,317 @@
+"""Publishing a version: from a finished upload to an immutable, visible version row.
+
+The order is what makes a publish safe to kill or race at any point:
+
+1. Check access, names, and that the upload received every byte it declared.
+2. If the version already exists, answer without storing anything: identical digest →
+   200 (an idempotent retry), other bytes → 409 naming both digests.
+3. Hash the staged bytes (SHA-256, streaming) and parse the artifact header with
+   tvreg's own strict reader; the manifest must name this skill and version.
+4. In one write transaction: create the skill if new, lock its row, re-check the
+   version, insert it, link the blob into the store, move dist-tags, consume the
+   upload, write the audit row, commit. Concurrent publishers of one version queue on
+   the skill row lock (SQLite: on ``BEGIN IMMEDIATE``) and the later ones see the
+   committed row, so exactly one answers 201; the unique constraint on
+   ``(skill_id, version)`` backs this up. A kill before the commit leaves at most an
+   orphan blob (harmless: no row names it) and the upload ready for a retry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from tvreg.artifact import MANIFEST_KEY, Artifact
+from tvreg.errors import TvregError
+from tvreg.faults import crash_point
+from tvreg.safetensors_io import SafetensorsFile
+
+from . import audit
+from .auth import Principal, readable_namespace, require_role
+from .context import Context
+from .db import write_session
+from .errors import ApiError, Conflict, InvalidArtifact, NotFound, SizeMismatch
+from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
+from .names import check_name, check_tag, check_version, is_prerelease, semver_key, ultranormalize
+from .schemas import version_out
+
+_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Published:
+    """The version object to return, and whether this call created it (201) or found it (200)."""
+
+    body: dict[str, Any]
+    created: bool
+
+
+@dataclass(frozen=True)
+class _UploadSnapshot:
+    id: str
+    size: int
+    digest: str
+    received: int
+    state: str
+
+
+def publish(
+    ctx: Context,
+    principal: Principal | None,
+    namespace: str,
+    name: str,
+    version: str,
+    *,
+    upload_id: str,
+    tag: str | None,
+) -> Published:
+    """Publish upload ``upload_id`` as ``namespace/name@version`` and move ``tag``.
+
+    Raises:
+        ApiError: 400 (names, incomplete upload, digest mismatch, invalid artifact),
+            401/403 (token, role), 404 (namespace or upload), 409 (other bytes already
+            published, look-alike name).
+    """
+    check_name(namespace, what="namespace")
+    check_name(name)
+    check_version(version)
+    if tag is not None:
+        check_tag(tag)
+    label = f"{namespace}/{name}@{version}"
+    with ctx.sessions() as s:
+        ns = readable_namespace(s, principal, namespace, skill=name)
+        principal = require_role(principal, ns, "write", action=f"publishing `{label}`")
+        upload = s.get(Upload, upload_id) if _looks_like_uuid(upload_id) else None
+        if upload is None or upload.user_id != principal.user_id:
+            raise NotFound(f"upload `{upload_id}` was not found.")
+        up = _UploadSnapshot(upload.id, upload.size, upload.digest, upload.received, upload.state)
+        ns_id = ns.id
+        existing = _find_version(s, ns_id, name, version)
+    if existing is not None and up.state != "open":
+        # A retry of a publish whose answer was lost: same digest answers 200 again.
+        return _existing_answer(ctx, existing, up, label)
+    if up.state != "open":
+        raise Conflict(f"upload `{up.id}` was already used; start a new upload.")
+    if up.received != up.size:
+        raise SizeMismatch(
+            f"upload `{up.id}` received {up.received} of {up.size} bytes; finish it before publishing `{label}`.",
+            expected=up.size,
+            received=up.received,
+        )
+    if existing is not None:
+        return _existing_answer(ctx, existing, up, label)
+
+    try:
+        path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
+        manifest_json, artifact = _read_artifact(path, label)
+        if (artifact["name"], artifact["version"]) != (name, version):
+            raise InvalidArtifact(
+                f"the artifact is `{artifact['name']}@{artifact['version']}` according to its manifest, "
+                f"but it is being published as `{label}`."
+            )
+    except ApiError as exc:
+        _fail_upload(ctx, up.id, principal, label, exc)
+        raise
+
+    for _ in range(_ATTEMPTS):
+        try:
+            return _commit(ctx, principal, ns_id, name, version, up, manifest_json, tag, label)
+        except IntegrityError:
+            # A concurrent transaction created the same skill or version between our
+            # checks and our insert; the next attempt sees its committed rows.
+            continue
+    raise Conflict(f"`{label}` is being published concurrently; retry the request.")
+
+
+def _looks_like_uuid(value: str) -> bool:
+    return len(value) == 36 and value.count("-") == 4
+
+
+def _find_version(s: Session, ns_id: int, name: str, version: str) -> Version | None:
+    return s.scalars(
+        select(Version)
+        .join(Skill, Version.skill_id == Skill.id)
+        .where(Skill.namespace_id == ns_id, Skill.name == name, Version.version == version)
+        .options(selectinload(Version.skill).selectinload(Skill.namespace), selectinload(Version.publisher))
+    ).first()
+
+
+def _existing_answer(ctx: Context, existing: Version, up: _UploadSnapshot, label: str) -> Published:
+    """Answer for a version that is already published: 200 if same bytes, else 409."""
+    body = version_out(existing.skill, existing)
+    if existing.digest == up.digest:
+        _consume_upload(ctx, up.id, "published")
+        return Published(body, created=False)
+    _consume_upload(ctx, up.id, "failed")
+    raise Conflict(
+        f"`{label}` is already published with digest {existing.digest}; the upload has digest {up.digest}. "
+        "Published versions are immutable: publish a new version number.",
+        extra={"published_digest": existing.digest, "upload_digest": up.digest},
+    )
+
+
+def _consume_upload(ctx: Context, upload_id: str, state: str) -> None:
+    with write_session(ctx.sessions) as s:
+        s.execute(
+            update(Upload)
+            .where(Upload.id == upload_id, Upload.state == "open")
+            .values(state=state, updated_at=utcnow())
+        )
+        s.commit()
+    ctx.store.discard_staged(upload_id)
+
+
+def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str, exc: ApiError) -> None:
+    """Remove the bytes of an upload that cannot be published, and record why."""
+    ctx.store.discard_staged(upload_id)
+    with write_session(ctx.sessions) as s:
+        s.execute(update(Upload).where(Upload.id == upload_id).values(state="failed", updated_at=utcnow()))
+        audit.record(
+            s,
+            actor=principal.name,
+            action="version.publish_rejected",
+            target=label,
+            upload=upload_id,
+            code=exc.code,
+            message=exc.message,
+        )
+        s.commit()
+
+
+def _read_artifact(path: Any, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The artifact's full manifest (as stored) after tvreg's strict header and manifest checks."""
+    try:
+        with Artifact(path):
+            pass
+        with SafetensorsFile(path) as f:
+            text = f.metadata[MANIFEST_KEY]
+    except TvregError as exc:
+        reason = exc.message.replace(f"`{path}`", "the artifact").replace(str(path), "the artifact")
+        raise InvalidArtifact(f"`{label}` cannot be published: {reason}") from exc
+    manifest = json.loads(text)
+    return manifest, {"name": manifest["name"], "version": manifest["version"]}
+
+
+def _get_or_create_skill(s: Session, ns: Namespace, name: str, description: str) -> tuple[Skill, bool]:
+    norm = ultranormalize(name)
+
+    def lookup() -> Skill | None:
+        return s.scalars(
+            select(Skill).where(Skill.namespace_id == ns.id, Skill.normalized_name == norm).with_for_update()
+        ).first()
+
+    skill = lookup()
+    created = False
+    if skill is None:
+        try:
+            with s.begin_nested():
+                skill = Skill(namespace_id=ns.id, name=name, normalized_name=norm, description=description)
+                s.add(skill)
+            created = True
+        except IntegrityError:
+            skill = lookup()
+            if skill is None:
+                raise
+    if skill.name != name:
+        raise Conflict(
+            f"skill name `{ns.name}/{name}` is too similar to the existing `{ns.name}/{skill.name}` "
+            "(names are compared ignoring case and runs of `-`, `_` and `.`)."
+        )
+    return skill, created
+
+
+def move_tag(s: Session, skill: Skill, tag: str, version: Version) -> None:
+    """Point ``tag`` at ``version``; the caller holds the skill row lock."""
+    row = s.get(DistTag, (skill.id, tag))
+    if row is None:
+        s.add(DistTag(skill_id=skill.id, tag=tag, version_id=version.id))
+    else:
+        row.version_id = version.id
+
+
+def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | None) -> bool:
+    """Move ``tag`` on publish with npm's rules; True when ``latest`` now points here.
+
+    ``latest`` moves only for a release (not a prerelease) higher than the current
+    ``latest``, so publishing a 1.x backport after 2.0.0 does not demote ``latest``.
+    """
+    if tag is None:
+        return False
+    if tag == "latest":
+        if is_prerelease(version.version):
+            return False
+        current = s.get(DistTag, (skill.id, "latest"))
+        if current is not None and semver_key(current.version.version) >= semver_key(version.version):
+            return False
+    move_tag(s, skill, tag, version)
+    return tag == "latest"
+
+
+def _commit(
+    ctx: Context,
+    principal: Principal,
+    ns_id: int,
+    name: str,
+    version: str,
+    up: _UploadSnapshot,
+    manifest: dict[str, Any],
+    tag: str | None,
+    label: str,
+) -> Published:
+    with write_session(ctx.sessions) as s:
+        ns = s.get_one(Namespace, ns_id)
+        description = manifest.get("description") or ""
+        skill, created = _get_or_create_skill(s, ns, name, description)
+        existing = s.scalars(
+            select(Version).where(Version.skill_id == skill.id, Version.version == version)
+        ).first()
+        if existing is not None:
+            s.rollback()
+            with ctx.sessions() as r:
+                found = _find_version(r, ns_id, name, version)
+                assert found is not None
+                return _existing_answer(ctx, found, up, label)
+        row = Version(
+            skill_id=skill.id,
+            version=version,
+            digest=up.digest,
+            size=up.size,
+            manifest=manifest,
+            base_fingerprint=manifest["base_fingerprint"],
+            kind=manifest["kind"],
+            dataset_size=manifest.get("dataset_size"),
+            dataset_unit=manifest.get("dataset_unit", "examples"),
+            publisher_id=principal.user_id,
+        )
+        s.add(row)
+        s.flush()
+        ctx.store.link_staged(up.id, up.digest)
+        crash_point("registry.publish.after_link")
+        if _apply_publish_tag(s, skill, row, tag) or created:
+            skill.description = description
+        consumed = s.execute(
+            update(Upload)
+            .where(Upload.id == up.id, Upload.state == "open")
+            .values(state="published", updated_at=utcnow())
+        ).rowcount
+        if consumed != 1:
+            raise Conflict(f"upload `{up.id}` was used by another publish; start a new upload.")
+        audit.record(
+            s,
+            actor=principal.name,
+            action="version.publish",
+            target=label,
+            digest=up.digest,
+            size=up.size,
+            upload=up.id,
+            tag=tag,
+        )
+        s.commit()
+        body = version_out(skill, row)
+    ctx.store.discard_staged(up.id)
+    return Published(body, created=True)

@@ -1,0 +1,377 @@
+"""``/skills``: publish, search, read, download, yank and tag skill versions.
+
+Reads answer 404 with the same body for a private skill the caller cannot see as for
+a missing one (see :mod:`registry_server.auth`). Writes that change a skill (yank,
+tags) take the skill row lock, like publish, so tag moves never interleave.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.orm import Session, selectinload
+from starlette.responses import FileResponse
+
+from .. import audit
+from ..auth import (
+    Principal,
+    readable_namespace,
+    readable_skill,
+    require_role,
+    skill_not_found,
+)
+from ..context import Context
+from ..db import write_session
+from ..deps import ContextDep, PrincipalDep
+from ..errors import BadRequest, NotFound, ServerFault
+from ..models import DistTag, Namespace, Skill, Version
+from ..names import check_tag, semver_key
+from ..publish import move_tag, publish
+from ..schemas import (
+    DistTags,
+    ErrorBody,
+    PublishRequest,
+    SearchResults,
+    SkillOut,
+    TagRequest,
+    VersionOut,
+    YankRequest,
+    version_out,
+)
+
+router = APIRouter(tags=["skills"])
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
+MAX_PER_PAGE = 100
+
+
+class _BlobResponse(FileResponse):
+    """A file response that reads 1 MiB at a time (the default 64 KiB costs a thread hop each)."""
+
+    chunk_size = 1024 * 1024
+
+
+@router.put(
+    "/skills/{namespace}/{name}/versions/{version}",
+    status_code=201,
+    response_model=VersionOut,
+    responses={
+        **_ERRORS,
+        200: {"model": VersionOut, "description": "Identical bytes were already published."},
+    },
+)
+def publish_version(
+    namespace: str,
+    name: str,
+    version: str,
+    body: PublishRequest,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> Any:
+    """Publish a finished upload as `namespace/name@version` (201), or confirm identical bytes (200)."""
+    result = publish(ctx, principal, namespace, name, version, upload_id=body.upload_id, tag=body.tag)
+    return JSONResponse(result.body, status_code=201 if result.created else 200)
+
+
+def _visible_namespaces(principal: Principal | None) -> Any:
+    if principal is None:
+        return Namespace.private.is_(False)
+    return or_(Namespace.private.is_(False), Namespace.team_id.in_(list(principal.roles)))
+
+
+@router.get("/skills", response_model=SearchResults, responses=_ERRORS)
+def search(
+    ctx: ContextDep,
+    principal: PrincipalDep,
+    q: str | None = None,
+    base: str | None = None,
+    tag: str | None = None,
+    namespace: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
+) -> dict:
+    """Skills the caller can read, filtered by text, base fingerprint, dist-tag and namespace."""
+    where: list[Any] = [_visible_namespaces(principal)]
+    if q:
+        needle = q.lower()
+        where.append(
+            or_(
+                func.lower(Skill.name).contains(needle, autoescape=True),
+                func.lower(Skill.description).contains(needle, autoescape=True),
+            )
+        )
+    if base:
+        if len(base) != 64 or any(c not in "0123456789abcdef" for c in base):
+            raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base!r}.")
+        where.append(
+            exists().where(
+                Version.skill_id == Skill.id, Version.base_fingerprint == base, Version.yanked.is_(False)
+            )
+        )
+    if tag:
+        where.append(exists().where(DistTag.skill_id == Skill.id, DistTag.tag == tag))
+    if namespace:
+        where.append(Namespace.name == namespace)
+    query = select(Skill).join(Namespace, Skill.namespace_id == Namespace.id).where(*where)
+    with ctx.sessions() as s:
+        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+        skills = s.scalars(
+            query.order_by(Namespace.name, Skill.name)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+            .options(
+                selectinload(Skill.namespace),
+                selectinload(Skill.versions),
+                selectinload(Skill.tags).selectinload(DistTag.version),
+            )
+        ).all()
+        items = [_summary(skill) for skill in skills]
+    return {"items": items, "page": page, "per_page": per_page, "total": total}
+
+
+def _summary(skill: Skill) -> dict:
+    tags = {t.tag: t.version.version for t in skill.tags}
+    return {
+        "name": skill.full_name,
+        "description": skill.description,
+        "latest": tags.get("latest"),
+        "versions": len(skill.versions),
+        "bases": sorted({v.base_fingerprint for v in skill.versions if not v.yanked}),
+        "private": skill.namespace.private,
+    }
+
+
+def _load_version(
+    s: Session, principal: Principal | None, namespace: str, name: str, version: str
+) -> Version:
+    skill = readable_skill(s, principal, namespace, name)
+    row = s.scalars(
+        select(Version)
+        .where(Version.skill_id == skill.id, Version.version == version)
+        .options(selectinload(Version.publisher), selectinload(Version.skill).selectinload(Skill.namespace))
+    ).first()
+    if row is None:
+        raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+    return row
+
+
+@router.get("/skills/{namespace}/{name}", response_model=SkillOut, responses=_ERRORS)
+def skill_info(
+    namespace: str,
+    name: str,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """A skill, its dist-tags and every version in semver order."""
+    with ctx.sessions() as s:
+        skill = readable_skill(s, principal, namespace, name)
+        versions = s.scalars(
+            select(Version).where(Version.skill_id == skill.id).options(selectinload(Version.publisher))
+        ).all()
+        tags = s.execute(
+            select(DistTag.tag, Version.version)
+            .join(Version, DistTag.version_id == Version.id)
+            .where(DistTag.skill_id == skill.id)
+        ).all()
+        return {
+            "name": skill.full_name,
+            "description": skill.description,
+            "private": skill.namespace.private,
+            "dist_tags": dict(sorted(tags)),
+            "versions": [
+                version_out(skill, v) for v in sorted(versions, key=lambda v: semver_key(v.version))
+            ],
+        }
+
+
+@router.get("/skills/{namespace}/{name}/versions/{version}", response_model=VersionOut, responses=_ERRORS)
+def version_info(
+    namespace: str,
+    name: str,
+    version: str,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """One version object."""
+    with ctx.sessions() as s:
+        row = _load_version(s, principal, namespace, name, version)
+        return version_out(row.skill, row)
+
+
+@router.get(
+    "/skills/{namespace}/{name}/versions/{version}/artifact",
+    responses={
+        **_ERRORS,
+        200: {"content": {"application/octet-stream": {}}, "description": "The artifact bytes."},
+        206: {"content": {"application/octet-stream": {}}, "description": "The requested byte range."},
+    },
+    response_class=Response,
+)
+def download(
+    namespace: str,
+    name: str,
+    version: str,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> Response:
+    """The artifact bytes; honours `Range: bytes=a-b`; digest in `Digest`, `X-Tvreg-Digest` and `ETag`."""
+    with ctx.sessions() as s:
+        row = _load_version(s, principal, namespace, name, version)
+        digest, size = row.digest, row.size
+    try:
+        path = ctx.store.path(digest)
+        stat = os.stat(path)
+    except FileNotFoundError as exc:
+        raise ServerFault(
+            f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
+        ) from exc
+    if stat.st_size != size:
+        raise ServerFault(
+            f"the stored bytes of `{namespace}/{name}@{version}` have the wrong size on the server."
+        )
+    raw = bytes.fromhex(digest.removeprefix("sha256:"))
+    headers = {
+        "Digest": "sha-256=" + base64.b64encode(raw).decode("ascii"),
+        "X-Tvreg-Digest": digest,
+        "ETag": f'"{digest}"',
+        "Cache-Control": "public, max-age=31536000, immutable",
+    }
+    return _BlobResponse(path, headers=headers, media_type="application/octet-stream", stat_result=stat)
+
+
+def _yank(
+    ctx: Context,
+    principal: Principal | None,
+    namespace: str,
+    name: str,
+    version: str,
+    *,
+    yanked: bool,
+    reason: str | None,
+) -> dict:
+    label = f"{namespace}/{name}@{version}"
+    with write_session(ctx.sessions) as s:
+        ns = readable_namespace(s, principal, namespace, skill=name)
+        principal = require_role(
+            principal, ns, "write", action=f"{'yanking' if yanked else 'un-yanking'} `{label}`"
+        )
+        row = _load_version(s, principal, namespace, name, version)
+        row.yanked = yanked
+        row.yanked_reason = reason if yanked else None
+        audit.record(
+            s,
+            actor=principal.name,
+            action="version.yank" if yanked else "version.unyank",
+            target=label,
+            reason=reason,
+        )
+        s.commit()
+        return version_out(row.skill, row)
+
+
+@router.post(
+    "/skills/{namespace}/{name}/versions/{version}/yank", response_model=VersionOut, responses=_ERRORS
+)
+def yank(
+    namespace: str,
+    name: str,
+    version: str,
+    body: YankRequest,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """Mark a version yanked: ranges skip it, exact pins still install it (with the reason)."""
+    return _yank(ctx, principal, namespace, name, version, yanked=True, reason=body.reason or None)
+
+
+@router.delete(
+    "/skills/{namespace}/{name}/versions/{version}/yank", response_model=VersionOut, responses=_ERRORS
+)
+def unyank(
+    namespace: str,
+    name: str,
+    version: str,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """Undo a yank."""
+    return _yank(ctx, principal, namespace, name, version, yanked=False, reason=None)
+
+
+def _tags_of(s: Session, skill: Skill) -> dict[str, str]:
+    rows = s.execute(
+        select(DistTag.tag, Version.version)
+        .join(Version, DistTag.version_id == Version.id)
+        .where(DistTag.skill_id == skill.id)
+    ).all()
+    return dict(sorted(rows))
+
+
+def _locked_skill(s: Session, principal: Principal | None, namespace: str, name: str, action: str) -> Skill:
+    ns = readable_namespace(s, principal, namespace, skill=name)
+    require_role(principal, ns, "write", action=action)
+    skill = s.scalars(
+        select(Skill).where(Skill.namespace_id == ns.id, Skill.name == name).with_for_update()
+    ).first()
+    if skill is None:
+        raise skill_not_found(namespace, name)
+    return skill
+
+
+@router.put("/skills/{namespace}/{name}/tags/{tag}", response_model=DistTags, responses=_ERRORS)
+def set_tag(
+    namespace: str,
+    name: str,
+    tag: str,
+    body: TagRequest,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """Point a dist-tag at an existing version."""
+    check_tag(tag)
+    with write_session(ctx.sessions) as s:
+        skill = _locked_skill(s, principal, namespace, name, f"tagging `{namespace}/{name}`")
+        row = s.scalars(
+            select(Version).where(Version.skill_id == skill.id, Version.version == body.version)
+        ).first()
+        if row is None:
+            raise NotFound(f"version `{body.version}` of skill `{namespace}/{name}` was not found.")
+        move_tag(s, skill, tag, row)
+        assert principal is not None
+        audit.record(
+            s,
+            actor=principal.name,
+            action="tag.set",
+            target=f"{namespace}/{name}",
+            tag=tag,
+            version=body.version,
+        )
+        s.commit()
+        return {"dist_tags": _tags_of(s, skill)}
+
+
+@router.delete("/skills/{namespace}/{name}/tags/{tag}", response_model=DistTags, responses=_ERRORS)
+def delete_tag(
+    namespace: str,
+    name: str,
+    tag: str,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+) -> dict:
+    """Remove a dist-tag (never `latest`)."""
+    if tag == "latest":
+        raise BadRequest("the `latest` tag cannot be deleted; point it at another version instead.")
+    with write_session(ctx.sessions) as s:
+        skill = _locked_skill(s, principal, namespace, name, f"untagging `{namespace}/{name}`")
+        row = s.get(DistTag, (skill.id, tag))
+        if row is None:
+            raise NotFound(f"tag `{tag}` of skill `{namespace}/{name}` was not found.")
+        s.delete(row)
+        assert principal is not None
+        audit.record(s, actor=principal.name, action="tag.delete", target=f"{namespace}/{name}", tag=tag)
+        s.commit()
+        return {"dist_tags": _tags_of(s, skill)}

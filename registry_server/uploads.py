@@ -1,0 +1,178 @@
+"""Resumable uploads whose state lives in the database, so any replica can continue one.
+
+An upload's durable offset (``received``) only moves after the bytes are fsynced in
+the staging area. A PATCH first takes a short *lease* on the upload with one
+conditional UPDATE (offset must match, no live lease), renews it while streaming, and
+releases it with the new offset. Two PATCHes for one upload, on one replica or two,
+therefore never write at once; a writer that dies simply lets its lease expire, and
+the bytes it wrote past the recorded offset are cut off by the next writer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+
+from . import audit
+from .auth import Principal, require_scope
+from .context import Context
+from .db import write_session
+from .errors import Conflict, NotFound, TooLarge
+from .models import Upload, utcnow
+
+LEASE_SECONDS = 60
+RENEW_AFTER_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease on an upload, held while one request appends to it."""
+
+    upload_id: str
+    token: str
+    offset: int
+    size: int
+
+
+def _not_found(upload_id: str) -> NotFound:
+    return NotFound(f"upload `{upload_id}` was not found.")
+
+
+def _owned(ctx: Context, principal: Principal, upload_id: str) -> Upload:
+    with ctx.sessions() as s:
+        try:
+            uuid.UUID(upload_id)
+        except ValueError:
+            raise _not_found(upload_id) from None
+        upload = s.get(Upload, upload_id)
+        if upload is None or upload.user_id != principal.user_id:
+            raise _not_found(upload_id)
+        return upload
+
+
+def create(ctx: Context, principal: Principal | None, *, size: int, digest: str) -> Upload:
+    """Start an upload of ``size`` bytes declared to hash to ``digest``.
+
+    Raises:
+        TooLarge: ``size`` exceeds the server's maximum artifact size.
+        Forbidden: the token cannot write (a read-only token cannot publish anything).
+    """
+    principal = require_scope(principal, "write", action="uploading an artifact")
+    limit = ctx.settings.max_artifact_bytes
+    if size > limit:
+        raise TooLarge(
+            f"the artifact is {size} bytes, over this registry's limit of {limit} bytes.", limit=limit
+        )
+    upload = Upload(id=str(uuid.uuid4()), user_id=principal.user_id, size=size, digest=digest)
+    ctx.store.create_staged(upload.id)
+    with write_session(ctx.sessions) as s:
+        s.add(upload)
+        audit.record(
+            s, actor=principal.name, action="upload.create", target=upload.id, size=size, digest=digest
+        )
+        s.commit()
+    return upload
+
+
+def get(ctx: Context, principal: Principal, upload_id: str) -> Upload:
+    return _owned(ctx, principal, upload_id)
+
+
+def delete(ctx: Context, principal: Principal, upload_id: str) -> None:
+    """Abandon an upload: its staged bytes are removed, the row is kept as ``failed``."""
+    upload = _owned(ctx, principal, upload_id)
+    with write_session(ctx.sessions) as s:
+        s.execute(
+            update(Upload)
+            .where(Upload.id == upload.id, Upload.state == "open")
+            .values(state="failed", writer=None, lease_expires_at=None, updated_at=utcnow())
+        )
+        audit.record(s, actor=principal.name, action="upload.delete", target=upload.id)
+        s.commit()
+    if upload.state == "open":
+        ctx.store.discard_staged(upload.id)
+
+
+def claim(ctx: Context, principal: Principal, upload_id: str, offset: int, length: int | None) -> Claim:
+    """Take the write lease on an upload whose durable offset is ``offset``.
+
+    ``length`` is the request's Content-Length when known: a body that would run past
+    the declared size is refused before a byte is read.
+
+    Raises:
+        NotFound: no such upload for this user.
+        Conflict: the upload is finished or abandoned, ``offset`` is not its current
+            offset (the body carries the current one), or another request holds the lease.
+        TooLarge: ``offset + length`` exceeds the declared size.
+    """
+    upload = _owned(ctx, principal, upload_id)
+    if upload.state != "open":
+        raise Conflict(f"upload `{upload_id}` is {upload.state}; start a new upload.")
+    if offset != upload.received:
+        raise Conflict(
+            f"Upload-Offset is {offset} but upload `{upload_id}` has {upload.received} bytes; "
+            f"resume from offset {upload.received}.",
+            headers={"Upload-Offset": str(upload.received)},
+            extra={"offset": upload.received},
+        )
+    if length is not None and offset + length > upload.size:
+        raise past_end(upload.size)
+    token = secrets.token_hex(16)
+    now = utcnow()
+    with write_session(ctx.sessions) as s:
+        won = s.execute(
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                Upload.state == "open",
+                Upload.received == offset,
+                or_(Upload.writer.is_(None), Upload.lease_expires_at < now),
+            )
+            .values(writer=token, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS))
+        ).rowcount
+        s.commit()
+    if won != 1:
+        raise Conflict(
+            f"another request is writing to upload `{upload_id}`; retry in a few seconds.",
+            headers={"Retry-After": "5"},
+        )
+    return Claim(upload_id, token, offset, upload.size)
+
+
+def past_end(size: int) -> TooLarge:
+    """413 for a body that would run past the upload's declared size (the limit it names)."""
+    return TooLarge(f"the body runs past the upload's declared size of {size} bytes.", limit=size)
+
+
+def renew(ctx: Context, claim: Claim) -> None:
+    """Extend the lease while a long body streams in; Conflict if it was lost."""
+    with write_session(ctx.sessions) as s:
+        kept = s.execute(
+            update(Upload)
+            .where(Upload.id == claim.upload_id, Upload.writer == claim.token)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
+        ).rowcount
+        s.commit()
+    if kept != 1:
+        raise Conflict(
+            f"upload `{claim.upload_id}` was taken over by another request; resume from its offset."
+        )
+
+
+def release(ctx: Context, claim: Claim, offset: int) -> None:
+    """Record the new durable ``offset`` and drop the lease."""
+    with write_session(ctx.sessions) as s:
+        kept = s.execute(
+            update(Upload)
+            .where(Upload.id == claim.upload_id, Upload.writer == claim.token)
+            .values(received=offset, writer=None, lease_expires_at=None, updated_at=utcnow())
+        ).rowcount
+        s.commit()
+    if kept != 1:
+        raise Conflict(
+            f"upload `{claim.upload_id}` was taken over by another request; resume from its offset."
+        )
