@@ -30,7 +30,6 @@ from .manifest import validate_name, validate_version
 from .refs import SkillRef
 
 DEFAULT_TIMEOUT = 60.0
-_DOWNLOAD_CHUNK = 64 << 10
 
 
 def _sentence(text: str) -> str:
@@ -280,7 +279,8 @@ class RegistryClient:
 
     def _chunks(self, resp: httpx.Response, label: str) -> Iterator[bytes]:
         try:
-            yield from resp.iter_raw(_DOWNLOAD_CHUNK)
+            # No chunk_size: re-chunking would hold back (and lose, on a cut) a partial chunk.
+            yield from resp.iter_raw()
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise DownloadError(
                 f"the download of {label} from {self.url} ended early ({exc}).",
