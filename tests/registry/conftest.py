@@ -557,7 +557,7 @@ class Artifacts:
     ) -> bytes:
         """The bytes of a valid artifact for ``name@version`` (other manifest fields via ``changes``)."""
         src = base or (self.coding if name.startswith("coding") else self.science)
-        dst = self.root / f"{name}-{version}-{uuid.uuid4().hex[:8]}.tvskill"
+        dst = self.root / f"{uuid.uuid4().hex}.tvskill"
         return rewrite_manifest(src, dst, name=name, version=version, **changes).read_bytes()
 
 
