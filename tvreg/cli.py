@@ -460,7 +460,13 @@ def whoami(registry):
 @click.option("--registry", metavar="URL", help="Publish there (default: the logged-in registry).")
 @click.option("--tag", default="latest", show_default=True, help="Dist-tag to point at the new version.")
 @click.option("--no-tag", is_flag=True, help="Point no dist-tag at the new version (not even latest).")
-def publish(project_dir, dry_run, registry, tag, no_tag):
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    help="At most BYTES per upload request (default: the registry's suggestion).",
+)
+def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
     """Publish the skill project in PROJECT_DIR (a directory with tvskill.toml).
 
     \b
@@ -482,7 +488,12 @@ def publish(project_dir, dry_run, registry, tag, no_tag):
     from .publish import publish as do_publish
 
     res = do_publish(
-        project_dir, registry=registry, tag=None if no_tag else tag, dry_run=dry_run, progress=RichProgress()
+        project_dir,
+        registry=registry,
+        tag=None if no_tag else tag,
+        dry_run=dry_run,
+        chunk_size=chunk_size,
+        progress=RichProgress(),
     )
     what = f"[bold]{res.label}[/] ({res.digest[:19]}…, {_size(res.size)})"
     if res.status == "dry-run":

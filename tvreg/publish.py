@@ -80,9 +80,17 @@ def _resume_or_create(client: RegistryClient, digest: str, size: int) -> tuple[s
 
 
 def _upload(
-    client: RegistryClient, path: Path, digest: str, size: int, label: str, progress: Progress
+    client: RegistryClient,
+    path: Path,
+    digest: str,
+    size: int,
+    label: str,
+    progress: Progress,
+    max_chunk: int | None,
 ) -> str:
     upload_id, offset, chunk = _resume_or_create(client, digest, size)
+    if max_chunk:
+        chunk = min(chunk, max_chunk)
     progress.task(f"Uploading {label}", size)
     shown = 0
     failures = 0
@@ -119,6 +127,7 @@ def publish(
     token: str | None = None,
     tag: str | None = "latest",
     dry_run: bool = False,
+    chunk_size: int | None = None,
     client: RegistryClient | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> PublishResult:
@@ -130,6 +139,8 @@ def publish(
         tag: the dist-tag to point at the new version (``latest`` by default, which the
             registry does not move for prereleases); None to set no tag.
         dry_run: do every check (build, verify, login, version collision) and upload nothing.
+        chunk_size: at most this many bytes per ``PATCH`` (default: the registry's suggestion),
+            e.g. behind a proxy that limits request bodies.
 
     Returns:
         A :class:`PublishResult`.
@@ -189,7 +200,7 @@ def publish(
             return result("dry-run" if dry_run else "unchanged")
         if dry_run:
             return result("dry-run")
-        upload_id = _upload(client, path, digest, size, str(ref), progress)
+        upload_id = _upload(client, path, digest, size, str(ref), progress, chunk_size)
         put_tag = tag if tag == "latest" else None
         _version, created = client.put_version(ref, project.version, upload_id, tag=put_tag)
         with contextlib.suppress(FileNotFoundError):
