@@ -58,13 +58,18 @@ class _Failure(click.ClickException):
 
 
 def _open(data_dir: str | None, database_url: str | None, *, check: bool = True, **kw: Any):
-    """The context for these options; migrates a brand-new SQLite data dir, else checks the schema."""
+    """The context for these options.
+
+    With ``check`` (serving, administration), a brand-new SQLite database is created by
+    running the migrations, and any other database must already be at head. Without it
+    (the ``db`` commands) the database is opened as it is.
+    """
     from .context import Context
     from .migrate import check_schema, upgrade
 
     settings = Settings.resolve(data_dir=data_dir, database_url=database_url, **kw)
     sqlite = settings.sqlite_path
-    fresh = sqlite is not None and not sqlite.exists()
+    fresh = check and sqlite is not None and not sqlite.exists()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context.open(settings)
     try:

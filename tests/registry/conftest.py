@@ -490,6 +490,28 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
         reg.close()
 
 
+@pytest.fixture
+def make_registry(tmp_path: Path, server_spawner: Spawner) -> Iterator:
+    """A factory of (not yet started) servers on a database the test prepared itself."""
+    made: list[Registry] = []
+
+    def make(database_url: str, *, data_dir: Path | None = None, **kw: object) -> Registry:
+        backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+        reg = Registry(
+            backend=backend,
+            data_dir=data_dir or tmp_path / "registry",
+            database_url=database_url,
+            spawner=server_spawner,
+            **kw,  # type: ignore[arg-type]
+        )
+        made.append(reg)
+        return reg
+
+    yield make
+    for reg in made:
+        reg.close()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "registry_options(max_artifact_bytes=N): options for the `registry` fixture's server"

@@ -1,0 +1,133 @@
+"""Two server processes on one database and one blob directory behave as one registry.
+
+Nothing a request needs lives in a process: upload offsets, leases and version rows are
+in the database, bytes in the shared store. FAULTS.md rows 3 (concurrent publish across
+replicas) and 25 (database unavailable: bounded 503, recovery without restart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+
+def _client(url: str, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60)
+
+
+def _upload(url: str, token: str, data: bytes) -> str:
+    with _client(url, token) as c:
+        r = c.post(
+            "/uploads", json={"size": len(data), "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        )
+        upload_id = r.json()["id"]
+        assert (
+            c.patch(f"/uploads/{upload_id}", content=data, headers={"Upload-Offset": "0"}).status_code == 200
+        )
+    return upload_id
+
+
+def test_concurrent_publishes_of_different_versions_on_two_replicas_all_succeed(registry, server_artifacts):
+    token = registry.make_user("alice")
+    other = registry.replica()
+    urls = [registry.url, other.url]
+    versions = [f"1.{i}.0" for i in range(10)]
+    jobs = []
+    for i, version in enumerate(versions):
+        url = urls[i % 2]
+        jobs.append((url, version, _upload(url, token, server_artifacts.make("science", version))))
+    barrier = threading.Barrier(len(jobs))
+
+    def publish(job):
+        url, version, upload_id = job
+        with _client(url, token) as c:
+            barrier.wait()
+            return c.put(f"/skills/alice/science/versions/{version}", json={"upload_id": upload_id})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(publish, jobs))
+    assert [r.status_code for r in answers] == [201] * len(jobs), [r.text for r in answers]
+    for url in urls:
+        with _client(url) as c:
+            info = c.get("/skills/alice/science").json()
+            assert [v["version"] for v in info["versions"]] == versions
+            assert info["dist_tags"] == {"latest": "1.9.0"}
+    assert registry.sql("SELECT count(*) FROM skills") == [(1,)]
+    assert len(registry.blob_files()) == len(versions) and registry.staged_files() == []
+
+
+def test_one_version_raced_across_replicas_has_one_winner(registry, server_artifacts):
+    token = registry.make_user("alice")
+    other = registry.replica()
+    jobs = []
+    for i in range(12):
+        url = (registry.url, other.url)[i % 2]
+        jobs.append(
+            (url, _upload(url, token, server_artifacts.make("science", "3.0.0", description=f"v{i}")))
+        )
+    barrier = threading.Barrier(len(jobs))
+
+    def publish(job):
+        url, upload_id = job
+        with _client(url, token) as c:
+            barrier.wait()
+            return c.put("/skills/alice/science/versions/3.0.0", json={"upload_id": upload_id})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        codes = sorted(r.status_code for r in pool.map(publish, jobs))
+    assert codes == [201] + [409] * (len(jobs) - 1)
+    assert registry.sql("SELECT count(*) FROM versions") == [(1,)]
+    assert len(registry.blob_files()) == 1
+
+
+def test_an_upload_started_on_one_replica_continues_on_the_other(registry, server_artifacts):
+    token = registry.make_user("alice")
+    other = registry.replica()
+    data = server_artifacts.make("science", "1.0.0")
+    third = len(data) // 3
+    with _client(registry.url, token) as a, _client(other.url, token) as b:
+        upload_id = a.post(
+            "/uploads", json={"size": len(data), "digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+        ).json()["id"]
+        assert (
+            a.patch(f"/uploads/{upload_id}", content=data[:third], headers={"Upload-Offset": "0"}).status_code
+            == 200
+        )
+        assert b.get(f"/uploads/{upload_id}").json()["offset"] == third
+        r = b.patch(f"/uploads/{upload_id}", content=data[third:], headers={"Upload-Offset": "0"})
+        assert r.status_code == 409 and r.json()["offset"] == third
+        assert b.patch(
+            f"/uploads/{upload_id}", content=data[third:], headers={"Upload-Offset": str(third)}
+        ).json() == {"offset": len(data)}
+        assert a.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
+        assert b.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+
+
+@pytest.mark.parametrize("registry", ["postgresql"], indirect=True)
+def test_database_outage_is_a_bounded_503_and_recovers_without_restart(registry, request):
+    cluster = request.getfixturevalue("postgres_cluster")
+    database = registry.database_url.rsplit("/", 1)[1]
+    token = registry.make_user("alice")
+    with _client(registry.url, token) as c:
+        assert c.get("/skills").status_code == 200
+        cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        cluster.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        )
+        try:
+            for path in ("/skills", "/health", "/whoami"):
+                r = c.get(path)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["error"]["code"] == "unavailable"
+                assert int(r.headers["retry-after"]) > 0
+            r = c.post("/uploads", json={"size": 1, "digest": "sha256:" + "0" * 64})
+            assert r.status_code == 503
+        finally:
+            cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert c.get("/skills").status_code == 200
+        assert c.get("/whoami").json()["user"] == "alice"
