@@ -21,7 +21,8 @@ Guarantees (FAULTS.md rows 16–19):
 - Entries are verified on every read. A tampered entry is evicted and fetched once
   more; if the new bytes do not match either, the error names both digests.
 - Locks only save bandwidth: without them (a filesystem that ignores ``flock``) several
-  processes each write their own partial file and rename a verified one into place.
+  processes each write their own partial file and rename a verified one into place; a
+  partial file is resumed only when its writer (host and PID in its name) is gone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +53,11 @@ from .progress import NULL_PROGRESS, Progress
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _ENTRY_RE = re.compile(r"^[0-9a-f]{64}$")
 _READ_CHUNK = 8 << 20
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+_STALE_SECONDS = 600.0
+# Partial files this process is writing right now (threads share a PID).
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
 
 
 class BlobSource(abc.ABC):
@@ -105,6 +113,35 @@ def _hex(digest: str) -> str:
     if not m:
         raise RegistryError(f"`{digest}` is not a sha256 digest (`sha256:` and 64 hex digits).")
     return m.group(1)
+
+
+def _abandoned(partial: Path) -> bool:
+    """Whether no download is writing ``partial``, so it may be resumed (or pruned).
+
+    Only the lock holder writes partial files, so under a working lock every partial is
+    abandoned; these checks keep a filesystem without working locks (some network
+    filesystems) from resuming a file another download is still writing. The name
+    carries the writer's host and PID (``.<hex>.<host>-<pid>-<random>.partial``).
+    """
+    try:
+        host, pid_text, _ = partial.name.split(".")[2].rsplit("-", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if host != _HOST:
+        try:
+            return time.time() - partial.stat().st_mtime > _STALE_SECONDS
+        except FileNotFoundError:
+            return False
+    if pid == os.getpid():
+        return str(partial) not in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | None = None) -> str:
@@ -191,19 +228,28 @@ class BlobCache:
 
     def _partials(self, hexd: str) -> list[Path]:
         shard = self.root / hexd[:2]
-        return sorted(shard.glob(f".{hexd}.*.partial"), key=lambda p: p.stat().st_size, reverse=True)
+        found = []
+        for p in shard.glob(f".{hexd}.*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                found.append((p.stat().st_size, p))
+        return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
 
     def _claim_partial(self, hexd: str) -> Path:
-        """A fresh unique partial file, taking over the largest one a killed download left."""
-        mine = self.root / hexd[:2] / f".{hexd}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial"
-        for old in self._partials(hexd):
-            try:
-                os.rename(old, mine)
-                return mine
-            except FileNotFoundError:
-                continue
-        with disk_errors(mine):
-            mine.touch()
+        """A fresh unique partial file, taking over the largest one an ended download left."""
+        mine = self.root / hexd[:2] / f".{hexd}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.partial"
+        with _ACTIVE_LOCK:
+            for old in self._partials(hexd):
+                if not _abandoned(old):
+                    continue
+                try:
+                    os.rename(old, mine)
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                with disk_errors(mine):
+                    mine.touch()
+            _ACTIVE.add(str(mine))
         return mine
 
     def fetch(
@@ -260,13 +306,25 @@ class BlobCache:
                     with disk_errors(partial):
                         partial.touch()
                     self._download(partial, digest, size, source, progress)
-                os.replace(partial, final)
+                try:
+                    os.replace(partial, final)
+                except FileNotFoundError:
+                    # Only where locks do not work: another process took our partial file.
+                    if not (final.is_file() and self._check(final, digest, progress) is None):
+                        raise DownloadError(
+                            f"another process removed the download of {source.label} in progress.",
+                            expected=digest,
+                            hints=["run the command again"],
+                        ) from None
                 fsync_dir(final.parent)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     if partial.stat().st_size == 0:
                         partial.unlink()
                 raise
+            finally:
+                with _ACTIVE_LOCK:
+                    _ACTIVE.discard(str(partial))
             if meta:
                 with contextlib.suppress(OSError):
                     atomic_write_text(final.with_name(final.name + ".json"), json.dumps(meta, sort_keys=True))
@@ -406,7 +464,7 @@ class BlobCache:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except OSError:
                         continue
-                    victims = list(shard.glob(f".{hexd}.*.partial"))
+                    victims = [p for p in shard.glob(f".{hexd}.*.partial") if _abandoned(p)]
                     entry = shard / hexd
                     if expired(entry):
                         victims += [entry, shard / f"{hexd}.json"]

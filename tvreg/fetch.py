@@ -270,13 +270,12 @@ def fetch_for_install(
     if not any(ref for _, ref in plan):
         return [a for a, _ in plan], [None] * len(plan)
     lock = read_lock(Path(into)) if Path(into).is_dir() else None
+    if lock is None and base is None:
+        lock = require_lock(Path(into))  # raises, naming `tvreg init`
     if lock is not None:
         base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
-    elif base is not None:
-        base_fp, general_fp = fingerprint(base, progress=progress), None
     else:
-        require_lock(Path(into))
-        raise AssertionError("unreachable")
+        base_fp, general_fp = fingerprint(base, progress=progress), None
     paths: list[str] = []
     sources: list[str | None] = []
     with contextlib.ExitStack() as stack:

@@ -193,3 +193,27 @@ def test_cache_verify_and_prune(registry, published):
     res = cli("cache", "prune", "--all")
     assert res.exit_code == 0 and not path.exists()
     assert cli("cache", "list").stdout == "The cache is empty.\n"
+
+
+@pytest.mark.parametrize("locking", [True, False], ids=["locked", "flock-broken"])
+def test_eight_concurrent_fetches_make_one_verified_entry(registry, published, monkeypatch, locking):
+    """FAULTS row 18: the lock saves bandwidth; without it every fetch still ends with the same verified entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tvreg.cache
+
+    digest, data = published
+    if not locking:
+        monkeypatch.setattr(tvreg.cache.fcntl, "flock", lambda fd, op: None)
+    with FaultProxy(registry.url) as proxy, ThreadPoolExecutor(8) as pool:
+        paths = list(
+            pool.map(
+                lambda _: fetch_skill("alice/science", base_fingerprint=None, registry=proxy.url), range(8)
+            )
+        )
+    cache = BlobCache()
+    assert set(paths) == {cache.path(digest)} and cache.path(digest).read_bytes() == data
+    assert [e.digest for e in cache.entries()] == [digest]
+    assert _partials(cache, digest) == []
+    downloads = len(proxy.artifact_requests)
+    assert downloads == 1 if locking else 1 <= downloads <= 8
