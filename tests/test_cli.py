@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import copy_model
+from helpers import copy_model
 
 from tvreg.cli import main
 from tvreg.fingerprint import fingerprint

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import copy_model, reference_install, tree_digest
+from helpers import copy_model, reference_install, tree_digest
 from safetensors.torch import load_file, save_file
 from tiny_models import SCIENCE_TEXTS, make_lora_adapter, merged_reference, read_state_dict
 from transformers import AutoModelForCausalLM

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import copy_model, subprocess_env, tree_digest
+from helpers import copy_model, subprocess_env, tree_digest
 
 from tvreg.build import build_skill
 from tvreg.environment import init_environment

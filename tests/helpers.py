@@ -1,0 +1,55 @@
+"""Helpers the tests import by name (``from helpers import copy_model``).
+
+They live here, not in ``conftest.py``: with a second ``conftest.py`` under
+``tests/registry``, ``from conftest import ...`` would find whichever was imported last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (relative name → sha256), to prove a directory did not change."""
+    out = {}
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(path))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def reference_install(general: Path, pre: Path, skills: list[tuple[Path, float]]) -> dict[str, torch.Tensor]:
+    """θ_G + Σ ω_k (θ_k − θ_pre) in plain torch, with the documented numerics (fp32, listed order, one rounding)."""
+    from tiny_models import read_state_dict
+
+    g, p = read_state_dict(general), read_state_dict(pre)
+    fts = [(read_state_dict(d), w) for d, w in skills]
+    out = {}
+    for name, gt in g.items():
+        acc = gt.to(torch.float32)
+        for ft, w in fts:
+            tau = ft[name].to(torch.float32) - p[name].to(torch.float32)
+            w32 = float(torch.tensor(w, dtype=torch.float32))
+            rows = tau.shape[0]
+            acc = acc.clone()
+            acc[:rows] = acc[:rows] + tau * w32
+        out[name] = acc.to(gt.dtype)
+    return out
