@@ -120,3 +120,12 @@ def test_unreachable_registry_is_one_sentence_with_a_hint():
     assert exc.value.message == "cannot connect to the registry at http://127.0.0.1:9."
     assert "registry is running" in exc.value.hints[0]
     assert not os.environ.get("TVREG_TOKEN")
+
+
+@pytest.mark.parametrize("name", ["tvreg.refs", "tvreg.fetch", "tvreg.project", "tvreg.client"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    failures, tried = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0

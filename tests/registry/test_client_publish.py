@@ -223,3 +223,16 @@ def test_install_refuses_unsafe_names_before_any_request(family, tmp_path, monke
     res = cli("install", "../evil", "--into", model)
     assert res.exit_code == 2
     assert res.stderr.splitlines()[0].startswith("error: invalid namespace '..' in '../evil'")
+
+
+def test_a_read_only_token_cannot_publish(registry, artifacts, tmp_path):
+    registry.make_user("alice")
+    config.remember_login(registry.url, registry.token("alice", role="read"))
+    project = write_project(
+        tmp_path / "p", name="alice/science", version="1.0.0", artifact=str(artifacts["science"])
+    )
+    res = cli("publish", project)
+    assert res.exit_code == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "write" in lines[0]
+    assert lines[1] == "hint: ask an admin of the team for a higher role"
