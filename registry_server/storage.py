@@ -41,7 +41,7 @@ class StagedWriter(ABC):
     """Appends bytes to one staged upload; :meth:`finish` makes them durable."""
 
     @abstractmethod
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Append ``data``. Blocking; call it off the event loop."""
 
     @abstractmethod
@@ -138,7 +138,7 @@ class _LocalWriter(StagedWriter):
             os.close(self._fd)
             raise
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)

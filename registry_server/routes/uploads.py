@@ -119,9 +119,9 @@ async def append_upload(
                     raise uploads.past_end(claim.size)
                 pending += chunk
                 if len(pending) >= _WRITE_BYTES:
-                    await run_in_threadpool(writer.write, bytes(pending))
-                    written += len(pending)
-                    pending.clear()
+                    full, pending = pending, bytearray()
+                    await run_in_threadpool(writer.write, full)
+                    written += len(full)
                 if time.monotonic() - renewed > uploads.RENEW_AFTER_SECONDS:
                     await run_in_threadpool(uploads.renew, ctx, claim)
                     renewed = time.monotonic()
@@ -129,7 +129,7 @@ async def append_upload(
             # Keep what arrived: the client resumes from the offset GET /uploads/{id} reports.
             pass
         if pending:
-            await run_in_threadpool(writer.write, bytes(pending))
+            await run_in_threadpool(writer.write, pending)
         new_offset = await run_in_threadpool(writer.finish)
     except BaseException as exc:
         await run_in_threadpool(writer.abort)
