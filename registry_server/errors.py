@@ -29,8 +29,9 @@ from typing import Any
 class ApiError(Exception):
     """An error answer: ``status`` and ``code`` are fixed per class, ``message`` per instance.
 
-    ``extra`` fields are added inside the ``error`` object (and at the top level of the
-    body, for clients that look there), ``headers`` are sent with the answer.
+    ``extra`` fields are added inside the ``error`` object, ``top_level`` fields beside it
+    (the current offset of an upload, which the API contract puts in the body itself),
+    and ``headers`` are sent with the answer.
     """
 
     status = 500
@@ -42,17 +43,19 @@ class ApiError(Exception):
         *,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        top_level: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
+        self.top_level = dict(top_level or {})
 
     def __str__(self) -> str:
         return self.message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.extra}, **self.extra}
+        return {"error": {"code": self.code, "message": self.message, **self.extra}, **self.top_level}
 
 
 class BadRequest(ApiError):

@@ -118,6 +118,7 @@ def claim(ctx: Context, principal: Principal, upload_id: str, offset: int, lengt
             f"resume from offset {upload.received}.",
             headers={"Upload-Offset": str(upload.received)},
             extra={"offset": upload.received},
+            top_level={"offset": upload.received},
         )
     if length is not None and offset + length > upload.size:
         raise past_end(upload.size)
