@@ -17,15 +17,59 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .context import Context
 from .db import translate
-from .errors import ApiError, BadRequest, NotFound, ServerFault
+from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
 from .routes import meta, skills, uploads
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
+MAX_JSON_BODY = 1024 * 1024
+
+
+class _BodyLimit:
+    """Refuse request bodies over :data:`MAX_JSON_BODY` except upload chunks (PATCH).
+
+    JSON bodies are parsed in memory, so without a bound one request could exhaust the
+    server's memory; upload chunks stream to disk under their own limit instead. The body
+    is read here up to one byte past the limit and then replayed to the application.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "PATCH":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks = []
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_JSON_BODY:
+                error = TooLarge(f"request bodies are limited to {MAX_JSON_BODY} bytes.", limit=MAX_JSON_BODY)
+                await _answer(error)(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _answer(exc: ApiError) -> JSONResponse:
@@ -49,6 +93,7 @@ def create_app(context: Context) -> FastAPI:
         description="Publish, search and download task-vector skills. See docs/registry-api.md.",
     )
     app.state.context = context
+    app.add_middleware(_BodyLimit)
     for router in (meta.router, uploads.router, skills.router):
         app.include_router(router, prefix=API_PREFIX)
 

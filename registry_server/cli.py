@@ -70,7 +70,8 @@ def _open(data_dir: str | None, database_url: str | None, *, check: bool = True,
     settings = Settings.resolve(data_dir=data_dir, database_url=database_url, **kw)
     sqlite = settings.sqlite_path
     fresh = check and sqlite is not None and not sqlite.exists()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if sqlite is not None:
+        sqlite.parent.mkdir(parents=True, exist_ok=True)
     ctx = Context.open(settings)
     try:
         if fresh:
@@ -130,7 +131,10 @@ def serve(
 
     ctx = _guard(lambda: _open(data_dir, database_url, max_artifact_bytes=max_artifact_bytes))
     from .app import create_app
+    from .storage import LocalBlobStore
 
+    if isinstance(ctx.store, LocalBlobStore):
+        _guard(ctx.store.create)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(ctx)
     try:

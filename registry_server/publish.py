@@ -31,11 +31,11 @@ from tvreg.errors import TvregError
 from tvreg.faults import crash_point
 from tvreg.safetensors_io import SafetensorsFile
 
-from . import audit
+from . import audit, uploads
 from .auth import Principal, readable_namespace, require_role
 from .context import Context
 from .db import write_session
-from .errors import ApiError, Conflict, InvalidArtifact, NotFound, SizeMismatch
+from .errors import ApiError, Conflict, InvalidArtifact, SizeMismatch
 from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
 from .names import check_name, check_tag, check_version, is_prerelease, semver_key, ultranormalize
 from .schemas import version_out
@@ -86,9 +86,7 @@ def publish(
     with ctx.sessions() as s:
         ns = readable_namespace(s, principal, namespace, skill=name)
         principal = require_role(principal, ns, "write", action=f"publishing `{label}`")
-        upload = s.get(Upload, upload_id) if _looks_like_uuid(upload_id) else None
-        if upload is None or upload.user_id != principal.user_id:
-            raise NotFound(f"upload `{upload_id}` was not found.")
+        upload = uploads.owned(s, principal, upload_id)
         up = _UploadSnapshot(upload.id, upload.size, upload.digest, upload.received, upload.state)
         ns_id = ns.id
         existing = _find_version(s, ns_id, name, version)
@@ -126,10 +124,6 @@ def publish(
             # checks and our insert; the next attempt sees its committed rows.
             continue
     raise Conflict(f"`{label}` is being published concurrently; retry the request.")
-
-
-def _looks_like_uuid(value: str) -> bool:
-    return len(value) == 36 and value.count("-") == 4
 
 
 def _find_version(s: Session, ns_id: int, name: str, version: str) -> Version | None:

@@ -169,10 +169,15 @@ class LocalBlobStore(BlobStore):
     ``link(2)``, without copying. Point several replicas at one shared directory.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
         self._blobs = self.root / "sha256"
         self._staging = self.root / "uploads"
+        if create:
+            self.create()
+
+    def create(self) -> None:
+        """Make the directories (the server does this at startup, so a bad path fails early)."""
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(parents=True, exist_ok=True)
 
@@ -189,6 +194,7 @@ class LocalBlobStore(BlobStore):
         return _LocalWriter(self._staged(upload_id), offset)
 
     def create_staged(self, upload_id: str) -> None:
+        self._staging.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._staged(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
 
@@ -220,7 +226,7 @@ class LocalBlobStore(BlobStore):
     def link_staged(self, upload_id: str, digest: str) -> None:
         src = self._staged(upload_id)
         dst = self._blob(digest)
-        dst.parent.mkdir(exist_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(src, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -253,12 +259,16 @@ class LocalBlobStore(BlobStore):
             os.unlink(self._blob(digest))
 
     def blobs(self) -> Iterator[tuple[str, float]]:
+        if not self._blobs.is_dir():
+            return
         for sub in sorted(self._blobs.iterdir()):
             for blob in sorted(sub.iterdir()):
                 if re.fullmatch(r"[0-9a-f]{64}", blob.name):
                     yield "sha256:" + blob.name, blob.stat().st_mtime
 
     def staged(self) -> Iterator[tuple[str, float]]:
+        if not self._staging.is_dir():
+            return
         for path in self._staging.iterdir():
             if _UPLOAD_ID.match(path.name):
                 yield path.name, path.stat().st_mtime

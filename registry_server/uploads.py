@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
 
 from . import audit
 from .auth import Principal, require_scope
@@ -42,16 +43,21 @@ def _not_found(upload_id: str) -> NotFound:
     return NotFound(f"upload `{upload_id}` was not found.")
 
 
+def owned(s: Session, principal: Principal, upload_id: str) -> Upload:
+    """The upload ``upload_id`` if ``principal`` created it; 404 otherwise (even if it exists)."""
+    try:
+        uuid.UUID(upload_id)
+    except ValueError:
+        raise _not_found(upload_id) from None
+    upload = s.get(Upload, upload_id)
+    if upload is None or upload.user_id != principal.user_id:
+        raise _not_found(upload_id)
+    return upload
+
+
 def _owned(ctx: Context, principal: Principal, upload_id: str) -> Upload:
     with ctx.sessions() as s:
-        try:
-            uuid.UUID(upload_id)
-        except ValueError:
-            raise _not_found(upload_id) from None
-        upload = s.get(Upload, upload_id)
-        if upload is None or upload.user_id != principal.user_id:
-            raise _not_found(upload_id)
-        return upload
+        return owned(s, principal, upload_id)
 
 
 def create(ctx: Context, principal: Principal | None, *, size: int, digest: str) -> Upload:

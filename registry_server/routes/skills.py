@@ -202,8 +202,9 @@ def version_info(
         return version_out(row.skill, row)
 
 
-@router.get(
+@router.api_route(
     "/skills/{namespace}/{name}/versions/{version}/artifact",
+    methods=["GET", "HEAD"],
     responses={
         **_ERRORS,
         200: {"content": {"application/octet-stream": {}}, "description": "The artifact bytes."},

@@ -99,9 +99,9 @@ async def append_upload(
 ) -> dict:
     """Append the raw body at `Upload-Offset`, which must equal the upload's current offset."""
     principal = require_principal(principal, action="uploading an artifact")
-    offset = _int_header(request, "upload-offset", required=True)
+    offset = _int_header(request, "Upload-Offset", required=True)
     assert offset is not None
-    length = _int_header(request, "content-length", required=False)
+    length = _int_header(request, "Content-Length", required=False)
     claim = await run_in_threadpool(uploads.claim, ctx, principal, upload_id, offset, length)
     try:
         writer = await run_in_threadpool(ctx.store.open_staged, upload_id, offset)
