@@ -169,7 +169,11 @@ def collect_garbage(ctx: Context, *, grace_seconds: float) -> Collected:
     with write_session(ctx.sessions) as s:
         stale = s.execute(
             update(Upload)
-            .where(Upload.state == "open", Upload.updated_at <= cutoff, Upload.writer.is_(None))
+            .where(
+                Upload.state == "open",
+                Upload.updated_at <= cutoff,
+                or_(Upload.writer.is_(None), Upload.lease_expires_at < utcnow()),
+            )
             .values(state="failed", updated_at=utcnow())
         ).rowcount
         s.commit()

@@ -14,6 +14,8 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from tvreg.faults import crash_point
+
 from .. import uploads
 from ..auth import require_principal
 from ..deps import ContextDep, PrincipalDep
@@ -137,5 +139,6 @@ async def append_upload(
         if isinstance(exc, OSError):
             raise ApiError("the registry could not store the uploaded bytes.") from exc
         raise
+    crash_point("registry.upload.before_offset")
     await run_in_threadpool(uploads.release, ctx, claim, new_offset)
     return {"offset": new_offset}

@@ -275,3 +275,58 @@ def test_kill_after_blob_link_before_commit_leaves_no_version_and_retry_succeeds
         assert r.status_code == 201, r.text
         assert c.get("/skills/alice/science/versions/1.0.0/artifact").content == data
     assert len(registry.blob_files()) == 1
+
+
+def test_kill_after_writing_a_chunk_before_recording_it_loses_only_that_chunk(
+    registry, api, server_artifacts
+):
+    token = registry.make_user("alice")
+    data = server_artifacts.science.read_bytes()
+    half = len(data) // 2
+    with api.client(token) as c:
+        upload_id = c.post("/uploads", json={"size": len(data), "digest": sha256_digest(data)}).json()["id"]
+        assert (
+            c.patch(f"/uploads/{upload_id}", content=data[:half], headers={"Upload-Offset": "0"}).status_code
+            == 200
+        )
+    registry.stop()
+    registry.start(env={"TVREG_FAULT": "registry.upload.before_offset"})
+    with api.client(token) as c, pytest.raises(httpx.TransportError):
+        c.patch(f"/uploads/{upload_id}", content=b"garbage" * 1000, headers={"Upload-Offset": str(half)})
+    registry.kill()
+    staged = registry.staged_files()
+    assert [p.stat().st_size for p in staged] == [half + 7000]  # written and fsynced, but never recorded
+    registry.start()
+    with api.client(token) as c:
+        # The lease of the killed writer has not expired yet: a second writer is told to wait.
+        r = c.patch(f"/uploads/{upload_id}", content=data[half:], headers={"Upload-Offset": str(half)})
+        assert r.status_code == 409 and r.headers["retry-after"]
+        registry.sql("UPDATE uploads SET lease_expires_at = :t", t="2000-01-01 00:00:00+00:00")
+        assert c.get(f"/uploads/{upload_id}").json()["offset"] == half
+        r = c.patch(f"/uploads/{upload_id}", content=data[half:], headers={"Upload-Offset": str(half)})
+        assert r.json() == {"offset": len(data)}
+        assert c.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
+        assert c.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+
+
+def test_garbage_collection_removes_only_unreferenced_old_bytes(registry, api, server_artifacts):
+    token = registry.make_user("alice")
+    data = server_artifacts.science.read_bytes()
+    assert api.publish(token, "alice/science", "1.0.0", data).status_code == 201
+    orphan = registry.data_dir / "blobs" / "sha256" / "ab" / ("ab" * 32)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left by a publish killed before its commit")
+    with api.client(token) as c:
+        abandoned = c.post("/uploads", json={"size": 10, "digest": "sha256:" + "0" * 64}).json()["id"]
+        assert (
+            c.patch(f"/uploads/{abandoned}", content=b"12345", headers={"Upload-Offset": "0"}).status_code
+            == 200
+        )
+    registry.admin("gc", "--grace-hours", "1")
+    assert orphan.exists() and len(registry.staged_files()) == 1, "young files are kept"
+    registry.admin("gc", "--grace-hours", "0")
+    assert not orphan.exists() and registry.staged_files() == []
+    assert [b.name for b in registry.blob_files()] == [hashlib.sha256(data).hexdigest()]
+    with api.client(token) as c:
+        assert c.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+        assert c.get(f"/uploads/{abandoned}").json()["state"] == "failed"
