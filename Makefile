@@ -14,11 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python examples/quickstart.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python examples/quickstart.py
 
+# The venv's bin/ goes first on PATH so tests that run `tvreg`/`tvreg-server` get these installs.
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/install_speed.py
