@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -106,10 +107,10 @@ def publish(
 
     try:
         path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
-        manifest_json, artifact = _read_artifact(path, label)
-        if (artifact["name"], artifact["version"]) != (name, version):
+        manifest = _read_manifest(path, label)
+        if (manifest["name"], manifest["version"]) != (name, version):
             raise InvalidArtifact(
-                f"the artifact is `{artifact['name']}@{artifact['version']}` according to its manifest, "
+                f"the artifact is `{manifest['name']}@{manifest['version']}` according to its manifest, "
                 f"but it is being published as `{label}`."
             )
     except ApiError as exc:
@@ -118,7 +119,7 @@ def publish(
 
     for _ in range(_ATTEMPTS):
         try:
-            return _commit(ctx, principal, ns_id, name, version, up, manifest_json, tag, label)
+            return _commit(ctx, principal, ns_id, name, version, up, manifest, tag, label)
         except IntegrityError:
             # A concurrent transaction created the same skill or version between our
             # checks and our insert; the next attempt sees its committed rows.
@@ -177,8 +178,8 @@ def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str,
         s.commit()
 
 
-def _read_artifact(path: Any, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The artifact's full manifest (as stored) after tvreg's strict header and manifest checks."""
+def _read_manifest(path: Path, label: str) -> dict[str, Any]:
+    """The artifact's full manifest, as stored, after tvreg's strict header and manifest checks."""
     try:
         with Artifact(path):
             pass
@@ -187,8 +188,7 @@ def _read_artifact(path: Any, label: str) -> tuple[dict[str, Any], dict[str, Any
     except TvregError as exc:
         reason = exc.message.replace(f"`{path}`", "the artifact").replace(str(path), "the artifact")
         raise InvalidArtifact(f"`{label}` cannot be published: {reason}") from exc
-    manifest = json.loads(text)
-    return manifest, {"name": manifest["name"], "version": manifest["version"]}
+    return json.loads(text)
 
 
 def _get_or_create_skill(s: Session, ns: Namespace, name: str, description: str) -> tuple[Skill, bool]:
