@@ -175,7 +175,7 @@ def postgres_template(postgres_cluster: PostgresCluster) -> str:
 # starts every server as a plain ``python -m registry_server.cli serve`` instead.
 
 _ZYGOTE = r"""
-import json, os, signal, sys, traceback
+import ctypes, json, os, signal, sys, traceback
 import uvicorn
 import registry_server.app, registry_server.cli, registry_server.context
 import registry_server.migrate, registry_server.publish
@@ -189,6 +189,8 @@ for line in sys.stdin:
         try:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.setsid()
+            # Die with the zygote (which exits with pytest), so no server outlives the session.
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
             fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
