@@ -17,11 +17,21 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
-import migrations
-
 from .errors import SchemaOutdated
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+
+def _migrations_dir() -> Path:
+    """The ``migrations`` package; beside this package in a source tree whose editable
+    install predates ``migrations/`` (setuptools' editable finder only maps the packages
+    that existed when it was installed)."""
+    try:
+        import migrations
+    except ImportError:
+        return Path(__file__).resolve().parents[1] / "migrations"
+    return Path(migrations.__file__).resolve().parent
+
+
+MIGRATIONS_DIR = _migrations_dir()
 UPGRADE_HINT = "run `tvreg-server db upgrade` (with the same --data or --database-url) first"
 
 
