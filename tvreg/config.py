@@ -16,10 +16,8 @@ either. Precedence, highest first: an explicit argument, the environment, the fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,7 +25,7 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from .errors import ConfigError
-from .fsutil import disk_errors, fsync_dir
+from .fsutil import atomic_writer
 from .paths import config_dir
 
 if sys.version_info >= (3, 11):
@@ -101,20 +99,8 @@ def save_config(data: dict) -> Path:
     """Write ``config.toml`` atomically with mode 0600 (its directory 0700) and return its path."""
     path = config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = tomli_w.dumps(data).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_NAME}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with disk_errors(path), os.fdopen(fd, "wb") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, permissions=0o600) as f:
+        f.write(tomli_w.dumps(data).encode("utf-8"))
     return path
 
 

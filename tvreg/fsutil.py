@@ -58,12 +58,17 @@ def disk_errors(path: Path, needed: int | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path``; on success fsync it and rename over ``path``."""
+def atomic_writer(path: Path, mode: str = "wb", *, permissions: int | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of ``path``; on success fsync it and rename over ``path``.
+
+    ``permissions`` (e.g. 0o600 for secrets) is applied before any byte is written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = make_temp(path.parent, path.name)
     try:
+        if permissions is not None:
+            os.fchmod(fd, permissions)
         with disk_errors(path), os.fdopen(fd, mode) as f:
             yield f
             f.flush()
