@@ -23,6 +23,7 @@ from . import __version__
 from .context import Context
 from .db import translate
 from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
+from .limits import BodyTimeout
 from .routes import meta, skills, uploads
 
 log = logging.getLogger("registry_server")
@@ -94,6 +95,8 @@ def create_app(context: Context) -> FastAPI:
     )
     app.state.context = context
     app.add_middleware(_BodyLimit)
+    # Outermost, so the JSON body limit's reads are timed too.
+    app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
     for router in (meta.router, uploads.router, skills.router):
         app.include_router(router, prefix=API_PREFIX)
 

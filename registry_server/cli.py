@@ -3,11 +3,12 @@
 ::
 
     tvreg-server [serve] [--data DIR] [--database-url URL] [--host H] [--port P] [--max-artifact-bytes N]
+                 [--blob-url URL [--blob-option KEY=VALUE ...]] [--request-timeout S] [--keep-alive-timeout S]
     tvreg-server db upgrade [--revision REV]        tvreg-server db current
     tvreg-server admin create-user NAME             tvreg-server admin create-team TEAM [--private]
     tvreg-server admin add-member TEAM USER --role read|write|admin
     tvreg-server admin create-token USER [--name N] [--expires-days D] [--role R]
-    tvreg-server admin revoke-token USER --name N   tvreg-server admin gc [--grace-hours H]
+    tvreg-server admin revoke-token USER --name N   tvreg-server admin gc [--grace-hours H] [--blob-url URL]
 
 ``serve`` is the default command. A brand-new SQLite data directory is migrated on
 first use; any other database must be at the migration head, or the command refuses
@@ -27,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
 from .errors import ApiError, SchemaOutdated
-from .settings import Settings
+from .settings import Settings, parse_blob_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +47,33 @@ def _db_options(fn: F) -> F:
         type=click.Path(file_okay=False),
         metavar="DIR",
         help="Registry data directory: blobs/ and, by default, registry.db.  [default: ./registry]",
+    )(fn)
+    return fn
+
+
+def _blob_options(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        return dict(parse_blob_option(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; write KEY=VALUE, the value as JSON or plain text.") from exc
+
+
+def _store_options(fn: F) -> F:
+    fn = click.option(
+        "--blob-option",
+        "blob_options",
+        multiple=True,
+        callback=_blob_options,
+        metavar="KEY=VALUE",
+        help='Option for the object store\'s fsspec filesystem, value as JSON or text, e.g. client_kwargs=\'{"endpoint_url": "http://minio:9000"}\'. Repeatable.',
+    )(fn)
+    fn = click.option(
+        "--blob-url",
+        envvar="TVREG_BLOB_URL",
+        metavar="URL",
+        help="Keep blobs in this object store (fsspec URL, e.g. s3://bucket/prefix; needs tvreg[s3]); "
+        "uploads are still staged in --data. S3 credentials and endpoint: the AWS_* variables.  "
+        "[default: --data/blobs]",
     )(fn)
     return fn
 
@@ -116,6 +144,21 @@ def cli() -> None:
     help="Largest artifact accepted (413 beyond).  [default: 10 GiB]",
 )
 @click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TVREG_REQUEST_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest wait for a request's headers, and for each piece of its body (408 beyond).  [default: 60]",
+)
+@click.option(
+    "--keep-alive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TVREG_KEEP_ALIVE_TIMEOUT",
+    metavar="SECONDS",
+    help="How long an idle keep-alive connection stays open.  [default: 30]",
+)
+@_store_options
+@click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
 )
 def serve(
@@ -124,21 +167,46 @@ def serve(
     host: str,
     port: int,
     max_artifact_bytes: int | None,
+    request_timeout: float | None,
+    keep_alive_timeout: float | None,
+    blob_url: str | None,
+    blob_options: dict[str, Any],
     log_level: str,
 ) -> None:
     """Serve the registry API (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
-    ctx = _guard(lambda: _open(data_dir, database_url, max_artifact_bytes=max_artifact_bytes))
+    ctx = _guard(
+        lambda: _open(
+            data_dir,
+            database_url,
+            max_artifact_bytes=max_artifact_bytes,
+            blob_url=blob_url,
+            blob_options=blob_options,
+            request_timeout=request_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+        )
+    )
     from .app import create_app
-    from .storage import LocalBlobStore
+    from .limits import timed_h11_protocol
 
-    if isinstance(ctx.store, LocalBlobStore):
+    try:
         _guard(ctx.store.create)
+    except BaseException:
+        ctx.close()
+        raise
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(ctx)
+    settings = ctx.settings
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=30)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            http=timed_h11_protocol(settings.request_timeout),
+            timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
+        )
     finally:
         ctx.close()
 
@@ -187,9 +255,11 @@ def admin() -> None:
     """Users, teams, roles and tokens."""
 
 
-def _admin(data_dir: str | None, database_url: str | None, action: Callable[[Any], Any]) -> Any:
+def _admin(
+    data_dir: str | None, database_url: str | None, action: Callable[[Any], Any], **settings: Any
+) -> Any:
     def run() -> Any:
-        ctx = _open(data_dir, database_url)
+        ctx = _open(data_dir, database_url, **settings)
         try:
             return action(ctx)
         finally:
@@ -283,12 +353,25 @@ def revoke_token(user: str, name: str, data_dir: str | None, database_url: str |
 @click.option(
     "--grace-hours", default=24.0, show_default=True, type=click.FloatRange(min=0), help="Minimum age."
 )
+@_store_options
 @_db_options
-def gc(grace_hours: float, data_dir: str | None, database_url: str | None) -> None:
+def gc(
+    grace_hours: float,
+    blob_url: str | None,
+    blob_options: dict[str, Any],
+    data_dir: str | None,
+    database_url: str | None,
+) -> None:
     """Delete unreferenced blobs and abandoned upload bytes older than --grace-hours."""
     from .admin import collect_garbage
 
-    done = _admin(data_dir, database_url, lambda ctx: collect_garbage(ctx, grace_seconds=grace_hours * 3600))
+    done = _admin(
+        data_dir,
+        database_url,
+        lambda ctx: collect_garbage(ctx, grace_seconds=grace_hours * 3600),
+        blob_url=blob_url,
+        blob_options=blob_options,
+    )
     click.echo(f"removed {done.blobs} blob(s) and {done.staged} staged upload(s)", err=True)
 
 

@@ -25,13 +25,18 @@ class Context:
 
     @classmethod
     def open(cls, settings: Settings, *, engine: Engine | None = None) -> Context:
+        store = open_store(settings)
         engine = engine or make_engine(settings.database_url)
-        return cls(
-            settings=settings,
-            engine=engine,
-            sessions=make_sessionmaker(engine),
-            store=LocalBlobStore(settings.blob_dir),
-        )
+        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=store)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def open_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name: an object store for ``blob_url``, else ``blob_dir``."""
+    if settings.blob_url:
+        from .storage_fsspec import FsspecBlobStore
+
+        return FsspecBlobStore(settings.blob_url, staging=settings.blob_dir, options=settings.blob_options)
+    return LocalBlobStore(settings.blob_dir)

@@ -10,6 +10,7 @@ The tree::
     ├── Unauthenticated         401 unauthenticated: no, bad, expired or revoked token
     ├── Forbidden               403 forbidden: authenticated, role too low (names the role)
     ├── NotFound                404 not_found: also for private skills the caller cannot read
+    ├── RequestTimeout          408 request_timeout: the client sent its request too slowly
     ├── Conflict                409 conflict: immutability, name collisions, upload offsets
     ├── TooLarge                413 too_large: names the limit
     ├── ServerFault             500 internal: the registry's own data is inconsistent
@@ -107,6 +108,17 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class RequestTimeout(ApiError):
+    """The client took longer than the server's request timeout to send headers or body."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str, *, limit: float) -> None:
+        super().__init__(message, headers={"Connection": "close"}, extra={"limit": limit})
+        self.limit = limit
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"
@@ -150,6 +162,7 @@ __all__ = [
     "Forbidden",
     "InvalidArtifact",
     "NotFound",
+    "RequestTimeout",
     "SchemaOutdated",
     "ServerFault",
     "SizeMismatch",

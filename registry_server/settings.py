@@ -7,17 +7,41 @@ zero-config default (SQLite file and blob directory under ``./registry``), so
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA_DIR = Path("registry")
 DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024**3
 DEFAULT_CHUNK_SIZE = 16 * 1024**2
+DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_KEEP_ALIVE_TIMEOUT = 30.0
 
 ENV_DATA_DIR = "TVREG_REGISTRY_DATA"
 ENV_DATABASE_URL = "TVREG_DATABASE_URL"
 ENV_MAX_ARTIFACT_BYTES = "TVREG_MAX_ARTIFACT_BYTES"
+ENV_BLOB_URL = "TVREG_BLOB_URL"
+ENV_REQUEST_TIMEOUT = "TVREG_REQUEST_TIMEOUT"
+ENV_KEEP_ALIVE_TIMEOUT = "TVREG_KEEP_ALIVE_TIMEOUT"
+
+
+def parse_blob_option(text: str) -> tuple[str, Any]:
+    """``key=value`` as given to ``--blob-option``: the value is JSON when it parses, else a string.
+
+    ``client_kwargs={"endpoint_url": "http://minio:9000"}`` gives a dict,
+    ``anon=true`` a bool, ``profile=dev`` the string ``"dev"``.
+    Raises ValueError when there is no ``=`` or no key.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"`{text}` is not key=value")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def normalize_database_url(url: str) -> str:
@@ -40,12 +64,22 @@ class Settings:
         database_url: a SQLAlchemy URL, SQLite or ``postgresql+psycopg://``.
         max_artifact_bytes: uploads declaring or sending more are refused with 413.
         chunk_size: the PATCH size the server suggests to clients.
+        blob_url: an fsspec URL (``s3://bucket/prefix``) to keep blobs in an object store;
+            None keeps them in ``blob_dir``. Uploads are staged in ``blob_dir`` either way.
+        blob_options: keyword arguments for the object store's fsspec filesystem.
+        request_timeout: seconds a client may take to send a request's headers, and to
+            send each piece of its body; slower clients get 408 ``request_timeout``.
+        keep_alive_timeout: seconds an idle keep-alive connection is kept open.
     """
 
     data_dir: Path
     database_url: str
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    blob_url: str | None = None
+    blob_options: Mapping[str, Any] = field(default_factory=dict)
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
 
     @property
     def blob_dir(self) -> Path:
@@ -67,6 +101,10 @@ class Settings:
         database_url: str | None = None,
         max_artifact_bytes: int | None = None,
         chunk_size: int | None = None,
+        blob_url: str | None = None,
+        blob_options: Mapping[str, Any] | None = None,
+        request_timeout: float | None = None,
+        keep_alive_timeout: float | None = None,
     ) -> Settings:
         data = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).absolute()
         url = database_url or os.environ.get(ENV_DATABASE_URL) or f"sqlite:///{data / 'registry.db'}"
@@ -77,4 +115,16 @@ class Settings:
             database_url=normalize_database_url(url),
             max_artifact_bytes=max_artifact_bytes,
             chunk_size=chunk_size or min(DEFAULT_CHUNK_SIZE, max(1, max_artifact_bytes)),
+            blob_url=blob_url or os.environ.get(ENV_BLOB_URL) or None,
+            blob_options=dict(blob_options or {}),
+            request_timeout=_seconds(request_timeout, ENV_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT),
+            keep_alive_timeout=_seconds(
+                keep_alive_timeout, ENV_KEEP_ALIVE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT
+            ),
         )
+
+
+def _seconds(value: float | None, env: str, default: float) -> float:
+    if value is not None:
+        return value
+    return float(os.environ.get(env) or default)

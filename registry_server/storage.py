@@ -19,6 +19,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, ClassVar
 
 from tvreg.fsutil import fsync_dir
 
@@ -58,7 +59,29 @@ class BlobStore(ABC):
 
     Every method is safe to call from several threads and several processes (replicas)
     sharing the store; uploads are keyed by their id, blobs by their digest.
+
+    ``local`` says whether :meth:`path` is free (blobs are local files, served as they
+    are); a remote store sets it to False and readers stream through :meth:`open`.
     """
+
+    local: ClassVar[bool] = True
+
+    def create(self) -> None:  # noqa: B027 - optional hook, a no-op unless a store needs it
+        """Prepare the store and check it is usable; the server calls it at startup so a bad
+        location fails before the first request. Idempotent."""
+
+    def size(self, digest: str) -> int:
+        """The length of blob ``digest`` in bytes. Raises FileNotFoundError when it is missing."""
+        return os.stat(self.path(digest)).st_size
+
+    def open(self, digest: str) -> IO[bytes]:
+        """A seekable binary file of blob ``digest``, for streamed and ranged reads.
+
+        Blocking (call it and its reads off the event loop); a remote store fetches only the
+        bytes read (plus read-ahead). The caller closes it. Raises FileNotFoundError when the
+        blob is missing.
+        """
+        return open(self.path(digest), "rb")
 
     @abstractmethod
     def create_staged(self, upload_id: str) -> None:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Annotated, Any
+import re
+from typing import IO, Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import FileResponse
+from starlette.types import Receive, Scope, Send
 
 from .. import audit
 from ..auth import (
@@ -53,6 +58,102 @@ class _BlobResponse(FileResponse):
     """A file response that reads 1 MiB at a time (the default 64 KiB costs a thread hop each)."""
 
     chunk_size = 1024 * 1024
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _single_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) of a one-part ``bytes=`` range, or None to send everything.
+
+    Raises ValueError when the range starts past the end (416). Several ranges, other
+    units and malformed values are ignored, as RFC 9110 lets a server do.
+    """
+    m = _RANGE.match(header.replace(" ", ""))
+    if m is None or m.group(0) == "bytes=-":
+        return None
+    first, last = m.groups()
+    if not first:
+        return (max(size - int(last), 0), size) if int(last) > 0 else None
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size:
+        raise ValueError(start)
+    return (start, end) if start < end else None
+
+
+class _StreamedBlob(Response):
+    """A blob from a remote store, read 1 MiB at a time off the event loop, one range at most.
+
+    The local store's :class:`_BlobResponse` serves files; this reads through
+    :meth:`BlobStore.open`, so a remote store is asked only for the bytes sent.
+    ``If-Range`` is honoured against the ETag (the digest).
+    """
+
+    chunk_size = 1024 * 1024
+
+    def __init__(self, file: IO[bytes], size: int, *, headers: dict[str, str]) -> None:
+        self.file = file
+        self.size = size
+        self.status_code = 200
+        self.media_type = "application/octet-stream"
+        self.background = None
+        self.init_headers({**headers, "Content-Length": str(size), "Accept-Ranges": "bytes"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._respond(scope, receive, send)
+        finally:
+            await run_in_threadpool(self.file.close)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Headers(scope=scope)
+        start, end, status = 0, self.size, 200
+        headers = MutableHeaders(raw=list(self.raw_headers))
+        wanted = request.get("range")
+        if wanted and request.get("if-range", self.headers["etag"]) == self.headers["etag"]:
+            try:
+                part = _single_range(wanted, self.size)
+            except ValueError:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 416,
+                        "headers": [
+                            (b"content-range", f"bytes */{self.size}".encode()),
+                            (b"content-length", b"0"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if part is not None:
+                (start, end), status = part, 206
+                headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
+                headers["content-length"] = str(end - start)
+        await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        if scope["method"] == "HEAD" or start == end:
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                await run_in_threadpool(self.file.seek, start)
+                pos = start
+                while pos < end:
+                    chunk = await run_in_threadpool(self.file.read, min(self.chunk_size, end - pos))
+                    if not chunk:
+                        raise OSError(f"the stored blob ended at byte {pos} of {end}")
+                    pos += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": pos < end})
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            # Stop reading from the store as soon as the client goes away.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
 
 
 @router.put(
@@ -224,13 +325,17 @@ def download(
         row = _load_version(s, principal, namespace, name, version)
         digest, size = row.digest, row.size
     try:
-        path = ctx.store.path(digest)
-        stat = os.stat(path)
+        if ctx.store.local:
+            path = ctx.store.path(digest)
+            stat = os.stat(path)
+            stored = stat.st_size
+        else:
+            stored = ctx.store.size(digest)
     except FileNotFoundError as exc:
         raise ServerFault(
             f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
         ) from exc
-    if stat.st_size != size:
+    if stored != size:
         raise ServerFault(
             f"the stored bytes of `{namespace}/{name}@{version}` have the wrong size on the server."
         )
@@ -241,6 +346,14 @@ def download(
         "ETag": f'"{digest}"',
         "Cache-Control": "public, max-age=31536000, immutable",
     }
+    if not ctx.store.local:
+        try:
+            file = ctx.store.open(digest)
+        except FileNotFoundError as exc:
+            raise ServerFault(
+                f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
+            ) from exc
+        return _StreamedBlob(file, size, headers=headers)
     return _BlobResponse(path, headers=headers, media_type="application/octet-stream", stat_result=stat)
 
 

@@ -10,7 +10,8 @@ The ``registry`` fixture starts ``python -m registry_server.cli serve`` in a sub
 * ``.make_user(name) -> token`` (a fresh ``write`` token), ``.make_team(name, private=False)``,
   ``.add_member(team, user, role)``, ``.token(user, role=None) -> token``;
 * ``.stop()``, ``.start()`` (same data, same port), ``.kill()`` (SIGKILL), and
-  ``.replica()`` (a second server process on the same database and blob directory).
+  ``.replica()`` (a second server process on the same database and blob directory);
+* ``.extra_args``: more ``serve`` options (``registry_options(args=[...])`` marker).
 
 PostgreSQL: one throw-away cluster per session, run as the ``postgres`` OS user when
 we are root (``initdb`` refuses root), on a unix socket and 127.0.0.1, ``fsync=off``.
@@ -317,8 +318,10 @@ class Registry:
         database_url: str,
         spawner: Spawner,
         max_artifact_bytes: int | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.spawner = spawner
+        self.extra_args = tuple(extra_args)
         self.backend = backend
         self.data_dir = Path(data_dir)
         self.database_url = database_url
@@ -347,7 +350,7 @@ class Registry:
         ]
         if self.max_artifact_bytes is not None:
             cmd += ["--max-artifact-bytes", str(self.max_artifact_bytes)]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self, *, env: dict[str, str] | None = None) -> None:
         """Start the server (on the same port and data as before) and wait until it answers.
@@ -399,6 +402,7 @@ class Registry:
             database_url=self.database_url,
             spawner=self.spawner,
             max_artifact_bytes=self.max_artifact_bytes,
+            extra_args=self.extra_args,
         )
         other.start(env=env)
         self._replicas.append(other)
@@ -485,6 +489,7 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
     marker = request.node.get_closest_marker("registry_options")
     if marker is not None:
         reg.max_artifact_bytes = marker.kwargs.get("max_artifact_bytes")
+        reg.extra_args = tuple(marker.kwargs.get("args", ()))
     reg.start()
     try:
         yield reg
@@ -516,7 +521,8 @@ def make_registry(tmp_path: Path, server_spawner: Spawner) -> Iterator:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "registry_options(max_artifact_bytes=N): options for the `registry` fixture's server"
+        "markers",
+        "registry_options(max_artifact_bytes=N, args=[...]): options for the `registry` fixture's server",
     )
 
 

@@ -1,0 +1,135 @@
+"""Request timeouts: a client that sends its request too slowly gets 408, not a held connection.
+
+uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no limit on
+how long a request takes to arrive: a client that trickles header bytes, or opens a
+connection and sends nothing, holds it forever. Two pieces bound that:
+
+* :func:`timed_h11_protocol` arms a timer when a request's first byte is expected (a new
+  connection, or the first byte after a finished response) and disarms it once the
+  request's headers have arrived. When it fires, the server writes a 408 in the API's
+  JSON error shape and closes the connection (RFC 9110 allows a 408 before a request).
+* :class:`BodyTimeout` bounds each wait for a piece of the body: a client that stops
+  sending mid-body for longer than the limit gets 408 ``request_timeout``. It bounds the
+  gap between pieces, not the whole body, so a large upload on a slow but live link is
+  never cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .errors import RequestTimeout
+
+
+def _timeout_error(limit: float, what: str) -> RequestTimeout:
+    return RequestTimeout(
+        f"the request's {what} did not arrive within the server's {limit:g} s request timeout; "
+        "the connection is closed.",
+        limit=limit,
+    )
+
+
+def timed_h11_protocol(head_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline of ``head_timeout`` seconds for request headers."""
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:
+                self._disarm()  # the headers are in; the body has its own limit
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(head_timeout, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
+                return
+            body = json.dumps(_timeout_error(head_timeout, "headers").body()).encode()
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            self.transport.close()
+
+    return TimedH11Protocol
+
+
+class BodyTimeout:
+    """Answer 408 ``request_timeout`` when the next piece of a request body takes over ``limit`` s.
+
+    The timeout surfaces inside the application as :class:`RequestTimeout` from
+    ``receive()`` (an upload in progress keeps nothing of the interrupted chunk, like any
+    failed PATCH); when the application lets it escape before answering, it is answered here.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: float) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()  # waiting for a disconnect, not for the client's bytes
+            try:
+                message = await asyncio.wait_for(receive(), self.limit)
+            except asyncio.TimeoutError:
+                raise _timeout_error(self.limit, "body") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except RequestTimeout as exc:
+            if started:
+                raise
+            await _send_error(exc, send)
+
+
+async def _send_error(exc: RequestTimeout, send: Send) -> None:
+    body = json.dumps(exc.body()).encode()
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
