@@ -89,6 +89,8 @@ def build_skill(
     description: str = "",
     license: str | None = None,
     codec: str = "exact",
+    requires: dict[str, str] | None = None,
+    conflicts: dict[str, str] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
@@ -105,6 +107,8 @@ def build_skill(
         adapter: a PEFT LoRA adapter directory trained on ``base``.
         dataset_size: |D|, used for the default merge weight |D|/|G|.
         codec: the codec for every float tensor (``exact`` is lossless).
+        requires, conflicts: other skills this one needs or cannot live with, as
+            ``{"ns/skill": "npm range"}``; the resolver honours them at install.
 
     Returns:
         A :class:`BuildResult`.
@@ -124,6 +128,10 @@ def build_skill(
         raise TvregError(f"dataset unit must be one of {', '.join(DATASET_UNITS)}, not `{dataset_unit}`.")
     if dataset_size is not None and dataset_size <= 0:
         raise TvregError(f"dataset size must be a positive number, not {dataset_size}.")
+    from .resolve import parse_requirement
+
+    for dep, spec in {**(requires or {}), **(conflicts or {})}.items():
+        parse_requirement(f"{dep}@{spec}" if spec else dep)
     coder = get_codec(codec)
     with Checkpoint.open(base) as pre:
         base_fp = fingerprint(pre, progress=progress)
@@ -159,6 +167,8 @@ def build_skill(
                 description=description,
                 license=license,
                 source=source,
+                requires=dict(requires or {}),
+                conflicts=dict(conflicts or {}),
                 created_by=f"tvreg {__version__}",
             )
             writer = ArtifactWriter(Path(output), manifest)

@@ -122,6 +122,11 @@ def main(debug: bool) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
 
 
+def _split_requirement(text: str) -> tuple[str, str]:
+    name, _, spec = text.partition("@")
+    return name, spec
+
+
 @main.command()
 @click.option(
     "--base", required=True, metavar="PRE", help="The pretrained model θ_pre (directory or cached Hub id)."
@@ -142,10 +147,36 @@ def main(debug: bool) -> None:
     "--codec", default="exact", show_default=True, help="How tensors are stored (exact is lossless)."
 )
 @click.option(
+    "--requires",
+    "requires",
+    multiple=True,
+    metavar="NS/SKILL@RANGE",
+    help="A skill this one needs (repeatable).",
+)
+@click.option(
+    "--conflicts",
+    "conflicts",
+    multiple=True,
+    metavar="NS/SKILL@RANGE",
+    help="A skill version it cannot live with.",
+)
+@click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .tvskill."
 )
 def build(
-    base, finetuned, adapter, name, version_, dataset_size, dataset_unit, description, license_, codec, output
+    base,
+    finetuned,
+    adapter,
+    name,
+    version_,
+    dataset_size,
+    dataset_unit,
+    description,
+    license_,
+    codec,
+    requires,
+    conflicts,
+    output,
 ):
     """Build a skill artifact from a fine-tuned model or a LoRA adapter."""
     from .build import build_skill
@@ -163,6 +194,8 @@ def build(
         description=description,
         license=license_,
         codec=codec,
+        requires=dict(_split_requirement(r) for r in requires),
+        conflicts=dict(_split_requirement(r) for r in conflicts),
         progress=RichProgress(),
     )
     m = res.manifest
@@ -240,19 +273,27 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, float]:
 @click.option(
     "--registry", metavar="URL", help="Registry to fetch named skills from (default: the logged-in one)."
 )
-def install(skills, into, weights, base, general_size, dry_run, registry):
+@click.option(
+    "--resolution",
+    type=click.Choice(["highest", "lowest"]),
+    default="highest",
+    show_default=True,
+    help="Pick the highest versions, or the lowest (to test lower bounds).",
+)
+def install(skills, into, weights, base, general_size, dry_run, registry, resolution):
     """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
 
-    Each SKILL is a .tvskill file, or a registry name: `ns/skill` (the highest
-    non-yanked version built for the model's base) or `ns/skill@1.2.0` (exactly that
-    version). Named skills are downloaded into the verified cache first.
+    Each SKILL is a .tvskill file, or a registry requirement: `ns/skill`, `ns/skill@^2.1`,
+    `ns/skill@~1.4`, `ns/skill@>=1.2 <2`, `ns/skill@1.2.3` or `ns/skill@beta` (a dist-tag).
+    Requirements, the skills already installed and every skill's `requires` are resolved
+    together for the model's base; named skills are downloaded into the verified cache.
     """
     from .fetch import fetch_for_install
     from .install import install as do_install
 
     progress = RichProgress()
     paths, sources = fetch_for_install(
-        list(skills), into=into, base=base, registry=registry, progress=progress
+        list(skills), into=into, base=base, registry=registry, resolution=resolution, progress=progress
     )
     res = do_install(
         paths,

@@ -25,6 +25,7 @@ from .errors import ConfigError, IncompatibleBase, NotFound, RegistryError
 from .fingerprint import short
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, looks_like_ref, parse_ref
+from .resolve import Candidate, Requirement, parse_requirement, resolve
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,49 @@ def fetch_skill(
     ).path
 
 
+class RegistryIndex:
+    """The resolver's view of a registry: every version of a skill as a :class:`Candidate`.
+
+    A ``delta_from_general`` skill fits when it was built on the model's G; it is
+    presented to the resolver as fitting the model's base, so one filter serves both kinds.
+    """
+
+    def __init__(
+        self, client: RegistryClient, base_fingerprint: str, general_fingerprint: str | None
+    ) -> None:
+        self.client, self.base, self.general = client, base_fingerprint, general_fingerprint
+        self._info: dict[str, dict] = {}
+
+    def _skill(self, name: str) -> dict:
+        if name not in self._info:
+            self._info[name] = self.client.skill(parse_ref(name, allow_version=False))
+        return self._info[name]
+
+    def candidates(self, name: str) -> list[Candidate]:
+        out = []
+        for v in self._skill(name).get("versions", []):
+            manifest = v.get("manifest") or {}
+            base = v["base_fingerprint"]
+            if v.get("kind") == "delta_from_general" and self.general and base == self.general:
+                base = self.base
+            out.append(
+                Candidate(
+                    name,
+                    v["version"],
+                    base,
+                    tuple(Requirement(n, r) for n, r in sorted((manifest.get("requires") or {}).items())),
+                    tuple(Requirement(n, r) for n, r in sorted((manifest.get("conflicts") or {}).items())),
+                    bool(v.get("yanked")),
+                    v.get("yanked_reason"),
+                    v.get("digest"),
+                )
+            )
+        return out
+
+    def dist_tags(self, name: str) -> dict[str, str]:
+        return dict(self._skill(name).get("dist_tags") or {})
+
+
 def fetch_for_install(
     args: Sequence[str],
     *,
@@ -245,29 +289,39 @@ def fetch_for_install(
     base: str | os.PathLike[str] | None = None,
     registry: str | None = None,
     token: str | None = None,
+    resolution: str = "highest",
     progress: Progress = NULL_PROGRESS,
 ) -> tuple[list[str], list[str | None]]:
-    """Turn ``tvreg install`` arguments into local paths: files stay, registry names are fetched.
+    """Turn ``tvreg install`` arguments into local paths: files stay, registry names are resolved and fetched.
 
-    An argument that is an existing file is used as is; one shaped like ``ns/skill[@version]``
-    is fetched for the base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the
-    model is initialised on the fly). Every name is validated before the first request.
+    An argument that is an existing file is used as is. One shaped like
+    ``ns/skill[@range|@version|@tag]`` is a requirement: all of them, the skills the model
+    already has from the registry (pinned at their locked versions) and every candidate's
+    ``requires``/``conflicts`` are resolved together (:func:`tvreg.resolve.resolve`) for the
+    base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the model is initialised
+    on the fly). Dependencies the resolver adds are fetched and installed too. Every name is
+    validated before the first request.
 
     Returns:
         ``(paths, sources)``, parallel lists for :func:`tvreg.install.install`; a source
         is ``ns/skill@version`` for a fetched skill and None for a local file.
+
+    Raises:
+        ResolutionImpossible: no set of versions satisfies every requirement; the message
+            names each constraint and where it came from.
     """
     from .environment import require_lock
     from .fingerprint import fingerprint
     from .lockfile import read_lock
 
-    plan: list[tuple[str, SkillRef | None]] = []
+    plan: list[tuple[str, Requirement | None]] = []
     for arg in args:
         if os.path.isfile(arg) or not looks_like_ref(arg):
             plan.append((arg, None))
         else:
-            plan.append((arg, parse_ref(arg)))
-    if not any(ref for _, ref in plan):
+            parse_ref(arg.partition("@")[0], allow_version=False)
+            plan.append((arg, parse_requirement(arg)))
+    if not any(req for _, req in plan):
         return [a for a, _ in plan], [None] * len(plan)
     lock = read_lock(Path(into)) if Path(into).is_dir() else None
     if lock is None and base is None:
@@ -276,28 +330,47 @@ def fetch_for_install(
         base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
     else:
         base_fp, general_fp = fingerprint(base, progress=progress), None
+    requested = [req for _, req in plan if req is not None]
+    asked = {r.name for r in requested}
+    pinned: dict[str, str] = {}
+    for locked in lock.skills if lock is not None else ():
+        if looks_like_ref(locked.artifact):
+            ref = parse_ref(locked.artifact)
+            if ref.name not in asked and ref.version:
+                pinned[ref.name] = ref.version
+    pins = [Requirement(n, v, source=f"{Path(into).name} pins") for n, v in sorted(pinned.items())]
     paths: list[str] = []
     sources: list[str | None] = []
     with contextlib.ExitStack() as stack:
-        client: RegistryClient | None = None
-        for arg, ref in plan:
-            if ref is None:
+        try:
+            client = stack.enter_context(client_for(registry, token))
+        except ConfigError as exc:
+            exc.hints.append(f"no file `{requested[0]}` exists either")
+            raise
+        index = RegistryIndex(client, base_fp, general_fp)
+        try:
+            chosen = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution).chosen
+        except NotFound as exc:
+            missing = [arg for arg, req in plan if req is not None and f"`{req.name}`" in exc.message]
+            if missing:
+                exc.hints.append(f"no file `{missing[0]}` exists either")
+            raise
+        extra = [n for n in chosen if n not in asked and n not in pinned]
+        order = [(arg, req.name if req else None) for arg, req in plan] + [(n, n) for n in extra]
+        for arg, name in order:
+            if name is None:
                 paths.append(arg)
                 sources.append(None)
                 continue
-            try:
-                if client is None:
-                    client = stack.enter_context(client_for(registry, token))
-                got = fetch(
-                    ref,
-                    base_fingerprint=base_fp,
-                    general_fingerprint=general_fp,
-                    client=client,
-                    progress=progress,
-                )
-            except (NotFound, ConfigError) as exc:
-                exc.hints.append(f"no file `{arg}` exists either")
-                raise
+            cand = chosen[name]
+            ns, _, skill = name.partition("/")
+            got = fetch(
+                SkillRef(ns, skill, cand.version),
+                base_fingerprint=base_fp,
+                general_fingerprint=general_fp,
+                client=client,
+                progress=progress,
+            )
             paths.append(str(got.path))
             sources.append(got.label)
     return paths, sources

@@ -78,6 +78,8 @@ class Manifest:
     description: str = ""
     license: str | None = None
     source: dict = field(default_factory=dict)
+    requires: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, str] = field(default_factory=dict)
     created_by: str = ""
     format_version: int = FORMAT_VERSION
     tensors: dict[str, TensorEntry] = field(default_factory=dict)
@@ -127,6 +129,19 @@ class Manifest:
             raise bad("`dataset_size` must be a positive integer")
         if data.get("dataset_unit", "examples") not in DATASET_UNITS:
             raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
+        for key in ("requires", "conflicts"):
+            deps = data.get(key, {})
+            if not isinstance(deps, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in deps.items()
+            ):
+                raise bad(f"`{key}` must map skill names to version ranges")
+            from .resolve import parse_requirement
+
+            for dep, spec in deps.items():
+                try:
+                    parse_requirement(f"{dep}@{spec}" if spec else dep)
+                except InvalidName as exc:
+                    raise bad(f"`{key}` entry `{dep}`: {exc.message.rstrip('.')}") from exc
         tensors_raw = data.get("tensors")
         if not isinstance(tensors_raw, dict):
             raise bad("`tensors` is missing")

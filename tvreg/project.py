@@ -56,6 +56,8 @@ _TOP_KEYS = {
     "license",
     "artifact",
     "build",
+    "requires",
+    "conflicts",
 }
 _BUILD_KEYS = {"finetuned", "adapter", "codec"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -78,6 +80,8 @@ class SkillProject:
     finetuned: str | None = None
     adapter: str | None = None
     codec: str = "exact"
+    requires: dict[str, str] | None = None
+    conflicts: dict[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -165,6 +169,19 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         raise _bad(file, "`[build]` takes one of `finetuned` and `adapter`, not both")
     if has_build and not data.get("base"):
         raise _bad(file, "building needs `base`, the pretrained model the skill was tuned from")
+    deps: dict[str, dict[str, str] | None] = {}
+    for key in ("requires", "conflicts"):
+        table = data.get(key)
+        if table is not None and (
+            not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values())
+        ):
+            raise _bad(file, f'`[{key}]` must map skill names to version ranges, e.g. `"nlp/safety" = ">=2"`')
+        if table is not None:
+            from .resolve import parse_requirement
+
+            for dep, spec in table.items():
+                parse_requirement(f"{dep}@{spec}" if spec else dep)
+        deps[key] = dict(table) if table is not None else None
     base = data.get("base")
     if base is not None and not _FP_RE.match(base):
         base = _resolve_model(root, base)
@@ -182,6 +199,8 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         finetuned=_resolve_model(root, build["finetuned"]) if build.get("finetuned") else None,
         adapter=_resolve_model(root, build["adapter"]) if build.get("adapter") else None,
         codec=build.get("codec", "exact"),
+        requires=deps["requires"],
+        conflicts=deps["conflicts"],
     )
 
 
@@ -219,7 +238,7 @@ def _check_manifest(project: SkillProject, m: Manifest, where: Path) -> None:
         raise differs("name", project.skill, m.name)
     if m.version != project.version:
         raise differs("version", project.version, m.version)
-    for field in ("dataset_size", "dataset_unit", "description", "license"):
+    for field in ("dataset_size", "dataset_unit", "description", "license", "requires", "conflicts"):
         said = getattr(project, field)
         if said is not None and said != getattr(m, field):
             raise differs(field, said, getattr(m, field))
@@ -286,6 +305,8 @@ def prepare_artifact(
                 description=project.description or "",
                 license=project.license,
                 codec=project.codec,
+                requires=project.requires,
+                conflicts=project.conflicts,
                 progress=progress,
             )
             built = True

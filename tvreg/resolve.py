@@ -237,7 +237,11 @@ def _phrase(parent: Candidate | None, req: Requirement) -> str:
 def _explain(causes, index: Index, base: str) -> ResolutionImpossible:
     reasons: list[str] = []
     for name in sorted({c.requirement.name for c in causes}):
-        said = [_phrase(c.parent, c.requirement) for c in causes if c.requirement.name == name]
+        mine = sorted(
+            (c for c in causes if c.requirement.name == name),
+            key=lambda c: (c.parent is None, str(c.parent or c.requirement.source), c.requirement.spec),
+        )
+        said = list(dict.fromkeys(_phrase(c.parent, c.requirement) for c in mine))
         available = index.candidates(name)
         fitting = [c for c in available if c.base_fingerprint == base]
         if not available:
