@@ -66,12 +66,17 @@ def _v(major: int, minor: int, patch: int, pre: str | None = None) -> semver.Ver
 _NOTHING = [Comparator("<", _v(0, 0, 0, "0"))]
 
 
+def _whole_major(major: int) -> list[Comparator]:
+    """``major.x``: every release of one major version."""
+    return [Comparator(">=", _v(major, 0, 0)), Comparator("<", _v(major + 1, 0, 0, "0"))]
+
+
 def _caret(M, m, p, pr) -> list[Comparator]:
     if _is_x(M):
         return []
     M = int(M)
     if _is_x(m):
-        return [Comparator(">=", _v(M, 0, 0)), Comparator("<", _v(M + 1, 0, 0, "0"))]
+        return _whole_major(M)
     m = int(m)
     if _is_x(p):
         upper = _v(M, m + 1, 0, "0") if M == 0 else _v(M + 1, 0, 0, "0")
@@ -89,7 +94,7 @@ def _tilde(M, m, p, pr) -> list[Comparator]:
         return []
     M = int(M)
     if _is_x(m):
-        return [Comparator(">=", _v(M, 0, 0)), Comparator("<", _v(M + 1, 0, 0, "0"))]
+        return _whole_major(M)
     m = int(m)
     low = _v(M, m, 0) if _is_x(p) else _v(M, m, int(p), pr)
     return [Comparator(">=", low), Comparator("<", _v(M, m + 1, 0, "0"))]
@@ -116,7 +121,7 @@ def _xrange(op: str, M, m, p, pr) -> list[Comparator]:
             return [Comparator("<", _v(M, mi, 0, "0"))]
         return [Comparator(op, _v(M, mi, 0))]
     if _is_x(m):
-        return [Comparator(">=", _v(M, 0, 0)), Comparator("<", _v(M + 1, 0, 0, "0"))]
+        return _whole_major(M)
     m = int(m)
     if _is_x(p):
         return [Comparator(">=", _v(M, m, 0)), Comparator("<", _v(M, m + 1, 0, "0"))]
