@@ -128,10 +128,9 @@ def build_skill(
         raise TvregError(f"dataset unit must be one of {', '.join(DATASET_UNITS)}, not `{dataset_unit}`.")
     if dataset_size is not None and dataset_size <= 0:
         raise TvregError(f"dataset size must be a positive number, not {dataset_size}.")
-    from .resolve import parse_requirement
+    from .resolve import validate_dependencies
 
-    for dep, spec in {**(requires or {}), **(conflicts or {})}.items():
-        parse_requirement(f"{dep}@{spec}" if spec else dep)
+    validate_dependencies({**(requires or {}), **(conflicts or {})})
     coder = get_codec(codec)
     with Checkpoint.open(base) as pre:
         base_fp = fingerprint(pre, progress=progress)

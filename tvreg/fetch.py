@@ -149,18 +149,20 @@ def fetch(
     token: str | None = None,
     client: RegistryClient | None = None,
     cache: BlobCache | None = None,
+    info: dict | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> FetchedSkill:
     """Choose a version of a registry skill and download it into the cache.
 
     Like :func:`fetch_skill`, but returns what was chosen as well as where it is.
+    ``info`` is the skill's registry metadata when the caller already holds it.
     """
     ref = spec if isinstance(spec, SkillRef) else parse_ref(spec)
     cache = cache or BlobCache()
     own = client is None
     client = client or client_for(registry, token)
     try:
-        info = client.skill(ref)
+        info = info if info is not None else client.skill(ref)
         chosen = select_version(
             ref,
             info.get("versions", []),
@@ -252,14 +254,15 @@ class RegistryIndex:
         self.client, self.base, self.general = client, base_fingerprint, general_fingerprint
         self._info: dict[str, dict] = {}
 
-    def _skill(self, name: str) -> dict:
+    def skill(self, name: str) -> dict:
+        """The registry's metadata of ``name``, fetched once per install."""
         if name not in self._info:
             self._info[name] = self.client.skill(parse_ref(name, allow_version=False))
         return self._info[name]
 
     def candidates(self, name: str) -> list[Candidate]:
         out = []
-        for v in self._skill(name).get("versions", []):
+        for v in self.skill(name).get("versions", []):
             manifest = v.get("manifest") or {}
             base = v["base_fingerprint"]
             if v.get("kind") == "delta_from_general" and self.general and base == self.general:
@@ -279,7 +282,7 @@ class RegistryIndex:
         return out
 
     def dist_tags(self, name: str) -> dict[str, str]:
-        return dict(self._skill(name).get("dist_tags") or {})
+        return dict(self.skill(name).get("dist_tags") or {})
 
 
 def fetch_for_install(
@@ -369,6 +372,7 @@ def fetch_for_install(
                 base_fingerprint=base_fp,
                 general_fingerprint=general_fp,
                 client=client,
+                info=index.skill(name),
                 progress=progress,
             )
             paths.append(str(got.path))

@@ -135,13 +135,12 @@ class Manifest:
                 isinstance(k, str) and isinstance(v, str) for k, v in deps.items()
             ):
                 raise bad(f"`{key}` must map skill names to version ranges")
-            from .resolve import parse_requirement
+            from .resolve import validate_dependencies
 
-            for dep, spec in deps.items():
-                try:
-                    parse_requirement(f"{dep}@{spec}" if spec else dep)
-                except InvalidName as exc:
-                    raise bad(f"`{key}` entry `{dep}`: {exc.message.rstrip('.')}") from exc
+            try:
+                validate_dependencies(deps)
+            except InvalidName as exc:
+                raise bad(f"`{key}` entry {exc.message.rstrip('.')}") from exc
         tensors_raw = data.get("tensors")
         if not isinstance(tensors_raw, dict):
             raise bad("`tensors` is missing")

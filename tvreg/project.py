@@ -177,10 +177,9 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         ):
             raise _bad(file, f'`[{key}]` must map skill names to version ranges, e.g. `"nlp/safety" = ">=2"`')
         if table is not None:
-            from .resolve import parse_requirement
+            from .resolve import validate_dependencies
 
-            for dep, spec in table.items():
-                parse_requirement(f"{dep}@{spec}" if spec else dep)
+            validate_dependencies(table)
         deps[key] = dict(table) if table is not None else None
     base = data.get("base")
     if base is not None and not _FP_RE.match(base):

@@ -99,6 +99,19 @@ def parse_requirement(text: str, *, source: str = "the command line") -> Require
     return Requirement(name, spec, source)
 
 
+def validate_dependencies(deps: Mapping[str, str]) -> None:
+    """Check a ``requires``/``conflicts`` table (``{"ns/skill": "npm range"}``) entry by entry.
+
+    Raises:
+        InvalidName: naming the first bad entry.
+    """
+    for dep, spec in deps.items():
+        try:
+            parse_requirement(f"{dep}@{spec}" if spec else dep)
+        except InvalidName as exc:
+            raise InvalidName(f"`{dep}`: {exc.message}", hints=exc.hints) from exc
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One published skill version, as the resolver sees it."""
