@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .forms import Dense, StoredForm
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -40,3 +42,12 @@ class Codec(ABC):
         self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> torch.Tensor:
         """Decode into a fresh float32 tensor of ``shape``; ``where`` names the tensor in errors."""
+
+    def decode_form(
+        self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+    ) -> StoredForm:
+        """Decode to the codec's compact stored form; the fused merge kernel expands it in place.
+
+        The default wraps :meth:`decode`; lossy codecs override it to skip the fp32 expansion.
+        """
+        return Dense(shape=tuple(shape), values=self.decode(data, shape, params, where=where).reshape(-1))
