@@ -1,0 +1,124 @@
+"""Commands on model environments: init, install, list."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .app import RichProgress, main, out, parse_weights
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--base", metavar="PRE", help="The pretrained model G was fine-tuned from.")
+@click.option("--base-fingerprint", metavar="HEX", help="θ_pre's fingerprint, if θ_pre is not at hand.")
+@click.option("--general-size", type=click.IntRange(min=1), help="|G|: size of G's instruction-tuning set.")
+@click.option(
+    "--general-size-unit", type=click.Choice(["examples", "tokens"]), default="examples", show_default=True
+)
+def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
+    """Make MODEL_DIR (a model directory of G) a tvreg model environment."""
+    from ..environment import init_environment
+    from ..fingerprint import short
+
+    lock = init_environment(
+        model_dir,
+        base=base,
+        base_fingerprint=base_fingerprint,
+        general_size=general_size,
+        general_size_unit=general_size_unit,
+        progress=RichProgress(),
+    )
+    size = f"|G| = {lock.general_size} {lock.general_size_unit}" if lock.general_size else "|G| unknown"
+    out.print(
+        f"Initialised {model_dir}: general {short(lock.general_fingerprint)}, "
+        f"base {short(lock.base_fingerprint)}, {size}."
+    )
+
+
+@main.command()
+@click.argument("skills", nargs=-1, metavar="SKILL...")
+@click.option(
+    "--into", "into", required=True, type=click.Path(file_okay=False), help="The model environment."
+)
+@click.option(
+    "--weight", "weights", multiple=True, metavar="NAME=ω", help="Merge weight of one skill (repeatable)."
+)
+@click.option("--base", metavar="PRE", help="Initialise MODEL's base on the fly (see `tvreg init`).")
+@click.option("--general-size", type=click.IntRange(min=1), help="|G|, for the default ω = |D|/|G|.")
+@click.option("--dry-run", is_flag=True, help="Check everything and show the plan; write nothing.")
+@click.option(
+    "--registry", metavar="URL", help="Registry to fetch named skills from (default: the logged-in one)."
+)
+@click.option(
+    "--resolution",
+    type=click.Choice(["highest", "lowest"]),
+    default="highest",
+    show_default=True,
+    help="Pick the highest versions, or the lowest (to test lower bounds).",
+)
+def install(skills, into, weights, base, general_size, dry_run, registry, resolution):
+    """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
+
+    Each SKILL is a .tvskill file, or a registry requirement: `ns/skill`, `ns/skill@^2.1`,
+    `ns/skill@~1.4`, `ns/skill@>=1.2 <2`, `ns/skill@1.2.3` or `ns/skill@beta` (a dist-tag).
+    Requirements, the skills already installed and every skill's `requires` are resolved
+    together for the model's base; named skills are downloaded into the verified cache.
+    """
+    from ..fetch import fetch_for_install
+    from ..install import install as do_install
+
+    progress = RichProgress()
+    paths, sources = fetch_for_install(
+        list(skills), into=into, base=base, registry=registry, resolution=resolution, progress=progress
+    )
+    res = do_install(
+        paths,
+        into=into,
+        weights=parse_weights(weights),
+        base=base,
+        general_size=general_size,
+        dry_run=dry_run,
+        sources=sources,
+        progress=progress,
+    )
+    table = Table(title=None, box=None, show_header=True, header_style="bold")
+    for col in ("skill", "version", "ω", "from"):
+        table.add_column(col)
+    for s in res.skills:
+        table.add_row(s.name, s.version, f"{s.weight:.6g}", s.weight_source)
+    out.print(table)
+    for note in res.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    if dry_run:
+        out.print(
+            f"Would install {len(res.skills)} skill(s) into {res.model_dir} (dry run, nothing written)."
+        )
+    else:
+        out.print(
+            f"Installed {len(res.skills)} skill(s) into {res.model_dir} in {res.seconds:.1f} s "
+            f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."
+        )
+
+
+@main.command(name="list")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def list_(model_dir, fmt):
+    """List the skills installed in a model environment."""
+    from ..environment import require_lock
+
+    lock = require_lock(Path(model_dir))
+    if fmt == "json":
+        out.print_json(json.dumps([asdict(s) for s in lock.skills]))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("skill", "version", "ω", "from", "digest"):
+        table.add_column(col)
+    for s in lock.skills:
+        table.add_row(s.name, s.version, f"{s.weight:.6g}", s.weight_source, s.digest[:19])
+    out.print(table)

@@ -1,0 +1,235 @@
+"""Commands that talk to a registry: account, publish, search, yank, dist-tags."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .app import RichProgress, err, human_size, main, out
+
+
+@main.command()
+@click.option(
+    "--registry", metavar="URL", help="The registry's address (default: TVREG_REGISTRY or the last one)."
+)
+@click.option(
+    "--token", metavar="TOKEN", help="An API token (`tvr_...`); prompted for when omitted, `-` reads stdin."
+)
+def login(registry, token):
+    """Log in to a registry: check the token with /whoami, then save it (0600) for later commands."""
+    from ..client import RegistryClient
+    from ..config import config_path, remember_login, resolve
+
+    url = resolve(registry).url
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    elif token is None:
+        token = click.prompt(f"Token for {url}", hide_input=True, err=True).strip()
+    if not token:
+        raise click.BadParameter("the token is empty.", param_hint="--token")
+    with RegistryClient(url, token) as client:
+        who = client.whoami()
+    remember_login(url, token)
+    out.print(f"Logged in to {url} as [bold]{who.get('user')}[/] (token saved in {config_path()}).")
+
+
+@main.command()
+@click.option("--registry", metavar="URL", help="The registry to log out of (default: the current one).")
+def logout(registry):
+    """Forget the saved token of a registry."""
+    from ..config import forget_login, resolve
+
+    url = resolve(registry).url
+    if forget_login(url):
+        out.print(f"Logged out of {url}.")
+    else:
+        out.print(f"Not logged in to {url}; nothing to do.")
+    if os.environ.get("TVREG_TOKEN"):
+        err.print("[yellow]note:[/] `TVREG_TOKEN` is set in the environment and still applies.")
+
+
+@main.command()
+@click.option("--registry", metavar="URL", help="The registry to ask (default: the current one).")
+def whoami(registry):
+    """Show who the current token belongs to, and the teams and namespaces it can use."""
+    from ..client import client_for
+
+    with client_for(registry) as client:
+        who = client.whoami()
+        url = client.url
+    out.print(f"[bold]{who.get('user')}[/] on {url}")
+    teams = ", ".join(f"{t.get('team')} ({t.get('role')})" for t in who.get("teams", [])) or "-"
+    out.print(f"  {'teams':<11} {teams}")
+    out.print(f"  {'namespaces':<11} {', '.join(who.get('namespaces', [])) or '-'}")
+
+
+# -- publishing and finding -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("project_dir", type=click.Path(exists=True), default=".")
+@click.option("--dry-run", is_flag=True, help="Build and check everything; upload nothing.")
+@click.option("--registry", metavar="URL", help="Publish there (default: the logged-in registry).")
+@click.option("--tag", default="latest", show_default=True, help="Dist-tag to point at the new version.")
+@click.option("--no-tag", is_flag=True, help="Point no dist-tag at the new version (not even latest).")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    help="At most BYTES per upload request (default: the registry's suggestion).",
+)
+def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
+    """Publish the skill project in PROJECT_DIR (a directory with tvskill.toml).
+
+    \b
+    tvskill.toml:
+      name = "nlp/science"          # namespace/skill (or skill: your own namespace)
+      version = "1.0.0"
+      base = "../models/pre"        # θ_pre: directory, cached Hub id or fingerprint
+      dataset_size = 61000          # |D|, for the default weight |D|/|G|
+      dataset_unit = "examples"     # or "tokens"
+      description = "..."
+      license = "Apache-2.0"
+      artifact = "science.tvskill"  # publish this file, or build one:
+      [build]
+      finetuned = "../models/science"   # or adapter = "lora-dir"
+
+    The artifact is built into PROJECT_DIR/dist when missing or stale, every tensor is
+    decoded and checked, then it is uploaded in resumable chunks.
+    """
+    from ..publish import publish as do_publish
+
+    res = do_publish(
+        project_dir,
+        registry=registry,
+        tag=None if no_tag else tag,
+        dry_run=dry_run,
+        chunk_size=chunk_size,
+        progress=RichProgress(),
+    )
+    what = f"[bold]{res.label}[/] ({res.digest[:19]}…, {human_size(res.size)})"
+    if res.status == "dry-run":
+        out.print(f"Would publish {what} to {res.registry} (dry run, nothing uploaded).")
+    elif res.status == "unchanged":
+        out.print(f"{what} is already on {res.registry} with these exact bytes; nothing to do.")
+    else:
+        tagged = f", tagged {res.tag}" if res.tag else ""
+        out.print(f"Published {what} to {res.registry}{tagged}.")
+
+
+@main.command()
+@click.argument("query", required=False)
+@click.option("--base", metavar="FP", help="Only skills built for this base fingerprint (64 hex).")
+@click.option(
+    "--into",
+    metavar="MODEL",
+    type=click.Path(exists=True, file_okay=False),
+    help="Only skills that fit this model environment's base.",
+)
+@click.option("--tag", help="Only skills that have this dist-tag.")
+@click.option("--namespace", help="Only skills in this namespace.")
+@click.option("--page", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--per-page", type=click.IntRange(min=1, max=100), default=20, show_default=True)
+@click.option("--registry", metavar="URL", help="Registry to search (default: the logged-in one).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def search(query, base, into, tag, namespace, page, per_page, registry, fmt):
+    """Search the registry by name and description, optionally only skills that fit a model."""
+    from ..client import client_for
+
+    if base and into:
+        raise click.UsageError("give one of `--base` and `--into`.")
+    if into:
+        from ..environment import require_lock
+
+        base = require_lock(Path(into)).base_fingerprint
+    with client_for(registry) as client:
+        res = client.search(query, base=base, tag=tag, namespace=namespace, page=page, per_page=per_page)
+    if fmt == "json":
+        out.print_json(json.dumps(res))
+        return
+    items = res.get("items", [])
+    if not items:
+        out.print("No skills found.")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("skill", "latest", "versions", "description"):
+        table.add_column(col)
+    for item in items:
+        name = item.get("name", "") + (" (private)" if item.get("private") else "")
+        table.add_row(
+            name, item.get("latest") or "-", str(item.get("versions", "")), item.get("description") or ""
+        )
+    out.print(table)
+    total = res.get("total", len(items))
+    pages = max(1, -(-total // (res.get("per_page") or per_page)))
+    if pages > 1:
+        out.print(f"page {res.get('page', page)} of {pages} ({total} skills); more with `--page N`")
+
+
+@main.command()
+@click.argument("target", metavar="NAME@VERSION")
+@click.option("--reason", required=True, help="Why: shown to everyone who pins this version.")
+@click.option("--registry", metavar="URL")
+def yank(target, reason, registry):
+    """Yank a version: it stays installable by exact pin (with a warning) but is never picked by name."""
+    from ..client import client_for
+    from ..refs import parse_ref
+
+    ref = parse_ref(target, require_version=True)
+    with client_for(registry) as client:
+        client.yank(ref, ref.version, reason)
+    out.print(f"Yanked {ref} ({reason}).")
+
+
+@main.command()
+@click.argument("target", metavar="NAME@VERSION")
+@click.option("--registry", metavar="URL")
+def unyank(target, registry):
+    """Undo a yank."""
+    from ..client import client_for
+    from ..refs import parse_ref
+
+    ref = parse_ref(target, require_version=True)
+    with client_for(registry) as client:
+        client.unyank(ref, ref.version)
+    out.print(f"Un-yanked {ref}.")
+
+
+@main.group()
+def tag():
+    """Point dist-tags (latest, beta, ...) at versions."""
+
+
+@tag.command(name="add")
+@click.argument("target", metavar="NAME@VERSION")
+@click.argument("tag_name", metavar="TAG")
+@click.option("--registry", metavar="URL")
+def tag_add(target, tag_name, registry):
+    """Point TAG at NAME@VERSION."""
+    from ..client import client_for
+    from ..refs import parse_ref
+
+    ref = parse_ref(target, require_version=True)
+    with client_for(registry) as client:
+        client.set_tag(ref, tag_name, ref.version)
+    out.print(f"{ref.name}: {tag_name} → {ref.version}.")
+
+
+@tag.command(name="rm")
+@click.argument("name", metavar="NAME")
+@click.argument("tag_name", metavar="TAG")
+@click.option("--registry", metavar="URL")
+def tag_rm(name, tag_name, registry):
+    """Remove TAG from NAME (latest cannot be removed)."""
+    from ..client import client_for
+    from ..refs import parse_ref
+
+    ref = parse_ref(name, allow_version=False)
+    with client_for(registry) as client:
+        client.delete_tag(ref, tag_name)
+    out.print(f"{ref.name}: removed tag {tag_name}.")
