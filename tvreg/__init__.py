@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402
     CorruptCheckpoint,
     DiskFull,
     DownloadError,
+    EvaluationError,
     IncompatibleBase,
     InstallInterrupted,
     InvalidManifest,
@@ -36,6 +37,7 @@ from .errors import (  # noqa: E402
     UnsafeCheckpoint,
     WeightError,
 )
+from .evaluate import EvalHook, load_hook  # noqa: E402
 from .fetch import FetchedSkill, fetch_skill  # noqa: E402
 from .fingerprint import fingerprint  # noqa: E402
 from .install import InstallResult, install  # noqa: E402
@@ -45,6 +47,7 @@ from .progress import Progress  # noqa: E402
 from .project import SkillProject, load_project  # noqa: E402
 from .publish import PublishResult, publish  # noqa: E402
 from .refs import SkillRef, parse_ref  # noqa: E402
+from .sweep import SweepPoint, SweepResult, sweep  # noqa: E402
 
 __all__ = [
     "Artifact",
@@ -60,6 +63,8 @@ __all__ = [
     "CorruptCheckpoint",
     "DiskFull",
     "DownloadError",
+    "EvalHook",
+    "EvaluationError",
     "FetchedSkill",
     "IncompatibleBase",
     "InstallInterrupted",
@@ -80,6 +85,8 @@ __all__ = [
     "RegistryUnavailable",
     "SkillProject",
     "SkillRef",
+    "SweepPoint",
+    "SweepResult",
     "TensorMismatch",
     "TvregError",
     "UnsafeCheckpoint",
@@ -90,8 +97,10 @@ __all__ = [
     "fingerprint",
     "init_environment",
     "install",
+    "load_hook",
     "load_project",
     "parse_ref",
     "publish",
     "read_lock",
+    "sweep",
 ]

@@ -20,6 +20,7 @@ The tree::
     ├── LockHeld                    another tvreg process holds the model environment
     ├── ConfigError                 an unreadable ``config.toml`` or no registry configured
     ├── ProjectError                a skill project (``tvskill.toml``) that cannot be published
+    ├── EvaluationError             an evaluation hook that cannot be loaded or returns no scores
     └── RegistryError               the registry refused a request or could not be used
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
@@ -138,6 +139,10 @@ class ConfigError(TvregError):
 
 class ProjectError(TvregError):
     """A skill project directory (``tvskill.toml``) is missing, malformed or inconsistent."""
+
+
+class EvaluationError(TvregError):
+    """A user-supplied evaluation hook (``module:function``) cannot be loaded, fails, or returns no scores."""
 
 
 class RegistryError(TvregError):
