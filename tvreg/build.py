@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .artifact import ArtifactWriter
+from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
 from .codecs import get_codec
 from .errors import TensorMismatch, TvregError
@@ -18,6 +18,7 @@ from .fingerprint import fingerprint
 from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
 from .pipeline import ordered_map
 from .progress import NULL_PROGRESS, Progress
+from .sketch import Sketch, SketchBuilder, store_cached
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class BuildResult:
     manifest: Manifest
     raw_bytes: int
     stored_bytes: int
+    sketch: Sketch | None = None
 
 
 def _check_finite(name: str, tau: torch.Tensor) -> None:
@@ -171,6 +173,7 @@ def build_skill(
                 created_by=f"tvreg {__version__}",
             )
             writer = ArtifactWriter(Path(output), manifest)
+            sketcher = SketchBuilder()
             raw = 0
             try:
                 total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
@@ -182,6 +185,7 @@ def build_skill(
                     if tau is None:
                         return tname, None, 0
                     _check_finite(tname, tau)
+                    sketcher.add(tname, tau)
                     return tname, coder.encode(tau), tau.numel() * 4
 
                 workers = max(1, min(4, os.cpu_count() or 1))
@@ -206,4 +210,8 @@ def build_skill(
         finally:
             if ft is not None:
                 ft.close()
-    return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size)
+    sketch = sketcher.finish(
+        skill=name, version=version, base_fingerprint=base_fp, artifact_digest=file_digest(Path(output))
+    )
+    store_cached(sketch)
+    return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size, sketch)
