@@ -23,6 +23,7 @@ from .cache import BlobCache, BlobSource
 from .client import RegistryClient, client_for
 from .errors import ConfigError, IncompatibleBase, NotFound, RegistryError
 from .fingerprint import short
+from .lockfile import Origin
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, looks_like_ref, parse_ref
 from .resolve import Candidate, Requirement, parse_requirement, resolve
@@ -294,7 +295,7 @@ def fetch_for_install(
     token: str | None = None,
     resolution: str = "highest",
     progress: Progress = NULL_PROGRESS,
-) -> tuple[list[str], list[str | None]]:
+) -> tuple[list[str], list[Origin | None]]:
     """Turn ``tvreg install`` arguments into local paths: files stay, registry names are resolved and fetched.
 
     An argument that is an existing file is used as is. One shaped like
@@ -307,7 +308,8 @@ def fetch_for_install(
 
     Returns:
         ``(paths, sources)``, parallel lists for :func:`tvreg.install.install`; a source
-        is ``ns/skill@version`` for a fetched skill and None for a local file.
+        is an :class:`~tvreg.lockfile.Origin` (label ``ns/skill@version``, the registry URL,
+        the requirement asked for) for a fetched skill and None for a local file.
 
     Raises:
         ResolutionImpossible: no set of versions satisfies every requirement; the message
@@ -343,7 +345,7 @@ def fetch_for_install(
                 pinned[ref.name] = ref.version
     pins = [Requirement(n, v, source=f"{Path(into).name} pins") for n, v in sorted(pinned.items())]
     paths: list[str] = []
-    sources: list[str | None] = []
+    sources: list[Origin | None] = []
     with contextlib.ExitStack() as stack:
         try:
             client = stack.enter_context(client_for(registry, token))
@@ -359,8 +361,8 @@ def fetch_for_install(
                 exc.hints.append(f"no file `{missing[0]}` exists either")
             raise
         extra = [n for n in chosen if n not in asked and n not in pinned]
-        order = [(arg, req.name if req else None) for arg, req in plan] + [(n, n) for n in extra]
-        for arg, name in order:
+        order = [(arg, req.name if req else None, True) for arg, req in plan] + [(n, n, False) for n in extra]
+        for arg, name, asked_for in order:
             if name is None:
                 paths.append(arg)
                 sources.append(None)
@@ -376,5 +378,5 @@ def fetch_for_install(
                 progress=progress,
             )
             paths.append(str(got.path))
-            sources.append(got.label)
+            sources.append(Origin(got.label, got.registry, arg if asked_for else None))
     return paths, sources

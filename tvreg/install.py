@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import math
 import os
 import shutil
 import time
@@ -34,12 +36,12 @@ from .errors import (
 )
 from .faults import crash_point
 from .fingerprint import fingerprint_of_hashes, remember, short, tensor_hashes
-from .fsutil import disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
-from .lockfile import LOCK_NAME, Lock, LockedSkill, write_lock
-from .merge import task_arithmetic
+from .fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
+from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, write_lock
+from .merge import METHODS, task_arithmetic
 from .pipeline import ordered_map
 from .progress import NULL_PROGRESS, Progress
-from .safetensors_io import SafetensorsWriter
+from .safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .store import artifact_path, keep_artifact
 
 
@@ -62,7 +64,32 @@ class _Skill:
     digest: str
     weight: float
     weight_source: str
-    source: str = ""
+    origin: Origin
+
+
+OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check_method(method: str, params: Mapping[str, object]) -> None:
+    if method not in METHODS:
+        raise ModelEnvironmentError(
+            f"unknown merge method `{method}`.", hints=[f"choose one of: {', '.join(METHODS)}"]
+        )
+    if method == "task_arithmetic" and params:
+        raise ModelEnvironmentError(
+            f"merge method `task_arithmetic` takes no parameters (got {', '.join(sorted(params))})."
+        )
+
+
+def _check_output_dtype(output_dtype: str | None) -> torch.dtype | None:
+    if output_dtype is None:
+        return None
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ModelEnvironmentError(
+            f"unsupported output dtype `{output_dtype}`.",
+            hints=[f"choose one of: {', '.join(OUTPUT_DTYPES)} (or leave it out to keep G's dtypes)"],
+        )
+    return OUTPUT_DTYPES[output_dtype]
 
 
 def _staging_dirs(model_dir: Path) -> list[str]:
@@ -160,7 +187,7 @@ def _open_skills(
     lock: Lock,
     weights: Mapping[str, float],
     model_dir: Path,
-    sources: Sequence[str | None],
+    sources: Sequence[Origin | None],
 ) -> list[_Skill]:
     """The final skill set: locked skills, with the new ones added or replacing same-named ones."""
     new: dict[str, _Skill] = {}
@@ -175,7 +202,7 @@ def _open_skills(
                     f"skill `{name}` is given twice (`{new[name].artifact.path}` and `{path}`)."
                 )
             _check_compatible(art, lock)
-            new[name] = _Skill(art, "", 0.0, "", origin or str(Path(path).resolve()))
+            new[name] = _Skill(art, "", 0.0, "", origin or Origin(str(Path(path).resolve())))
         final: list[_Skill] = []
         for locked in lock.skills:
             if locked.name in new:
@@ -189,7 +216,15 @@ def _open_skills(
                 )
             art = Artifact(stored)
             opened.append(art)
-            final.append(_Skill(art, locked.digest, locked.weight, locked.weight_source, locked.artifact))
+            final.append(
+                _Skill(
+                    art,
+                    locked.digest,
+                    locked.weight,
+                    locked.weight_source,
+                    Origin(locked.artifact, locked.registry, locked.requested),
+                )
+            )
         final.extend(new.values())
         names = {s.artifact.manifest.name for s in final}
         for name in sorted(set(weights) - names):
@@ -229,16 +264,27 @@ def _write_weights(
     staging: Path,
     known_hashes: Mapping[str, tuple[str, list[int], str]],
     progress: Progress,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, tuple[str, list[int], str]], dict[str, dict]]:
     touched = {name for s in skills for name in s.artifact.manifest.tensors}
 
+    def target_dtype(name: str) -> torch.dtype:
+        info = general.info(name)
+        return out_dtype if out_dtype is not None and info.is_float else info.torch_dtype
+
     def merged(name: str) -> tuple[str, torch.Tensor | bytes, str]:
         info = general.info(name)
+        want = target_dtype(name)
         if name not in touched:
-            return name, general.read(name), known_hashes[name][2]
-        crash_point("install:decode")
-        deltas = [(s.weight, s.artifact.decode(name)) for s in skills if name in s.artifact.manifest.tensors]
-        out = task_arithmetic(general.read(name), deltas, out_dtype=info.torch_dtype)
+            if want == info.torch_dtype:
+                return name, general.read(name), known_hashes[name][2]
+            out = general.read(name).to(want)
+        else:
+            crash_point("install:decode")
+            deltas = [
+                (s.weight, s.artifact.decode(name)) for s in skills if name in s.artifact.manifest.tensors
+            ]
+            out = task_arithmetic(general.read(name), deltas, out_dtype=want)
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
         return name, out, hashlib.sha256(raw).hexdigest()
 
@@ -250,7 +296,7 @@ def _write_weights(
     stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
     for handle in general.handles:
         target = staging / handle.path.name
-        entries = [(n, i.dtype, i.shape) for n, i in handle.tensors.items()]
+        entries = [(n, DTYPE_NAMES[target_dtype(n)], i.shape) for n, i in handle.tensors.items()]
         metadata = dict(handle.metadata)
         metadata.setdefault("format", "pt")
         file_hashes: dict[str, tuple[str, list[int], str]] = {}
@@ -261,7 +307,7 @@ def _write_weights(
                 assert name == expected
                 writer.write(name, tensor)
                 info = handle.tensors[name]
-                file_hashes[name] = (info.dtype, list(info.shape), digest)
+                file_hashes[name] = (DTYPE_NAMES[target_dtype(name)], list(info.shape), digest)
                 progress.advance(info.nbytes)
                 crash_point("install:write")
             writer.finish()
@@ -269,6 +315,88 @@ def _write_weights(
         per_file[handle.path.name] = file_hashes
     progress.done()
     return hashes, per_file
+
+
+def _materialise(
+    model_dir: Path,
+    lock: Lock,
+    final: Sequence[_Skill],
+    general: Checkpoint,
+    known: Mapping[str, tuple[str, list[int], str]],
+    progress: Progress,
+) -> tuple[Lock, int]:
+    """Write θ_G + Σ ω_k τ_k for ``final`` into a staged copy of ``model_dir`` and swap it in.
+
+    ``lock`` is the new lock without its output fingerprint; the written lock (with it)
+    is returned with the bytes of weights written. Caller holds :func:`lock_model`.
+    """
+    out_dtype = _check_output_dtype(lock.output_dtype)
+    for skill in final:
+        keep_artifact(skill.artifact.path, skill.digest)
+    needed = general.total_bytes + (1 << 20)
+    if free_bytes(model_dir.parent) < needed:
+        with disk_errors(model_dir, needed):
+            raise OSError(28, "No space left on device")
+    staging: Path | None = (
+        model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
+    )
+    try:
+        staging.mkdir()
+        weight_names = {p.name for p in general.files}
+        with disk_errors(staging):
+            _stage_other_files(model_dir, staging, weight_names)
+        hashes, per_file = _write_weights(general, final, staging, known, progress, out_dtype)
+        written = sum((staging / name).stat().st_size for name in per_file)
+        with disk_errors(staging):
+            if general.is_sharded:
+                tensor_bytes = sum(math.prod(shape) * itemsize(dtype) for dtype, shape, _ in hashes.values())
+                _write_index(Path(lock.pristine) / INDEX_NAME, staging / INDEX_NAME, tensor_bytes, out_dtype)
+            if out_dtype is not None:
+                _set_config_dtype(staging, lock.output_dtype)
+        new_lock = replace(lock, output_fingerprint=fingerprint_of_hashes(hashes), tvreg_version=__version__)
+        write_lock(staging, new_lock)
+        fsync_dir(staging)
+        crash_point("install:before-swap")
+        swap_directories(model_dir, staging)
+        crash_point("install:after-swap")
+        old, staging = staging, None
+        shutil.rmtree(old, ignore_errors=True)
+        for fname, entries in per_file.items():
+            remember(model_dir / fname, entries)
+        return new_lock, written
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_index(src: Path, dst: Path, total_size: int, out_dtype: torch.dtype | None) -> None:
+    if out_dtype is None:
+        shutil.copyfile(src, dst)
+        return
+    index = json.loads(src.read_text(encoding="utf-8"))
+    index.setdefault("metadata", {})["total_size"] = total_size
+    atomic_write_text(dst, json.dumps(index, indent=2) + "\n")
+
+
+def _set_config_dtype(staging: Path, dtype_name: str | None) -> None:
+    """Record a changed output dtype in ``config.json`` (replacing the hard link, never writing through it)."""
+    config = staging / "config.json"
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text(encoding="utf-8"))
+    for key in ("dtype", "torch_dtype"):
+        if key in data:
+            data[key] = dtype_name
+    if "dtype" not in data and "torch_dtype" not in data:
+        data["torch_dtype"] = dtype_name
+    atomic_write_text(config, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _origins(sources: Sequence[str | Origin | None] | None, count: int) -> list[Origin | None]:
+    origins = list(sources) if sources is not None else [None] * count
+    if len(origins) != count:
+        raise ValueError("`sources` must have one entry per skill")
+    return [Origin(o) if isinstance(o, str) else o for o in origins]
 
 
 def install(
@@ -279,8 +407,11 @@ def install(
     base: str | os.PathLike[str] | None = None,
     base_fingerprint: str | None = None,
     general_size: int | None = None,
+    method: str | None = None,
+    method_params: Mapping[str, object] | None = None,
+    output_dtype: str | None = None,
     dry_run: bool = False,
-    sources: Sequence[str | None] | None = None,
+    sources: Sequence[str | Origin | None] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Install skill artifacts into a model environment: θ = θ_G + Σ_k ω_k τ_k.
@@ -295,9 +426,14 @@ def install(
         weights: ω per skill name, overriding the default |D|/|G|.
         base, base_fingerprint, general_size: initialise the environment on the fly
             (see :func:`~tvreg.environment.init_environment`).
+        method, method_params: the merge method (see :data:`tvreg.merge.METHODS`) and its
+            parameters; default: what ``tvreg.lock`` records (``task_arithmetic``).
+        output_dtype: ``float32``, ``float16`` or ``bfloat16`` for every float tensor,
+            ``"auto"`` for G's own dtypes; default: what ``tvreg.lock`` records.
         dry_run: check everything and return the plan without writing.
-        sources: what ``tvreg.lock`` records as each skill's origin, parallel to ``skills``
-            (e.g. ``nlp/science@1.2.0`` for a registry download); default: the artifact's path.
+        sources: each skill's origin, parallel to ``skills``: an :class:`~tvreg.lockfile.Origin`
+            (label, registry URL, the requirement asked for) or just a label such as
+            ``nlp/science@1.2.0``; default: the artifact's path.
 
     Returns:
         An :class:`InstallResult`.
@@ -323,12 +459,18 @@ def install(
     model_dir = model_dir.resolve()
     with lock_model(model_dir):
         lock = require_lock(model_dir)
+        chosen_method = method or lock.method
+        if method_params is not None:
+            params = dict(method_params)
+        else:
+            params = dict(lock.method_params) if chosen_method == lock.method else {}
+        _check_method(chosen_method, params)
+        dtype_name = (
+            lock.output_dtype if output_dtype is None else (None if output_dtype == "auto" else output_dtype)
+        )
+        _check_output_dtype(dtype_name)
         _clean_stale_staging(model_dir)
-        origins = list(sources) if sources is not None else [None] * len(skills)
-        if len(origins) != len(skills):
-            raise ValueError("`sources` must have one entry per skill")
-        final = _open_skills(skills, lock, weights or {}, model_dir, origins)
-        staging: Path | None = None
+        final = _open_skills(skills, lock, weights or {}, model_dir, _origins(sources, len(skills)))
         try:
             general = Checkpoint.open(lock.pristine)
             try:
@@ -348,11 +490,14 @@ def install(
                         name=s.artifact.manifest.name,
                         version=s.artifact.manifest.version,
                         digest=s.digest,
-                        artifact=s.source,
+                        artifact=s.origin.label,
                         weight=s.weight,
                         weight_source=s.weight_source,
                         dataset_size=s.artifact.manifest.dataset_size,
                         dataset_unit=s.artifact.manifest.dataset_unit,
+                        registry=s.origin.registry,
+                        requested=s.origin.requested,
+                        size=s.artifact.path.stat().st_size,
                     )
                     for s in final
                 )
@@ -360,47 +505,28 @@ def install(
                     return InstallResult(
                         model_dir, locked, "", tuple(notes), 0, time.monotonic() - started, True
                     )
-                for skill in final:
-                    keep_artifact(skill.artifact.path, skill.digest)
-                needed = general.total_bytes + (1 << 20)
-                if free_bytes(model_dir.parent) < needed:
-                    with disk_errors(model_dir, needed):
-                        raise OSError(28, "No space left on device")
-                staging = model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
-                staging.mkdir()
-                weight_names = {p.name for p in general.files}
-                with disk_errors(staging):
-                    _stage_other_files(model_dir, staging, weight_names)
-                hashes, per_file = _write_weights(general, final, staging, known, progress)
-                if general.is_sharded:
-                    with disk_errors(staging):
-                        shutil.copyfile(Path(lock.pristine) / INDEX_NAME, staging / INDEX_NAME)
-                output_fp = fingerprint_of_hashes(hashes)
                 new_lock = replace(
                     lock,
                     skills=locked,
-                    output_fingerprint=output_fp,
+                    method=chosen_method,
+                    method_params=params,
+                    output_dtype=dtype_name,
+                    output_fingerprint=None,
                     notes=tuple(notes),
-                    tvreg_version=__version__,
                 )
-                write_lock(staging, new_lock)
-                fsync_dir(staging)
+                written_lock, written = _materialise(model_dir, new_lock, final, general, known, progress)
             finally:
                 general.close()
-            crash_point("install:before-swap")
-            swap_directories(model_dir, staging)
-            crash_point("install:after-swap")
-            old, staging = staging, None
-            shutil.rmtree(old, ignore_errors=True)
-            for fname, entries in per_file.items():
-                remember(model_dir / fname, entries)
         except KeyboardInterrupt:
             raise InstallInterrupted(f"install interrupted; `{model_dir}` is unchanged.") from None
         finally:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
             for skill in final:
                 skill.artifact.close()
     return InstallResult(
-        model_dir, locked, output_fp, tuple(notes), general.total_bytes, time.monotonic() - started
+        model_dir,
+        locked,
+        written_lock.output_fingerprint or "",
+        tuple(notes),
+        written,
+        time.monotonic() - started,
     )

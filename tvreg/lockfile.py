@@ -2,8 +2,15 @@
 
 JSON with sorted keys and two-space indents, so it diffs well and the same state
 always gives the same bytes. Everything needed to recompute the installed weights
-from pristine G is here: G's and the base's fingerprints, |G|, and for each skill its
-version, artifact digest, weight ω and where ω came from.
+from pristine G is here: G's and the base's fingerprints, |G|, the merge method and
+its parameters, the output dtype, and for each skill its version, artifact digest and
+size, the registry it came from, the requirement the user asked for, its weight ω and
+where ω came from. ``output_fingerprint`` is the fingerprint of the weights the lock
+produces; it is None after ``tvreg lock`` until ``tvreg sync`` materialises them.
+
+Version history: 1 had no ``registry``/``requested``/``size`` per skill and no
+``method_params``/``output_dtype``; version-1 locks are read with those defaults and
+written back as version 2.
 """
 
 from __future__ import annotations
@@ -16,7 +23,22 @@ from .errors import ModelEnvironmentError
 from .fsutil import atomic_write_text
 
 LOCK_NAME = "tvreg.lock"
-LOCK_VERSION = 1
+LOCK_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an installed artifact came from: a display label and, for downloads, the registry.
+
+    ``label`` is ``ns/skill@1.2.0`` for a registry skill or the file's path for a local one;
+    ``requested`` is the requirement the user typed (``ns/skill@^1.2``), None for a skill
+    the resolver added as a dependency.
+    """
+
+    label: str
+    registry: str | None = None
+    requested: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,17 @@ class LockedSkill:
     weight_source: str
     dataset_size: int | None = None
     dataset_unit: str = "examples"
+    registry: str | None = None
+    requested: str | None = None
+    size: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def from_registry(self) -> bool:
+        return self.registry is not None
 
 
 @dataclass(frozen=True)
@@ -39,26 +72,44 @@ class Lock:
     general_size: int | None = None
     general_size_unit: str = "examples"
     method: str = "task_arithmetic"
+    method_params: dict = field(default_factory=dict)
+    output_dtype: str | None = None
     skills: tuple[LockedSkill, ...] = ()
     output_fingerprint: str | None = None
     tvreg_version: str = ""
     lock_version: int = LOCK_VERSION
     notes: tuple[str, ...] = field(default=())
 
+    def skill(self, name: str) -> LockedSkill | None:
+        return next((s for s in self.skills if s.name == name), None)
+
     def to_text(self) -> str:
         data = asdict(self)
         data["skills"] = [asdict(s) for s in self.skills]
         data["notes"] = list(self.notes)
+        data["lock_version"] = LOCK_VERSION
         return json.dumps(data, sort_keys=True, indent=2) + "\n"
 
     @classmethod
     def from_text(cls, text: str, *, where: Path) -> Lock:
         try:
             data = json.loads(text)
-            if data.get("lock_version") != LOCK_VERSION:
-                raise ValueError(f"lock_version {data.get('lock_version')!r} is not {LOCK_VERSION}")
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            version = data.get("lock_version")
+            if isinstance(version, int) and version > LOCK_VERSION:
+                raise ModelEnvironmentError(
+                    f"`{where}` is lockfile version {version}, newer than this tvreg understands "
+                    f"(up to {LOCK_VERSION}).",
+                    hints=["upgrade tvreg: `pip install -U tvreg`"],
+                )
+            if version not in _READABLE_VERSIONS:
+                raise ValueError(f"lock_version {version!r} is not one of {list(_READABLE_VERSIONS)}")
+            data["lock_version"] = LOCK_VERSION
             data["skills"] = tuple(LockedSkill(**s) for s in data.get("skills", []))
             data["notes"] = tuple(data.get("notes", []))
+            if not isinstance(data.get("method_params", {}), dict):
+                raise ValueError("method_params must be an object")
             return cls(**data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise ModelEnvironmentError(
