@@ -2,7 +2,8 @@
 
 Tokens are ``tvr_`` + 43 URL-safe characters (256 random bits), shown once and stored
 only as SHA-256: a leaked database does not leak credentials, and no slow hash is
-needed because the secret is random, not chosen by a person.
+needed because the secret is random, not chosen by a person. Tokens never reach a log:
+they travel only in the ``Authorization`` header, which uvicorn's access log omits.
 
 A caller's role on a namespace is the lower of their team membership role and their
 token's scope (``read`` < ``write`` < ``admin``), so a read-only token stays read-only
@@ -14,6 +15,7 @@ does, so a probe learns nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -74,10 +76,13 @@ def authenticate(session: Session, authorization: str | None) -> Principal | Non
     token = token.strip()
     if scheme.lower() != "bearer" or not _TOKEN_RE.match(token):
         raise Unauthenticated("the Authorization header must be `Bearer tvr_…` with a registry token.")
+    digest = hash_token(token)
     row = session.execute(
-        select(Token, User).join(User, Token.user_id == User.id).where(Token.token_hash == hash_token(token))
+        select(Token, User).join(User, Token.user_id == User.id).where(Token.token_hash == digest)
     ).first()
-    if row is None:
+    # The lookup compares SHA-256 digests, whose prefixes say nothing about the token;
+    # the constant-time check keeps even that comparison free of timing differences.
+    if row is None or not hmac.compare_digest(row[0].token_hash, digest):
         raise Unauthenticated(
             "the token is not valid; create a new one with `tvreg-server admin create-token`."
         )

@@ -4,6 +4,7 @@
 
     tvreg-server [serve] [--data DIR] [--database-url URL] [--host H] [--port P] [--max-artifact-bytes N]
                  [--blob-url URL [--blob-option KEY=VALUE ...]] [--request-timeout S] [--keep-alive-timeout S]
+                 [--auth-failure-limit N]
     tvreg-server db upgrade [--revision REV]        tvreg-server db current
     tvreg-server admin create-user NAME             tvreg-server admin create-team TEAM [--private]
     tvreg-server admin add-member TEAM USER --role read|write|admin
@@ -157,6 +158,13 @@ def cli() -> None:
     metavar="SECONDS",
     help="How long an idle keep-alive connection stays open.  [default: 30]",
 )
+@click.option(
+    "--auth-failure-limit",
+    type=click.IntRange(min=1),
+    envvar="TVREG_AUTH_FAILURE_LIMIT",
+    metavar="N",
+    help="Failed token checks per client address per minute before 429.  [default: 20]",
+)
 @_store_options
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
@@ -169,6 +177,7 @@ def serve(
     max_artifact_bytes: int | None,
     request_timeout: float | None,
     keep_alive_timeout: float | None,
+    auth_failure_limit: int | None,
     blob_url: str | None,
     blob_options: dict[str, Any],
     log_level: str,
@@ -185,6 +194,7 @@ def serve(
             blob_options=blob_options,
             request_timeout=request_timeout,
             keep_alive_timeout=keep_alive_timeout,
+            auth_failure_limit=auth_failure_limit,
         )
     )
     from .app import create_app

@@ -6,12 +6,13 @@ replicas would need to agree on: all shared state lives in the database or the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import make_engine, make_sessionmaker
+from .ratelimit import AuthFailureLimiter
 from .settings import Settings
 from .storage import BlobStore, LocalBlobStore
 
@@ -22,12 +23,19 @@ class Context:
     engine: Engine
     sessions: sessionmaker[Session]
     store: BlobStore
+    auth_failures: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
 
     @classmethod
     def open(cls, settings: Settings, *, engine: Engine | None = None) -> Context:
         store = open_store(settings)
         engine = engine or make_engine(settings.database_url)
-        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=store)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            store=store,
+            auth_failures=AuthFailureLimiter(settings.auth_failure_limit),
+        )
 
     def close(self) -> None:
         self.engine.dispose()

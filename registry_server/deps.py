@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from .auth import Principal, authenticate
 from .context import Context
+from .errors import Unauthenticated
 
 
 def get_context(request: Request) -> Context:
@@ -18,11 +19,21 @@ def get_principal(request: Request) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
     Resolved in its own short transaction, so that the route's own session can start
-    its transaction the way it needs (a write lock up front, on SQLite).
+    its transaction the way it needs (a write lock up front, on SQLite). An address
+    with too many failed tokens gets 429 before its token is even looked up.
     """
     ctx: Context = request.app.state.context
-    with ctx.sessions() as s:
-        return authenticate(s, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        return None
+    address = request.client.host if request.client else "unknown"
+    ctx.auth_failures.check(address)
+    try:
+        with ctx.sessions() as s:
+            return authenticate(s, authorization)
+    except Unauthenticated:
+        ctx.auth_failures.failed(address)
+        raise
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

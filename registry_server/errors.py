@@ -13,6 +13,7 @@ The tree::
     ├── RequestTimeout          408 request_timeout: the client sent its request too slowly
     ├── Conflict                409 conflict: immutability, name collisions, upload offsets
     ├── TooLarge                413 too_large: names the limit
+    ├── TooManyRequests         429 too_many_requests: failed-token throttling (``Retry-After``)
     ├── ServerFault             500 internal: the registry's own data is inconsistent
     └── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
 
@@ -133,6 +134,17 @@ class TooLarge(ApiError):
         self.limit = limit
 
 
+class TooManyRequests(ApiError):
+    """The caller sent too many failed authentications; ``Retry-After`` says when to retry."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
 class ServerFault(ApiError):
     status = 500
     code = "internal"
@@ -167,6 +179,7 @@ __all__ = [
     "ServerFault",
     "SizeMismatch",
     "TooLarge",
+    "TooManyRequests",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -27,9 +27,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from tvreg.artifact import MANIFEST_KEY, Artifact
+from tvreg.artifact import MANIFEST_KEY
 from tvreg.errors import TvregError
 from tvreg.faults import crash_point
+from tvreg.project import verify_artifact
 from tvreg.safetensors_io import SafetensorsFile
 
 from . import audit, uploads
@@ -179,10 +180,14 @@ def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str,
 
 
 def _read_manifest(path: Path, label: str) -> dict[str, Any]:
-    """The artifact's full manifest, as stored, after tvreg's strict header and manifest checks."""
+    """The artifact's full manifest, as stored, after tvreg's strict checks.
+
+    Every tensor is decoded once, as ``tvreg publish`` does before uploading, so that a
+    hand-made artifact with a corrupt blob or NaN/Inf values (FAULTS.md row 15) is
+    refused here rather than by every installer.
+    """
     try:
-        with Artifact(path):
-            pass
+        verify_artifact(path)
         with SafetensorsFile(path) as f:
             text = f.metadata[MANIFEST_KEY]
     except TvregError as exc:

@@ -19,6 +19,7 @@ DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024**3
 DEFAULT_CHUNK_SIZE = 16 * 1024**2
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_KEEP_ALIVE_TIMEOUT = 30.0
+DEFAULT_AUTH_FAILURE_LIMIT = 20
 
 ENV_DATA_DIR = "TVREG_REGISTRY_DATA"
 ENV_DATABASE_URL = "TVREG_DATABASE_URL"
@@ -26,6 +27,7 @@ ENV_MAX_ARTIFACT_BYTES = "TVREG_MAX_ARTIFACT_BYTES"
 ENV_BLOB_URL = "TVREG_BLOB_URL"
 ENV_REQUEST_TIMEOUT = "TVREG_REQUEST_TIMEOUT"
 ENV_KEEP_ALIVE_TIMEOUT = "TVREG_KEEP_ALIVE_TIMEOUT"
+ENV_AUTH_FAILURE_LIMIT = "TVREG_AUTH_FAILURE_LIMIT"
 
 
 def parse_blob_option(text: str) -> tuple[str, Any]:
@@ -70,6 +72,8 @@ class Settings:
         request_timeout: seconds a client may take to send a request's headers, and to
             send each piece of its body; slower clients get 408 ``request_timeout``.
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
+        auth_failure_limit: failed authentications per client address per minute before
+            its authenticated requests get 429 (see :mod:`registry_server.ratelimit`).
     """
 
     data_dir: Path
@@ -80,6 +84,7 @@ class Settings:
     blob_options: Mapping[str, Any] = field(default_factory=dict)
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
+    auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
 
     @property
     def blob_dir(self) -> Path:
@@ -105,6 +110,7 @@ class Settings:
         blob_options: Mapping[str, Any] | None = None,
         request_timeout: float | None = None,
         keep_alive_timeout: float | None = None,
+        auth_failure_limit: int | None = None,
     ) -> Settings:
         data = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).absolute()
         url = database_url or os.environ.get(ENV_DATABASE_URL) or f"sqlite:///{data / 'registry.db'}"
@@ -120,6 +126,9 @@ class Settings:
             request_timeout=_seconds(request_timeout, ENV_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT),
             keep_alive_timeout=_seconds(
                 keep_alive_timeout, ENV_KEEP_ALIVE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT
+            ),
+            auth_failure_limit=int(
+                auth_failure_limit or os.environ.get(ENV_AUTH_FAILURE_LIMIT) or DEFAULT_AUTH_FAILURE_LIMIT
             ),
         )
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import semver
 
 from .errors import InvalidManifest, InvalidName
+from .safetensors_io import strict_json_loads
 
 FORMAT_VERSION = 1
 SKILL_KINDS = ("task_vector", "delta_from_general")
@@ -101,7 +102,7 @@ class Manifest:
             return InvalidManifest(f"the manifest of `{where}` is invalid: {what}.")
 
         try:
-            data = json.loads(text)
+            data = strict_json_loads(text)
         except ValueError as exc:
             raise bad(f"not JSON ({exc})") from exc
         if not isinstance(data, dict):
@@ -127,6 +128,11 @@ class Manifest:
         size = data.get("dataset_size")
         if size is not None and (type(size) is not int or size <= 0):
             raise bad("`dataset_size` must be a positive integer")
+        for key, types in (("description", str), ("created_by", str), ("license", (str, type(None)))):
+            if not isinstance(data.get(key, ""), types):
+                raise bad(f"`{key}` must be a string")
+        if not isinstance(data.get("source", {}), dict):
+            raise bad("`source` must be an object")
         if data.get("dataset_unit", "examples") not in DATASET_UNITS:
             raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
         for key in ("requires", "conflicts"):
@@ -146,6 +152,10 @@ class Manifest:
             raise bad("`tensors` is missing")
         tensors: dict[str, TensorEntry] = {}
         for name, entry in tensors_raw.items():
+            # Tensor names are matched against the base model's, never used as paths;
+            # control characters can only be an attack on terminals and logs.
+            if not name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+                raise bad(f"tensor name {name!r} is empty or holds control characters")
             try:
                 t = TensorEntry(
                     codec=entry["codec"],

@@ -88,6 +88,19 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return seen
 
 
+def strict_json_loads(text: str) -> object:
+    """``json.loads`` for untrusted headers: duplicate keys and deep nesting are ValueError.
+
+    The standard parser silently keeps the last of two equal keys (so two readers can
+    disagree about one file) and recurses once per nesting level (so ``[[[[...`` raises
+    RecursionError, which callers would not expect).
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 class SafetensorsFile:
     """A validated safetensors file whose tensors are read one at a time on demand.
 
@@ -129,7 +142,7 @@ class SafetensorsFile:
             )
         raw = os.pread(self._fd, n, 8)
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            header = strict_json_loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise self._fail(f"its header is not valid JSON ({exc})") from exc
         if not isinstance(header, dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CorruptArtifact
 from . import zstd_frame
 from .base import Codec, Encoded
 
@@ -43,7 +44,11 @@ class ExactCodec(Codec):
         numel = 1
         for d in shape:
             numel *= d
-        planes = torch.empty((4, numel), dtype=torch.uint8)
+        zstd_frame.check_declared_size(data, 4 * numel, where=where)
+        try:
+            planes = torch.empty((4, numel), dtype=torch.uint8)
+        except (RuntimeError, MemoryError) as exc:
+            raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
         if numel:
             zstd_frame.decompress_into(data, memoryview(planes.numpy()).cast("B"), where=where)
         return _unshuffle(planes).reshape(shape)
