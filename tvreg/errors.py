@@ -14,6 +14,7 @@ The tree::
     ├── InvalidName                 a name or version that is unsafe or malformed
     ├── ModelEnvironmentError         a model environment (mymodel) that is not set up right
     ├── WeightError                 ω cannot be determined
+    ├── MergeError                  an unknown merge method, a bad parameter, missing θ_pre weights
     ├── ResolutionImpossible        no set of skill versions satisfies every requirement
     ├── InstallInterrupted          Ctrl-C or a signal stopped an install; nothing changed
     ├── DiskFull                    no space left while writing; nothing changed
@@ -109,6 +110,10 @@ class ModelEnvironmentError(TvregError):
 
 class WeightError(TvregError):
     """The merge weight ω of a skill cannot be determined."""
+
+
+class MergeError(TvregError):
+    """A merge method or its parameters cannot be used for this install."""
 
 
 class InstallInterrupted(TvregError):

@@ -1,12 +1,27 @@
-"""Merge methods as pure functions on one tensor (or chunk) at a time.
+"""Merge methods: each fixes a :class:`Recipe`; one engine applies it chunk by chunk.
 
-Numerics, for every method: θ_final = round_to_dtype(fp32(θ_G) + Σ_k in listed order
-(fp32(ω_k) · fp32(τ_k))), with the product rounded to fp32 before the add (no fused
-multiply-add), so the same inputs in the same order give the same bits on any machine.
+Methods: ``task_arithmetic`` (default), ``ties``, ``dare_ties``, ``dare_linear``,
+``average``, ``linear``, ``wise_ft`` — one module each. The numerics, for every
+method, are in :mod:`tvreg.merge.engine` and ``docs/architecture.md``: float32 in a
+fixed order, no fused multiply-add, one rounding to the output dtype.
 """
 
-from .task_arithmetic import task_arithmetic
+from . import average, dare, linear, task_arithmetic, ties, wise_ft  # noqa: F401  (register)
+from .base import MergeMethod, Recipe, fp32, get_method, method_names
+from .engine import TensorPlan, merge_chunk, merge_tensor, plan_tensor
 
-METHODS = ("task_arithmetic",)
+METHODS = method_names()
+DEFAULT_METHOD = "task_arithmetic"
 
-__all__ = ["METHODS", "task_arithmetic"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "MergeMethod",
+    "Recipe",
+    "TensorPlan",
+    "fp32",
+    "get_method",
+    "merge_chunk",
+    "merge_tensor",
+    "plan_tensor",
+]

@@ -1,0 +1,26 @@
+"""Averaging (What Matters for Model Merging at Scale): the mean of the expert models.
+
+Expert k is θ_pre + τ_k (a task vector; θ_G + τ_k for a delta from the general
+model), so the mean is θ_pre + (1/K) Σ τ_k when every skill is a task vector, which
+needs θ_pre's weights (``--base-weights``). ω is not used: every expert counts 1/K.
+G itself is not one of the averaged experts; rows G added to the vocabulary keep G's
+values.
+"""
+
+from __future__ import annotations
+
+from .base import MergeMethod, Recipe, fp32, register
+
+
+class Average(MergeMethod):
+    name = "average"
+    summary = "mean of the expert models θ_pre + τ_k (needs --base-weights)"
+
+    def recipe(self, weights, kinds, params) -> Recipe:
+        k = len(weights)
+        from_general = sum(1 for kind in kinds if kind == "delta_from_general")
+        coef = None if from_general == k else fp32(from_general / k)
+        return Recipe(weights=tuple(fp32(1.0 / k) for _ in weights), general_coef=coef)
+
+
+AVERAGE = register(Average())
