@@ -10,7 +10,7 @@ from helpers import copy_model, reference_install
 from tiny_models import read_state_dict
 
 from tvreg.build import build_skill
-from tvreg.errors import ModelEnvironmentError
+from tvreg.errors import MergeError, ModelEnvironmentError
 from tvreg.fingerprint import fingerprint
 from tvreg.install import install
 from tvreg.lockfile import LOCK_NAME, LOCK_VERSION, read_lock
@@ -80,7 +80,7 @@ def test_output_dtype_casts_every_float_tensor_and_is_locked(family, tmp_path):
 def test_unknown_method_and_dtype_are_refused_before_writing(family, tmp_path):
     sci = _skill(family, tmp_path, "science")
     model = copy_model(family.general, tmp_path / "mymodel")
-    with pytest.raises(ModelEnvironmentError, match="unknown merge method `nope`"):
+    with pytest.raises(MergeError, match="unknown merge method `nope`"):
         install([sci], into=model, base=family.pre, general_size=10000, method="nope")
     with pytest.raises(ModelEnvironmentError, match="unsupported output dtype `int8`"):
         install([sci], into=model, output_dtype="int8")

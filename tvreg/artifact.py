@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .codecs import get_codec
+from .codecs.forms import StoredForm
 from .errors import CorruptArtifact, InvalidManifest
 from .fsutil import disk_errors, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
@@ -147,12 +148,7 @@ class Artifact:
     def stored_bytes(self) -> int:
         return self._file.size
 
-    def decode(self, name: str) -> torch.Tensor:
-        """Decode one tensor to float32, verifying its digest first.
-
-        Raises:
-            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
-        """
+    def _verified(self, name: str) -> bytes:
         entry = self.manifest.tensors[name]
         data = self._file.read_bytes(name)
         digest = hashlib.sha256(data).hexdigest()
@@ -162,8 +158,28 @@ class Artifact:
                 f"the manifest says sha256:{entry.sha256[:12]}….",
                 hints=["download or rebuild the skill"],
             )
+        return data
+
+    def decode(self, name: str) -> torch.Tensor:
+        """Decode one tensor to float32, verifying its digest first.
+
+        Raises:
+            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
+        """
+        entry = self.manifest.tensors[name]
         return get_codec(entry.codec).decode(
-            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
+            self._verified(name), entry.shape, entry.params, where=f"{name}` in `{self.path}"
+        )
+
+    def decode_form(self, name: str) -> StoredForm:
+        """Decode one tensor to its codec's compact stored form (what the merge engine reads).
+
+        Raises:
+            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
+        """
+        entry = self.manifest.tensors[name]
+        return get_codec(entry.codec).decode_form(
+            self._verified(name), entry.shape, entry.params, where=f"{name}` in `{self.path}"
         )
 
     def close(self) -> None:

@@ -79,8 +79,9 @@ def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[
 
 
 def build_skill(
-    base: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
     *,
+    general: str | os.PathLike[str] | None = None,
     output: str | os.PathLike[str],
     name: str,
     version: str,
@@ -97,12 +98,16 @@ def build_skill(
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
 
-    Exactly one of ``finetuned`` and ``adapter`` is given. Tensors are read, differenced
+    Exactly one of ``finetuned`` and ``adapter`` is given, and exactly one of ``base``
+    and ``general``: with ``general`` the skill is a ``delta_from_general``, τ = θ_CFT − θ_G
+    for a continued fine-tune of G, keyed to G's fingerprint and installed with
+    ``--method wise_ft`` (Merge to Learn's WiSE-FT). Tensors are read, differenced
     in float32, checked for NaN/Inf, coded and written one at a time (a few in flight
     across threads), so memory stays at a few tensors whatever the model size.
 
     Args:
         base: θ_pre as a model directory or cached Hub id.
+        general: G instead of θ_pre, for a ``delta_from_general`` skill.
         output: the ``.tvskill`` path; written atomically.
         name, version: skill name and semantic version.
         finetuned: θ_D, a model directory or cached Hub id.
@@ -122,6 +127,13 @@ def build_skill(
     """
     validate_name(name)
     validate_version(version)
+    if (base is None) == (general is None):
+        raise TvregError(
+            "give exactly one of a pretrained model (`--base`, for a task vector) or a general model "
+            "(`--general`, for a WiSE-FT delta θ_CFT − θ_G)."
+        )
+    kind = "task_vector" if base is not None else "delta_from_general"
+    reference = base if base is not None else general
     if (finetuned is None) == (adapter is None):
         raise TvregError(
             "give exactly one of a fine-tuned model (`--finetuned`) or a LoRA adapter (`--adapter`)."
@@ -134,7 +146,7 @@ def build_skill(
 
     validate_dependencies({**(requires or {}), **(conflicts or {})})
     coder = get_codec(codec)
-    with Checkpoint.open(base) as pre:
+    with Checkpoint.open(reference) as pre:
         base_fp = fingerprint(pre, progress=progress)
         source: dict = {"codec": codec}
         if finetuned is not None:
@@ -163,6 +175,7 @@ def build_skill(
                 name=name,
                 version=version,
                 base_fingerprint=base_fp,
+                kind=kind,
                 dataset_size=dataset_size,
                 dataset_unit=dataset_unit,
                 description=description,

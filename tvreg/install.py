@@ -38,7 +38,8 @@ from .faults import crash_point
 from .fingerprint import fingerprint_of_hashes, remember, short, tensor_hashes
 from .fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
 from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, write_lock
-from .merge import METHODS, task_arithmetic
+from .merge import Recipe, get_method, plan_tensor
+from .merge.device import Merger, merger_for, resolve_device
 from .pipeline import ordered_map
 from .progress import NULL_PROGRESS, Progress
 from .safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
@@ -70,15 +71,45 @@ class _Skill:
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _check_method(method: str, params: Mapping[str, object]) -> None:
-    if method not in METHODS:
-        raise ModelEnvironmentError(
-            f"unknown merge method `{method}`.", hints=[f"choose one of: {', '.join(METHODS)}"]
-        )
-    if method == "task_arithmetic" and params:
-        raise ModelEnvironmentError(
-            f"merge method `task_arithmetic` takes no parameters (got {', '.join(sorted(params))})."
-        )
+@dataclass
+class _Merge:
+    """The merge an install runs: the method's recipe, θ_pre when it needs one, and the device."""
+
+    recipe: Recipe
+    pre: Checkpoint | None
+    merger: Merger
+
+
+def _resolve_params(method: str, params: Mapping[str, object]) -> dict[str, object]:
+    """The method's complete parameters; ``base_weights`` becomes an absolute path when it is one."""
+    resolved = get_method(method).resolve_params(params)
+    where = resolved.get("base_weights")
+    if isinstance(where, str) and Path(where).expanduser().exists():
+        resolved["base_weights"] = str(Path(where).expanduser().resolve())
+    return resolved
+
+
+def _open_base_weights(where: str, lock: Lock, general: Checkpoint, progress: Progress) -> Checkpoint:
+    """θ_pre's checkpoint for ``linear``/``average``, checked to be this model's base."""
+    from .environment import check_general_against_base
+    from .fingerprint import fingerprint
+
+    pre = Checkpoint.open(where)
+    try:
+        found = fingerprint(pre, progress=progress)
+        if found != lock.base_fingerprint:
+            raise IncompatibleBase(
+                f"`--base-weights {where}` is not this model's base: its fingerprint is {short(found)}, "
+                f"the model was initialised on base {short(lock.base_fingerprint)}.",
+                expected=lock.base_fingerprint,
+                found=found,
+                hints=["pass the pretrained model the skills were built from"],
+            )
+        check_general_against_base(general, pre)
+    except BaseException:
+        pre.close()
+        raise
+    return pre
 
 
 def _check_output_dtype(output_dtype: str | None) -> torch.dtype | None:
@@ -264,9 +295,13 @@ def _write_weights(
     staging: Path,
     known_hashes: Mapping[str, tuple[str, list[int], str]],
     progress: Progress,
+    merge: _Merge,
     out_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, tuple[str, list[int], str]], dict[str, dict]]:
     touched = {name for s in skills for name in s.artifact.manifest.tensors}
+    if merge.pre is not None:  # θ_pre + c·(θ_G − θ_pre) changes every float tensor
+        touched |= {name for name, info in general.infos().items() if info.is_float}
+    labels = [s.artifact.manifest.name for s in skills]
 
     def target_dtype(name: str) -> torch.dtype:
         info = general.info(name)
@@ -281,10 +316,14 @@ def _write_weights(
             out = general.read(name).to(want)
         else:
             crash_point("install:decode")
-            deltas = [
-                (s.weight, s.artifact.decode(name)) for s in skills if name in s.artifact.manifest.tensors
+            forms = [
+                s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
             ]
-            out = task_arithmetic(general.read(name), deltas, out_dtype=want)
+            pre = merge.pre.read(name) if merge.pre is not None else None
+            plan = plan_tensor(
+                merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
+            )
+            out = merge.merger(plan, general.read(name), forms, pre, want)
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
         return name, out, hashlib.sha256(raw).hexdigest()
 
@@ -324,6 +363,7 @@ def _materialise(
     general: Checkpoint,
     known: Mapping[str, tuple[str, list[int], str]],
     progress: Progress,
+    merge: _Merge,
 ) -> tuple[Lock, int]:
     """Write θ_G + Σ ω_k τ_k for ``final`` into a staged copy of ``model_dir`` and swap it in.
 
@@ -345,7 +385,7 @@ def _materialise(
         weight_names = {p.name for p in general.files}
         with disk_errors(staging):
             _stage_other_files(model_dir, staging, weight_names)
-        hashes, per_file = _write_weights(general, final, staging, known, progress, out_dtype)
+        hashes, per_file = _write_weights(general, final, staging, known, progress, merge, out_dtype)
         written = sum((staging / name).stat().st_size for name in per_file)
         with disk_errors(staging):
             if general.is_sharded:
@@ -410,6 +450,7 @@ def install(
     method: str | None = None,
     method_params: Mapping[str, object] | None = None,
     output_dtype: str | None = None,
+    device: str = "auto",
     dry_run: bool = False,
     sources: Sequence[str | Origin | None] | None = None,
     progress: Progress = NULL_PROGRESS,
@@ -427,9 +468,13 @@ def install(
         base, base_fingerprint, general_size: initialise the environment on the fly
             (see :func:`~tvreg.environment.init_environment`).
         method, method_params: the merge method (see :data:`tvreg.merge.METHODS`) and its
-            parameters; default: what ``tvreg.lock`` records (``task_arithmetic``).
+            parameters (``density``, ``lambda``, ``drop_rate``, ``seed``, ``normalize``,
+            ``base_weights``; each method takes some); default: what ``tvreg.lock`` records
+            (``task_arithmetic``). Given parameters update the locked ones of the same method.
         output_dtype: ``float32``, ``float16`` or ``bfloat16`` for every float tensor,
             ``"auto"`` for G's own dtypes; default: what ``tvreg.lock`` records.
+        device: ``auto`` (CUDA when torch sees a GPU and Triton is installed), ``cuda`` or
+            ``cpu``; the result is the same up to one ulp (bit-identical run to run).
         dry_run: check everything and return the plan without writing.
         sources: each skill's origin, parallel to ``skills``: an :class:`~tvreg.lockfile.Origin`
             (label, registry URL, the requirement asked for) or just a label such as
@@ -442,9 +487,12 @@ def install(
         IncompatibleBase: a skill was built for another base; checked before any tensor data is read.
         TensorMismatch: a skill's tensor is missing from G or has another shape.
         WeightError: ω cannot be determined.
+        MergeError: an unknown method, a bad parameter, θ_pre's weights missing, a skill
+            kind the method cannot combine, or ``device="cuda"`` without a GPU.
         InstallInterrupted / DiskFull: the model directory is unchanged.
     """
     started = time.monotonic()
+    device_kind = resolve_device(device)
     model_dir = Path(into)
     if not model_dir.is_dir():
         raise ModelEnvironmentError(f"`{model_dir}` is not a directory.")
@@ -460,11 +508,9 @@ def install(
     with lock_model(model_dir):
         lock = require_lock(model_dir)
         chosen_method = method or lock.method
-        if method_params is not None:
-            params = dict(method_params)
-        else:
-            params = dict(lock.method_params) if chosen_method == lock.method else {}
-        _check_method(chosen_method, params)
+        params = dict(lock.method_params) if chosen_method == lock.method else {}
+        params.update({k: v for k, v in (method_params or {}).items() if v is not None})
+        params = _resolve_params(chosen_method, params)
         dtype_name = (
             lock.output_dtype if output_dtype is None else (None if output_dtype == "auto" else output_dtype)
         )
@@ -482,6 +528,13 @@ def install(
                         hints=["run `tvreg init` again on an untouched copy of the general model"],
                     )
                 notes = _check_tensors(final, general)
+                merge_method = get_method(chosen_method)
+                merge_method.check_skills(
+                    [(s.artifact.manifest.label, s.artifact.manifest.kind) for s in final]
+                )
+                recipe = merge_method.recipe(
+                    [s.weight for s in final], [s.artifact.manifest.kind for s in final], params
+                )
                 for skill in final:
                     if not skill.digest:
                         skill.digest = file_digest(skill.artifact.path)
@@ -514,7 +567,19 @@ def install(
                     output_fingerprint=None,
                     notes=tuple(notes),
                 )
-                written_lock, written = _materialise(model_dir, new_lock, final, general, known, progress)
+                pre = (
+                    _open_base_weights(str(params["base_weights"]), lock, general, progress)
+                    if recipe.needs_base_weights
+                    else None
+                )
+                try:
+                    merge = _Merge(recipe, pre, merger_for(device_kind))
+                    written_lock, written = _materialise(
+                        model_dir, new_lock, final, general, known, progress, merge
+                    )
+                finally:
+                    if pre is not None:
+                        pre.close()
             finally:
                 general.close()
         except KeyboardInterrupt:

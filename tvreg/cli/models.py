@@ -61,7 +61,51 @@ def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
     show_default=True,
     help="Pick the highest versions, or the lowest (to test lower bounds).",
 )
-def install(skills, into, weights, base, general_size, dry_run, registry, resolution):
+@click.option(
+    "--method",
+    metavar="NAME",
+    help="Merge method: task_arithmetic (default), ties, dare_ties, dare_linear, average, linear, wise_ft "
+    "(default: the one tvreg.lock records).",
+)
+@click.option("--density", type=float, help="ties: keep this fraction of each τ's largest entries [0.2].")
+@click.option("--lambda", "lambda_", type=float, help="ties, dare_*: scale of the merged τ [1.0].")
+@click.option(
+    "--drop-rate", type=float, help="dare_*: drop probability p; survivors scaled by 1/(1−p) [0.9]."
+)
+@click.option("--seed", type=click.IntRange(min=0), help="dare_*: seed of the drop mask [0].")
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="ties, dare_*: divide by the sum of the (agreeing) weights [ties: on, dare: off].",
+)
+@click.option(
+    "--base-weights", metavar="PATH", help="average, linear: θ_pre's weights (directory or cached Hub id)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="Merge on the GPU (fused Triton kernel) or the CPU; auto picks CUDA when available.",
+)
+def install(
+    skills,
+    into,
+    weights,
+    base,
+    general_size,
+    dry_run,
+    registry,
+    resolution,
+    method,
+    density,
+    lambda_,
+    drop_rate,
+    seed,
+    normalize,
+    base_weights,
+    device,
+):
     """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
 
     Each SKILL is a .tvskill file, or a registry requirement: `ns/skill`, `ns/skill@^2.1`,
@@ -82,6 +126,16 @@ def install(skills, into, weights, base, general_size, dry_run, registry, resolu
         weights=parse_weights(weights),
         base=base,
         general_size=general_size,
+        method=method,
+        method_params={
+            "density": density,
+            "lambda": lambda_,
+            "drop_rate": drop_rate,
+            "seed": seed,
+            "normalize": normalize,
+            "base_weights": base_weights,
+        },
+        device=device,
         dry_run=dry_run,
         sources=sources,
         progress=progress,

@@ -12,8 +12,11 @@ from .app import RichProgress, human_size, main, out, split_requirement
 
 
 @main.command()
+@click.option("--base", metavar="PRE", help="The pretrained model θ_pre (directory or cached Hub id).")
 @click.option(
-    "--base", required=True, metavar="PRE", help="The pretrained model θ_pre (directory or cached Hub id)."
+    "--general",
+    metavar="G",
+    help="Instead of --base: the general model G, for a WiSE-FT delta θ_CFT − θ_G (kind delta_from_general).",
 )
 @click.option("--finetuned", metavar="FT", help="The fine-tuned model θ_D (directory or cached Hub id).")
 @click.option("--adapter", metavar="DIR", help="A PEFT LoRA adapter trained on PRE (instead of --finetuned).")
@@ -49,6 +52,7 @@ from .app import RichProgress, human_size, main, out, split_requirement
 )
 def build(
     base,
+    general,
     finetuned,
     adapter,
     name,
@@ -68,6 +72,7 @@ def build(
 
     res = build_skill(
         base,
+        general=general,
         finetuned=finetuned,
         adapter=adapter,
         output=output,

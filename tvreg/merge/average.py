@@ -9,15 +9,18 @@ values.
 
 from __future__ import annotations
 
-from .base import MergeMethod, Recipe, fp32, register
+from .base import BASE_WEIGHTS, MergeMethod, Recipe, fp32, register
 
 
 class Average(MergeMethod):
     name = "average"
     summary = "mean of the expert models θ_pre + τ_k (needs --base-weights)"
+    params = {"base_weights": BASE_WEIGHTS}
 
     def recipe(self, weights, kinds, params) -> Recipe:
         k = len(weights)
+        if k == 0:
+            return Recipe(weights=())
         from_general = sum(1 for kind in kinds if kind == "delta_from_general")
         coef = None if from_general == k else fp32(from_general / k)
         return Recipe(weights=tuple(fp32(1.0 / k) for _ in weights), general_coef=coef)

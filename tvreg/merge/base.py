@@ -62,23 +62,38 @@ class Recipe:
         return self.general_coef is not None
 
 
+#: The default of a parameter the user must give.
+REQUIRED = object()
+
+
 @dataclass(frozen=True)
 class Param:
-    """One method parameter: its default and the check its value must pass."""
+    """One method parameter: its default and the check its value must pass.
+
+    The parameter ``some_name`` is the CLI flag ``--some-name`` and the key in
+    ``tvreg.lock``'s ``method_params``.
+    """
 
     default: object
     kind: type
     check: str = ""  # "unit": 0 < x ≤ 1, "drop": 0 ≤ x < 1, "": any
+    missing: str = ""  # the message when a REQUIRED parameter is not given
 
     def validate(self, method: str, name: str, value: object) -> object:
         flag = "--" + name.replace("_", "-")
+        if self.kind is str:
+            if not isinstance(value, str) or not value:
+                raise MergeError(f"`{flag}` of method `{method}` must be a non-empty string, not {value!r}.")
+            return value
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise MergeError(f"`{flag}` of method `{method}` must be true or false, not {value!r}.")
             return value
         if self.kind is int:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-                raise MergeError(f"`{flag}` of method `{method}` must be a non-negative integer, not {value!r}.")
+                raise MergeError(
+                    f"`{flag}` of method `{method}` must be a non-negative integer, not {value!r}."
+                )
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise MergeError(f"`{flag}` of method `{method}` must be a finite number, not {value!r}.")
@@ -88,6 +103,13 @@ class Param:
         if self.check == "drop" and not 0 <= value < 1:
             raise MergeError(f"`{flag}` of method `{method}` must be in [0, 1), not {value}.")
         return value
+
+
+BASE_WEIGHTS = Param(
+    REQUIRED,
+    str,
+    missing="needs θ_pre's weights: pass `--base-weights PATH` (the pretrained model's directory).",
+)
 
 
 class MergeMethod(ABC):
@@ -113,10 +135,15 @@ class MergeMethod(ABC):
             raise MergeError(
                 f"method `{self.name}` does not take `--{unknown[0].replace('_', '-')}`; it takes {takes}."
             )
-        return {
-            key: spec.validate(self.name, key, given[key]) if key in given else spec.default
-            for key, spec in self.params.items()
-        }
+        resolved: dict[str, object] = {}
+        for key, spec in self.params.items():
+            if key in given and given[key] is not None:
+                resolved[key] = spec.validate(self.name, key, given[key])
+            elif spec.default is REQUIRED:
+                raise MergeError(f"method `{self.name}` {spec.missing}")
+            else:
+                resolved[key] = spec.default
+        return resolved
 
     def check_skills(self, kinds: Sequence[tuple[str, str]]) -> None:
         """Refuse skills whose kind the method cannot combine; ``kinds`` is (label, kind) per skill."""
@@ -129,9 +156,7 @@ class MergeMethod(ABC):
                 )
 
     @abstractmethod
-    def recipe(
-        self, weights: Sequence[float], kinds: Sequence[str], params: Mapping[str, object]
-    ) -> Recipe:
+    def recipe(self, weights: Sequence[float], kinds: Sequence[str], params: Mapping[str, object]) -> Recipe:
         """The recipe for skills with these ω (listed order), kinds and resolved parameters."""
 
 
@@ -148,9 +173,7 @@ def get_method(name: str) -> MergeMethod:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise MergeError(
-            f"unknown merge method `{name}`; choose one of {', '.join(_REGISTRY)}."
-        ) from None
+        raise MergeError(f"unknown merge method `{name}`; choose one of {', '.join(_REGISTRY)}.") from None
 
 
 def method_names() -> tuple[str, ...]:

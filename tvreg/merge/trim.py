@@ -53,7 +53,9 @@ def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
     return bucket, higher
 
 
-def magnitude_trim(numel: int, density: float, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]) -> Trim | None:
+def magnitude_trim(
+    numel: int, density: float, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+) -> Trim | None:
     """The :class:`Trim` keeping the top ``⌊density·numel⌋`` magnitudes; ``None`` when all are kept.
 
     ``chunks()`` yields ``(start, float32 chunk)`` over the tensor in order; it is

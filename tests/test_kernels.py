@@ -1,0 +1,70 @@
+"""The fused Triton kernel, run by Triton's interpreter on CPU tensors, equals the torch engine.
+
+``TRITON_INTERPRET=1`` must be set before the kernel module is imported (``triton.jit``
+reads it when decorating). Sizes stay tiny: the interpreter runs each block in numpy.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from test_merge_methods import PARAMS, kinds_for, rand_inputs  # noqa: E402
+
+from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse  # noqa: E402
+from tvreg.kernels.fused_merge import merge_tensor_fused  # noqa: E402
+from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor  # noqa: E402
+
+SHAPE = (13, 11)  # 143 elements: chunks of 64 leave a ragged end of 15
+N = 143
+
+
+def forms_of_every_kind(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        Dense(shape=SHAPE, values=(torch.randn(N, generator=gen) * 0.01).to(torch.bfloat16)),
+        Dense(shape=SHAPE, values=torch.randn(N, generator=gen) * 0.01),
+        Int8Groups(
+            shape=SHAPE,
+            q=torch.randint(-127, 128, (N,), dtype=torch.int8, generator=gen),
+            scales=torch.rand(5, generator=gen) * 1e-4,
+            group_size=32,
+        ),
+        Sparse(
+            shape=SHAPE,
+            indices=torch.tensor([0, 3, 63, 64, 65, 100, 142], dtype=torch.int32),
+            values=torch.randn(7, generator=gen).to(torch.bfloat16),
+        ),
+        Sparse(
+            shape=SHAPE,
+            indices=torch.tensor([1, 70, 141], dtype=torch.int64),
+            values=torch.tensor([5, -9, 127], dtype=torch.int8),
+            scale=2e-4,
+        ),
+        LowRank(
+            shape=SHAPE,
+            left=torch.randn(13, 2, generator=gen) * 0.05,
+            right=torch.randn(2, 11, generator=gen),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_kernel_equals_torch_engine_for_every_method_and_form(method, out_dtype):
+    general, pre, _, _ = rand_inputs(1, shape=SHAPE, seed=11)
+    general = general.to(torch.bfloat16)
+    forms = forms_of_every_kind(12)
+    weights = [0.3, -0.2, 0.5, 0.25, 0.4, 0.15]
+    m = get_method(method)
+    recipe = m.recipe(weights, kinds_for(method, len(forms)), m.resolve_params(PARAMS[method]))
+    names = [f"skill{k}" for k in range(len(forms))]
+    plan = plan_tensor(recipe, "w", names, forms, N, pre_numel=N, chunk=64)
+    kwargs = dict(pre=pre if recipe.needs_base_weights else None, out_dtype=out_dtype, chunk=64)
+    expected = merge_tensor(plan, general, forms, **kwargs)
+    got = merge_tensor_fused(plan, general, forms, **kwargs)
+    assert got.dtype == out_dtype and got.shape == SHAPE
+    assert torch.equal(got, expected), (got - expected).abs().max()
