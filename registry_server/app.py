@@ -24,15 +24,18 @@ from .context import Context
 from .db import translate
 from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
 from .limits import BodyTimeout
-from .routes import meta, skills, uploads
+from .routes import meta, sketches, skills, uploads
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
 MAX_JSON_BODY = 1024 * 1024
+MAX_SKETCH_BODY = 64 * 1024 * 1024
 
 
 class _BodyLimit:
     """Refuse request bodies over :data:`MAX_JSON_BODY` except upload chunks (PATCH).
+
+    A version's sketch (``PUT .../sketch``) may be up to :data:`MAX_SKETCH_BODY`.
 
     JSON bodies are parsed in memory, so without a bound one request could exhaust the
     server's memory; upload chunks stream to disk under their own limit instead. The body
@@ -46,6 +49,7 @@ class _BodyLimit:
         if scope["type"] != "http" or scope["method"] == "PATCH":
             await self.app(scope, receive, send)
             return
+        limit = MAX_SKETCH_BODY if scope["path"].endswith("/sketch") else MAX_JSON_BODY
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -57,8 +61,8 @@ class _BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > MAX_JSON_BODY:
-                error = TooLarge(f"request bodies are limited to {MAX_JSON_BODY} bytes.", limit=MAX_JSON_BODY)
+            if size > limit:
+                error = TooLarge(f"request bodies are limited to {limit} bytes.", limit=limit)
                 await _answer(error)(scope, receive, send)
                 return
         replayed = False
@@ -97,7 +101,7 @@ def create_app(context: Context) -> FastAPI:
     app.add_middleware(_BodyLimit)
     # Outermost, so the JSON body limit's reads are timed too.
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
-    for router in (meta.router, uploads.router, skills.router):
+    for router in (meta.router, uploads.router, skills.router, sketches.router):
         app.include_router(router, prefix=API_PREFIX)
 
     @app.exception_handler(ApiError)

@@ -6,10 +6,12 @@ The tree::
     ├── BadRequest              400 bad_request: malformed name, version, body or header
     │   ├── DigestMismatch      400 digest_mismatch: the bytes hash to another digest
     │   ├── SizeMismatch        400 size_mismatch: an upload received N of M bytes
-    │   └── InvalidArtifact     400 invalid_artifact: not a tvskill, or its manifest disagrees
+    │   ├── InvalidArtifact     400 invalid_artifact: not a tvskill, or its manifest disagrees
+    │   └── InvalidSketch       400 invalid_sketch: not a sketch, or not of this version's artifact
     ├── Unauthenticated         401 unauthenticated: no, bad, expired or revoked token
     ├── Forbidden               403 forbidden: authenticated, role too low (names the role)
     ├── NotFound                404 not_found: also for private skills the caller cannot read
+    │   └── NoSketch            404 no_sketch: the version was published without a sketch
     ├── RequestTimeout          408 request_timeout: the client sent its request too slowly
     ├── Conflict                409 conflict: immutability, name collisions, upload offsets
     ├── TooLarge                413 too_large: names the limit
@@ -91,6 +93,10 @@ class InvalidArtifact(BadRequest):
     code = "invalid_artifact"
 
 
+class InvalidSketch(BadRequest):
+    code = "invalid_sketch"
+
+
 class Unauthenticated(ApiError):
     status = 401
     code = "unauthenticated"
@@ -107,6 +113,12 @@ class Forbidden(ApiError):
 class NotFound(ApiError):
     status = 404
     code = "not_found"
+
+
+class NoSketch(NotFound):
+    """The version exists but was published without an interference sketch."""
+
+    code = "no_sketch"
 
 
 class RequestTimeout(ApiError):
@@ -173,6 +185,8 @@ __all__ = [
     "DigestMismatch",
     "Forbidden",
     "InvalidArtifact",
+    "InvalidSketch",
+    "NoSketch",
     "NotFound",
     "RequestTimeout",
     "SchemaOutdated",

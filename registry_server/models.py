@@ -4,7 +4,7 @@ Who may do what: a ``Namespace`` (the ``ns`` in ``ns/skill``) belongs to one ``T
 ``Membership`` gives a ``User`` a role on a team; a ``Token`` authenticates a user and
 may cap that role (a read-only token). What exists: a ``Skill`` in a namespace has
 immutable ``Version`` rows (one per semantic version, each naming a content-addressed
-blob by digest) and movable ``DistTag`` pointers. ``Upload`` keeps the state of an
+blob by digest, with an optional ``VersionSketch``) and movable ``DistTag`` pointers. ``Upload`` keeps the state of an
 upload in flight in the database, so any replica can continue it, and ``AuditEvent``
 records every write.
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -196,9 +197,28 @@ class Version(Base):
     publisher_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     yanked: Mapped[bool] = mapped_column(Boolean, default=False)
     yanked_reason: Mapped[str | None] = mapped_column(Text)
+    sketch_digest: Mapped[str | None] = mapped_column(String(71))
+    sketch_size: Mapped[int | None] = mapped_column(BigInteger)
 
     skill: Mapped[Skill] = relationship(back_populates="versions")
     publisher: Mapped[User] = relationship()
+
+
+class VersionSketch(Base):
+    """The interference sketch of a version (``tvreg.sketch``), added once after publish.
+
+    A few KB to a few MB, so it lives in the database beside its version rather than in
+    the blob store: it is written in the same transaction that records it on the version,
+    and ``tvreg check`` reads it without touching the artifact. ``Version.sketch_digest``
+    and ``sketch_size`` say whether there is one without loading it.
+    """
+
+    __tablename__ = "sketches"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    sketch_version: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DistTag(Base):

@@ -50,6 +50,11 @@ class PublishRequest(BaseModel):
     tag: str | None = Field(default="latest", description="Dist-tag to move; null moves none.")
 
 
+class SketchInfo(BaseModel):
+    digest: str
+    size: int
+
+
 class VersionOut(BaseModel):
     name: str
     version: str
@@ -64,6 +69,10 @@ class VersionOut(BaseModel):
     publisher: str
     yanked: bool
     yanked_reason: str | None
+    sketch: SketchInfo | None = Field(
+        default=None,
+        description="The version's interference sketch, or null when it was published without one.",
+    )
 
 
 class SkillOut(BaseModel):
@@ -129,4 +138,7 @@ def version_out(skill: Skill, version: Version) -> dict[str, Any]:
         "publisher": version.publisher.name,
         "yanked": version.yanked,
         "yanked_reason": version.yanked_reason,
+        "sketch": (
+            {"digest": version.sketch_digest, "size": version.sketch_size} if version.sketch_digest else None
+        ),
     }

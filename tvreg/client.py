@@ -10,6 +10,7 @@ exception escapes to callers. Path segments are always validated names
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from .errors import (
     NotFound,
     RegistryError,
     RegistryUnavailable,
+    SketchMissing,
 )
 from .manifest import validate_name, validate_version
 from .refs import SkillRef
@@ -142,6 +144,8 @@ class RegistryClient:
             return AuthError(
                 text, status=status, code=code, hints=["ask an admin of the team for a higher role"]
             )
+        if status == 404 and code == "no_sketch":
+            return SketchMissing(text, status=status, code=code)
         if status == 404:
             sentence = f"{what} was not found on the registry at {self.url}." if what else text
             hints = [] if self.token else ["if it is private, log in first: `tvreg login`"]
@@ -289,6 +293,45 @@ class RegistryClient:
             ) from exc
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
+
+    def sketch(self, ref: SkillRef | str, version: str, *, max_bytes: int = 64 << 20) -> bytes:
+        """The raw bytes of a version's sketch; :class:`SketchMissing` when it has none."""
+        seg = _segment(ref)
+        validate_version(version)
+        label = f"`{seg}@{version}`"
+        try:
+            with self._http.stream("GET", f"/skills/{seg}/versions/{version}/sketch") as resp:
+                if not resp.is_success:
+                    resp.read()
+                    raise self._error(resp, label)
+                data = bytearray()
+                for chunk in resp.iter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise RegistryError(
+                            f"the sketch of {label} from {self.url} is over {max_bytes} bytes; refusing it."
+                        )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        announced = resp.headers.get("X-Tvreg-Digest")
+        if announced and announced != "sha256:" + hashlib.sha256(data).hexdigest():
+            raise DownloadError(
+                f"the sketch of {label} from {self.url} does not hash to {announced}.", expected=announced
+            )
+        return bytes(data)
+
+    def put_sketch(self, ref: SkillRef | str, version: str, data: bytes) -> tuple[dict, bool]:
+        """Attach a sketch to a published version; returns (version object, created?)."""
+        seg = _segment(ref)
+        validate_version(version)
+        resp = self.request(
+            "PUT",
+            f"/skills/{seg}/versions/{version}/sketch",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+            what=f"`{seg}@{version}`",
+        )
+        return self._json(resp), resp.status_code == 201
 
     # -- uploads ------------------------------------------------------------------------------
 

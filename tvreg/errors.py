@@ -8,7 +8,9 @@ The tree::
     │   └── CorruptCheckpoint       a safetensors file whose header or layout is invalid
     ├── ArtifactError               a .tvskill file that cannot be trusted
     │   ├── CorruptArtifact         truncated, tampered, bomb, bad header
-    │   └── InvalidManifest         manifest fields missing or malformed
+    │   ├── InvalidManifest         manifest fields missing or malformed
+    │   └── SketchError             a sketch file that is malformed or of another sketch version
+    ├── SketchMismatch              two sketches made with other parameters cannot be compared
     ├── IncompatibleBase            skill built for another base model
     ├── TensorMismatch              missing/extra tensors, shape or dtype mismatch
     ├── InvalidName                 a name or version that is unsafe or malformed
@@ -26,6 +28,7 @@ The tree::
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
         ├── NotFound                no such skill, version or upload (404; also private ones)
+        │   └── SketchMissing       the version was published without a sketch (404 no_sketch)
         ├── Conflict                409: a version exists with other bytes, a name collides
         └── DownloadError           short body or bytes whose digest is not the one announced
 
@@ -77,6 +80,14 @@ class CorruptArtifact(ArtifactError):
 
 class InvalidManifest(ArtifactError):
     """The manifest of an artifact is missing a field or has a malformed one."""
+
+
+class SketchError(ArtifactError):
+    """A sketch (``.tvsketch``) cannot be read, or was made by a sketch version this tvreg does not read."""
+
+
+class SketchMismatch(TvregError):
+    """Two sketches were made with other parameters (sketch version, sizes) and cannot be compared."""
 
 
 class IncompatibleBase(TvregError):
@@ -194,6 +205,10 @@ class NotFound(RegistryError):
     """The skill, version or upload does not exist (or is private and not readable)."""
 
 
+class SketchMissing(NotFound):
+    """A skill version was published without a sketch (before sketches existed)."""
+
+
 class Conflict(RegistryError):
     """The request conflicts with the registry's state (a version exists with other bytes)."""
 
@@ -238,6 +253,9 @@ __all__ = [
     "ProjectError",
     "RegistryError",
     "RegistryUnavailable",
+    "SketchError",
+    "SketchMismatch",
+    "SketchMissing",
     "ResolutionImpossible",
     "TensorMismatch",
     "TvregError",

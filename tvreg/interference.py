@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import TvregError
+from .errors import SketchMismatch
 from .sketch import Sketch, TensorSketch, layer_of
 
 OPPOSED_COSINE = -0.1
@@ -34,10 +34,6 @@ OPPOSED_LAYER_COSINE = -0.3
 SIGN_CONFLICT = 0.55
 NORM_RATIO = 4.0
 WORST_LAYERS = 3
-
-
-class SketchMismatch(TvregError):
-    """Two sketches cannot be compared (other sketch parameters, other base)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,15 @@ def _check_comparable(a: Sketch, b: Sketch) -> None:
             )
 
 
-def compare(a: Sketch, b: Sketch, *, weight_a: float = 1.0, weight_b: float = 1.0) -> PairReport:
+def compare(
+    a: Sketch,
+    b: Sketch,
+    *,
+    weight_a: float = 1.0,
+    weight_b: float = 1.0,
+    label_a: str | None = None,
+    label_b: str | None = None,
+) -> PairReport:
     """Estimate the interference of skills ``a`` and ``b`` merged with weights ω_a, ω_b.
 
     Tensors only one skill changes add to that skill's norm and nothing to the dot
@@ -137,8 +141,8 @@ def compare(a: Sketch, b: Sketch, *, weight_a: float = 1.0, weight_b: float = 1.
     per_layer.sort(key=lambda lc: lc[1])
     conflict = conflicting / jointly_top if jointly_top > 0 else None
     report = PairReport(
-        a.label,
-        b.label,
+        label_a or a.label,
+        label_b or b.label,
         cosine,
         per_layer[:WORST_LAYERS],
         conflict,
@@ -234,7 +238,7 @@ def check_sketches(skills: Sequence[SkillEntry]) -> InterferenceReport:
         []
     """
     pairs = [
-        compare(a.sketch, b.sketch, weight_a=a.weight, weight_b=b.weight)
+        compare(a.sketch, b.sketch, weight_a=a.weight, weight_b=b.weight, label_a=a.label, label_b=b.label)
         for i, a in enumerate(skills)
         for b in skills[i + 1 :]
     ]

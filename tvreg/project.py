@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,8 +244,16 @@ def _check_manifest(project: SkillProject, m: Manifest, where: Path) -> None:
             raise differs(field, said, getattr(m, field))
 
 
-def verify_artifact(path: Path, *, progress: Progress = NULL_PROGRESS) -> Manifest:
+def verify_artifact(
+    path: Path,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    on_tensor: Callable[[str, torch.Tensor], None] | None = None,
+) -> Manifest:
     """Decode every tensor of an artifact: digests, codec bounds, and no NaN/Inf (FAULTS row 15).
+
+    ``on_tensor(name, τ)`` sees each decoded tensor, so a caller can sketch the artifact
+    in the same pass (publish does).
 
     Raises:
         ArtifactError: the artifact is corrupt or holds non-finite values.
@@ -260,6 +269,8 @@ def verify_artifact(path: Path, *, progress: Progress = NULL_PROGRESS) -> Manife
                         f"tensor `{name}` of `{path}` has NaN or infinite values; refusing to publish it.",
                         hints=["check the fine-tuned checkpoint for diverged training"],
                     )
+                if on_tensor is not None:
+                    on_tensor(name, tau)
                 progress.advance(entry.stored_bytes)
         finally:
             progress.done()
@@ -267,7 +278,10 @@ def verify_artifact(path: Path, *, progress: Progress = NULL_PROGRESS) -> Manife
 
 
 def prepare_artifact(
-    project: SkillProject, *, progress: Progress = NULL_PROGRESS
+    project: SkillProject,
+    *,
+    progress: Progress = NULL_PROGRESS,
+    on_tensor: Callable[[str, torch.Tensor], None] | None = None,
 ) -> tuple[Path, Manifest, bool]:
     """The artifact to publish, built into ``dist/`` first when needed, fully verified.
 
@@ -309,7 +323,7 @@ def prepare_artifact(
                 progress=progress,
             )
             built = True
-    manifest = verify_artifact(path, progress=progress)
+    manifest = verify_artifact(path, progress=progress, on_tensor=on_tensor)
     _check_manifest(project, manifest, path)
     if project.base is not None:
         if _FP_RE.match(project.base):

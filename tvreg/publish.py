@@ -7,7 +7,9 @@ killed or lost its connection continues from the registry's offset the next time
 way. Everything that can be checked locally is checked before the first byte goes out:
 the project file, the artifact (every tensor decoded, no NaN/Inf), the login, and
 whether the version already exists (same bytes: nothing to do; other bytes: refused,
-versions are immutable).
+versions are immutable). The interference sketch (:mod:`tvreg.sketch`) is computed in the
+same pass that verifies every tensor, and attached to the version after it is published;
+publishing a version again that the registry holds without a sketch uploads just the sketch.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pathlib import Path
 
 from .artifact import file_digest
 from .client import RegistryClient, client_for
-from .errors import AuthError, Conflict, NotFound, RegistryUnavailable
+from .errors import AuthError, Conflict, NotFound, RegistryError, RegistryUnavailable
 from .faults import crash_point
 from .fsutil import atomic_write_text
 from .paths import cache_dir
 from .progress import NULL_PROGRESS, Progress
 from .project import load_project, prepare_artifact
 from .refs import SkillRef
+from .sketch import SketchBuilder, store_cached
 
 _RETRIES = 3
 
@@ -50,6 +53,9 @@ class PublishResult:
     status: str
     uploaded_bytes: int = 0
     tag: str | None = None
+    sketch_bytes: int = 0
+    sketch_status: str = "none"
+    """``uploaded``, ``present`` (the registry had it), ``dry-run``, or ``failed: <why>``."""
 
     @property
     def label(self) -> str:
@@ -120,6 +126,16 @@ def _upload(
     return upload_id
 
 
+def _upload_sketch(client: RegistryClient, ref: SkillRef, version: str, data: bytes) -> str:
+    """Attach the sketch to the published version. A failure does not undo the publish:
+    the version is out, and publishing again uploads only the missing sketch."""
+    try:
+        _version, created = client.put_sketch(ref, version, data)
+    except RegistryError as exc:
+        return f"failed: {exc.message}"
+    return "uploaded" if created else "present"
+
+
 def publish(
     project_dir: str | os.PathLike[str],
     *,
@@ -179,12 +195,32 @@ def publish(
                 hints=["ask an admin of the namespace's team to add you with the `write` role"],
             )
         ref = SkillRef(namespace, project.skill, project.version)
-        path, _manifest, built = prepare_artifact(project, progress=progress)
+        sketcher = SketchBuilder()
+        path, manifest, built = prepare_artifact(project, progress=progress, on_tensor=sketcher.add)
         digest, size = file_digest(path), path.stat().st_size
+        sketch = sketcher.finish(
+            skill=manifest.name,
+            version=manifest.version,
+            base_fingerprint=manifest.base_fingerprint,
+            artifact_digest=digest,
+        )
+        store_cached(sketch)
+        sketch_data = sketch.to_bytes()
 
-        def result(status: str, uploaded: int = 0) -> PublishResult:
+        def result(status: str, uploaded: int = 0, sketch_status: str = "dry-run") -> PublishResult:
             return PublishResult(
-                ref.name, ref.version or "", digest, size, client.url, path, built, status, uploaded, tag
+                ref.name,
+                ref.version or "",
+                digest,
+                size,
+                client.url,
+                path,
+                built,
+                status,
+                uploaded,
+                tag,
+                len(sketch_data),
+                sketch_status,
             )
 
         try:
@@ -197,7 +233,13 @@ def publish(
                     f"`{ref}` is already published with other bytes ({existing.get('digest')}; yours are {digest}).",
                     hints=["published versions are immutable: bump `version` in tvskill.toml"],
                 )
-            return result("dry-run" if dry_run else "unchanged")
+            if dry_run:
+                return result("dry-run")
+            if existing.get("sketch"):
+                return result("unchanged", sketch_status="present")
+            return result(
+                "unchanged", sketch_status=_upload_sketch(client, ref, project.version, sketch_data)
+            )
         if dry_run:
             return result("dry-run")
         upload_id = _upload(client, path, digest, size, str(ref), progress, chunk_size)
@@ -207,7 +249,8 @@ def publish(
             _state_path(digest).unlink()
         if tag is not None and tag != "latest":
             client.set_tag(ref, tag, project.version)
-        return result("published" if created else "unchanged", size)
+        sketch_status = _upload_sketch(client, ref, project.version, sketch_data)
+        return result("published" if created else "unchanged", size, sketch_status)
     finally:
         if own:
             client.close()

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ArtifactError
+from .errors import SketchError
 from .safetensors_io import MAX_HEADER_BYTES, build_header
 
 SKETCH_VERSION = 1
@@ -53,10 +53,6 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _SAMPLE_SALT = 0x5A4D504C45000001
 _LAYER_RE = re.compile(r"^(.*?\.\d+)\.")
-
-
-class SketchError(ArtifactError):
-    """A sketch file that cannot be read or does not belong to the skill it claims."""
 
 
 def layer_of(tensor: str) -> str:

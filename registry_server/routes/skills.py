@@ -246,9 +246,7 @@ def _summary(skill: Skill) -> dict:
     }
 
 
-def _load_version(
-    s: Session, principal: Principal | None, namespace: str, name: str, version: str
-) -> Version:
+def load_version(s: Session, principal: Principal | None, namespace: str, name: str, version: str) -> Version:
     skill = readable_skill(s, principal, namespace, name)
     row = s.scalars(
         select(Version)
@@ -299,7 +297,7 @@ def version_info(
 ) -> dict:
     """One version object."""
     with ctx.sessions() as s:
-        row = _load_version(s, principal, namespace, name, version)
+        row = load_version(s, principal, namespace, name, version)
         return version_out(row.skill, row)
 
 
@@ -322,7 +320,7 @@ def download(
 ) -> Response:
     """The artifact bytes; honours `Range: bytes=a-b`; digest in `Digest`, `X-Tvreg-Digest` and `ETag`."""
     with ctx.sessions() as s:
-        row = _load_version(s, principal, namespace, name, version)
+        row = load_version(s, principal, namespace, name, version)
         digest, size = row.digest, row.size
     try:
         if ctx.store.local:
@@ -373,7 +371,7 @@ def _yank(
         principal = require_role(
             principal, ns, "write", action=f"{'yanking' if yanked else 'un-yanking'} `{label}`"
         )
-        row = _load_version(s, principal, namespace, name, version)
+        row = load_version(s, principal, namespace, name, version)
         row.yanked = yanked
         row.yanked_reason = reason if yanked else None
         audit.record(

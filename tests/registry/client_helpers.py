@@ -76,6 +76,7 @@ class FaultProxy:
         self.truncate_at = truncate_at
         self.artifact_requests: list[tuple[str | None, int]] = []  # (Range header, upstream status)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers), every request
+        self.body_bytes: dict[str, int] = {}  # response body bytes sent, per request path
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -116,6 +117,8 @@ class FaultProxy:
                             return
                         self.wfile.write(chunk)
                         sent += len(chunk)
+                        path = self.path.split("?")[0]
+                        proxy.body_bytes[path] = proxy.body_bytes.get(path, 0) + len(chunk)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 

@@ -42,7 +42,7 @@ def test_publish_search_install_by_name_equals_installing_the_file(registry, fam
     res = cli("publish", science)
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("Published alice/science@1.0.0 (sha256:")
-    assert res.stdout.rstrip().endswith(f"to {url}, tagged latest.")
+    assert res.stdout.splitlines()[0].endswith(f"to {url}, tagged latest.")
     assert (science / "dist" / "science-1.0.0.tvskill").is_file()
     coding = write_project(
         tmp_path / "coding", name="alice/coding", version="1.0.0", artifact=str(artifacts["coding"])

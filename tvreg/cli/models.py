@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from .app import RichProgress, main, out, parse_weights
+from .check import warn_before_install
 
 
 @main.command()
@@ -117,6 +118,9 @@ def install(
     from ..install import install as do_install
 
     progress = RichProgress()
+    warn_before_install(
+        skills, into=into, weights=parse_weights(weights), registry=registry, resolution=resolution
+    )
     paths, sources = fetch_for_install(
         list(skills), into=into, base=base, registry=registry, resolution=resolution, progress=progress
     )

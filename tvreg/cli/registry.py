@@ -116,10 +116,25 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
     if res.status == "dry-run":
         out.print(f"Would publish {what} to {res.registry} (dry run, nothing uploaded).")
     elif res.status == "unchanged":
-        out.print(f"{what} is already on {res.registry} with these exact bytes; nothing to do.")
+        if res.sketch_status == "uploaded":
+            out.print(
+                f"{what} is already on {res.registry} with these exact bytes; uploaded its missing "
+                f"interference sketch ({human_size(res.sketch_bytes)})."
+            )
+        else:
+            out.print(f"{what} is already on {res.registry} with these exact bytes; nothing to do.")
     else:
         tagged = f", tagged {res.tag}" if res.tag else ""
         out.print(f"Published {what} to {res.registry}{tagged}.")
+        if res.sketch_status in ("uploaded", "present"):
+            out.print(f"Attached its interference sketch ({human_size(res.sketch_bytes)}) for `tvreg check`.")
+    if res.sketch_status.startswith("failed"):
+        err.print(
+            f"[bold yellow]warning:[/] the interference sketch was not uploaded ({res.sketch_status[8:]}); "
+            "`tvreg check` will have to download the whole artifact.",
+            soft_wrap=True,
+        )
+        err.print("[cyan]hint:[/] run the same `tvreg publish` again: it uploads only the missing sketch.")
 
 
 @main.command()

@@ -121,15 +121,32 @@ def info(target, fmt, registry):
         _remote_info(target, fmt, registry)
 
 
+def _print_profile(sketch) -> None:
+    """‖τ‖ per layer as a bar chart: where the skill changed the model."""
+    profile = sketch.layer_norms()
+    top = max(profile.values(), default=0.0) or 1.0
+    out.print(f"  {'norm profile':<12} ‖τ‖ = {sketch.norm:.4g} over {len(profile)} layers")
+    width = max((len(k) for k in profile), default=0)
+    for layer, norm in profile.items():
+        bar = "█" * max(1, round(30 * norm / top)) if norm > 0 else ""
+        out.print(f"    {layer:<{width}}  {norm:>10.4g}  {bar}")
+
+
+def _profile_json(sketch) -> dict:
+    return {"norm": sketch.norm, "norm_profile": sketch.layer_norms()}
+
+
 def _local_info(path: str, fmt: str) -> None:
     from ..artifact import Artifact
+    from ..sketch import sketch_for
 
     if not os.path.isfile(path):
         raise click.BadParameter(f"file `{path}` does not exist.", param_hint="NAME_OR_PATH")
+    sketch = sketch_for(path, progress=RichProgress())
     with Artifact(path) as art:
         m = art.manifest
         if fmt == "json":
-            out.print_json(m.to_json())
+            out.print_json(json.dumps({**json.loads(m.to_json()), **_profile_json(sketch)}))
             return
         stored = sum(t.stored_bytes for t in m.tensors.values())
         out.print(f"[bold]{m.label}[/]  ({m.kind})")
@@ -143,6 +160,7 @@ def _local_info(path: str, fmt: str) -> None:
             ("built by", m.created_by),
         ):
             out.print(f"  {key:<12} {value}")
+        _print_profile(sketch)
 
 
 def _remote_info(target: str, fmt: str, registry: str | None) -> None:
@@ -151,10 +169,15 @@ def _remote_info(target: str, fmt: str, registry: str | None) -> None:
     from ..refs import parse_ref
 
     ref = parse_ref(target)
+    sketch = None
     with client_for(registry) as client:
         data = client.version(ref, ref.version) if ref.version else client.skill(ref)
+        if ref.version and data.get("sketch"):
+            from ..check import registry_sketch
+
+            sketch = registry_sketch(client, ref, data, download=False)
     if fmt == "json":
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {})}))
         return
     if ref.version:
         yanked = f"yes ({data.get('yanked_reason') or 'no reason given'})" if data.get("yanked") else "no"
@@ -171,6 +194,10 @@ def _remote_info(target: str, fmt: str, registry: str | None) -> None:
             ("yanked", yanked),
         ):
             out.print(f"  {key:<12} {value}")
+        if sketch is not None:
+            _print_profile(sketch)
+        else:
+            out.print(f"  {'norm profile':<12} - (published without a sketch)")
         return
     tags = ", ".join(f"{k}={v}" for k, v in sorted((data.get("dist_tags") or {}).items())) or "-"
     out.print(f"[bold]{data.get('name', ref.name)}[/]{'  (private)' if data.get('private') else ''}")

@@ -1,0 +1,208 @@
+"""``tvreg check``: gather the sketches of a planned skill set and estimate how its pairs interfere.
+
+Why a step of its own: the interference of a set of skills is known before anything is
+merged, from sketches of a few KB per tensor (:mod:`tvreg.sketch`), so a user can see
+that coding and safety will fight *before* downloading either. The set checked is what
+``tvreg install`` would produce: the skills the model already has (at their locked ω)
+plus the requested ones (local files, or registry requirements resolved like install).
+
+Where each sketch comes from, cheapest first: the local sketch cache (by artifact
+digest); the registry's copy (``GET .../sketch``); and, for a version published before
+sketches existed, its artifact, downloaded (after saying how much) and sketched locally.
+Local files and installed skills are sketched from the artifact on disk when not cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .client import RegistryClient, client_for
+from .errors import ConfigError, SketchError, SketchMissing
+from .interference import InterferenceReport, SkillEntry, check_sketches
+from .lockfile import Lock
+from .progress import NULL_PROGRESS, Progress
+from .refs import SkillRef, looks_like_ref, parse_ref
+from .resolve import Requirement, parse_requirement, resolve
+from .sketch import Sketch, load_cached, sketch_for, store_cached
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def default_weight(dataset_size: int | None, dataset_unit: str, lock: Lock) -> tuple[float, str]:
+    """ω = |D|/|G| as install computes it, or 1 (said so) when |D| or |G| is unknown."""
+    if dataset_size and lock.general_size and dataset_unit == lock.general_size_unit:
+        return dataset_size / lock.general_size, f"|D|/|G| = {dataset_size}/{lock.general_size}"
+    return 1.0, "assumed (|D| or |G| unknown; pass --weight)"
+
+
+def registry_sketch(
+    client: RegistryClient,
+    ref: SkillRef,
+    version: dict,
+    *,
+    download: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> Sketch:
+    """The sketch of one registry version (``version`` is its version object).
+
+    Raises:
+        SketchMissing: the version has no sketch and ``download`` is False.
+        SketchError: the registry's sketch is malformed or of another artifact.
+    """
+    digest = version["digest"]
+    label = f"{ref.name}@{version['version']}"
+    cached = load_cached(digest)
+    if cached is not None:
+        return cached
+    if version.get("sketch"):
+        try:
+            sketch = Sketch.from_bytes(
+                client.sketch(ref, version["version"]), where=f"the sketch of `{label}`"
+            )
+        except SketchMissing:
+            sketch = None
+        if sketch is not None:
+            if sketch.artifact_digest != digest:
+                raise SketchError(
+                    f"the registry's sketch of `{label}` describes artifact {sketch.artifact_digest}, "
+                    f"not {digest}."
+                )
+            store_cached(sketch)
+            return sketch
+    size = int(version.get("size") or 0)
+    if not download:
+        raise SketchMissing(
+            f"`{label}` was published without a sketch, so checking it needs its whole artifact "
+            f"({_human(size)}).",
+            hints=[
+                "run without `--no-download` to fetch it, or ask the publisher to run `tvreg publish` "
+                "again, which uploads only the sketch"
+            ],
+        )
+    progress.warn(
+        f"`{label}` was published without a sketch; downloading its artifact ({_human(size)}) to compute one."
+    )
+    from .fetch import fetch
+
+    got = fetch(ref, base_fingerprint=None, client=client, info={"versions": [version]}, progress=progress)
+    return sketch_for(got.path, digest=digest, progress=progress)
+
+
+def check(
+    skills: Sequence[str],
+    *,
+    into: str | os.PathLike[str],
+    weights: Mapping[str, float] | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    resolution: str = "highest",
+    download: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> InterferenceReport:
+    """Estimate the pairwise interference of the skills an install into ``into`` would merge.
+
+    Args:
+        skills: ``.tvskill`` paths and registry requirements, as for ``tvreg install``.
+        into: the model environment; its installed skills are included at their locked ω.
+        weights: ω per skill name (``ns/skill`` or the bare skill name), as ``--weight``.
+        download: for registry versions published without a sketch, download the artifact
+            and sketch it locally (saying how much first); False raises instead.
+
+    Returns:
+        An :class:`~tvreg.interference.InterferenceReport` over every pair.
+
+    Raises:
+        ModelEnvironmentError: ``into`` is not a model environment.
+        ResolutionImpossible / NotFound: as for install.
+        SketchMissing: a version has no sketch and ``download`` is False.
+    """
+    from .environment import require_lock
+    from .store import artifact_path
+
+    weights = dict(weights or {})
+    lock = require_lock(Path(into))
+    files: list[str] = []
+    requested: list[Requirement] = []
+    for arg in skills:
+        if os.path.isfile(arg) or not looks_like_ref(arg):
+            files.append(arg)
+        else:
+            parse_ref(arg.partition("@")[0], allow_version=False)
+            requested.append(parse_requirement(arg))
+    entries: list[SkillEntry] = []
+    new_names: set[str] = set()
+
+    def weight(names: Sequence[str], dataset_size: int | None, unit: str) -> tuple[float, str]:
+        for n in names:
+            if n in weights:
+                return float(weights[n]), "user"
+        return default_weight(dataset_size, unit, lock)
+
+    from .artifact import Artifact
+
+    for path in files:
+        sketch = sketch_for(path, progress=progress)
+        with Artifact(path) as art:
+            m = art.manifest
+        new_names.add(m.name)
+        w, source = weight([m.name], m.dataset_size, m.dataset_unit)
+        entries.append(SkillEntry(m.label, sketch, w, source))
+    if requested:
+        asked = {r.name for r in requested}
+        pins = []
+        for locked in lock.skills:
+            if looks_like_ref(locked.artifact):
+                ref = parse_ref(locked.artifact)
+                if ref.name not in asked and ref.version:
+                    pins.append(Requirement(ref.name, ref.version, source=f"{Path(into).name} pins"))
+        pinned = {p.name for p in pins}
+        with contextlib.ExitStack() as stack:
+            try:
+                client = stack.enter_context(client_for(registry, token))
+            except ConfigError as exc:
+                exc.hints.append(f"no file `{requested[0]}` exists either")
+                raise
+            from .fetch import RegistryIndex
+
+            index = RegistryIndex(client, lock.base_fingerprint, lock.general_fingerprint)
+            chosen = resolve(
+                requested + pins, index, base_fingerprint=lock.base_fingerprint, resolution=resolution
+            ).chosen
+            for name, cand in chosen.items():
+                if name in pinned:
+                    continue
+                ns, _, skill = name.partition("/")
+                version = next(v for v in index.skill(name)["versions"] if v["version"] == cand.version)
+                sketch = registry_sketch(
+                    client, SkillRef(ns, skill, cand.version), version, download=download, progress=progress
+                )
+                manifest = version.get("manifest") or {}
+                new_names.update({name, skill})
+                w, source = weight(
+                    [name, skill], manifest.get("dataset_size"), manifest.get("dataset_unit", "examples")
+                )
+                entries.append(SkillEntry(f"{name}@{cand.version}", sketch, w, source))
+    installed: list[SkillEntry] = []
+    for locked in lock.skills:
+        if locked.name in new_names:
+            continue
+        sketch = load_cached(locked.digest)
+        if sketch is None:
+            stored = artifact_path(locked.digest)
+            if not stored.is_file():
+                progress.warn(
+                    f"installed skill `{locked.label}` is missing from the local store; left out of the check."
+                )
+                continue
+            sketch = sketch_for(stored, digest=locked.digest, progress=progress)
+        if locked.name in weights:
+            w, source = float(weights[locked.name]), "user"
+        else:
+            w, source = locked.weight, f"installed ({locked.weight_source})"
+        installed.append(SkillEntry(locked.label, sketch, w, source))
+    return check_sketches(installed + entries)

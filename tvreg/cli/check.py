@@ -1,0 +1,137 @@
+"""`tvreg check`: the interference report of a planned skill set, from sketches only."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import SketchError, SketchMismatch, TvregError
+from .app import RichProgress, err, main, out, parse_weights
+
+
+@main.command()
+@click.argument("skills", nargs=-1, metavar="SKILL...")
+@click.option(
+    "--into", "into", required=True, type=click.Path(file_okay=False), help="The model environment."
+)
+@click.option(
+    "--weight", "weights", multiple=True, metavar="NAME=ω", help="Merge weight of one skill (repeatable)."
+)
+@click.option(
+    "--registry", metavar="URL", help="Registry to resolve named skills on (default: the logged-in one)."
+)
+@click.option(
+    "--resolution",
+    type=click.Choice(["highest", "lowest"]),
+    default="highest",
+    show_default=True,
+    help="Resolve to the highest versions, or the lowest, as install would.",
+)
+@click.option(
+    "--no-download",
+    is_flag=True,
+    help="Fail instead of downloading the artifact of a version published without a sketch.",
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any pair is flagged (for CI).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def check(skills, into, weights, registry, resolution, no_download, strict, fmt):
+    """Estimate how the skills would interfere if installed together into a model.
+
+    Checks every pair among the model's installed skills and SKILL... (files or registry
+    requirements, resolved as `tvreg install` would), from the sketches published with
+    each version: no tensor data is downloaded. Per pair: the estimated cosine of the two
+    task vectors (whole model and worst layers), the sign-conflict fraction on the
+    parameters both change most, and the ratio of their norms after ω. Pairs past the
+    thresholds in the README ("Checking for interference") get a warning and a suggestion.
+    """
+    from ..check import check as do_check
+
+    report = do_check(
+        list(skills),
+        into=into,
+        weights=parse_weights(weights),
+        registry=registry,
+        resolution=resolution,
+        download=not no_download,
+        progress=RichProgress(),
+    )
+    if fmt == "json":
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        print_report(report)
+    if strict and report.flagged:
+        sys.exit(1)
+
+
+def print_report(report) -> None:
+    """The skills with ω and norms, then one block per pair, then the warnings."""
+    if len(report.skills) < 2:
+        out.print("Nothing to compare: interference needs at least two skills.")
+        return
+    out.print("[bold]skills[/] (ω‖τ‖: how far each moves the weights)")
+    for s in report.skills:
+        out.print(
+            f"  {s.label}  ω {s.weight:.4g} ({s.weight_source}), ‖τ‖ {s.sketch.norm:.4g}, "
+            f"ω‖τ‖ {s.weight * s.sketch.norm:.4g}"
+        )
+    for p in report.pairs:
+        mark = "  [bold yellow](flagged)[/]" if p.warnings else ""
+        out.print(f"\n[bold]{p.a} × {p.b}[/]{mark}")
+        layers = ", ".join(f"{name} {cos:+.2f}" for name, cos in p.worst_layers)
+        out.print(f"  cosine          {p.cosine:+.2f} (worst layers: {layers})")
+        if p.sign_conflict is not None:
+            out.print(f"  sign conflict   {p.sign_conflict:.2f} of the parameters both change most")
+        out.print(
+            f"  norms after ω   {p.scaled_norms[0]:.4g} and {p.scaled_norms[1]:.4g} (ratio {p.norm_ratio:.2f})"
+        )
+    out.print()
+    _print_warnings(report)
+    if not report.flagged:
+        out.print(f"No pair past the interference thresholds ({len(report.pairs)} checked).")
+    else:
+        out.print(f"{len(report.flagged)} of {len(report.pairs)} pairs past the interference thresholds.")
+
+
+def _print_warnings(report) -> None:
+    for p in report.flagged:
+        for w in p.warnings:
+            err.print(f"[bold yellow]warning:[/] {w}", soft_wrap=True)
+        for s in dict.fromkeys(p.suggestions):
+            err.print(f"[cyan]hint:[/] {s}", soft_wrap=True)
+
+
+def warn_before_install(skills, *, into, weights, registry, resolution) -> None:
+    """The install hook: print the interference warnings of the planned set, never fail the install.
+
+    Skipped for a model that is not an environment yet (install initialises it on the fly).
+    """
+    from pathlib import Path
+
+    from ..check import check as do_check
+    from ..lockfile import LOCK_NAME
+
+    if not (Path(into) / LOCK_NAME).is_file():
+        return
+    progress = RichProgress()
+    try:
+        report = do_check(
+            list(skills),
+            into=into,
+            weights=weights,
+            registry=registry,
+            resolution=resolution,
+            progress=progress,
+        )
+    except (SketchError, SketchMismatch) as exc:
+        err.print(f"[yellow]note:[/] interference check skipped: {exc.message}", soft_wrap=True)
+        return
+    except TvregError:
+        return  # the install itself reports it, once
+    if report.flagged:
+        _print_warnings(report)
+        err.print(
+            f"[cyan]hint:[/] see the full report: `tvreg check {' '.join(skills)} --into {into}`",
+            soft_wrap=True,
+        )
