@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import copy_model
 from tiny_models import (
     CODING_TEXTS,
     SCIENCE_TEXTS,
@@ -66,7 +68,7 @@ def test_same_tau_same_bytes_in_any_order_and_thread_count():
     assert hashlib.sha256(first).hexdigest() == GOLDEN
 
 
-GOLDEN = "acb4c012b0c5bf5cec7079904ea9ab990d8536515c1e90845588e87ac8947d9f"
+GOLDEN = "329dc322525274625495f400cf16e6c74414395d984930da74b1a80c0915f0f2"
 
 
 def test_sketch_roundtrip_and_small_tensors_exact():
@@ -209,3 +211,53 @@ def test_opposed_pair_is_flagged_and_related_pair_is_not(skills):
     assert any("ties" in s for s in opposed.suggestions)
     drowned = compare(skills["science"].sketch, skills["coding"].sketch, weight_a=1.0, weight_b=0.01)
     assert any("drowned out" in w for w in drowned.warnings)
+
+
+def test_check_and_info_on_local_files(skills, family, tmp_path):
+    from click.testing import CliRunner
+
+    from tvreg.cli import main
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    model = copy_model(family.general, tmp_path / "mymodel")
+    assert run("init", model, "--base", family.pre, "--general-size", 1000).exit_code == 0
+    science, unscience = skills["science"].path, skills["unscience"].path
+    res = run(
+        "check", science, unscience, "--into", model, "--weight", "science=0.5", "--weight", "unscience=0.5"
+    )
+    assert res.exit_code == 0, res.output
+    assert "science@1.0.0 × unscience@1.0.0  (flagged)" in res.stdout
+    assert (
+        "warning: `science@1.0.0` and `unscience@1.0.0` pull in opposite directions (cosine -"
+        in res.stderr
+    )
+    assert "hint: merge with `--method ties` or `--method dare_ties`" in res.stderr
+    strict = run(
+        "check",
+        science,
+        unscience,
+        "--into",
+        model,
+        "--strict",
+        "--weight",
+        "science=1",
+        "--weight",
+        "unscience=1",
+    )
+    assert strict.exit_code == 1
+    # Installed skills are part of the set checked; ω without |D| is assumed 1 and said so.
+    assert run("install", science, "--into", model, "--weight", "science=0.5").exit_code == 0
+    report = json.loads(run("check", skills["science-b"].path, "--into", model, "--format", "json").stdout)
+    assert [(s["skill"], s["weight_source"]) for s in report["skills"]] == [
+        ("science@1.0.0", "installed (user)"),
+        ("science-b@1.0.0", "assumed (|D| or |G| unknown; pass --weight)"),
+    ]
+    assert report["pairs"][0]["cosine"] > 0.4 and not report["pairs"][0]["warnings"]
+    res = run("install", unscience, "--into", model, "--weight", "unscience=0.5", "--dry-run")
+    assert res.exit_code == 0 and "pull in opposite directions" in res.stderr
+    info = run("info", science)
+    assert "norm profile" in info.stdout and "model.layers.1" in info.stdout
+    profile = json.loads(run("info", science, "--format", "json").stdout)["norm_profile"]
+    assert math.isclose(math.sqrt(sum(v * v for v in profile.values())), skills["science"].sketch.norm)

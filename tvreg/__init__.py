@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from .artifact import Artifact  # noqa: E402
 from .build import BuildResult, build_skill  # noqa: E402
 from .cache import BlobCache  # noqa: E402
+from .check import check  # noqa: E402
 from .checkpoint import Checkpoint  # noqa: E402
 from .client import RegistryClient  # noqa: E402
 from .environment import init_environment  # noqa: E402
@@ -32,6 +33,9 @@ from .errors import (  # noqa: E402
     ProjectError,
     RegistryError,
     RegistryUnavailable,
+    SketchError,
+    SketchMismatch,
+    SketchMissing,
     TensorMismatch,
     TvregError,
     UnsafeCheckpoint,
@@ -41,12 +45,14 @@ from .evaluate import EvalHook, load_hook  # noqa: E402
 from .fetch import FetchedSkill, fetch_skill  # noqa: E402
 from .fingerprint import fingerprint  # noqa: E402
 from .install import InstallResult, install  # noqa: E402
+from .interference import InterferenceReport, PairReport  # noqa: E402
 from .lockfile import Lock, LockedSkill, read_lock  # noqa: E402
 from .manifest import Manifest  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .project import SkillProject, load_project  # noqa: E402
 from .publish import PublishResult, publish  # noqa: E402
 from .refs import SkillRef, parse_ref  # noqa: E402
+from .sketch import Sketch  # noqa: E402
 from .sweep import SweepPoint, SweepResult, sweep  # noqa: E402
 
 __all__ = [
@@ -69,6 +75,7 @@ __all__ = [
     "IncompatibleBase",
     "InstallInterrupted",
     "InstallResult",
+    "InterferenceReport",
     "InvalidManifest",
     "InvalidName",
     "Lock",
@@ -77,12 +84,17 @@ __all__ = [
     "Manifest",
     "ModelEnvironmentError",
     "NotFound",
+    "PairReport",
     "Progress",
     "ProjectError",
     "PublishResult",
     "RegistryClient",
     "RegistryError",
     "RegistryUnavailable",
+    "Sketch",
+    "SketchError",
+    "SketchMismatch",
+    "SketchMissing",
     "SkillProject",
     "SkillRef",
     "SweepPoint",
@@ -93,6 +105,7 @@ __all__ = [
     "WeightError",
     "__version__",
     "build_skill",
+    "check",
     "fetch_skill",
     "fingerprint",
     "init_environment",

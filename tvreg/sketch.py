@@ -10,7 +10,8 @@ Per tensor the sketch keeps (``docs/format.md``, "Sketches"):
 - ``norm`` (‖τ‖₂), ``positive_fraction`` and ``top_threshold`` (the |τ| at which the
   tensor's top :data:`TOP_FRACTION` by magnitude begins), exactly;
 - a CountSketch ``projection`` of ``projection_dim`` numbers: coordinate *i* is added,
-  with sign s(i), into bucket h(i). ⟨P a, P b⟩ is an unbiased estimate of ⟨a, b⟩;
+  with sign s(i) (the hash's lowest bit), into bucket h(i) (its top bits). ⟨P a, P b⟩ is
+  an unbiased estimate of ⟨a, b⟩;
 - ``sample``: τ at ``sample_size`` coordinates drawn with replacement, for sign-conflict
   estimates on the top-magnitude parameters of both skills.
 
@@ -119,7 +120,7 @@ def sketch_tensor(
     Args:
         name: the model tensor's name; it seeds the projection and the sample positions.
         tau: τ for that tensor (any float dtype; read as float32).
-        projection_dim: buckets of the CountSketch, a power of two.
+        projection_dim: buckets of the CountSketch, a power of two ≥ 2.
         sample_size: sampled coordinates for sign-conflict estimates.
     """
     flat = tau.detach().reshape(-1).to(torch.float32).contiguous().numpy()
@@ -129,7 +130,8 @@ def sketch_tensor(
     positive = int(np.count_nonzero(flat > 0))
     magnitude = np.abs(flat)
     top = max(1, math.ceil(TOP_FRACTION * n))
-    threshold = float(np.partition(magnitude, n - top)[n - top])
+    magnitude.partition(n - top)
+    threshold = float(magnitude[n - top])
     del magnitude
     squares = 0.0
     for start in range(0, n, _CHUNK):
@@ -139,15 +141,13 @@ def sketch_tensor(
     if n <= projection_dim:
         return TensorSketch(n, norm, positive / n, threshold, flat.copy())
     seed = _seed(name)
-    mask = np.uint64(projection_dim - 1)
+    shift = np.uint64(64 - (projection_dim.bit_length() - 1))
     projection = np.zeros(projection_dim, np.float64)
     for start in range(0, n, _CHUNK):
         part = flat[start : start + _CHUNK].astype(np.float64)
         h = _splitmix(seed, start, start + part.size)
-        negative = (h & np.uint64(1)).astype(bool)
-        np.negative(part, out=part, where=negative)
-        buckets = ((h >> np.uint64(32)) & mask).astype(np.intp)
-        projection += np.bincount(buckets, weights=part, minlength=projection_dim)
+        part.view(np.uint64)[...] ^= h << np.uint64(63)  # the sign: flip where h is odd
+        projection += np.bincount((h >> shift).view(np.int64), weights=part, minlength=projection_dim)
     sample = flat[sample_positions(name, n, sample_size)]
     return TensorSketch(n, norm, positive / n, threshold, sample, projection.astype(np.float32))
 
@@ -329,8 +329,8 @@ class SketchBuilder:
     def __init__(
         self, *, projection_dim: int = DEFAULT_PROJECTION_DIM, sample_size: int = DEFAULT_SAMPLE_SIZE
     ) -> None:
-        if projection_dim < 1 or projection_dim & (projection_dim - 1):
-            raise ValueError("projection_dim must be a power of two")
+        if projection_dim < 2 or projection_dim & (projection_dim - 1):
+            raise ValueError("projection_dim must be a power of two, at least 2")
         self.projection_dim, self.sample_size = projection_dim, sample_size
         self._tensors: dict[str, TensorSketch] = {}
 
