@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean merge-to-learn
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python examples/quickstart.py
+
+# Merge to Learn on SmolLM2-135M-Instruct (examples/merge_to_learn/README.md); QUICK=1 for a pipeline check.
+merge-to-learn: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[examples]'
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python examples/merge_to_learn/run.py $(if $(QUICK),--quick,--results examples/merge_to_learn/results)
 
 # The venv's bin/ goes first on PATH so tests that run `tvreg`/`tvreg-server` get these installs.
 test: $(VENV)/.installed

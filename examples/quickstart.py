@@ -19,74 +19,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-import tomli_w
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from registry_session import logged_in_registry, tvreg, write_project  # noqa: E402
 from tiny_models import build_family  # noqa: E402
-
-
-def tvreg(*args: str, input: str | None = None) -> None:
-    shown = " ".join(args)
-    print(f"\n$ tvreg {shown}", flush=True)
-    subprocess.run([sys.executable, "-m", "tvreg.cli", *args], check=True, input=input, text=True)
-
-
-def server_admin(*args: str) -> str:
-    print(f"\n$ tvreg-server admin {' '.join(args)}", flush=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "registry_server.cli", "admin", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    print(done.stderr, end="", flush=True)
-    return done.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_registry(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    print(f"\n$ tvreg-server --data {data} --port {port} &   (log: {log})", flush=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry_server.cli", "--data", str(data), "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"tvreg-server exited with status {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/api/v1/skills", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"tvreg-server did not start within 60 s; see {log}")
-
-
-def write_project(path: Path, **fields: object) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "tvskill.toml").write_text(tomli_w.dumps(fields))
-    print(f"\n# {path / 'tvskill.toml'}\n{(path / 'tvskill.toml').read_text()}", end="", flush=True)
-    return path
 
 
 def main() -> None:
@@ -102,13 +44,7 @@ def main() -> None:
     fam = build_family(demo / "models", dtype=torch.bfloat16, extra_general_tokens=3, sharded_general=True)
     shutil.copytree(fam.general, demo / "mymodel")
 
-    registry_dir = demo / "registry"
-    server, url = start_registry(registry_dir, demo / "registry.log")
-    try:
-        server_admin("create-user", "alice", "--data", str(registry_dir))
-        token = server_admin("create-token", "alice", "--name", "demo", "--data", str(registry_dir))
-        print(f"{token[:8]}… (shown once; the registry stores only its hash)")
-        tvreg("login", "--registry", url, "--token", "-", input=token + "\n")
+    with logged_in_registry(demo / "registry", demo / "registry.log", "alice"):
         tvreg("whoami")
 
         for skill, size in (("science", 61000), ("coding", 22000)):
@@ -129,10 +65,6 @@ def main() -> None:
         tvreg("search", "--into", str(demo / "mymodel"))
         tvreg("install", "alice/science", "alice/coding", "--into", str(demo / "mymodel"))
         tvreg("list", str(demo / "mymodel"))
-    finally:
-        print("\n$ kill %1   # stop the registry", flush=True)
-        server.terminate()
-        server.wait(timeout=30)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
