@@ -59,9 +59,8 @@ def sweep(skill, into, grid, eval_spec, metric, lower_is_better, lock_best, no_d
     hook = load_hook(eval_spec)
     paths, sources = fetch_for_install([skill], into=into, registry=registry, progress=RichProgress())
     if len(paths) != 1:
-        raise click.UsageError(
-            f"`{skill}` needs other skills ({', '.join(sources[1:])}); install those first."
-        )
+        needed = ", ".join(str(getattr(s, "label", s)) for s in sources[1:])
+        raise click.UsageError(f"`{skill}` needs other skills ({needed}); install those first.")
     bar = RichBar(
         TextColumn("{task.description}"),
         BarColumn(),
