@@ -1,20 +1,45 @@
-"""The exact codec is lossless on real task vectors, and decoding is bounded by the declared size."""
+"""Codecs: exact is bit-exact, lossy codecs stay within the error they report, and hostile bytes fail clearly."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tiny_models import read_state_dict
 
-from tvreg.codecs import get_codec
-from tvreg.errors import CorruptArtifact, InvalidManifest
+from tvreg.artifact import Artifact
+from tvreg.build import build_skill
+from tvreg.codecs import CODECS, get_codec, make_codec, planes, relative_error, zstd_frame
+from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg.errors import CorruptArtifact, InvalidCodecOption, InvalidManifest
+
+LOSSY = [
+    ("bf16", {}),
+    ("int8", {}),
+    ("int8", {"group": 32, "scales": "fp32"}),
+    ("sparse", {"density": 0.2}),
+    ("sparse", {"density": 0.05, "values": "int8", "index": "bitmap"}),
+    ("lowrank", {"rank": 4}),
+    ("auto", {"max_rel_error": 0.05, "min_numel": 0}),
+]
 
 
 @pytest.fixture(scope="module")
 def taus(family_bf16):
     pre, ft = read_state_dict(family_bf16.pre), read_state_dict(family_bf16.science)
     return {n: ft[n].float() - pre[n].float() for n in pre}
+
+
+def _round_trip(codec_name, opts, tau):
+    enc = make_codec(codec_name, opts).encode(tau)
+    used = get_codec(enc.codec or codec_name)
+    form = used.decode_form(enc.data, tuple(tau.shape), enc.params, where="t")
+    dense = used.decode(enc.data, tuple(tau.shape), enc.params, where="t")
+    return used, enc, form, dense
 
 
 def test_exact_round_trips_every_tensor_bit_for_bit(taus):
@@ -32,6 +57,120 @@ def test_exact_round_trips_special_values():
     assert torch.equal(back.view(torch.int32), t.view(torch.int32))
 
 
+def test_exact_still_reads_tvreg_0_1_byte_plane_blobs(taus):
+    """Artifacts of tvreg 0.1 stored `{"shuffle": 4}` byte planes; they must keep decoding."""
+    tau = next(iter(taus.values()))
+    legacy = zstd_frame.compress(planes.split(tau.contiguous(), "bytes").numpy().tobytes())
+    back = get_codec("exact").decode(legacy, tuple(tau.shape), {"shuffle": 4}, where="w")
+    assert torch.equal(back, tau)
+
+
+@pytest.mark.parametrize(("codec_name", "opts"), LOSSY, ids=lambda v: str(v))
+def test_lossy_codecs_build_real_skills_within_their_reported_error(family_bf16, tmp_path, codec_name, opts):
+    res = build_skill(
+        family_bf16.pre,
+        finetuned=family_bf16.science,
+        output=tmp_path / "s.tvskill",
+        name="science",
+        version="1.0.0",
+        codec=codec_name,
+        codec_options=opts,
+    )
+    pre, ft = read_state_dict(family_bf16.pre), read_state_dict(family_bf16.science)
+    with Artifact(res.path) as art:
+        m = art.manifest
+        assert m.lossy and m.source["codec"].startswith(codec_name)
+        for name, entry in m.tensors.items():
+            tau = ft[name].float() - pre[name].float()
+            back = art.decode(name)
+            assert entry.rel_error is not None
+            assert relative_error(tau, back) <= entry.rel_error * (1 + 1e-6) + 1e-12, name
+            if codec_name == "auto":
+                assert entry.rel_error <= opts["max_rel_error"]
+            assert torch.equal(art.decode_form(name).to_dense(), back)
+
+
+def test_lossy_codecs_decode_to_their_compact_forms(taus):
+    big = max(taus.values(), key=lambda t: t.numel() if t.dim() == 2 else 0)
+    expected = {"bf16": Dense, "int8": Int8Groups, "sparse": Sparse, "lowrank": LowRank}
+    for name, form_type in expected.items():
+        used, _, form, dense = _round_trip(name, {"rank": 2} if name == "lowrank" else {}, big)
+        assert used.name == name and isinstance(form, form_type)
+        assert torch.equal(form.to_dense(), dense)
+        assert form.nbytes < big.numel() * 4
+    assert _round_trip("bf16", {}, big)[2].values.dtype == torch.bfloat16
+
+
+def test_bf16_is_lossless_on_same_exponent_bf16_updates(family_bf16):
+    """Where θ_ft and θ_pre share sign and exponent, τ is a whole number of bf16 ulps: bf16 keeps it exactly."""
+    pre, ft = read_state_dict(family_bf16.pre), read_state_dict(family_bf16.science)
+    for name in pre:
+        tau = ft[name].float() - pre[name].float()
+        same = (pre[name].view(torch.int16) >> 7) == (ft[name].view(torch.int16) >> 7)  # sign and exponent
+        back = _round_trip("bf16", {}, tau)[3]
+        assert torch.equal(back[same], tau[same]), name
+
+
+def test_int8_error_is_at_most_half_a_step(taus):
+    tau = max(taus.values(), key=lambda t: t.numel())
+    _, enc, form, dense = _round_trip("int8", {"group": 64}, tau)
+    steps = form.scales.repeat_interleave(64)[: tau.numel()].reshape(tau.shape)
+    assert bool(((dense - tau).abs() <= steps / 2 + 1e-12).all())
+
+
+def test_sparse_keeps_exactly_the_largest_entries(taus):
+    tau = max(taus.values(), key=lambda t: t.numel())
+    for index in ("bitmap", "delta"):
+        _, enc, form, dense = _round_trip("sparse", {"density": 0.1, "index": index}, tau)
+        assert enc.params["index"] == index
+        k = enc.params["k"]
+        kept = dense != 0
+        assert int(kept.sum()) <= k and k == -(-tau.numel() // 10)
+        assert float(tau.abs()[~kept].max()) <= float(tau.abs()[kept].min())
+
+
+def test_lowrank_recovers_a_low_rank_update_and_falls_back_elsewhere():
+    torch.manual_seed(0)
+    lora_like = torch.randn(96, 3) @ torch.randn(3, 80) * 1e-3
+    used, enc, form, dense = _round_trip("lowrank", {}, lora_like)
+    assert used.name == "lowrank" and enc.params["rank"] == 3
+    assert relative_error(lora_like, dense) < 0.01
+    noise = torch.randn(64, 64)
+    assert _round_trip("lowrank", {}, noise)[0].name == "bf16"
+    assert _round_trip("lowrank", {"fallback": "int8"}, torch.randn(50))[0].name == "int8"
+
+
+def test_auto_keeps_small_and_1d_tensors_exact_and_respects_the_budget():
+    torch.manual_seed(0)
+    codec = make_codec("auto", {"max_rel_error": "0.02"})
+    assert codec.encode(torch.randn(300)).codec == "exact"
+    lora_like = torch.randn(512, 4) @ torch.randn(4, 256)
+    enc = codec.encode(lora_like)
+    assert enc.codec == "lowrank" and enc.rel_error <= 0.02
+    assert make_codec("auto", {"max_rel_error": 0}).encode(lora_like).codec == "exact"
+
+
+def test_big_tensors_are_chunked_and_decode_in_parallel(monkeypatch):
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)
+    zstd_frame.set_decode_threads(3)
+    try:
+        torch.manual_seed(1)
+        t = (torch.randn(100, 70).to(torch.bfloat16).float() - torch.randn(100, 70).to(torch.bfloat16).float())
+        for name, opts in [("exact", {}), ("bf16", {}), ("int8", {}), ("sparse", {"density": 0.5}), ("lowrank", {"rank": 20})]:
+            used, enc, _, dense = _round_trip(name, opts, t)
+            assert len(enc.params["frames"]) > 1 and sum(enc.params["frames"]) == len(enc.data)
+            if name == "exact":
+                assert torch.equal(dense, t)
+        enc = get_codec("exact").encode(t)
+        bad = dict(enc.params, frames=enc.params["frames"][:-1])
+        with pytest.raises(CorruptArtifact, match="lists 6 frames"):
+            get_codec("exact").decode(enc.data, (100, 70), bad, where="w")
+        with pytest.raises(CorruptArtifact, match="malformed frame table"):
+            get_codec("exact").decode(enc.data, (100, 70), dict(enc.params, chunk_bytes="x"), where="w")
+    finally:
+        zstd_frame.set_decode_threads(2)
+
+
 def test_zstd_bomb_is_refused_without_inflating_it():
     bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 * 1024 * 1024))
     with pytest.raises(CorruptArtifact, match="decompresses to more than 4000 bytes"):
@@ -44,6 +183,27 @@ def test_frame_declaring_a_larger_size_is_refused_before_decoding():
         get_codec("exact").decode(frame, (1000,), {}, where="w")
 
 
+@pytest.mark.parametrize("codec_name", sorted(CODECS))
+def test_every_codec_refuses_a_wrong_declared_size_and_a_corrupt_frame(codec_name):
+    torch.manual_seed(2)
+    t = torch.randn(40, 30)
+    opts = {"rank": 3} if codec_name == "lowrank" else {}
+    enc = make_codec(codec_name, opts).encode(t)
+    codec = get_codec(codec_name)
+    with pytest.raises(CorruptArtifact, match="(decompresses to|declares|impossible|malformed delta)"):
+        if codec_name == "sparse":  # its sizes follow from the kept count, not the shape
+            codec.decode(enc.data, (40, 30), dict(enc.params, k=enc.params["k"] + 1), where="w")
+        else:
+            codec.decode(enc.data, (40, 31), enc.params, where="w")
+    broken = bytearray(enc.data)
+    broken[len(broken) // 2] ^= 0xFF
+    broken[-3] ^= 0x55
+    with pytest.raises(CorruptArtifact):
+        codec.decode(bytes(broken), (40, 30), enc.params, where="w")
+    with pytest.raises(CorruptArtifact):
+        codec.decode(enc.data[: len(enc.data) // 2], (40, 30), enc.params, where="w")
+
+
 def test_short_and_garbage_frames_are_refused():
     codec = get_codec("exact")
     short = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(100))
@@ -53,6 +213,106 @@ def test_short_and_garbage_frames_are_refused():
         codec.decode(b"not a zstd frame at all", (10,), {}, where="w")
 
 
+def test_malformed_codec_parameters_in_a_manifest_are_corruption_not_crashes():
+    enc = make_codec("sparse", {"density": 0.5}).encode(torch.randn(20))
+    for bad in ({"k": -1}, {"k": "7"}, {"values": "fp8"}, {"index": "delta", "index_bytes": 10**12}):
+        with pytest.raises(CorruptArtifact):
+            get_codec("sparse").decode(enc.data, (20,), {**enc.params, **bad}, where="w")
+    with pytest.raises(CorruptArtifact, match="rank 9, impossible"):
+        get_codec("lowrank").decode(b"", (4, 4), {"rank": 9}, where="w")
+    with pytest.raises(CorruptArtifact, match="int8 parameters"):
+        get_codec("int8").decode(b"", (4, 4), {"group": 0, "scales": "fp16"}, where="w")
+
+
+def test_truncated_and_tampered_artifacts_fail_clearly(family_bf16, tmp_path):
+    res = build_skill(
+        family_bf16.pre, finetuned=family_bf16.science, output=tmp_path / "s.tvskill",
+        name="science", version="1.0.0", codec="int8",
+    )  # fmt: skip
+    data = res.path.read_bytes()
+    cut = tmp_path / "cut.tvskill"
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CorruptArtifact):
+        Artifact(cut)
+    flipped = tmp_path / "flip.tvskill"
+    flipped.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    with Artifact(flipped) as art, pytest.raises(CorruptArtifact, match="is corrupt: its data hashes"):
+        for name in art.manifest.tensors:
+            art.decode(name)
+
+
 def test_unknown_codec_names_the_known_ones():
-    with pytest.raises(InvalidManifest, match="unknown codec `magic`; this tvreg knows exact"):
+    with pytest.raises(InvalidManifest, match="unknown codec `magic`; this tvreg knows bf16, exact, int8"):
         get_codec("magic")
+    with pytest.raises(InvalidManifest, match="unknown codec `auto`"):
+        get_codec("auto")
+
+
+def test_codec_parameters_are_validated_with_one_sentence():
+    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, index, values"):
+        make_codec("sparse", {"rank": 3})
+    with pytest.raises(InvalidCodecOption, match="parameter `density` must be > 0, not '0'"):
+        make_codec("sparse", {"density": "0"})
+    with pytest.raises(InvalidCodecOption, match="must be one of fp16, fp32"):
+        make_codec("int8", {"scales": "fp8"})
+    with pytest.raises(InvalidCodecOption, match="unknown codec `zip`"):
+        make_codec("zip")
+    assert make_codec("sparse", {"density": "0.05"}).describe() == "sparse(density=0.05)"
+
+
+def test_manifest_refuses_a_malformed_rel_error(family_bf16, tmp_path):
+    from tvreg.manifest import Manifest
+
+    res = build_skill(
+        family_bf16.pre, finetuned=family_bf16.science, output=tmp_path / "s.tvskill",
+        name="science", version="1.0.0", codec="bf16",
+    )  # fmt: skip
+    data = json.loads(res.manifest.to_json())
+    name = next(iter(data["tensors"]))
+    for bad in (-1, "small", True):
+        data["tensors"][name]["rel_error"] = bad
+        with pytest.raises(InvalidManifest, match="invalid `rel_error`"):
+            Manifest.from_json(json.dumps(data), where="x")
+
+
+# -- properties over odd shapes, empty and 0-d tensors, zero τ and every input dtype -----------------
+
+_shapes = st.one_of(
+    st.just(()),
+    st.lists(st.integers(0, 7), min_size=1, max_size=3).map(tuple),
+    st.tuples(st.integers(1, 40), st.integers(1, 40)),
+)
+
+
+@st.composite
+def _taus(draw):
+    shape = draw(_shapes)
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    seed = draw(st.integers(0, 2**16))
+    scale = draw(st.sampled_from([0.0, 1e-6, 1e-3, 1.0, 300.0]))
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g).to(dtype)
+    tuned = (base.float() + scale * torch.randn(shape, generator=g)).to(dtype)
+    return tuned.float() - base.float()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tau=_taus(), pick=st.integers(0, len(LOSSY)))
+def test_every_codec_round_trips_any_shape_and_dtype(tau, pick):
+    codec_name, opts = ([("exact", {})] + LOSSY)[pick]
+    used, enc, form, dense = _round_trip(codec_name, opts, tau)
+    assert dense.shape == tau.shape and dense.dtype == torch.float32
+    assert form.shape == tuple(tau.shape)
+    err = relative_error(tau, dense)
+    if used.lossless:
+        assert torch.equal(dense, tau)
+    if not bool(tau.any()):
+        assert not bool(dense.any())
+    if used.name == "bf16":
+        assert err <= 2**-8
+    if used.name == "int8":
+        assert err <= 0.5 / 127 * (tau.numel() ** 0.5) + 1e-12
+    if enc.rel_error is not None:
+        assert abs(enc.rel_error - err) <= 1e-9
+    if codec_name == "auto":
+        assert err <= opts["max_rel_error"]

@@ -60,7 +60,15 @@ class ArtifactWriter:
         self._body = os.fdopen(fd, "wb")
 
     def add(
-        self, name: str, data: bytes, *, codec: str, shape: tuple[int, ...], dtype: str, params: dict
+        self,
+        name: str,
+        data: bytes,
+        *,
+        codec: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        params: dict,
+        rel_error: float | None = None,
     ) -> None:
         if name in self._entries:
             raise ValueError(f"tensor `{name}` added twice")
@@ -73,6 +81,7 @@ class ArtifactWriter:
             stored_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
             params=params,
+            rel_error=rel_error,
         )
         self._order.append(name)
 
@@ -148,7 +157,23 @@ class Artifact:
     def stored_bytes(self) -> int:
         return self._file.size
 
-    def _verified(self, name: str) -> bytes:
+    def decode(self, name: str) -> torch.Tensor:
+        """Decode one tensor to float32, verifying its digest first.
+
+        Raises:
+            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
+        """
+        entry, data = self._verified(name)
+        return get_codec(entry.codec).decode(data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
+
+    def decode_form(self, name: str) -> StoredForm:
+        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...)."""
+        entry, data = self._verified(name)
+        return get_codec(entry.codec).decode_form(
+            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
+        )
+
+    def _verified(self, name: str) -> tuple[TensorEntry, bytes]:
         entry = self.manifest.tensors[name]
         data = self._file.read_bytes(name)
         digest = hashlib.sha256(data).hexdigest()
@@ -158,29 +183,7 @@ class Artifact:
                 f"the manifest says sha256:{entry.sha256[:12]}….",
                 hints=["download or rebuild the skill"],
             )
-        return data
-
-    def decode(self, name: str) -> torch.Tensor:
-        """Decode one tensor to float32, verifying its digest first.
-
-        Raises:
-            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
-        """
-        entry = self.manifest.tensors[name]
-        return get_codec(entry.codec).decode(
-            self._verified(name), entry.shape, entry.params, where=f"{name}` in `{self.path}"
-        )
-
-    def decode_form(self, name: str) -> StoredForm:
-        """Decode one tensor to its codec's compact stored form (what the merge engine reads).
-
-        Raises:
-            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
-        """
-        entry = self.manifest.tensors[name]
-        return get_codec(entry.codec).decode_form(
-            self._verified(name), entry.shape, entry.params, where=f"{name}` in `{self.path}"
-        )
+        return entry, data
 
     def close(self) -> None:
         self._file.close()

@@ -12,7 +12,7 @@ import torch
 from . import __version__
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
-from .codecs import get_codec
+from .codecs import get_codec, make_codec, relative_error
 from .errors import TensorMismatch, TvregError
 from .fingerprint import fingerprint
 from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
@@ -30,6 +30,10 @@ class BuildResult:
     raw_bytes: int
     stored_bytes: int
     sketch: Sketch | None = None
+
+    @property
+    def lossy(self) -> bool:
+        return self.manifest.lossy
 
 
 def _check_finite(name: str, tau: torch.Tensor) -> None:
@@ -92,6 +96,7 @@ def build_skill(
     description: str = "",
     license: str | None = None,
     codec: str = "exact",
+    codec_options: dict[str, object] | None = None,
     requires: dict[str, str] | None = None,
     conflicts: dict[str, str] | None = None,
     progress: Progress = NULL_PROGRESS,
@@ -113,7 +118,10 @@ def build_skill(
         finetuned: θ_D, a model directory or cached Hub id.
         adapter: a PEFT LoRA adapter directory trained on ``base``.
         dataset_size: |D|, used for the default merge weight |D|/|G|.
-        codec: the codec for every float tensor (``exact`` is lossless).
+        codec: the codec for every float tensor (``exact`` is lossless; ``auto`` picks
+            per tensor); a lossy codec's error ‖τ̂ − τ‖/‖τ‖ is measured per tensor and
+            recorded in the manifest.
+        codec_options: build parameters of the codec, e.g. ``{"density": 0.1}``.
         requires, conflicts: other skills this one needs or cannot live with, as
             ``{"ns/skill": "npm range"}``; the resolver honours them at install.
 
@@ -124,6 +132,7 @@ def build_skill(
         TensorMismatch: the two models differ in tensor names or shapes, or τ has NaN/Inf.
         CheckpointError: a model cannot be read; UnsafeCheckpoint for pickle weights.
         InvalidName: malformed name or version.
+        InvalidCodecOption: unknown codec or codec parameter.
     """
     validate_name(name)
     validate_version(version)
@@ -145,10 +154,10 @@ def build_skill(
     from .resolve import validate_dependencies
 
     validate_dependencies({**(requires or {}), **(conflicts or {})})
-    coder = get_codec(codec)
+    coder = make_codec(codec, codec_options)
     with Checkpoint.open(reference) as pre:
         base_fp = fingerprint(pre, progress=progress)
-        source: dict = {"codec": codec}
+        source: dict = {"codec": coder.describe()}
         if finetuned is not None:
             ft = Checkpoint.open(finetuned)
             source.update(kind="checkpoints", finetuned=str(finetuned))
@@ -199,19 +208,28 @@ def build_skill(
                         return tname, None, 0
                     _check_finite(tname, tau)
                     sketcher.add(tname, tau)
-                    return tname, coder.encode(tau), tau.numel() * 4
+                    enc = coder.encode(tau)
+                    used = get_codec(enc.codec or coder.name)
+                    err = enc.rel_error
+                    if err is None:
+                        err = 0.0 if used.lossless else relative_error(
+                            tau, used.decode(enc.data, tuple(tau.shape), enc.params, where=tname)
+                        )
+                    return tname, (used.name, enc, err), tau.numel() * 4
 
                 workers = max(1, min(4, os.cpu_count() or 1))
-                for tname, enc, nbytes in ordered_map(work, deltas, workers=workers, in_flight=workers + 1):
-                    if enc is not None:
+                for tname, coded, nbytes in ordered_map(work, deltas, workers=workers, in_flight=workers + 1):
+                    if coded is not None:
+                        used, enc, err = coded
                         info = pre.info(tname)
                         writer.add(
                             tname,
                             enc.data,
-                            codec=coder.name,
+                            codec=used,
                             shape=info.shape,
                             dtype=info.dtype,
                             params=enc.params,
+                            rel_error=err if err != float("inf") else None,
                         )
                         raw += nbytes
                     progress.advance(pre.info(tname).numel * 4)

@@ -14,6 +14,7 @@ The tree::
     ├── IncompatibleBase            skill built for another base model
     ├── TensorMismatch              missing/extra tensors, shape or dtype mismatch
     ├── InvalidName                 a name or version that is unsafe or malformed
+    ├── InvalidCodecOption          an unknown codec or a bad codec parameter at build time
     ├── ModelEnvironmentError         a model environment (mymodel) that is not set up right
     ├── WeightError                 ω cannot be determined
     ├── MergeError                  an unknown merge method, a bad parameter, missing θ_pre weights
@@ -107,6 +108,12 @@ class TensorMismatch(TvregError):
     def __init__(self, message: str, *, tensor: str, hints: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__(message, hints=hints)
         self.tensor = tensor
+
+
+class InvalidCodecOption(TvregError):
+    """A codec name or parameter given to ``tvreg build`` is unknown or out of range."""
+
+    exit_code = 2
 
 
 class InvalidName(TvregError):

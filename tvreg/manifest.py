@@ -59,6 +59,20 @@ class TensorEntry:
     stored_bytes: int
     sha256: str
     params: dict = field(default_factory=dict)
+    rel_error: float | None = None
+    """‖τ̂ − τ‖ / ‖τ‖ measured at build (0 for lossless codecs; None in artifacts of tvreg 0.1)."""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller the stored blob is than the fp32 τ tensor."""
+        return self.numel * 4 / self.stored_bytes if self.stored_bytes else float("inf")
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,19 @@ class Manifest:
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def report(self) -> list:
+        """Per-tensor compression report rows (:class:`tvreg.codecs.report.TensorLine`)."""
+        from .codecs.report import TensorLine
+
+        return [TensorLine(n, t.codec, t.numel, t.stored_bytes, t.rel_error) for n, t in self.tensors.items()]
+
+    @property
+    def lossy(self) -> bool:
+        """Whether any tensor is stored by a lossy codec (τ̂ may differ from τ)."""
+        from .codecs.report import is_lossy
+
+        return is_lossy(self.report())
 
     @classmethod
     def from_json(cls, text: str, *, where: str) -> Manifest:
@@ -164,11 +191,17 @@ class Manifest:
                     stored_bytes=entry["stored_bytes"],
                     sha256=entry["sha256"],
                     params=entry.get("params", {}),
+                    rel_error=entry.get("rel_error"),
                 )
-            except (KeyError, TypeError) as exc:
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise bad(f"tensor `{name}` entry lacks {exc}") from exc
             if not all(type(d) is int and d >= 0 for d in t.shape) or type(t.stored_bytes) is not int:
                 raise bad(f"tensor `{name}` has an invalid shape or size")
+            if not isinstance(t.codec, str) or not isinstance(t.params, dict):
+                raise bad(f"tensor `{name}` has an invalid codec or codec parameters")
+            err = t.rel_error
+            if err is not None and (isinstance(err, bool) or not isinstance(err, (int, float)) or not err >= 0):
+                raise bad(f"tensor `{name}` has an invalid `rel_error`")
             tensors[name] = t
         known = {f for f in cls.__dataclass_fields__}
         fields = {k: v for k, v in data.items() if k in known and k != "tensors"}

@@ -16,7 +16,8 @@ that made it. Two forms::
     [build]                          # ... or build it (into dist/) from one of these
     finetuned = "../models/science"  #     θ_D, a model directory or cached Hub id
     # adapter = "lora/"              #     a PEFT LoRA adapter trained on `base`
-    codec = "exact"
+    codec = "exact"                  #     or bf16, int8, sparse, lowrank, auto
+    codec_params = {}                #     e.g. { density = 0.1 } for sparse
 
 Paths are relative to the project directory. Unknown keys are refused so a typo cannot
 silently publish a default. :func:`prepare_artifact` builds when the artifact in
@@ -60,7 +61,7 @@ _TOP_KEYS = {
     "requires",
     "conflicts",
 }
-_BUILD_KEYS = {"finetuned", "adapter", "codec"}
+_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -81,6 +82,7 @@ class SkillProject:
     finetuned: str | None = None
     adapter: str | None = None
     codec: str = "exact"
+    codec_params: dict[str, object] | None = None
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
 
@@ -149,6 +151,12 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     for key in ("finetuned", "adapter", "codec"):
         if key in build and not isinstance(build[key], str):
             raise _bad(file, f"`build.{key}` must be a string")
+    codec_params = build.get("codec_params")
+    if codec_params is not None and (
+        not isinstance(codec_params, dict)
+        or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in codec_params.values())
+    ):
+        raise _bad(file, "`build.codec_params` must map parameter names to numbers or strings")
     size = data.get("dataset_size")
     if size is not None and (type(size) is not int or size <= 0):
         raise _bad(file, "`dataset_size` must be a positive integer")
@@ -199,6 +207,7 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         finetuned=_resolve_model(root, build["finetuned"]) if build.get("finetuned") else None,
         adapter=_resolve_model(root, build["adapter"]) if build.get("adapter") else None,
         codec=build.get("codec", "exact"),
+        codec_params=dict(codec_params) if codec_params else None,
         requires=deps["requires"],
         conflicts=deps["conflicts"],
     )
@@ -318,6 +327,7 @@ def prepare_artifact(
                 description=project.description or "",
                 license=project.license,
                 codec=project.codec,
+                codec_options=project.codec_params,
                 requires=project.requires,
                 conflicts=project.conflicts,
                 progress=progress,

@@ -31,7 +31,26 @@ from .app import RichProgress, human_size, main, out, split_requirement
 @click.option("--description", default="", help="One line about what the skill does.")
 @click.option("--license", "license_", help="License of the skill (SPDX id).")
 @click.option(
-    "--codec", default="exact", show_default=True, help="How tensors are stored (exact is lossless)."
+    "--codec",
+    default="exact",
+    show_default=True,
+    metavar="NAME",
+    help="How tensors are stored: exact (lossless), bf16, int8, sparse, lowrank, or auto (per tensor).",
+)
+@click.option(
+    "-P",
+    "--codec-param",
+    "codec_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A codec parameter (repeatable), e.g. `-P group=64` for int8, `-P values=int8` for sparse.",
+)
+@click.option("--density", type=float, help="sparse: fraction of entries kept (same as `-P density=...`).")
+@click.option("--rank", type=int, help="lowrank: rank of the factors (same as `-P rank=...`).")
+@click.option(
+    "--max-rel-error",
+    type=float,
+    help="auto: largest ‖τ̂−τ‖/‖τ‖ allowed per tensor (same as `-P max_rel_error=...`).",
 )
 @click.option(
     "--requires",
@@ -62,13 +81,27 @@ def build(
     description,
     license_,
     codec,
+    codec_params,
+    density,
+    rank,
+    max_rel_error,
     requires,
     conflicts,
     output,
 ):
-    """Build a skill artifact from a fine-tuned model or a LoRA adapter."""
+    """Build a skill artifact from a fine-tuned model or a LoRA adapter.
+
+    Lossy codecs measure each tensor's relative error ‖τ̂−τ‖/‖τ‖, record it in the
+    manifest and print the worst tensors.
+    """
     from ..build import build_skill
+    from ..codecs.base import options_from_strings
     from ..fingerprint import short
+
+    options = options_from_strings(list(codec_params))
+    for key, value in (("density", density), ("rank", rank), ("max_rel_error", max_rel_error)):
+        if value is not None:
+            options[key] = value
 
     res = build_skill(
         base,
@@ -83,6 +116,7 @@ def build(
         description=description,
         license=license_,
         codec=codec,
+        codec_options=options,
         requires=dict(split_requirement(r) for r in requires),
         conflicts=dict(split_requirement(r) for r in conflicts),
         progress=RichProgress(),
@@ -93,6 +127,25 @@ def build(
         f"Built [bold]{m.label}[/] for base {short(m.base_fingerprint)}: {len(m.tensors)} tensors, "
         f"{res.stored_bytes / 2**20:.1f} MiB ({ratio:.2f}x smaller than fp32 τ) → {res.path}"
     )
+    _print_report(m.report(), limit=5 if m.lossy else 0)
+
+
+def _print_report(rows: list, *, limit: int) -> None:
+    """The compression summary line and up to ``limit`` tensors, worst relative error first."""
+    from ..codecs.report import format_error, summary, worst_first
+
+    out.print(f"  {'storage':<12} {summary(rows)}")
+    if limit <= 0 or not rows:
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (("tensor", "left"), ("codec", "left"), ("ratio", "right"), ("rel error", "right")):
+        table.add_column(col, justify=justify)
+    ranked = worst_first(rows)
+    for r in ranked[:limit]:
+        table.add_row(r.name, r.codec, f"{r.ratio:.1f}x", format_error(r.rel_error))
+    out.print(table)
+    if len(ranked) > limit:
+        out.print(f"  … {len(ranked) - limit} more tensors (`tvreg info --tensors all` lists them)")
 
 
 @main.command()
@@ -111,14 +164,28 @@ def fingerprint(path, short_):
 @click.argument("target", metavar="NAME_OR_PATH")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--registry", metavar="URL", help="Registry to ask (default: the logged-in one).")
-def info(target, fmt, registry):
+@click.option(
+    "--tensors",
+    "tensors",
+    default="10",
+    show_default=True,
+    metavar="N|all",
+    help="How many tensors of the compression report to list, worst relative error first.",
+)
+def info(target, fmt, registry, tensors):
     """Show a skill: a local .tvskill's manifest (header only), or `ns/skill[@version]` from the registry."""
     from ..refs import looks_like_ref
 
-    if os.path.isfile(target) or not looks_like_ref(target):
-        _local_info(target, fmt)
+    if tensors == "all":
+        limit = 1 << 62
+    elif tensors.isdigit():
+        limit = int(tensors)
     else:
-        _remote_info(target, fmt, registry)
+        raise click.BadParameter("give a number of tensors or `all`.", param_hint="--tensors")
+    if os.path.isfile(target) or not looks_like_ref(target):
+        _local_info(target, fmt, limit)
+    else:
+        _remote_info(target, fmt, registry, limit)
 
 
 def _print_profile(sketch) -> None:
@@ -136,7 +203,7 @@ def _profile_json(sketch) -> dict:
     return {"norm": sketch.norm, "norm_profile": sketch.layer_norms()}
 
 
-def _local_info(path: str, fmt: str) -> None:
+def _local_info(path: str, fmt: str, limit: int) -> None:
     from ..artifact import Artifact
     from ..sketch import sketch_for
 
@@ -156,14 +223,14 @@ def _local_info(path: str, fmt: str) -> None:
             ("dataset", f"{m.dataset_size} {m.dataset_unit}" if m.dataset_size else "unknown"),
             ("license", m.license or "-"),
             ("tensors", f"{len(m.tensors)} ({stored / 2**20:.1f} MiB stored)"),
-            ("codecs", ", ".join(sorted({t.codec for t in m.tensors.values()}))),
             ("built by", m.created_by),
         ):
             out.print(f"  {key:<12} {value}")
+        _print_report(m.report(), limit=limit)
         _print_profile(sketch)
 
 
-def _remote_info(target: str, fmt: str, registry: str | None) -> None:
+def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> None:
     from ..client import client_for
     from ..fingerprint import short
     from ..refs import parse_ref
@@ -194,6 +261,11 @@ def _remote_info(target: str, fmt: str, registry: str | None) -> None:
             ("yanked", yanked),
         ):
             out.print(f"  {key:<12} {value}")
+        tensors = (data.get("manifest") or {}).get("tensors")
+        if isinstance(tensors, dict):
+            from ..codecs.report import lines_from_json
+
+            _print_report(lines_from_json(tensors), limit=limit)
         if sketch is not None:
             _print_profile(sketch)
         else:
@@ -204,7 +276,7 @@ def _remote_info(target: str, fmt: str, registry: str | None) -> None:
     out.print(f"  {'description':<12} {data.get('description') or '-'}")
     out.print(f"  {'tags':<12} {tags}")
     table = Table(box=None, header_style="bold")
-    for col in ("version", "base", "size", "published", "by", "yanked"):
+    for col in ("version", "base", "size", "storage", "published", "by", "yanked"):
         table.add_column(col)
     for v in data.get("versions", []):
         yanked = (v.get("yanked_reason") or "yes") if v.get("yanked") else ""
@@ -212,8 +284,19 @@ def _remote_info(target: str, fmt: str, registry: str | None) -> None:
             v["version"],
             short(v.get("base_fingerprint", "")),
             human_size(v.get("size")),
+            _storage_word(v.get("manifest")),
             str(v.get("published_at", ""))[:19],
             str(v.get("publisher", "")),
             yanked,
         )
     out.print(table)
+
+
+def _storage_word(manifest: object) -> str:
+    """``lossy`` or ``lossless`` for a version listing, from its manifest when the registry sent one."""
+    from ..codecs.report import is_lossy, lines_from_json
+
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if not isinstance(tensors, dict):
+        return "?"
+    return "lossy" if is_lossy(lines_from_json(tensors)) else "lossless"

@@ -1,18 +1,73 @@
-"""Bounded zstandard decompression: the declared size is a hard cap (no zstd bomb)."""
+"""Bounded, chunked zstandard: the declared size is a hard cap (no zstd bomb), big streams decode in parallel.
+
+Every codec turns a tensor into one *raw stream* of bytes whose length follows from the
+tensor's shape and the codec's parameters, so the decoder always knows how many bytes
+to expect before reading any. The stream is cut into chunks of ``chunk_bytes`` and each
+chunk is its own zstd frame; the compressed length of every frame is listed in the
+manifest (``frames``) when there is more than one. Frames then decompress independently,
+in threads (zstandard releases the GIL), each straight into its slice of one
+preallocated output buffer.
+"""
 
 from __future__ import annotations
 
 import io
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
 import zstandard
 
 from ..errors import CorruptArtifact
 
 _LEVEL = 1
+CHUNK_BYTES = 4 << 20
+"""Raw bytes per zstd frame: big enough that zstd's ratio does not suffer, small enough to spread over cores."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_threads = max(1, min(8, os.cpu_count() or 1))
+
+
+def set_decode_threads(n: int) -> None:
+    """Use ``n`` threads to decode the frames of one tensor (1 decodes inline)."""
+    global _threads, _pool
+    with _pool_lock:
+        _threads = max(1, int(n))
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="tvreg-zstd")
+        return _pool
 
 
 def compress(data: bytes | memoryview) -> bytes:
-    return zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True).compress(data)
+    """One zstd frame that records its content size."""
+    return zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True).compress(data)
+
+
+def compress_stream(raw: bytes | memoryview) -> tuple[bytes, dict]:
+    """Compress ``raw`` as consecutive frames of :data:`CHUNK_BYTES` input each.
+
+    Returns the blob and the manifest parameters describing its frames (none for a
+    single frame: the blob is that frame).
+    """
+    view = memoryview(raw).cast("B")
+    if len(view) == 0:
+        return b"", {}
+    chunk = CHUNK_BYTES
+    cctx = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
+    frames = [cctx.compress(view[i : i + chunk]) for i in range(0, len(view), chunk)]
+    params = {"chunk_bytes": chunk, "frames": [len(f) for f in frames]} if len(frames) > 1 else {}
+    return b"".join(frames), params
 
 
 def check_declared_size(data: bytes | memoryview, expected: int, *, where: str) -> None:
@@ -57,3 +112,89 @@ def decompress_into(data: bytes | memoryview, out: memoryview, *, where: str) ->
             f"tensor `{where}` decompresses to {'more than ' if extra else ''}{done} bytes, "
             f"but the manifest declares {expected}."
         )
+
+
+def _spans(
+    data_len: int, out_len: int, params: dict, where: str
+) -> list[tuple[int, int, int, int]]:
+    """(src_lo, src_hi, dst_lo, dst_hi) of every frame, checked against the blob and output sizes."""
+    frames = params.get("frames")
+    if frames is None:
+        return [(0, data_len, 0, out_len)] if data_len or out_len else []
+    chunk = params.get("chunk_bytes")
+    if (
+        type(chunk) is not int
+        or chunk <= 0
+        or not isinstance(frames, Sequence)
+        or not all(type(f) is int and f > 0 for f in frames)
+    ):
+        raise CorruptArtifact(f"tensor `{where}` has a malformed frame table in its manifest.")
+    if len(frames) != -(-out_len // chunk) or sum(frames) != data_len:
+        raise CorruptArtifact(
+            f"tensor `{where}` lists {len(frames)} frames of {sum(frames)} bytes, but holds {data_len} bytes "
+            f"that decode to {out_len}."
+        )
+    spans, src = [], 0
+    for i, size in enumerate(frames):
+        spans.append((src, src + size, i * chunk, min(out_len, (i + 1) * chunk)))
+        src += size
+    return spans
+
+
+def plan(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) -> list[tuple[int, int, int, int]]:
+    """Check a stream's frame table and every frame's declared size against ``raw_len``, allocating nothing.
+
+    Returns the (src_lo, src_hi, dst_lo, dst_hi) span of every frame. Codecs call it
+    before allocating their output, so a manifest declaring a huge tensor over a tiny
+    blob costs no memory.
+    """
+    src = memoryview(data).cast("B")
+    spans = _spans(len(src), raw_len, params, where)
+    for s_lo, s_hi, d_lo, d_hi in spans:
+        check_declared_size(src[s_lo:s_hi], d_hi - d_lo, where=where)
+    return spans
+
+
+def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
+    """A fresh buffer for a decoded tensor; a size the machine cannot hold is the artifact's fault."""
+    try:
+        return torch.empty(numel, dtype=dtype)
+    except (RuntimeError, MemoryError) as exc:
+        raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
+
+
+def decompress_spans_into(
+    data: bytes | memoryview,
+    out: memoryview,
+    spans: list[tuple[int, int, int, int]],
+    *,
+    where: str,
+    finish: Callable[[int, int], None] | None = None,
+) -> None:
+    """Decompress the frames of :func:`plan` into ``out``, in parallel threads when there are several.
+
+    ``finish(lo, hi)`` runs in the same worker right after bytes ``lo:hi`` are in place,
+    so a codec can undo its transform chunk by chunk while the data is hot in cache.
+    """
+    src = memoryview(data).cast("B")
+
+    def one(span: tuple[int, int, int, int]) -> None:
+        s_lo, s_hi, d_lo, d_hi = span
+        decompress_into(src[s_lo:s_hi], out[d_lo:d_hi], where=where)
+        if finish is not None:
+            finish(d_lo, d_hi)
+
+    if len(spans) <= 1 or _threads == 1:
+        for span in spans:
+            one(span)
+        return
+    for fut in [_executor().submit(one, span) for span in spans]:
+        fut.result()
+
+
+def decompress_stream(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) -> torch.Tensor:
+    """The ``raw_len`` bytes of a stream written by :func:`compress_stream`, as a fresh uint8 tensor."""
+    spans = plan(data, raw_len, params, where=where)
+    buf = empty(raw_len, torch.uint8, where=where)
+    decompress_spans_into(data, memoryview(buf.numpy()).cast("B"), spans, where=where)
+    return buf

@@ -1,0 +1,114 @@
+"""``sparse``: keep the largest ``density`` fraction of τ by magnitude (the TIES trim), drop the rest.
+
+Raw stream, then chunked zstd: the kept values (bf16 in exponent/mantissa planes, or
+int8 with one fp32 scale for the tensor), then the positions, either as a bitmap of
+``numel`` bits (dense-ish keeps) or as LEB128 varints of the gaps between ascending
+indices (sparse keeps) — whichever is smaller for this tensor when ``index=auto``.
+Entries not kept decode to exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import CorruptArtifact
+from . import planes, varint, zstd_frame
+from .base import Codec, Encoded, Option, numel_of, param, raw_view
+from .forms import Sparse
+
+_VALUE_BYTES = {"bf16": 2, "int8": 1}
+
+
+def keep_count(n: int, density: float) -> int:
+    """How many entries a density keeps: at least one of a non-empty tensor."""
+    return min(n, max(1, math.ceil(density * n))) if n else 0
+
+
+def _index_bytes(indices: np.ndarray, n: int, how: str) -> tuple[str, np.ndarray]:
+    bitmap = None
+    if how in ("auto", "bitmap"):
+        bits = np.zeros(n, dtype=np.uint8)
+        bits[indices] = 1
+        bitmap = np.packbits(bits, bitorder="little")
+        if how == "bitmap":
+            return "bitmap", bitmap
+    gaps = np.diff(indices, prepend=-1) - 1
+    delta = varint.encode(gaps)
+    if how == "delta" or bitmap is None or len(delta) < len(bitmap):
+        return "delta", delta
+    return "bitmap", bitmap
+
+
+class SparseCodec(Codec):
+    name = "sparse"
+    lossless = False
+    options = {
+        "density": Option("fraction of entries kept, by magnitude", 0.1, low=0.0, high=1.0, low_open=True),
+        "values": Option("precision of the kept values", "bf16", choices=("bf16", "int8")),
+        "index": Option("how positions are stored", "auto", choices=("auto", "bitmap", "delta")),
+    }
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        flat = tensor.detach().to(torch.float32).contiguous().reshape(-1)
+        n = flat.numel()
+        k = min(keep_count(n, float(self.opts["density"])), int(torch.count_nonzero(flat)))
+        idx = torch.topk(flat.abs(), k, sorted=False).indices if k else torch.zeros(0, dtype=torch.int64)
+        idx = torch.sort(idx).values
+        values = flat[idx]
+        params: dict = {"k": k, "values": self.opts["values"]}
+        if self.opts["values"] == "int8":
+            top = float(values.abs().max()) if k else 0.0
+            scale = float(torch.tensor(top / 127.0 if top > 0 else 1.0, dtype=torch.float32))
+            q = values.div(torch.tensor(scale, dtype=torch.float32)).round_().clamp_(-127, 127).to(torch.int8)
+            value_raw = q.view(torch.uint8)
+            params["scale"] = scale
+        else:
+            value_raw = planes.split(values.to(torch.bfloat16).contiguous(), "exp").reshape(-1)
+        how, index_raw = _index_bytes(idx.numpy(), n, str(self.opts["index"]))
+        params["index"] = how
+        if how == "delta":
+            params["index_bytes"] = int(len(index_raw))
+        raw = torch.cat([value_raw, torch.from_numpy(index_raw)])
+        data, stream = zstd_frame.compress_stream(raw_view(raw))
+        return Encoded(data, {**params, **stream})
+
+    def decode_form(self, data, shape, params, *, where):
+        n = numel_of(shape)
+        k = param(params, "k", int, where)
+        kind = param(params, "values", str, where)
+        how = param(params, "index", str, where)
+        if not 0 <= k <= n or kind not in _VALUE_BYTES or how not in ("bitmap", "delta"):
+            raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
+        index_len = (n + 7) // 8 if how == "bitmap" else param(params, "index_bytes", int, where)
+        if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
+            raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
+        value_len = k * _VALUE_BYTES[kind]
+        buf = zstd_frame.decompress_stream(data, value_len + index_len, params, where=where)
+        index_raw = buf[value_len:].numpy()
+        if how == "bitmap":
+            bits = np.unpackbits(index_raw, bitorder="little")
+            if bits[n:].any():
+                raise CorruptArtifact(f"tensor `{where}` has index bits past its end.")
+            indices = np.flatnonzero(bits[:n])
+            if len(indices) != k:
+                raise CorruptArtifact(f"tensor `{where}` marks {len(indices)} entries but declares {k}.")
+        else:
+            gaps = varint.decode(index_raw, k)
+            if gaps is None or (gaps >= n).any():
+                raise CorruptArtifact(f"tensor `{where}` has a malformed delta index.")
+            indices = np.cumsum(gaps + 1) - 1
+            if k and indices[-1] >= n:
+                raise CorruptArtifact(f"tensor `{where}` has indices past its end.")
+        index_dtype = torch.int32 if n <= 2**31 - 1 else torch.int64
+        index_t = torch.from_numpy(indices).to(index_dtype)
+        if kind == "int8":
+            scale = param(params, "scale", (int, float), where)
+            if not math.isfinite(scale):
+                raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
+            return Sparse(shape=tuple(shape), indices=index_t, values=buf[:value_len].view(torch.int8), scale=float(scale))
+        values = torch.empty(k, dtype=torch.bfloat16)
+        planes.merge(buf[:value_len].view(2, k), "exp", values)
+        return Sparse(shape=tuple(shape), indices=index_t, values=values)
