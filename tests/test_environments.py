@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
-from helpers import copy_model, reference_install
+from click.testing import CliRunner
+from helpers import copy_model, reference_install, subprocess_env, tree_digest
+from huggingface_hub import ModelCard
 from tiny_models import read_state_dict
 
 from tvreg.build import build_skill
-from tvreg.errors import MergeError, ModelEnvironmentError
+from tvreg.checkpoint import Checkpoint
+from tvreg.cli import main
+from tvreg.cli.app import human_size
+from tvreg.environment import init_environment
+from tvreg.errors import LockMismatch, LockOutdated, MergeError, ModelEnvironmentError
 from tvreg.fingerprint import fingerprint
-from tvreg.install import install
+from tvreg.install import install, uninstall
 from tvreg.lockfile import LOCK_NAME, LOCK_VERSION, read_lock
+from tvreg.store import artifact_path
+from tvreg.sync import sync
+from tvreg.verify import verify
 
 
 def _skill(fam, tmp_path, which, *, version="1.0.0", size=3000, name=None):
@@ -85,3 +100,211 @@ def test_unknown_method_and_dtype_are_refused_before_writing(family, tmp_path):
     with pytest.raises(ModelEnvironmentError, match="unsupported output dtype `int8`"):
         install([sci], into=model, output_dtype="int8")
     assert read_lock(model).skills == ()
+
+
+def _weights(model):
+    return {p.name: p.read_bytes() for p in sorted(model.glob("*.safetensors"))}
+
+
+@pytest.fixture
+def two_skills(family, tmp_path):
+    return _skill(family, tmp_path, "science", size=3000), _skill(family, tmp_path, "coding", size=1500)
+
+
+def test_uninstall_gives_the_bytes_of_installing_only_the_rest(family, tmp_path, two_skills):
+    sci, cod = two_skills
+    both = copy_model(family.general, tmp_path / "both")
+    install([sci, cod], into=both, base=family.pre, general_size=10000)
+    uninstall(["science"], into=both)
+    only = copy_model(family.general, tmp_path / "only")
+    install([cod], into=only, base=family.pre, general_size=10000)
+    assert _weights(both) == _weights(only)
+    assert [s.name for s in read_lock(both).skills] == ["coding"]
+    assert read_lock(both).output_fingerprint == read_lock(only).output_fingerprint
+    uninstall(["coding"], into=both)
+    assert _weights(both) == _weights(family.general)
+    with pytest.raises(
+        ModelEnvironmentError, match=r"skill `coding` is not installed in .* \(installed: none\)"
+    ):
+        uninstall(["coding"], into=both)
+
+
+def test_sync_on_a_fresh_copy_reproduces_the_weights_bit_for_bit(family, tmp_path, two_skills, monkeypatch):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("tvreg.lock", "config.json"):
+        shutil.copy(model / name, copy / name)
+    for p in family.general.iterdir():  # G's pristine files, as a fresh checkout of G would have them
+        if not (copy / p.name).exists():
+            shutil.copy(p, copy / p.name)
+    sync(copy, locked=True)
+    assert _weights(copy) == _weights(model)
+    assert verify(copy).ok
+
+
+def test_sync_locked_refuses_a_stale_lock_and_sync_refreshes_it(family, tmp_path, two_skills):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    before = _weights(model)
+    init_environment(model, general_size=20000)  # |G| changed: default weights are stale
+    with pytest.raises(LockOutdated, match=r"default weight of `science` is now \|D\|/\|G\| = 3000/20000"):
+        sync(model, locked=True)
+    assert _weights(model) == before
+    sync(model)
+    assert [s.weight for s in read_lock(model).skills] == [0.15, 0.075]
+    sync(model, locked=True)
+
+
+def test_verify_names_the_tensor_with_a_flipped_byte(family, tmp_path, two_skills):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    assert verify(model).ok
+    with Checkpoint.open(model) as ckpt:
+        name = ckpt.names()[3]
+        info = ckpt.info(name)
+        file = ckpt.file_of(name).path
+    stat = file.stat()
+    with open(file, "r+b") as f:
+        f.seek(info.start + 5)
+        byte = f.read(1)
+        f.seek(info.start + 5)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the hash cache must not be trusted
+    result = verify(model)
+    assert not result.ok
+    assert [(d.tensor, d.problem) for d in result.diffs] == [(name, "changed")]
+
+
+def test_a_lock_digest_that_does_not_match_the_artifact_is_refused(family, tmp_path, two_skills):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    stored = artifact_path(read_lock(model).skills[0].digest)
+    with open(stored, "r+b") as f:
+        f.seek(-10, os.SEEK_END)
+        f.write(b"\0" * 10)
+    before = _weights(model)
+    with pytest.raises(LockMismatch, match="refusing to use it"):
+        sync(model)
+    assert _weights(model) == before
+
+
+def test_model_card_lists_g_and_the_skills_and_keeps_the_users_text(family, tmp_path, two_skills):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    (model / "README.md").write_text(
+        "---\nlicense: apache-2.0\ntags:\n- mine\n---\n\n# My model\n\nMy notes.\n"
+    )
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    card = ModelCard.load(model / "README.md")
+    assert card.data.base_model == ["mymodel", "science", "coding"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.tags == ["mine", "tvreg", "task-vector"] and card.data.license == "apache-2.0"
+    assert "| science | 1.0.0 | 0.3 |" in card.text and "| coding | 1.0.0 | 0.15 |" in card.text
+    assert card.text.rstrip().endswith("My notes.")
+    uninstall(["science"], into=model)
+    card = ModelCard.load(model / "README.md")
+    assert card.data.base_model == ["mymodel", "coding"]
+    assert "| science |" not in card.text and card.text.count("My notes.") == 1
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def installed(family, tmp_path, two_skills):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(list(two_skills), into=model, base=family.pre, general_size=10000)
+    return model
+
+
+def test_list_into_prints_a_freeze_like_listing(installed):
+    lock = read_lock(installed)
+    res = cli("list", "--into", installed, "--format", "freeze")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        f"{s.name}=={s.version}  # ω={s.weight:.6g} {s.digest}" for s in lock.skills
+    ]
+    assert cli("list", installed).exit_code == 0
+    res = cli("list", installed, "--into", installed)
+    assert res.exit_code == 2 and "either as MODEL_DIR or with --into" in res.stderr
+
+
+def test_dry_run_tables_show_the_set_and_its_cost_and_change_nothing(installed, family, tmp_path):
+    before = tree_digest(installed)
+    res = cli("uninstall", "science", "--into", installed, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^ -\s+science\s+1\.0\.0\s+-\s", res.stdout, re.M), res.stdout
+    assert re.search(r"^\s+coding\s+1\.0\.0\s+0\.15\s+\|D\|/\|G\| = 1500/10000", res.stdout, re.M), res.stdout
+    assert "Would download nothing (nothing cached already); estimated peak memory" in res.stdout
+    _, output = re.search(r"peak memory ([\d.]+ \w+); output ([\d.]+ \w+)", res.stdout).groups()
+    weights = sum(p.stat().st_size for p in installed.glob("*.safetensors"))
+    assert output == human_size(weights)
+    third = _skill(family, tmp_path, "science", version="1.1.0", size=6000)
+    res = cli("install", third, "--into", installed, "--dry-run", "--weight", "coding=0.5")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"~\s+science\s+1\.0\.0 → 1\.1\.0\s+0\.6\s+\|D\|/\|G\| = 6000/10000", res.stdout), (
+        res.stdout
+    )
+    assert re.search(r"coding\s+1\.0\.0\s+0\.5\s+user", res.stdout), res.stdout
+    assert tree_digest(installed) == before
+    res = cli("uninstall", "nope", "--into", installed, "--dry-run")
+    assert res.exit_code == 1 and "skill `nope` is not installed" in res.stderr
+
+
+def test_verify_cli_exits_1_and_names_the_tensor(installed):
+    assert cli("verify", installed).exit_code == 0
+    with Checkpoint.open(installed) as ckpt:
+        name = ckpt.names()[0]
+        info, file = ckpt.info(name), ckpt.file_of(name).path
+    with open(file, "r+b") as f:
+        f.seek(info.start)
+        b = f.read(1)
+        f.seek(info.start)
+        f.write(bytes([b[0] ^ 0x80]))
+    res = cli("verify", installed)
+    assert res.exit_code == 1
+    assert f"error: 1 tensor(s) of `{installed}` differ from tvreg.lock: `{name}` (changed)." in res.stderr
+    assert cli("sync", "--into", installed).exit_code == 0
+    assert cli("verify", installed).exit_code == 0
+
+
+@pytest.mark.parametrize("point", ["install:write", "install:before-swap"])
+def test_a_kill_mid_uninstall_leaves_the_old_weights_and_lock(installed, point):
+    before = tree_digest(installed)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tvreg.cli", "uninstall", "science", "--into", str(installed)],
+        env={**subprocess_env(), "TVREG_FAULT": point},
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert tree_digest(installed) == before
+    uninstall(["science"], into=installed)  # the retry cleans up and succeeds
+    assert [s.name for s in read_lock(installed).skills] == ["coding"]
+
+
+def test_lock_then_sync_materialises_and_offline_names_what_is_missing(installed, family, tmp_path):
+    newer = _skill(family, tmp_path, "science", version="1.1.0", size=6000)
+    before = _weights(installed)
+    res = cli("lock", newer, "--into", installed)
+    assert res.exit_code == 0, res.output
+    assert "run `tvreg sync --into" in res.stdout
+    assert _weights(installed) == before and read_lock(installed).output_fingerprint is None
+    res = cli("verify", installed)
+    assert res.exit_code == 1 and "locked but never synced" in res.stderr
+    assert cli("sync", "--into", installed, "--offline").exit_code == 0
+    fresh = copy_model(family.general, tmp_path / "fresh")
+    install([newer, tmp_path / "coding-1.0.0.tvskill"], into=fresh, base=family.pre, general_size=10000)
+    assert _weights(installed) == _weights(fresh)
+    digest = read_lock(installed).skill("science").digest
+    artifact_path(digest).unlink()
+    newer.unlink()
+    res = cli("sync", "--into", installed, "--offline")
+    assert res.exit_code == 1
+    assert (
+        "error: `--offline`: 1 locked artifact(s) are not in the local store or cache: science@1.1.0"
+        in res.stderr
+    )
+    assert digest in res.stderr

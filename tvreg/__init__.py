@@ -28,6 +28,8 @@ from .errors import (  # noqa: E402
     InvalidManifest,
     InvalidName,
     LockHeld,
+    LockMismatch,
+    LockOutdated,
     ModelEnvironmentError,
     NotFound,
     ProjectError,
@@ -40,11 +42,12 @@ from .errors import (  # noqa: E402
     TvregError,
     UnsafeCheckpoint,
     WeightError,
+    WeightsMismatch,
 )
 from .evaluate import EvalHook, load_hook  # noqa: E402
 from .fetch import FetchedSkill, fetch_skill  # noqa: E402
 from .fingerprint import fingerprint  # noqa: E402
-from .install import InstallResult, install  # noqa: E402
+from .install import InstallResult, install, uninstall  # noqa: E402
 from .interference import InterferenceReport, PairReport  # noqa: E402
 from .lockfile import Lock, LockedSkill, read_lock  # noqa: E402
 from .manifest import Manifest  # noqa: E402
@@ -54,6 +57,8 @@ from .publish import PublishResult, publish  # noqa: E402
 from .refs import SkillRef, parse_ref  # noqa: E402
 from .sketch import Sketch  # noqa: E402
 from .sweep import SweepPoint, SweepResult, sweep  # noqa: E402
+from .sync import sync, upgrade  # noqa: E402
+from .verify import VerifyResult, verify  # noqa: E402
 
 __all__ = [
     "Artifact",
@@ -80,6 +85,8 @@ __all__ = [
     "InvalidName",
     "Lock",
     "LockHeld",
+    "LockMismatch",
+    "LockOutdated",
     "LockedSkill",
     "Manifest",
     "ModelEnvironmentError",
@@ -102,7 +109,9 @@ __all__ = [
     "TensorMismatch",
     "TvregError",
     "UnsafeCheckpoint",
+    "VerifyResult",
     "WeightError",
+    "WeightsMismatch",
     "__version__",
     "build_skill",
     "check",
@@ -116,4 +125,8 @@ __all__ = [
     "publish",
     "read_lock",
     "sweep",
+    "sync",
+    "uninstall",
+    "upgrade",
+    "verify",
 ]

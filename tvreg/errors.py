@@ -16,6 +16,9 @@ The tree::
     ├── InvalidName                 a name or version that is unsafe or malformed
     ├── InvalidCodecOption          an unknown codec or a bad codec parameter at build time
     ├── ModelEnvironmentError         a model environment (mymodel) that is not set up right
+    │   ├── LockMismatch            an artifact's bytes are not the digest ``tvreg.lock`` pins
+    │   ├── LockOutdated            ``--locked`` and ``tvreg.lock`` would change
+    │   └── WeightsMismatch         installed weights differ from what ``tvreg.lock`` records
     ├── WeightError                 ω cannot be determined
     ├── MergeError                  an unknown merge method, a bad parameter, missing θ_pre weights
     ├── ResolutionImpossible        no set of skill versions satisfies every requirement
@@ -124,6 +127,33 @@ class InvalidName(TvregError):
 
 class ModelEnvironmentError(TvregError):
     """A model environment is missing its tvreg setup or is inconsistent."""
+
+
+class LockMismatch(ModelEnvironmentError):
+    """An artifact's bytes hash to another digest than ``tvreg.lock`` pins; it is refused, never used."""
+
+    def __init__(
+        self, message: str, *, expected: str, found: str, hints: list[str] | tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.expected = expected
+        self.found = found
+
+
+class LockOutdated(ModelEnvironmentError):
+    """``--locked`` was given but ``tvreg.lock`` is out of date; ``reasons`` says why."""
+
+    def __init__(self, message: str, *, reasons: list[str] | tuple[str, ...] = (), hints=()) -> None:
+        super().__init__(message, hints=hints)
+        self.reasons = list(reasons)
+
+
+class WeightsMismatch(ModelEnvironmentError):
+    """The weights in a model directory are not the ones ``tvreg.lock`` records; ``tensors`` names them."""
+
+    def __init__(self, message: str, *, tensors: list[str] | tuple[str, ...] = (), hints=()) -> None:
+        super().__init__(message, hints=hints)
+        self.tensors = list(tensors)
 
 
 class WeightError(TvregError):
@@ -255,6 +285,8 @@ __all__ = [
     "InvalidManifest",
     "InvalidName",
     "LockHeld",
+    "LockMismatch",
+    "LockOutdated",
     "ModelEnvironmentError",
     "NotFound",
     "ProjectError",
@@ -268,4 +300,5 @@ __all__ = [
     "TvregError",
     "UnsafeCheckpoint",
     "WeightError",
+    "WeightsMismatch",
 ]

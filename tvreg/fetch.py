@@ -21,9 +21,17 @@ import semver
 
 from .cache import BlobCache, BlobSource
 from .client import RegistryClient, client_for
-from .errors import ConfigError, IncompatibleBase, NotFound, RegistryError
+from .errors import (
+    ConfigError,
+    IncompatibleBase,
+    LockMismatch,
+    ModelEnvironmentError,
+    NotFound,
+    RegistryError,
+    ResolutionImpossible,
+)
 from .fingerprint import short
-from .lockfile import Origin
+from .lockfile import LockedSkill, Origin
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, looks_like_ref, parse_ref
 from .resolve import Candidate, Requirement, parse_requirement, resolve
@@ -286,6 +294,248 @@ class RegistryIndex:
         return dict(self.skill(name).get("dist_tags") or {})
 
 
+class CacheIndex:
+    """The resolver's view of the download cache alone, for ``--offline``.
+
+    Every cached artifact that records what it was fetched as (``ns/skill@version``) is a
+    candidate; its base, ``requires`` and ``conflicts`` come from the artifact's own header.
+    Dist-tags are unknown offline.
+    """
+
+    def __init__(self, cache: BlobCache) -> None:
+        self.cache = cache
+        self._by_name: dict[str, list[Candidate]] | None = None
+        self.sizes: dict[str, int] = {}
+
+    def _scan(self) -> dict[str, list[Candidate]]:
+        if self._by_name is None:
+            from .artifact import Artifact
+            from .errors import TvregError
+
+            self._by_name = {}
+            for entry in self.cache.entries():
+                if entry.label is None:
+                    continue
+                try:
+                    with Artifact(entry.path) as art:
+                        m = art.manifest
+                except TvregError:
+                    continue
+                name = entry.label.rpartition("@")[0]
+                self.sizes[entry.digest] = entry.size
+                self._by_name.setdefault(name, []).append(
+                    Candidate(
+                        name,
+                        m.version,
+                        m.base_fingerprint,
+                        tuple(Requirement(n, r) for n, r in sorted(m.requires.items())),
+                        tuple(Requirement(n, r) for n, r in sorted(m.conflicts.items())),
+                        digest=entry.digest,
+                    )
+                )
+        return self._by_name
+
+    def candidates(self, name: str) -> list[Candidate]:
+        return list(self._scan().get(name, []))
+
+    def dist_tags(self, name: str) -> dict[str, str]:
+        return {}
+
+    def cached(self) -> list[str]:
+        return sorted(f"{c.name}@{c.version}" for cands in self._scan().values() for c in cands)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One skill an install will add: a local file, or a registry version (downloaded or not yet).
+
+    ``path`` is None only for a registry version that is not in the cache and was not
+    downloaded (``download=False``, for ``--dry-run``); ``origin`` is None for a local file.
+    """
+
+    path: Path | None
+    origin: Origin | None
+    name: str | None = None
+    version: str | None = None
+    digest: str | None = None
+    size: int | None = None
+    dataset_size: int | None = None
+    dataset_unit: str = "examples"
+    cached: bool = True
+
+
+def _lock_of(into: str | os.PathLike[str], base: str | os.PathLike[str] | None):
+    from .environment import require_lock
+    from .lockfile import read_lock
+
+    lock = read_lock(Path(into)) if Path(into).is_dir() else None
+    if lock is None and base is None:
+        lock = require_lock(Path(into))  # raises, naming `tvreg init`
+    return lock
+
+
+def resolve_install(
+    args: Sequence[str],
+    *,
+    into: str | os.PathLike[str],
+    base: str | os.PathLike[str] | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    resolution: str = "highest",
+    upgrade: Sequence[str] | None = None,
+    offline: bool = False,
+    download: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> list[Resolved]:
+    """Resolve ``tvreg install``/``upgrade`` arguments to skills to add, downloading them unless told not to.
+
+    An argument that is an existing file is used as is. One shaped like
+    ``ns/skill[@range|@version|@tag]`` is a requirement: all of them, the skills the model
+    already has from the registry (pinned at their locked versions) and every candidate's
+    ``requires``/``conflicts`` are resolved together (:func:`tvreg.resolve.resolve`) for the
+    base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the model is initialised
+    on the fly). Dependencies the resolver adds are returned too. Every name is validated
+    before the first request.
+
+    Args:
+        upgrade: installed registry skills to unpin and resolve again to the highest version
+            their recorded requirement allows (``[]``: none; every name in the lock to upgrade all).
+        offline: resolve against the download cache alone (:class:`CacheIndex`), never the network.
+        download: False to only resolve (for ``--dry-run``): versions not cached come back with
+            ``path=None`` and ``cached=False``.
+
+    Raises:
+        ResolutionImpossible: no set of versions satisfies every requirement; the message
+            names each constraint and where it came from.
+        ModelEnvironmentError: ``--offline`` and a needed artifact is not cached.
+    """
+    from .fingerprint import fingerprint
+
+    plan: list[tuple[str, Requirement | None, str | None]] = []
+    for arg in args:
+        if os.path.isfile(arg) or not looks_like_ref(arg):
+            plan.append((arg, None, None))
+        else:
+            parse_ref(arg.partition("@")[0], allow_version=False)
+            plan.append((arg, parse_requirement(arg), arg))
+    lock = _lock_of(into, base) if any(req for _, req, _ in plan) or upgrade else None
+    upgrading = []
+    for name in upgrade or ():
+        locked = lock.skill(name) if lock is not None else None
+        if locked is None or not locked.from_registry:
+            continue
+        upgrading.append(locked)
+        text = locked.requested or locked.registry_name
+        plan.append((text, parse_requirement(text, source=f"{Path(into).name} requires"), locked.requested))
+    if not any(req for _, req, _ in plan):
+        return [Resolved(Path(a), None) for a, _, _ in plan]
+    if lock is not None:
+        base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
+    else:
+        base_fp, general_fp = fingerprint(base, progress=progress), None
+    requested = [req for _, req, _ in plan if req is not None]
+    asked = {r.name for r in requested}
+    pinned: dict[str, str] = {}
+    for locked in lock.skills if lock is not None else ():
+        name = locked.registry_name
+        if locked.from_registry and name not in asked and locked not in upgrading:
+            pinned[name] = locked.version
+    pins = [Requirement(n, v, source=f"{Path(into).name} pins") for n, v in sorted(pinned.items())]
+    cache = BlobCache()
+    out: list[Resolved] = []
+    with contextlib.ExitStack() as stack:
+        if offline:
+            index: RegistryIndex | CacheIndex = CacheIndex(cache)
+            client = None
+        else:
+            try:
+                client = stack.enter_context(client_for(registry, token))
+            except ConfigError as exc:
+                exc.hints.append(f"no file `{requested[0]}` exists either")
+                raise
+            index = RegistryIndex(client, base_fp, general_fp)
+        try:
+            chosen = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution).chosen
+        except NotFound as exc:
+            missing = [arg for arg, req, _ in plan if req is not None and f"`{req.name}`" in exc.message]
+            if missing:
+                exc.hints.append(f"no file `{missing[0]}` exists either")
+            raise
+        except ResolutionImpossible as exc:
+            if offline:
+                cached = ", ".join(index.cached()) or "nothing"
+                exc.hints.append(f"`--offline` searched only the local cache, which holds: {cached}")
+                exc.hints.append("run without `--offline` to ask the registry")
+            raise
+        extra = [n for n in chosen if n not in asked and n not in pinned]
+        order = [(arg, req.name if req else None, text) for arg, req, text in plan] + [
+            (n, n, None) for n in extra
+        ]
+        for arg, name, origin_text in order:
+            if name is None:
+                out.append(Resolved(Path(arg), None))
+                continue
+            cand = chosen[name]
+            ns, _, skill = name.partition("/")
+            ref = SkillRef(ns, skill, cand.version)
+            if client is None:
+                path = cache.get(cand.digest or "", progress=progress)
+                if path is None:
+                    raise ModelEnvironmentError(
+                        f"`--offline`: the artifact of `{ref}` ({cand.digest}) is not in the local cache.",
+                        hints=["run without `--offline` to download it"],
+                    )
+                meta = _cached_meta(path)
+                out.append(
+                    _resolved_from(
+                        path, Origin(str(ref), meta.get("registry"), origin_text), cand, path.stat().st_size
+                    )
+                )
+                continue
+            version = next(v for v in index.skill(name)["versions"] if v["version"] == cand.version)
+            manifest = version.get("manifest") or {}
+            origin = Origin(str(ref), client.url, origin_text)
+            if not download:
+                hit = cache.path(version["digest"])
+                out.append(
+                    Resolved(
+                        hit if hit.is_file() else None,
+                        origin,
+                        name,
+                        cand.version,
+                        version["digest"],
+                        int(version["size"]),
+                        manifest.get("dataset_size"),
+                        manifest.get("dataset_unit", "examples"),
+                        cached=hit.is_file(),
+                    )
+                )
+                continue
+            got = fetch(
+                ref,
+                base_fingerprint=base_fp,
+                general_fingerprint=general_fp,
+                client=client,
+                info=index.skill(name),
+                progress=progress,
+            )
+            out.append(_resolved_from(got.path, origin, cand, got.size))
+    return out
+
+
+def _cached_meta(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.with_name(path.name + ".json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _resolved_from(path: Path, origin: Origin, cand: Candidate, size: int) -> Resolved:
+    return Resolved(path, origin, cand.name, cand.version, cand.digest, size)
+
+
 def fetch_for_install(
     args: Sequence[str],
     *,
@@ -294,89 +544,106 @@ def fetch_for_install(
     registry: str | None = None,
     token: str | None = None,
     resolution: str = "highest",
+    offline: bool = False,
     progress: Progress = NULL_PROGRESS,
 ) -> tuple[list[str], list[Origin | None]]:
     """Turn ``tvreg install`` arguments into local paths: files stay, registry names are resolved and fetched.
 
-    An argument that is an existing file is used as is. One shaped like
-    ``ns/skill[@range|@version|@tag]`` is a requirement: all of them, the skills the model
-    already has from the registry (pinned at their locked versions) and every candidate's
-    ``requires``/``conflicts`` are resolved together (:func:`tvreg.resolve.resolve`) for the
-    base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the model is initialised
-    on the fly). Dependencies the resolver adds are fetched and installed too. Every name is
-    validated before the first request.
+    See :func:`resolve_install`.
 
     Returns:
         ``(paths, sources)``, parallel lists for :func:`tvreg.install.install`; a source
         is an :class:`~tvreg.lockfile.Origin` (label ``ns/skill@version``, the registry URL,
         the requirement asked for) for a fetched skill and None for a local file.
+    """
+    got = resolve_install(
+        args,
+        into=into,
+        base=base,
+        registry=registry,
+        token=token,
+        resolution=resolution,
+        offline=offline,
+        progress=progress,
+    )
+    return [str(r.path) for r in got], [r.origin for r in got]
+
+
+def fetch_locked(
+    skill: LockedSkill,
+    *,
+    offline: bool = False,
+    cache: BlobCache | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> Path:
+    """The artifact a lock entry pins, by digest: from the local store, the cache, or its registry.
+
+    A lock is trusted only with the bytes it names (like pip's ``--require-hashes``):
+    an artifact that hashes to anything else is never used, and a registry that now
+    serves other bytes for the locked version is refused, with no fallback.
 
     Raises:
-        ResolutionImpossible: no set of versions satisfies every requirement; the message
-            names each constraint and where it came from.
+        LockMismatch: the store, the cache or the registry has other bytes than the lock's digest.
+        ModelEnvironmentError: the artifact is nowhere local and ``offline`` (or the skill
+            was a local file).
     """
-    from .environment import require_lock
-    from .fingerprint import fingerprint
-    from .lockfile import read_lock
+    from .artifact import file_digest
+    from .store import artifact_path
 
-    plan: list[tuple[str, Requirement | None]] = []
-    for arg in args:
-        if os.path.isfile(arg) or not looks_like_ref(arg):
-            plan.append((arg, None))
-        else:
-            parse_ref(arg.partition("@")[0], allow_version=False)
-            plan.append((arg, parse_requirement(arg)))
-    if not any(req for _, req in plan):
-        return [a for a, _ in plan], [None] * len(plan)
-    lock = read_lock(Path(into)) if Path(into).is_dir() else None
-    if lock is None and base is None:
-        lock = require_lock(Path(into))  # raises, naming `tvreg init`
-    if lock is not None:
-        base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
-    else:
-        base_fp, general_fp = fingerprint(base, progress=progress), None
-    requested = [req for _, req in plan if req is not None]
-    asked = {r.name for r in requested}
-    pinned: dict[str, str] = {}
-    for locked in lock.skills if lock is not None else ():
-        if looks_like_ref(locked.artifact):
-            ref = parse_ref(locked.artifact)
-            if ref.name not in asked and ref.version:
-                pinned[ref.name] = ref.version
-    pins = [Requirement(n, v, source=f"{Path(into).name} pins") for n, v in sorted(pinned.items())]
-    paths: list[str] = []
-    sources: list[Origin | None] = []
-    with contextlib.ExitStack() as stack:
-        try:
-            client = stack.enter_context(client_for(registry, token))
-        except ConfigError as exc:
-            exc.hints.append(f"no file `{requested[0]}` exists either")
-            raise
-        index = RegistryIndex(client, base_fp, general_fp)
-        try:
-            chosen = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution).chosen
-        except NotFound as exc:
-            missing = [arg for arg, req in plan if req is not None and f"`{req.name}`" in exc.message]
-            if missing:
-                exc.hints.append(f"no file `{missing[0]}` exists either")
-            raise
-        extra = [n for n in chosen if n not in asked and n not in pinned]
-        order = [(arg, req.name if req else None, True) for arg, req in plan] + [(n, n, False) for n in extra]
-        for arg, name, asked_for in order:
-            if name is None:
-                paths.append(arg)
-                sources.append(None)
-                continue
-            cand = chosen[name]
-            ns, _, skill = name.partition("/")
-            got = fetch(
-                SkillRef(ns, skill, cand.version),
-                base_fingerprint=base_fp,
-                general_fingerprint=general_fp,
-                client=client,
-                info=index.skill(name),
-                progress=progress,
+    stored = artifact_path(skill.digest)
+    if stored.is_file():
+        found = file_digest(stored)
+        if found == skill.digest:
+            return stored
+        raise LockMismatch(
+            f"tvreg.lock pins `{skill.label}` to {skill.digest}, but the stored artifact `{stored}` hashes to "
+            f"{found}; refusing to use it.",
+            expected=skill.digest,
+            found=found,
+            hints=["delete the damaged file and run the command again to fetch it by digest"],
+        )
+    cache = cache or BlobCache()
+    hit = cache.get(skill.digest, progress=progress)
+    if hit is not None:
+        return hit
+    if skill.registry is None:
+        hint = f"install it again from its file: `tvreg install {skill.artifact} --into MODEL`"
+        if os.path.isfile(skill.artifact):
+            from .artifact import file_digest as digest_of
+
+            found = digest_of(Path(skill.artifact))
+            if found != skill.digest:
+                raise LockMismatch(
+                    f"tvreg.lock pins `{skill.label}` to {skill.digest}, but its file `{skill.artifact}` now "
+                    f"hashes to {found}; refusing to use it.",
+                    expected=skill.digest,
+                    found=found,
+                    hints=["restore the file, or install it again to lock its new bytes"],
+                )
+            return Path(skill.artifact)
+        raise ModelEnvironmentError(
+            f"the artifact of `{skill.label}` ({skill.digest}) is not in the local store or cache, and it was "
+            "installed from a file, not a registry.",
+            hints=[hint],
+        )
+    if offline:
+        raise ModelEnvironmentError(
+            f"`--offline`: the artifact of `{skill.label}` ({skill.digest}) is not in the local store or cache.",
+            hints=[f"run without `--offline` to download it from {skill.registry}"],
+        )
+    ref = parse_ref(skill.label)
+    with client_for(skill.registry or None) as client:
+        version = client.version(ref, skill.version)
+        if version.get("digest") != skill.digest:
+            raise LockMismatch(
+                f"tvreg.lock pins `{skill.label}` to {skill.digest}, but {client.url} serves it as "
+                f"{version.get('digest')}; refusing to install other bytes than the lock names.",
+                expected=skill.digest,
+                found=str(version.get("digest")),
+                hints=[
+                    "if the lock was edited, restore it; to accept the registry's bytes, run `tvreg lock`"
+                ],
             )
-            paths.append(str(got.path))
-            sources.append(Origin(got.label, got.registry, arg if asked_for else None))
-    return paths, sources
+        meta = {"name": ref.name, "version": skill.version, "registry": client.url}
+        source = _RegistrySource(client, ref, skill.version, skill.digest)
+        return cache.fetch(skill.digest, int(version["size"]), source, meta=meta, progress=progress)

@@ -55,12 +55,19 @@ def _cache_path(file: Path) -> tuple[Path, str]:
 
 
 def tensor_hashes(
-    ckpt: Checkpoint, *, progress: Progress = NULL_PROGRESS
+    ckpt: Checkpoint, *, progress: Progress = NULL_PROGRESS, fresh: bool = False
 ) -> dict[str, tuple[str, list[int], str]]:
-    """Per-tensor (dtype, shape, sha256) of a checkpoint, cached per weight file."""
+    """Per-tensor (dtype, shape, sha256) of a checkpoint, cached per weight file.
+
+    ``fresh=True`` ignores the cache and reads every byte (``tvreg verify``: a file
+    changed in place with its mtime restored would fool the cache key).
+    """
     result: dict[str, tuple[str, list[int], str]] = {}
     todo: list[tuple[Path, SafetensorsFile]] = []
     for file, handle in zip(ckpt.files, ckpt.handles, strict=True):
+        if fresh:
+            todo.append((file, handle))
+            continue
         cache_file, key = _cache_path(file)
         try:
             cached = json.loads(cache_file.read_text())

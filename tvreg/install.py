@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from .environment import init_environment, lock_model, require_lock, row_extensi
 from .errors import (
     IncompatibleBase,
     InstallInterrupted,
+    LockMismatch,
+    LockOutdated,
     ModelEnvironmentError,
     TensorMismatch,
     WeightError,
@@ -37,13 +39,15 @@ from .errors import (
 from .faults import crash_point
 from .fingerprint import fingerprint_of_hashes, remember, short, tensor_hashes
 from .fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
-from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, write_lock
+from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, read_lock, write_lock
 from .merge import Recipe, get_method, plan_tensor
 from .merge.device import Merger, merger_for, resolve_device
+from .modelcard import general_model_id, write_model_card
 from .pipeline import ordered_map
 from .progress import NULL_PROGRESS, Progress
 from .safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .store import artifact_path, keep_artifact
+from .verify import TENSORS_NAME, write_tensor_hashes
 
 
 @dataclass(frozen=True)
@@ -142,29 +146,36 @@ def _clean_stale_staging(model_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _default_weight(artifact: Artifact, lock: Lock, model_dir: Path) -> tuple[float, str]:
-    m = artifact.manifest
-    if m.dataset_size is None:
+def default_weight(
+    label: str, name: str, dataset_size: int | None, dataset_unit: str, lock: Lock, model_dir: Path
+) -> tuple[float, str]:
+    """The default ω = |D|/|G| of a skill and how it was computed, or a WeightError saying what is missing."""
+    if dataset_size is None:
         raise WeightError(
-            f"skill `{m.label}` does not record its dataset size |D|, so its default weight |D|/|G| is unknown.",
-            hints=[f"pass `--weight {m.name}=0.3` (any ω you choose)"],
+            f"skill `{label}` does not record its dataset size |D|, so its default weight |D|/|G| is unknown.",
+            hints=[f"pass `--weight {name}=0.3` (any ω you choose)"],
         )
     if lock.general_size is None:
         raise WeightError(
             f"the size of the general model's instruction-tuning set |G| is unknown for `{model_dir}`, "
-            f"so the default weight of `{m.name}` (|D|/|G|) cannot be computed.",
+            f"so the default weight of `{name}` (|D|/|G|) cannot be computed.",
             hints=[
                 f"pass `--general-size N` (or run `tvreg init {model_dir} --general-size N`)",
-                f"or give the weight explicitly: `--weight {m.name}=0.3`",
+                f"or give the weight explicitly: `--weight {name}=0.3`",
             ],
         )
-    if m.dataset_unit != lock.general_size_unit:
+    if dataset_unit != lock.general_size_unit:
         raise WeightError(
-            f"skill `{m.label}` counts |D| in {m.dataset_unit} but |G| of `{model_dir}` is in "
+            f"skill `{label}` counts |D| in {dataset_unit} but |G| of `{model_dir}` is in "
             f"{lock.general_size_unit}; the ratio would be meaningless.",
-            hints=[f"give the weight explicitly: `--weight {m.name}=0.3`"],
+            hints=[f"give the weight explicitly: `--weight {name}=0.3`"],
         )
-    return m.dataset_size / lock.general_size, f"|D|/|G| = {m.dataset_size}/{lock.general_size}"
+    return dataset_size / lock.general_size, f"|D|/|G| = {dataset_size}/{lock.general_size}"
+
+
+def _default_weight(artifact: Artifact, lock: Lock, model_dir: Path) -> tuple[float, str]:
+    m = artifact.manifest
+    return default_weight(m.label, m.name, m.dataset_size, m.dataset_unit, lock, model_dir)
 
 
 def _check_compatible(artifact: Artifact, lock: Lock) -> None:
@@ -219,8 +230,15 @@ def _open_skills(
     weights: Mapping[str, float],
     model_dir: Path,
     sources: Sequence[Origin | None],
+    *,
+    drop: Collection[str] = (),
+    refresh_defaults: bool = False,
 ) -> list[_Skill]:
-    """The final skill set: locked skills, with the new ones added or replacing same-named ones."""
+    """The final skill set: locked skills minus ``drop``, with the new ones added or replacing same-named ones.
+
+    ``refresh_defaults`` recomputes the default ω of locked skills (|G| may have changed);
+    a user's ω is always kept.
+    """
     new: dict[str, _Skill] = {}
     opened: list[Artifact] = []
     try:
@@ -235,17 +253,14 @@ def _open_skills(
             _check_compatible(art, lock)
             new[name] = _Skill(art, "", 0.0, "", origin or Origin(str(Path(path).resolve())))
         final: list[_Skill] = []
+        fresh = set(new)
         for locked in lock.skills:
             if locked.name in new:
+                final.append(new.pop(locked.name))  # a replacement keeps its place in the sum's order
                 continue
-            stored = artifact_path(locked.digest)
-            if not stored.is_file():
-                raise ModelEnvironmentError(
-                    f"the artifact of installed skill `{locked.name}@{locked.version}` is missing from the "
-                    f"local store (`{stored}`).",
-                    hints=[f"reinstall it: `tvreg install {locked.artifact} --into {model_dir}`"],
-                )
-            art = Artifact(stored)
+            if locked.name in drop:
+                continue
+            art = Artifact(stored_artifact(locked, model_dir))
             opened.append(art)
             final.append(
                 _Skill(
@@ -257,14 +272,16 @@ def _open_skills(
                 )
             )
         final.extend(new.values())
-        names = {s.artifact.manifest.name for s in final}
-        for name in sorted(set(weights) - names):
+        aliases = {s.artifact.manifest.name: s for s in final}
+        aliases.update({s.origin.registry_name: s for s in final if s.origin.registry_name})
+        for name in sorted(set(weights) - set(aliases)):
             raise WeightError(f"`--weight {name}=...` names a skill that is not being installed.")
+        given = {id(aliases[n]): float(w) for n, w in weights.items()}
         for skill in final:
             name = skill.artifact.manifest.name
-            if name in weights:
-                skill.weight, skill.weight_source = float(weights[name]), "user"
-            elif name in new:
+            if id(skill) in given:
+                skill.weight, skill.weight_source = given[id(skill)], "user"
+            elif name in fresh or (refresh_defaults and skill.weight_source != "user"):
                 skill.weight, skill.weight_source = _default_weight(skill.artifact, lock, model_dir)
         return final
     except BaseException:
@@ -273,10 +290,36 @@ def _open_skills(
         raise
 
 
+def stored_artifact(locked: LockedSkill, model_dir: Path) -> Path:
+    """The local store's copy of a locked artifact, checked against the lock's digest (no fallback)."""
+    stored = artifact_path(locked.digest)
+    if not stored.is_file():
+        hint = (
+            f"fetch it by digest: `tvreg sync --into {model_dir}`"
+            if locked.from_registry
+            else f"reinstall it: `tvreg install {locked.artifact} --into {model_dir}`"
+        )
+        raise ModelEnvironmentError(
+            f"the artifact of installed skill `{locked.label}` ({locked.digest}) is missing from the local "
+            f"store (`{stored}`).",
+            hints=[hint],
+        )
+    found = file_digest(stored)
+    if found != locked.digest:
+        raise LockMismatch(
+            f"tvreg.lock pins `{locked.label}` to {locked.digest}, but the stored artifact `{stored}` hashes to "
+            f"{found}; refusing to use it.",
+            expected=locked.digest,
+            found=found,
+            hints=[f"delete `{stored}` and run `tvreg sync --into {model_dir}` to fetch it again by digest"],
+        )
+    return stored
+
+
 def _stage_other_files(model_dir: Path, staging: Path, weight_names: set[str]) -> None:
     """Hard-link everything but the weights and lockfile into the staged tree (no copies)."""
     for entry in os.scandir(model_dir):
-        if entry.name in weight_names or entry.name == LOCK_NAME:
+        if entry.name in weight_names or entry.name in (LOCK_NAME, TENSORS_NAME):
             continue
         if entry.name.endswith(".safetensors") or entry.name == INDEX_NAME:
             continue
@@ -364,11 +407,15 @@ def _materialise(
     known: Mapping[str, tuple[str, list[int], str]],
     progress: Progress,
     merge: _Merge,
+    expect_output: str | None = None,
 ) -> tuple[Lock, int]:
     """Write θ_G + Σ ω_k τ_k for ``final`` into a staged copy of ``model_dir`` and swap it in.
 
-    ``lock`` is the new lock without its output fingerprint; the written lock (with it)
-    is returned with the bytes of weights written. Caller holds :func:`lock_model`.
+    ``lock`` is the new lock without its output fingerprint; the written lock (with it),
+    the per-tensor record and the model card go into the staged tree too, so all of them
+    change in the one swap. Returns the written lock and the bytes of weights written.
+    With ``expect_output``, weights with another fingerprint are refused before the swap.
+    Caller holds :func:`lock_model`.
     """
     out_dtype = _check_output_dtype(lock.output_dtype)
     for skill in final:
@@ -393,8 +440,20 @@ def _materialise(
                 _write_index(Path(lock.pristine) / INDEX_NAME, staging / INDEX_NAME, tensor_bytes, out_dtype)
             if out_dtype is not None:
                 _set_config_dtype(staging, lock.output_dtype)
-        new_lock = replace(lock, output_fingerprint=fingerprint_of_hashes(hashes), tvreg_version=__version__)
+        output_fp = fingerprint_of_hashes(hashes)
+        if expect_output is not None and output_fp != expect_output:
+            raise LockOutdated(
+                f"the weights recomputed from `{model_dir}/tvreg.lock` hash to {short(output_fp)}, but the lock "
+                f"records {short(expect_output)}; `{model_dir}` is unchanged.",
+                reasons=["the recorded weights fingerprint differs"],
+                hints=[
+                    "the lock was written by another tvreg version or edited; run `tvreg sync` without `--locked`"
+                ],
+            )
+        new_lock = replace(lock, output_fingerprint=output_fp, tvreg_version=__version__)
         write_lock(staging, new_lock)
+        write_tensor_hashes(staging, hashes)
+        write_model_card(staging, new_lock, general_id=general_model_id(model_dir))
         fsync_dir(staging)
         crash_point("install:before-swap")
         swap_directories(model_dir, staging)
@@ -452,6 +511,8 @@ def install(
     output_dtype: str | None = None,
     device: str = "auto",
     dry_run: bool = False,
+    lock_only: bool = False,
+    refresh_defaults: bool = False,
     sources: Sequence[str | Origin | None] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
@@ -476,6 +537,9 @@ def install(
         device: ``auto`` (CUDA when torch sees a GPU and Triton is installed), ``cuda`` or
             ``cpu``; the result is the same up to one ulp (bit-identical run to run).
         dry_run: check everything and return the plan without writing.
+        lock_only: write ``tvreg.lock`` (and keep the artifacts) but not the weights, like
+            ``tvreg lock``; ``tvreg sync`` materialises them later.
+        refresh_defaults: recompute the default ω of skills already installed (``tvreg upgrade``).
         sources: each skill's origin, parallel to ``skills``: an :class:`~tvreg.lockfile.Origin`
             (label, registry URL, the requirement asked for) or just a label such as
             ``nlp/science@1.2.0``; default: the artifact's path.
@@ -507,86 +571,141 @@ def install(
     model_dir = model_dir.resolve()
     with lock_model(model_dir):
         lock = require_lock(model_dir)
-        chosen_method = method or lock.method
-        params = dict(lock.method_params) if chosen_method == lock.method else {}
-        params.update({k: v for k, v in (method_params or {}).items() if v is not None})
-        params = _resolve_params(chosen_method, params)
-        dtype_name = (
-            lock.output_dtype if output_dtype is None else (None if output_dtype == "auto" else output_dtype)
-        )
-        _check_output_dtype(dtype_name)
+        lock = _with_settings(lock, method, method_params, output_dtype)
         _clean_stale_staging(model_dir)
-        final = _open_skills(skills, lock, weights or {}, model_dir, _origins(sources, len(skills)))
+        final = _open_skills(
+            skills,
+            lock,
+            weights or {},
+            model_dir,
+            _origins(sources, len(skills)),
+            refresh_defaults=refresh_defaults,
+        )
+        return _apply(
+            model_dir,
+            lock,
+            final,
+            started,
+            progress,
+            dry_run=dry_run,
+            write_weights=not lock_only,
+            device_kind=device_kind,
+        )
+
+
+def _with_settings(
+    lock: Lock, method: str | None, method_params: Mapping[str, object] | None, output_dtype: str | None
+) -> Lock:
+    """``lock`` with the merge method, its parameters and the output dtype asked for (None: as locked).
+
+    Given parameters update the locked ones of the same method; another method starts from its defaults.
+    """
+    chosen = method or lock.method
+    params = dict(lock.method_params) if chosen == lock.method else {}
+    params.update({k: v for k, v in (method_params or {}).items() if v is not None})
+    params = _resolve_params(chosen, params)
+    dtype_name = (
+        lock.output_dtype if output_dtype is None else (None if output_dtype == "auto" else output_dtype)
+    )
+    _check_output_dtype(dtype_name)
+    return replace(lock, method=chosen, method_params=params, output_dtype=dtype_name)
+
+
+def _apply(
+    model_dir: Path,
+    lock: Lock,
+    final: list[_Skill],
+    started: float,
+    progress: Progress,
+    *,
+    dry_run: bool = False,
+    write_weights: bool = True,
+    expect_output: str | None = None,
+    action: str = "install",
+    device_kind: str | None = None,
+) -> InstallResult:
+    """Make ``model_dir`` hold exactly ``final`` on top of pristine G (the declarative core of every command).
+
+    ``lock`` carries the method and dtype settings; its skills are replaced by ``final``.
+    ``write_weights=False`` only writes the new ``tvreg.lock`` (``tvreg lock``): its
+    weights fingerprint is cleared unless nothing changed. Closes ``final``'s artifacts.
+    """
+    device_kind = device_kind or resolve_device("auto")
+    try:
+        general = Checkpoint.open(lock.pristine)
         try:
-            general = Checkpoint.open(lock.pristine)
-            try:
-                known = tensor_hashes(general, progress=progress)
-                if fingerprint_of_hashes(known) != lock.general_fingerprint:
-                    raise ModelEnvironmentError(
-                        f"the pristine copy of the general model at `{lock.pristine}` no longer matches "
-                        f"fingerprint {short(lock.general_fingerprint)}.",
-                        hints=["run `tvreg init` again on an untouched copy of the general model"],
-                    )
-                notes = _check_tensors(final, general)
-                merge_method = get_method(chosen_method)
-                merge_method.check_skills(
-                    [(s.artifact.manifest.label, s.artifact.manifest.kind) for s in final]
+            known = tensor_hashes(general, progress=progress)
+            if fingerprint_of_hashes(known) != lock.general_fingerprint:
+                raise ModelEnvironmentError(
+                    f"the pristine copy of the general model at `{lock.pristine}` no longer matches "
+                    f"fingerprint {short(lock.general_fingerprint)}.",
+                    hints=["run `tvreg init` again on an untouched copy of the general model"],
                 )
-                recipe = merge_method.recipe(
-                    [s.weight for s in final], [s.artifact.manifest.kind for s in final], params
-                )
-                for skill in final:
-                    if not skill.digest:
-                        skill.digest = file_digest(skill.artifact.path)
-                locked = tuple(
-                    LockedSkill(
-                        name=s.artifact.manifest.name,
-                        version=s.artifact.manifest.version,
-                        digest=s.digest,
-                        artifact=s.origin.label,
-                        weight=s.weight,
-                        weight_source=s.weight_source,
-                        dataset_size=s.artifact.manifest.dataset_size,
-                        dataset_unit=s.artifact.manifest.dataset_unit,
-                        registry=s.origin.registry,
-                        requested=s.origin.requested,
-                        size=s.artifact.path.stat().st_size,
-                    )
-                    for s in final
-                )
-                if dry_run:
-                    return InstallResult(
-                        model_dir, locked, "", tuple(notes), 0, time.monotonic() - started, True
-                    )
-                new_lock = replace(
-                    lock,
-                    skills=locked,
-                    method=chosen_method,
-                    method_params=params,
-                    output_dtype=dtype_name,
-                    output_fingerprint=None,
-                    notes=tuple(notes),
-                )
-                pre = (
-                    _open_base_weights(str(params["base_weights"]), lock, general, progress)
-                    if recipe.needs_base_weights
-                    else None
-                )
-                try:
-                    merge = _Merge(recipe, pre, merger_for(device_kind))
-                    written_lock, written = _materialise(
-                        model_dir, new_lock, final, general, known, progress, merge
-                    )
-                finally:
-                    if pre is not None:
-                        pre.close()
-            finally:
-                general.close()
-        except KeyboardInterrupt:
-            raise InstallInterrupted(f"install interrupted; `{model_dir}` is unchanged.") from None
-        finally:
+            notes = _check_tensors(final, general)
+            merge_method = get_method(lock.method)
+            merge_method.check_skills([(s.artifact.manifest.label, s.artifact.manifest.kind) for s in final])
+            recipe = merge_method.recipe(
+                [s.weight for s in final], [s.artifact.manifest.kind for s in final], lock.method_params
+            )
             for skill in final:
-                skill.artifact.close()
+                if not skill.digest:
+                    skill.digest = file_digest(skill.artifact.path)
+            locked = tuple(
+                LockedSkill(
+                    name=s.artifact.manifest.name,
+                    version=s.artifact.manifest.version,
+                    digest=s.digest,
+                    artifact=s.origin.label,
+                    weight=s.weight,
+                    weight_source=s.weight_source,
+                    dataset_size=s.artifact.manifest.dataset_size,
+                    dataset_unit=s.artifact.manifest.dataset_unit,
+                    registry=s.origin.registry,
+                    requested=s.origin.requested,
+                    size=s.artifact.path.stat().st_size,
+                )
+                for s in final
+            )
+            new_lock = replace(lock, skills=locked, output_fingerprint=None, notes=tuple(notes))
+            if dry_run:
+                return InstallResult(model_dir, locked, "", tuple(notes), 0, time.monotonic() - started, True)
+            if not write_weights:
+                for skill in final:
+                    keep_artifact(skill.artifact.path, skill.digest)
+                current = read_lock(model_dir)
+                if current is not None and _same_inputs(current, new_lock):
+                    new_lock = current
+                else:
+                    new_lock = replace(new_lock, tvreg_version=__version__)
+                write_lock(model_dir, new_lock)
+                return InstallResult(
+                    model_dir,
+                    locked,
+                    new_lock.output_fingerprint or "",
+                    tuple(notes),
+                    0,
+                    time.monotonic() - started,
+                )
+            pre = (
+                _open_base_weights(str(lock.method_params["base_weights"]), lock, general, progress)
+                if recipe.needs_base_weights
+                else None
+            )
+            try:
+                merge = _Merge(recipe, pre, merger_for(device_kind))
+                written_lock, written = _materialise(
+                    model_dir, new_lock, final, general, known, progress, merge, expect_output
+                )
+            finally:
+                if pre is not None:
+                    pre.close()
+        finally:
+            general.close()
+    except KeyboardInterrupt:
+        raise InstallInterrupted(f"{action} interrupted; `{model_dir}` is unchanged.") from None
+    finally:
+        for skill in final:
+            skill.artifact.close()
     return InstallResult(
         model_dir,
         locked,
@@ -595,3 +714,162 @@ def install(
         written,
         time.monotonic() - started,
     )
+
+
+def _same_inputs(a: Lock, b: Lock) -> bool:
+    """Whether two locks describe the same weights (ignoring the recorded fingerprint and notes)."""
+    strip = {"output_fingerprint": None, "notes": (), "tvreg_version": ""}
+    return replace(a, **strip) == replace(b, **strip)
+
+
+def require_installed(lock: Lock, names: Sequence[str], model_dir: Path) -> None:
+    """Raise naming the first of ``names`` that is not installed (and what is)."""
+    for name in names:
+        if lock.skill(name) is None:
+            listed = ", ".join(sorted(s.registry_name for s in lock.skills)) or "none"
+            raise ModelEnvironmentError(
+                f"skill `{name}` is not installed in `{model_dir}` (installed: {listed})."
+            )
+
+
+def uninstall(
+    names: Sequence[str],
+    *,
+    into: str | os.PathLike[str],
+    dry_run: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> InstallResult:
+    """Remove skills from a model environment: the weights become exactly those of installing the rest.
+
+    Like ``uv remove``, a dependency that only the removed skills needed (one the resolver
+    added, not one the user asked for) is removed with them.
+
+    Raises:
+        ModelEnvironmentError: a name is not installed, or a remaining skill requires it.
+    """
+    started = time.monotonic()
+    model_dir = Path(into).resolve()
+    with lock_model(model_dir):
+        lock = require_lock(model_dir)
+        require_installed(lock, names, model_dir)
+        names = [lock.skill(n).name for n in names]
+        _clean_stale_staging(model_dir)
+        final = _open_skills([], lock, {}, model_dir, [], drop=set(names))
+        try:
+            dropped = set(names)
+            while True:
+                needed = {d for s in final for d in s.artifact.manifest.requires}
+                blocked = [
+                    (s.artifact.manifest.label, d)
+                    for s in final
+                    for d in s.artifact.manifest.requires
+                    if d in dropped
+                ]
+                if blocked:
+                    who, what = blocked[0]
+                    raise ModelEnvironmentError(
+                        f"cannot uninstall `{what}`: `{who}` requires it.",
+                        hints=[
+                            f"uninstall both: `tvreg uninstall {what} {who.rpartition('@')[0]} --into {into}`"
+                        ],
+                    )
+                orphans = [
+                    s
+                    for s in final
+                    if s.origin.requested is None
+                    and s.origin.registry is not None
+                    and s.artifact.manifest.name not in needed
+                ]
+                if not orphans:
+                    break
+                for s in orphans:
+                    progress.note(
+                        f"removing `{s.artifact.manifest.label}`: only the uninstalled skills required it."
+                    )
+                    dropped.add(s.artifact.manifest.name)
+                    final.remove(s)
+                    s.artifact.close()
+        except BaseException:
+            for skill in final:
+                skill.artifact.close()
+            raise
+        return _apply(model_dir, lock, final, started, progress, dry_run=dry_run, action="uninstall")
+
+
+def rebuild(
+    into: str | os.PathLike[str],
+    *,
+    locked: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> InstallResult:
+    """Recompute a model environment's weights from ``tvreg.lock`` alone (``tvreg sync``).
+
+    Every locked artifact must already be in the local store (:func:`tvreg.sync.sync`
+    fetches them by digest first). Without ``locked``, default weights are refreshed
+    (|G| may have changed) and the lock rewritten; with it, the lock must already be up
+    to date and the weights must come out with the fingerprint it records.
+
+    Raises:
+        LockOutdated: ``locked`` and the lock would change; nothing is written.
+        LockMismatch: a stored artifact is not the bytes the lock pins.
+    """
+    started = time.monotonic()
+    model_dir = Path(into).resolve()
+    with lock_model(model_dir):
+        lock = require_lock(model_dir)
+        _clean_stale_staging(model_dir)
+        final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
+        try:
+            if locked:
+                reasons = outdated_reasons(lock, final, model_dir)
+                if reasons:
+                    raise LockOutdated(
+                        f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: "
+                        + "; ".join(reasons)
+                        + ".",
+                        reasons=reasons,
+                        hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
+                    )
+        except BaseException:
+            for skill in final:
+                skill.artifact.close()
+            raise
+        return _apply(
+            model_dir,
+            lock,
+            final,
+            started,
+            progress,
+            expect_output=lock.output_fingerprint if locked else None,
+            action="sync",
+        )
+
+
+def outdated_reasons(lock: Lock, final: Sequence[_Skill], model_dir: Path) -> list[str]:
+    """Why ``lock`` would change if it were resolved again now; empty when it is up to date."""
+    from .ranges import Range
+    from .resolve import parse_requirement
+
+    reasons: list[str] = []
+    by_name = {s.artifact.manifest.name: s for s in final}
+    for skill in final:
+        m = skill.artifact.manifest
+        if skill.weight_source != "user":
+            weight, source = _default_weight(skill.artifact, lock, model_dir)
+            if weight != skill.weight:
+                reasons.append(
+                    f"the default weight of `{m.name}` is now {source} = {weight:.6g}, not {skill.weight:.6g}"
+                )
+        if skill.origin.requested and skill.origin.registry is not None:
+            req = parse_requirement(skill.origin.requested)
+            if req.spec and not req.tag and not Range(req.spec).satisfies(m.version, include_prerelease=True):
+                reasons.append(f"`{m.label}` no longer satisfies the requirement `{skill.origin.requested}`")
+        for dep, spec in sorted(m.requires.items()):
+            have = by_name.get(dep)
+            if have is None:
+                reasons.append(f"`{m.label}` requires `{dep}`, which is not locked")
+            elif spec and not Range(spec).satisfies(have.artifact.manifest.version, include_prerelease=True):
+                reasons.append(
+                    f"`{m.label}` requires `{dep}@{spec}`, but the lock has {have.artifact.manifest.version}"
+                )
+    return reasons

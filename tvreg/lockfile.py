@@ -40,6 +40,11 @@ class Origin:
     registry: str | None = None
     requested: str | None = None
 
+    @property
+    def registry_name(self) -> str | None:
+        """``ns/skill`` for a registry download (the manifest's own name has no namespace)."""
+        return self.label.rpartition("@")[0] if self.registry is not None else None
+
 
 @dataclass(frozen=True)
 class LockedSkill:
@@ -51,17 +56,23 @@ class LockedSkill:
     weight_source: str
     dataset_size: int | None = None
     dataset_unit: str = "examples"
-    registry: str | None = None
+    registry: str | None = None  # "" for "the configured registry" (version-1 locks)
     requested: str | None = None
     size: int | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.name}@{self.version}"
+        """``ns/skill@1.2.0`` for a registry skill, ``skill@1.2.0`` for one installed from a file."""
+        return f"{self.registry_name}@{self.version}"
 
     @property
     def from_registry(self) -> bool:
         return self.registry is not None
+
+    @property
+    def registry_name(self) -> str:
+        """``ns/skill`` for a registry skill, else the manifest name; commands accept either."""
+        return self.artifact.rpartition("@")[0] if self.from_registry else self.name
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,8 @@ class Lock:
     notes: tuple[str, ...] = field(default=())
 
     def skill(self, name: str) -> LockedSkill | None:
-        return next((s for s in self.skills if s.name == name), None)
+        """The installed skill called ``name`` (its manifest name or, for a registry skill, ``ns/skill``)."""
+        return next((s for s in self.skills if name in (s.name, s.registry_name)), None)
 
     def to_text(self) -> str:
         data = asdict(self)
@@ -106,7 +118,13 @@ class Lock:
             if version not in _READABLE_VERSIONS:
                 raise ValueError(f"lock_version {version!r} is not one of {list(_READABLE_VERSIONS)}")
             data["lock_version"] = LOCK_VERSION
-            data["skills"] = tuple(LockedSkill(**s) for s in data.get("skills", []))
+            skills = [dict(s) for s in data.get("skills", [])]
+            if version == 1:
+                for s in skills:
+                    # Version 1 did not record the registry: a `ns/skill@1.0.0` label came from the configured one.
+                    if "/" in s.get("artifact", "") and "@" in s["artifact"] and s["artifact"][0] not in "/.":
+                        s.setdefault("registry", "")
+            data["skills"] = tuple(LockedSkill(**s) for s in skills)
             data["notes"] = tuple(data.get("notes", []))
             if not isinstance(data.get("method_params", {}), dict):
                 raise ValueError("method_params must be an object")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .app import RichProgress, main, out, parse_weights
 from .check import warn_before_install
+from .environment_cmds import DRY_RUN, OFFLINE, REGISTRY, RESOLUTION, print_plan, print_result
 
 
 @main.command()
@@ -51,17 +52,15 @@ def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
 )
 @click.option("--base", metavar="PRE", help="Initialise MODEL's base on the fly (see `tvreg init`).")
 @click.option("--general-size", type=click.IntRange(min=1), help="|G|, for the default ω = |D|/|G|.")
-@click.option("--dry-run", is_flag=True, help="Check everything and show the plan; write nothing.")
 @click.option(
-    "--registry", metavar="URL", help="Registry to fetch named skills from (default: the logged-in one)."
+    "--output-dtype",
+    type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+    help="dtype of every float tensor written (auto: G's own; default: as locked).",
 )
-@click.option(
-    "--resolution",
-    type=click.Choice(["highest", "lowest"]),
-    default="highest",
-    show_default=True,
-    help="Pick the highest versions, or the lowest (to test lower bounds).",
-)
+@DRY_RUN
+@REGISTRY
+@RESOLUTION
+@OFFLINE
 @click.option(
     "--method",
     metavar="NAME",
@@ -95,9 +94,11 @@ def install(
     weights,
     base,
     general_size,
+    output_dtype,
     dry_run,
     registry,
     resolution,
+    offline,
     method,
     density,
     lambda_,
@@ -114,18 +115,23 @@ def install(
     Requirements, the skills already installed and every skill's `requires` are resolved
     together for the model's base; named skills are downloaded into the verified cache.
     """
-    from ..fetch import fetch_for_install
+    from ..fetch import resolve_install
     from ..install import install as do_install
+    from ..plan import make_plan
 
     progress = RichProgress()
     warn_before_install(
         skills, into=into, weights=parse_weights(weights), registry=registry, resolution=resolution
     )
-    paths, sources = fetch_for_install(
-        list(skills), into=into, base=base, registry=registry, resolution=resolution, progress=progress
-    )
+    got = resolve_install(
+        list(skills), into=into, base=base, registry=registry, resolution=resolution, offline=offline,
+        download=not dry_run, progress=progress,
+    )  # fmt: skip
+    if dry_run and base is None and general_size is None:
+        print_plan(make_plan(into, got, weights=parse_weights(weights), output_dtype=output_dtype))
+        return
     res = do_install(
-        paths,
+        [str(r.path) for r in got],
         into=into,
         weights=parse_weights(weights),
         base=base,
@@ -140,10 +146,15 @@ def install(
             "base_weights": base_weights,
         },
         device=device,
+        output_dtype=output_dtype,
         dry_run=dry_run,
-        sources=sources,
+        sources=[r.origin for r in got],
         progress=progress,
     )
+    if dry_run:
+        print_result(res, "Would install into")
+        out.print(f"Dry run: nothing was changed in {res.model_dir}.")
+        return
     table = Table(title=None, box=None, show_header=True, header_style="bold")
     for col in ("skill", "version", "ω", "from"):
         table.add_column(col)
@@ -152,27 +163,35 @@ def install(
     out.print(table)
     for note in res.notes:
         out.print(f"[yellow]note:[/] {note}")
-    if dry_run:
-        out.print(
-            f"Would install {len(res.skills)} skill(s) into {res.model_dir} (dry run, nothing written)."
-        )
-    else:
-        out.print(
-            f"Installed {len(res.skills)} skill(s) into {res.model_dir} in {res.seconds:.1f} s "
-            f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."
-        )
+    out.print(
+        f"Installed {len(res.skills)} skill(s) into {res.model_dir} in {res.seconds:.1f} s "
+        f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."
+    )
 
 
 @main.command(name="list")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def list_(model_dir, fmt):
-    """List the skills installed in a model environment."""
+@click.argument("model_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--into", "into", type=click.Path(exists=True, file_okay=False), help="The model environment.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "freeze"]), default="text", show_default=True
+)
+def list_(model_dir, into, fmt):
+    """List the skills installed in a model environment (MODEL_DIR or --into).
+
+    `--format freeze` prints one `name==version` line per skill with ω and digest, like
+    `pip freeze`.
+    """
     from ..environment import require_lock
 
-    lock = require_lock(Path(model_dir))
+    if (model_dir is None) == (into is None):
+        raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
+    lock = require_lock(Path(model_dir or into))
     if fmt == "json":
         out.print_json(json.dumps([asdict(s) for s in lock.skills]))
+        return
+    if fmt == "freeze":
+        for s in lock.skills:
+            out.print(f"{s.name}=={s.version}  # ω={s.weight:.6g} {s.digest}", markup=False)
         return
     table = Table(box=None, header_style="bold")
     for col in ("skill", "version", "ω", "from", "digest"):
