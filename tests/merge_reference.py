@@ -17,13 +17,13 @@ def f32(x: float) -> float:
 
 
 def topk_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep ⌊density·n⌋ largest |τ|, ties broken by lower index first (a stable sort)."""
+    """Keep max(1, ⌊density·n⌋) largest |τ|, ties broken by lower index first (a stable sort)."""
     flat = tau.reshape(-1)
-    k = int(density * flat.numel())
+    k = max(1, int(density * flat.numel()))
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     if k >= flat.numel():
         mask[:] = True
-    elif k > 0:
+    else:
         order = torch.sort(flat.abs(), descending=True, stable=True).indices
         mask[order[:k]] = True
     return mask.reshape(tau.shape)

@@ -5,10 +5,12 @@ w_k = ω_k τ_k; elect a sign per parameter from the sum Σ w_k (ties go to +); 
 w_k that agree with it; with ``normalize`` (default, as in mergekit) divide by the sum
 of the agreeing ω_k (the disjoint mean); scale by λ; add to θ_G.
 
-Differences from mergekit 0.1 (``mergekit/merge_methods/generalized_task_arithmetic.py``):
-the trim keeps exactly ⌊density·n⌋ entries with ties at the cutoff broken by index
-(mergekit: ``torch.topk``'s unspecified order); a density that keeps nothing keeps
-nothing (mergekit asserts); mergekit's base model is θ_pre, here τ_k are added to θ_G;
+Matched against mergekit 0.1.5 (``merge_methods/generalized_task_arithmetic.py`` and
+``sparsify.magnitude``): k = max(1, ⌊density·n⌋) entries per tensor, the weighted sum
+elects the sign (≥ 0 → +), the divisor is the sum of the agreeing weights (0 → 1),
+λ scales the mix last. Differences: ties at the cutoff magnitude are kept in index
+order (mergekit: ``argsort``'s unspecified order); mergekit's base model is θ_pre, here
+τ_k are added to θ_G;
 mergekit's ``rescale`` (off for ties) and ``int8_mask`` are not offered; arithmetic
 is float32 with one final rounding (mergekit works in the model's dtype).
 """

@@ -1,6 +1,6 @@
 """TIES' trim: the exact per-tensor magnitude cutoff, found chunk by chunk.
 
-TIES keeps the top ``k = ⌊density · n⌋`` entries of each τ by magnitude, over the
+TIES keeps the top ``k = max(1, ⌊density · n⌋)`` entries of each τ by magnitude, over the
 *whole* tensor, while install only ever holds a chunk. The cutoff is found by a radix
 select on the float32 bit patterns of |τ| (for non-negative floats, bit order is
 value order): one pass counts the high 16 bits, a second the low 16 bits inside the
@@ -13,7 +13,6 @@ apply: keep ``|x| > t``, or ``|x| == t`` and ``index < tie_cut``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -38,9 +37,6 @@ class Trim:
         return keep
 
 
-KEEP_NONE = Trim(threshold=math.inf, tie_cut=0)
-
-
 def _bits(chunk: torch.Tensor) -> torch.Tensor:
     return chunk.abs().view(torch.int32)
 
@@ -56,16 +52,16 @@ def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
 def magnitude_trim(
     numel: int, density: float, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
 ) -> Trim | None:
-    """The :class:`Trim` keeping the top ``⌊density·numel⌋`` magnitudes; ``None`` when all are kept.
+    """The :class:`Trim` keeping the top ``max(1, ⌊density·numel⌋)`` magnitudes; ``None`` when all are kept.
+
+    At least one entry survives, as in mergekit 0.1.5's ``sparsify.magnitude``.
 
     ``chunks()`` yields ``(start, float32 chunk)`` over the tensor in order; it is
     called up to three times (one pass per radix digit, one for the tie cut).
     """
-    k = int(density * numel)
+    k = max(1, int(density * numel))
     if k >= numel:
         return None
-    if k <= 0:
-        return KEEP_NONE
     hist = torch.zeros(1 << 15, dtype=torch.int64)
     for _, chunk in chunks():
         hist += torch.bincount(_bits(chunk) >> 16, minlength=1 << 15)[: 1 << 15]
