@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/install_speed.py
+	$(BIN)/python benchmarks/install.py
 
 clean:
 	rm -rf $(VENV) demo

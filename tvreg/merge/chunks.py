@@ -56,7 +56,7 @@ def dense_chunk(form: StoredForm, start: int, stop: int, *, consume: bool = Fals
 
 
 def iter_chunks(form: StoredForm, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, dense_chunk)`` over the whole form, ``chunk`` elements at a time."""
+    """``(start, dense_chunk)`` over the whole form, ``chunk`` elements at a time, to be read only."""
     n = form_numel(form)
     for start in range(0, n, chunk):
-        yield start, dense_chunk(form, start, start + chunk)
+        yield start, dense_chunk(form, start, start + chunk, consume=True)

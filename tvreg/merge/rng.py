@@ -5,14 +5,15 @@ and chunks are visited and on the device. Hashing each element's coordinates giv
 the same keep/drop decision on CPU and GPU, for any chunking, any tensor order and
 any number of threads. The hash is 32-bit integer arithmetic only (xor, shifts and
 multiplications modulo 2³²; the "lowbias32" mixer), so the Triton kernel computes
-the identical bits with ``uint32`` and torch with ``int64`` (products split so they
-never overflow).
+the identical bits with ``uint32`` and the CPU path with numpy's ``uint32`` (whose
+multiplication wraps modulo 2³² by definition).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 MIX_A = 0x7FEB352D
@@ -33,26 +34,32 @@ def drop_threshold(drop_rate: float) -> int:
     return round(drop_rate * (1 << DRAW_BITS))
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & MASK32
-
-
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, MIX_A)
-    x = x ^ (x >> 15)
-    x = _mul32(x, MIX_B)
-    return x ^ (x >> 16)
+def _mix(h: np.ndarray) -> None:
+    """lowbias32, in place on uint32 (numpy's unsigned multiply wraps modulo 2³², as Triton's does)."""
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(MIX_A)
+    h ^= h >> np.uint32(15)
+    h *= np.uint32(MIX_B)
+    h ^= h >> np.uint32(16)
 
 
 def draws(key: tuple[int, int], start: int, stop: int) -> torch.Tensor:
-    """The 24-bit draws (int64) of elements ``[start, stop)`` of a tensor keyed ``key``."""
-    idx = torch.arange(start, stop, dtype=torch.int64)
-    h = _mix((idx & MASK32) ^ key[0])
-    h = _mix(h ^ (idx >> 32) ^ key[1])
-    return h >> (32 - DRAW_BITS)
+    """The 24-bit draws (int32) of elements ``[start, stop)`` of a tensor keyed ``key``."""
+    if stop <= 1 << 32:
+        h = np.arange(start, stop, dtype=np.uint32)
+        high = None
+    else:
+        idx = np.arange(start, stop, dtype=np.uint64)
+        h = (idx & np.uint64(MASK32)).astype(np.uint32)
+        high = (idx >> np.uint64(32)).astype(np.uint32)
+    h ^= np.uint32(key[0])
+    _mix(h)
+    if high is not None:
+        h ^= high
+    h ^= np.uint32(key[1])
+    _mix(h)
+    h >>= np.uint32(32 - DRAW_BITS)
+    return torch.from_numpy(h.view(np.int32))
 
 
 def keep_mask(key: tuple[int, int], start: int, stop: int, threshold: int) -> torch.Tensor:

@@ -1,31 +1,35 @@
-"""End-to-end speed and memory benchmark of ``tvreg build``, ``tvreg init`` and ``tvreg install``.
+"""The install benchmark: tvreg install (CPU) vs mergekit vs a plain copy, on one ≥ 1B-parameter model.
 
 Usage::
 
-    python benchmarks/install_speed.py [--params 5e8] [--workdir DIR] [--keep] [--cold] [--breakdown]
+    python benchmarks/install.py [--params 1e9] [--skills 3] [--workdir DIR] [--keep]
+                                 [--mergekit-venv DIR | --no-mergekit] [--cold] [--breakdown]
 
-What it does:
+What it does, in one run on the same inputs:
 
-1. Generates three Llama-shaped Hugging Face model directories in bf16 (``pre``: random,
-   seeded; ``ft`` = pre + 1e-3·randn; ``general`` = pre + different 1e-3·randn), tensor by
-   tensor, straight into sharded safetensors with :class:`tvreg.safetensors_io.SafetensorsWriter`
-   (no whole model is ever in memory).
-2. Runs every measured step as its own subprocess (so peak RSS is that command's), under
-   ``/usr/bin/time -v`` when present (its "Maximum resident set size"), else reading the
-   child's ``ru_maxrss`` from ``os.wait4``; ``TVREG_DATA_DIR``/``TVREG_CACHE_DIR`` point into
-   the work directory. Steps: a plain copy baseline (read + write + fsync the same bytes),
-   ``tvreg build`` (twice: with and without the fingerprint cache), ``tvreg init`` and
-   ``tvreg install`` (twice: the second reuses the caches).
-3. Prints a table and ratios against the targets (install wall within 3x of the copy;
-   install peak RSS below one shard plus a few largest tensors) and writes
+1. Generates Llama-shaped Hugging Face model directories in bf16, tensor by tensor
+   (no model is ever whole in memory): ``pre`` (random, seeded), ``general`` and
+   ``ft1..ftK`` (each pre + its own 1e-3·randn).
+2. Builds one skill per ``ft`` with ``tvreg build`` and runs ``tvreg init general``.
+3. Times, each as its own subprocess under ``/usr/bin/time -v`` (peak RSS of that
+   command): a plain copy of the bytes an install reads and writes; ``tvreg install``
+   with ``task_arithmetic`` (twice) and with ``ties``; ``mergekit-yaml`` with
+   ``task_arithmetic`` and with ``ties`` on the same models. mergekit lives in its own
+   virtualenv (``--mergekit-venv``, default ``benchmarks/.venv-mergekit``), created on
+   first use with ``pip install torch==2.13.0`` first (the CPU wheel) and then
+   ``pip install mergekit``.
+4. Prints wall-time and peak-RSS ratios against the targets (tvreg ≥ 5x faster than
+   mergekit and ≤ 0.5x its peak RSS; tvreg within 2x of the copy) and writes
    ``<workdir>/results.json``.
 
-The page cache is left warm by default (every input was just written, and on a machine
-with enough RAM all of it stays cached), so the numbers are CPU and write bound.
-``--cold`` drops the page cache before each step (needs root: ``/proc/sys/vm/drop_caches``).
+mergekit merges whole models, so it is given base ``pre`` and the models ``general``
+(weight 1) and ``ft1..ftK`` (weight ω_k): for ``task_arithmetic`` that is exactly
+θ_G + Σ ω_k τ_k, the model tvreg installs; for ``ties`` G's own task vector is trimmed
+and sign-elected with the skills', so only the cost is comparable, not the bits.
 
-Without ``--keep`` the models, artifacts and store are deleted at the end; the work
-directory is left holding only ``results.json`` and the ``logs/`` of each command.
+The page cache is left warm by default; ``--cold`` drops it before each step (root).
+Without ``--keep`` the models, artifacts and outputs are deleted at the end; the work
+directory keeps ``results.json`` and the ``logs/`` of each command.
 """
 
 from __future__ import annotations
@@ -53,8 +57,13 @@ SHARD_BYTES = 500 * 10**6  # what `save_pretrained(max_shard_size="500MB")` mean
 INIT_STD = 0.02
 NOISE_STD = 1e-3
 SEED = 1234
-ROLES = ("pre", "ft", "general")
-BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts")
+BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts", "mergekit-out")
+DEFAULT_MERGEKIT_VENV = Path(__file__).resolve().parent / ".venv-mergekit"
+TIES_DENSITY = 0.2
+
+
+def roles(skills: int) -> list[str]:
+    return ["pre", "general", *(f"ft{k}" for k in range(1, skills + 1))]
 TIME_BIN = "/usr/bin/time"
 
 
@@ -145,8 +154,8 @@ def hf_config(shape: dict) -> dict:
 # --------------------------------------------------------------------------- generation
 
 
-def generate_models(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path]:
-    """Write pre / ft / general side by side, one tensor at a time (peak: a few tensors)."""
+def generate_models(root: Path, shape: dict, shard_bytes: int, names: list[str]) -> dict[str, Path]:
+    """Write pre / general / ft1.. side by side, one tensor at a time (peak: a few tensors)."""
     import torch
 
     from tvreg.safetensors_io import SafetensorsWriter
@@ -154,7 +163,7 @@ def generate_models(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path
     torch.set_num_threads(os.cpu_count() or 1)
     specs = tensor_specs(shape)
     shards = plan_shards(specs, shard_bytes)
-    dirs = {role: root / role for role in ROLES}
+    dirs = {role: root / role for role in names}
     for d in dirs.values():
         d.mkdir(parents=True)
         (d / "config.json").write_text(json.dumps(hf_config(shape), indent=2) + "\n")
@@ -165,9 +174,9 @@ def generate_models(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path
     for k, shard in enumerate(shards, 1):
         fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         entries = [(name, "BF16", shp) for name, shp in shard]
-        files = {role: open(dirs[role] / fname, "wb") for role in ROLES}  # noqa: SIM115
+        files = {role: open(dirs[role] / fname, "wb") for role in names}  # noqa: SIM115
         try:
-            writers = {role: SafetensorsWriter(files[role], entries, {"format": "pt"}) for role in ROLES}
+            writers = {role: SafetensorsWriter(files[role], entries, {"format": "pt"}) for role in names}
             for name, shp in shard:
                 gen = torch.Generator().manual_seed(SEED * 1_000_003 + index)
                 index += 1
@@ -178,7 +187,7 @@ def generate_models(root: Path, shape: dict, shard_bytes: int) -> dict[str, Path
                 pre = pre32.to(torch.bfloat16)
                 del pre32
                 writers["pre"].write(name, pre)
-                for role in ("ft", "general"):
+                for role in names[1:]:
                     noisy = torch.randn(shp, generator=gen).mul_(NOISE_STD).add_(pre)
                     writers[role].write(name, noisy.to(torch.bfloat16))
                     del noisy
@@ -223,7 +232,7 @@ def copy_baseline(src: Path, dst: Path, reads: list[Path]) -> None:
 # --------------------------------------------------------------------------- stage breakdown (subprocess)
 
 
-def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
+def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) -> None:
     """Run one install in-process with the library's stages wrapped in timers (summed over threads).
 
     Nothing in the library is changed on disk: functions are replaced in this process only.
@@ -283,13 +292,15 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
     patch(inst.shutil, "rmtree", "rmtree (old tree / staging)")
     patch(inst, "remember", "seed fingerprint cache (remember)")
     patch(Checkpoint, "read", "[worker] read G tensor")
-    patch(art_mod.Artifact, "decode", "[worker] Artifact.decode (all)")
+    patch(art_mod.Artifact, "decode_form", "[worker] Artifact.decode_form (all)")
     patch(sio.SafetensorsFile, "read_bytes", "[worker]   decode: read blob")
     art_mod.hashlib = hashlib_with_timed_sha256("[worker]   decode: sha256 verify blob")
     patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + unshuffle)")
     patch(zstd_mod, "decompress_into", "[worker]     codec: zstd decompress")
     patch(exact_mod, "_unshuffle", "[worker]     codec: unshuffle")
-    patch(inst, "task_arithmetic", "[worker] task_arithmetic (fp32 merge + round)")
+    device_mod = importlib.import_module("tvreg.merge.device")
+    patch(inst, "plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
+    patch(device_mod, "merge_tensor", "[worker] merge_tensor (fp32 merge + round, CPU)")
     inst.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
     patch(sio.SafetensorsWriter, "write", "[main] SafetensorsWriter.write")
     patch(sio.SafetensorsWriter, "finish", "[main] SafetensorsWriter.finish (fsync)")
@@ -313,7 +324,7 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
 
     inst.ordered_map = waited_map
     started = time.perf_counter()
-    inst.install([artifact], into=model_dir)
+    inst.install(artifacts, into=model_dir, device="cpu")
     wall = time.perf_counter() - started
     out_json.write_text(json.dumps({"wall_s": wall, "stages": totals, "not_patched": missing}, indent=2))
 
@@ -324,8 +335,8 @@ def breakdown_install(artifact: Path, model_dir: Path, out_json: Path) -> None:
 SAMPLE_TENSORS = ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight")
 
 
-def verify_sample(dirs: dict[str, Path], weight: float) -> list[str]:
-    """Names of sampled tensors where the installed model differs from bf16(G + ω (ft − pre)).
+def verify_sample(dirs: dict[str, Path], model: Path, weights: list[float]) -> list[str]:
+    """Names of sampled tensors where ``model`` differs from bf16(G + Σ ω_k (ft_k − pre)).
 
     Makes sure the benchmark timed a real install. G's original weights are read from the
     pristine copy tvreg keeps in its store (the lockfile says where).
@@ -341,13 +352,14 @@ def verify_sample(dirs: dict[str, Path], weight: float) -> list[str]:
             return f.read(name)
 
     pristine = Path(read_lock(dirs["general"]).pristine)
-    w = torch.tensor(weight, dtype=torch.float32)
     bad = []
     for name in SAMPLE_TENSORS:
-        tau = load(dirs["ft"], name).float() - load(dirs["pre"], name).float()
-        expected = (load(pristine, name).float() + tau * w).to(torch.bfloat16)
-        got = load(dirs["general"], name)
-        if got.dtype != torch.bfloat16 or not torch.equal(got.view(torch.int16), expected.view(torch.int16)):
+        acc = load(pristine, name).float()
+        pre = load(dirs["pre"], name).float()
+        for k, w in enumerate(weights, 1):
+            acc = acc + (load(dirs[f"ft{k}"], name).float() - pre) * torch.tensor(w, dtype=torch.float32)
+        got = load(model, name)
+        if got.dtype != torch.bfloat16 or not torch.equal(got, acc.to(torch.bfloat16)):
             bad.append(name)
     return bad
 
@@ -457,22 +469,58 @@ def tvreg_cmd() -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def mergekit_bin(venv: Path) -> Path:
+    """``mergekit-yaml`` in its own virtualenv, created on first use (torch's CPU wheel first)."""
+    exe = venv / "bin" / "mergekit-yaml"
+    if exe.is_file():
+        return exe
+    print(f"  creating the mergekit virtualenv {venv} (once) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    # The local CPU wheel first: mergekit's own `torch` requirement would otherwise pull CUDA wheels.
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, "mergekit"], check=True)
+    return exe
+
+
+def mergekit_config(method: str, dirs: dict[str, Path], weights: list[float]) -> str:
+    """A mergekit YAML giving θ_pre + 1·(θ_G − θ_pre) + Σ ω_k (θ_k − θ_pre)."""
+    extra = f", density: {TIES_DENSITY}" if method == "ties" else ""
+    lines = [
+        f"merge_method: {method}",
+        f"base_model: {dirs['pre']}",
+        "dtype: bfloat16",
+        "models:",
+        f"  - model: {dirs['general']}",
+        f"    parameters: {{weight: 1.0{extra}}}",
+    ]
+    for k, w in enumerate(weights, 1):
+        lines += [f"  - model: {dirs[f'ft{k}']}", f"    parameters: {{weight: {w}{extra}}}"]
+    if method == "ties":
+        lines += ["parameters:", "  normalize: true"]
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", type=float, default=5e8, help="minimum parameter count (default 5e8)")
+    ap.add_argument("--params", type=float, default=1e9, help="minimum parameter count (default 1e9)")
+    ap.add_argument("--skills", type=int, default=3, help="number of skills installed at once (default 3)")
     ap.add_argument("--workdir", type=Path, help="work directory (default: a new one under /tmp)")
-    ap.add_argument("--keep", action="store_true", help="keep models, artifacts and store afterwards")
+    ap.add_argument("--keep", action="store_true", help="keep models, artifacts and outputs afterwards")
     ap.add_argument(
         "--shard-mb", type=float, default=SHARD_BYTES / 1e6, help="shard size in MB (default 500)"
     )
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every step (root only)")
+    ap.add_argument("--mergekit-venv", type=Path, default=DEFAULT_MERGEKIT_VENV, help="mergekit's virtualenv")
+    ap.add_argument("--no-mergekit", action="store_true", help="skip the mergekit steps")
     ap.add_argument(
         "--breakdown",
         action="store_true",
         help="also run one install in-process with per-stage timers and print where the time goes",
     )
     ap.add_argument("--copy-baseline", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
-    ap.add_argument("--breakdown-install", nargs=3, metavar="PATH", help=argparse.SUPPRESS)
+    ap.add_argument("--breakdown-install", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -483,8 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         copy_baseline(Path(src), Path(dst), [Path(p) for p in reads])
         return 0
     if args.breakdown_install:
-        artifact, model_dir, out = args.breakdown_install
-        breakdown_install(Path(artifact), Path(model_dir), Path(out))
+        model_dir, out, *artifacts = args.breakdown_install
+        breakdown_install([Path(a) for a in artifacts], Path(model_dir), Path(out))
         return 0
 
     shape = llama_shape(args.params)
@@ -492,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = shape["params"] * 2
     largest_tensor_numel = max(math.prod(s) for _, s in tensor_specs(shape))
     cpus = os.cpu_count() or 1
+    names = roles(args.skills)
+    weights = [round(0.1 + 0.05 * k, 2) for k in range(args.skills)]  # ω_k = |D_k| / |G|
     print(
         f"machine: {platform.node()} {platform.machine()}, cpu_count = {cpus}, python {platform.python_version()}"
     )
@@ -500,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{shape['layers']} layers, heads {shape['hidden'] // HEAD_DIM}, untied lm_head"
     )
     print(
-        f"parameters: {shape['params']:,} (target ≥ {args.params:,.0f}); bf16 size {model_bytes / 2**20:,.1f} MiB"
+        f"parameters: {shape['params']:,} (target ≥ {args.params:,.0f}); bf16 size {model_bytes / 2**20:,.1f} MiB; "
+        f"{args.skills} skills, ω = {weights}"
     )
 
     if args.workdir is None:
@@ -512,22 +563,19 @@ def main(argv: list[str] | None = None) -> int:
         if clash:
             print(f"error: {workdir} already holds {', '.join(clash)}; choose a new or empty directory.")
             return 2
-    # Peak disk: 3 models + copy + pristine G + staging during install, plus the artifact
-    # (≤ fp32 τ, twice while built, and once more in the store).
-    need = 6 * model_bytes + 3 * 2 * model_bytes + (1 << 30)
+    # Peak disk: the models, the copy, pristine G, the staged install, the mergekit output,
+    # and the artifacts (≤ fp32 τ each, twice while built and once more in the store).
+    need = (len(names) + 4) * model_bytes + args.skills * 3 * 2 * model_bytes + (1 << 30)
     free = shutil.disk_usage(workdir).free
     print(f"workdir: {workdir} (free {free / 2**30:.1f} GiB, worst case needs {need / 2**30:.1f} GiB)")
     if free < need:
         print("error: not enough free disk space; pass --workdir on a larger disk or lower --params.")
         return 2
+    mergekit = None if args.no_mergekit else mergekit_bin(args.mergekit_venv.resolve())
 
-    cold = False
-    if args.cold:
-        cold = drop_caches()
-        if not cold:
-            print(
-                "note: cannot write /proc/sys/vm/drop_caches (not root?); measuring with a warm page cache."
-            )
+    cold = drop_caches() if args.cold else False
+    if args.cold and not cold:
+        print("note: cannot write /proc/sys/vm/drop_caches (not root?); measuring with a warm page cache.")
     cache_note = (
         "page cache dropped before each step (cold reads)"
         if cold
@@ -537,75 +585,31 @@ def main(argv: list[str] | None = None) -> int:
 
     logs = workdir / "logs"
     logs.mkdir()
-    models = workdir / "models"
     env = dict(os.environ)
     env["TVREG_DATA_DIR"] = str(workdir / "store")
     env["TVREG_CACHE_DIR"] = str(workdir / "cache")
     env.setdefault("NO_COLOR", "1")
-    results: dict = {}
     try:
-        print("\n[1/3] generating pre / ft / general ...", flush=True)
+        print("\n[1/3] generating models and skills ...", flush=True)
         t0 = time.perf_counter()
-        dirs = generate_models(models, shape, shard_bytes)
+        dirs = generate_models(workdir / "models", shape, shard_bytes, names)
         gen_s = time.perf_counter() - t0
         os.sync()
         shard_sizes = sorted(p.stat().st_size for p in dirs["general"].glob("*.safetensors"))
         print(
-            f"  generated in {gen_s:.1f} s: {len(shard_sizes)} shards per model, largest {shard_sizes[-1] / 2**20:.1f} MiB"
+            f"  generated {len(names)} models in {gen_s:.1f} s: {len(shard_sizes)} shards each, "
+            f"largest {shard_sizes[-1] / 2**20:.1f} MiB"
         )
-
-        print("\n[2/3] measuring (each step a separate process) ...", flush=True)
         tv = tvreg_cmd()
         artifacts = workdir / "artifacts"
         artifacts.mkdir()
-        skill = artifacts / "ft.tvskill"
-        build = [
-            *tv,
-            "build",
-            "--base",
-            str(dirs["pre"]),
-            "--finetuned",
-            str(dirs["ft"]),
-            "--name",
-            "bench",
-            "--version",
-            "1.0.0",
-            "--dataset-size",
-            "1000",
-            "-o",
-            str(skill),
-        ]
-        steps = []
-        steps.append(
-            run_step(
-                "startup (import)", [sys.executable, "-c", "import tvreg.cli, tvreg.install"], env, logs, cold
-            )
-        )
-        scratch_env = {**env, "TVREG_CACHE_DIR": str(workdir / "cache-scratch")}
-        steps.append(
-            run_step("fingerprint pre", [*tv, "fingerprint", str(dirs["pre"])], scratch_env, logs, cold)
-        )
-        shutil.rmtree(workdir / "cache-scratch", ignore_errors=True)
-        steps.append(run_step("build (+fingerprint)", build, env, logs, cold))
-        steps.append(run_step("build (cached fp)", build, env, logs, cold))
-        artifact_bytes = skill.stat().st_size
-        steps.append(
-            run_step(
-                "copy baseline",
-                [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--copy-baseline",
-                    str(dirs["general"]),
-                    str(workdir / "copy"),
-                    str(skill),
-                ],
-                env,
-                logs,
-                cold,
-            )
-        )
-        shutil.rmtree(workdir / "copy")
+        skills = [artifacts / f"ft{k}.tvskill" for k in range(1, args.skills + 1)]
+        steps = [run_step("startup (import)", [sys.executable, "-c", "import tvreg.cli, tvreg.install"], env, logs, cold)]
+        for k, skill in enumerate(skills, 1):
+            build = [*tv, "build", "--base", str(dirs["pre"]), "--finetuned", str(dirs[f"ft{k}"]),
+                     "--name", f"skill{k}", "--version", "1.0.0", "--dataset-size", str(round(weights[k - 1] * 10000)),
+                     "-o", str(skill)]  # fmt: skip
+            steps.append(run_step(f"build skill{k}", build, env, logs, cold))
         steps.append(
             run_step(
                 "init",
@@ -615,75 +619,70 @@ def main(argv: list[str] | None = None) -> int:
                 cold,
             )
         )
-        install = [*tv, "install", str(skill), "--into", str(dirs["general"])]
-        steps.append(run_step("install #1", install, env, logs, cold))
-        steps.append(run_step("install #2", install, env, logs, cold))
-        by = {s["step"]: s for s in steps}
-        mismatches = verify_sample(dirs, weight=1000 / 10000)
+        artifact_bytes = sum(p.stat().st_size for p in skills)
+
+        print("\n[2/3] measuring (each step a separate process) ...", flush=True)
+        copy_cmd = [sys.executable, os.path.abspath(__file__), "--copy-baseline", str(dirs["general"]),
+                    str(workdir / "copy"), *map(str, skills)]  # fmt: skip
+        steps.append(run_step("copy baseline", copy_cmd, env, logs, cold))
+        shutil.rmtree(workdir / "copy")
+        install = [*tv, "install", *map(str, skills), "--into", str(dirs["general"]), "--device", "cpu"]
+        steps.append(run_step("tvreg task_arithmetic", [*install, "--method", "task_arithmetic"], env, logs, cold))
+        mismatches = verify_sample(dirs, dirs["general"], weights)
+        steps.append(run_step("tvreg task_arith. #2", [*install, "--method", "task_arithmetic"], env, logs, cold))
+        steps.append(
+            run_step("tvreg ties", [*install, "--method", "ties", "--density", str(TIES_DENSITY)], env, logs, cold)
+        )
+        if mergekit is not None:
+            for method in ("task_arithmetic", "ties"):
+                config = workdir / f"mergekit-{method}.yml"
+                config.write_text(mergekit_config(method, dirs, weights))
+                out_dir = workdir / "mergekit-out"
+                cmd = [str(mergekit), str(config), str(out_dir), "--quiet", "--no-copy-tokenizer",
+                       "--no-write-model-card"]  # fmt: skip
+                steps.append(run_step(f"mergekit {method}", cmd, env, logs, cold))
+                shutil.rmtree(out_dir, ignore_errors=True)
         if mismatches:
-            print(
-                f"  WARNING: installed weights differ from bf16(G + 0.1 (ft - pre)) in: {', '.join(mismatches)}"
-            )
+            print(f"  WARNING: installed weights differ from bf16(G + Σ ω_k τ_k) in: {', '.join(mismatches)}")
         else:
-            print("  sanity check: sampled installed tensors == bf16(G + 0.1 (ft - pre)) bit for bit")
+            print("  sanity check: sampled installed tensors == bf16(G + Σ ω_k (ft_k − pre)) bit for bit")
 
         breakdown = None
         if args.breakdown:
             bjson = logs / "breakdown.json"
-            step = run_step(
-                "install (breakdown)",
-                [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--breakdown-install",
-                    str(skill),
-                    str(dirs["general"]),
-                    str(bjson),
-                ],
-                env,
-                logs,
-                cold,
-            )
+            cmd = [sys.executable, os.path.abspath(__file__), "--breakdown-install", str(dirs["general"]),
+                   str(bjson), *map(str, skills)]  # fmt: skip
+            step = run_step("install (breakdown)", cmd, env, logs, cold)
             breakdown = json.loads(bjson.read_text())
             breakdown["process_wall_s"] = step["wall_s"]
 
+        by = {s["step"]: s for s in steps}
         copy_wall = by["copy baseline"]["wall_s"]
         largest_shard = shard_sizes[-1]
-        rss_target = largest_shard + 3 * largest_tensor_numel * 4
-        inst_rss = max(by["install #1"]["max_rss_kib"], by["install #2"]["max_rss_kib"]) * 1024
-        ratios = {
-            "install#1_wall_over_copy": by["install #1"]["wall_s"] / copy_wall,
-            "install#2_wall_over_copy": by["install #2"]["wall_s"] / copy_wall,
-            "build_wall_over_copy": by["build (+fingerprint)"]["wall_s"] / copy_wall,
-            "build_cached_fp_wall_over_copy": by["build (cached fp)"]["wall_s"] / copy_wall,
-            "install_peak_rss_over_rss_target": inst_rss / rss_target,
-            "install_peak_rss_over_model_size": inst_rss / model_bytes,
-            "install_peak_rss_above_startup_over_rss_target": (
-                inst_rss - by["startup (import)"]["max_rss_kib"] * 1024
-            )
-            / rss_target,
-        }
+        rss_target = largest_shard + (args.skills + 1) * largest_tensor_numel * 4
+        ratios: dict[str, float] = {}
+        for method in ("task_arithmetic", "ties"):
+            ours = by["tvreg task_arithmetic" if method == "task_arithmetic" else "tvreg ties"]
+            ratios[f"tvreg_{method}_wall_over_copy"] = ours["wall_s"] / copy_wall
+            ratios[f"tvreg_{method}_rss_over_target"] = ours["max_rss_kib"] * 1024 / rss_target
+            if f"mergekit {method}" in by:
+                theirs = by[f"mergekit {method}"]
+                ratios[f"mergekit_over_tvreg_{method}_wall"] = theirs["wall_s"] / ours["wall_s"]
+                ratios[f"tvreg_over_mergekit_{method}_rss"] = ours["max_rss_kib"] / theirs["max_rss_kib"]
         results = {
-            "machine": {
-                "node": platform.node(),
-                "cpu_count": cpus,
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "machine": {"node": platform.node(), "cpu_count": cpus, "python": platform.python_version(),
+                        "platform": platform.platform()},  # fmt: skip
             "cache": "cold" if cold else "warm",
-            "model": {
-                **shape,
-                "dtype": "bfloat16",
-                "bytes": model_bytes,
-                "shards": len(shard_sizes),
-                "largest_shard_bytes": largest_shard,
-                "largest_tensor_numel": largest_tensor_numel,
-            },
+            "model": {**shape, "dtype": "bfloat16", "bytes": model_bytes, "shards": len(shard_sizes),
+                      "largest_shard_bytes": largest_shard, "largest_tensor_numel": largest_tensor_numel},  # fmt: skip
+            "skills": args.skills,
+            "weights": weights,
             "artifact_bytes": artifact_bytes,
             "generate_s": gen_s,
             "steps": steps,
             "rss_target_bytes": rss_target,
             "ratios": ratios,
+            "sanity_mismatches": mismatches,
             "breakdown": breakdown,
         }
         (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -692,51 +691,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cpu_count: {cpus}; cache: {cache_note}")
         print(
             f"model {model_bytes / 2**20:,.1f} MiB in {len(shard_sizes)} shards (largest {largest_shard / 2**20:.1f} MiB); "
-            f"artifact {artifact_bytes / 2**20:,.1f} MiB ({artifact_bytes / (shape['params'] * 4):.2f} of fp32 τ)"
+            f"{args.skills} artifacts {artifact_bytes / 2**20:,.1f} MiB"
         )
         print(
-            f"\n{'step':<22} {'wall s':>9} {'CPU s':>9} {'CPU %':>7} {'peak RSS MiB':>13} {'wall/copy':>10}"
+            f"\n{'step':<24} {'wall s':>9} {'CPU s':>9} {'CPU %':>7} {'peak RSS MiB':>13} {'wall/copy':>10}"
             f" {'other CPU s':>12}"
         )
         for s in steps:
             print(
-                f"{s['step']:<22} {s['wall_s']:9.2f} {s['cpu_s']:9.2f} {s['cpu_util'] * 100:7.0f} "
+                f"{s['step']:<24} {s['wall_s']:9.2f} {s['cpu_s']:9.2f} {s['cpu_util'] * 100:7.0f} "
                 f"{s['peak_rss_mib']:13.1f} {s['wall_s'] / copy_wall:10.2f} {_fmt(s['other_cpu_s']):>12}"
             )
         print()
-        fp_cost = by["build (+fingerprint)"]["wall_s"] - by["build (cached fp)"]["wall_s"]
-        fp_alone = by["fingerprint pre"]["wall_s"] - by["startup (import)"]["wall_s"]
-        print(
-            f"fingerprinting pre: build #1 − build #2 = {fp_cost:.2f} s; "
-            f"`tvreg fingerprint pre` − startup = {fp_alone:.2f} s"
-        )
-        print(f"install #1 wall / copy wall : {ratios['install#1_wall_over_copy']:.2f}  (target ≤ 3)")
-        print(f"install #2 wall / copy wall : {ratios['install#2_wall_over_copy']:.2f}  (target ≤ 3)")
-        print(
-            f"build wall / copy wall      : {ratios['build_wall_over_copy']:.2f}  "
-            f"(cached fingerprint: {ratios['build_cached_fp_wall_over_copy']:.2f})"
-        )
-        print(
-            f"install peak RSS            : {inst_rss / 2**20:.1f} MiB = "
-            f"{ratios['install_peak_rss_over_rss_target']:.2f} x (largest shard {largest_shard / 2**20:.1f} MiB"
-            f" + 3 x largest fp32 tensor {largest_tensor_numel * 4 / 2**20:.1f} MiB = {rss_target / 2**20:.1f} MiB)"
-            f" = {ratios['install_peak_rss_over_model_size']:.2f} x model size"
-        )
-        base_rss = by["startup (import)"]["max_rss_kib"] * 1024
-        print(
-            f"install peak RSS above a bare `import torch, tvreg` process: {(inst_rss - base_rss) / 2**20:.1f} MiB "
-            f"= {(inst_rss - base_rss) / rss_target:.2f} x the target above"
-        )
+        for method in ("task_arithmetic", "ties"):
+            print(f"{method}:")
+            print(f"  tvreg wall / copy wall        : {ratios[f'tvreg_{method}_wall_over_copy']:.2f}  (target ≤ 2)")
+            if f"mergekit_over_tvreg_{method}_wall" in ratios:
+                print(
+                    f"  mergekit wall / tvreg wall    : {ratios[f'mergekit_over_tvreg_{method}_wall']:.2f}  (target ≥ 5)"
+                )
+                print(
+                    f"  tvreg peak RSS / mergekit's   : {ratios[f'tvreg_over_mergekit_{method}_rss']:.2f}  (target ≤ 0.5)"
+                )
+            print(
+                f"  tvreg peak RSS / (largest shard + {args.skills + 1} x largest fp32 tensor = "
+                f"{rss_target / 2**20:.1f} MiB): {ratios[f'tvreg_{method}_rss_over_target']:.2f}"
+            )
+        base_rss = by["startup (import)"]["max_rss_kib"] / 1024
         print(
             f"process startup (import tvreg + torch): {by['startup (import)']['wall_s']:.2f} s, "
-            f"{by['startup (import)']['peak_rss_mib']:.1f} MiB RSS (included in every tvreg row)"
+            f"{base_rss:.1f} MiB RSS (included in every tvreg row)"
         )
         print(f"peak RSS source: {steps[0]['rss_source']}")
         if breakdown:
             print(
                 f"\ninstall stage breakdown (in-process, wall {breakdown['wall_s']:.2f} s; "
-                "[worker] rows are summed over worker threads; CPU = the calling thread's own, "
-                "so waiting for the GIL or a core shows as wall but not CPU):"
+                "[worker] rows are summed over worker threads; CPU = the calling thread's own):"
             )
             print(f"  {'stage':<52} {'wall s':>8} {'CPU s':>8} {'calls':>6}")
             for label, (secs, cpu_s, calls) in sorted(breakdown["stages"].items(), key=lambda kv: -kv[1][0]):
