@@ -171,3 +171,36 @@ def test_cli_install_with_method_flags(family, tmp_path):
     res = CliRunner().invoke(main, ["install", "--into", str(model), "--method", "linear"])
     assert res.exit_code == 1
     assert "error: method `linear` needs θ_pre's weights: pass `--base-weights PATH`" in res.output
+
+
+@pytest.mark.parametrize("codecs", [("int8", "sparse"), ("bf16", "lowrank")])
+def test_install_reads_lossy_stored_forms_like_their_dense_decode(codecs, family, tmp_path):
+    """Skills stored as int8/sparse/bf16/low-rank merge as their decoded τ would (ties: per-tensor trim)."""
+    from tvreg.artifact import Artifact
+
+    paths = [
+        build_skill(
+            family.pre,
+            finetuned=getattr(family, name),
+            output=tmp_path / f"{name}.tvskill",
+            name=name,
+            version="1.0.0",
+            dataset_size=int(w * 10000),
+            codec=codec,
+        ).path
+        for (name, w), codec in zip(WEIGHTS.items(), codecs, strict=True)
+    ]
+    model = copy_model(family.general, tmp_path / "mymodel")
+    params = {"density": 0.3, "lambda": 1.1}
+    install(paths, into=model, base=family.pre, general_size=10000, method="ties", method_params=params)
+    g = read_state_dict(family.general)
+    got = read_state_dict(model)
+    arts = [Artifact(p) for p in paths]
+    try:
+        for name, gt in g.items():
+            taus = [a.decode_form(name).to_dense() for a in arts]
+            ref = reference_merge("ties", gt, taus, list(WEIGHTS.values()), density=0.3, lam=1.1)
+            torch.testing.assert_close(got[name], ref.to(gt.dtype), rtol=0, atol=1e-6)  # low-rank: matmul order
+    finally:
+        for a in arts:
+            a.close()
