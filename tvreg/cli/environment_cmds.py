@@ -59,7 +59,8 @@ def print_plan(plan) -> None:
         f" ({human_size(plan.cached_bytes) if plan.cached_bytes else 'nothing'} cached already); "
         f"estimated peak memory {human_size(plan.peak_memory_bytes)}; output {human_size(plan.output_bytes)}."
     )
-    out.print(f"Dry run: nothing was changed in {plan.model_dir}.")
+    count = sum(1 for s in plan.skills if s.change != "remove")
+    out.print(f"Would install {count} skill(s) into {plan.model_dir} (dry run, nothing written).")
 
 
 def print_result(res, verb: str) -> None:
