@@ -177,7 +177,7 @@ def _judge(r: PairReport, name_a: str, name_b: str) -> None:
         )
     if r.warnings:
         r.suggestions.append(merge_hint)
-    if r.norm_ratio >= NORM_RATIO:
+    if min(r.scaled_norms) > 0 and r.norm_ratio >= NORM_RATIO:
         big, small = (name_a, name_b) if r.scaled_norms[0] > r.scaled_norms[1] else (name_b, name_a)
         r.warnings.append(
             f"after ω, `{big}` moves the weights {r.norm_ratio:.1f}× as far as `{small}` "

@@ -18,8 +18,8 @@ Per tensor the sketch keeps (``docs/format.md``, "Sketches"):
 Bucket, sign and sample positions come from splitmix64 of a seed derived from
 (:data:`SKETCH_VERSION`, tensor name), so two skills' sketches of the same tensor use
 the same projection and the same positions, on any machine, and no projection matrix
-exists anywhere. Tensors of at most ``projection_dim`` elements are stored whole
-(``exact``): a sketch would not be smaller. Sums run in float64 through numpy's serial
+exists anywhere. Tensors of at most ``projection_dim + sample_size`` elements are stored
+whole (``exact``): a sketch would not be smaller. Sums run in float64 through numpy's serial
 loops (``bincount``, pairwise ``add.reduce``; never BLAS or threaded reductions), so the
 same τ gives the same bytes whatever the thread count or tensor order.
 """
@@ -44,7 +44,7 @@ SKETCH_VERSION = 1
 SKETCH_FORMAT = "tvsketch"
 METADATA_KEY = "tvreg.sketch"
 DEFAULT_PROJECTION_DIM = 512
-DEFAULT_SAMPLE_SIZE = 1024
+DEFAULT_SAMPLE_SIZE = 2048
 TOP_FRACTION = 0.2
 """The share of a tensor's coordinates, by magnitude, that counts as "changed most" (TIES's k=20%)."""
 
@@ -138,7 +138,7 @@ def sketch_tensor(
         part = flat[start : start + _CHUNK].astype(np.float64)
         squares += float(np.add.reduce(part * part))
     norm = math.sqrt(squares)
-    if n <= projection_dim:
+    if n <= projection_dim + sample_size:
         return TensorSketch(n, norm, positive / n, threshold, flat.copy())
     seed = _seed(name)
     shift = np.uint64(64 - (projection_dim.bit_length() - 1))

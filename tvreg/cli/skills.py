@@ -8,7 +8,8 @@ import os
 import click
 from rich.table import Table
 
-from .app import RichProgress, human_size, main, out, split_requirement
+from ..errors import RegistryError
+from .app import RichProgress, err, human_size, main, out, split_requirement
 
 
 @main.command()
@@ -241,8 +242,12 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
         data = client.version(ref, ref.version) if ref.version else client.skill(ref)
         if ref.version and data.get("sketch"):
             from ..check import registry_sketch
+            from ..errors import SketchError
 
-            sketch = registry_sketch(client, ref, data, download=False)
+            try:
+                sketch = registry_sketch(client, ref, data, download=False)
+            except (SketchError, RegistryError) as exc:
+                err.print(f"[yellow]note:[/] no norm profile: {exc.message}", soft_wrap=True)
     if fmt == "json":
         out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {})}))
         return
