@@ -124,4 +124,4 @@ def test_install_warns_about_interfering_skills(registry, family, artifacts, tmp
     )
     assert res.exit_code == 0, res.output
     assert "may be drowned out" in res.stderr and "hint: lower ω of `science`" in res.stderr
-    assert "Dry run: nothing was changed" in res.stdout
+    assert "Would install 2 skill(s)" in res.stdout
