@@ -308,3 +308,13 @@ def test_lock_then_sync_materialises_and_offline_names_what_is_missing(installed
         in res.stderr
     )
     assert digest in res.stderr
+
+
+def test_a_lock_whose_pristine_g_is_gone_says_where_it_looked(installed):
+    lock = read_lock(installed)
+    shutil.rmtree(lock.pristine)
+    res = cli("sync", "--into", installed)
+    assert res.exit_code == 1
+    assert res.stderr.startswith(
+        f"error: the pristine copy of the general model (fingerprint {lock.general_fingerprint[:12]}) is not at "
+    )

@@ -56,6 +56,10 @@ INDEX = TableIndex(
         ],
         "nlp/translate": [C("nlp/translate", "0.1.0", base=OTHER), C("nlp/translate", "0.2.0", base=OTHER)],
         "legacy": [C("legacy", "1.0.0", conflicts=["safety@>=2"])],
+        "suite": [C("suite", "1.0.0", requires=["left@^1", "right@^1"])],
+        "left": [C("left", "1.0.0", requires=["shared@>=1.1"]), C("left", "1.1.0", requires=["shared@>=1.4"])],
+        "right": [C("right", "1.0.0", requires=["shared@<1.3"])],
+        "shared": [C("shared", v) for v in ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0")],
     },
     tags={"science": {"latest": "2.3.1", "beta": "3.0.0-beta.1"}},
 )
@@ -73,6 +77,11 @@ CASES = [
     (["coding", "safety@<2"], {"coding": "1.3.0", "safety": "1.3.0"}, "backtracks to an older coding"),
     (["legacy", "safety"], {"legacy": "1.0.0", "safety": "1.3.0"}, "conflicts constrain requested skills"),
     (["legacy"], {"legacy": "1.0.0"}, "conflicts never pull a skill in"),
+    (
+        ["suite"],
+        {"suite": "1.0.0", "left": "1.0.0", "right": "1.0.0", "shared": "1.2.0"},
+        "diamond: both sides' ranges met by one shared version; left backtracks from 1.1.0",
+    ),
 ]
 
 

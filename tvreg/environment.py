@@ -95,6 +95,24 @@ def require_lock(model_dir: Path) -> Lock:
     return lock
 
 
+def open_pristine(lock: Lock) -> Checkpoint:
+    """G's untouched weights that every install recomputes from, or a sentence saying they are gone.
+
+    They live in this machine's data directory, so a model directory copied to another
+    machine (or a wiped ``$TVREG_DATA_DIR``) has a lock that points at nothing.
+    """
+    if not Path(lock.pristine).exists():
+        raise ModelEnvironmentError(
+            f"the pristine copy of the general model (fingerprint {short(lock.general_fingerprint)}) is not at "
+            f"`{lock.pristine}`.",
+            hints=[
+                "restore it there, or run `tvreg init DIR --base PRE` on an untouched copy of the general model "
+                "and copy this tvreg.lock into DIR"
+            ],
+        )
+    return Checkpoint.open(lock.pristine)
+
+
 def init_environment(
     model_dir: str | os.PathLike[str],
     *,

@@ -26,7 +26,7 @@ import torch
 from . import __version__
 from .artifact import Artifact, file_digest
 from .checkpoint import INDEX_NAME, Checkpoint
-from .environment import init_environment, lock_model, require_lock, row_extension
+from .environment import init_environment, lock_model, open_pristine, require_lock, row_extension
 from .errors import (
     IncompatibleBase,
     InstallInterrupted,
@@ -632,7 +632,7 @@ def _apply(
     """
     device_kind = device_kind or resolve_device("auto")
     try:
-        general = Checkpoint.open(lock.pristine)
+        general = open_pristine(lock)
         try:
             known = tensor_hashes(general, progress=progress)
             if fingerprint_of_hashes(known) != lock.general_fingerprint:
@@ -756,37 +756,30 @@ def uninstall(
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], drop=set(names))
         try:
-            dropped = set(names)
+            gone = {n for s in lock.skills if s.name in names for n in (s.name, s.registry_name)}
             while True:
-                needed = {d for s in final for d in s.artifact.manifest.requires}
                 blocked = [
-                    (s.artifact.manifest.label, d)
-                    for s in final
-                    for d in s.artifact.manifest.requires
-                    if d in dropped
+                    (_shown(s), d) for s in final for d in s.artifact.manifest.requires if d in gone
                 ]
                 if blocked:
                     who, what = blocked[0]
                     raise ModelEnvironmentError(
                         f"cannot uninstall `{what}`: `{who}` requires it.",
-                        hints=[
-                            f"uninstall both: `tvreg uninstall {what} {who.rpartition('@')[0]} --into {into}`"
-                        ],
+                        hints=[f"uninstall both: `tvreg uninstall {what} {_ident(who)} --into {into}`"],
                     )
+                needed = {d for s in final for d in s.artifact.manifest.requires}
                 orphans = [
                     s
                     for s in final
                     if s.origin.requested is None
                     and s.origin.registry is not None
-                    and s.artifact.manifest.name not in needed
+                    and not (_idents(s) & needed)
                 ]
                 if not orphans:
                     break
                 for s in orphans:
-                    progress.note(
-                        f"removing `{s.artifact.manifest.label}`: only the uninstalled skills required it."
-                    )
-                    dropped.add(s.artifact.manifest.name)
+                    progress.note(f"removing `{_shown(s)}`: only the uninstalled skills required it.")
+                    gone |= _idents(s)
                     final.remove(s)
                     s.artifact.close()
         except BaseException:
@@ -794,6 +787,19 @@ def uninstall(
                 skill.artifact.close()
             raise
         return _apply(model_dir, lock, final, started, progress, dry_run=dry_run, action="uninstall")
+
+
+def _idents(skill: _Skill) -> set[str]:
+    return {skill.artifact.manifest.name, skill.origin.registry_name} - {None}
+
+
+def _shown(skill: _Skill) -> str:
+    """``ns/skill@1.2.0`` for a registry skill, ``skill@1.2.0`` for a local one."""
+    return skill.origin.label if skill.origin.registry is not None else skill.artifact.manifest.label
+
+
+def _ident(label: str) -> str:
+    return label.rpartition("@")[0]
 
 
 def rebuild(

@@ -17,8 +17,7 @@ from pathlib import Path
 import semver
 
 from .artifact import Artifact
-from .checkpoint import Checkpoint
-from .environment import require_lock
+from .environment import open_pristine, require_lock
 from .fetch import Resolved
 from .install import OUTPUT_DTYPES, default_weight, require_installed
 from .lockfile import Lock
@@ -142,7 +141,7 @@ def _estimate(lock: Lock, skills: int, dtype: str | None) -> tuple[int, int]:
     out_item = OUTPUT_DTYPES[dtype].itemsize if dtype else None
     largest = 0
     output = 0
-    with Checkpoint.open(lock.pristine) as general:
+    with open_pristine(lock) as general:
         for name in general.names():
             info = general.info(name)
             numel = math.prod(info.shape)

@@ -78,3 +78,20 @@ def test_a_pin_and_a_dependency_that_disagree_are_explained(published, family, t
         "and mymodel pins alice/science 1.1.0, no version of alice/science fits (available: 1.0.0, 1.1.0, 2.0.0)."
     )
     assert _installed(model) == {"alice/science@1.1.0"}
+
+
+def test_uninstall_refuses_to_break_a_dependency_and_removes_orphans(published, family, tmp_path):
+    model = _model(family, tmp_path)
+    assert cli("install", "alice/coding@^1", "--into", model).exit_code == 0
+    res = cli("uninstall", "alice/science", "--into", model)
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == (
+        "error: cannot uninstall `alice/science`: `alice/coding@1.0.0` requires it."
+    )
+    res = cli("uninstall", "alice/coding", "--into", model)
+    assert res.exit_code == 0, res.stderr
+    assert "removing `alice/science@1.1.0`: only the uninstalled skills required it." in res.stderr
+    assert (
+        read_lock(model).skills == ()
+        and read_lock(model).output_fingerprint == read_lock(model).general_fingerprint
+    )
