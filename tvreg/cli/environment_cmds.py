@@ -60,7 +60,7 @@ def print_plan(plan) -> None:
         f"estimated peak memory {human_size(plan.peak_memory_bytes)}; output {human_size(plan.output_bytes)}."
     )
     count = sum(1 for s in plan.skills if s.change != "remove")
-    out.print(f"Dry run: nothing was changed in {plan.model_dir} (it would hold {count} skill(s)).")
+    out.print(f"Would install {count} skill(s) into {plan.model_dir} (dry run, nothing written).")
 
 
 def print_result(res, verb: str) -> None:

@@ -153,7 +153,7 @@ def install(
     )
     if dry_run:
         print_result(res, "Would install into")
-        out.print(f"Dry run: nothing was changed in {res.model_dir} (it would hold {len(res.skills)} skill(s)).")
+        out.print(f"Would install {len(res.skills)} skill(s) into {res.model_dir} (dry run, nothing written).")
         return
     table = Table(title=None, box=None, show_header=True, header_style="bold")
     for col in ("skill", "version", "ω", "from"):
