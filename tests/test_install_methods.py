@@ -204,3 +204,23 @@ def test_install_reads_lossy_stored_forms_like_their_dense_decode(codecs, family
     finally:
         for a in arts:
             a.close()
+
+
+def test_average_of_deltas_from_general_needs_no_base_weights(family, tmp_path):
+    deltas = [
+        build_skill(
+            general=family.general, finetuned=getattr(family, n), output=tmp_path / f"{n}.tvskill", name=n,
+            version="1.0.0",
+        ).path
+        for n in WEIGHTS
+    ]  # fmt: skip
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(deltas, into=model, base=family.pre, method="average", weights=WEIGHTS)
+    g, got = read_state_dict(family.general), read_state_dict(model)
+    fts = [read_state_dict(getattr(family, n)) for n in WEIGHTS]
+    for name, gt in g.items():
+        taus = [ft[name].float() - gt.float() for ft in fts]
+        expect = reference_merge("average", gt, taus, [1, 1], kinds=["delta_from_general"] * 2).to(gt.dtype)
+        assert torch.equal(got[name], expect), name
+    with pytest.raises(MergeError, match="method `average` needs θ_pre's weights"):
+        install(_skills(family, tmp_path), into=model, method="average", weights=WEIGHTS)

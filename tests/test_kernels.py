@@ -53,7 +53,7 @@ def forms_of_every_kind(seed: int):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_kernel_equals_torch_engine_for_every_method_and_form(method, out_dtype):
     general, pre, _, _ = rand_inputs(1, shape=SHAPE, seed=11)
     general = general.to(torch.bfloat16)
