@@ -57,12 +57,25 @@ def test_exact_round_trips_special_values():
     assert torch.equal(back.view(torch.int32), t.view(torch.int32))
 
 
-def test_exact_still_reads_tvreg_0_1_byte_plane_blobs(taus):
-    """Artifacts of tvreg 0.1 stored `{"shuffle": 4}` byte planes; they must keep decoding."""
+def test_exact_still_reads_older_layouts(taus):
+    """tvreg 0.1 stored `{"shuffle": 4}` byte planes, early 0.2 builds planes of every entry."""
     tau = next(iter(taus.values()))
     legacy = zstd_frame.compress(planes.split(tau.contiguous(), "bytes").numpy().tobytes())
-    back = get_codec("exact").decode(legacy, tuple(tau.shape), {"shuffle": 4}, where="w")
-    assert torch.equal(back, tau)
+    assert torch.equal(get_codec("exact").decode(legacy, tuple(tau.shape), {"shuffle": 4}, where="w"), tau)
+    data, params = planes.encode(tau.reshape(-1), "exp")
+    assert torch.equal(get_codec("exact").decode(data, tuple(tau.shape), params, where="w"), tau)
+
+
+def test_exact_stores_zeros_as_a_bitmap_and_refuses_a_lying_count():
+    t = torch.tensor([0.0, -0.0, 2.0**-130, 0.0, 1.5, 0.0, 0.0, 0.0, -3.0])
+    enc = get_codec("exact").encode(t)
+    assert enc.params["nnz"] == [4]
+    back = get_codec("exact").decode(enc.data, (9,), enc.params, where="w")
+    assert torch.equal(back.view(torch.int32), t.view(torch.int32))
+    with pytest.raises(CorruptArtifact, match="(bitmap that disagrees|decompresses to)"):
+        get_codec("exact").decode(enc.data, (9,), dict(enc.params, nnz=[3]), where="w")
+    with pytest.raises(CorruptArtifact, match="more non-zero entries than it has"):
+        get_codec("exact").decode(enc.data, (9,), dict(enc.params, nnz=[10]), where="w")
 
 
 @pytest.mark.parametrize(("codec_name", "opts"), LOSSY, ids=lambda v: str(v))
@@ -165,8 +178,11 @@ def test_big_tensors_are_chunked_and_decode_in_parallel(monkeypatch):
         bad = dict(enc.params, frames=enc.params["frames"][:-1])
         with pytest.raises(CorruptArtifact, match="lists 6 frames"):
             get_codec("exact").decode(enc.data, (100, 70), bad, where="w")
+        with pytest.raises(CorruptArtifact, match="malformed `exact` parameters"):
+            get_codec("exact").decode(enc.data, (100, 70), dict(enc.params, chunk_elems="x"), where="w")
+        enc = get_codec("bf16").encode(t)
         with pytest.raises(CorruptArtifact, match="malformed frame table"):
-            get_codec("exact").decode(enc.data, (100, 70), dict(enc.params, chunk_bytes="x"), where="w")
+            get_codec("bf16").decode(enc.data, (100, 70), dict(enc.params, chunk_bytes="x"), where="w")
     finally:
         zstd_frame.set_decode_threads(2)
 

@@ -109,7 +109,7 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
     out = zstd_frame.empty(numel, dtype, where=where)
     buf = zstd_frame.empty(numel * size, torch.uint8, where=where)
 
-    def finish(lo: int, hi: int) -> None:
+    def finish(_i: int, lo: int, hi: int) -> None:
         a, b = lo // size, hi // size
         merge(buf[lo:hi].view(size, b - a), layout, out[a:b])
 

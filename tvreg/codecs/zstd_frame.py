@@ -114,30 +114,53 @@ def decompress_into(data: bytes | memoryview, out: memoryview, *, where: str) ->
         )
 
 
-def _spans(
-    data_len: int, out_len: int, params: dict, where: str
-) -> list[tuple[int, int, int, int]]:
-    """(src_lo, src_hi, dst_lo, dst_hi) of every frame, checked against the blob and output sizes."""
-    frames = params.get("frames")
-    if frames is None:
+def _spans(data_len: int, out_len: int, params: dict, where: str) -> list[tuple[int, int, int, int]]:
+    """Spans of a stream cut into equal chunks of ``params["chunk_bytes"]`` (one frame if no table)."""
+    if params.get("frames") is None:
         return [(0, data_len, 0, out_len)] if data_len or out_len else []
     chunk = params.get("chunk_bytes")
-    if (
-        type(chunk) is not int
-        or chunk <= 0
-        or not isinstance(frames, Sequence)
-        or not all(type(f) is int and f > 0 for f in frames)
-    ):
+    if type(chunk) is not int or chunk <= 0:
         raise CorruptArtifact(f"tensor `{where}` has a malformed frame table in its manifest.")
-    if len(frames) != -(-out_len // chunk) or sum(frames) != data_len:
+    return _layout(data_len, [min(chunk, out_len - i) for i in range(0, out_len, chunk)], params, where)
+
+
+def _layout(data_len: int, segments: list[int], params: dict, where: str) -> list[tuple[int, int, int, int]]:
+    """(src_lo, src_hi, dst_lo, dst_hi) of every frame, one frame per raw segment, checked against the blob."""
+    frames = params.get("frames")
+    if frames is None:
+        if len(segments) > 1:
+            raise CorruptArtifact(f"tensor `{where}` lacks the frame table its {len(segments)} chunks need.")
+        frames = [data_len] if segments else []
+    if not isinstance(frames, Sequence) or not all(type(f) is int and f >= 0 for f in frames):
+        raise CorruptArtifact(f"tensor `{where}` has a malformed frame table in its manifest.")
+    if len(frames) != len(segments) or sum(frames) != data_len:
         raise CorruptArtifact(
             f"tensor `{where}` lists {len(frames)} frames of {sum(frames)} bytes, but holds {data_len} bytes "
-            f"that decode to {out_len}."
+            f"that decode to {sum(segments)}."
         )
-    spans, src = [], 0
-    for i, size in enumerate(frames):
-        spans.append((src, src + size, i * chunk, min(out_len, (i + 1) * chunk)))
+    spans, src, dst = [], 0, 0
+    for size, seg in zip(frames, segments, strict=True):
+        spans.append((src, src + size, dst, dst + seg))
         src += size
+        dst += seg
+    return spans
+
+
+def compress_segments(segments: Sequence[bytes | memoryview]) -> tuple[bytes, dict]:
+    """One frame per raw segment (sizes known to the decoder); the frame table when there are several."""
+    cctx = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
+    frames = [cctx.compress(seg) for seg in segments]
+    return b"".join(frames), ({"frames": [len(f) for f in frames]} if len(frames) > 1 else {})
+
+
+def plan_segments(
+    data: bytes | memoryview, segments: list[int], params: dict, *, where: str
+) -> list[tuple[int, int, int, int]]:
+    """Like :func:`plan` for a stream of unequal segments, whose raw sizes the codec derived from its params."""
+    src = memoryview(data).cast("B")
+    spans = _layout(len(src), segments, params, where)
+    for s_lo, s_hi, d_lo, d_hi in spans:
+        check_declared_size(src[s_lo:s_hi], d_hi - d_lo, where=where)
     return spans
 
 
@@ -169,26 +192,27 @@ def decompress_spans_into(
     spans: list[tuple[int, int, int, int]],
     *,
     where: str,
-    finish: Callable[[int, int], None] | None = None,
+    finish: Callable[[int, int, int], None] | None = None,
 ) -> None:
     """Decompress the frames of :func:`plan` into ``out``, in parallel threads when there are several.
 
-    ``finish(lo, hi)`` runs in the same worker right after bytes ``lo:hi`` are in place,
-    so a codec can undo its transform chunk by chunk while the data is hot in cache.
+    ``finish(i, lo, hi)`` runs in the same worker right after frame ``i``'s bytes
+    ``lo:hi`` are in place, so a codec can undo its transform chunk by chunk while the
+    data is hot in cache.
     """
     src = memoryview(data).cast("B")
 
-    def one(span: tuple[int, int, int, int]) -> None:
-        s_lo, s_hi, d_lo, d_hi = span
+    def one(i: int) -> None:
+        s_lo, s_hi, d_lo, d_hi = spans[i]
         decompress_into(src[s_lo:s_hi], out[d_lo:d_hi], where=where)
         if finish is not None:
-            finish(d_lo, d_hi)
+            finish(i, d_lo, d_hi)
 
     if len(spans) <= 1 or _threads == 1:
-        for span in spans:
-            one(span)
+        for i in range(len(spans)):
+            one(i)
         return
-    for fut in [_executor().submit(one, span) for span in spans]:
+    for fut in [_executor().submit(one, i) for i in range(len(spans))]:
         fut.result()
 
 
