@@ -199,9 +199,12 @@ def serve(
     )
     from .app import create_app
     from .limits import timed_h11_protocol
+    from .uploads import drop_dead_leases, instance_prefix
 
+    ctx.instance = instance_prefix(host, port)
     try:
         _guard(ctx.store.create)
+        _guard(lambda: drop_dead_leases(ctx))
     except BaseException:
         ctx.close()
         raise

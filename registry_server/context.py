@@ -24,6 +24,7 @@ class Context:
     sessions: sessionmaker[Session]
     store: BlobStore
     auth_failures: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
+    instance: str = ""  # lease-token prefix while serving (see registry_server.uploads)
 
     @classmethod
     def open(cls, settings: Settings, *, engine: Engine | None = None) -> Context:

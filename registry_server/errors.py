@@ -17,7 +17,8 @@ The tree::
     ├── TooLarge                413 too_large: names the limit
     ├── TooManyRequests         429 too_many_requests: failed-token throttling (``Retry-After``)
     ├── ServerFault             500 internal: the registry's own data is inconsistent
-    └── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
+    ├── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
+    └── InsufficientStorage     507 insufficient_storage: the registry's disk is full (``Retry-After``)
 
 Why one module: routes raise these and never build responses by hand, so every
 non-2xx body has the shape ``{"error": {"code", "message"}}`` that docs/registry-api.md
@@ -171,6 +172,17 @@ class Unavailable(ApiError):
         self.retry_after = retry_after
 
 
+class InsufficientStorage(ApiError):
+    """The registry's disk is full (ENOSPC, EDQUOT, EFBIG): transient from the client's side."""
+
+    status = 507
+    code = "insufficient_storage"
+
+    def __init__(self, message: str, *, retry_after: int = 60) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
 class SchemaOutdated(Exception):
     """The database schema is not at this server's migration head; not an HTTP answer.
 
@@ -184,6 +196,7 @@ __all__ = [
     "Conflict",
     "DigestMismatch",
     "Forbidden",
+    "InsufficientStorage",
     "InvalidArtifact",
     "InvalidSketch",
     "NoSketch",

@@ -6,11 +6,18 @@ conditional UPDATE (offset must match, no live lease), renews it while streaming
 releases it with the new offset. Two PATCHes for one upload, on one replica or two,
 therefore never write at once; a writer that dies simply lets its lease expire, and
 the bytes it wrote past the recorded offset are cut off by the next writer.
+
+A lease token starts with the serving process's *instance prefix*, derived from its
+host name and port. A server killed mid-PATCH and restarted on the same address
+drops the leases its previous life held (:func:`drop_dead_leases`), so the client's
+retry goes through at once instead of waiting for them to expire.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +34,32 @@ from .models import Upload, utcnow
 
 LEASE_SECONDS = 60
 RENEW_AFTER_SECONDS = 15
+_PREFIX_CHARS = 12  # of the 32-character lease token
+
+
+def instance_prefix(host: str, port: int) -> str:
+    """The lease-token prefix of the server process listening on ``host:port`` of this machine."""
+    name = f"{socket.gethostname()}/{host}:{port}"
+    return hashlib.sha256(name.encode()).hexdigest()[:_PREFIX_CHARS]
+
+
+def drop_dead_leases(ctx: Context) -> int:
+    """Release the leases held by an earlier process of this instance (it died mid-PATCH).
+
+    Called once at startup, before serving: nothing of this process holds a lease yet,
+    so every lease with this instance's prefix belongs to a dead process. Their bytes
+    past the recorded offset are cut off by the next PATCH, as for an expired lease.
+    """
+    if not ctx.instance:
+        return 0
+    with write_session(ctx.sessions) as s:
+        dropped = s.execute(
+            update(Upload)
+            .where(Upload.writer.like(ctx.instance + "%"))
+            .values(writer=None, lease_expires_at=None)
+        ).rowcount
+        s.commit()
+    return dropped
 
 
 @dataclass(frozen=True)
@@ -129,6 +162,7 @@ def claim(ctx: Context, principal: Principal, upload_id: str, offset: int, lengt
     if length is not None and offset + length > upload.size:
         raise past_end(upload.size)
     token = secrets.token_hex(16)
+    token = ctx.instance + token[len(ctx.instance) :]
     now = utcnow()
     with write_session(ctx.sessions) as s:
         won = s.execute(

@@ -152,7 +152,7 @@ class RegistryClient:
             return NotFound(sentence, status=status, code=code, hints=hints)
         if status == 409:
             return Conflict(text, status=status, code=code)
-        if status in (429, 503):
+        if status in (429, 503, 507):
             retry = resp.headers.get("Retry-After")
             seconds = float(retry) if retry and retry.strip().isdigit() else None
             later = f"try again in {int(seconds)} s" if seconds is not None else "try again later"

@@ -8,6 +8,8 @@ writes, database calls) runs in worker threads, in writes of about 4 MiB.
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -19,11 +21,12 @@ from tvreg.faults import crash_point
 from .. import uploads
 from ..auth import require_principal
 from ..deps import ContextDep, PrincipalDep
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, InsufficientStorage
 from ..schemas import ErrorBody, UploadCreate, UploadCreated, UploadOffset, UploadState
 
+log = logging.getLogger("registry_server")
 router = APIRouter(tags=["uploads"])
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503, 507)}
 _WRITE_BYTES = 4 * 1024 * 1024
 
 
@@ -66,6 +69,18 @@ def delete_upload(
     principal = require_principal(principal, action="deleting an upload")
     uploads.delete(ctx, principal, upload_id)
     return Response(status_code=204)
+
+
+def _storage_error(exc: OSError, unstored: int) -> ApiError:
+    """507 for a full disk (the client retries later), 500 for any other write failure."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        log.error("upload staging is out of space at %s: %s", exc.filename or "the staging area", exc)
+        return InsufficientStorage(
+            f"the registry is out of storage space; {unstored} bytes of this chunk could not be "
+            "stored. Retry later: the upload resumes from its recorded offset."
+        )
+    log.error("upload staging failed", exc_info=exc)
+    return ApiError("the registry could not store the uploaded bytes.")
 
 
 def _int_header(request: Request, name: str, *, required: bool) -> int | None:
@@ -137,7 +152,7 @@ async def append_upload(
         await run_in_threadpool(writer.abort)
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         if isinstance(exc, OSError):
-            raise ApiError("the registry could not store the uploaded bytes.") from exc
+            raise _storage_error(exc, (length - written) if length is not None else _WRITE_BYTES) from exc
         raise
     crash_point("registry.upload.before_offset")
     await run_in_threadpool(uploads.release, ctx, claim, new_offset)

@@ -75,8 +75,9 @@ def _find_pg_bin() -> Path | None:
 class PostgresCluster:
     """A private PostgreSQL cluster in a temporary directory, for one test session."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable  # fsync and synchronous commits, for tests that crash the server
         self.root = Path(tempfile.mkdtemp(prefix="tvreg-pg-"))
         self.port = free_port()
         self._as_postgres = os.geteuid() == 0
@@ -94,20 +95,36 @@ class PostgresCluster:
             shutil.chown(self.root, "postgres")
         data = self.root / "data"
         self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
         res = self._run(
-            "pg_ctl", "-D", str(data), "-l", str(self.root / "log"), "-o", opts, "-w", "start", check=False
-        )
+            "pg_ctl", "-D", str(data), "-l", str(self.root / "log"), "-o", self._options(), "-w", "start",
+            check=False,
+        )  # fmt: skip
         if res.returncode != 0:
             log = (self.root / "log").read_text() if (self.root / "log").exists() else ""
             raise RuntimeError(f"PostgreSQL did not start: {res.stderr}\n{log}")
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "stop", check=False)
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the server at once (``-m immediate``, as a crash would), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "stop", check=False)
+
+    def resume(self) -> None:
+        """Start a halted cluster again on the same port and data."""
+        res = self._run(
+            "pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-o", self._options(),
+            "-w", "start", check=False,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not restart: {res.stderr}")
+
+    def _options(self) -> str:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        return options
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

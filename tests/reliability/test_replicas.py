@@ -1,8 +1,8 @@
 """Two server processes on one database and one blob directory behave as one registry.
 
 Nothing a request needs lives in a process: upload offsets, leases and version rows are
-in the database, bytes in the shared store. FAULTS.md rows 3 (concurrent publish across
-replicas) and 25 (database unavailable: bounded 503, recovery without restart).
+in the database, bytes in the shared store. FAULTS.md row 3 (concurrent publish across
+replicas: different versions all succeed, one version has exactly one winner).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 
 def _client(url: str, token: str | None = None) -> httpx.Client:
@@ -106,28 +105,3 @@ def test_an_upload_started_on_one_replica_continues_on_the_other(registry, serve
         ).json() == {"offset": len(data)}
         assert a.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
         assert b.get("/skills/alice/science/versions/1.0.0/artifact").content == data
-
-
-@pytest.mark.parametrize("registry", ["postgresql"], indirect=True)
-def test_database_outage_is_a_bounded_503_and_recovers_without_restart(registry, request):
-    cluster = request.getfixturevalue("postgres_cluster")
-    database = registry.database_url.rsplit("/", 1)[1]
-    token = registry.make_user("alice")
-    with _client(registry.url, token) as c:
-        assert c.get("/skills").status_code == 200
-        cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        cluster.execute(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-        )
-        try:
-            for path in ("/skills", "/health", "/whoami"):
-                r = c.get(path)
-                assert r.status_code == 503, (path, r.text)
-                assert r.json()["error"]["code"] == "unavailable"
-                assert int(r.headers["retry-after"]) > 0
-            r = c.post("/uploads", json={"size": 1, "digest": "sha256:" + "0" * 64})
-            assert r.status_code == 503
-        finally:
-            cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        assert c.get("/skills").status_code == 200
-        assert c.get("/whoami").json()["user"] == "alice"

@@ -1,0 +1,124 @@
+"""The database going away while the server runs (FAULTS.md row 25).
+
+Requests get a bounded-time 503 ``unavailable`` with ``Retry-After`` and one sentence,
+never a hang or a traceback, and service resumes once the database is back, without
+restarting the server (``pool_pre_ping`` replaces the dead pooled connections).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import httpx
+import pytest
+from tvreg_registry_fixtures import PostgresCluster, _find_pg_bin
+
+from registry_server.db import make_engine
+from registry_server.migrate import upgrade
+
+
+def _client(url: str, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("registry", ["postgresql"], indirect=True)
+def test_database_outage_is_a_bounded_503_and_recovers_without_restart(registry, request):
+    cluster = request.getfixturevalue("postgres_cluster")
+    database = registry.database_url.rsplit("/", 1)[1]
+    token = registry.make_user("alice")
+    with _client(registry.url, token) as c:
+        assert c.get("/skills").status_code == 200
+        cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        cluster.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        )
+        try:
+            for path in ("/skills", "/health", "/whoami"):
+                r = c.get(path)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json()["error"]["code"] == "unavailable"
+                assert int(r.headers["retry-after"]) > 0
+            r = c.post("/uploads", json={"size": 1, "digest": "sha256:" + "0" * 64})
+            assert r.status_code == 503
+        finally:
+            cluster.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert c.get("/skills").status_code == 200
+        assert c.get("/whoami").json()["user"] == "alice"
+
+
+@pytest.fixture
+def own_cluster():
+    """A PostgreSQL cluster of this test alone, which it may stop and start; commits are durable."""
+    bin_dir = _find_pg_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the PostgreSQL tests.")
+        pytest.skip(reason)
+    cluster = PostgresCluster(bin_dir, durable=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _assert_unavailable(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unavailable" and "database" in error["message"], error
+    assert int(r.headers["retry-after"]) > 0
+
+
+def test_postgresql_stopped_mid_service_gives_503_then_recovers_without_restart(
+    own_cluster, make_registry, server_artifacts
+):
+    own_cluster.execute('CREATE DATABASE "registry"')
+    url = own_cluster.url("registry")
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    registry = make_registry(url)
+    registry.start()
+    token = registry.make_user("alice")
+    data = server_artifacts.make("science", "1.0.0")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with _client(registry.url, token) as c:
+        upload_id = c.post("/uploads", json={"size": len(data), "digest": digest}).json()["id"]
+        half = len(data) // 2
+        assert (
+            c.patch(f"/uploads/{upload_id}", content=data[:half], headers={"Upload-Offset": "0"}).status_code
+            == 200
+        )
+
+        own_cluster.halt()  # pg_ctl stop -m immediate: every connection dies at once
+        started = time.monotonic()
+        for r in (
+            c.get("/skills"),
+            c.get("/health"),
+            c.get("/whoami"),
+            c.get("/skills/alice/science"),
+            c.patch(f"/uploads/{upload_id}", content=data[half:], headers={"Upload-Offset": str(half)}),
+            c.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}),
+        ):
+            _assert_unavailable(r)
+        assert time.monotonic() - started < 60  # each answer within the 5 s connect timeout
+        assert registry.proc is not None and registry.proc.alive()
+
+        own_cluster.resume()
+        assert c.get("/health").status_code == 200
+        assert c.get("/whoami").json()["user"] == "alice"
+        offset = c.get(f"/uploads/{upload_id}").json()["offset"]
+        assert offset == half  # the chunk refused during the outage was not counted
+        r = c.patch(f"/uploads/{upload_id}", content=data[half:], headers={"Upload-Offset": str(half)})
+        assert r.json() == {"offset": len(data)}, r.text
+        r = c.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id})
+        assert r.status_code == 201, r.text
+        assert c.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+    log = registry.log()
+    assert "Traceback" not in log, log
