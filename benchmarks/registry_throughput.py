@@ -7,8 +7,9 @@ Usage::
 
 What it does:
 
-1. Writes a valid ``.tvskill`` of ``--size-mb`` MiB (random, incompressible tensor bytes,
-   written with :class:`tvreg.artifact.ArtifactWriter`, so the server parses a real header).
+1. Writes a valid ``.tvskill`` of ``--size-mb`` MiB (random fp32 tensors through the
+   ``exact`` codec, written with :class:`tvreg.artifact.ArtifactWriter`: the server parses
+   and decodes a real artifact).
 2. Baseline: a plain file copy of the same bytes (``shutil.copyfile`` + ``fsync``), twice,
    best time kept.
 3. Starts ``tvreg-server`` (SQLite in the work directory, or ``--database-url``) on a free
@@ -54,28 +55,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_artifact(path: Path, *, name: str, size: int) -> None:
-    """A valid tvskill of about ``size`` bytes: random U8 blobs under an ``exact``-codec manifest."""
+def make_artifact(path: Path, *, name: str, size: int, version: str = "1.0.0") -> None:
+    """A valid tvskill of about ``size`` bytes: random fp32 tensors through the ``exact`` codec.
+
+    Random mantissas barely compress, so the stored size is close to ``size``; the frames
+    are real, because the registry decodes every tensor before it accepts a publish.
+    """
     import numpy as np
+    import torch
 
     from tvreg.artifact import ArtifactWriter
+    from tvreg.codecs import get_codec
     from tvreg.manifest import Manifest
 
+    codec = get_codec("exact")
     rng = np.random.default_rng(0)
-    manifest = Manifest(name=name, version="1.0.0", base_fingerprint="0" * 64, dataset_size=1000)
+    manifest = Manifest(name=name, version=version, base_fingerprint="0" * 64, dataset_size=1000)
     writer = ArtifactWriter(path, manifest)
     remaining, i = size, 0
     while remaining > 0:
-        n = min(64 * MiB, remaining)
+        n = max(4, min(16 * MiB, remaining) // 4 * 4)
+        values = torch.from_numpy(rng.standard_normal(n // 4, dtype=np.float32))
+        encoded = codec.encode(values)
         writer.add(
             f"layers.{i}.weight",
-            rng.bytes(n),
+            encoded.data,
             codec="exact",
             shape=(n // 4,),
             dtype="F32",
-            params={"shuffle": 4},
+            params=encoded.params,
         )
-        remaining -= n
+        remaining -= len(encoded.data)
         i += 1
     writer.finish()
 

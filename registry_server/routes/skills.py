@@ -226,8 +226,11 @@ def search(
             .limit(per_page)
             .options(
                 selectinload(Skill.namespace),
-                selectinload(Skill.versions),
-                selectinload(Skill.tags).selectinload(DistTag.version),
+                # A summary needs four columns of each version, not its manifest.
+                selectinload(Skill.versions).load_only(
+                    Version.skill_id, Version.version, Version.base_fingerprint, Version.yanked
+                ),
+                selectinload(Skill.tags).selectinload(DistTag.version).load_only(Version.version),
             )
         ).all()
         items = [_summary(skill) for skill in skills]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import click
@@ -196,7 +197,8 @@ def _print_profile(sketch) -> None:
     out.print(f"  {'norm profile':<12} ‖τ‖ = {sketch.norm:.4g} over {len(profile)} layers")
     width = max((len(k) for k in profile), default=0)
     for layer, norm in profile.items():
-        bar = "█" * max(1, round(30 * norm / top)) if norm > 0 else ""
+        finite = math.isfinite(norm) and math.isfinite(top)
+        bar = "█" * max(1, round(30 * norm / top)) if finite and norm > 0 else ""
         out.print(f"    {layer:<{width}}  {norm:>10.4g}  {bar}")
 
 

@@ -1,0 +1,421 @@
+"""Load on two registry replicas: 100 concurrent clients, a realistic mix, every byte verified.
+
+Usage::
+
+    python benchmarks/load.py [--clients 100] [--duration 60] [--replicas 2]
+                              [--artifact-mb 10,40,100] [--phases metadata,mixed] [--workdir DIR]
+
+What it does:
+
+1. Starts a private PostgreSQL cluster (the same machinery as the test suite: ``initdb`` +
+   ``pg_ctl`` in a temporary directory, durable commits) and ``--replicas`` registry
+   processes on loopback sharing that database and one blob directory, like replicas
+   behind a load balancer. SQLite is not for several replicas.
+2. Publishes the download set (``--artifact-mb``: valid ``exact``-codec skills of random
+   fp32 values) and 30 small skills for search and info to find.
+3. Runs each phase for ``--duration`` seconds with ``--clients`` concurrent clients (one
+   asyncio task and one keep-alive connection each, spread over the replicas
+   round-robin; one process of httpx on this machine's cores):
+
+   * ``metadata``: search (text, base and paginated) and info (skill and version), the
+     traffic a registry mostly serves: the figure compared with the 270 requests/s target
+     (a single Nexus node's published peak).
+   * ``mixed``: 70 % search/info, 25 % download of one of the big artifacts (streamed,
+     SHA-256 checked against the digest the registry published), 5 % publish of a new
+     version (upload + verify + commit, 1 MiB artifacts, every version unique).
+
+4. Reports per endpoint: requests, requests/s, p50/p99 latency; bytes/s downloaded; the
+   error count (any non-2xx, transport error or digest mismatch). At the end checks that
+   every publish answered 201 is listed exactly once and nothing else was added (no
+   version lost or duplicated). Writes ``<workdir>/load-results.json``.
+
+The clients share the machine with the servers and PostgreSQL, so the figures are for
+the whole system on this box, not the server alone; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from registry_throughput import MiB, digest_of, make_artifact  # noqa: E402
+
+SMALL_SKILLS = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_cluster_class():
+    """The test suite's throw-away PostgreSQL cluster (tests/registry/conftest.py)."""
+    spec = importlib.util.spec_from_file_location("tvreg_pg_fixtures", ROOT / "tests/registry/conftest.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PostgresCluster, module._find_pg_bin
+
+
+class Replica:
+    def __init__(self, workdir: Path, database_url: str, index: int) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / f"replica-{index}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry_server.cli", "serve", "--data", str(workdir / "registry")]
+            + ["--database-url", database_url, "--port", str(self.port), "--log-level", "warning"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"replica on {self.url} did not start; see its log")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _admin(database_url: str, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "registry_server.cli", "admin", *args, "--database-url", database_url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def _with_version(template: bytes, name: str, version: str) -> bytes:
+    """``template`` (a tvskill) with another name and version in its manifest: same tensors."""
+    from tvreg.artifact import MANIFEST_KEY
+    from tvreg.safetensors_io import build_header
+
+    length = int.from_bytes(template[:8], "little")
+    header = json.loads(template[8 : 8 + length])
+    metadata = header.pop("__metadata__")
+    manifest = json.loads(metadata[MANIFEST_KEY])
+    manifest.update(name=name, version=version)
+    metadata[MANIFEST_KEY] = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    entries = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    head, _ = build_header([(n, e["dtype"], e["shape"]) for n, e in entries], metadata)
+    return head + template[8 + length :]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.errors: dict[str, int] = defaultdict(int)
+        self.samples: list[str] = []
+        self.bytes = 0
+        self.published: list[tuple[str, str]] = []
+
+    def fail(self, endpoint: str, what: str) -> None:
+        self.errors[endpoint] += 1
+        if len(self.samples) < 10:
+            self.samples.append(f"{endpoint}: {what}")
+
+
+async def _search(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+    kind = rng.random()
+    if kind < 0.5:
+        params = {"q": f"skill{rng.randrange(SMALL_SKILLS)}"}
+    elif kind < 0.8:
+        params = {"base": "0" * 64, "per_page": 10, "page": rng.randint(1, 3)}
+    else:
+        params = {"q": "skill", "per_page": 20}
+    r = await c.get("/skills", params=params)
+    if r.status_code != 200 or "items" not in r.json():
+        stats.fail("search", f"{r.status_code} {r.text[:100]}")
+    return "search"
+
+
+async def _info(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+    skill = f"load/skill{rng.randrange(SMALL_SKILLS)}"
+    if rng.random() < 0.5:
+        r = await c.get(f"/skills/{skill}")
+        endpoint = "info"
+    else:
+        r = await c.get(f"/skills/{skill}/versions/1.0.0")
+        endpoint = "version"
+    if r.status_code != 200:
+        stats.fail(endpoint, f"{r.status_code} {r.text[:100]}")
+    return endpoint
+
+
+async def _download(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+    skill, digest = rng.choice(world["big"])
+    h = hashlib.sha256()
+    n = 0
+    async with c.stream("GET", f"/skills/{skill}/versions/1.0.0/artifact") as r:
+        if r.status_code != 200:
+            stats.fail("download", f"{r.status_code}")
+            return "download"
+        async for chunk in r.aiter_raw(1 * MiB):
+            h.update(chunk)
+            n += len(chunk)
+    stats.bytes += n
+    if "sha256:" + h.hexdigest() != digest:
+        stats.fail("download", f"digest mismatch for {skill} after {n} bytes")
+    return "download"
+
+
+async def _publish(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+    world["counter"] += 1
+    version = f"2.{world['counter']}.0"
+    data = _with_version(world["small_template"], "churn", version)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = await c.post("/uploads", json={"size": len(data), "digest": digest})
+    if r.status_code != 201:
+        stats.fail("publish", f"create {r.status_code} {r.text[:100]}")
+        return "publish"
+    upload_id = r.json()["id"]
+    r = await c.patch(f"/uploads/{upload_id}", content=data, headers={"Upload-Offset": "0"})
+    if r.status_code != 200:
+        stats.fail("publish", f"patch {r.status_code} {r.text[:100]}")
+        return "publish"
+    r = await c.put("/skills/load/churn/versions/" + version, json={"upload_id": upload_id, "tag": None})
+    if r.status_code != 201:
+        stats.fail("publish", f"put {r.status_code} {r.text[:100]}")
+    else:
+        stats.published.append(("load/churn", version))
+    return "publish"
+
+
+MIXES = {
+    "metadata": [(_search, 0.5), (_info, 0.5)],
+    "mixed": [(_search, 0.35), (_info, 0.35), (_download, 0.25), (_publish, 0.05)],
+}
+
+
+async def _client(url: str, token: str, mix, deadline: float, seed: int, stats: Stats, world: dict) -> None:
+    rng = random.Random(seed)
+    ops, weights = zip(*mix, strict=True)
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url + "/api/v1", headers=headers, timeout=120, limits=limits) as c:
+        while time.monotonic() < deadline:
+            op = rng.choices(ops, weights)[0]
+            started = time.perf_counter()
+            try:
+                endpoint = await op(c, rng, stats, world)
+            except httpx.HTTPError as exc:
+                stats.fail(op.__name__.strip("_"), repr(exc))
+                continue
+            stats.latency[endpoint].append(time.perf_counter() - started)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_phase(name: str, urls: list[str], token: str, clients: int, duration: float, world: dict) -> dict:
+    stats = Stats()
+    deadline = time.monotonic() + duration
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(
+                _client(urls[i % len(urls)], token, MIXES[name], deadline, i, stats, world)
+                for i in range(clients)
+            )
+        )
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - started
+    total = sum(len(v) for v in stats.latency.values())
+    endpoints = {
+        ep: {
+            "requests": len(v),
+            "per_s": len(v) / wall,
+            "p50_ms": 1000 * statistics.median(v),
+            "p99_ms": 1000 * _percentile(v, 0.99),
+            "errors": stats.errors.get(ep, 0),
+        }
+        for ep, v in sorted(stats.latency.items())
+    }
+    return {
+        "phase": name,
+        "clients": clients,
+        "wall_s": wall,
+        "operations": total,
+        "operations_per_s": total / wall,
+        "http_requests_per_s": (total + 2 * len(stats.latency.get("publish", []))) / wall,
+        "download_MiB_per_s": stats.bytes / MiB / wall,
+        "errors": sum(stats.errors.values()),
+        "error_samples": stats.samples,
+        "endpoints": endpoints,
+        "published": stats.published,
+    }
+
+
+def _print_phase(result: dict) -> None:
+    print(
+        f"\nphase `{result['phase']}`: {result['clients']} clients, {result['wall_s']:.1f} s, "
+        f"{result['operations_per_s']:.0f} operations/s ({result['http_requests_per_s']:.0f} HTTP requests/s), "
+        f"{result['download_MiB_per_s']:.0f} MiB/s downloaded, {result['errors']} errors"
+    )
+    print(f"  {'endpoint':<10}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for ep, e in result["endpoints"].items():
+        print(
+            f"  {ep:<10}{e['requests']:>10}{e['per_s']:>9.1f}{e['p50_ms']:>9.1f}{e['p99_ms']:>9.1f}{e['errors']:>8}"
+        )
+    for sample in result["error_samples"]:
+        print(f"  error: {sample}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--artifact-mb", default="10,40,100", help="sizes of the download set, MiB")
+    parser.add_argument("--phases", default="metadata,mixed")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+
+    PostgresCluster, find_pg_bin = _postgres_cluster_class()
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package.")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tvreg-load-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cluster = PostgresCluster(bin_dir, durable=True)
+    replicas: list[Replica] = []
+    try:
+        cluster.start()
+        cluster.execute('CREATE DATABASE "registry"')
+        url = cluster.url("registry")
+        from registry_server.db import make_engine
+        from registry_server.migrate import upgrade
+
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        _admin(url, "create-user", "bench")
+        _admin(url, "create-team", "load")
+        _admin(url, "add-member", "load", "bench", "--role", "write")
+        token = _admin(url, "create-token", "bench", "--role", "write")
+        replicas = [Replica(workdir, url, i) for i in range(args.replicas)]
+        for r in replicas:
+            r.wait()
+        urls = [r.url for r in replicas]
+
+        print(f"making the artifacts in {workdir} ...", flush=True)
+        world: dict = {"big": [], "counter": 0}
+        headers = {"Authorization": f"Bearer {token}"}
+        small = workdir / "small.tvskill"
+        make_artifact(small, name="skill0", size=1 * MiB)
+        world["small_template"] = small.read_bytes()
+        with httpx.Client(base_url=urls[0] + "/api/v1", headers=headers, timeout=600) as c:
+            for i, mb in enumerate(int(x) for x in args.artifact_mb.split(",")):
+                path = workdir / f"big{i}.tvskill"
+                make_artifact(path, name=f"big{i}", size=mb * MiB)
+                digest = digest_of(path)
+                _publish_file(c, path.read_bytes(), f"load/big{i}", "1.0.0")
+                world["big"].append((f"load/big{i}", digest))
+                path.unlink()
+            for i in range(SMALL_SKILLS):
+                _publish_file(
+                    c, _with_version(world["small_template"], f"skill{i}", "1.0.0"), f"load/skill{i}", "1.0.0"
+                )
+
+        results = []
+        for phase in args.phases.split(","):
+            print(f"phase `{phase}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
+            result = run_phase(phase, urls, token, args.clients, args.duration, world)
+            _print_phase(result)
+            results.append(result)
+
+        published = [v for r in results for v in r["published"]]
+        with httpx.Client(base_url=urls[-1] + "/api/v1", headers=headers, timeout=60) as c:
+            listed = (
+                [v["version"] for v in c.get("/skills/load/churn").json().get("versions", [])]
+                if published
+                else []
+            )
+        expected = sorted(v for _, v in published)
+        consistency = {
+            "published_201": len(published),
+            "listed": len(listed),
+            "lost": sorted(set(expected) - set(listed)),
+            "unexpected": sorted(set(listed) - set(expected)),
+            "duplicated": len(listed) - len(set(listed)),
+        }
+        print(
+            f"\nversions: {consistency['published_201']} publishes answered 201, {consistency['listed']} listed, "
+            f"{len(consistency['lost'])} lost, {len(consistency['unexpected'])} unexpected, "
+            f"{consistency['duplicated']} duplicated"
+        )
+        for r in results:
+            r.pop("published")
+        out = {
+            "replicas": args.replicas,
+            "cpus": os.cpu_count(),
+            "loadavg_after": os.getloadavg(),
+            "phases": results,
+            "versions": consistency,
+        }
+        (workdir / "load-results.json").write_text(json.dumps(out, indent=2))
+        print(f"results: {workdir / 'load-results.json'}")
+        bad = sum(r["errors"] for r in results) + len(consistency["lost"]) + len(consistency["unexpected"])
+        if bad or consistency["duplicated"]:
+            raise SystemExit("errors, or versions lost or duplicated: see above")
+    finally:
+        for r in replicas:
+            r.stop()
+        cluster.stop()
+        shutil.rmtree(workdir / "registry", ignore_errors=True)
+
+
+def _publish_file(c: httpx.Client, data: bytes, skill: str, version: str) -> None:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = c.post("/uploads", json={"size": len(data), "digest": digest})
+    r.raise_for_status()
+    upload_id, chunk = r.json()["id"], r.json()["chunk_size"]
+    for offset in range(0, len(data), chunk):
+        c.patch(
+            f"/uploads/{upload_id}",
+            content=data[offset : offset + chunk],
+            headers={"Upload-Offset": str(offset)},
+        ).raise_for_status()
+    r = c.put(f"/skills/{skill}/versions/{version}", json={"upload_id": upload_id})
+    if r.status_code != 201:
+        raise SystemExit(f"setup publish of {skill}@{version} failed: {r.status_code} {r.text}")
+
+
+if __name__ == "__main__":
+    main()
