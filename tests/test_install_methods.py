@@ -224,3 +224,26 @@ def test_average_of_deltas_from_general_needs_no_base_weights(family, tmp_path):
         assert torch.equal(got[name], expect), name
     with pytest.raises(MergeError, match="method `average` needs θ_pre's weights"):
         install(_skills(family, tmp_path), into=model, method="average", weights=WEIGHTS)
+
+
+@pytest.mark.parametrize("method", ["linear"])
+def test_a_kill_mid_write_leaves_the_old_model_for_every_method(method, family, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    skills = _skills(family, tmp_path)
+    model = copy_model(family.general, tmp_path / "mymodel")
+    install(skills[:1], into=model, base=family.pre, general_size=10000)
+    before = tree_digest(model)
+    cmd = [sys.executable, "-m", "tvreg.cli", "install", *map(str, skills), "--into", str(model),
+           "--method", method, "--base-weights" if method == "linear" else "--seed",
+           str(family.pre) if method == "linear" else "4"]  # fmt: skip
+    proc = subprocess.run(cmd, env={**subprocess_env(), "TVREG_FAULT": "install:write"}, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert tree_digest(model) == before
+    install(skills, into=model, method=method, method_params={"seed": 4} if method == "dare_ties" else
+            {"base_weights": str(family.pre)})  # fmt: skip
+    assert read_lock(model).method == method and len(read_lock(model).skills) == 2
