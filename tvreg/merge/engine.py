@@ -33,8 +33,8 @@ from .base import Recipe, fp32
 from .chunks import dense_chunk, form_numel, iter_chunks
 from .trim import Trim, magnitude_trim
 
-#: Elements per chunk on the CPU path: 4 Mi float32 = 16 MiB per skill in flight.
-CPU_CHUNK = 1 << 22
+#: Elements per chunk on the CPU path: 256 Ki float32 = 1 MiB per skill, so a chunk's passes stay in cache.
+CPU_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,23 @@ def _anchor(plan: TensorPlan, start: int, general: torch.Tensor, pre: torch.Tens
     return acc
 
 
+def _keep(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``keep``, +0.0 elsewhere, in place: an AND with all-ones/all-zeros bit masks.
+
+    Several times faster on the CPU than ``masked_fill_``/``torch.where``, and exactly
+    the kernel's ``tl.where(keep, x, 0.0)`` (a +0.0, never the −0.0 a multiply by 0 can give).
+    """
+    x.view(torch.int32).bitwise_and_(keep.to(torch.int32).neg_())
+    return x
+
+
 def _contribution(plan: TensorPlan, term: Term, start: int, tau: torch.Tensor) -> torch.Tensor:
     """w_k = d_k·ω_k for this chunk (``tau`` is consumed)."""
     if term.trim is not None:
-        tau = tau.masked_fill_(~term.trim.mask(tau, start), 0.0)
+        tau = _keep(tau, term.trim.mask(tau, start))
     if term.key is not None:
         keep = rng.keep_mask(term.key, start, start + tau.numel(), plan.drop_threshold)
-        tau = tau.mul_(plan.rescale).masked_fill_(~keep, 0.0)
+        tau = _keep(tau.mul_(plan.rescale), keep)
     return tau.mul_(term.weight)
 
 
@@ -160,13 +170,14 @@ def merge_chunk(
         total = torch.zeros(n, dtype=torch.float32)
         for w in ws:
             total.add_(w)
-        positive = total >= 0
+        # sign(w) == elected sign  ⇔  w · (±1) > 0 (multiplying by ±1 is exact)
+        elected = torch.where(total >= 0, 1.0, -1.0)
         div = torch.zeros(n, dtype=torch.float32)
         for (_, term), w in zip(plan.active(), ws, strict=True):
-            agree = torch.where(positive, w > 0, w < 0)
-            mix.add_(w.masked_fill_(~agree, 0.0))
-            div.add_(agree.to(torch.float32).mul_(term.weight))
-        div.masked_fill_(div == 0, 1.0)
+            agree = (w * elected) > 0
+            div.add_(agree.to(torch.float32).mul_(term.weight))  # 0·ω may be −0.0: sums alike
+            mix.add_(_keep(w, agree))
+        div[div == 0] = 1.0
     else:
         for w in ws:
             mix.add_(w)
