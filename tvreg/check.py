@@ -20,12 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .client import RegistryClient, client_for
-from .errors import ConfigError, SketchError, SketchMissing
+from .errors import SketchError, SketchMissing
 from .interference import InterferenceReport, SkillEntry, check_sketches
 from .lockfile import Lock
 from .progress import NULL_PROGRESS, Progress
-from .refs import SkillRef, looks_like_ref, parse_ref
-from .resolve import Requirement, parse_requirement, resolve
+from .refs import SkillRef, parse_ref
 from .sketch import Sketch, load_cached, sketch_for, store_cached
 
 
@@ -121,21 +120,13 @@ def check(
         ResolutionImpossible / NotFound: as for install.
         SketchMissing: a version has no sketch and ``download`` is False.
     """
+    from .artifact import Artifact
     from .environment import require_lock
+    from .fetch import resolve_install
     from .store import artifact_path
 
     weights = dict(weights or {})
     lock = require_lock(Path(into))
-    files: list[str] = []
-    requested: list[Requirement] = []
-    for arg in skills:
-        if os.path.isfile(arg) or not looks_like_ref(arg):
-            files.append(arg)
-        else:
-            parse_ref(arg.partition("@")[0], allow_version=False)
-            requested.append(parse_requirement(arg))
-    entries: list[SkillEntry] = []
-    new_names: set[str] = set()
 
     def weight(names: Sequence[str], dataset_size: int | None, unit: str) -> tuple[float, str]:
         for n in names:
@@ -143,50 +134,38 @@ def check(
                 return float(weights[n]), "user"
         return default_weight(dataset_size, unit, lock)
 
-    from .artifact import Artifact
-
-    for path in files:
-        sketch = sketch_for(path, progress=progress)
-        with Artifact(path) as art:
-            m = art.manifest
-        new_names.add(m.name)
-        w, source = weight([m.name], m.dataset_size, m.dataset_unit)
-        entries.append(SkillEntry(m.label, sketch, w, source))
-    if requested:
-        asked = {r.name for r in requested}
-        pins = []
-        for locked in lock.skills:
-            if looks_like_ref(locked.artifact):
-                ref = parse_ref(locked.artifact)
-                if ref.name not in asked and ref.version:
-                    pins.append(Requirement(ref.name, ref.version, source=f"{Path(into).name} pins"))
-        pinned = {p.name for p in pins}
-        with contextlib.ExitStack() as stack:
-            try:
-                client = stack.enter_context(client_for(registry, token))
-            except ConfigError as exc:
-                exc.hints.append(f"no file `{requested[0]}` exists either")
-                raise
-            from .fetch import RegistryIndex
-
-            index = RegistryIndex(client, lock.base_fingerprint, lock.general_fingerprint)
-            chosen = resolve(
-                requested + pins, index, base_fingerprint=lock.base_fingerprint, resolution=resolution
-            ).chosen
-            for name, cand in chosen.items():
-                if name in pinned:
-                    continue
-                ns, _, skill = name.partition("/")
-                version = next(v for v in index.skill(name)["versions"] if v["version"] == cand.version)
-                sketch = registry_sketch(
-                    client, SkillRef(ns, skill, cand.version), version, download=download, progress=progress
-                )
-                manifest = version.get("manifest") or {}
-                new_names.update({name, skill})
-                w, source = weight(
-                    [name, skill], manifest.get("dataset_size"), manifest.get("dataset_unit", "examples")
-                )
-                entries.append(SkillEntry(f"{name}@{cand.version}", sketch, w, source))
+    planned = resolve_install(
+        list(skills), into=into, registry=registry, token=token, resolution=resolution, download=False
+    )
+    entries: list[SkillEntry] = []
+    new_names: set[str] = set()
+    with contextlib.ExitStack() as stack:
+        clients: dict[str | None, RegistryClient] = {}
+        for item in planned:
+            if item.origin is None:
+                assert item.path is not None
+                sketch = sketch_for(item.path, progress=progress)
+                with Artifact(item.path) as art:
+                    m = art.manifest
+                new_names.add(m.name)
+                w, source = weight([m.name], m.dataset_size, m.dataset_unit)
+                entries.append(SkillEntry(m.label, sketch, w, source))
+                continue
+            assert item.name and item.version and item.digest
+            ref = parse_ref(f"{item.name}@{item.version}")
+            sketch = load_cached(item.digest)
+            if sketch is None:
+                url = item.origin.registry or registry
+                if url not in clients:
+                    clients[url] = stack.enter_context(client_for(url, token))
+                version = clients[url].version(ref, item.version)
+                if not version.get("sketch") and item.path is not None:
+                    sketch = sketch_for(item.path, digest=item.digest, progress=progress)
+                else:
+                    sketch = registry_sketch(clients[url], ref, version, download=download, progress=progress)
+            new_names.update({item.name, ref.skill})
+            w, source = weight([item.name, ref.skill], item.dataset_size, item.dataset_unit)
+            entries.append(SkillEntry(f"{item.name}@{item.version}", sketch, w, source))
     installed: list[SkillEntry] = []
     for locked in lock.skills:
         if locked.name in new_names:

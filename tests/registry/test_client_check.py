@@ -64,6 +64,8 @@ def test_check_downloads_sketches_only(registry, family, artifacts, tmp_path, mo
     assert set(proxy.body_bytes) == {
         "/api/v1/skills/alice/science",
         "/api/v1/skills/alice/coding",
+        "/api/v1/skills/alice/science/versions/1.0.0",
+        "/api/v1/skills/alice/coding/versions/1.0.0",
         "/api/v1/skills/alice/science/versions/1.0.0/sketch",
         "/api/v1/skills/alice/coding/versions/1.0.0/sketch",
     }
