@@ -85,7 +85,8 @@ class Timer:
         self.data = json.loads(path.read_text()) if path.is_file() else {}
 
     def record(self, stage: str, seconds: float) -> None:
-        self.data[stage] = round(seconds, 1)
+        # A resumed run skips cached stages in no time; keep the time the stage really took.
+        self.data[stage] = max(round(seconds, 1), self.data.get(stage, 0.0))
         self.path.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
 
 
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     report.write(list(res.rows.values()), skills, dict(plan.skill_sizes), plan.general_size, results_dir)
     shutil.copy(run / "timings.json", results_dir / "timings.json")
     timer.record("report", time.monotonic() - t)
+    timer.data.pop("total (this invocation)", None)
     timer.record("total (this invocation)", time.monotonic() - started)
     shutil.copy(run / "timings.json", results_dir / "timings.json")
     log(f"done: {results_dir}/results.md")
