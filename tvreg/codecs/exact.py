@@ -20,16 +20,10 @@ planes).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ..errors import CorruptArtifact
 from . import planes, zstd_frame
 from .base import Codec, Encoded, numel_of, raw_view
-
-
-def _bitmap_bytes(n: int) -> int:
-    return (n + 7) // 8
 
 
 class ExactCodec(Codec):
@@ -37,21 +31,7 @@ class ExactCodec(Codec):
     lossless = True
 
     def encode(self, tensor: torch.Tensor) -> Encoded:
-        flat = tensor.detach().to(torch.float32).contiguous().reshape(-1)
-        n = flat.numel()
-        per = zstd_frame.CHUNK_BYTES // 4
-        segments, nnz = [], []
-        for lo in range(0, n, per):
-            chunk = flat[lo : lo + per]
-            nonzero = chunk.view(torch.int32) != 0  # keeps -0.0, whose bits are not zero
-            values = chunk[nonzero].contiguous()
-            bits = np.packbits(nonzero.numpy(), bitorder="little")
-            segments.append(bits.tobytes() + planes.split(values, "exp").numpy().tobytes())
-            nnz.append(values.numel())
-        data, stream = zstd_frame.compress_segments(segments)
-        params = {"zeros": "bitmap", "planes": "exp", "nnz": nnz, **stream}
-        if len(segments) > 1:
-            params["chunk_elems"] = per
+        data, params = planes.encode_masked(tensor.detach().to(torch.float32).contiguous().reshape(-1))
         return Encoded(data, params)
 
     def decode(self, data, shape, params, *, where):
@@ -66,40 +46,4 @@ class ExactCodec(Codec):
             return planes.merge(buf.view(4, n), "bytes", out).reshape(shape)
         if params.get("zeros") is None:
             return planes.decode(data, params, n, torch.float32, where=where).reshape(shape)
-        return _decode_masked(data, n, params, where).reshape(shape)
-
-
-def _decode_masked(data, n: int, params: dict, where: str) -> torch.Tensor:
-    nnz = params.get("nnz")
-    per = params.get("chunk_elems", max(n, 1))
-    if (
-        params.get("zeros") != "bitmap"
-        or params.get("planes") != "exp"
-        or type(per) is not int
-        or per <= 0
-        or not isinstance(nnz, list)
-        or len(nnz) != -(-n // per)
-    ):
-        raise CorruptArtifact(f"tensor `{where}` has malformed `exact` parameters.")
-    sizes = [min(per, n - lo) for lo in range(0, n, per)]
-    if not all(type(k) is int and 0 <= k <= size for k, size in zip(nnz, sizes, strict=True)):
-        raise CorruptArtifact(f"tensor `{where}` declares more non-zero entries than it has.")
-    segments = [_bitmap_bytes(size) + 4 * k for size, k in zip(sizes, nnz, strict=True)]
-    spans = zstd_frame.plan_segments(data, segments, params, where=where)
-    out = zstd_frame.empty(n, torch.float32, where=where)
-    buf = zstd_frame.empty(sum(segments), torch.uint8, where=where)
-
-    def finish(i: int, lo: int, hi: int) -> None:
-        size, k = sizes[i], nnz[i]
-        bits = buf[lo : lo + _bitmap_bytes(size)].numpy()
-        where_nonzero = np.flatnonzero(np.unpackbits(bits, bitorder="little").view(np.bool_))
-        if len(where_nonzero) != k or (k and where_nonzero[-1] >= size):
-            raise CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
-        values = torch.empty(k, dtype=torch.float32)
-        planes.merge(buf[lo + _bitmap_bytes(size) : hi].view(4, k), "exp", values)
-        target = out[i * per : i * per + size].numpy()
-        target.fill(0)
-        target[where_nonzero] = values.numpy()
-
-    zstd_frame.decompress_spans_into(data, raw_view(buf), spans, where=where, finish=finish)
-    return out
+        return planes.decode_masked(data, params, n, torch.float32, where=where).reshape(shape)

@@ -115,3 +115,89 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
 
     zstd_frame.decompress_spans_into(data, raw_view(buf), spans, where=where, finish=finish)
     return out
+
+
+_INT_OF = {4: torch.int32, 2: torch.int16}
+
+
+def _bitmap_bytes(n: int) -> int:
+    return (n + 7) // 8
+
+
+def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
+    """A bitmap of the non-zero entries, then the non-zeros' ``exp`` planes; one frame per chunk.
+
+    Why: most entries of a short fine-tune's τ are exactly zero; a bitmap costs under a
+    bit per entry after zstd, where the planes of a zero cost a few bits. −0.0 counts as
+    non-zero, so decoding is bit-exact.
+    """
+    import numpy as np
+
+    from . import zstd_frame
+
+    size = flat.element_size()
+    n = flat.numel()
+    per = zstd_frame.CHUNK_BYTES // size
+    segments, nnz = [], []
+    for lo in range(0, n, per):
+        chunk = flat[lo : lo + per]
+        nonzero = chunk.view(_INT_OF[size]) != 0
+        values = chunk[nonzero].contiguous()
+        bits = np.packbits(nonzero.numpy(), bitorder="little")
+        segments.append(bits.tobytes() + split(values, "exp").numpy().tobytes())
+        nnz.append(values.numel())
+    data, stream = zstd_frame.compress_segments(segments)
+    params = {"zeros": "bitmap", "planes": "exp", "nnz": nnz, **stream}
+    if len(segments) > 1:
+        params["chunk_elems"] = per
+    return data, params
+
+
+def decode_masked(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
+    """Undo :func:`encode_masked`: a fresh flat tensor of ``numel`` fp32 or bf16 values.
+
+    Every size (bitmap, non-zero count, frame) is checked against the manifest before
+    anything is allocated, and each frame's bitmap must mark exactly its declared count.
+    """
+    import numpy as np
+
+    from ..errors import CorruptArtifact
+    from . import zstd_frame
+    from .base import raw_view
+
+    n = numel
+    size = torch.empty(0, dtype=dtype).element_size()
+    nnz = params.get("nnz")
+    per = params.get("chunk_elems", max(n, 1))
+    if (
+        params.get("zeros") != "bitmap"
+        or params.get("planes") != "exp"
+        or type(per) is not int
+        or per <= 0
+        or not isinstance(nnz, list)
+        or len(nnz) != -(-n // per)
+    ):
+        raise CorruptArtifact(f"tensor `{where}` has malformed zero-bitmap parameters.")
+    sizes = [min(per, n - lo) for lo in range(0, n, per)]
+    if not all(type(k) is int and 0 <= k <= c for k, c in zip(nnz, sizes, strict=True)):
+        raise CorruptArtifact(f"tensor `{where}` declares more non-zero entries than it has.")
+    segments = [_bitmap_bytes(c) + size * k for c, k in zip(sizes, nnz, strict=True)]
+    spans = zstd_frame.plan_segments(data, segments, params, where=where)
+    out = zstd_frame.empty(n, dtype, where=where)
+    buf = zstd_frame.empty(sum(segments), torch.uint8, where=where)
+    out_ints = out.view(_INT_OF[size]).numpy()
+
+    def finish(i: int, lo: int, hi: int) -> None:
+        count, k = sizes[i], nnz[i]
+        bits = buf[lo : lo + _bitmap_bytes(count)].numpy()
+        positions = np.flatnonzero(np.unpackbits(bits, bitorder="little").view(np.bool_))
+        if len(positions) != k or (k and positions[-1] >= count):
+            raise CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
+        values = torch.empty(k, dtype=dtype)
+        merge(buf[lo + _bitmap_bytes(count) : hi].view(size, k), "exp", values)
+        target = out_ints[i * per : i * per + count]
+        target.fill(0)
+        target[positions] = values.view(_INT_OF[size]).numpy()
+
+    zstd_frame.decompress_spans_into(data, raw_view(buf), spans, where=where, finish=finish)
+    return out
