@@ -1,13 +1,13 @@
-"""Fetch a skill from the registry by name: pick a version, download it into the cache.
+"""Fetch skills from the registry: resolve requirements, pick versions, download into the cache.
 
 Why a separate step from install: install works on local artifacts and stays offline;
-fetching only turns ``nlp/science`` (or ``nlp/science@1.2.0``) into a verified file in
-the download cache (:mod:`tvreg.cache`). The choice is deliberately simple until the
-resolver lands: the highest non-yanked version built for the model's base (final
-releases before prereleases), or exactly the pinned version, yanked or not (PEP 592),
-with a warning that carries the yank reason.
+fetching only turns ``nlp/science`` (or ``nlp/science@^1.2``) into a verified file in
+the download cache (:mod:`tvreg.cache`). :func:`resolve_install` resolves requirements
+with the installed set (:mod:`tvreg.resolve`) against the registry, or against the
+cache alone for ``--offline`` (:class:`CacheIndex`); :func:`fetch_locked` fetches what a
+``tvreg.lock`` entry pins, by digest, refusing other bytes. Yanked versions are skipped
+unless pinned exactly (PEP 592), with a warning that carries the yank reason.
 """
-
 from __future__ import annotations
 
 import contextlib
