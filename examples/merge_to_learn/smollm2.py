@@ -58,6 +58,30 @@ def _gguf(cache_dir: Path) -> Path:
     return target
 
 
+def save_model_dir(model, tok, directory: Path, dtype: str) -> None:
+    """Write ``model`` and ``tok`` as a Hugging Face directory in ``dtype``, named as ``save_pretrained`` names them.
+
+    A tied lm_head is stored once, as the embedding (``safetensors.torch.save_model`` keeps
+    ``lm_head.weight`` instead), so θ_pre and every fine-tune line up name for name.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model = model.to(getattr(torch, dtype))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["torch_dtype"] = dtype
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
 def ensure_smollm2(cache_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
     """Return an HF model directory of SmolLM2-135M-Instruct in ``dtype``, converting it once.
 
@@ -65,7 +89,6 @@ def ensure_smollm2(cache_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
     atomically (written beside it, then renamed), so an interrupted conversion is redone.
     """
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = Path(cache_dir).expanduser().resolve()
@@ -77,24 +100,9 @@ def ensure_smollm2(cache_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
     print(f"converting {gguf.name} to a {dtype} Hugging Face directory ...", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model = model.to(getattr(torch, dtype))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    # The names `save_pretrained` would write: a tied lm_head is stored once, as the embedding.
-    # (`safetensors.torch.save_model` keeps `lm_head.weight` instead, and a fine-tune saved by
-    # `save_pretrained` would then not line up with θ_pre name for name.)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    config["torch_dtype"] = dtype
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    save_model_dir(model, tok, tmp, dtype)
     tmp.rename(out)
     return out
 
