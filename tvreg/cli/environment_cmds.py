@@ -63,8 +63,8 @@ def print_plan(plan) -> None:
     out.print(f"Would install {count} skill(s) into {plan.model_dir} (dry run, nothing written).")
 
 
-def print_result(res, verb: str) -> None:
-    """The set now installed, then one summary line (as ``tvreg install`` prints it)."""
+def print_installed(res) -> None:
+    """The set now installed, as a table, then any notes."""
     table = Table(box=None, header_style="bold")
     for col in ("skill", "version", "ω", "from"):
         table.add_column(col)
@@ -73,6 +73,11 @@ def print_result(res, verb: str) -> None:
     out.print(table)
     for note in res.notes:
         out.print(f"[yellow]note:[/] {note}")
+
+
+def print_result(res, verb: str) -> None:
+    """The set now installed, then one summary line."""
+    print_installed(res)
     out.print(
         f"{verb} {res.model_dir}: {len(res.skills)} skill(s) in {res.seconds:.1f} s "
         f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."

@@ -11,7 +11,14 @@ from rich.table import Table
 
 from .app import RichProgress, main, out, parse_weights
 from .check import warn_before_install
-from .environment_cmds import DRY_RUN, OFFLINE, REGISTRY, RESOLUTION, print_plan, print_result
+from .environment_cmds import (
+    DRY_RUN,
+    OFFLINE,
+    REGISTRY,
+    RESOLUTION,
+    print_installed,
+    print_plan,
+)
 
 
 @main.command()
@@ -152,17 +159,10 @@ def install(
         progress=progress,
     )
     if dry_run:
-        print_result(res, "Would install into")
+        print_installed(res)
         out.print(f"Would install {len(res.skills)} skill(s) into {res.model_dir} (dry run, nothing written).")
         return
-    table = Table(title=None, box=None, show_header=True, header_style="bold")
-    for col in ("skill", "version", "ω", "from"):
-        table.add_column(col)
-    for s in res.skills:
-        table.add_row(s.name, s.version, f"{s.weight:.6g}", s.weight_source)
-    out.print(table)
-    for note in res.notes:
-        out.print(f"[yellow]note:[/] {note}")
+    print_installed(res)
     out.print(
         f"Installed {len(res.skills)} skill(s) into {res.model_dir} in {res.seconds:.1f} s "
         f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."
