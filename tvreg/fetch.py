@@ -31,7 +31,7 @@ from .errors import (
     ResolutionImpossible,
 )
 from .fingerprint import short
-from .lockfile import LockedSkill, Origin
+from .lockfile import LockedSkill, Origin, require_locked_digest
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, looks_like_ref, parse_ref
 from .resolve import Candidate, Requirement, parse_requirement, resolve
@@ -587,20 +587,15 @@ def fetch_locked(
         ModelEnvironmentError: the artifact is nowhere local and ``offline`` (or the skill
             was a local file).
     """
-    from .artifact import file_digest
     from .store import artifact_path
 
     stored = artifact_path(skill.digest)
     if stored.is_file():
-        found = file_digest(stored)
-        if found == skill.digest:
-            return stored
-        raise LockMismatch(
-            f"tvreg.lock pins `{skill.label}` to {skill.digest}, but the stored artifact `{stored}` hashes to "
-            f"{found}; refusing to use it.",
-            expected=skill.digest,
-            found=found,
-            hints=["delete the damaged file and run the command again to fetch it by digest"],
+        return require_locked_digest(
+            skill,
+            stored,
+            what="the stored artifact",
+            hint="delete the damaged file and run the command again to fetch it by digest",
         )
     cache = cache or BlobCache()
     hit = cache.get(skill.digest, progress=progress)
@@ -609,18 +604,12 @@ def fetch_locked(
     if skill.registry is None:
         hint = f"install it again from its file: `tvreg install {skill.artifact} --into MODEL`"
         if os.path.isfile(skill.artifact):
-            from .artifact import file_digest as digest_of
-
-            found = digest_of(Path(skill.artifact))
-            if found != skill.digest:
-                raise LockMismatch(
-                    f"tvreg.lock pins `{skill.label}` to {skill.digest}, but its file `{skill.artifact}` now "
-                    f"hashes to {found}; refusing to use it.",
-                    expected=skill.digest,
-                    found=found,
-                    hints=["restore the file, or install it again to lock its new bytes"],
-                )
-            return Path(skill.artifact)
+            return require_locked_digest(
+                skill,
+                Path(skill.artifact),
+                what="its file",
+                hint="restore the file, or install it again to lock its new bytes",
+            )
         raise ModelEnvironmentError(
             f"the artifact of `{skill.label}` ({skill.digest}) is not in the local store or cache, and it was "
             "installed from a file, not a registry.",

@@ -30,7 +30,6 @@ from .environment import init_environment, lock_model, open_pristine, require_lo
 from .errors import (
     IncompatibleBase,
     InstallInterrupted,
-    LockMismatch,
     LockOutdated,
     ModelEnvironmentError,
     TensorMismatch,
@@ -39,7 +38,7 @@ from .errors import (
 from .faults import crash_point
 from .fingerprint import fingerprint_of_hashes, remember, short, tensor_hashes
 from .fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, link_or_copy, swap_directories
-from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, read_lock, write_lock
+from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, read_lock, require_locked_digest, write_lock
 from .merge import Recipe, get_method, plan_tensor
 from .merge.device import Merger, merger_for, resolve_device
 from .modelcard import general_model_id, write_model_card
@@ -304,16 +303,12 @@ def stored_artifact(locked: LockedSkill, model_dir: Path) -> Path:
             f"store (`{stored}`).",
             hints=[hint],
         )
-    found = file_digest(stored)
-    if found != locked.digest:
-        raise LockMismatch(
-            f"tvreg.lock pins `{locked.label}` to {locked.digest}, but the stored artifact `{stored}` hashes to "
-            f"{found}; refusing to use it.",
-            expected=locked.digest,
-            found=found,
-            hints=[f"delete `{stored}` and run `tvreg sync --into {model_dir}` to fetch it again by digest"],
-        )
-    return stored
+    return require_locked_digest(
+        locked,
+        stored,
+        what="the stored artifact",
+        hint=f"delete `{stored}` and run `tvreg sync --into {model_dir}` to fetch it again by digest",
+    )
 
 
 def _stage_other_files(model_dir: Path, staging: Path, weight_names: set[str]) -> None:

@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ModelEnvironmentError
+from .errors import LockMismatch, ModelEnvironmentError
 from .fsutil import atomic_write_text
 
 LOCK_NAME = "tvreg.lock"
@@ -145,3 +145,23 @@ def read_lock(model_dir: Path) -> Lock | None:
 
 def write_lock(model_dir: Path, lock: Lock) -> None:
     atomic_write_text(Path(model_dir) / LOCK_NAME, lock.to_text())
+
+
+def require_locked_digest(skill: LockedSkill, path: Path, *, what: str, hint: str) -> Path:
+    """Return ``path`` if its bytes hash to the digest the lock pins for ``skill``; refuse otherwise.
+
+    There is no fallback on purpose: a lock names exact bytes, and anything else is tampering
+    or damage (FAULTS row 23). ``what`` says which copy it is, e.g. "the stored artifact".
+    """
+    from .artifact import file_digest
+
+    found = file_digest(Path(path))
+    if found != skill.digest:
+        raise LockMismatch(
+            f"tvreg.lock pins `{skill.label}` to {skill.digest}, but {what} `{path}` hashes to "
+            f"{found}; refusing to use it.",
+            expected=skill.digest,
+            found=found,
+            hints=[hint],
+        )
+    return Path(path)
