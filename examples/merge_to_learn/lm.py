@@ -178,15 +178,20 @@ def train_top(
     lr: float,
     batch: int,
     seed: int,
+    params: list[nn.Parameter] | None = None,
     log=print,
 ) -> list[float]:
-    """AdamW on layers[k:] and the final norm, loss on answer tokens only; returns the loss per step."""
+    """AdamW on ``params`` (default: layers[k:] and the final norm), loss on answer tokens only.
+
+    Returns the loss per step. LoRA passes its adapter factors as ``params`` (see :func:`add_lora`).
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     for p in model.parameters():
         p.requires_grad_(False)
-    params = [p for layer in list(model.model.layers)[k:] for p in layer.parameters()]
-    params += list(model.model.norm.parameters())
+    if params is None:
+        params = [p for layer in list(model.model.layers)[k:] for p in layer.parameters()]
+        params += list(model.model.norm.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -225,6 +230,41 @@ def train_top(
     for p in model.parameters():
         p.requires_grad_(False)
     return losses
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def add_lora(model, k: int, *, r: int, alpha: float):
+    """Wrap every linear layer of layers[k:] in a PEFT LoRA adapter (in place); returns (peft model, params).
+
+    The same layers as full fine-tuning, so the two differ only in how the update is parameterised;
+    ``model`` itself keeps working (with the adapter active) for :func:`train_top` and scoring.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        layers_to_transform=list(range(k, len(model.model.layers))),
+    )
+    peft_model = get_peft_model(model, cfg)
+    params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+    return peft_model, params
+
+
+def save_lora(peft_model, tok, adapter_dir: Path, merged_dir: Path) -> None:
+    """Write the PEFT adapter (what ``tvreg build --adapter`` reads) and the merged model (what is scored)."""
+    import shutil
+
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp.rename(adapter_dir)
+    save(peft_model.merge_and_unload(), tok, merged_dir)
 
 
 def save(model, tok, out: Path) -> None:

