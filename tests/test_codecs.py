@@ -163,6 +163,40 @@ def test_auto_keeps_small_and_1d_tensors_exact_and_respects_the_budget():
     assert make_codec("auto", {"max_rel_error": 0}).encode(lora_like).codec == "exact"
 
 
+def test_exact_refuses_a_bitmap_with_bits_set_past_its_end():
+    t = torch.tensor([0.0, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -3.0])  # 9 entries: the 2nd byte has 7 pad bits
+    enc = get_codec("exact").encode(t)
+    segment = zstandard.ZstdDecompressor().decompress(enc.data)
+    bitmap = bytearray(segment[:2])
+    bitmap[1] |= 0x80  # a pad bit; the non-zero count is unchanged if we clear a real one
+    bitmap[0] &= ~0x02
+    bad = zstd_frame.compress(bytes(bitmap) + segment[2:])
+    with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
+        get_codec("exact").decode(bad, (9,), enc.params, where="w")
+
+
+def test_an_arena_reuses_its_buffers_tensor_after_tensor_and_decodes_the_same(taus):
+    """An install decodes into an arena; every value must equal a plain decode, with a bounded buffer count."""
+    codec = get_codec("exact")
+    encoded = [(tuple(t.shape), codec.encode(t), t) for t in list(taus.values())[:6]]
+    arena = zstd_frame.Arena()
+    seen: set[int] = set()
+    for _ in range(2):
+        for shape, enc, tau in encoded:
+            with arena.active():
+                a = codec.decode_form(enc.data, shape, enc.params, where="w")
+                b = codec.decode_form(enc.data, shape, enc.params, where="w")
+            assert torch.equal(a.to_dense(), tau) and torch.equal(b.to_dense(), tau)
+            assert a.values.data_ptr() != b.values.data_ptr()  # both in use at once: two buffers
+            seen |= {a.values.data_ptr(), b.values.data_ptr()}
+            del a, b
+            arena.recycle()
+            assert len(arena._free) <= 2
+    assert len(seen) <= 2 * len(encoded)
+    plain = codec.decode_form(encoded[0][1].data, encoded[0][0], encoded[0][1].params, where="w")
+    assert plain.values.data_ptr() not in {b.data_ptr() for b in arena._free}  # no arena active: its own buffer
+
+
 def test_big_tensors_are_chunked_and_decode_in_parallel(monkeypatch):
     monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)
     zstd_frame.set_decode_threads(3)

@@ -15,11 +15,14 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from . import statcache
+from .cache import file_sha256
 from .codecs import get_codec
 from .codecs.forms import StoredForm
 from .errors import CorruptArtifact, InvalidManifest
@@ -28,15 +31,22 @@ from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
 
 MANIFEST_KEY = "tvreg.manifest"
+_DIGESTS = "digests"
 
 
-def file_digest(path: Path) -> str:
-    """``sha256:<hex>`` of a whole file, read in 8 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+def file_digest(path: Path, *, fresh: bool = False) -> str:
+    """``sha256:<hex>`` of a whole file, remembered while the file is unchanged (:mod:`tvreg.statcache`).
+
+    ``fresh=True`` reads every byte whatever was remembered.
+    """
+    if not fresh:
+        known = statcache.lookup(_DIGESTS, Path(path))
+        if isinstance(known, str) and known.startswith("sha256:"):
+            return known
+    started = time.time_ns()
+    digest = file_sha256(Path(path))
+    statcache.remember(_DIGESTS, Path(path), digest, read_since_ns=started)
+    return digest
 
 
 class ArtifactWriter:

@@ -5,26 +5,25 @@ The fingerprint (algorithm v1) is the SHA-256 of the lines
 Sharding, shard file names, file order and header padding do not enter it; one
 changed element, dtype or shape does. Skills are keyed to their base model by it.
 
-Per-file results are cached under ``$XDG_CACHE_HOME/tvreg/fingerprints`` keyed by
-(device, inode, size, mtime), so asking again about an unchanged 10 GB model costs
-a few ``stat`` calls. Hashing runs in threads: ``hashlib`` releases the GIL.
+Per-file results are remembered by :mod:`tvreg.statcache` (keyed by path, inode, size,
+mtime and ctime), so asking again about an unchanged 10 GB model costs a few ``stat``
+calls. Hashing runs in threads: ``hashlib`` releases the GIL.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from . import statcache
 from .checkpoint import Checkpoint
-from .fsutil import atomic_write_text
-from .paths import cache_dir
 from .progress import NULL_PROGRESS, Progress
 from .safetensors_io import SafetensorsFile, TensorInfo
 
 FINGERPRINT_VERSION = 1
+_KIND = f"fingerprints-v{FINGERPRINT_VERSION}"
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -47,13 +46,6 @@ def _hash_tensor(handle: SafetensorsFile, info: TensorInfo, progress: Progress) 
     return h.hexdigest()
 
 
-def _cache_path(file: Path) -> tuple[Path, str]:
-    st = os.stat(file)
-    key = f"v{FINGERPRINT_VERSION}:{os.path.realpath(file)}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return cache_dir() / "fingerprints" / f"{digest}.json", key
-
-
 def tensor_hashes(
     ckpt: Checkpoint, *, progress: Progress = NULL_PROGRESS, fresh: bool = False
 ) -> dict[str, tuple[str, list[int], str]]:
@@ -68,14 +60,10 @@ def tensor_hashes(
         if fresh:
             todo.append((file, handle))
             continue
-        cache_file, key = _cache_path(file)
-        try:
-            cached = json.loads(cache_file.read_text())
-            if cached.get("key") == key:
-                result.update({k: (v[0], v[1], v[2]) for k, v in cached["tensors"].items()})
-                continue
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
-            pass
+        cached = _entries(statcache.lookup(_KIND, file))
+        if cached is not None:
+            result.update(cached)
+            continue
         todo.append((file, handle))
     if todo:
         progress.task("Hashing weights", sum(sum(i.nbytes for i in h.tensors.values()) for _, h in todo))
@@ -95,13 +83,18 @@ def tensor_hashes(
     return result
 
 
-def remember(file: Path, entries: dict[str, tuple[str, list[int], str]]) -> None:
-    """Seed the cache for a file whose tensor hashes were computed while writing it."""
-    cache_file, key = _cache_path(file)
+def _entries(cached: object) -> dict[str, tuple[str, list[int], str]] | None:
+    if not isinstance(cached, dict):
+        return None
     try:
-        atomic_write_text(cache_file, json.dumps({"key": key, "tensors": entries}))
-    except OSError:
-        pass
+        return {k: (str(v[0]), list(v[1]), str(v[2])) for k, v in cached.items()}
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
+def remember(file: Path, entries: dict[str, tuple[str, list[int], str]]) -> None:
+    """Remember the tensor hashes of a file, e.g. ones computed while writing it."""
+    statcache.remember(_KIND, file, entries)
 
 
 def fingerprint_of_hashes(hashes: dict[str, tuple[str, list[int], str]]) -> str:

@@ -16,8 +16,9 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, read_lock, require_l
 from .merge import Recipe, get_method, plan_tensor
 from .merge.device import Merger, merger_for, resolve_device
 from .modelcard import general_model_id, write_model_card
-from .pipeline import ordered_map
+from .pipeline import ordered_map, thread_arena, torch_threads
 from .progress import NULL_PROGRESS, Progress
 from .safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .store import artifact_path, keep_artifact
@@ -354,23 +355,44 @@ def _write_weights(
             out = general.read(name).to(want)
         else:
             crash_point("install:decode")
-            forms = [
-                s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
-            ]
+            arena = thread_arena(arenas)
+            with arena.active():
+                forms = [
+                    s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
+                ]
             pre = merge.pre.read(name) if merge.pre is not None else None
             plan = plan_tensor(
                 merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
             )
             out = merge.merger(plan, general.read(name), forms, pre, want)
+            del forms
+            arena.recycle()
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
         return name, out, hashlib.sha256(raw).hexdigest()
 
     hashes: dict[str, tuple[str, list[int], str]] = {}
     per_file: dict[str, dict] = {}
+    arenas = threading.local()
     progress.task("Merging and writing weights", general.total_bytes)
     workers = max(1, min(3, os.cpu_count() or 1))
     names = general.names()
-    stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
+    with torch_threads(1 if workers > 1 else None):
+        stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
+        _write_files(general, staging, stream, target_dtype, hashes, per_file, progress)
+    progress.done()
+    return hashes, per_file
+
+
+def _write_files(
+    general: Checkpoint,
+    staging: Path,
+    stream: Iterator[tuple[str, torch.Tensor | bytes, str]],
+    target_dtype: Callable[[str], torch.dtype],
+    hashes: dict[str, tuple[str, list[int], str]],
+    per_file: dict[str, dict],
+    progress: Progress,
+) -> None:
+    """Write each shard of G's layout from the stream of merged tensors, recording their hashes."""
     for handle in general.handles:
         target = staging / handle.path.name
         entries = [(n, DTYPE_NAMES[target_dtype(n)], i.shape) for n, i in handle.tensors.items()]
@@ -390,8 +412,6 @@ def _write_weights(
             writer.finish()
         hashes.update(file_hashes)
         per_file[handle.path.name] = file_hashes
-    progress.done()
-    return hashes, per_file
 
 
 def _materialise(

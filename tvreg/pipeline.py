@@ -7,10 +7,16 @@ bounding the number in flight bounds memory to a few tensors.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
+
+import torch
+
+from .codecs.zstd_frame import Arena
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,3 +36,31 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, in_fl
         finally:
             for fut in pending:
                 fut.cancel()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op pool at ``n`` threads (``None``: leave it).
+
+    Why: when :func:`ordered_map` already runs one tensor per core, torch splitting each
+    op over every core as well puts several OpenMP teams on the same cores, whose
+    threads spin at barriers waiting for each other; measured on the install path that
+    made the merge arithmetic several times slower than on one thread.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def thread_arena(local: threading.local) -> Arena:
+    """The calling thread's decode :class:`~tvreg.codecs.zstd_frame.Arena` kept in ``local``."""
+    arena = getattr(local, "arena", None)
+    if arena is None:
+        arena = local.arena = Arena()
+    return arena

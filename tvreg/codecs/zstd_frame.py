@@ -11,10 +11,10 @@ preallocated output buffer.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -47,6 +47,17 @@ def _executor() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="tvreg-zstd")
         return _pool
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompression context per thread: contexts are not thread-safe, and making one per frame costs."""
+    d = getattr(_local, "decompressor", None)
+    if d is None:
+        d = _local.decompressor = zstandard.ZstdDecompressor()
+    return d
 
 
 def compress(data: bytes | memoryview) -> bytes:
@@ -97,7 +108,7 @@ def decompress_into(data: bytes | memoryview, out: memoryview, *, where: str) ->
     expected = len(out)
     check_declared_size(data, expected, where=where)
     try:
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=False) as reader:
+        with _decompressor().stream_reader(data, read_across_frames=False) as reader:
             done = 0
             while done < expected:
                 got = reader.readinto(out[done:])
@@ -178,10 +189,58 @@ def plan(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) ->
     return spans
 
 
+class Arena:
+    """Decode buffers that one thread hands back and takes again, tensor after tensor.
+
+    Why: an install decodes K task-vector tensors, merges them and drops them, for
+    every tensor of the model. Fresh tensor-sized buffers each time cost a page fault
+    per 4 KiB (in a VM, more than zstd spends filling them); an arena keeps at most as
+    many buffers as were in use at once, largest sizes first, and reuses them. The
+    owner calls :meth:`recycle` only once nothing decoded since the last call is used.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+        self._used: list[torch.Tensor] = []
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        sizes = [b.numel() for b in self._free]
+        fits = [i for i, size in enumerate(sizes) if size >= nbytes]
+        if fits:
+            buf = self._free.pop(min(fits, key=sizes.__getitem__))
+        else:
+            if self._free:  # replace the largest buffer too small, so the count stays bounded
+                self._free.pop(max(range(len(sizes)), key=sizes.__getitem__))
+            buf = torch.empty(nbytes, dtype=torch.uint8)
+        self._used.append(buf)
+        return buf
+
+    def recycle(self) -> None:
+        self._free.extend(self._used)
+        self._used.clear()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Arena]:
+        """Decode into this arena on the calling thread while the block runs."""
+        before = getattr(_local, "arena", None)
+        _local.arena = self
+        try:
+            yield self
+        finally:
+            _local.arena = before
+
+
 def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
-    """A fresh buffer for a decoded tensor; a size the machine cannot hold is the artifact's fault."""
+    """A buffer for a decoded tensor (from the thread's :class:`Arena` when one is active).
+
+    A size the machine cannot hold is the artifact's fault.
+    """
     try:
-        return torch.empty(numel, dtype=dtype)
+        arena = getattr(_local, "arena", None)
+        if arena is None or numel == 0:
+            return torch.empty(numel, dtype=dtype)
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        return arena.take(numel * itemsize)[: numel * itemsize].view(dtype)
     except (RuntimeError, MemoryError) as exc:
         raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
 
@@ -207,6 +266,50 @@ def decompress_spans_into(
         decompress_into(src[s_lo:s_hi], out[d_lo:d_hi], where=where)
         if finish is not None:
             finish(i, d_lo, d_hi)
+
+    if len(spans) <= 1 or _threads == 1:
+        for i in range(len(spans)):
+            one(i)
+        return
+    for fut in [_executor().submit(one, i) for i in range(len(spans))]:
+        fut.result()
+
+
+#: Frames up to this many raw bytes decode into a reused per-thread buffer (the writers cut at 4 MiB).
+SCRATCH_MAX = 16 << 20
+
+
+def _scratch(n: int, where: str) -> torch.Tensor:
+    """``n`` bytes of this thread's reused scratch; a frame past :data:`SCRATCH_MAX` gets its own buffer."""
+    if n > SCRATCH_MAX:
+        return empty(n, torch.uint8, where=where)
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < n:
+        buf = _local.scratch = torch.empty(max(n, CHUNK_BYTES + (CHUNK_BYTES >> 3)), dtype=torch.uint8)
+    return buf[:n]
+
+
+def decompress_frames(
+    data: bytes | memoryview,
+    spans: list[tuple[int, int, int, int]],
+    *,
+    where: str,
+    each: Callable[[int, torch.Tensor], None],
+) -> None:
+    """Decompress every frame of :func:`plan` into scratch and call ``each(i, raw_bytes)``, in parallel threads.
+
+    Why scratch: a frame's raw bytes only live until the codec has un-transformed them
+    into the output, so one small buffer per thread, reused, replaces a tensor-sized
+    temporary whose fresh pages cost more to fault in than zstd costs to fill them.
+    ``raw_bytes`` is only valid during the call.
+    """
+    src = memoryview(data).cast("B")
+
+    def one(i: int) -> None:
+        s_lo, s_hi, d_lo, d_hi = spans[i]
+        raw = _scratch(d_hi - d_lo, where)
+        decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)
+        each(i, raw)
 
     if len(spans) <= 1 or _threads == 1:
         for i in range(len(spans)):
