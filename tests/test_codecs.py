@@ -15,6 +15,7 @@ from tvreg.artifact import Artifact
 from tvreg.build import build_skill
 from tvreg.codecs import CODECS, get_codec, make_codec, planes, relative_error, zstd_frame
 from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg.codecs.int8 import quantize
 from tvreg.errors import CorruptArtifact, InvalidCodecOption, InvalidManifest
 
 LOSSY = [
@@ -131,6 +132,28 @@ def test_int8_error_is_at_most_half_a_step(taus):
     assert bool(((dense - tau).abs() <= steps / 2 + 1e-12).all())
 
 
+def test_int8_takes_one_scale_per_tensor_only_within_its_budget_and_reads_older_layouts():
+    torch.manual_seed(3)
+    quiet = torch.randn(64, 96) * 1e-3
+    quiet[0] = torch.randn(96)  # one loud row: a tensor-wide scale would zero the others
+    mostly_zero = torch.randn(64, 96) * (torch.rand(64, 96) < 0.1)
+    for tau, whole in ((quiet, False), (mostly_zero, True)):
+        _, enc, form, dense = _round_trip("int8", {}, tau)
+        assert (form.group_size == tau.numel()) is whole and enc.params["rows"] == "by_spread"
+        assert relative_error(tau, dense) <= 0.01
+    assert enc.params["zeros"] == "bitmap"  # mostly zero codes: a bitmap plus the non-zero codes
+    assert _round_trip("int8", {"max_rel_error": 0}, mostly_zero)[2].group_size == 96
+    # tvreg 0.2 wrote fp16 scales then every code, rows in order, in one stream
+    old = quantize(mostly_zero.reshape(-1), 96, "fp16")
+    raw = torch.cat([old.scales.view(torch.uint8), old.q.view(torch.uint8)]).numpy().tobytes()
+    back = get_codec("int8").decode(zstd_frame.compress(raw), (64, 96), {"group": 96, "scales": "fp16"}, where="w")
+    assert torch.equal(back, old.to_dense().reshape(64, 96))
+    with pytest.raises(CorruptArtifact, match="unknown int8 row order"):
+        get_codec("int8").decode(enc.data, (64, 96), dict(enc.params, rows="random"), where="w")
+    with pytest.raises(CorruptArtifact, match="scale frame of"):
+        get_codec("int8").decode(enc.data, (64, 96), dict(enc.params, scale_frame=10**9), where="w")
+
+
 def test_sparse_keeps_exactly_the_largest_entries(taus):
     tau = max(taus.values(), key=lambda t: t.numel())
     for index in ("bitmap", "delta"):
@@ -214,9 +237,14 @@ def test_big_tensors_are_chunked_and_decode_in_parallel(monkeypatch):
             get_codec("exact").decode(enc.data, (100, 70), bad, where="w")
         with pytest.raises(CorruptArtifact, match="malformed zero-bitmap parameters"):
             get_codec("exact").decode(enc.data, (100, 70), dict(enc.params, chunk_elems="x"), where="w")
-        enc = get_codec("int8").encode(t)
+        enc = make_codec("int8", {"max_rel_error": 0}).encode(t)
+        assert "zeros" not in enc.params
         with pytest.raises(CorruptArtifact, match="malformed frame table"):
             get_codec("int8").decode(enc.data, (100, 70), dict(enc.params, chunk_bytes="x"), where="w")
+        enc = get_codec("int8").encode(t * (torch.rand(100, 70) < 0.05))
+        assert enc.params["zeros"] == "bitmap" and len(enc.params["frames"]) > 1
+        with pytest.raises(CorruptArtifact, match="malformed zero-bitmap"):
+            get_codec("int8").decode(enc.data, (100, 70), dict(enc.params, nnz=[1]), where="w")
     finally:
         zstd_frame.set_decode_threads(2)
 

@@ -125,7 +125,12 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
     return out
 
 
-_INT_OF = {4: torch.int32, 2: torch.int16}
+_INT_OF = {4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def _layout_of(dtype: torch.dtype) -> str:
+    """Floats are split into ``exp`` planes; int8 codes are stored as they are (``none``)."""
+    return "exp" if dtype.is_floating_point else "none"
 
 
 def _bitmap_bytes(n: int) -> int:
@@ -136,12 +141,15 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
     """A bitmap of the non-zero entries, then the non-zeros' ``exp`` planes; one frame per chunk.
 
     Why: most entries of a short fine-tune's τ are exactly zero; a bitmap costs under a
-    bit per entry after zstd, where the planes of a zero cost a few bits. −0.0 counts as
-    non-zero, so decoding is bit-exact.
+    bit per entry after zstd, where the planes of a zero cost a few bits (and zstd's
+    Huffman stage spends at least one bit on any byte, however common). −0.0 counts as
+    non-zero, so decoding is bit-exact. Takes fp32, bf16 or int8 (``int8`` codes are
+    stored without a plane split).
     """
     from . import zstd_frame
 
     size = flat.element_size()
+    layout = _layout_of(flat.dtype)
     n = flat.numel()
     per = zstd_frame.CHUNK_BYTES // size
     segments, nnz = [], []
@@ -150,10 +158,11 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
         nonzero = chunk.view(_INT_OF[size]) != 0
         values = chunk[nonzero].contiguous()
         bits = np.packbits(nonzero.numpy(), bitorder="little")
-        segments.append(bits.tobytes() + split(values, "exp").numpy().tobytes())
+        stored = split(values, "exp") if layout == "exp" else values.view(torch.uint8)
+        segments.append(bits.tobytes() + stored.numpy().tobytes())
         nnz.append(values.numel())
     data, stream = zstd_frame.compress_segments(segments)
-    params = {"zeros": "bitmap", "planes": "exp", "nnz": nnz, **stream}
+    params = {"zeros": "bitmap", "planes": layout, "nnz": nnz, **stream}
     if len(segments) > 1:
         params["chunk_elems"] = per
     return data, params
@@ -168,7 +177,7 @@ def decode_masked(
     where: str,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32 or bf16 values (in ``out`` when given).
+    """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32, bf16 or int8 values (in ``out`` when given).
 
     Every size (bitmap, non-zero count, frame) is checked against the manifest before
     anything is allocated, and each frame's bitmap must mark exactly its declared count.
@@ -182,7 +191,7 @@ def decode_masked(
     per = params.get("chunk_elems", max(n, 1))
     if (
         params.get("zeros") != "bitmap"
-        or params.get("planes") != "exp"
+        or params.get("planes") != _layout_of(dtype)
         or type(per) is not int
         or per <= 0
         or not isinstance(nnz, list)
@@ -205,11 +214,13 @@ def decode_masked(
             raise CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
         planes_ = raw[nbits:].view(size, k)
         target = out[i * per : i * per + count]
-        if k == count:  # nothing to scatter: write the values in place
+        if not dtype.is_floating_point:  # int8 codes: stored as they are
+            values = planes_.reshape(-1).view(dtype)
+        elif k == count:  # nothing to scatter: write the values in place
             merge(planes_, "exp", target)
             return
-        values = torch.empty(k, dtype=dtype)
-        merge(planes_, "exp", values)
+        else:
+            values = merge(planes_, "exp", torch.empty(k, dtype=dtype))
         ints = target.view(_INT_OF[size]).numpy()
         ints.fill(0)
         # a boolean store wins when almost every entry is kept, an index store otherwise
