@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ import torch
 from . import __version__
 from .artifact import Artifact, file_digest
 from .checkpoint import INDEX_NAME, Checkpoint
+from .codecs.zstd_frame import Arena
 from .environment import init_environment, lock_model, open_pristine, require_lock, row_extension
 from .errors import (
     IncompatibleBase,
@@ -43,7 +43,7 @@ from .lockfile import LOCK_NAME, Lock, LockedSkill, Origin, read_lock, require_l
 from .merge import Recipe, get_method, plan_tensor
 from .merge.device import Merger, merger_for, resolve_device
 from .modelcard import general_model_id, write_model_card
-from .pipeline import ordered_map, thread_arena, torch_threads
+from .pipeline import ordered_map, torch_threads
 from .progress import NULL_PROGRESS, Progress
 from .safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .store import artifact_path, keep_artifact
@@ -355,7 +355,6 @@ def _write_weights(
             out = general.read(name).to(want)
         else:
             crash_point("install:decode")
-            arena = thread_arena(arenas)
             with arena.active():
                 forms = [
                     s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
@@ -372,7 +371,7 @@ def _write_weights(
 
     hashes: dict[str, tuple[str, list[int], str]] = {}
     per_file: dict[str, dict] = {}
-    arenas = threading.local()
+    arena = Arena()
     progress.task("Merging and writing weights", general.total_bytes)
     workers = max(1, min(3, os.cpu_count() or 1))
     names = general.names()

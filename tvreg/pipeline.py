@@ -8,15 +8,12 @@ bounding the number in flight bounds memory to a few tensors.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
-
-from .codecs.zstd_frame import Arena
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,10 +54,3 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-
-def thread_arena(local: threading.local) -> Arena:
-    """The calling thread's decode :class:`~tvreg.codecs.zstd_frame.Arena` kept in ``local``."""
-    arena = getattr(local, "arena", None)
-    if arena is None:
-        arena = local.arena = Arena()
-    return arena

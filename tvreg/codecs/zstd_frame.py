@@ -190,34 +190,45 @@ def plan(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) ->
 
 
 class Arena:
-    """Decode buffers that one thread hands back and takes again, tensor after tensor.
+    """Decode buffers handed back and taken again, tensor after tensor, shared by worker threads.
 
     Why: an install decodes K task-vector tensors, merges them and drops them, for
     every tensor of the model. Fresh tensor-sized buffers each time cost a page fault
-    per 4 KiB (in a VM, more than zstd spends filling them); an arena keeps at most as
-    many buffers as were in use at once, largest sizes first, and reuses them. The
-    owner calls :meth:`recycle` only once nothing decoded since the last call is used.
+    per 4 KiB (in a VM, more than zstd spends filling them). The arena keeps the
+    buffers instead, never more than were in use at once across all threads, so its
+    memory is what the install needed at its peak anyway. Each thread calls
+    :meth:`recycle` once nothing it decoded since its last call is still used.
     """
 
     def __init__(self) -> None:
         self._free: list[torch.Tensor] = []
-        self._used: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        self._mine = threading.local()
+
+    def _used(self) -> list[torch.Tensor]:
+        used = getattr(self._mine, "used", None)
+        if used is None:
+            used = self._mine.used = []
+        return used
 
     def take(self, nbytes: int) -> torch.Tensor:
-        sizes = [b.numel() for b in self._free]
-        fits = [i for i, size in enumerate(sizes) if size >= nbytes]
-        if fits:
-            buf = self._free.pop(min(fits, key=sizes.__getitem__))
-        else:
-            if self._free:  # replace the largest buffer too small, so the count stays bounded
+        with self._lock:
+            sizes = [b.numel() for b in self._free]
+            fits = [i for i, size in enumerate(sizes) if size >= nbytes]
+            buf = self._free.pop(min(fits, key=sizes.__getitem__)) if fits else None
+            if buf is None and self._free:  # replace the largest buffer too small: the count stays bounded
                 self._free.pop(max(range(len(sizes)), key=sizes.__getitem__))
+        if buf is None:
             buf = torch.empty(nbytes, dtype=torch.uint8)
-        self._used.append(buf)
+        self._used().append(buf)
         return buf
 
     def recycle(self) -> None:
-        self._free.extend(self._used)
-        self._used.clear()
+        """Hand back every buffer the calling thread took since its last call."""
+        used = self._used()
+        with self._lock:
+            self._free.extend(used)
+        used.clear()
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Arena]:
