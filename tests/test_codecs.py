@@ -25,6 +25,7 @@ LOSSY = [
     ("int8", {"group": 32, "scales": "fp32"}),
     ("sparse", {"density": 0.2}),
     ("sparse", {"density": 0.05, "values": "int8", "index": "bitmap"}),
+    ("sparse", {"density": 0.3, "select": "random", "seed": 7}),
     ("lowrank", {"rank": 4}),
     ("auto", {"max_rel_error": 0.05, "min_numel": 0}),
 ]
@@ -164,6 +165,24 @@ def test_sparse_keeps_exactly_the_largest_entries(taus):
         kept = dense != 0
         assert int(kept.sum()) <= k and k == -(-tau.numel() // 10)
         assert float(tau.abs()[~kept].max()) <= float(tau.abs()[kept].min())
+
+
+def test_sparse_random_selection_rescales_and_stores_no_positions():
+    torch.manual_seed(4)
+    tau = torch.randn(200, 150)
+    _, enc, form, dense = _round_trip("sparse", {"density": 0.1, "select": "random"}, tau)
+    assert enc.params["index"] == "hash" and abs(enc.params["k"] / tau.numel() - 0.1) < 0.01
+    kept = dense != 0
+    assert kept.sum() == enc.params["k"]
+    assert torch.allclose(dense[kept], tau[kept] / (enc.params["threshold"] / 2**32), rtol=1e-2)
+    assert len(enc.data) < 2 * enc.params["k"] + 64  # bf16 values, no index bytes
+    other = make_codec("sparse", {"density": 0.1, "select": "random", "seed": 1}).encode(tau)
+    assert other.params["k"] != enc.params["k"] or other.data != enc.data
+    codec = get_codec("sparse")
+    with pytest.raises(CorruptArtifact, match="hashes to"):
+        codec.decode(enc.data, (200, 150), dict(enc.params, threshold=enc.params["threshold"] // 2), where="w")
+    with pytest.raises(CorruptArtifact, match="hashed-index parameters"):
+        codec.decode(enc.data, (200, 150), dict(enc.params, seed=-1), where="w")
 
 
 def test_lowrank_recovers_a_low_rank_update_and_falls_back_elsewhere():
@@ -353,7 +372,7 @@ def test_unknown_codec_names_the_known_ones():
 
 
 def test_codec_parameters_are_validated_with_one_sentence():
-    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, index, values"):
+    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, index, seed, select, values"):
         make_codec("sparse", {"rank": 3})
     with pytest.raises(InvalidCodecOption, match="parameter `density` must be > 0, not '0'"):
         make_codec("sparse", {"density": "0"})
