@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from merge_reference import reference_merge, topk_mask
@@ -102,6 +103,21 @@ def test_trim_keeps_exactly_k_with_ties_broken_by_index():
     )
     assert magnitude_trim(8, 1.0, lambda: [(0, t)]) is None
     assert magnitude_trim(8, 0.1, lambda: [(0, t)]).mask(t, 0).tolist() == [False, True] + [False] * 6
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.33])
+def test_trim_on_few_distinct_magnitudes_keeps_the_first_k_by_magnitude_then_index(density):
+    """τ of bf16 weights is a few ulp steps, so the cutoff sits in a run of equal magnitudes."""
+    gen = torch.Generator().manual_seed(3)
+    steps = torch.randint(-3, 4, (300_000,), generator=gen).float() * 2.0**-10
+    steps[torch.rand(300_000, generator=gen) < 0.6] = 0.0
+    n, k = steps.numel(), int(density * steps.numel())
+    trim = magnitude_trim(n, density, lambda: [(s, steps[s : s + 65536]) for s in range(0, n, 65536)])
+    kept = torch.cat([trim.mask(steps[s : s + 65536], s) for s in range(0, n, 65536)])
+    order = np.lexsort((np.arange(n), -steps.abs().numpy()))  # by magnitude, ties by index
+    expected = np.zeros(n, dtype=bool)
+    expected[order[:k]] = True
+    assert int(kept.sum()) == k and np.array_equal(kept.numpy(), expected)
 
 
 def test_dare_mask_is_a_pure_function_of_coordinates():

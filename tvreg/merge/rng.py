@@ -16,6 +16,8 @@ import hashlib
 import numpy as np
 import torch
 
+from . import bitmasks
+
 MIX_A = 0x7FEB352D
 MIX_B = 0x846CA68B
 MASK32 = 0xFFFFFFFF
@@ -62,6 +64,11 @@ def draws(key: tuple[int, int], start: int, stop: int) -> torch.Tensor:
     return torch.from_numpy(h.view(np.int32))
 
 
+def keep_bits(key: tuple[int, int], start: int, stop: int, threshold: int) -> torch.Tensor:
+    """The int32 mask (:mod:`tvreg.merge.bitmasks`): all ones where the draw is at or above ``threshold``."""
+    return bitmasks.above_(draws(key, start, stop), threshold - 1)
+
+
 def keep_mask(key: tuple[int, int], start: int, stop: int, threshold: int) -> torch.Tensor:
     """True where DARE keeps the element (its draw is at or above ``threshold``)."""
-    return draws(key, start, stop) >= threshold
+    return keep_bits(key, start, stop, threshold) != 0

@@ -19,7 +19,10 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from . import bitmasks
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,18 @@ class Trim:
     threshold: float
     tie_cut: int
 
-    def mask(self, chunk: torch.Tensor, start: int) -> torch.Tensor:
-        a = chunk.abs()
-        keep = a > self.threshold
-        if self.tie_cut > start:
-            ties = a == self.threshold
-            if self.tie_cut < start + chunk.numel():
-                ties[self.tie_cut - start :] = False
-            keep |= ties
+    def keep_bits(self, chunk: torch.Tensor, start: int) -> torch.Tensor:
+        """The int32 mask (:mod:`tvreg.merge.bitmasks`) of the float32 ``chunk`` starting at index ``start``."""
+        keep = bitmasks.magnitude_bits(chunk)
+        t = bitmasks.float_bits(self.threshold)
+        tied = min(max(self.tie_cut - start, 0), chunk.numel())  # entries before the tie cut keep |x| == t too
+        bitmasks.above_(keep[:tied], t - 1)
+        bitmasks.above_(keep[tied:], t)
         return keep
+
+    def mask(self, chunk: torch.Tensor, start: int) -> torch.Tensor:
+        """True where the entry survives the trim."""
+        return self.keep_bits(chunk, start) != 0
 
 
 def _bits(chunk: torch.Tensor) -> torch.Tensor:
@@ -53,13 +59,12 @@ def _bracket(
 ) -> tuple[float, float]:
     """A magnitude range that very likely holds the k-th largest |x|, from a strided sample."""
     stride = max(1, numel // SAMPLE)
-    parts = [chunk[(-start) % stride :: stride].abs() for start, chunk in chunks()]
-    sample = torch.sort(torch.cat(parts)).values
-    m = sample.numel()
+    sample = np.abs(np.concatenate([chunk[(-start) % stride :: stride].numpy() for start, chunk in chunks()]))
+    m = sample.size
     q = 1.0 - k / numel  # the cutoff's quantile
     margin = 4.0 / math.sqrt(m) + 2.0 / m
-    lo = sample[max(0, math.floor((q - margin) * m))]
-    hi = sample[min(m - 1, math.ceil((q + margin) * m))]
+    at = [max(0, math.floor((q - margin) * m)), min(m - 1, math.ceil((q + margin) * m))]
+    lo, hi = np.partition(sample, at)[at]
     return float(lo), float(hi)
 
 
@@ -90,20 +95,28 @@ def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
 def _select(
     numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
 ) -> tuple[float, int, int]:
-    """(t = the k-th largest |x|, entries > t, entries == t): one counting pass when the sample's bracket holds t."""
+    """(t = the k-th largest |x|, entries > t, entries == t): one counting pass when the sample's bracket holds t.
+
+    The counting runs in NumPy: its float comparisons and boolean selection are several
+    times faster than torch's on the CPU, and this pass reads every entry of every skill.
+    """
     lo, hi = _bracket(numel, k, chunks)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
     above, candidates = 0, []
     for _, chunk in chunks():
-        a = chunk.abs()
-        above += int((a > hi).sum())
-        candidates.append(a[(a >= lo) & (a <= hi)])
-    cand = torch.cat(candidates)
+        a = np.abs(chunk.numpy())
+        above += int(np.count_nonzero(a > hi32))
+        # a bracket of one value (τ of bf16 weights is made of few distinct steps) needs no collecting
+        candidates.append(np.full(np.count_nonzero(a == hi32), hi32) if lo == hi else a[(a >= lo32) & (a <= hi32)])
+    cand = np.concatenate(candidates) if candidates else np.empty(0, np.float32)
     rank = k - above  # t's rank from the top among the candidates
-    if 0 < rank <= cand.numel():
-        t = float(torch.kthvalue(cand, cand.numel() - rank + 1).values)
-        return t, above + int((cand > t).sum()), int((cand == t).sum())
+    if 0 < rank <= cand.size:
+        t = cand.size - rank
+        t32 = np.partition(cand, t)[t]
+        return float(t32), above + int(np.count_nonzero(cand > t32)), int(np.count_nonzero(cand == t32))
     t, greater = _radix_select(k, chunks)  # the sample was unlucky: exact, whatever the data
-    equal = sum(int((chunk.abs() == t).sum()) for _, chunk in chunks())
+    t32 = np.float32(t)
+    equal = sum(int(np.count_nonzero(np.abs(chunk.numpy()) == t32)) for _, chunk in chunks())
     return t, greater, equal
 
 
@@ -123,10 +136,10 @@ def magnitude_trim(
     ties_kept = k - greater
     if ties_kept == equal:
         return Trim(threshold, numel)
-    seen = 0
+    seen, t32 = 0, np.float32(threshold)
     for start, chunk in chunks():
-        where = torch.nonzero(chunk.abs() == threshold).reshape(-1)
-        if seen + where.numel() >= ties_kept:
+        where = np.flatnonzero(np.abs(chunk.numpy()) == t32)
+        if seen + where.size >= ties_kept:
             return Trim(threshold, start + int(where[ties_kept - seen - 1]) + 1)
-        seen += where.numel()
+        seen += where.size
     raise AssertionError("lost count of the entries tied at the cutoff")
