@@ -270,6 +270,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     art_mod = importlib.import_module("tvreg.artifact")
     exact_mod = importlib.import_module("tvreg.codecs.exact")
     zstd_mod = importlib.import_module("tvreg.codecs.zstd_frame")
+    planes_mod = importlib.import_module("tvreg.codecs.planes")
     inst = importlib.import_module("tvreg.install")
     sio = importlib.import_module("tvreg.safetensors_io")
     Checkpoint = importlib.import_module("tvreg.checkpoint").Checkpoint
@@ -309,6 +310,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
 
     patch(inst, "tensor_hashes", "verify pristine G fingerprint (tensor_hashes)")
     patch(inst, "file_digest", "sha256 of the whole artifact (file_digest)")
+    patch(art_mod, "file_digest", "sha256 of a locked artifact (file_digest)")
     patch(inst, "keep_artifact", "copy artifact into store (keep_artifact)")
     patch(inst, "_stage_other_files", "stage other files")
     patch(inst, "swap_directories", "swap directories")
@@ -318,9 +320,10 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     patch(art_mod.Artifact, "decode_form", "[worker] Artifact.decode_form (all)")
     patch(sio.SafetensorsFile, "read_bytes", "[worker]   decode: read blob")
     art_mod.hashlib = hashlib_with_timed_sha256("[worker]   decode: sha256 verify blob")
-    patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + unshuffle)")
+    patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + planes)")
     patch(zstd_mod, "decompress_into", "[worker]     codec: zstd decompress")
-    patch(exact_mod, "_unshuffle", "[worker]     codec: unshuffle")
+    patch(planes_mod, "merge", "[worker]     codec: planes back to floats")
+    patch(importlib.import_module("tvreg.merge.trim"), "_select", "[worker]   TIES cutoff (trim._select)")
     device_mod = importlib.import_module("tvreg.merge.device")
     patch(inst, "plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
     patch(device_mod, "merge_tensor", "[worker] merge_tensor (fp32 merge + round, CPU)")
