@@ -11,7 +11,7 @@ from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
 from tvreg.errors import MergeError
 from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor, rng
 from tvreg.merge.chunks import dense_chunk
-from tvreg.merge.trim import magnitude_trim
+from tvreg.merge.trim import kth_largest_magnitude, magnitude_trim
 
 PARAMS = {
     "task_arithmetic": {},
@@ -118,6 +118,18 @@ def test_trim_on_few_distinct_magnitudes_keeps_the_first_k_by_magnitude_then_ind
     expected = np.zeros(n, dtype=bool)
     expected[order[:k]] = True
     assert int(kept.sum()) == k and np.array_equal(kept.numpy(), expected)
+
+
+def test_kth_largest_magnitude_equals_a_full_partition():
+    gen = torch.Generator().manual_seed(4)
+    steps = torch.randint(-2, 3, (50_000,), generator=gen).float() * 2.0**-9
+    for t in (steps, torch.randn(50_000, generator=gen)):
+        expected = np.sort(np.abs(t.numpy()))[::-1]
+        for k in (1, 7, 10_000, 49_999, 50_000):
+            got = kth_largest_magnitude(t.numel(), k, lambda t=t: [(s, t[s : s + 8192]) for s in range(0, 50_000, 8192)])
+            assert got == float(expected[k - 1])
+    with pytest.raises(ValueError):
+        kth_largest_magnitude(10, 11, lambda: [(0, torch.zeros(10))])
 
 
 def test_dare_mask_is_a_pure_function_of_coordinates():

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .errors import SketchError
+from .merge.trim import kth_largest_magnitude
 from .safetensors_io import MAX_HEADER_BYTES, build_header
 
 SKETCH_VERSION = 1
@@ -128,11 +129,9 @@ def sketch_tensor(
     if n == 0:
         return TensorSketch(0, 0.0, 0.0, 0.0, np.zeros(0, np.float32))
     positive = int(np.count_nonzero(flat > 0))
-    magnitude = np.abs(flat)
-    top = max(1, math.ceil(TOP_FRACTION * n))
-    magnitude.partition(n - top)
-    threshold = float(magnitude[n - top])
-    del magnitude
+    top = min(n, max(1, math.ceil(TOP_FRACTION * n)))
+    whole = torch.from_numpy(flat)
+    threshold = kth_largest_magnitude(n, top, lambda: ((s, whole[s : s + _CHUNK]) for s in range(0, n, _CHUNK)))
     squares = 0.0
     for start in range(0, n, _CHUNK):
         part = flat[start : start + _CHUNK].astype(np.float64)

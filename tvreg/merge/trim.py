@@ -120,6 +120,18 @@ def _select(
     return t, greater, equal
 
 
+def kth_largest_magnitude(numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]) -> float:
+    """The k-th largest |x| (1 ≤ k ≤ numel) of a tensor read chunk by chunk, exactly.
+
+    Why not ``np.partition`` over the whole tensor: it needs a full float32 copy, and on
+    τ of bf16 weights (most entries 0, the rest a few ulp steps) its introselect ran
+    20x slower than these passes.
+    """
+    if not 1 <= k <= numel:
+        raise ValueError(f"k must be in 1..{numel}, not {k}")
+    return _select(numel, k, chunks)[0]
+
+
 def magnitude_trim(
     numel: int, density: float, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
 ) -> Trim | None:
