@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -37,7 +38,8 @@ class BuildResult:
 
 
 def _check_finite(name: str, tau: torch.Tensor) -> None:
-    if not bool(torch.isfinite(tau).all()):
+    # NumPy's isfinite is vectorised; torch's bool-producing ops run element by element on the CPU
+    if not bool(np.isfinite(tau.detach().to(torch.float32).numpy()).all()):
         bad = int((~torch.isfinite(tau)).sum())
         raise TensorMismatch(
             f"tensor `{name}` of the task vector has {bad} NaN or infinite values; refusing to build a skill from it.",
