@@ -15,7 +15,7 @@ What it does:
    fp32 values) and 30 small skills for search and info to find.
 3. Runs each phase for ``--duration`` seconds with ``--clients`` concurrent clients (one
    asyncio task and one keep-alive connection each, spread over the replicas
-   round-robin; one process of httpx on this machine's cores):
+   round-robin; one process of aiohttp on this machine's cores):
 
    * ``metadata``: search (text, base and paginated) and info (skill and version), the
      traffic a registry mostly serves: the figure compared with the 270 requests/s target
@@ -52,6 +52,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from registry_throughput import MiB, digest_of, make_artifact  # noqa: E402
 
 SMALL_SKILLS = 30
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of process ``pid``; with ``reaped``, plus its waited-for children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent by the replicas, by PostgreSQL and by this driver during a phase.
+
+    The driver shares the machine's cores with the servers, so the phase's figures are
+    only comparable across machines (or a busy one) per request: server CPU-ms per
+    request does not depend on who else runs. PostgreSQL's share is its postmaster, its
+    live backends and the ones that exited (the postmaster's reaped-children time).
+    """
+
+    def __init__(self, replicas: list[int], postmaster: int | None) -> None:
+        self.replicas = replicas
+        self.postmaster = postmaster
+
+    def sample(self) -> dict[str, float]:
+        pg = 0.0
+        if self.postmaster is not None:
+            pg = _proc_cpu(self.postmaster, reaped=True) + sum(map(_proc_cpu, _children(self.postmaster)))
+        usage = os.times()
+        return {
+            "replicas": sum(map(_proc_cpu, self.replicas)),
+            "postgresql": pg,
+            "driver": usage.user + usage.system,
+        }
 
 
 def _free_port() -> int:
@@ -147,7 +200,12 @@ class Stats:
             self.samples.append(f"{endpoint}: {what}")
 
 
-async def _search(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+async def _get(c: Client, path: str, params: dict | None = None) -> tuple[int, bytes]:
+    async with c.session.get(c.base + path, params=params) as r:
+        return r.status, await r.read()
+
+
+async def _search(c: Client, rng: random.Random, stats: Stats, world: dict) -> str:
     kind = rng.random()
     if kind < 0.5:
         params = {"q": f"skill{rng.randrange(SMALL_SKILLS)}"}
@@ -155,34 +213,33 @@ async def _search(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world:
         params = {"base": "0" * 64, "per_page": 10, "page": rng.randint(1, 3)}
     else:
         params = {"q": "skill", "per_page": 20}
-    r = await c.get("/skills", params=params)
-    if r.status_code != 200 or "items" not in r.json():
-        stats.fail("search", f"{r.status_code} {r.text[:100]}")
+    status, body = await _get(c, "/skills", params)
+    if status != 200 or "items" not in json.loads(body):
+        stats.fail("search", f"{status} {body[:100]!r}")
     return "search"
 
 
-async def _info(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+async def _info(c: Client, rng: random.Random, stats: Stats, world: dict) -> str:
     skill = f"load/skill{rng.randrange(SMALL_SKILLS)}"
     if rng.random() < 0.5:
-        r = await c.get(f"/skills/{skill}")
-        endpoint = "info"
+        path, endpoint, key = f"/skills/{skill}", "info", "versions"
     else:
-        r = await c.get(f"/skills/{skill}/versions/1.0.0")
-        endpoint = "version"
-    if r.status_code != 200:
-        stats.fail(endpoint, f"{r.status_code} {r.text[:100]}")
+        path, endpoint, key = f"/skills/{skill}/versions/1.0.0", "version", "digest"
+    status, body = await _get(c, path)
+    if status != 200 or key not in json.loads(body):
+        stats.fail(endpoint, f"{status} {body[:100]!r}")
     return endpoint
 
 
-async def _download(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+async def _download(c: Client, rng: random.Random, stats: Stats, world: dict) -> str:
     skill, digest = rng.choice(world["big"])
     h = hashlib.sha256()
     n = 0
-    async with c.stream("GET", f"/skills/{skill}/versions/1.0.0/artifact") as r:
-        if r.status_code != 200:
-            stats.fail("download", f"{r.status_code}")
+    async with c.session.get(c.base + f"/skills/{skill}/versions/1.0.0/artifact") as r:
+        if r.status != 200:
+            stats.fail("download", f"{r.status}")
             return "download"
-        async for chunk in r.aiter_raw(1 * MiB):
+        async for chunk in r.content.iter_chunked(1 * MiB):
             h.update(chunk)
             n += len(chunk)
     stats.bytes += n
@@ -191,25 +248,30 @@ async def _download(c: httpx.AsyncClient, rng: random.Random, stats: Stats, worl
     return "download"
 
 
-async def _publish(c: httpx.AsyncClient, rng: random.Random, stats: Stats, world: dict) -> str:
+async def _publish(c: Client, rng: random.Random, stats: Stats, world: dict) -> str:
     world["counter"] += 1
     version = f"2.{world['counter']}.0"
     data = _with_version(world["small_template"], "churn", version)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    r = await c.post("/uploads", json={"size": len(data), "digest": digest})
-    if r.status_code != 201:
-        stats.fail("publish", f"create {r.status_code} {r.text[:100]}")
-        return "publish"
-    upload_id = r.json()["id"]
-    r = await c.patch(f"/uploads/{upload_id}", content=data, headers={"Upload-Offset": "0"})
-    if r.status_code != 200:
-        stats.fail("publish", f"patch {r.status_code} {r.text[:100]}")
-        return "publish"
-    r = await c.put("/skills/load/churn/versions/" + version, json={"upload_id": upload_id, "tag": None})
-    if r.status_code != 201:
-        stats.fail("publish", f"put {r.status_code} {r.text[:100]}")
-    else:
-        stats.published.append(("load/churn", version))
+    async with c.session.post(c.base + "/uploads", json={"size": len(data), "digest": digest}) as r:
+        if r.status != 201:
+            stats.fail("publish", f"create {r.status} {(await r.text())[:100]}")
+            return "publish"
+        upload_id = (await r.json())["id"]
+    async with c.session.patch(
+        c.base + f"/uploads/{upload_id}", data=data, headers={"Upload-Offset": "0"}
+    ) as r:
+        if r.status != 200:
+            stats.fail("publish", f"patch {r.status} {(await r.text())[:100]}")
+            return "publish"
+        await r.read()
+    body = {"upload_id": upload_id, "tag": None}
+    async with c.session.put(c.base + "/skills/load/churn/versions/" + version, json=body) as r:
+        if r.status != 201:
+            stats.fail("publish", f"put {r.status} {(await r.text())[:100]}")
+        else:
+            await r.read()
+            stats.published.append(("load/churn", version))
     return "publish"
 
 
@@ -219,18 +281,30 @@ MIXES = {
 }
 
 
+class Client:
+    """One simulated user: one keep-alive connection to one replica (aiohttp: a cheap client,
+    so that the driver, which shares the machine's cores, takes less of them)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.base = url + "/api/v1"
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {token}"},
+            connector=aiohttp.TCPConnector(limit=1),
+            timeout=aiohttp.ClientTimeout(total=120),
+        )
+
+
 async def _client(url: str, token: str, mix, deadline: float, seed: int, stats: Stats, world: dict) -> None:
     rng = random.Random(seed)
     ops, weights = zip(*mix, strict=True)
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=url + "/api/v1", headers=headers, timeout=120, limits=limits) as c:
+    c = Client(url, token)
+    async with c.session:
         while time.monotonic() < deadline:
             op = rng.choices(ops, weights)[0]
             started = time.perf_counter()
             try:
                 endpoint = await op(c, rng, stats, world)
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 stats.fail(op.__name__.strip("_"), repr(exc))
                 continue
             stats.latency[endpoint].append(time.perf_counter() - started)
@@ -241,8 +315,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_phase(name: str, urls: list[str], token: str, clients: int, duration: float, world: dict) -> dict:
+def run_phase(
+    name: str, urls: list[str], token: str, clients: int, duration: float, world: dict, meter: CpuMeter
+) -> dict:
     stats = Stats()
+    load_before = os.getloadavg()
+    cpu_before = meter.sample()
     deadline = time.monotonic() + duration
 
     async def main() -> None:
@@ -256,6 +334,7 @@ def run_phase(name: str, urls: list[str], token: str, clients: int, duration: fl
     started = time.perf_counter()
     asyncio.run(main())
     wall = time.perf_counter() - started
+    cpu = {k: v - cpu_before[k] for k, v in meter.sample().items()}
     total = sum(len(v) for v in stats.latency.values())
     endpoints = {
         ep: {
@@ -278,6 +357,10 @@ def run_phase(name: str, urls: list[str], token: str, clients: int, duration: fl
         "errors": sum(stats.errors.values()),
         "error_samples": stats.samples,
         "endpoints": endpoints,
+        "cpu_ms_per_operation": {k: 1000 * v / max(total, 1) for k, v in cpu.items()},
+        "cpu_share": {k: v / (wall * (os.cpu_count() or 1)) for k, v in cpu.items()},
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "published": stats.published,
     }
 
@@ -293,6 +376,15 @@ def _print_phase(result: dict) -> None:
         print(
             f"  {ep:<10}{e['requests']:>10}{e['per_s']:>9.1f}{e['p50_ms']:>9.1f}{e['p99_ms']:>9.1f}{e['errors']:>8}"
         )
+    per_op, share = result["cpu_ms_per_operation"], result["cpu_share"]
+    print(
+        "  CPU per operation: "
+        + ", ".join(f"{k} {v:.2f} ms ({100 * share[k]:.0f} % of the machine)" for k, v in per_op.items())
+    )
+    print(
+        "  load average before / after: "
+        + " / ".join(", ".join(f"{x:.2f}" for x in result[k]) for k in ("loadavg_before", "loadavg_after"))
+    )
     for sample in result["error_samples"]:
         print(f"  error: {sample}")
 
@@ -333,6 +425,7 @@ def main() -> None:
         for r in replicas:
             r.wait()
         urls = [r.url for r in replicas]
+        meter = CpuMeter([r.proc.pid for r in replicas], _postmaster_pid(cluster))
 
         print(f"making the artifacts in {workdir} ...", flush=True)
         world: dict = {"big": [], "counter": 0}
@@ -356,7 +449,7 @@ def main() -> None:
         results = []
         for phase in args.phases.split(","):
             print(f"phase `{phase}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
-            result = run_phase(phase, urls, token, args.clients, args.duration, world)
+            result = run_phase(phase, urls, token, args.clients, args.duration, world, meter)
             _print_phase(result)
             results.append(result)
 
@@ -399,6 +492,13 @@ def main() -> None:
             r.stop()
         cluster.stop()
         shutil.rmtree(workdir / "registry", ignore_errors=True)
+
+
+def _postmaster_pid(cluster) -> int | None:
+    try:
+        return int((cluster.root / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _publish_file(c: httpx.Client, data: bytes, skill: str, version: str) -> None:

@@ -11,7 +11,10 @@ with its traceback, answered 500 without internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .context import Context
-from .db import translate
+from .db import WORKER_THREADS, translate
 from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
-from .limits import BodyTimeout
+from .limits import BodyTimeout, has_body
 from .routes import meta, sketches, skills, uploads
 
 log = logging.getLogger("registry_server")
@@ -46,7 +49,7 @@ class _BodyLimit:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "PATCH":
+        if scope["type"] != "http" or scope["method"] == "PATCH" or not has_body(scope):
             await self.app(scope, receive, send)
             return
         limit = MAX_SKETCH_BODY if scope["path"].endswith("/sketch") else MAX_JSON_BODY
@@ -92,7 +95,15 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(context: Context) -> FastAPI:
     """The registry application serving ``context`` (settings, database, blob store)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Fewer threads than anyio's 40: on a few cores more only contend for the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tvreg registry",
         version=__version__,
         description="Publish, search and download task-vector skills. See docs/registry-api.md.",

@@ -19,6 +19,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -50,12 +51,16 @@ def role_at_least(role: str | None, needed: str) -> bool:
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: the user, the token's scope, and their role per team id."""
+    """An authenticated caller: the user, the token's scope and expiry, and their role per team id."""
 
     user_id: int
     name: str
     scope: str
     roles: dict[int, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= utcnow()
 
     def role_on(self, namespace: Namespace) -> str | None:
         """The effective role on ``namespace``: membership role capped by the token's scope."""
@@ -101,7 +106,7 @@ def authenticate(session: Session, authorization: str | None) -> Principal | Non
             select(Membership.team_id, Membership.role).where(Membership.user_id == user.id)
         ).all()
     )
-    return Principal(user_id=user.id, name=user.name, scope=tok.scope, roles=roles)
+    return Principal(user_id=user.id, name=user.name, scope=tok.scope, roles=roles, expires_at=tok.expires_at)
 
 
 def require_principal(principal: Principal | None, *, action: str) -> Principal:

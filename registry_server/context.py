@@ -1,7 +1,8 @@
 """The handles every request shares: settings, database engine and sessions, blob store.
 
 One :class:`Context` per process, stored on ``app.state``. It holds nothing that two
-replicas would need to agree on: all shared state lives in the database or the store.
+replicas would need to agree on: all shared state lives in the database or the store
+(the read cache is only trusted for the database generation it was filled under).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import make_engine, make_sessionmaker
 from .ratelimit import AuthFailureLimiter
+from .readcache import ReadCache
 from .settings import Settings
 from .storage import BlobStore, LocalBlobStore
 
@@ -24,6 +26,7 @@ class Context:
     sessions: sessionmaker[Session]
     store: BlobStore
     auth_failures: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
+    read_cache: ReadCache = field(default_factory=ReadCache)
     instance: str = ""  # lease-token prefix while serving (see registry_server.uploads)
 
     @classmethod

@@ -35,6 +35,10 @@ from .errors import ApiError, Conflict, ServerFault, Unavailable
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 PG_STATEMENT_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 5
+# Sync routes run on this many worker threads (registry_server.app), and the pool keeps as
+# many connections, so a busy replica reuses them instead of opening and closing overflow
+# ones (a PostgreSQL backend fork each).
+WORKER_THREADS = 24
 _WRITE = "tvreg_write"
 
 
@@ -51,8 +55,8 @@ def make_engine(url: str) -> Engine:
         return engine
     return create_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=WORKER_THREADS,
+        max_overflow=10,
         pool_pre_ping=True,
         pool_timeout=10,
         connect_args={

@@ -1,39 +1,105 @@
-"""FastAPI dependencies: the process context and the (optional) caller of a request."""
+"""FastAPI dependencies: the process context and the (optional) caller of a request.
+
+Writes resolve the caller in a short transaction of its own (:func:`get_principal`), so
+the route's session can start its transaction the way it needs (a write lock up front,
+on SQLite). Cached reads (:func:`reading`) do everything in one session: the registry
+generation, the caller (from the cache when the token was seen in this generation)
+and, on a cache miss, the answer.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import hashlib
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from .auth import Principal, authenticate
 from .context import Context
 from .errors import Unauthenticated
+from .readcache import read_generation
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
     return request.app.state.context
 
 
-def get_principal(request: Request) -> Principal | None:
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _principal(
+    ctx: Context, request: Request, session: Session, generation: int | None = None
+) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
-    Resolved in its own short transaction, so that the route's own session can start
-    its transaction the way it needs (a write lock up front, on SQLite). An address
-    with too many failed tokens gets 429 before its token is even looked up.
+    An address with too many failed tokens gets 429 before its token is even looked
+    up. With a ``generation``, a token already resolved in that generation is not
+    looked up again (an expired one still is, to answer 401).
     """
-    ctx: Context = request.app.state.context
     authorization = request.headers.get("authorization")
     if not authorization:
         return None
-    address = request.client.host if request.client else "unknown"
+    address = client_address(request)
     ctx.auth_failures.check(address)
+    key = hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
+    if generation is not None:
+        known = ctx.read_cache.token(generation, key)
+        if known is not None and not known.expired():
+            return known
     try:
-        with ctx.sessions() as s:
-            return authenticate(s, authorization)
+        principal = authenticate(session, authorization)
     except Unauthenticated:
         ctx.auth_failures.failed(address)
         raise
+    if generation is not None and principal is not None:
+        ctx.read_cache.keep_token(generation, key, principal)
+    return principal
+
+
+def get_principal(request: Request) -> Principal | None:
+    """The caller of a write, resolved in its own short transaction (see the module docstring)."""
+    ctx: Context = request.app.state.context
+    if not request.headers.get("authorization"):
+        return None
+    with ctx.sessions() as s:
+        return _principal(ctx, request, s)
+
+
+@dataclass
+class Read:
+    """One cached read: its session, the caller and the generation read first."""
+
+    ctx: Context
+    session: Session
+    principal: Principal | None
+    generation: int
+
+    def answer(self, key: Hashable, model: type[BaseModel], build: Callable[[], dict[str, Any]]) -> Response:
+        """The JSON body for ``key`` from the cache, or built by ``build`` and kept.
+
+        ``model`` serialises the body exactly as FastAPI's ``response_model`` would.
+        """
+        visible = tuple(sorted(self.principal.roles)) if self.principal is not None else ()
+        full_key = (key, visible)
+        body = self.ctx.read_cache.body(self.generation, full_key)
+        if body is None:
+            body = model.model_validate(build()).model_dump_json().encode()
+            self.ctx.read_cache.keep_body(self.generation, full_key, body)
+        return Response(body, media_type="application/json")
+
+
+@contextmanager
+def reading(ctx: Context, request: Request) -> Iterator[Read]:
+    """A :class:`Read` for this request: one session from the generation to the answer."""
+    with ctx.sessions() as s:
+        generation = read_generation(s)
+        yield Read(ctx, s, _principal(ctx, request, s, generation), generation)
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

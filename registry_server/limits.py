@@ -26,6 +26,18 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .errors import RequestTimeout
 
 
+def has_body(scope: Scope) -> bool:
+    """Whether the request announces a body (``Content-Length`` > 0 or ``Transfer-Encoding``).
+
+    HTTP/1.1 has no other way to send one, so the body middlewares let the others
+    (most GETs) through without reading or timing a body that cannot come.
+    """
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
 def _timeout_error(limit: float, what: str) -> RequestTimeout:
     return RequestTimeout(
         f"the request's {what} did not arrive within the server's {limit:g} s request timeout; "
@@ -92,7 +104,7 @@ class BodyTimeout:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not has_body(scope):
             await self.app(scope, receive, send)
             return
         started = False

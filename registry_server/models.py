@@ -269,3 +269,16 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(300))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RegistryState(Base):
+    """One row: ``generation`` grows with every change a read can see (migration 0004's triggers).
+
+    Replicas key their read caches by it (:mod:`registry_server.readcache`).
+    """
+
+    __tablename__ = "registry_state"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)

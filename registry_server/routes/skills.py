@@ -13,7 +13,7 @@ import re
 from typing import IO, Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -32,7 +32,7 @@ from ..auth import (
 )
 from ..context import Context
 from ..db import write_session
-from ..deps import ContextDep, PrincipalDep
+from ..deps import ContextDep, PrincipalDep, reading
 from ..errors import BadRequest, NotFound, ServerFault
 from ..models import DistTag, Namespace, Skill, Version
 from ..names import check_tag, semver_key
@@ -186,16 +186,36 @@ def _visible_namespaces(principal: Principal | None) -> Any:
 
 @router.get("/skills", response_model=SearchResults, responses=_ERRORS)
 def search(
+    request: Request,
     ctx: ContextDep,
-    principal: PrincipalDep,
     q: str | None = None,
     base: str | None = None,
     tag: str | None = None,
     namespace: str | None = None,
     page: Annotated[int, Query(ge=1)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
-) -> dict:
+) -> Response:
     """Skills the caller can read, filtered by text, base fingerprint, dist-tag and namespace."""
+    if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
+        raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base!r}.")
+    with reading(ctx, request) as r:
+        return r.answer(
+            ("search", q, base, tag, namespace, page, per_page),
+            SearchResults,
+            lambda: _search(r.session, r.principal, q, base, tag, namespace, page, per_page),
+        )
+
+
+def _search(
+    s: Session,
+    principal: Principal | None,
+    q: str | None,
+    base: str | None,
+    tag: str | None,
+    namespace: str | None,
+    page: int,
+    per_page: int,
+) -> dict:
     where: list[Any] = [_visible_namespaces(principal)]
     if q:
         needle = q.lower()
@@ -206,8 +226,6 @@ def search(
             )
         )
     if base:
-        if len(base) != 64 or any(c not in "0123456789abcdef" for c in base):
-            raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base!r}.")
         where.append(
             exists().where(
                 Version.skill_id == Skill.id, Version.base_fingerprint == base, Version.yanked.is_(False)
@@ -218,22 +236,21 @@ def search(
     if namespace:
         where.append(Namespace.name == namespace)
     query = select(Skill).join(Namespace, Skill.namespace_id == Namespace.id).where(*where)
-    with ctx.sessions() as s:
-        total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
-        skills = s.scalars(
-            query.order_by(Namespace.name, Skill.name)
-            .offset((page - 1) * per_page)
-            .limit(per_page)
-            .options(
-                selectinload(Skill.namespace),
-                # A summary needs four columns of each version, not its manifest.
-                selectinload(Skill.versions).load_only(
-                    Version.skill_id, Version.version, Version.base_fingerprint, Version.yanked
-                ),
-                selectinload(Skill.tags).selectinload(DistTag.version).load_only(Version.version),
-            )
-        ).all()
-        items = [_summary(skill) for skill in skills]
+    total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+    skills = s.scalars(
+        query.order_by(Namespace.name, Skill.name)
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+        .options(
+            selectinload(Skill.namespace),
+            # A summary needs four columns of each version, not its manifest.
+            selectinload(Skill.versions).load_only(
+                Version.skill_id, Version.version, Version.base_fingerprint, Version.yanked
+            ),
+            selectinload(Skill.tags).selectinload(DistTag.version).load_only(Version.version),
+        )
+    ).all()
+    items = [_summary(skill) for skill in skills]
     return {"items": items, "page": page, "per_page": per_page, "total": total}
 
 
@@ -262,46 +279,43 @@ def load_version(s: Session, principal: Principal | None, namespace: str, name: 
 
 
 @router.get("/skills/{namespace}/{name}", response_model=SkillOut, responses=_ERRORS)
-def skill_info(
-    namespace: str,
-    name: str,
-    ctx: ContextDep,
-    principal: PrincipalDep,
-) -> dict:
+def skill_info(namespace: str, name: str, request: Request, ctx: ContextDep) -> Response:
     """A skill, its dist-tags and every version in semver order."""
-    with ctx.sessions() as s:
-        skill = readable_skill(s, principal, namespace, name)
-        versions = s.scalars(
-            select(Version).where(Version.skill_id == skill.id).options(selectinload(Version.publisher))
-        ).all()
-        tags = s.execute(
-            select(DistTag.tag, Version.version)
-            .join(Version, DistTag.version_id == Version.id)
-            .where(DistTag.skill_id == skill.id)
-        ).all()
-        return {
-            "name": skill.full_name,
-            "description": skill.description,
-            "private": skill.namespace.private,
-            "dist_tags": dict(sorted(tags)),
-            "versions": [
-                version_out(skill, v) for v in sorted(versions, key=lambda v: semver_key(v.version))
-            ],
-        }
+    with reading(ctx, request) as r:
+        return r.answer(
+            ("skill", namespace, name), SkillOut, lambda: _skill_info(r.session, r.principal, namespace, name)
+        )
+
+
+def _skill_info(s: Session, principal: Principal | None, namespace: str, name: str) -> dict:
+    skill = readable_skill(s, principal, namespace, name)
+    versions = s.scalars(
+        select(Version).where(Version.skill_id == skill.id).options(selectinload(Version.publisher))
+    ).all()
+    tags = s.execute(
+        select(DistTag.tag, Version.version)
+        .join(Version, DistTag.version_id == Version.id)
+        .where(DistTag.skill_id == skill.id)
+    ).all()
+    return {
+        "name": skill.full_name,
+        "description": skill.description,
+        "private": skill.namespace.private,
+        "dist_tags": dict(sorted(tags)),
+        "versions": [version_out(skill, v) for v in sorted(versions, key=lambda v: semver_key(v.version))],
+    }
 
 
 @router.get("/skills/{namespace}/{name}/versions/{version}", response_model=VersionOut, responses=_ERRORS)
-def version_info(
-    namespace: str,
-    name: str,
-    version: str,
-    ctx: ContextDep,
-    principal: PrincipalDep,
-) -> dict:
+def version_info(namespace: str, name: str, version: str, request: Request, ctx: ContextDep) -> Response:
     """One version object."""
-    with ctx.sessions() as s:
-        row = load_version(s, principal, namespace, name, version)
-        return version_out(row.skill, row)
+    with reading(ctx, request) as r:
+
+        def build() -> dict:
+            row = load_version(r.session, r.principal, namespace, name, version)
+            return version_out(row.skill, row)
+
+        return r.answer(("version", namespace, name, version), VersionOut, build)
 
 
 @router.api_route(

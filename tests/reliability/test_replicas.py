@@ -105,3 +105,29 @@ def test_an_upload_started_on_one_replica_continues_on_the_other(registry, serve
         ).json() == {"offset": len(data)}
         assert a.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
         assert b.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+
+
+def test_a_change_through_one_replica_is_read_at_once_through_the_other(registry, server_artifacts):
+    """Replicas cache search and info per database generation: never stale after a write completes."""
+    token = registry.make_user("alice")
+    other = registry.replica()
+    with _client(registry.url, token) as a, _client(other.url, token) as b, _client(other.url) as anon:
+        for c in (b, anon):  # fill the other replica's caches, tokens included
+            assert c.get("/skills", params={"q": "science"}).json()["total"] == 0
+            assert c.get("/skills/alice/science").status_code == 404
+        upload_id = _upload(registry.url, token, server_artifacts.make("science", "1.0.0"))
+        assert a.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
+        for c in (b, anon):
+            assert [s["name"] for s in c.get("/skills", params={"q": "science"}).json()["items"]] == [
+                "alice/science"
+            ]
+            assert c.get("/skills/alice/science").json()["dist_tags"] == {"latest": "1.0.0"}
+            assert c.get("/skills/alice/science/versions/1.0.0").json()["yanked"] is False
+
+        assert b.post("/skills/alice/science/versions/1.0.0/yank", json={"reason": "bad"}).status_code == 200
+        assert a.get("/skills/alice/science/versions/1.0.0").json()["yanked_reason"] == "bad"
+        assert a.get("/skills/alice/science").json()["versions"][0]["yanked"] is True
+
+        registry.admin("revoke-token", "alice", "--name", "test")
+        assert b.get("/skills/alice/science").status_code == 401
+        assert anon.get("/skills/alice/science").status_code == 200

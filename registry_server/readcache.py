@@ -1,0 +1,87 @@
+"""Read answers and resolved tokens cached per replica, valid for one registry generation.
+
+Search and info are most of a registry's traffic and change rarely, but each answer
+costs several queries and an ORM graph. Every change a read can see bumps the database's
+``registry_state.generation`` in its own transaction (migration 0004's triggers), so a
+replica may reuse an answer for as long as the generation it reads at the start of a
+request is the one the answer was built under. Reading the generation costs one
+single-row query; a publish or yank committed through any replica, or a token revoked
+with ``tvreg-server admin``, changes it, so the very next request on every replica
+rebuilds its answer: nothing is ever served stale after a write has completed.
+
+The generation is read before the data, so an answer is never older than the
+generation it is stored under (at worst newer, which is harmless). Answers depend on
+who asks only through which teams' private namespaces the caller can see, which is
+part of the key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .auth import Principal
+
+MAX_ENTRIES = 4096
+MAX_BODY_BYTES = 1024 * 1024
+_GENERATION = text("SELECT generation FROM registry_state WHERE id = 1")
+
+
+def read_generation(session: Session) -> int:
+    """The registry's current generation, read as the first statement of ``session``."""
+    return session.execute(_GENERATION).scalar_one()
+
+
+class ReadCache:
+    """Response bodies and token lookups of the newest generation seen, least recently used out."""
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self.generation = -1
+        self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._tokens: dict[str, Principal] = {}
+        self._lock = threading.Lock()
+
+    def _current(self, generation: int) -> bool:
+        """Whether ``generation`` is the cached one, moving to it (and emptying) when it is newer."""
+        if generation > self.generation:
+            self.generation = generation
+            self._bodies.clear()
+            self._tokens.clear()
+        return generation == self.generation
+
+    def body(self, generation: int, key: Hashable) -> bytes | None:
+        with self._lock:
+            if not self._current(generation):
+                return None
+            body = self._bodies.get(key)
+            if body is not None:
+                self._bodies.move_to_end(key)
+            return body
+
+    def keep_body(self, generation: int, key: Hashable, body: bytes) -> None:
+        if len(body) > MAX_BODY_BYTES:
+            return
+        with self._lock:
+            if not self._current(generation):
+                return
+            self._bodies[key] = body
+            self._bodies.move_to_end(key)
+            while len(self._bodies) > self.max_entries:
+                self._bodies.popitem(last=False)
+
+    def token(self, generation: int, token_hash: str) -> Principal | None:
+        """The caller behind a token seen valid in this generation, or None."""
+        with self._lock:
+            return self._tokens.get(token_hash) if self._current(generation) else None
+
+    def keep_token(self, generation: int, token_hash: str, found: Principal) -> None:
+        with self._lock:
+            if self._current(generation):
+                if len(self._tokens) >= self.max_entries:
+                    self._tokens.clear()
+                self._tokens[token_hash] = found
