@@ -20,15 +20,25 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from datetime import datetime
 
-from sqlalchemy import text
+from sqlalchemy import BigInteger, text
 from sqlalchemy.orm import Session
 
 from .auth import Principal
+from .models import UTCDateTime
+from .ratelimit import MAX_ADDRESS_LENGTH
 
 MAX_ENTRIES = 4096
+MAX_BYTES = 64 * 1024 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 _GENERATION = text("SELECT generation FROM registry_state WHERE id = 1")
+# With the address's ``skip``+1-th newest failed token check (registry_server.ratelimit), so that
+# an authenticated cached read costs one round trip.
+_GENERATION_AND_FAILURE = text(
+    "SELECT generation, (SELECT at FROM auth_failures WHERE address = :address"
+    " ORDER BY at DESC LIMIT 1 OFFSET :skip) AS nth_failure FROM registry_state WHERE id = 1"
+).columns(generation=BigInteger(), nth_failure=UTCDateTime())
 
 
 def read_generation(session: Session) -> int:
@@ -36,13 +46,22 @@ def read_generation(session: Session) -> int:
     return session.execute(_GENERATION).scalar_one()
 
 
+def read_generation_and_failure(session: Session, address: str, nth: int) -> tuple[int, datetime | None]:
+    """:func:`read_generation`, and when ``address`` failed a token check for the ``nth``-newest time."""
+    row = session.execute(_GENERATION_AND_FAILURE, {"address": address[:MAX_ADDRESS_LENGTH], "skip": nth - 1})
+    generation, at = row.one()
+    return generation, at
+
+
 class ReadCache:
     """Response bodies and token lookups of the newest generation seen, least recently used out."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.generation = -1
         self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
         self._tokens: dict[str, Principal] = {}
         self._lock = threading.Lock()
 
@@ -51,6 +70,7 @@ class ReadCache:
         if generation > self.generation:
             self.generation = generation
             self._bodies.clear()
+            self._bytes = 0
             self._tokens.clear()
         return generation == self.generation
 
@@ -69,10 +89,11 @@ class ReadCache:
         with self._lock:
             if not self._current(generation):
                 return
+            old = self._bodies.pop(key, None)
+            self._bytes += len(body) - (len(old) if old is not None else 0)
             self._bodies[key] = body
-            self._bodies.move_to_end(key)
-            while len(self._bodies) > self.max_entries:
-                self._bodies.popitem(last=False)
+            while len(self._bodies) > self.max_entries or self._bytes > self.max_bytes:
+                self._bytes -= len(self._bodies.popitem(last=False)[1])
 
     def token(self, generation: int, token_hash: str) -> Principal | None:
         """The caller behind a token seen valid in this generation, or None."""
