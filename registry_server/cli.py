@@ -4,7 +4,7 @@
 
     tvreg-server [serve] [--data DIR] [--database-url URL] [--host H] [--port P] [--max-artifact-bytes N]
                  [--blob-url URL [--blob-option KEY=VALUE ...]] [--request-timeout S] [--keep-alive-timeout S]
-                 [--auth-failure-limit N]
+                 [--auth-failure-limit N] [--database-timeout S] [--forwarded-allow-ips IPS]
     tvreg-server db upgrade [--revision REV]        tvreg-server db current
     tvreg-server admin create-user NAME             tvreg-server admin create-team TEAM [--private]
     tvreg-server admin add-member TEAM USER --role read|write|admin
@@ -165,6 +165,21 @@ def cli() -> None:
     metavar="N",
     help="Failed token checks per client address per minute before 429.  [default: 20]",
 )
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="TVREG_FORWARDED_ALLOW_IPS",
+    metavar="IPS",
+    default="",
+    help="Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For names the "
+    "client (for logs and the failed-token limit); '*' trusts any peer.  [default: none]",
+)
+@click.option(
+    "--database-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TVREG_DATABASE_TIMEOUT",
+    metavar="SECONDS",
+    help="Longest a PostgreSQL statement may take, also when the database is frozen (503 beyond).  [default: 30]",
+)
 @_store_options
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
@@ -178,6 +193,8 @@ def serve(
     request_timeout: float | None,
     keep_alive_timeout: float | None,
     auth_failure_limit: int | None,
+    forwarded_allow_ips: str,
+    database_timeout: float | None,
     blob_url: str | None,
     blob_options: dict[str, Any],
     log_level: str,
@@ -195,6 +212,7 @@ def serve(
             request_timeout=request_timeout,
             keep_alive_timeout=keep_alive_timeout,
             auth_failure_limit=auth_failure_limit,
+            database_timeout=database_timeout,
         )
     )
     from .app import create_app
@@ -219,6 +237,9 @@ def serve(
             log_level=log_level,
             http=timed_h11_protocol(settings.request_timeout),
             timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
+            # uvicorn trusts X-Forwarded-For from loopback by default; here only named proxies.
+            proxy_headers=bool(forwarded_allow_ips.strip()),
+            forwarded_allow_ips=forwarded_allow_ips.strip() or None,
         )
     finally:
         ctx.close()

@@ -32,7 +32,7 @@ class Context:
     @classmethod
     def open(cls, settings: Settings, *, engine: Engine | None = None) -> Context:
         store = open_store(settings)
-        engine = engine or make_engine(settings.database_url)
+        engine = engine or make_engine(settings.database_url, timeout=settings.database_timeout)
         return cls(
             settings=settings,
             engine=engine,

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from .auth import Principal, authenticate
 from .context import Context
 from .errors import Unauthenticated
-from .readcache import read_generation
+from .readcache import read_generation, read_generation_and_failure
 
 
 async def get_context(request: Request) -> Context:
@@ -34,19 +34,21 @@ def client_address(request: Request) -> str:
 
 
 def _principal(
-    ctx: Context, request: Request, session: Session, generation: int | None = None
+    ctx: Context, request: Request, session: Session, generation: int | None = None, *, checked: bool = False
 ) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
     An address with too many failed tokens gets 429 before its token is even looked
-    up. With a ``generation``, a token already resolved in that generation is not
-    looked up again (an expired one still is, to answer 401).
+    up (``checked``: the caller did that already). With a ``generation``, a token
+    already resolved in that generation is not looked up again (an expired one still
+    is, to answer 401).
     """
     authorization = request.headers.get("authorization")
     if not authorization:
         return None
     address = client_address(request)
-    ctx.auth_failures.check(address)
+    if not checked:
+        ctx.auth_failures.check(session, address)
     key = hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
     if generation is not None:
         known = ctx.read_cache.token(generation, key)
@@ -55,7 +57,7 @@ def _principal(
     try:
         principal = authenticate(session, authorization)
     except Unauthenticated:
-        ctx.auth_failures.failed(address)
+        ctx.auth_failures.failed(ctx.sessions, address)
         raise
     if generation is not None and principal is not None:
         ctx.read_cache.keep_token(generation, key, principal)
@@ -98,8 +100,13 @@ class Read:
 def reading(ctx: Context, request: Request) -> Iterator[Read]:
     """A :class:`Read` for this request: one session from the generation to the answer."""
     with ctx.sessions() as s:
-        generation = read_generation(s)
-        yield Read(ctx, s, _principal(ctx, request, s, generation), generation)
+        if request.headers.get("authorization"):
+            address = client_address(request)
+            generation, nth_failure = read_generation_and_failure(s, address, ctx.auth_failures.limit)
+            ctx.auth_failures.check_at(nth_failure, address)
+        else:
+            generation = read_generation(s)
+        yield Read(ctx, s, _principal(ctx, request, s, generation, checked=True), generation)
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

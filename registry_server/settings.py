@@ -20,6 +20,7 @@ DEFAULT_CHUNK_SIZE = 16 * 1024**2
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_KEEP_ALIVE_TIMEOUT = 30.0
 DEFAULT_AUTH_FAILURE_LIMIT = 20
+DEFAULT_DATABASE_TIMEOUT = 30.0
 
 ENV_DATA_DIR = "TVREG_REGISTRY_DATA"
 ENV_DATABASE_URL = "TVREG_DATABASE_URL"
@@ -28,6 +29,7 @@ ENV_BLOB_URL = "TVREG_BLOB_URL"
 ENV_REQUEST_TIMEOUT = "TVREG_REQUEST_TIMEOUT"
 ENV_KEEP_ALIVE_TIMEOUT = "TVREG_KEEP_ALIVE_TIMEOUT"
 ENV_AUTH_FAILURE_LIMIT = "TVREG_AUTH_FAILURE_LIMIT"
+ENV_DATABASE_TIMEOUT = "TVREG_DATABASE_TIMEOUT"
 
 
 def parse_blob_option(text: str) -> tuple[str, Any]:
@@ -74,6 +76,9 @@ class Settings:
         keep_alive_timeout: seconds an idle keep-alive connection is kept open.
         auth_failure_limit: failed authentications per client address per minute before
             its authenticated requests get 429 (see :mod:`registry_server.ratelimit`).
+        database_timeout: seconds one PostgreSQL statement may take: the server's
+            ``statement_timeout``, and (a little later) a client-side deadline that also
+            holds when the database is frozen (see :mod:`registry_server.dbwatchdog`).
     """
 
     data_dir: Path
@@ -85,6 +90,7 @@ class Settings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
     auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
+    database_timeout: float = DEFAULT_DATABASE_TIMEOUT
 
     @property
     def blob_dir(self) -> Path:
@@ -111,6 +117,7 @@ class Settings:
         request_timeout: float | None = None,
         keep_alive_timeout: float | None = None,
         auth_failure_limit: int | None = None,
+        database_timeout: float | None = None,
     ) -> Settings:
         data = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).absolute()
         url = database_url or os.environ.get(ENV_DATABASE_URL) or f"sqlite:///{data / 'registry.db'}"
@@ -130,6 +137,7 @@ class Settings:
             auth_failure_limit=int(
                 auth_failure_limit or os.environ.get(ENV_AUTH_FAILURE_LIMIT) or DEFAULT_AUTH_FAILURE_LIMIT
             ),
+            database_timeout=_seconds(database_timeout, ENV_DATABASE_TIMEOUT, DEFAULT_DATABASE_TIMEOUT),
         )
 
 

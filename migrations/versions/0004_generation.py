@@ -8,7 +8,9 @@ first (registry_server.readcache), so a change committed through any replica, or
 
 Triggers rather than application code, so no write path can forget. On PostgreSQL they
 are deferred constraint triggers: the counter row is locked at commit, after every
-other lock a transaction takes, so it cannot deadlock with them.
+other lock a transaction takes, so it cannot deadlock with them. (On SQLite a later
+migration that rebuilds one of these tables with ``batch_alter_table`` must create its
+triggers again.)
 
 Revision ID: 0004
 Revises: 0003

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 
+import httpx
 import pytest
 
 
@@ -46,6 +47,44 @@ def test_a_hundred_bad_tokens_meet_the_default_limit(registry, api):
             statuses.append(c.get("/skills").status_code)
     assert statuses[:20] == [401] * 20
     assert set(statuses[20:]) == {429}
+
+
+def _whoami(url: str, token: str, forwarded_for: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    return httpx.get(url + "/api/v1/whoami", headers=headers, timeout=60).status_code
+
+
+@pytest.mark.parametrize("registry", ["postgresql"], indirect=True)
+@pytest.mark.registry_options(args=["--auth-failure-limit", "4"])
+def test_the_failed_token_limit_holds_across_replicas(registry):
+    good = registry.make_user("alice")
+    other = registry.replica()
+    assert [_whoami((registry.url, other.url)[i % 2], _bad_token()) for i in range(4)] == [401] * 4
+    assert _whoami(registry.url, good) == 429
+    assert _whoami(other.url, good) == 429
+
+
+@pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
+@pytest.mark.registry_options(args=["--auth-failure-limit", "3"])
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(registry, make_registry):
+    good = registry.make_user("alice")
+    # Untrusted peer (the default trusts none): a new X-Forwarded-For per guess changes nothing.
+    statuses = [_whoami(registry.url, _bad_token(), f"203.0.113.{i}") for i in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    assert _whoami(registry.url, good, "198.51.100.7") == 429
+
+    proxied = make_registry(
+        registry.database_url,
+        data_dir=registry.data_dir,
+        extra_args=("--auth-failure-limit", "3", "--forwarded-allow-ips", "127.0.0.1"),
+    )
+    proxied.start()
+    assert [_whoami(proxied.url, _bad_token(), "203.0.113.50") for _ in range(4)] == [401, 401, 401, 429]
+    # Behind a trusted proxy each client is counted apart, and loopback itself is still throttled.
+    assert _whoami(proxied.url, good, "203.0.113.51") == 200
+    assert _whoami(proxied.url, good) == 429
 
 
 @pytest.mark.parametrize("registry", ["sqlite"], indirect=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -49,9 +51,12 @@ def test_database_outage_is_a_bounded_503_and_recovers_without_restart(registry,
         assert c.get("/whoami").json()["user"] == "alice"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def own_cluster():
-    """A PostgreSQL cluster of this test alone, which it may stop and start; commits are durable."""
+    """A PostgreSQL cluster of this module alone, which its tests stop, freeze and start; commits are durable.
+
+    Each test leaves it running.
+    """
     bin_dir = _find_pg_bin()
     if bin_dir is None:
         reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package"
@@ -66,6 +71,16 @@ def own_cluster():
         cluster.stop()
 
 
+def _migrated_database(cluster: PostgresCluster) -> str:
+    url = cluster.create_database()
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
 def _assert_unavailable(r: httpx.Response) -> None:
     assert r.status_code == 503, r.text
     error = r.json()["error"]
@@ -76,13 +91,7 @@ def _assert_unavailable(r: httpx.Response) -> None:
 def test_postgresql_stopped_mid_service_gives_503_then_recovers_without_restart(
     own_cluster, make_registry, server_artifacts
 ):
-    own_cluster.execute('CREATE DATABASE "registry"')
-    url = own_cluster.url("registry")
-    engine = make_engine(url)
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
+    url = _migrated_database(own_cluster)
     registry = make_registry(url)
     registry.start()
     token = registry.make_user("alice")
@@ -120,5 +129,45 @@ def test_postgresql_stopped_mid_service_gives_503_then_recovers_without_restart(
         r = c.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id})
         assert r.status_code == 201, r.text
         assert c.get("/skills/alice/science/versions/1.0.0/artifact").content == data
+    log = registry.log()
+    assert "Traceback" not in log, log
+
+
+def _cluster_pids(cluster: PostgresCluster) -> list[int]:
+    """The postmaster and every process it started (backends, checkpointer, walwriter...)."""
+    postmaster = int((cluster.root / "data" / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == postmaster:
+                children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+def test_a_frozen_postgresql_gives_503_not_a_hang_then_recovers_without_restart(own_cluster, make_registry):
+    """SIGSTOP: connections stay open and TCP stays silent, so only a client-side deadline helps."""
+    url = _migrated_database(own_cluster)
+    registry = make_registry(url, extra_args=("--database-timeout", "1"))
+    registry.start()
+    token = registry.make_user("alice")
+    with _client(registry.url, token) as c:
+        assert c.get("/skills").status_code == 200  # pooled connections that will hang
+        pids = _cluster_pids(own_cluster)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            # 30 s is only a hang detector: the server answers after its own deadline.
+            _assert_unavailable(c.get("/skills", timeout=30))
+            _assert_unavailable(c.get("/whoami", timeout=30))
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert c.get("/skills").status_code == 200
+        assert c.get("/whoami").json()["user"] == "alice"
+    assert registry.proc is not None and registry.proc.alive()
     log = registry.log()
     assert "Traceback" not in log, log
