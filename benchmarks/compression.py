@@ -48,18 +48,28 @@ from tvreg.codecs import get_codec, make_codec, relative_error, zstd_frame  # no
 from tvreg.manifest import Manifest  # noqa: E402
 
 SETTINGS: list[tuple[str, dict]] = [
-    ("exact", {}),
-    ("bf16", {}),
-    ("int8", {}),
-    ("int8", {"group": 64, "scales": "fp16"}),
-    ("sparse", {"density": 0.1}),
-    ("sparse", {"density": 0.1, "values": "int8"}),
-    ("sparse", {"density": 0.05, "values": "int8"}),
-    ("sparse", {"density": 0.02, "values": "int8"}),
-    ("sparse", {"density": 0.01, "values": "int8"}),
-    ("lowrank", {"rank": 16, "fallback": "int8"}),
-    ("auto", {"max_rel_error": 0.1}),
-    ("auto", {"max_rel_error": 0.3}),
+    ("exact", {}),  # 0
+    ("bf16", {}),  # 1
+    ("int8", {}),  # 2: per row, or per tensor within 1% error; zero bitmap; rows sorted by spread
+    ("int8", {"group": 64, "scales": "fp16"}),  # 3
+    ("sparse", {"density": 0.1}),  # 4
+    ("sparse", {"density": 0.1, "values": "int8"}),  # 5
+    ("sparse", {"density": 0.05, "values": "int8"}),  # 6
+    ("sparse", {"density": 0.02, "values": "int8"}),  # 7
+    ("sparse", {"density": 0.01, "values": "int8"}),  # 8
+    ("lowrank", {"rank": 16, "fallback": "int8"}),  # 9
+    ("auto", {"max_rel_error": 0.1}),  # 10
+    ("auto", {"max_rel_error": 0.3}),  # 11
+    ("int8", {"max_rel_error": 0}),  # 12: always per row (the tvreg 0.2 choice)
+    ("sparse", {"density": 0.3, "values": "int8"}),  # 13
+    ("sparse", {"density": 0.2, "values": "int8"}),  # 14
+    ("lowrank", {"rank": 64, "fallback": "int8"}),  # 15
+    ("lowrank", {"rank": 128, "fallback": "int8"}),  # 16
+    ("auto", {"max_rel_error": 0.03}),  # 17
+    ("sparse", {"density": 0.2, "values": "int8", "select": "random"}),  # 18: DARE, positions hashed
+    ("sparse", {"density": 0.1, "values": "int8", "select": "random"}),  # 19
+    ("sparse", {"density": 0.05, "values": "int8", "select": "random"}),  # 20
+    ("sparse", {"density": 0.02, "values": "int8", "select": "random"}),  # 21
 ]
 MB = 1e6
 
