@@ -387,7 +387,18 @@ def plot(rows: list[dict], skills: list[str], sizes: dict[str, int], general_siz
         for r in sweep:
             ax.annotate(f"ω={r['weights']}", (r["scores"]["safety_compliance"], r["scores"]["safety_refusal"]),
                         textcoords="offset points", xytext=(4, -10), fontsize=7)  # fmt: skip
-        for name, marker in (("G", "D"), ("pre", "v"), ("cft-safety", "*"), ("expert-safety", "^")):
+        lora = sorted(
+            (r for r in rows if r["kind"].startswith("lora-ptm") and r["skills"] == "safety"),
+            key=lambda r: float(r["weights"]),
+        )
+        if lora:
+            ax.plot([r["scores"]["safety_compliance"] for r in lora], [r["scores"]["safety_refusal"] for r in lora],
+                    "^--", color="C6", label="G + ω·τ_safety (LoRA)")  # fmt: skip
+            for r in lora:
+                ax.annotate(f"ω={r['weights']}", (r["scores"]["safety_compliance"], r["scores"]["safety_refusal"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color="C6")  # fmt: skip
+        for name, marker in (("G", "D"), ("pre", "v"), ("cft-safety", "*"), ("expert-safety", "P"),
+                             ("lora-expert-safety", "X")):  # fmt: skip
             if name in by:
                 sc = by[name]["scores"]
                 ax.plot([sc["safety_compliance"]], [sc["safety_refusal"]], marker, ms=10, label=name)
