@@ -102,7 +102,7 @@ def _targets(rows: list[dict], skills: list[str]) -> list[tuple[str, str, str, s
                 f"{gain_ptm:+.3f} vs CFT {gain_cft:+.3f} ({frac:.0%})"
                 if gain_cft > 0
                 else f"CFT gain {gain_cft:+.3f}",
-                _yes(frac >= 0.5) if gain_cft > 0 else "n/a",
+                _yes(frac >= 0.5 - 1e-9) if gain_cft > 0 else "n/a",
             )
         )
         out.append(
