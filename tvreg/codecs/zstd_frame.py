@@ -256,6 +256,16 @@ def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
         raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
 
 
+def _each_frame(count: int, one: Callable[[int], None]) -> None:
+    """``one(i)`` for every frame, on the decode threads when there are several (zstd releases the GIL)."""
+    if count <= 1 or _threads == 1:
+        for i in range(count):
+            one(i)
+        return
+    for fut in [_executor().submit(one, i) for i in range(count)]:
+        fut.result()
+
+
 def decompress_spans_into(
     data: bytes | memoryview,
     out: memoryview,
@@ -278,12 +288,7 @@ def decompress_spans_into(
         if finish is not None:
             finish(i, d_lo, d_hi)
 
-    if len(spans) <= 1 or _threads == 1:
-        for i in range(len(spans)):
-            one(i)
-        return
-    for fut in [_executor().submit(one, i) for i in range(len(spans))]:
-        fut.result()
+    _each_frame(len(spans), one)
 
 
 #: Frames up to this many raw bytes decode into a reused per-thread buffer (the writers cut at 4 MiB).
@@ -322,12 +327,7 @@ def decompress_frames(
         decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)
         each(i, raw)
 
-    if len(spans) <= 1 or _threads == 1:
-        for i in range(len(spans)):
-            one(i)
-        return
-    for fut in [_executor().submit(one, i) for i in range(len(spans))]:
-        fut.result()
+    _each_frame(len(spans), one)
 
 
 def decompress_stream(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) -> torch.Tensor:
