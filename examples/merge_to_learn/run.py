@@ -330,28 +330,22 @@ def main(argv: list[str] | None = None) -> None:
     hook = f"{HERE / 'scoring.py'}:score"
     with logged_in_registry(run / "registry", run / "registry.log", USER):
         for s in skills:
-            project = write_project(
-                run / "projects" / s,
-                name=f"{USER}/{s}",
-                version="1.0.0",
-                base=str(pre),
-                dataset_size=sizes[s],
-                description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct",
-                license="Apache-2.0",
-                build={"finetuned": str(models / f"expert-{s}")},
-            )
-            tvreg("publish", str(project))
-            lora_project = write_project(
-                run / "projects" / f"{s}-lora",
-                name=f"{USER}/{s}-lora",
-                version="1.0.0",
-                base=str(pre),
-                dataset_size=sizes[s],
-                description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct, as a LoRA adapter",
-                license="Apache-2.0",
-                build={"adapter": str(models / f"lora-{s}")},
-            )
-            tvreg("publish", str(lora_project))
+            kinds = [
+                ("", {"finetuned": str(models / f"expert-{s}")}, ""),
+                ("-lora", {"adapter": str(models / f"lora-{s}")}, ", as a LoRA adapter"),
+            ]
+            for suffix, build, what in kinds:
+                project = write_project(
+                    run / "projects" / f"{s}{suffix}",
+                    name=f"{USER}/{s}{suffix}",
+                    version="1.0.0",
+                    base=str(pre),
+                    dataset_size=sizes[s],
+                    description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct{what}",
+                    license="Apache-2.0",
+                    build=build,
+                )
+                tvreg("publish", str(project))
         timer.record("publish", time.monotonic() - t)
 
         envs = run / "envs"
