@@ -72,6 +72,17 @@ def _find_pg_bin() -> Path | None:
     return None
 
 
+def pg_bin_or_skip() -> Path:
+    """PostgreSQL's binaries; without them a test is skipped locally and fails under CI, which must run it."""
+    bin_dir = _find_pg_bin()
+    if bin_dir is None:
+        reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the PostgreSQL tests.")
+        pytest.skip(reason)
+    return bin_dir
+
+
 class PostgresCluster:
     """A private PostgreSQL cluster in a temporary directory, for one test session."""
 
@@ -153,13 +164,7 @@ class PostgresCluster:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    bin_dir = _find_pg_bin()
-    if bin_dir is None:
-        reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the PostgreSQL tests.")
-        pytest.skip(reason)
-    cluster = PostgresCluster(bin_dir)
+    cluster = PostgresCluster(pg_bin_or_skip())
     cluster.start()
     try:
         yield cluster

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tvreg_registry_fixtures import PostgresCluster, _find_pg_bin
+from tvreg_registry_fixtures import PostgresCluster, pg_bin_or_skip
 
 from registry_server.db import make_engine
 from registry_server.migrate import upgrade
@@ -57,13 +57,7 @@ def own_cluster():
 
     Each test leaves it running.
     """
-    bin_dir = _find_pg_bin()
-    if bin_dir is None:
-        reason = "PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the PostgreSQL tests.")
-        pytest.skip(reason)
-    cluster = PostgresCluster(bin_dir, durable=True)
+    cluster = PostgresCluster(pg_bin_or_skip(), durable=True)
     cluster.start()
     try:
         yield cluster
