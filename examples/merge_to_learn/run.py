@@ -208,6 +208,24 @@ class Results:
         return name in self.rows
 
 
+def _add_sweep_rows(res: Results, sweep: dict, prefix: str, skill: str, *, best_weight: float | None = None) -> None:
+    """One row per point of a `tvreg sweep --format json` answer (``best_on_val`` when a best was locked)."""
+    for p in sweep["points"]:
+        name = f"{prefix}-{skill}@{p['weight']:.4g}"
+        if res.has(name):
+            continue
+        row = {
+            "name": name,
+            "kind": f"{prefix}-default" if p["default"] else f"{prefix}-sweep",
+            "skills": skill,
+            "weights": f"{p['weight']:.4g}",
+            "scores": p["scores"],
+        }
+        if best_weight is not None:
+            row["best_on_val"] = p["weight"] == best_weight
+        res.add(row)
+
+
 def score_dir(model_dir: Path, config: dict, run: Path, splits=("test", "val")) -> dict[str, float]:
     model, tok = lm.load(model_dir)
     return scoring.evaluate_model(model, tok, config, run / "cache", splits)
@@ -368,19 +386,7 @@ def main(argv: list[str] | None = None) -> None:
                 out.write_text(text)
                 tvreg("list", str(env))
             data = json.loads(out.read_text())
-            for p in data["points"]:
-                name = f"ptm-{s}@{p['weight']:.4g}"
-                if not res.has(name):
-                    res.add(
-                        {
-                            "name": name,
-                            "kind": "ptm-default" if p["default"] else "ptm-sweep",
-                            "skills": s,
-                            "weights": f"{p['weight']:.4g}",
-                            "best_on_val": p["weight"] == data["best_weight"],
-                            "scores": p["scores"],
-                        }
-                    )
+            _add_sweep_rows(res, data, "ptm", s, best_weight=data["best_weight"])
         timer.record("sweeps", time.monotonic() - t)
 
         # The same skills trained as LoRA and built from the adapter: |D|/|G| and plan.lora_weights.
@@ -396,18 +402,7 @@ def main(argv: list[str] | None = None) -> None:
                 )  # fmt: skip
                 out.write_text(text)
                 shutil.rmtree(env, ignore_errors=True)
-            for p in json.loads(out.read_text())["points"]:
-                name = f"lora-ptm-{s}@{p['weight']:.4g}"
-                if not res.has(name):
-                    res.add(
-                        {
-                            "name": name,
-                            "kind": "lora-ptm-default" if p["default"] else "lora-ptm-sweep",
-                            "skills": s,
-                            "weights": f"{p['weight']:.4g}",
-                            "scores": p["scores"],
-                        }
-                    )
+            _add_sweep_rows(res, json.loads(out.read_text()), "lora-ptm", s)
         del os.environ[scoring.SPLITS_ENV]
         timer.record("LoRA skills", time.monotonic() - t)
 
