@@ -350,7 +350,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
 
     inst.ordered_map = waited_map
     started = time.perf_counter()
-    inst.install(artifacts, into=model_dir, device="cpu")
+    inst.install(artifacts, into=model_dir, device="cpu", method="task_arithmetic")
     wall = time.perf_counter() - started
     out_json.write_text(json.dumps({"wall_s": wall, "stages": totals, "not_patched": missing}, indent=2))
 

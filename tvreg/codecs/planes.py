@@ -21,14 +21,18 @@ with uint8 vector ops, so they run at memory speed and release the GIL.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import torch
+
+from . import jit, zstd_frame
 
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("tvreg's codecs assume a little-endian machine")
 
 LAYOUTS = ("exp", "bytes")
+_WORDS = {4: np.uint32, 2: np.uint16, 1: np.uint8}
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -63,6 +67,13 @@ def merge(planes: torch.Tensor, layout: str, out: torch.Tensor) -> torch.Tensor:
     b = _as_bytes(out).numpy()
     p = planes.numpy()
     size = b.shape[1]
+    if jit.ready() and p.flags.c_contiguous and out.numel():
+        if layout == "bytes":
+            jit.merge_bytes(p, b)
+            return out
+        if size in _WORDS:
+            jit.merge_exp(p, b.view(_WORDS[size]).reshape(-1))
+            return out
     if layout == "bytes":
         for i in range(size):
             b[:, i] = p[i]
@@ -85,7 +96,6 @@ def encode(flat: torch.Tensor, layout: str = "exp") -> tuple[bytes, dict]:
     Returns the blob and its parameters (``planes`` and, when there are several frames,
     the frame table), so every frame can be decompressed and un-split independently.
     """
-    from . import zstd_frame
     from .base import raw_view
 
     size = flat.element_size()
@@ -106,7 +116,6 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
     un-split by the worker that decompressed it.
     """
     from ..errors import CorruptArtifact
-    from . import zstd_frame
 
     layout = params.get("planes", "exp")
     if layout not in LAYOUTS:
@@ -146,7 +155,6 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
     non-zero, so decoding is bit-exact. Takes fp32, bf16 or int8 (``int8`` codes are
     stored without a plane split).
     """
-    from . import zstd_frame
 
     size = flat.element_size()
     layout = _layout_of(flat.dtype)
@@ -185,7 +193,6 @@ def decode_masked(
     anything is allocated, and each frame's bitmap must mark exactly its declared count.
     """
     from ..errors import CorruptArtifact
-    from . import zstd_frame
 
     n = numel
     size = torch.empty(0, dtype=dtype).element_size()
@@ -211,6 +218,8 @@ def decode_masked(
         count, k = sizes[i], nnz[i]
         nbits = _bitmap_bytes(count)
         bits = raw[:nbits].numpy()
+        if jit.ready():
+            return _finish_compiled(bits, raw[nbits:], count, k, out[i * per : i * per + count], where)
         keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
         if np.count_nonzero(keep) != k or (count % 8 and int(bits[-1]) >> (count % 8)):
             raise CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
@@ -230,6 +239,45 @@ def decode_masked(
 
     zstd_frame.decompress_frames(data, spans, where=where, each=finish)
     return out
+
+
+def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
+    """One frame of :func:`decode_masked` with the compiled kernels: same checks, same bytes."""
+    from ..errors import CorruptArtifact
+
+    def disagrees() -> CorruptArtifact:
+        return CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
+
+    if count % 8 and int(bits[-1]) >> (count % 8):
+        raise disagrees()
+    size = target.element_size()
+    words = _WORDS[size]
+    dest = target.view(torch.uint8).numpy().view(words)
+    if not target.dtype.is_floating_point:
+        values = stored.numpy()[:k]
+    elif k == count:
+        if jit.popcount(bits) != k:
+            raise disagrees()
+        merge(stored.view(size, k), "exp", target)
+        return
+    else:
+        values = _values_scratch(k * size).view(words)
+        jit.merge_exp(stored.numpy().reshape(size, k), values)
+    if jit.scatter(bits, values, dest) != k:
+        raise disagrees()
+
+
+_local = threading.local()
+
+
+def _values_scratch(nbytes: int) -> np.ndarray:
+    """This thread's reused buffer for a frame's non-zero values (fresh pages cost more than the work)."""
+    if nbytes > zstd_frame.SCRATCH_MAX:
+        return np.empty(nbytes, dtype=np.uint8)
+    buf = getattr(_local, "values", None)
+    if buf is None or buf.size < nbytes:
+        buf = _local.values = np.empty(max(nbytes, 1 << 22), dtype=np.uint8)
+    return buf[:nbytes]
 
 
 def _check_out(out: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

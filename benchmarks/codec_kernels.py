@@ -1,0 +1,75 @@
+"""The codecs' compiled loops (Numba, ``tvreg.codecs.jit``) against the NumPy code they replace.
+
+    python benchmarks/codec_kernels.py [--numel N] [--repeat R]
+
+Decodes one ``exact`` tensor (zstd frames of 4 MiB, zero bitmap, exponent/mantissa
+planes) of fine-tune-like τ at several non-zero shares, and times the plane merge alone,
+each with the compiled kernels and with NumPy (``jit.enabled`` flipped) in the same run;
+prints ns per element and the NumPy / compiled ratio. Single-threaded
+(``set_decode_threads(1)``), so the ratio is CPU work, not parallelism.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from tvreg.codecs import jit, planes, zstd_frame
+
+
+def tau(n: int, density: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g).to(torch.bfloat16)
+    ft = (base.float() * (1 + torch.randint(1, 3, (n,), generator=g).float() * 2.0**-7)).to(torch.bfloat16)
+    return torch.where(torch.rand(n, generator=g) < density, ft.float() - base.float(), torch.zeros(n))
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--numel", type=float, default=2**24)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    n = int(args.numel)
+    zstd_frame.set_decode_threads(1)
+    torch.set_num_threads(1)
+    if not jit.ready():
+        raise SystemExit("the compiled kernels are off (TVREG_JIT=0) or Numba is missing")
+    print(f"{n:,} fp32 elements, median of {args.repeat}; ns per element")
+    print(f"{'step':34s} {'numpy':>8s} {'compiled':>9s} {'ratio':>7s}")
+    for density in (0.05, 0.31, 1.0):
+        t = tau(n, density)
+        data, params = planes.encode_masked(t)
+        out = torch.empty(n)
+        split = planes.split(t, "exp")
+        def decode(data=data, params=params, out=out):
+            planes.decode_masked(data, params, n, torch.float32, where="bench", out=out)
+
+        def merge(split=split, out=out):
+            planes.merge(split, "exp", out)
+
+        rows = {f"decode exact, {density:.0%} non-zero": decode, f"plane merge only, {density:.0%}": merge}
+        for label, fn in rows.items():
+            secs = {}
+            for compiled in (False, True):
+                jit.enabled = compiled
+                secs[compiled] = timed(fn, args.repeat)
+            jit.enabled = True
+            assert torch.equal(out.view(torch.int32), t.view(torch.int32))
+            print(f"{label:34s} {secs[False] / n * 1e9:8.2f} {secs[True] / n * 1e9:9.2f} {secs[False] / secs[True]:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The compiled codec loops (Numba) against the NumPy code they replace: same bytes, same refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+from tvreg.codecs import get_codec, jit, planes, zstd_frame
+from tvreg.errors import CorruptArtifact
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def path(request, monkeypatch):
+    """Run the test once with the compiled kernels and once with the NumPy fallback."""
+    monkeypatch.setattr(jit, "enabled", request.param == "compiled")
+    assert jit.ready() == (request.param == "compiled"), "numba is a dependency: the compiled path must load"
+    return request.param
+
+
+def _fine_tune_like(n: int, density: float, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """τ of a short fine-tune: a share of entries moved by a few ulps, including −0.0 and subnormals."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g).to(dtype)
+    moved = torch.rand(n, generator=g) < density
+    ulps = torch.randint(1, 4, (n,), generator=g).float() * torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    ft = (base.float() * (1 + ulps * 2.0**-7)).to(dtype)
+    tau = torch.where(moved, ft.float() - base.float(), torch.zeros(n))
+    if n > 3:
+        tau[1], tau[2] = -0.0, 2.0**-140
+    return tau.to(dtype) if dtype != torch.float32 else tau
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 70_001])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.31, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_planes_decode_to_the_same_bits_on_both_paths(path, n, density, dtype):
+    tau = _fine_tune_like(n, density, dtype, seed=n)
+    data, params = planes.encode_masked(tau)
+    back = planes.decode_masked(data, params, n, dtype, where="w")
+    ints = {4: torch.int32, 2: torch.int16}[tau.element_size()]
+    assert torch.equal(back.view(ints), tau.view(ints))
+
+
+def test_masked_int8_codes_scatter_on_both_paths(path):
+    codes = torch.randint(-127, 128, (5003,), dtype=torch.int8) * (torch.rand(5003) < 0.4)
+    data, params = planes.encode_masked(codes)
+    assert torch.equal(planes.decode_masked(data, params, codes.numel(), torch.int8, where="w"), codes)
+
+
+def test_several_frames_decode_the_same_on_both_paths(path, monkeypatch):
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)  # many frames, each its own bitmap
+    tau = _fine_tune_like(50_003, 0.31, torch.float32, seed=3)
+    data, params = planes.encode_masked(tau)
+    assert len(params["nnz"]) > 10
+    assert torch.equal(planes.decode_masked(data, params, tau.numel(), torch.float32, where="w"), tau)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["exp", "bytes"])
+def test_plane_merge_matches_numpy_on_every_bit_pattern(monkeypatch, dtype, layout):
+    """Random words cover NaN payloads, infinities, −0.0 and subnormals."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    words = torch.randint(0, 256, (size * 10_007,), dtype=torch.uint8).view(dtype)
+    split = planes.split(words, layout)
+    outs = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        outs[compiled] = planes.merge(split, layout, torch.empty_like(words))
+    assert torch.equal(outs[True].view(torch.uint8), words.view(torch.uint8))
+    assert torch.equal(outs[False].view(torch.uint8), words.view(torch.uint8))
+
+
+def _segment(tau: torch.Tensor) -> tuple[bytes, dict]:
+    enc = get_codec("exact").encode(tau)
+    return zstandard.ZstdDecompressor().decompress(enc.data), enc.params
+
+
+@pytest.mark.parametrize("damage", ["extra bit", "missing bit", "pad bit"])
+@pytest.mark.parametrize("density", [0.5, 1.0])
+def test_a_bitmap_that_disagrees_with_the_count_is_refused_on_both_paths(path, damage, density):
+    n = 1001  # the last bitmap byte has 7 pad bits
+    tau = _fine_tune_like(n, density, torch.float32, seed=7)
+    tau[0] = 1.0
+    if density < 1:
+        tau[5] = 0.0
+    segment, params = _segment(tau)
+    bitmap = bytearray(segment[: (n + 7) // 8])
+    if damage == "extra bit":
+        if density < 1:
+            bitmap[0] |= 0x20  # entry 5, which is zero
+        else:
+            bitmap[-1] |= 0x80  # every entry is set: the only bit left is a pad bit
+    elif damage == "missing bit":
+        bitmap[0] &= ~0x01
+    else:
+        bitmap[-1] |= 0x80
+        bitmap[0] &= ~0x01  # the set-bit count stays right: only the pad check can catch it
+    bad = zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
+    with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
+        get_codec("exact").decode(bad, (n,), params, where="w")
+
+
+def test_scatter_never_writes_past_the_values_it_has():
+    assert jit.ready()
+    bits = np.full(4, 0xFF, dtype=np.uint8)
+    values = np.arange(1, 20, dtype=np.uint32)  # 19 values for 32 set bits
+    out = np.zeros(32, dtype=np.uint32)
+    assert jit.scatter(bits, values, out) == -1
+    with pytest.raises(ValueError):
+        jit.scatter(bits, values, np.zeros(40, dtype=np.uint32))
