@@ -45,7 +45,7 @@ def main() -> None:
     n = int(args.numel)
     zstd_frame.set_decode_threads(1)
     torch.set_num_threads(1)
-    if not jit.ready():
+    if not jit.ready(n):
         raise SystemExit("the compiled kernels are off (TVREG_JIT=0) or Numba is missing")
     print(f"{n:,} fp32 elements, median of {args.repeat}; ns per element")
     print(f"{'step':34s} {'numpy':>8s} {'compiled':>9s} {'ratio':>7s}")

@@ -15,7 +15,8 @@ from tvreg.errors import CorruptArtifact
 def path(request, monkeypatch):
     """Run the test once with the compiled kernels and once with the NumPy fallback."""
     monkeypatch.setattr(jit, "enabled", request.param == "compiled")
-    assert jit.ready() == (request.param == "compiled"), "numba is a dependency: the compiled path must load"
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)  # the compiled path even for the small cases
+    assert jit.ready(1) == (request.param == "compiled"), "numba is a dependency: the compiled path must load"
     return request.param
 
 
@@ -65,6 +66,7 @@ def test_plane_merge_matches_numpy_on_every_bit_pattern(monkeypatch, dtype, layo
     words = torch.randint(0, 256, (size * 10_007,), dtype=torch.uint8).view(dtype)
     split = planes.split(words, layout)
     outs = {}
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
     for compiled in (True, False):
         monkeypatch.setattr(jit, "enabled", compiled)
         outs[compiled] = planes.merge(split, layout, torch.empty_like(words))
@@ -103,10 +105,18 @@ def test_a_bitmap_that_disagrees_with_the_count_is_refused_on_both_paths(path, d
 
 
 def test_scatter_never_writes_past_the_values_it_has():
-    assert jit.ready()
+    assert jit.ready(jit.MIN_ELEMENTS)
     bits = np.full(4, 0xFF, dtype=np.uint8)
     values = np.arange(1, 20, dtype=np.uint32)  # 19 values for 32 set bits
     out = np.zeros(32, dtype=np.uint32)
     assert jit.scatter(bits, values, out) == -1
     with pytest.raises(ValueError):
         jit.scatter(bits, values, np.zeros(40, dtype=np.uint32))
+
+
+def test_small_work_stays_on_numpy_and_never_loads_numba(monkeypatch):
+    """A small model's install must not pay Numba's start-up."""
+    monkeypatch.setattr(jit, "_kernels", None)
+    assert not jit.ready(jit.MIN_ELEMENTS - 1)
+    assert jit._kernels is None
+    assert jit.ready(jit.MIN_ELEMENTS) and jit._kernels is not None

@@ -26,6 +26,10 @@ import numpy as np
 #: Whether to use the compiled kernels (``TVREG_JIT=0`` turns them off; tests flip it to check both paths agree).
 enabled = os.environ.get("TVREG_JIT", "1").strip().lower() not in {"0", "false", "no", "off"}
 
+#: Work smaller than this (elements) stays on NumPy: loading Numba costs a process ~0.6 s once,
+#: more than the kernels save on a small model's tensors.
+MIN_ELEMENTS = 1 << 16
+
 _kernels: SimpleNamespace | None = None
 _missing = False
 _lock = threading.Lock()
@@ -89,14 +93,15 @@ def _popcount_py(bits, popcount):  # pragma: no cover - compiled
     return total
 
 
-def ready() -> bool:
-    """Whether the compiled kernels are on and loaded; the first call imports Numba.
+def ready(numel: int) -> bool:
+    """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
 
-    Why lazily: importing Numba costs about 0.3 s and 60 MiB, which commands that
-    decode nothing (``tvreg list``, ``tvreg resolve``) should not pay.
+    Why lazily: importing Numba and loading its cached code costs a process about 0.6 s
+    and 60 MiB, which commands that decode nothing (``tvreg list``) or only a small
+    model's tensors should not pay.
     """
     global _kernels, _missing
-    if not enabled or _missing:
+    if not enabled or _missing or numel < MIN_ELEMENTS:
         return False
     if _kernels is None:
         with _lock:

@@ -67,7 +67,7 @@ def merge(planes: torch.Tensor, layout: str, out: torch.Tensor) -> torch.Tensor:
     b = _as_bytes(out).numpy()
     p = planes.numpy()
     size = b.shape[1]
-    if jit.ready() and p.flags.c_contiguous and out.numel():
+    if p.flags.c_contiguous and jit.ready(out.numel()):
         if layout == "bytes":
             jit.merge_bytes(p, b)
             return out
@@ -218,7 +218,7 @@ def decode_masked(
         count, k = sizes[i], nnz[i]
         nbits = _bitmap_bytes(count)
         bits = raw[:nbits].numpy()
-        if jit.ready():
+        if jit.ready(count):
             return _finish_compiled(bits, raw[nbits:], count, k, out[i * per : i * per + count], where)
         keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
         if np.count_nonzero(keep) != k or (count % 8 and int(bits[-1]) >> (count % 8)):
