@@ -4,7 +4,7 @@ Why: an install decodes every element of every skill's τ, and the ``exact`` cod
 two steps, putting a float's planes back together and scattering the non-zeros to their
 bitmap positions, were NumPy passes: strided byte stores, ``unpackbits`` and index
 arrays, each a trip through memory and several holding the GIL. One compiled loop per
-step does the same work in one pass (the plane merge about 12x faster; a whole
+step does the same work in one pass (the plane merge 6–13x faster; a whole
 ``exact`` decode, zstd included, 1.1–1.8x; ``benchmarks/codec_kernels.py``) and
 releases the GIL, so the install's worker threads run in parallel.
 
