@@ -54,6 +54,7 @@ def main() -> None:
         data, params = planes.encode_masked(t)
         out = torch.empty(n)
         split = planes.split(t, "exp")
+
         def decode(data=data, params=params, out=out):
             planes.decode_masked(data, params, n, torch.float32, where="bench", out=out)
 

@@ -110,6 +110,8 @@ def test_scatter_never_writes_past_the_values_it_has():
     values = np.arange(1, 20, dtype=np.uint32)  # 19 values for 32 set bits
     out = np.zeros(32, dtype=np.uint32)
     assert jit.scatter(bits, values, out) == -1
+    padded = np.array([0xFF, 0x01 | 0x80], dtype=np.uint8)  # 9 entries; bit 15 is a pad bit
+    assert jit.scatter(padded, np.arange(1, 11, dtype=np.uint32), np.zeros(9, dtype=np.uint32)) == -1
     with pytest.raises(ValueError):
         jit.scatter(bits, values, np.zeros(40, dtype=np.uint32))
 

@@ -77,9 +77,9 @@ def _scatter_py(bits, values, count, out, popcount, positions):  # pragma: no co
         if b == 0:
             continue
         c = popcount[b]
-        if j + c > k:
-            return -1
         base = q * 8
+        if j + c > k or base + positions[b, c - 1] >= count:
+            return -1
         for t in range(c):
             out[base + positions[b, t]] = values[j + t]
         j += c
@@ -152,8 +152,8 @@ def scatter(bits: np.ndarray, values: np.ndarray, out: np.ndarray) -> int:
     """``out[i] = next value`` where bit ``i`` of the little-endian bitmap is set, else 0.
 
     ``values`` and ``out`` are words of one size (any unsigned dtype). Returns the number
-    of values placed, or −1 when the bitmap marks more entries than there are values;
-    bits past ``out``'s end must already be known clear (the caller checks the padding).
+    of values placed, or −1 when the bitmap marks more entries than there are values or
+    an entry past ``out``'s end; it never writes outside ``out``.
     """
     if bits.size * 8 > out.size + 7 or bits.size * 8 < out.size:
         raise ValueError("bitmap and output sizes disagree")

@@ -21,7 +21,6 @@ with uint8 vector ops, so they run at memory speed and release the GIL.
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 import torch
@@ -221,8 +220,8 @@ def decode_masked(
         if jit.ready(count):
             return _finish_compiled(bits, raw[nbits:], count, k, out[i * per : i * per + count], where)
         keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
-        if np.count_nonzero(keep) != k or (count % 8 and int(bits[-1]) >> (count % 8)):
-            raise CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
+        if np.count_nonzero(keep) != k or _pad_bits_set(bits, count):
+            raise _bitmap_disagrees(where)
         planes_ = raw[nbits:].view(size, k)
         target = out[i * per : i * per + count]
         if not dtype.is_floating_point:  # int8 codes: stored as they are
@@ -243,13 +242,8 @@ def decode_masked(
 
 def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
     """One frame of :func:`decode_masked` with the compiled kernels: same checks, same bytes."""
-    from ..errors import CorruptArtifact
-
-    def disagrees() -> CorruptArtifact:
-        return CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
-
-    if count % 8 and int(bits[-1]) >> (count % 8):
-        raise disagrees()
+    if _pad_bits_set(bits, count):
+        raise _bitmap_disagrees(where)
     size = target.element_size()
     words = _WORDS[size]
     dest = target.view(torch.uint8).numpy().view(words)
@@ -257,27 +251,25 @@ def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int,
         values = stored.numpy()[:k]
     elif k == count:
         if jit.popcount(bits) != k:
-            raise disagrees()
+            raise _bitmap_disagrees(where)
         merge(stored.view(size, k), "exp", target)
         return
     else:
-        values = _values_scratch(k * size).view(words)
+        values = zstd_frame.scratch(k * size, where, slot="values").numpy().view(words)
         jit.merge_exp(stored.numpy().reshape(size, k), values)
     if jit.scatter(bits, values, dest) != k:
-        raise disagrees()
+        raise _bitmap_disagrees(where)
 
 
-_local = threading.local()
+def _pad_bits_set(bits: np.ndarray, count: int) -> bool:
+    """Whether the last bitmap byte has bits set past entry ``count``."""
+    return bool(count % 8 and int(bits[-1]) >> (count % 8))
 
 
-def _values_scratch(nbytes: int) -> np.ndarray:
-    """This thread's reused buffer for a frame's non-zero values (fresh pages cost more than the work)."""
-    if nbytes > zstd_frame.SCRATCH_MAX:
-        return np.empty(nbytes, dtype=np.uint8)
-    buf = getattr(_local, "values", None)
-    if buf is None or buf.size < nbytes:
-        buf = _local.values = np.empty(max(nbytes, 1 << 22), dtype=np.uint8)
-    return buf[:nbytes]
+def _bitmap_disagrees(where: str) -> Exception:
+    from ..errors import CorruptArtifact
+
+    return CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
 
 
 def _check_out(out: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

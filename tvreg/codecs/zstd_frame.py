@@ -295,13 +295,20 @@ def decompress_spans_into(
 SCRATCH_MAX = 16 << 20
 
 
-def _scratch(n: int, where: str) -> torch.Tensor:
-    """``n`` bytes of this thread's reused scratch; a frame past :data:`SCRATCH_MAX` gets its own buffer."""
+def scratch(n: int, where: str, *, slot: str = "frame") -> torch.Tensor:
+    """``n`` bytes of this thread's reused buffer named ``slot``; past :data:`SCRATCH_MAX`, a buffer of its own.
+
+    A codec that needs a second temporary while a frame's raw bytes are still in use
+    (``"frame"``) asks for another slot.
+    """
     if n > SCRATCH_MAX:
         return empty(n, torch.uint8, where=where)
-    buf = getattr(_local, "scratch", None)
+    buffers = getattr(_local, "scratch", None)
+    if buffers is None:
+        buffers = _local.scratch = {}
+    buf = buffers.get(slot)
     if buf is None or buf.numel() < n:
-        buf = _local.scratch = torch.empty(max(n, CHUNK_BYTES + (CHUNK_BYTES >> 3)), dtype=torch.uint8)
+        buf = buffers[slot] = torch.empty(max(n, CHUNK_BYTES + (CHUNK_BYTES >> 3)), dtype=torch.uint8)
     return buf[:n]
 
 
@@ -323,7 +330,7 @@ def decompress_frames(
 
     def one(i: int) -> None:
         s_lo, s_hi, d_lo, d_hi = spans[i]
-        raw = _scratch(d_hi - d_lo, where)
+        raw = scratch(d_hi - d_lo, where)
         decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)
         each(i, raw)
 
