@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -39,7 +39,15 @@ from .context import Context
 from .db import write_session
 from .errors import ApiError, Conflict, InvalidArtifact, SizeMismatch
 from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
-from .names import check_name, check_tag, check_version, is_prerelease, semver_key, ultranormalize
+from .names import (
+    check_name,
+    check_tag,
+    check_version,
+    is_prerelease,
+    precedence_core,
+    semver_key,
+    ultranormalize,
+)
 from .schemas import version_out
 
 _ATTEMPTS = 3
@@ -128,17 +136,40 @@ def publish(
     raise Conflict(f"`{label}` is being published concurrently; retry the request.")
 
 
+def _same_version(version: str) -> Any:
+    """Rows whose version equals ``version`` in SemVer precedence: the same core, any build metadata.
+
+    ``1.0.0+evil`` is ``1.0.0`` to every resolver, so it may not be published beside it
+    (class 5 of docs/reliability.md). Cores hold only ``[0-9A-Za-z.-]``, so no LIKE
+    wildcards; SQLite's LIKE ignores case, so callers keep only rows :func:`_is_same` accepts.
+    """
+    core = precedence_core(version)
+    return or_(Version.version == core, Version.version.like(f"{core}+%"))
+
+
+def _is_same(row: Version | None, version: str) -> bool:
+    return row is not None and precedence_core(row.version) == precedence_core(version)
+
+
 def _find_version(s: Session, ns_id: int, name: str, version: str) -> Version | None:
-    return s.scalars(
+    rows = s.scalars(
         select(Version)
         .join(Skill, Version.skill_id == Skill.id)
-        .where(Skill.namespace_id == ns_id, Skill.name == name, Version.version == version)
+        .where(Skill.namespace_id == ns_id, Skill.name == name, _same_version(version))
         .options(selectinload(Version.skill).selectinload(Skill.namespace), selectinload(Version.publisher))
-    ).first()
+    ).all()
+    return next((row for row in rows if _is_same(row, version)), None)
 
 
 def _existing_answer(ctx: Context, existing: Version, up: _UploadSnapshot, label: str) -> Published:
     """Answer for a version that is already published: 200 if same bytes, else 409."""
+    if existing.version != label.rpartition("@")[2]:
+        _consume_upload(ctx, up.id, "failed")
+        raise Conflict(
+            f"`{label}` has the same precedence as the published `{existing.version}` (build metadata "
+            "does not make a new version); publish a new version number.",
+            extra={"published_version": existing.version, "published_digest": existing.digest},
+        )
     body = version_out(existing.skill, existing)
     if existing.digest == up.digest:
         _consume_upload(ctx, up.id, "published")
@@ -267,9 +298,9 @@ def _commit(
         description = manifest.get("description") or ""
         skill, created = _get_or_create_skill(s, ns, name, description)
         existing = s.scalars(
-            select(Version).where(Version.skill_id == skill.id, Version.version == version)
-        ).first()
-        if existing is not None:
+            select(Version).where(Version.skill_id == skill.id, _same_version(version))
+        ).all()
+        if any(_is_same(row, version) for row in existing):
             s.rollback()
             with ctx.sessions() as r:
                 found = _find_version(r, ns_id, name, version)

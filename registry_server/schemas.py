@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .models import Skill, Version
+from .names import MAX_LENGTH
 
 
 class ErrorDetail(BaseModel):
@@ -47,7 +48,11 @@ class UploadState(BaseModel):
 
 class PublishRequest(BaseModel):
     upload_id: str
-    tag: str | None = Field(default="latest", description="Dist-tag to move; null moves none.")
+    tag: str | None = Field(
+        default="latest",
+        max_length=MAX_LENGTH,
+        description="Dist-tag to move; null moves none. A name that does not parse as a version or range.",
+    )
 
 
 class SketchInfo(BaseModel):
@@ -104,7 +109,7 @@ class YankRequest(BaseModel):
 
 
 class TagRequest(BaseModel):
-    version: str
+    version: str = Field(max_length=MAX_LENGTH, description="An existing version of the skill.")
 
 
 class DistTags(BaseModel):

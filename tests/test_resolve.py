@@ -127,7 +127,8 @@ def test_unknown_skill():
         resolve([parse_requirement("ghost")], INDEX, base_fingerprint=BASE)
 
 
-@pytest.mark.parametrize("bad", ["../x", "a/b/c", "x@>=1.2 <", "Safety", "x@1.2.3.4"])
+# `x@1.2.3.4` and `x@1.2.3-01` are tags by npm's rules (tag-shaped, neither a version nor a range).
+@pytest.mark.parametrize("bad", ["../x", "a/b/c", "x@>=1.2 <", "Safety", "x@==1.2.3", "x@>=1.2.3-01", "x@>=1.x.5"])
 def test_bad_requirements_are_refused(bad):
     with pytest.raises(InvalidName):
         parse_requirement(bad)

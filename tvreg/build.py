@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._names import validate_name, validate_version
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
 from .codecs import get_codec, make_codec, relative_error
 from .errors import TensorMismatch, TvregError
 from .fingerprint import fingerprint
-from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
+from .manifest import DATASET_UNITS, Manifest
 from .pipeline import ordered_map
 from .progress import NULL_PROGRESS, Progress
 from .sketch import Sketch, SketchBuilder, store_cached
@@ -153,7 +154,7 @@ def build_skill(
         raise TvregError(f"dataset unit must be one of {', '.join(DATASET_UNITS)}, not `{dataset_unit}`.")
     if dataset_size is not None and dataset_size <= 0:
         raise TvregError(f"dataset size must be a positive number, not {dataset_size}.")
-    from .resolve import validate_dependencies
+    from ._names import validate_dependencies
 
     validate_dependencies({**(requires or {}), **(conflicts or {})})
     coder = make_codec(codec, codec_options)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from . import __version__
+from ._names import validate_name, validate_tag, validate_version
 from .config import API_PREFIX, normalize_url, resolve
 from .errors import (
     AuthError,
@@ -28,7 +29,6 @@ from .errors import (
     RegistryUnavailable,
     SketchMissing,
 )
-from .manifest import validate_name, validate_version
 from .refs import SkillRef
 
 DEFAULT_TIMEOUT = 60.0
@@ -396,7 +396,7 @@ class RegistryClient:
     def set_tag(self, ref: SkillRef | str, tag: str, version: str) -> dict:
         seg = _segment(ref)
         validate_version(version)
-        _tag(tag)
+        validate_tag(tag)
         return self._json(
             self.request(
                 "PUT", f"/skills/{seg}/tags/{tag}", json={"version": version}, what=f"`{seg}@{version}`"
@@ -428,13 +428,8 @@ def _uuid(value: str) -> str:
 
 
 def _tag(tag: str) -> str:
-    from .errors import InvalidName
-
-    try:
-        validate_name(tag)
-    except InvalidName:
-        raise InvalidName(f"invalid tag {tag!r}: use lowercase letters, digits, '-', '_' and '.'.") from None
-    return tag
+    """A tag to remove: any safe name, so that a range-like tag made before the rule can still go."""
+    return validate_name(tag, what="tag")
 
 
 def client_for(registry: str | None = None, token: str | None = None) -> RegistryClient:

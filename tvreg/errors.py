@@ -13,7 +13,8 @@ The tree::
     ├── SketchMismatch              two sketches made with other parameters cannot be compared
     ├── IncompatibleBase            skill built for another base model
     ├── TensorMismatch              missing/extra tensors, shape or dtype mismatch
-    ├── InvalidName                 a name or version that is unsafe or malformed
+    ├── InvalidName                 a name, version or tag that is unsafe or malformed
+    │   └── InvalidRange            a version range or requirement spec that does not parse
     ├── InvalidCodecOption          an unknown codec or a bad codec parameter at build time
     ├── ModelEnvironmentError         a model environment (mymodel) that is not set up right
     │   ├── LockMismatch            an artifact's bytes are not the digest ``tvreg.lock`` pins
@@ -123,6 +124,10 @@ class InvalidName(TvregError):
     """A skill name, version or file name is malformed or unsafe."""
 
     exit_code = 2
+
+
+class InvalidRange(InvalidName):
+    """A version range (or the part after ``@`` in a requirement) that is neither a range nor a tag."""
 
 
 class ModelEnvironmentError(TvregError):
@@ -284,6 +289,7 @@ __all__ = [
     "InstallInterrupted",
     "InvalidManifest",
     "InvalidName",
+    "InvalidRange",
     "LockHeld",
     "LockMismatch",
     "LockOutdated",

@@ -17,8 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-import semver
-
+from ._names import Requirement, Version, parse_requirement, version_key
 from .cache import BlobCache, BlobSource
 from .client import RegistryClient, client_for
 from .errors import (
@@ -34,7 +33,7 @@ from .fingerprint import short
 from .lockfile import LockedSkill, Origin, require_locked_digest
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, looks_like_ref, parse_ref
-from .resolve import Candidate, Requirement, parse_requirement, resolve
+from .resolve import Candidate, resolve
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ class _RegistrySource(BlobSource):
         return self.client.open_artifact(self.ref, self.version, start=start, expected_digest=self.digest)
 
 
-def _semver(v: dict) -> semver.Version:
-    return semver.Version.parse(v["version"])
+def _semver(v: dict) -> Version:
+    return version_key(v["version"])
 
 
 def _fits(v: dict, base: str | None, general: str | None) -> bool:
@@ -100,7 +99,7 @@ def select_version(
         IncompatibleBase: no (non-yanked) version is built for this base.
     """
     if ref.version is not None:
-        want = semver.Version.parse(ref.version)
+        want = version_key(ref.version)
         match = [v for v in versions if _semver(v) == want]
         if not match:
             have = ", ".join(v["version"] for v in versions) or "none"

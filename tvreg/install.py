@@ -867,8 +867,7 @@ def rebuild(
 
 def outdated_reasons(lock: Lock, final: Sequence[_Skill], model_dir: Path) -> list[str]:
     """Why ``lock`` would change if it were resolved again now; empty when it is up to date."""
-    from .ranges import Range
-    from .resolve import parse_requirement
+    from ._names import Range, parse_requirement
 
     reasons: list[str] = []
     by_name = {s.artifact.manifest.name: s for s in final}

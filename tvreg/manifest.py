@@ -9,46 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 
-import semver
-
+from ._names import validate_dependencies, validate_name, validate_version
 from .errors import InvalidManifest, InvalidName
 from .safetensors_io import strict_json_loads
 
 FORMAT_VERSION = 1
 SKILL_KINDS = ("task_vector", "delta_from_general")
 DATASET_UNITS = ("examples", "tokens")
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,98}[a-z0-9])?$")
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a safe skill name, else raise :class:`InvalidName`.
-
-    Names are lowercase ASCII letters, digits, ``-``, ``_`` and ``.``, start and end
-    with a letter or digit, and are at most 100 characters: they become file and URL
-    path segments, so ``..``, slashes, NUL and look-alike Unicode are refused here.
-    """
-    if not isinstance(name, str) or unicodedata.normalize("NFKC", name) != name or not _NAME_RE.match(name):
-        raise InvalidName(
-            f"invalid skill name {name!r}: use lowercase letters, digits, '-', '_' and '.', "
-            "starting and ending with a letter or digit.",
-        )
-    if ".." in name:
-        raise InvalidName(f"invalid skill name {name!r}: it may not contain '..'.")
-    return name
-
-
-def validate_version(version: str) -> str:
-    """Return ``version`` if it is a valid semantic version (``1.2.3``, ``2.0.0-beta.1``)."""
-    try:
-        semver.Version.parse(version)
-    except (ValueError, TypeError):
-        raise InvalidName(f"invalid version {version!r}: use semantic versioning such as `1.0.0`.") from None
-    return version
-
-
 @dataclass(frozen=True)
 class TensorEntry:
     """How one tensor is stored: codec, the base tensor's shape/dtype, and stored bytes' digest."""
@@ -168,8 +137,6 @@ class Manifest:
                 isinstance(k, str) and isinstance(v, str) for k, v in deps.items()
             ):
                 raise bad(f"`{key}` must map skill names to version ranges")
-            from .resolve import validate_dependencies
-
             try:
                 validate_dependencies(deps)
             except InvalidName as exc:

@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import semver
-
+from ._names import version_key
 from .artifact import Artifact
 from .environment import open_pristine, require_lock
 from .fetch import Resolved
@@ -120,7 +119,7 @@ def make_plan(
                 old.version,
             )
         else:
-            newer = semver.Version.parse(version) > semver.Version.parse(old.version)
+            newer = version_key(version) > version_key(old.version)
             change, previous = ("upgrade" if newer else "downgrade"), old.version
         rows[old.name if old else name] = PlannedSkill(
             shown, version, weight, source, change, previous, size, fetch

@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
+from ._names import validate_name, validate_version
 from .artifact import Artifact
 from .errors import ArtifactError, InvalidName, ProjectError
 from .fingerprint import short
-from .manifest import DATASET_UNITS, Manifest, validate_name, validate_version
+from .manifest import DATASET_UNITS, Manifest
 from .progress import NULL_PROGRESS, Progress
 
 if sys.version_info >= (3, 11):
@@ -166,7 +167,7 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     namespace, slash, skill = data["name"].rpartition("/")
     try:
         if slash:
-            validate_name(namespace)
+            validate_name(namespace, what="namespace")
         validate_name(skill)
     except InvalidName as exc:
         raise InvalidName(f"`{file}`: {exc.message}") from exc
@@ -186,7 +187,7 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         ):
             raise _bad(file, f'`[{key}]` must map skill names to version ranges, e.g. `"nlp/safety" = ">=2"`')
         if table is not None:
-            from .resolve import validate_dependencies
+            from ._names import validate_dependencies
 
             validate_dependencies(table)
         deps[key] = dict(table) if table is not None else None

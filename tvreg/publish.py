@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._names import validate_tag
 from .artifact import file_digest
 from .client import RegistryClient, client_for
 from .errors import AuthError, Conflict, NotFound, RegistryError, RegistryUnavailable
@@ -168,6 +169,8 @@ def publish(
         Conflict: the version exists with other bytes.
         RegistryError: any other registry failure.
     """
+    if tag is not None:
+        validate_tag(tag)  # before any byte is uploaded: a refused tag must not leave a half-published version
     project = load_project(project_dir)
     own = client is None
     client = client or client_for(registry, token)

@@ -2,16 +2,16 @@
 
 Why a module of its own: both parts become URL path segments and the version picks
 what gets installed, so every string a user types is checked here, with the same
-rules as the registry (``[a-z0-9]`` then ``[a-z0-9._-]``, no ``..``), before any
-request is made. ``../etc`` never reaches the network.
+rules as the registry (:mod:`tvreg._names`), before any request is made. ``../etc``
+never reaches the network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._names import NAME_HINT, show, validate_name, validate_version
 from .errors import InvalidName
-from .manifest import validate_name, validate_version
 
 
 @dataclass(frozen=True)
@@ -56,24 +56,23 @@ def parse_ref(text: str, *, allow_version: bool = True, require_version: bool = 
         >>> parse_ref("nlp/science@1.2.0")
         SkillRef(namespace='nlp', skill='science', version='1.2.0')
     """
+    if not isinstance(text, str):
+        raise InvalidName(f"invalid skill reference {show(text)}.")
     head, at, version = text.partition("@")
     namespace, slash, skill = head.partition("/")
     if not slash or "/" in skill:
         raise InvalidName(
-            f"invalid skill reference {text!r}: use `namespace/skill` or `namespace/skill@1.2.0`."
+            f"invalid skill reference `{show(text)}`: use `namespace/skill` or `namespace/skill@1.2.0`."
         )
     for part, what in ((namespace, "namespace"), (skill, "skill name")):
         try:
-            validate_name(part)
+            validate_name(part, what=what)
         except InvalidName as exc:
-            raise InvalidName(
-                f"invalid {what} {part!r} in {text!r}: use lowercase letters, digits, '-', '_' and '.', "
-                "starting and ending with a letter or digit, without '..'.",
-            ) from exc
+            raise InvalidName(f"{exc.message.rstrip('.')} in `{show(text)}`.", hints=[NAME_HINT]) from exc
     if at and not allow_version:
-        raise InvalidName(f"{text!r} names a version here; give `{head}` alone.")
+        raise InvalidName(f"`{show(text)}` names a version here; give `{head}` alone.")
     if require_version and not at:
-        raise InvalidName(f"{text!r} needs a version: `{head}@1.2.0`.")
+        raise InvalidName(f"`{show(text)}` needs a version: `{head}@1.2.0`.")
     if at:
         validate_version(version)
     return SkillRef(namespace, skill, version or None)

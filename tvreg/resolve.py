@@ -11,105 +11,15 @@ problem and turns a failure into sentences that name every constraint and its so
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import resolvelib
-import semver
 
-from .errors import InvalidName, ResolutionImpossible
+from ._names import Requirement, parse_requirement, version_key  # noqa: F401 (parse_requirement: re-exported)
+from .errors import ResolutionImpossible
 from .fingerprint import short
-from .manifest import validate_name
-from .ranges import InvalidRange, Range
-
-_TAG_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
-
-
-def validate_skill_name(name: str) -> str:
-    """``skill`` or ``namespace/skill``, each part a valid name."""
-    parts = name.split("/")
-    if len(parts) > 2:
-        raise InvalidName(f"invalid skill name {name!r}: use `skill` or `namespace/skill`.")
-    for part in parts:
-        validate_name(part)
-    return name
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """One constraint on one skill, and who imposed it (for error messages)."""
-
-    name: str
-    spec: str = ""
-    source: str = "the command line"
-    exclude: bool = False
-
-    @property
-    def tag(self) -> str | None:
-        return self.spec if self.spec and _is_tag(self.spec) else None
-
-    @property
-    def range(self) -> Range:
-        return Range(self.spec if not self.tag else "*")
-
-    @property
-    def exact(self) -> str | None:
-        text = self.spec.strip().lstrip("=v")
-        return text if self.spec and semver.Version.is_valid(text) else None
-
-    def allows(self, candidate: Candidate, tags: Mapping[str, str]) -> bool:
-        if self.exclude:
-            return not Range(self.spec).satisfies(candidate.version, include_prerelease=True)
-        if self.tag:
-            return tags.get(self.tag) == candidate.version
-        if self.exact:
-            return semver.Version.parse(self.exact).compare(candidate.version) == 0
-        return self.range.satisfies(candidate.version) and not candidate.yanked
-
-    def __str__(self) -> str:
-        if self.exclude:
-            return f"no {self.name}@{self.spec}"
-        return f"{self.name}@{self.spec}" if self.spec else self.name
-
-
-def _is_tag(spec: str) -> bool:
-    if not _TAG_RE.match(spec):
-        return False
-    try:
-        Range(spec)
-        return False
-    except InvalidRange:
-        return True
-
-
-def parse_requirement(text: str, *, source: str = "the command line") -> Requirement:
-    """Parse ``name``, ``name@RANGE``, ``name@VERSION`` or ``name@TAG``.
-
-    Example:
-        >>> parse_requirement("nlp/safety@>=1.2 <2").spec
-        '>=1.2 <2'
-    """
-    name, _, spec = text.strip().partition("@")
-    validate_skill_name(name)
-    spec = spec.strip()
-    if spec and not _is_tag(spec):
-        Range(spec)
-    return Requirement(name, spec, source)
-
-
-def validate_dependencies(deps: Mapping[str, str]) -> None:
-    """Check a ``requires``/``conflicts`` table (``{"ns/skill": "npm range"}``) entry by entry.
-
-    Raises:
-        InvalidName: naming the first bad entry.
-    """
-    for dep, spec in deps.items():
-        try:
-            parse_requirement(f"{dep}@{spec}" if spec else dep)
-        except InvalidName as exc:
-            raise InvalidName(f"`{dep}`: {exc.message}", hints=exc.hints) from exc
 
 
 @dataclass(frozen=True)
@@ -175,7 +85,7 @@ class _Provider(resolvelib.AbstractProvider):
             and c.version not in bad
             and all(r.allows(c, tags) for r in reqs)
         ]
-        found.sort(key=lambda c: semver.Version.parse(c.version), reverse=not self.lowest)
+        found.sort(key=lambda c: version_key(c.version), reverse=not self.lowest)
         return found
 
     def is_satisfied_by(self, requirement, candidate):
@@ -268,7 +178,7 @@ def _explain(causes, index: Index, base: str) -> ResolutionImpossible:
                 f"no version of {name} is built for base {short(base)}…; versions exist for bases {examples}"
             )
         else:
-            versions = ", ".join(sorted((c.version for c in fitting), key=semver.Version.parse))
+            versions = ", ".join(sorted((c.version for c in fitting), key=version_key))
             reasons.append(f"because {' and '.join(said)}, no version of {name} fits (available: {versions})")
     return ResolutionImpossible(
         "No solution found when resolving skills: " + "; ".join(reasons) + ".", causes=reasons

@@ -35,7 +35,7 @@ from ..db import write_session
 from ..deps import ContextDep, PrincipalDep, reading
 from ..errors import BadRequest, NotFound, ServerFault
 from ..models import DistTag, Namespace, Skill, Version
-from ..names import check_tag, semver_key
+from ..names import check_tag, check_version, semver_key
 from ..publish import move_tag, publish
 from ..schemas import (
     DistTags,
@@ -462,6 +462,7 @@ def set_tag(
 ) -> dict:
     """Point a dist-tag at an existing version."""
     check_tag(tag)
+    check_version(body.version)
     with write_session(ctx.sessions) as s:
         skill = _locked_skill(s, principal, namespace, name, f"tagging `{namespace}/{name}`")
         row = s.scalars(
