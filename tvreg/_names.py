@@ -426,7 +426,8 @@ def _parse_range(spec: str, ip: bool) -> list[list[Comparator]]:
     if len(spec) > MAX_RANGE_LENGTH:
         raise InvalidRange(
             f"invalid version range `{show(spec)}`: it has {len(spec)} characters, "
-            f"more than the limit of {MAX_RANGE_LENGTH}."
+            f"more than the limit of {MAX_RANGE_LENGTH}.",
+            hints=[RANGE_HINT],
         )
     if not _RANGE_CHARS.fullmatch(spec):
         bad = next(c for c in spec if not _RANGE_CHARS.fullmatch(c))
