@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import shutil
 
+import httpx
 import pytest
-from client_helpers import cli, login
+from client_helpers import cli, login, write_project
 
 from tvreg.client import RegistryClient
 from tvreg.errors import InvalidName
@@ -149,3 +150,16 @@ def test_a_version_past_the_length_limit_is_a_400_before_the_database(
         long_name = "s" * 101
         r = c.put(f"/skills/alice/{long_name}/versions/3.0.0", json={"upload_id": upload_id})
         assert r.status_code == 400 and "more than the limit of 100" in r.json()["error"]["message"], r.text
+
+
+def test_publish_with_a_range_like_tag_is_refused_before_any_upload(registry, server_artifacts, tmp_path):
+    login(registry, "alice")
+    artifact = tmp_path / "science.tvskill"
+    artifact.write_bytes(server_artifacts.make("science", "1.0.0"))
+    project = write_project(tmp_path / "proj", name="alice/science", version="1.0.0", artifact=str(artifact))
+    res = cli("publish", project, "--tag", "v2")
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    assert res.stderr.startswith("error: invalid tag `v2`: it parses as the version range `>=2.0.0 <3.0.0-0`")
+    with httpx.Client(base_url=registry.url + "/api/v1") as c:
+        assert c.get("/skills/alice/science").status_code == 404, "nothing was published"
+    assert cli("publish", project, "--tag", "beta").exit_code == 0
