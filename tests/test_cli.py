@@ -81,7 +81,7 @@ def test_debug_shows_the_traceback(run, tmp_path):
 def test_bad_names_exit_2_like_usage_errors(run, family, tmp_path):
     res = run("build", "--base", family.pre, "--finetuned", family.science, "--name", "../x", "--version", "1.0.0",
               "-o", tmp_path / "x.tvskill")  # fmt: skip
-    assert res.exit_code == 2 and res.stderr.startswith("error: invalid skill name '../x'")
+    assert res.exit_code == 2 and res.stderr.startswith("error: invalid skill name `../x`")
 
 
 def test_bad_weight_syntax_is_a_usage_error(run, tmp_path):

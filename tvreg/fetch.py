@@ -236,7 +236,7 @@ def fetch_skill(
     Example:
         >>> fetch_skill("../etc/passwd", base_fingerprint=None)
         Traceback (most recent call last):
-        tvreg.errors.InvalidName: invalid skill reference '../etc/passwd': use `namespace/skill` or `namespace/skill@1.2.0`.
+        tvreg.errors.InvalidName: invalid skill reference `../etc/passwd`: use `namespace/skill` or `namespace/skill@1.2.0`.
     """
     return fetch(
         spec,
