@@ -43,7 +43,7 @@ def _admin(data, *args: str):
         (("create-user", "alice"), "user name `alice` already exists."),
         (
             ("create-user", "../x"),
-            "invalid user name '../x': use lowercase letters, digits, '-', '_' and '.', ",
+            "invalid user name `../x`: use lowercase letters, digits, '-', '_' and '.', ",
         ),
         (("create-team", "alice"), "team name `alice` already exists."),
         (("add-member", "nope", "alice", "--role", "write"), "team `nope` does not exist; "),
