@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
 from .codecs import get_codec, make_codec, relative_error

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import semver
 
+from ._json import strict_json_loads
 from .errors import InvalidManifest, InvalidName
-from .safetensors_io import strict_json_loads
 
 FORMAT_VERSION = 1
 SKILL_KINDS = ("task_vector", "delta_from_general")

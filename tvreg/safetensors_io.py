@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ._json import strict_json_loads
 from .errors import CorruptCheckpoint, TvregError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -77,28 +78,6 @@ class TensorInfo:
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key `{key}`")
-        seen[key] = value
-    return seen
-
-
-def strict_json_loads(text: str) -> object:
-    """``json.loads`` for untrusted headers: duplicate keys and deep nesting are ValueError.
-
-    The standard parser silently keeps the last of two equal keys (so two readers can
-    disagree about one file) and recurses once per nesting level (so ``[[[[...`` raises
-    RecursionError, which callers would not expect).
-    """
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 class SafetensorsFile:
