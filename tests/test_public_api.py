@@ -176,3 +176,10 @@ def test_commands_that_touch_no_tensor_leave_torch_unloaded(argv, tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     expected_exit = "1" if argv == ["whoami"] else "0"  # whoami without a login: one error sentence
     assert last == f"EXIT={expected_exit} TORCH=False", res.stderr
+
+
+def test_the_report_knows_which_codecs_are_lossless_without_loading_them():
+    from tvreg.codecs import CODECS
+    from tvreg.codecs.report import LOSSLESS_CODECS
+
+    assert LOSSLESS_CODECS == {name for name, codec in CODECS.items() if codec.lossless}
