@@ -4,7 +4,7 @@ Why not just ``safetensors.safe_open``: tvreg must (a) read one tensor at a time
 plain heap memory so peak RSS is measurable and bounded (mmap pages of a 10 GB model
 count against RSS while touched), (b) write a file whose header is known up front
 tensor by tensor without holding the model, and (c) refuse hostile headers with a
-sentence naming the file and tensor (FAULTS.md rows 8-10): header past EOF or over
+sentence naming the file and tensor (docs/reliability.md rows 8-10): header past EOF or over
 100 MB, duplicate names, overlapping/gapped/aliased offsets, trailing bytes,
 shape x dtype that disagrees with the byte span, integer overflow.
 
