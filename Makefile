@@ -10,6 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The local CPU wheel; any other torch spec pulls multi-GB CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
+	# [test] includes [server]: the demo and the registry tests start a local registry.
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 

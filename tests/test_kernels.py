@@ -14,6 +14,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from test_merge_methods import PARAMS, kinds_for, rand_inputs  # noqa: E402
 
+# `[test]` installs Triton, so this runs there; a client-only venv (`pip install tvreg`) skips it.
+pytest.importorskip("triton", reason="Triton is not installed (it comes with `pip install 'tvreg[test]'`)")
+
 from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse  # noqa: E402
 from tvreg.kernels.fused_merge import merge_tensor_fused  # noqa: E402
 from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor  # noqa: E402

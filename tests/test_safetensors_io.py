@@ -1,4 +1,4 @@
-"""The strict safetensors reader refuses hostile files (FAULTS.md rows 8-10) and round-trips real ones."""
+"""The strict safetensors reader refuses hostile files (docs/reliability.md rows 8-10) and round-trips real ones."""
 
 from __future__ import annotations
 

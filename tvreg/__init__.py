@@ -1,65 +1,156 @@
 """tvreg: a registry and package manager for task vectors.
 
-The public API is listed in ``__all__``; everything else is internal.
+The public API is exactly ``__all__``; everything else is internal. Names load lazily
+(PEP 562): ``import tvreg`` imports nothing but this file and ``tvreg._version``, and the
+module that defines a name (and torch, where that module needs it) is imported on first
+access. So ``import tvreg`` and ``tvreg --help`` stay off torch.
+
+Seven public functions share their name with the module that defines them (``install``,
+``check``, ``fingerprint``, ``publish``, ``sweep``, ``sync``, ``verify``). The attribute
+``tvreg.install`` is always the function, whatever was imported before: the package
+refuses to let the import system rebind those names to their submodules. The module
+itself is ``importlib.import_module("tvreg.install")`` (``import tvreg.install as m``
+gives the function, as it always has). The modules become ``_``-private in a later change.
 """
 
-__version__ = "0.1.0"
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
 
-from .artifact import Artifact  # noqa: E402
-from .build import BuildResult, build_skill  # noqa: E402
-from .cache import BlobCache  # noqa: E402
-from .check import check  # noqa: E402
-from .checkpoint import Checkpoint  # noqa: E402
-from .client import RegistryClient  # noqa: E402
-from .environment import init_environment  # noqa: E402
-from .errors import (  # noqa: E402
-    ArtifactError,
-    AuthError,
-    CheckpointError,
-    ConfigError,
-    Conflict,
-    CorruptArtifact,
-    CorruptCheckpoint,
-    DiskFull,
-    DownloadError,
-    EvaluationError,
-    IncompatibleBase,
-    InstallInterrupted,
-    InvalidManifest,
-    InvalidName,
-    LockHeld,
-    LockMismatch,
-    LockOutdated,
-    MergeError,
-    ModelEnvironmentError,
-    NotFound,
-    ProjectError,
-    RegistryError,
-    RegistryUnavailable,
-    SketchError,
-    SketchMismatch,
-    SketchMissing,
-    TensorMismatch,
-    TvregError,
-    UnsafeCheckpoint,
-    WeightError,
-    WeightsMismatch,
-)
-from .evaluate import EvalHook, load_hook  # noqa: E402
-from .fetch import FetchedSkill, fetch_skill  # noqa: E402
-from .fingerprint import fingerprint  # noqa: E402
-from .install import InstallResult, install, uninstall  # noqa: E402
-from .interference import InterferenceReport, PairReport  # noqa: E402
-from .lockfile import Lock, LockedSkill, read_lock  # noqa: E402
-from .manifest import Manifest  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .project import SkillProject, load_project  # noqa: E402
-from .publish import PublishResult, publish  # noqa: E402
-from .refs import SkillRef, parse_ref  # noqa: E402
-from .sketch import Sketch  # noqa: E402
-from .sweep import SweepPoint, SweepResult, sweep  # noqa: E402
-from .sync import sync, upgrade  # noqa: E402
-from .verify import VerifyResult, verify  # noqa: E402
+from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from .artifact import Artifact
+    from .build import BuildResult, build_skill
+    from .cache import BlobCache
+    from .check import check
+    from .checkpoint import Checkpoint
+    from .client import RegistryClient
+    from .environment import init_environment
+    from .errors import (
+        ArtifactError,
+        AuthError,
+        CheckpointError,
+        ConfigError,
+        Conflict,
+        CorruptArtifact,
+        CorruptCheckpoint,
+        DiskFull,
+        DownloadError,
+        EvaluationError,
+        IncompatibleBase,
+        InstallInterrupted,
+        InvalidCodecOption,
+        InvalidManifest,
+        InvalidName,
+        LockHeld,
+        LockMismatch,
+        LockOutdated,
+        MergeError,
+        ModelEnvironmentError,
+        NotFound,
+        ProjectError,
+        RegistryError,
+        RegistryUnavailable,
+        ResolutionImpossible,
+        SketchError,
+        SketchMismatch,
+        SketchMissing,
+        TensorMismatch,
+        TvregError,
+        UnsafeCheckpoint,
+        WeightError,
+        WeightsMismatch,
+    )
+    from .evaluate import EvalHook, load_hook
+    from .fetch import FetchedSkill, fetch_skill
+    from .fingerprint import fingerprint
+    from .install import InstallResult, install, uninstall
+    from .interference import InterferenceReport, PairReport
+    from .lockfile import Lock, LockedSkill, read_lock
+    from .manifest import Manifest
+    from .progress import Progress
+    from .project import SkillProject, load_project
+    from .publish import PublishResult, publish
+    from .refs import SkillRef, parse_ref
+    from .sketch import Sketch
+    from .sweep import SweepPoint, SweepResult, sweep
+    from .sync import sync, upgrade
+    from .verify import VerifyResult, verify
+
+_SOURCES: dict[str, str] = {
+    "Artifact": "artifact",
+    "ArtifactError": "errors",
+    "AuthError": "errors",
+    "BlobCache": "cache",
+    "BuildResult": "build",
+    "Checkpoint": "checkpoint",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "Conflict": "errors",
+    "CorruptArtifact": "errors",
+    "CorruptCheckpoint": "errors",
+    "DiskFull": "errors",
+    "DownloadError": "errors",
+    "EvalHook": "evaluate",
+    "EvaluationError": "errors",
+    "FetchedSkill": "fetch",
+    "IncompatibleBase": "errors",
+    "InstallInterrupted": "errors",
+    "InstallResult": "install",
+    "InterferenceReport": "interference",
+    "InvalidCodecOption": "errors",
+    "InvalidManifest": "errors",
+    "InvalidName": "errors",
+    "Lock": "lockfile",
+    "LockHeld": "errors",
+    "LockMismatch": "errors",
+    "LockOutdated": "errors",
+    "LockedSkill": "lockfile",
+    "Manifest": "manifest",
+    "MergeError": "errors",
+    "ModelEnvironmentError": "errors",
+    "NotFound": "errors",
+    "PairReport": "interference",
+    "Progress": "progress",
+    "ProjectError": "errors",
+    "PublishResult": "publish",
+    "RegistryClient": "client",
+    "RegistryError": "errors",
+    "RegistryUnavailable": "errors",
+    "ResolutionImpossible": "errors",
+    "Sketch": "sketch",
+    "SketchError": "errors",
+    "SketchMismatch": "errors",
+    "SketchMissing": "errors",
+    "SkillProject": "project",
+    "SkillRef": "refs",
+    "SweepPoint": "sweep",
+    "SweepResult": "sweep",
+    "TensorMismatch": "errors",
+    "TvregError": "errors",
+    "UnsafeCheckpoint": "errors",
+    "VerifyResult": "verify",
+    "WeightError": "errors",
+    "WeightsMismatch": "errors",
+    "build_skill": "build",
+    "check": "check",
+    "fetch_skill": "fetch",
+    "fingerprint": "fingerprint",
+    "init_environment": "environment",
+    "install": "install",
+    "load_hook": "evaluate",
+    "load_project": "project",
+    "parse_ref": "refs",
+    "publish": "publish",
+    "read_lock": "lockfile",
+    "sweep": "sweep",
+    "sync": "sync",
+    "uninstall": "install",
+    "upgrade": "sync",
+    "verify": "verify",
+}
 
 __all__ = [
     "Artifact",
@@ -82,6 +173,7 @@ __all__ = [
     "InstallInterrupted",
     "InstallResult",
     "InterferenceReport",
+    "InvalidCodecOption",
     "InvalidManifest",
     "InvalidName",
     "Lock",
@@ -100,6 +192,7 @@ __all__ = [
     "RegistryClient",
     "RegistryError",
     "RegistryUnavailable",
+    "ResolutionImpossible",
     "Sketch",
     "SketchError",
     "SketchMismatch",
@@ -132,3 +225,30 @@ __all__ = [
     "upgrade",
     "verify",
 ]
+
+_SHADOWED = frozenset(name for name, module in _SOURCES.items() if name == module)
+
+
+class _Package(_types.ModuleType):
+    """The module type of ``tvreg``: keeps each public function bound over its same-named submodule."""
+
+    def __setattr__(self, name: str, value: _typing.Any) -> None:
+        if name in _SHADOWED and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from ._names import validate_name, validate_version
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from . import __version__
+from ._version import __version__
 from ._names import validate_name, validate_tag, validate_version
 from .config import API_PREFIX, normalize_url, resolve
 from .errors import (

@@ -1,4 +1,4 @@
-"""Named crash points for fault-injection tests (FAULTS.md "hooks").
+"""Named crash points for fault-injection tests (the hooks behind docs/reliability.md).
 
 ``TVREG_FAULT=<point>`` makes the process SIGKILL itself when it reaches that point;
 ``TVREG_FAULT=<point>:SIGINT`` sends it Ctrl-C there instead. Tests use this to prove

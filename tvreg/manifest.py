@@ -11,9 +11,9 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from ._json import strict_json_loads
 from ._names import validate_dependencies, validate_name, validate_version
 from .errors import InvalidManifest, InvalidName
-from .safetensors_io import strict_json_loads
 
 FORMAT_VERSION = 1
 SKILL_KINDS = ("task_vector", "delta_from_general")

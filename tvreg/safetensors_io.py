@@ -4,7 +4,7 @@ Why not just ``safetensors.safe_open``: tvreg must (a) read one tensor at a time
 plain heap memory so peak RSS is measurable and bounded (mmap pages of a 10 GB model
 count against RSS while touched), (b) write a file whose header is known up front
 tensor by tensor without holding the model, and (c) refuse hostile headers with a
-sentence naming the file and tensor (FAULTS.md rows 8-10): header past EOF or over
+sentence naming the file and tensor (docs/reliability.md rows 8-10): header past EOF or over
 100 MB, duplicate names, overlapping/gapped/aliased offsets, trailing bytes,
 shape x dtype that disagrees with the byte span, integer overflow.
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ._json import strict_json_loads
 from .errors import CorruptCheckpoint, TvregError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -77,28 +78,6 @@ class TensorInfo:
     @property
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicate key `{key}`")
-        seen[key] = value
-    return seen
-
-
-def strict_json_loads(text: str) -> object:
-    """``json.loads`` for untrusted headers: duplicate keys and deep nesting are ValueError.
-
-    The standard parser silently keeps the last of two equal keys (so two readers can
-    disagree about one file) and recurses once per nesting level (so ``[[[[...`` raises
-    RecursionError, which callers would not expect).
-    """
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 class SafetensorsFile:

@@ -2,7 +2,7 @@
 
 The proxy sits between the client and the real registry and misbehaves on purpose (drops
 ``Range``, cuts an artifact body short), because those faults come from networks and
-middleboxes, not from the registry itself (FAULTS.md row 19).
+middleboxes, not from the registry itself (docs/reliability.md row 19).
 """
 
 from __future__ import annotations

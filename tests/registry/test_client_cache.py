@@ -1,6 +1,6 @@
 """The download cache against a real registry: verified bytes only, resumable, tamper-evident.
 
-FAULTS.md rows 16 (tampered blob in the registry or in the cache), 17 (kill -9 mid-download)
+docs/reliability.md rows 16 (tampered blob in the registry or in the cache), 17 (kill -9 mid-download)
 and 19 (a server or middlebox that ignores ``Range`` or sends a short body).
 """
 
@@ -197,7 +197,7 @@ def test_cache_verify_and_prune(registry, published):
 
 @pytest.mark.parametrize("locking", [True, False], ids=["locked", "flock-broken"])
 def test_eight_concurrent_fetches_make_one_verified_entry(registry, published, monkeypatch, locking):
-    """FAULTS row 18: the lock saves bandwidth; without it every fetch still ends with the same verified entry."""
+    """docs/reliability.md row 18: the lock saves bandwidth; without it every fetch still ends with the same verified entry."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tvreg.cache

@@ -1,6 +1,6 @@
 """Who may do what: tokens, roles, private namespaces, hostile names, and the audit trail.
 
-FAULTS.md rows 12 (path-like names), 13 (look-alike names), 27 (scope, expired and
+docs/reliability.md rows 12 (path-like names), 13 (look-alike names), 27 (scope, expired and
 revoked tokens) and 28 (private namespace probes).
 """
 

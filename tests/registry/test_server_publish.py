@@ -1,6 +1,6 @@
 """Publishing over real HTTP: chunked uploads, immutability, races, and every way an upload goes wrong.
 
-FAULTS.md rows 1 (re-publish), 3 (concurrent publish), 4 (digest mismatch), 5 (truncated
+docs/reliability.md rows 1 (re-publish), 3 (concurrent publish), 4 (digest mismatch), 5 (truncated
 upload), 6 (oversized upload) and 26 (kill -9 mid-publish).
 """
 

@@ -1,4 +1,4 @@
-"""Finding skills and moving pointers: search, pagination, yank/unyank, dist-tags (FAULTS.md row 24)."""
+"""Finding skills and moving pointers: search, pagination, yank/unyank, dist-tags (docs/reliability.md row 24)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Hostile callers: token brute force, tokens in logs, another team's admin, private-namespace probes.
 
-FAULTS.md rows 27 (wrong-scope token), 28 (private namespace probe) and 29 (brute force).
+docs/reliability.md rows 27 (wrong-scope token), 28 (private namespace probe) and 29 (brute force).
 Expired, revoked and read-only tokens and the identical 404 for private namespaces are
 tested in tests/registry/test_server_auth.py; here are the cases across teams and the
 throttling of failed tokens.

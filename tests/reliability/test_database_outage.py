@@ -1,4 +1,4 @@
-"""The database going away while the server runs (FAULTS.md row 25).
+"""The database going away while the server runs (docs/reliability.md row 25).
 
 Requests get a bounded-time 503 ``unavailable`` with ``Retry-After`` and one sentence,
 never a hang or a traceback, and service resumes once the database is back, without

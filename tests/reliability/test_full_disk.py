@@ -1,4 +1,4 @@
-"""A full disk under the registry during an upload (FAULTS.md row 20).
+"""A full disk under the registry during an upload (docs/reliability.md row 20).
 
 The server's data directory is a small tmpfs mounted in a private mount namespace of the
 server process (``unshare -m``), so no mount outlives it or is seen by anything else;

@@ -1,6 +1,6 @@
 """Every handcrafted hostile artifact is refused with one tvreg sentence, everywhere it can enter.
 
-The corpus (``corpus/``, made by ``corpus/make_corpus.py``) covers FAULTS.md rows 7-12
+The corpus (``corpus/``, made by ``corpus/make_corpus.py``) covers docs/reliability.md rows 7-12
 and 15: header length past EOF or over 100 MB, overlapping/gapped offsets, trailing
 bytes, shape x dtype overflow, duplicate names, zstd bombs, NaN/Inf, ``..``, absolute,
 NUL and look-alike names, pickles. Each file goes through the reader, ``tvreg info`` and

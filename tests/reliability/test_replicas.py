@@ -1,7 +1,7 @@
 """Two server processes on one database and one blob directory behave as one registry.
 
 Nothing a request needs lives in a process: upload offsets, leases and version rows are
-in the database, bytes in the shared store. FAULTS.md row 3 (concurrent publish across
+in the database, bytes in the shared store. docs/reliability.md row 3 (concurrent publish across
 replicas: different versions all succeed, one version has exactly one winner).
 """
 

@@ -1,4 +1,4 @@
-"""``kill -9`` of the registry server in the middle of a chunked upload (FAULTS.md rows 5 and 26).
+"""``kill -9`` of the registry server in the middle of a chunked upload (docs/reliability.md rows 5 and 26).
 
 After the restart no partial version is visible, no blob is referenced that is not
 complete and verified, and the client's retry finishes the very same upload: the

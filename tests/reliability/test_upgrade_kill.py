@@ -1,6 +1,6 @@
 """``kill -9`` of ``tvreg upgrade`` at each phase leaves the model and tvreg.lock old or new, never mixed.
 
-FAULTS.md row 21 for upgrades (install and uninstall are in tests/test_interrupt.py and
+docs/reliability.md row 21 for upgrades (install and uninstall are in tests/test_interrupt.py and
 tests/test_environments.py): the crash points of the install pipeline (decode, shard
 writing, just before and just after the swap) are hit by a real SIGKILL of the CLI
 process, then the model directory is compared file by file with its state before.

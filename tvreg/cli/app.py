@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.progress import Progress as RichBar
 
-from .. import __version__
+from .._version import __version__
 from ..errors import TvregError
 from ..progress import Progress
 

@@ -235,7 +235,6 @@ def _local_info(path: str, fmt: str, limit: int) -> None:
 
 def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> None:
     from ..client import client_for
-    from ..fingerprint import short
     from ..refs import parse_ref
 
     ref = parse_ref(target)
@@ -289,7 +288,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
         yanked = (v.get("yanked_reason") or "yes") if v.get("yanked") else ""
         table.add_row(
             v["version"],
-            short(v.get("base_fingerprint", "")),
+            v.get("base_fingerprint", "")[:12],  # fingerprint.short, without loading torch
             human_size(v.get("size")),
             _storage_word(v.get("manifest")),
             str(v.get("published_at", ""))[:19],

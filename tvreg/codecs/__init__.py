@@ -4,56 +4,30 @@ One file per codec; each is a :class:`~tvreg.codecs.base.Codec`. The artifact
 manifest records the codec of every tensor, so codecs can be mixed in one skill.
 ``get_codec`` answers the decoder (default parameters; everything it needs is in the
 manifest); ``make_codec`` builds a configured encoder from user parameters.
+
+The table loads lazily (PEP 562): importing a torch-free submodule such as
+:mod:`tvreg.codecs.report` (the compression report ``tvreg info`` prints for a registry
+skill) does not import the codecs, and so not torch; and the codecs that look others
+up by name (``auto``, ``lowrank``) do so at call time without an import cycle.
 """
 
-from __future__ import annotations
+import importlib as _importlib
+import typing as _typing
 
-from collections.abc import Mapping
-
-from ..errors import InvalidCodecOption, InvalidManifest
-from .auto import AutoCodec
-from .base import Codec, Encoded, Option, relative_error
-from .bf16 import Bf16Codec
-from .exact import ExactCodec
-from .int8 import Int8Codec
-from .lowrank import LowRankCodec
-from .sparse import SparseCodec
-
-CODEC_TYPES: dict[str, type[Codec]] = {
-    c.name: c for c in (ExactCodec, Bf16Codec, Int8Codec, SparseCodec, LowRankCodec, AutoCodec)
-}
-CODECS: dict[str, Codec] = {name: cls() for name, cls in CODEC_TYPES.items() if name != "auto"}
-"""The codecs a manifest may name (``auto`` only chooses among them at build time)."""
-
-
-def get_codec(name: str) -> Codec:
-    """Return the codec called ``name`` (for decoding: its parameters come from the manifest).
-
-    Raises:
-        InvalidManifest: no codec of that name exists in this tvreg version.
-    """
-    try:
-        return CODECS[name]
-    except (KeyError, TypeError):
-        raise InvalidManifest(
-            f"unknown codec `{name}`; this tvreg knows {', '.join(sorted(CODECS))}.",
-            hints=["upgrade tvreg if the skill was built by a newer version"],
-        ) from None
-
-
-def make_codec(name: str, options: Mapping[str, object] | None = None) -> Codec:
-    """A codec configured with build-time ``options`` (strings from the CLI are parsed).
-
-    Raises:
-        InvalidCodecOption: unknown codec, unknown parameter or a value out of range.
-    """
-    cls = CODEC_TYPES.get(name)
-    if cls is None:
-        raise InvalidCodecOption(
-            f"unknown codec `{name}`; choose one of {', '.join(CODEC_TYPES)}.",
-            hints=["`exact` is lossless; `auto` picks per tensor within `--max-rel-error`"],
-        )
-    return cls(**dict(options or {}))
-
+if _typing.TYPE_CHECKING:
+    from ._table import CODEC_TYPES, CODECS, get_codec, make_codec
+    from .base import Codec, Encoded, Option, relative_error
 
 __all__ = ["CODECS", "CODEC_TYPES", "Codec", "Encoded", "Option", "get_codec", "make_codec", "relative_error"]
+
+_SOURCES = {"CODECS": "_table", "CODEC_TYPES": "_table", "get_codec": "_table", "make_codec": "_table",
+            "Codec": "base", "Encoded": "base", "Option": "base", "relative_error": "base"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# Kept here, not read from the codec table, so that `tvreg info` of a registry skill does
+# not import the codecs (and torch); tests/test_public_api.py holds it equal to the table.
+LOSSLESS_CODECS = frozenset({"exact"})
+
 
 def codec_is_lossless(name: str) -> bool:
-    from . import CODECS
-
-    codec = CODECS.get(name)
-    return bool(codec is not None and codec.lossless)
+    return name in LOSSLESS_CODECS
 
 
 @dataclass(frozen=True)

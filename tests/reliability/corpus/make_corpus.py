@@ -1,4 +1,4 @@
-"""Write the hostile-artifact corpus beside this script (FAULTS.md rows 7-12 and 15).
+"""Write the hostile-artifact corpus beside this script (docs/reliability.md rows 7-12 and 15).
 
 Run ``python tests/reliability/corpus/make_corpus.py`` to regenerate the committed
 files. Each file is a small ``.tvskill`` (or a pickle) that a reader must refuse with a
