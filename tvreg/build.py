@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
 from ._names import validate_name, validate_version
+from ._version import __version__
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
 from .codecs import get_codec, make_codec, relative_error

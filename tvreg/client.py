@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from ._version import __version__
 from ._names import validate_name, validate_tag, validate_version
+from ._version import __version__
 from .config import API_PREFIX, normalize_url, resolve
 from .errors import (
     AuthError,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import Checkpoint
 from .errors import LockHeld, ModelEnvironmentError, TensorMismatch
 from .fingerprint import fingerprint, fingerprint_of_hashes, remember, short, tensor_hashes

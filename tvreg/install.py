@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .artifact import Artifact, file_digest
 from .checkpoint import INDEX_NAME, Checkpoint
 from .codecs.zstd_frame import Arena
