@@ -44,6 +44,7 @@ if _typing.TYPE_CHECKING:
         InvalidCodecOption,
         InvalidManifest,
         InvalidName,
+        InvalidRange,
         LockHeld,
         LockMismatch,
         LockOutdated,
@@ -103,6 +104,7 @@ _SOURCES: dict[str, str] = {
     "InvalidCodecOption": "errors",
     "InvalidManifest": "errors",
     "InvalidName": "errors",
+    "InvalidRange": "errors",
     "Lock": "lockfile",
     "LockHeld": "errors",
     "LockMismatch": "errors",
@@ -150,6 +152,7 @@ _SOURCES: dict[str, str] = {
     "uninstall": "install",
     "upgrade": "sync",
     "verify": "verify",
+
 }
 
 __all__ = [
@@ -176,6 +179,7 @@ __all__ = [
     "InvalidCodecOption",
     "InvalidManifest",
     "InvalidName",
+    "InvalidRange",
     "Lock",
     "LockHeld",
     "LockMismatch",
@@ -224,6 +228,7 @@ __all__ = [
     "uninstall",
     "upgrade",
     "verify",
+
 ]
 
 _SHADOWED = frozenset(name for name, module in _SOURCES.items() if name == module)
