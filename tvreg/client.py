@@ -23,7 +23,7 @@ import httpcore
 import httpx
 
 from . import __version__
-from .config import API_PREFIX, normalize_url, resolve
+from .config import API_PREFIX, normalize_url, redact_url, resolve
 from .errors import (
     AuthError,
     Conflict,
@@ -186,7 +186,9 @@ class RegistryClient:
         max_response: int = MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = normalize_url(url)
+        full = normalize_url(url)
+        self.url = redact_url(full)
+        """The registry's address as it may be shown: credentials in it are redacted (``***@``)."""
         self.token = token
         self.call_timeout = call_timeout if call_timeout is not None else 2 * timeout
         self.max_response = max_response
@@ -194,7 +196,7 @@ class RegistryClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.url + API_PREFIX,
+            base_url=full + API_PREFIX,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport or _transport(),
@@ -233,7 +235,7 @@ class RegistryClient:
                 hints=["check the URL (`tvreg login --registry URL`) and that the registry is running"],
             )
         return RegistryUnavailable(
-            f"the connection to the registry at {self.url} failed ({type(exc).__name__}: {exc}).",
+            f"the connection to the registry at {self.url} failed ({type(exc).__name__}: {redact_url(str(exc))}).",
             hints=["try again; downloads resume where they stopped"],
         )
 

@@ -27,11 +27,13 @@ def _visible(m: re.Match[str]) -> str:
 
 
 def clean(text: object, *, lines: bool = False) -> str:
-    """``text`` with every control, bidi and zero-width character shown as an escape (``\\x1b``).
+    """``text`` with every control, bidi and zero-width character shown as an escape (``\\x1b``), URL credentials redacted.
 
     ``lines=True`` keeps newlines and tabs (for text tvreg composed itself).
     """
-    return (_INLINE if lines else _ANY).sub(_visible, str(text))
+    from ..config import redact_url
+
+    return redact_url((_INLINE if lines else _ANY).sub(_visible, str(text)))
 
 
 def safe(text: object) -> str:
