@@ -27,10 +27,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from tvreg.artifact import MANIFEST_KEY
+from tvreg.artifact import MANIFEST_KEY, verify_stored_artifact
 from tvreg.errors import TvregError
 from tvreg.faults import crash_point
-from tvreg.project import verify_artifact
 from tvreg.safetensors_io import SafetensorsFile
 
 from . import audit, uploads
@@ -122,6 +121,7 @@ def publish(
                 f"the artifact is `{manifest['name']}@{manifest['version']}` according to its manifest, "
                 f"but it is being published as `{label}`."
             )
+        _check_base_shapes(ctx, manifest, label)
     except ApiError as exc:
         _fail_upload(ctx, up.id, principal, label, exc)
         raise
@@ -213,18 +213,43 @@ def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str,
 def _read_manifest(path: Path, label: str) -> dict[str, Any]:
     """The artifact's full manifest, as stored, after tvreg's strict checks.
 
-    Every tensor is decoded once, as ``tvreg publish`` does before uploading, so that a
-    hand-made artifact with a corrupt blob or NaN/Inf values (FAULTS.md row 15) is
-    refused here rather than by every installer.
+    Every tensor is checked as a decode would check it, as ``tvreg publish`` does before
+    uploading, so that a hand-made artifact with a corrupt blob or NaN/Inf values
+    (FAULTS.md row 15) is refused here rather than by every installer. The check never
+    expands a tensor (:func:`tvreg.artifact.verify_stored_artifact`): a declared shape is
+    a claim, and memory stays a few MiB whatever an upload declares (issue 18, class 1).
     """
     try:
-        verify_artifact(path)
+        verify_stored_artifact(path)
         with SafetensorsFile(path) as f:
             text = f.metadata[MANIFEST_KEY]
     except TvregError as exc:
         reason = exc.message.replace(f"`{path}`", "the artifact").replace(str(path), "the artifact")
         raise InvalidArtifact(f"`{label}` cannot be published: {reason}") from exc
     return json.loads(text)
+
+
+def _check_base_shapes(ctx: Context, manifest: dict[str, Any], label: str) -> None:
+    """Refuse tensors whose shapes differ from the base model's, as the base's first published skill recorded them.
+
+    Why: τ = θ_ft − θ_pre has exactly θ_pre's shapes, so every skill of one base
+    fingerprint agrees on the shape of every tensor they share. The first publish for a
+    fingerprint records them (its manifest); a later upload declaring another shape for
+    one of them is lying about its base, whatever its bytes hold.
+    """
+    fingerprint = manifest["base_fingerprint"]
+    with ctx.sessions() as s:
+        first = s.scalars(
+            select(Version.manifest).where(Version.base_fingerprint == fingerprint).order_by(Version.id).limit(1)
+        ).first()
+    known = (first or {}).get("tensors") or {}
+    for name, entry in sorted(manifest["tensors"].items()):
+        recorded = known.get(name)
+        if isinstance(recorded, dict) and list(recorded.get("shape", [])) != list(entry["shape"]):
+            raise InvalidArtifact(
+                f"`{label}` cannot be published: tensor `{name}` has shape {list(entry['shape'])}, but base "
+                f"{fingerprint[:12]}'s is {list(recorded['shape'])} (as its first published skill records it)."
+            )
 
 
 def _get_or_create_skill(s: Session, ns: Namespace, name: str, description: str) -> tuple[Skill, bool]:

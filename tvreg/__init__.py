@@ -36,6 +36,7 @@ if _typing.TYPE_CHECKING:
         Conflict,
         CorruptArtifact,
         CorruptCheckpoint,
+        DecodeBudgetExceeded,
         DiskFull,
         DownloadError,
         EvaluationError,
@@ -92,6 +93,7 @@ _SOURCES: dict[str, str] = {
     "Conflict": "errors",
     "CorruptArtifact": "errors",
     "CorruptCheckpoint": "errors",
+    "DecodeBudgetExceeded": "errors",
     "DiskFull": "errors",
     "DownloadError": "errors",
     "EvalHook": "evaluate",
@@ -152,7 +154,6 @@ _SOURCES: dict[str, str] = {
     "uninstall": "install",
     "upgrade": "sync",
     "verify": "verify",
-
 }
 
 __all__ = [
@@ -167,6 +168,7 @@ __all__ = [
     "Conflict",
     "CorruptArtifact",
     "CorruptCheckpoint",
+    "DecodeBudgetExceeded",
     "DiskFull",
     "DownloadError",
     "EvalHook",
@@ -228,7 +230,6 @@ __all__ = [
     "uninstall",
     "upgrade",
     "verify",
-
 ]
 
 _SHADOWED = frozenset(name for name, module in _SOURCES.items() if name == module)

@@ -24,7 +24,9 @@ import torch
 from . import statcache
 from .cache import file_sha256
 from .codecs import get_codec
+from .codecs.budget import charge
 from .codecs.forms import StoredForm
+from .codecs.verify import verify_stored
 from .errors import CorruptArtifact, InvalidManifest
 from .fsutil import disk_errors, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
@@ -183,8 +185,24 @@ class Artifact:
             data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
         )
 
+    def verify(self, name: str) -> None:
+        """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.
+
+        Memory stays a few MiB whatever shape the manifest declares (:mod:`tvreg.codecs.verify`);
+        the declared size must still fit the decode memory budget, since installing the
+        skill expands it.
+
+        Raises:
+            CorruptArtifact: corrupt data, or NaN/infinite values.
+            DecodeBudgetExceeded: the tensor is larger than the decode budget.
+        """
+        entry, data = self._verified(name)
+        verify_stored(entry.codec, data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
+
     def _verified(self, name: str) -> tuple[TensorEntry, bytes]:
+        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget."""
         entry = self.manifest.tensors[name]
+        charge(4 * entry.numel, where=f"{name}` in `{self.path}")
         data = self._file.read_bytes(name)
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
@@ -198,8 +216,21 @@ class Artifact:
     def close(self) -> None:
         self._file.close()
 
+
     def __enter__(self) -> Artifact:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_stored_artifact(path: str | os.PathLike[str]) -> Manifest:
+    """Verify every tensor of an artifact in bounded memory (the registry's check of an upload).
+
+    Raises:
+        ArtifactError: the artifact is corrupt, holds NaN/Inf, or a tensor exceeds the decode budget.
+    """
+    with Artifact(path) as art:
+        for name in art.manifest.tensors:
+            art.verify(name)
+        return art.manifest

@@ -19,8 +19,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .checkpoint import Checkpoint
 from .client import RegistryClient, client_for
-from .errors import SketchError, SketchMissing
+from .errors import SketchError, SketchMissing, TensorMismatch
 from .interference import InterferenceReport, SkillEntry, check_sketches
 from .lockfile import Lock
 from .progress import NULL_PROGRESS, Progress
@@ -30,6 +31,34 @@ from .sketch import Sketch, load_cached, sketch_for, store_cached
 
 def _human(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def check_shapes(path: str | os.PathLike[str], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse an artifact whose tensors are not the model's, from its header, before any tensor is decoded.
+
+    Why before: a manifest's shape is a claim, and sketching expands each tensor to the
+    shape it declares; a skill of this model can only have this model's shapes (or, for
+    a general model that added tokens, fewer leading rows), so nothing else is decoded.
+
+    Raises:
+        TensorMismatch: a tensor the model lacks, or one of another shape.
+    """
+    from .artifact import Artifact
+    from .environment import row_extension
+
+    with Artifact(path) as art:
+        m = art.manifest
+    for name, entry in m.tensors.items():
+        if name not in shapes:
+            raise TensorMismatch(
+                f"skill `{m.label}` changes tensor `{name}`, which this model does not have.", tensor=name
+            )
+        if row_extension(entry.shape, shapes[name]) is None:
+            raise TensorMismatch(
+                f"skill `{m.label}` has tensor `{name}` with shape {list(entry.shape)}, "
+                f"but this model's is {list(shapes[name])}.",
+                tensor=name,
+            )
 
 
 def default_weight(dataset_size: int | None, dataset_unit: str, lock: Lock) -> tuple[float, str]:
@@ -46,8 +75,12 @@ def registry_sketch(
     *,
     download: bool = True,
     progress: Progress = NULL_PROGRESS,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Sketch:
     """The sketch of one registry version (``version`` is its version object).
+
+    ``shapes`` (the model's tensor shapes) are checked against a downloaded artifact
+    before it is decoded (:func:`check_shapes`).
 
     Raises:
         SketchMissing: the version has no sketch and ``download`` is False.
@@ -89,6 +122,8 @@ def registry_sketch(
     from .fetch import fetch
 
     got = fetch(ref, base_fingerprint=None, client=client, info={"versions": [version]}, progress=progress)
+    if shapes is not None:
+        check_shapes(got.path, shapes)
     return sketch_for(got.path, digest=digest, progress=progress)
 
 
@@ -127,6 +162,8 @@ def check(
 
     weights = dict(weights or {})
     lock = require_lock(Path(into))
+    with Checkpoint.open(Path(into)) as model:
+        shapes = {name: tuple(info.shape) for name, info in model.infos().items()}
 
     def weight(names: Sequence[str], dataset_size: int | None, unit: str) -> tuple[float, str]:
         for n in names:
@@ -144,6 +181,7 @@ def check(
         for item in planned:
             if item.origin is None:
                 assert item.path is not None
+                check_shapes(item.path, shapes)
                 sketch = sketch_for(item.path, progress=progress)
                 with Artifact(item.path) as art:
                     m = art.manifest
@@ -160,9 +198,12 @@ def check(
                     clients[url] = stack.enter_context(client_for(url, token))
                 version = clients[url].version(ref, item.version)
                 if not version.get("sketch") and item.path is not None:
+                    check_shapes(item.path, shapes)
                     sketch = sketch_for(item.path, digest=item.digest, progress=progress)
                 else:
-                    sketch = registry_sketch(clients[url], ref, version, download=download, progress=progress)
+                    sketch = registry_sketch(
+                        clients[url], ref, version, download=download, progress=progress, shapes=shapes
+                    )
             new_names.update({item.name, ref.skill})
             w, source = weight([item.name, ref.skill], item.dataset_size, item.dataset_unit)
             entries.append(SkillEntry(f"{item.name}@{item.version}", sketch, w, source))
@@ -178,6 +219,7 @@ def check(
                     f"installed skill `{locked.label}` is missing from the local store; left out of the check."
                 )
                 continue
+            check_shapes(stored, shapes)
             sketch = sketch_for(stored, digest=locked.digest, progress=progress)
         if locked.name in weights:
             w, source = float(weights[locked.name]), "user"

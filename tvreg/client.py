@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json as jsonlib
 import os
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from ._names import validate_name, validate_tag, validate_version
 from ._version import __version__
-from .config import API_PREFIX, normalize_url, resolve
+from .config import API_PREFIX, normalize_url, redact_url, resolve
 from .errors import (
     AuthError,
     Conflict,
@@ -32,6 +37,111 @@ from .errors import (
 from .refs import SkillRef
 
 DEFAULT_TIMEOUT = 60.0
+MAX_RESPONSE_BYTES = 32 << 20
+"""The most a metadata answer (JSON) may hold; a registry sending more is refused, not buffered."""
+_MAX_ERROR_BYTES = 64 << 10
+
+
+# -- a deadline on every call, not only on every read --------------------------------------------
+#
+# httpx's timeouts bound each socket operation, so a registry that sends one byte every
+# 59 s never times out. Every read, write and connect of the client's sockets goes
+# through these wrappers, which cap its timeout by what is left of the calling thread's
+# deadline: a call ends within its deadline however the bytes trickle, headers included.
+
+_local = threading.local()
+
+
+def _left(kind: type[Exception]) -> float | None:
+    deadline = getattr(_local, "deadline", None)
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise kind("the call's deadline passed")
+    return left
+
+
+def _cap(timeout: float | None, kind: type[Exception]) -> float | None:
+    left = _left(kind)
+    if left is None:
+        return timeout
+    return left if timeout is None else min(timeout, left)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Every socket operation of the client in this thread finishes within ``seconds`` from now (None: no cap).
+
+    Nested deadlines keep the earlier one.
+    """
+    before = getattr(_local, "deadline", None)
+    if seconds is not None:
+        mine = time.monotonic() + seconds
+        _local.deadline = mine if before is None else min(before, mine)
+    try:
+        yield
+    finally:
+        _local.deadline = before
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _cap(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _cap(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:  # noqa: ANN001
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, _cap(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # noqa: ANN001
+        return _DeadlineStream(
+            self._inner.connect_tcp(host, port, _cap(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+        )
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):  # noqa: ANN001
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _cap(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _transport() -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(trust_env=False)
+    transport._pool._network_backend = _DeadlineBackend()  # httpx has no public hook for the network backend
+    return transport
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A registry's answer to one metadata call, read whole under :data:`MAX_RESPONSE_BYTES`."""
+
+    status_code: int
+    reason_phrase: str
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
 
 
 def _sentence(text: str) -> str:
@@ -55,6 +165,10 @@ class RegistryClient:
         url: the registry's address (``https://host``; a trailing ``/api/v1`` is accepted).
         token: a ``tvr_...`` token, or None for anonymous reads.
         timeout: seconds to wait for a connection or for the next bytes of an answer.
+        call_timeout: seconds one metadata call may take in all, however slowly the registry
+            trickles its bytes (default: twice ``timeout``); a chunk upload gets one more
+            second per 64 KiB it sends.
+        max_response: the most bytes a metadata answer may hold.
 
     Example:
         >>> with RegistryClient("http://127.0.0.1:9", timeout=1) as c:
@@ -68,18 +182,24 @@ class RegistryClient:
         token: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        call_timeout: float | None = None,
+        max_response: int = MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = normalize_url(url)
+        full = normalize_url(url)
+        self.url = redact_url(full)
+        """The registry's address as it may be shown: credentials in it are redacted (``***@``)."""
         self.token = token
-        headers = {"User-Agent": f"tvreg/{__version__}"}
+        self.call_timeout = call_timeout if call_timeout is not None else 2 * timeout
+        self.max_response = max_response
+        headers = {"User-Agent": f"tvreg/{__version__}", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
-            base_url=self.url + API_PREFIX,
+            base_url=full + API_PREFIX,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            transport=transport,
+            transport=transport or _transport(),
             follow_redirects=False,
             trust_env=False,
         )
@@ -115,11 +235,11 @@ class RegistryClient:
                 hints=["check the URL (`tvreg login --registry URL`) and that the registry is running"],
             )
         return RegistryUnavailable(
-            f"the connection to the registry at {self.url} failed ({type(exc).__name__}: {exc}).",
+            f"the connection to the registry at {self.url} failed ({type(exc).__name__}: {redact_url(str(exc))}).",
             hints=["try again; downloads resume where they stopped"],
         )
 
-    def _error(self, resp: httpx.Response, what: str | None) -> RegistryError:
+    def _error(self, resp: httpx.Response | Answer, what: str | None) -> RegistryError:
         status = resp.status_code
         code, message = None, None
         with contextlib.suppress(ValueError, KeyError, TypeError, httpx.ResponseNotRead):
@@ -179,28 +299,66 @@ class RegistryClient:
         content: bytes | None = None,
         params: dict | None = None,
         headers: dict | None = None,
-    ) -> httpx.Response:
-        """Send one request under ``/api/v1``; return the 2xx response or raise a tvreg error.
+    ) -> Answer:
+        """Send one request under ``/api/v1``; return the 2xx answer or raise a tvreg error.
 
-        ``what`` names the object for a 404 sentence ("skill `nlp/science`").
+        ``what`` names the object for a 404 sentence ("skill `nlp/science`"). The whole
+        call, connect to last byte, ends within :attr:`call_timeout` (plus a second per
+        64 KiB sent), and an answer over :attr:`max_response` bytes (64 KiB for an error),
+        or one compressed though identity was asked for, is refused as it arrives.
         """
+        seconds = self.call_timeout + len(content or b"") / 65536
         try:
-            resp = self._http.request(
+            with deadline(seconds), self._http.stream(
                 method, path, json=json, content=content, params=params, headers=headers
-            )
+            ) as resp:
+                limit = self.max_response if resp.is_success else _MAX_ERROR_BYTES
+                encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise RegistryError(
+                        f"the registry at {self.url} sent a `{encoding}`-compressed answer to {method} {path}, "
+                        "which tvreg did not ask for; refusing it."
+                    )
+                declared = resp.headers.get("Content-Length", "")
+                if declared.strip().isdigit() and int(declared) > limit:
+                    body = None
+                else:
+                    body = bytearray()
+                    for chunk in resp.iter_raw():
+                        body += chunk
+                        if len(body) > limit:
+                            body = None
+                            break
+                if body is None:
+                    if not resp.is_success:
+                        body = bytearray()  # an oversized error body: report the status alone
+                    else:
+                        raise RegistryError(
+                            f"the answer of the registry at {self.url} to {method} {path} is over "
+                            f"{limit} bytes; refusing it.",
+                            hints=["if this registry is trusted, raise the limit: `TVREG_MAX_RESPONSE=<bytes>`"],
+                        )
+                answer = Answer(resp.status_code, resp.reason_phrase, resp.headers, bytes(body))
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
-        if resp.is_success:
-            return resp
-        raise self._error(resp, what)
+        if answer.is_success:
+            return answer
+        raise self._error(answer, what)
 
-    def _json(self, resp: httpx.Response) -> Any:
+    def _json(self, resp: Answer) -> Any:
         try:
             return resp.json()
         except ValueError as exc:
             raise RegistryError(
                 f"the registry at {self.url} sent an answer that is not JSON (HTTP {resp.status_code})."
             ) from exc
+
+    def int_field(self, body: Any, key: str) -> int:
+        """An integer field of a JSON answer; anything else is the registry's fault, said in one sentence."""
+        value = body.get(key) if isinstance(body, dict) else None
+        if type(value) is not int:
+            raise RegistryError(f"the registry at {self.url} sent an answer without a whole-number `{key}`.")
+        return value
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -255,12 +413,20 @@ class RegistryClient:
         if start > 0:
             headers["Range"] = f"bytes={start}-"
         try:
-            with self._http.stream(
-                "GET", f"/skills/{seg}/versions/{version}/artifact", headers=headers
-            ) as resp:
-                if not resp.is_success:
-                    resp.read()
-                    raise self._error(resp, f"the artifact of {label}")
+            with contextlib.ExitStack() as stack:
+                with deadline(self.call_timeout):  # until the headers are in: the body may take long
+                    resp = stack.enter_context(
+                        self._http.stream("GET", f"/skills/{seg}/versions/{version}/artifact", headers=headers)
+                    )
+                    if not resp.is_success:
+                        body = bytearray()
+                        for chunk in resp.iter_raw():
+                            body += chunk
+                            if len(body) > _MAX_ERROR_BYTES:
+                                body.clear()
+                                break
+                        answer = Answer(resp.status_code, resp.reason_phrase, resp.headers, bytes(body))
+                        raise self._error(answer, f"the artifact of {label}")
                 offset = 0
                 if resp.status_code == 206:
                     offset = _content_range_start(resp.headers.get("Content-Range"))
@@ -300,12 +466,19 @@ class RegistryClient:
         validate_version(version)
         label = f"`{seg}@{version}`"
         try:
-            with self._http.stream("GET", f"/skills/{seg}/versions/{version}/sketch") as resp:
+            with deadline(self.call_timeout + max_bytes / 65536), self._http.stream(
+                "GET", f"/skills/{seg}/versions/{version}/sketch"
+            ) as resp:
                 if not resp.is_success:
-                    resp.read()
-                    raise self._error(resp, label)
+                    body = bytearray()
+                    for chunk in resp.iter_raw():
+                        body += chunk
+                        if len(body) > _MAX_ERROR_BYTES:
+                            body.clear()
+                            break
+                    raise self._error(Answer(resp.status_code, resp.reason_phrase, resp.headers, bytes(body)), label)
                 data = bytearray()
-                for chunk in resp.iter_bytes():
+                for chunk in resp.iter_raw():
                     data += chunk
                     if len(data) > max_bytes:
                         raise RegistryError(
@@ -352,7 +525,7 @@ class RegistryClient:
             headers={"Upload-Offset": str(offset), "Content-Type": "application/octet-stream"},
             what=f"upload `{upload_id}`",
         )
-        return int(self._json(resp)["offset"])
+        return self.int_field(self._json(resp), "offset")
 
     def delete_upload(self, upload_id: str) -> None:
         self.request("DELETE", f"/uploads/{_uuid(upload_id)}", what=f"upload `{upload_id}`")
@@ -433,6 +606,14 @@ def _tag(tag: str) -> str:
 
 
 def client_for(registry: str | None = None, token: str | None = None) -> RegistryClient:
-    """A :class:`RegistryClient` for the configured registry, honouring ``TVREG_TIMEOUT`` seconds."""
+    """A :class:`RegistryClient` for the configured registry.
+
+    Honours ``TVREG_TIMEOUT`` (seconds per read or connect), ``TVREG_CALL_TIMEOUT`` (seconds
+    per metadata call; default twice ``TVREG_TIMEOUT``) and ``TVREG_MAX_RESPONSE`` (bytes).
+    """
     timeout = float(os.environ.get("TVREG_TIMEOUT") or DEFAULT_TIMEOUT)
-    return RegistryClient.from_config(registry, token, timeout=timeout)
+    call = os.environ.get("TVREG_CALL_TIMEOUT")
+    limit = int(os.environ.get("TVREG_MAX_RESPONSE") or MAX_RESPONSE_BYTES)
+    return RegistryClient.from_config(
+        registry, token, timeout=timeout, call_timeout=float(call) if call else None, max_response=limit
+    )

@@ -17,6 +17,7 @@ either. Precedence, highest first: an explicit argument, the environment, the fi
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,18 @@ def config_path() -> Path:
     return config_dir() / CONFIG_NAME
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it (``user:password@``) replaced by ``***@``.
+
+    Why: a registry URL may carry basic-auth credentials; they go to the server, never to
+    a message, a log, a lock file or the terminal.
+    """
+    return _USERINFO.sub(r"\1***@", str(text))
+
+
 def normalize_url(url: str) -> str:
     """The canonical form of a registry URL: scheme and host, no trailing ``/`` or ``/api/v1``.
 
@@ -62,7 +75,7 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(
-            f"`{url}` is not a registry URL.",
+            f"`{redact_url(url)}` is not a registry URL.",
             hints=["give the registry's address, such as `https://registry.example.org`"],
         )
     path = parts.path.rstrip("/")
@@ -99,6 +112,8 @@ def save_config(data: dict) -> Path:
     """Write ``config.toml`` atomically with mode 0600 (its directory 0700) and return its path."""
     path = config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o077:  # an existing directory keeps its mode: tighten it
+        os.chmod(path.parent, 0o700)
     with atomic_writer(path, permissions=0o600) as f:
         f.write(tomli_w.dumps(data).encode("utf-8"))
     return path

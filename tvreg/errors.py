@@ -9,6 +9,7 @@ The tree::
     ├── ArtifactError               a .tvskill file that cannot be trusted
     │   ├── CorruptArtifact         truncated, tampered, bomb, bad header
     │   ├── InvalidManifest         manifest fields missing or malformed
+    │   ├── DecodeBudgetExceeded    a tensor larger than the decode memory budget (``TVREG_DECODE_MEMORY``)
     │   └── SketchError             a sketch file that is malformed or of another sketch version
     ├── SketchMismatch              two sketches made with other parameters cannot be compared
     ├── IncompatibleBase            skill built for another base model
@@ -85,6 +86,14 @@ class CorruptArtifact(ArtifactError):
 
 class InvalidManifest(ArtifactError):
     """The manifest of an artifact is missing a field or has a malformed one."""
+
+
+class DecodeBudgetExceeded(ArtifactError):
+    """Decoding a tensor would need more memory than this process's decode budget allows.
+
+    The budget (``TVREG_DECODE_MEMORY``) bounds what any manifest can make a process
+    allocate: a declared shape is a claim, not a fact.
+    """
 
 
 class SketchError(ArtifactError):

@@ -34,6 +34,9 @@ from .refs import SkillRef
 from .sketch import SketchBuilder, store_cached
 
 _RETRIES = 3
+_STALL_ROUNDS = 3
+"""Rounds in a row in which the registry's upload offset does not move before ``tvreg publish`` gives up."""
+_MIN_CHUNK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,17 @@ def _resume_or_create(client: RegistryClient, digest: str, size: int) -> tuple[s
             except NotFound:
                 st = None
             if st and st.get("digest") == digest and int(st.get("size", -1)) == size:
-                return saved["id"], int(st["offset"]), int(saved.get("chunk_size") or (8 << 20))
+                offset = _checked_offset(client, saved["id"], client.int_field(st, "offset"), size)
+                return saved["id"], offset, int(saved.get("chunk_size") or (8 << 20))
     up = client.create_upload(size, digest)
-    chunk = max(1, int(up.get("chunk_size") or (8 << 20)))
+    if not isinstance(up, dict) or not isinstance(up.get("id"), str):
+        raise RegistryError(f"the registry at {client.url} answered a new upload without an id.")
+    declared = up.get("chunk_size")
+    chunk = max(1, declared if type(declared) is int else (8 << 20))
     state.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(state, json.dumps({"registry": client.url, "id": up["id"], "chunk_size": chunk}))
-    return up["id"], int(up.get("offset", 0)), chunk
+    offset = up.get("offset", 0)
+    return up["id"], _checked_offset(client, up["id"], offset if type(offset) is int else -1, size), chunk
 
 
 def _upload(
@@ -96,11 +104,13 @@ def _upload(
     max_chunk: int | None,
 ) -> str:
     upload_id, offset, chunk = _resume_or_create(client, digest, size)
+    chunk = max(chunk, _MIN_CHUNK)  # a registry asking for 1-byte chunks would make a publish endless
     if max_chunk:
         chunk = min(chunk, max_chunk)
     progress.task(f"Uploading {label}", size)
     shown = 0
     failures = 0
+    stalled = 0
     try:
         with open(path, "rb") as f:
             while offset < size:
@@ -109,8 +119,9 @@ def _upload(
                     shown = offset
                 f.seek(offset)
                 data = f.read(min(chunk, size - offset))
+                before = offset
                 try:
-                    offset = client.upload_chunk(upload_id, offset, data)
+                    offset = _checked_offset(client, upload_id, client.upload_chunk(upload_id, offset, data), size)
                     failures = 0
                 except (Conflict, RegistryUnavailable) as exc:
                     failures += 1
@@ -118,13 +129,30 @@ def _upload(
                         raise
                     if isinstance(exc, RegistryUnavailable):
                         time.sleep(min(exc.retry_after or float(failures), 10.0))
-                    offset = int(client.upload_status(upload_id)["offset"])
+                    status = client.int_field(client.upload_status(upload_id), "offset")
+                    offset = _checked_offset(client, upload_id, status, size)
+                # A registry that never moves the offset forward would keep us sending the same chunk forever.
+                stalled = 0 if offset > before else stalled + 1
+                if stalled >= _STALL_ROUNDS:
+                    raise RegistryError(
+                        f"the registry at {client.url} did not advance upload `{upload_id}` past byte {offset} "
+                        f"of {size} in {_STALL_ROUNDS} rounds; giving up.",
+                        hints=["run `tvreg publish` again later: the upload resumes from the registry's offset"],
+                    )
                 crash_point("publish:chunk")
             if size > shown:
                 progress.advance(size - shown)
     finally:
         progress.done()
     return upload_id
+
+
+def _checked_offset(client: RegistryClient, upload_id: str, offset: int, size: int) -> int:
+    if not 0 <= offset <= size:
+        raise RegistryError(
+            f"the registry at {client.url} reports offset {offset} for upload `{upload_id}` of {size} bytes."
+        )
+    return offset
 
 
 def _upload_sketch(client: RegistryClient, ref: SkillRef, version: str, data: bytes) -> str:

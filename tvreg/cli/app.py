@@ -13,16 +13,16 @@ import sys
 import time
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.progress import Progress as RichBar
 
 from .._version import __version__
 from ..errors import TvregError
 from ..progress import Progress
+from .text import SafeConsole, safe
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+err = SafeConsole(stderr=True, highlight=False)
+out = SafeConsole(highlight=False, soft_wrap=True)
 
 
 class RichProgress(Progress):
@@ -74,18 +74,18 @@ class RichProgress(Progress):
             self._bar = None
 
     def note(self, message):
-        err.print(f"[yellow]note:[/] {message}", soft_wrap=True)
+        err.print(f"[yellow]note:[/] {safe(message)}", soft_wrap=True)
 
     def warn(self, message):
-        err.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
+        err.print(f"[bold yellow]warning:[/] {safe(message)}", soft_wrap=True)
 
 
 def _fail(exc: TvregError, debug: bool) -> None:
     if debug:
         err.print_exception()
-    err.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {safe(exc.message)}", soft_wrap=True)
     for hint in exc.hints:
-        err.print(f"[cyan]hint:[/] {hint}", soft_wrap=True)
+        err.print(f"[cyan]hint:[/] {safe(hint)}", soft_wrap=True)
     sys.exit(exc.exit_code)
 
 

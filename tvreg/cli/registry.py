@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from .app import RichProgress, err, human_size, main, out
+from .text import safe
 
 
 @main.command()
@@ -35,7 +36,7 @@ def login(registry, token):
     with RegistryClient(url, token) as client:
         who = client.whoami()
     remember_login(url, token)
-    out.print(f"Logged in to {url} as [bold]{who.get('user')}[/] (token saved in {config_path()}).")
+    out.print(f"Logged in to {safe(url)} as [bold]{safe(who.get('user'))}[/] (token saved in {config_path()}).")
 
 
 @main.command()
@@ -62,10 +63,10 @@ def whoami(registry):
     with client_for(registry) as client:
         who = client.whoami()
         url = client.url
-    out.print(f"[bold]{who.get('user')}[/] on {url}")
+    out.print(f"[bold]{safe(who.get('user'))}[/] on {safe(url)}")
     teams = ", ".join(f"{t.get('team')} ({t.get('role')})" for t in who.get("teams", [])) or "-"
-    out.print(f"  {'teams':<11} {teams}")
-    out.print(f"  {'namespaces':<11} {', '.join(who.get('namespaces', [])) or '-'}")
+    out.print(f"  {'teams':<11} {safe(teams)}")
+    out.print(f"  {'namespaces':<11} {safe(', '.join(map(str, who.get('namespaces', []))) or '-')}")
 
 
 # -- publishing and finding -------------------------------------------------------------------
@@ -175,9 +176,9 @@ def search(query, base, into, tag, namespace, page, per_page, registry, fmt):
     for col in ("skill", "latest", "versions", "description"):
         table.add_column(col)
     for item in items:
-        name = item.get("name", "") + (" (private)" if item.get("private") else "")
+        name = str(item.get("name", "")) + (" (private)" if item.get("private") else "")
         table.add_row(
-            name, item.get("latest") or "-", str(item.get("versions", "")), item.get("description") or ""
+            *(safe(c) for c in (name, item.get("latest") or "-", str(item.get("versions", "")), item.get("description") or ""))
         )
     out.print(table)
     total = res.get("total", len(items))

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..errors import RegistryError
 from .app import RichProgress, err, human_size, main, out, split_requirement
+from .text import safe
 
 
 @main.command()
@@ -219,7 +220,7 @@ def _local_info(path: str, fmt: str, limit: int) -> None:
             out.print_json(json.dumps({**json.loads(m.to_json()), **_profile_json(sketch)}))
             return
         stored = sum(t.stored_bytes for t in m.tensors.values())
-        out.print(f"[bold]{m.label}[/]  ({m.kind})")
+        out.print(f"[bold]{safe(m.label)}[/]  ({safe(m.kind)})")
         for key, value in (
             ("description", m.description or "-"),
             ("base", m.base_fingerprint),
@@ -228,7 +229,7 @@ def _local_info(path: str, fmt: str, limit: int) -> None:
             ("tensors", f"{len(m.tensors)} ({stored / 2**20:.1f} MiB stored)"),
             ("built by", m.created_by),
         ):
-            out.print(f"  {key:<12} {value}")
+            out.print(f"  {key:<12} {safe(value)}")
         _print_report(m.report(), limit=limit)
         _print_profile(sketch)
 
@@ -248,14 +249,14 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             try:
                 sketch = registry_sketch(client, ref, data, download=False)
             except (SketchError, RegistryError) as exc:
-                err.print(f"[yellow]note:[/] no norm profile: {exc.message}", soft_wrap=True)
+                err.print(f"[yellow]note:[/] no norm profile: {safe(exc.message)}", soft_wrap=True)
     if fmt == "json":
         out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {})}))
         return
     if ref.version:
         yanked = f"yes ({data.get('yanked_reason') or 'no reason given'})" if data.get("yanked") else "no"
         size = data.get("dataset_size")
-        out.print(f"[bold]{ref}[/]  ({data.get('kind', 'task_vector')})")
+        out.print(f"[bold]{safe(ref)}[/]  ({safe(data.get('kind', 'task_vector'))})")
         for key, value in (
             ("description", (data.get("manifest") or {}).get("description") or "-"),
             ("base", data.get("base_fingerprint")),
@@ -266,7 +267,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             ("published", f"{data.get('published_at')} by {data.get('publisher')}"),
             ("yanked", yanked),
         ):
-            out.print(f"  {key:<12} {value}")
+            out.print(f"  {key:<12} {safe(value)}")
         tensors = (data.get("manifest") or {}).get("tensors")
         if isinstance(tensors, dict):
             from ..codecs.report import lines_from_json
@@ -278,22 +279,27 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             out.print(f"  {'norm profile':<12} - (published without a sketch)")
         return
     tags = ", ".join(f"{k}={v}" for k, v in sorted((data.get("dist_tags") or {}).items())) or "-"
-    out.print(f"[bold]{data.get('name', ref.name)}[/]{'  (private)' if data.get('private') else ''}")
-    out.print(f"  {'description':<12} {data.get('description') or '-'}")
-    out.print(f"  {'tags':<12} {tags}")
+    out.print(f"[bold]{safe(data.get('name', ref.name))}[/]{'  (private)' if data.get('private') else ''}")
+    out.print(f"  {'description':<12} {safe(data.get('description') or '-')}")
+    out.print(f"  {'tags':<12} {safe(tags)}")
     table = Table(box=None, header_style="bold")
     for col in ("version", "base", "size", "storage", "published", "by", "yanked"):
         table.add_column(col)
     for v in data.get("versions", []):
         yanked = (v.get("yanked_reason") or "yes") if v.get("yanked") else ""
         table.add_row(
-            v["version"],
-            v.get("base_fingerprint", "")[:12],  # fingerprint.short, without loading torch
-            human_size(v.get("size")),
-            _storage_word(v.get("manifest")),
-            str(v.get("published_at", ""))[:19],
-            str(v.get("publisher", "")),
-            yanked,
+            *(
+                safe(cell)
+                for cell in (
+                    v.get("version", ""),
+                    str(v.get("base_fingerprint", ""))[:12],  # fingerprint.short, without loading torch
+                    human_size(v.get("size")),
+                    _storage_word(v.get("manifest")),
+                    str(v.get("published_at", ""))[:19],
+                    str(v.get("publisher", "")),
+                    yanked,
+                )
+            )
         )
     out.print(table)
 

@@ -18,6 +18,15 @@ def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
+def _dense_numel(shape: tuple[int, ...]) -> int:
+    """``numel`` of a form about to be expanded to fp32, checked against the decode memory budget."""
+    from .budget import charge
+
+    n = _numel(shape)
+    charge(4 * n, where="", subject=f"a tensor of shape {list(shape)}")
+    return n
+
+
 @dataclass
 class StoredForm:
     """Base of every stored form; ``shape`` is the task-vector tensor's logical shape."""
@@ -63,7 +72,7 @@ class Int8Groups(StoredForm):
     group_size: int
 
     def to_dense(self) -> torch.Tensor:
-        n = _numel(self.shape)
+        n = _dense_numel(self.shape)
         out = self.q.to(torch.float32).reshape(-1)
         groups = self.scales.to(torch.float32).repeat_interleave(self.group_size)[:n]
         return out.mul_(groups).reshape(self.shape)
@@ -92,7 +101,7 @@ class Sparse(StoredForm):
         return v
 
     def to_dense(self) -> torch.Tensor:
-        out = torch.zeros(_numel(self.shape), dtype=torch.float32)
+        out = torch.zeros(_dense_numel(self.shape), dtype=torch.float32)
         out[self.indices.to(torch.int64)] = self.dense_values()
         return out.reshape(self.shape)
 
@@ -112,6 +121,7 @@ class LowRank(StoredForm):
     right: torch.Tensor
 
     def to_dense(self) -> torch.Tensor:
+        _dense_numel(self.shape)
         return (self.left.to(torch.float32) @ self.right.to(torch.float32)).reshape(self.shape)
 
     @property

@@ -42,6 +42,18 @@ def keep_count(n: int, density: float) -> int:
 _HASH_CHUNK = 1 << 22
 
 
+def _kept(lo: int, hi: int, threshold: int, seed: int) -> np.ndarray:
+    h = np.arange(lo, hi, dtype=np.uint32)
+    h *= np.uint32(0x9E3779B1)
+    h ^= np.uint32(seed)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h < np.uint32(threshold)
+
+
 def hashed_positions(n: int, threshold: int, seed: int) -> np.ndarray:
     """Ascending positions ``i < n`` whose hash of (``seed``, ``i``) is below ``threshold`` (out of 2³²).
 
@@ -50,18 +62,26 @@ def hashed_positions(n: int, threshold: int, seed: int) -> np.ndarray:
     """
     if threshold >= 1 << 32:
         return np.arange(n, dtype=np.int64)
-    found = []
-    for lo in range(0, n, _HASH_CHUNK):
-        h = np.arange(lo, min(n, lo + _HASH_CHUNK), dtype=np.uint32)
-        h *= np.uint32(0x9E3779B1)
-        h ^= np.uint32(seed)
-        h ^= h >> np.uint32(16)
-        h *= np.uint32(0x85EBCA6B)
-        h ^= h >> np.uint32(13)
-        h *= np.uint32(0xC2B2AE35)
-        h ^= h >> np.uint32(16)
-        found.append(np.flatnonzero(h < np.uint32(threshold)) + lo)
+    found = [np.flatnonzero(_kept(lo, min(n, lo + _HASH_CHUNK), threshold, seed)) + lo for lo in range(0, n, _HASH_CHUNK)]
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def plausible_hash_count(n: int, threshold: int, k: int) -> bool:
+    """Whether ``k`` kept of ``n`` at ``threshold`` is within 10 standard deviations of the binomial mean.
+
+    Checked before hashing, so a manifest claiming an impossible count for a huge tensor
+    costs nothing; an honest count is never this far off (p < 1e-20).
+    """
+    p = min(1.0, threshold / 2**32)
+    mean = n * p
+    return abs(k - mean) <= 10 * math.sqrt(mean * (1 - p)) + 10
+
+
+def hashed_count(n: int, threshold: int, seed: int, *, chunk: int = 1 << 18) -> int:
+    """How many positions :func:`hashed_positions` keeps, in memory of ``chunk`` elements (verification)."""
+    if threshold >= 1 << 32:
+        return n
+    return sum(int(np.count_nonzero(_kept(lo, min(n, lo + chunk), threshold, seed))) for lo in range(0, n, chunk))
 
 
 def _index_bytes(indices: np.ndarray, n: int, how: str) -> tuple[str, np.ndarray]:
@@ -153,6 +173,8 @@ class SparseCodec(Codec):
             threshold = param(params, "threshold", int, where)
             if not (0 <= seed < 1 << 32 and 0 <= threshold <= 1 << 32 and n < 1 << 32):
                 raise CorruptArtifact(f"tensor `{where}` has invalid hashed-index parameters.")
+            if not plausible_hash_count(n, threshold, k):
+                raise CorruptArtifact(f"tensor `{where}` declares {k} kept entries, impossible at its hash threshold.")
             indices = hashed_positions(n, threshold, seed)
             if len(indices) != k:
                 raise CorruptArtifact(f"tensor `{where}` hashes to {len(indices)} kept entries but declares {k}.")

@@ -21,8 +21,12 @@ import torch
 import zstandard
 
 from ..errors import CorruptArtifact
+from . import budget
 
 _LEVEL = 1
+MAX_RATIO = 32768
+"""No zstd frame inflates more: a block holds at most 128 KiB, and the cheapest (RLE) block costs 4 bytes."""
+_RATIO_SLACK = 1 << 17
 CHUNK_BYTES = 4 << 20
 """Raw bytes per zstd frame: big enough that zstd's ratio does not suffer, small enough to spread over cores."""
 
@@ -86,8 +90,15 @@ def check_declared_size(data: bytes | memoryview, expected: int, *, where: str) 
 
     Called before the output buffer is allocated, so that a frame and a manifest that
     disagree cost no memory. A frame without a content size is checked while it is
-    decompressed (:func:`decompress_into` never writes past ``expected``).
+    decompressed (:func:`decompress_into` never writes past ``expected``). No frame of
+    ``len(data)`` bytes can hold more than :data:`MAX_RATIO` times that, so a manifest
+    declaring more is refused here, before any work.
     """
+    if expected > MAX_RATIO * len(data) + _RATIO_SLACK:
+        raise CorruptArtifact(
+            f"tensor `{where}` declares {expected} bytes from a {len(data)}-byte zstd frame, "
+            f"more than zstd can hold ({MAX_RATIO}:1)."
+        )
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
@@ -244,13 +255,15 @@ class Arena:
 def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
     """A buffer for a decoded tensor (from the thread's :class:`Arena` when one is active).
 
-    A size the machine cannot hold is the artifact's fault.
+    A size the machine cannot hold is the artifact's fault; one over the decode memory
+    budget (:mod:`tvreg.codecs.budget`) is refused before allocating.
     """
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    budget.charge(numel * itemsize, where=where)
     try:
         arena = getattr(_local, "arena", None)
         if arena is None or numel == 0:
             return torch.empty(numel, dtype=dtype)
-        itemsize = torch.empty(0, dtype=dtype).element_size()
         return arena.take(numel * itemsize)[: numel * itemsize].view(dtype)
     except (RuntimeError, MemoryError) as exc:
         raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc

@@ -109,6 +109,41 @@ def skill(
     return _header(entries, {"tvreg.manifest": text, "format": "tvskill"}) + body
 
 
+def coded(blob: bytes, shape: list[int], codec: str, params: dict[str, object], **fields: object) -> bytes:
+    """A one-tensor skill whose tensor ``layer.weight`` is stored by ``codec`` with ``params`` as given."""
+    tensors = {"layer.weight": (blob, shape)}
+    manifest = _manifest(tensors, **fields)
+    entry = manifest["tensors"]["layer.weight"]  # type: ignore[index]
+    entry.update(codec=codec, params=params)
+    return skill(tensors, manifest=manifest)
+
+
+def _decode_bombs() -> dict[str, bytes]:
+    """Tiny blobs declaring huge tensors (issue 18, class 1): refused by the decode budget or zstd's ratio.
+
+    Before that issue the registry expanded the first two to their declared 4 TiB.
+    """
+    huge = [2**20, 2**20]
+    return {
+        "sparse-empty-huge-shape.tvskill": coded(
+            b"", huge, "sparse", {"k": 0, "values": "bf16", "index": "delta", "index_bytes": 0}
+        ),
+        "lowrank-rank-0-huge-shape.tvskill": coded(b"", huge, "lowrank", {"rank": 0, "planes": "exp"}),
+        "int8-huge-shape.tvskill": coded(
+            _lying_frame(2**40 * 2, 1000), huge, "int8", {"group": 1, "scales": "fp16"}
+        ),
+        "exact-bitmap-past-zstd-ratio.tvskill": coded(
+            _lying_frame(2**23, 2**20), [2**26], "exact", {"zeros": "bitmap", "planes": "exp", "nnz": [0]}
+        ),
+        "sparse-bitmap-past-zstd-ratio.tvskill": coded(
+            _lying_frame(2**23, 2**20), [2**26], "sparse", {"k": 0, "values": "bf16", "index": "bitmap"}
+        ),
+        "sparse-hash-count-impossible.tvskill": coded(
+            b"", [2**28], "sparse", {"k": 0, "values": "bf16", "index": "hash", "seed": 0, "threshold": 2**31}
+        ),
+    }
+
+
 def _with_length(data: bytes, length: int) -> bytes:
     return struct.pack("<Q", length) + data[8:]
 
@@ -210,6 +245,7 @@ def cases() -> dict[str, bytes]:
         "tensor-name-dot-dot.tvskill": skill({"../../evil": (blob, [2, 2])}),
         "tensor-name-nul.tvskill": skill({"a\u0000b": (blob, [2, 2])}),
     }
+    out.update(_decode_bombs())
     # A pickle that would create a marker file if anything ever unpickled it.
     marker = "tvreg-pickle-was-loaded"
     payload = pickle.dumps(_Marker(marker), protocol=2)
