@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from .auth import Principal, authenticate
 from .context import Context
 from .errors import Unauthenticated
+from .gate import PRINCIPAL_KEY
 from .readcache import read_generation, read_generation_and_failure
 
 
@@ -36,6 +37,20 @@ def client_address(request: Request) -> str:
 def _principal(
     ctx: Context, request: Request, session: Session, generation: int | None = None, *, checked: bool = False
 ) -> Principal | None:
+    return resolve(
+        ctx, request.headers.get("authorization"), client_address(request), session, generation, checked=checked
+    )
+
+
+def resolve(
+    ctx: Context,
+    authorization: str | None,
+    address: str,
+    session: Session,
+    generation: int | None = None,
+    *,
+    checked: bool = False,
+) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
     An address with too many failed tokens gets 429 before its token is even looked
@@ -43,10 +58,8 @@ def _principal(
     already resolved in that generation is not looked up again (an expired one still
     is, to answer 401).
     """
-    authorization = request.headers.get("authorization")
     if not authorization:
         return None
-    address = client_address(request)
     if not checked:
         ctx.auth_failures.check(session, address)
     key = hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
@@ -65,7 +78,13 @@ def _principal(
 
 
 def get_principal(request: Request) -> Principal | None:
-    """The caller of a write, resolved in its own short transaction (see the module docstring)."""
+    """The caller of a write, resolved in its own short transaction (see the module docstring).
+
+    A request with a body was already authenticated by :class:`~registry_server.gate.Gate`
+    before its body was read; that answer is reused.
+    """
+    if PRINCIPAL_KEY in request.scope:
+        return request.scope[PRINCIPAL_KEY]
     ctx: Context = request.app.state.context
     if not request.headers.get("authorization"):
         return None
@@ -107,6 +126,16 @@ def reading(ctx: Context, request: Request) -> Iterator[Read]:
         else:
             generation = read_generation(s)
         yield Read(ctx, s, _principal(ctx, request, s, generation, checked=True), generation)
+
+
+def gate_resolver(ctx: Context) -> Callable[[str, str], Principal | None]:
+    """The caller lookup :class:`~registry_server.gate.Gate` runs before a body is read."""
+
+    def run(authorization: str, address: str) -> Principal | None:
+        with ctx.sessions() as s:
+            return resolve(ctx, authorization, address, s)
+
+    return run
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
