@@ -38,6 +38,7 @@ from .auth import Principal, readable_namespace, require_role
 from .context import Context
 from .db import write_session
 from .errors import ApiError, Conflict, InvalidArtifact, SizeMismatch
+from .fields import check_manifest
 from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
 from .names import check_name, check_tag, check_version, is_prerelease, semver_key, ultranormalize
 from .schemas import version_out
@@ -109,6 +110,7 @@ def publish(
     try:
         path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
         manifest = _read_manifest(path, label)
+        check_manifest(manifest, label)
         if (manifest["name"], manifest["version"]) != (name, version):
             raise InvalidArtifact(
                 f"the artifact is `{manifest['name']}@{manifest['version']}` according to its manifest, "

@@ -34,6 +34,7 @@ from ..context import Context
 from ..db import write_session
 from ..deps import ContextDep, PrincipalDep, reading
 from ..errors import BadRequest, NotFound, ServerFault
+from ..fields import MAX_PAGE, MAX_YANK_REASON, check_query, check_text
 from ..models import DistTag, Namespace, Skill, Version
 from ..names import check_tag, semver_key
 from ..publish import move_tag, publish
@@ -192,10 +193,13 @@ def search(
     base: str | None = None,
     tag: str | None = None,
     namespace: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
 ) -> Response:
     """Skills the caller can read, filtered by text, base fingerprint, dist-tag and namespace."""
+    q = check_query(q, field="q")
+    tag = check_query(tag, field="tag")
+    namespace = check_query(namespace, field="namespace")
     if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
         raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base!r}.")
     with reading(ctx, request) as r:
@@ -414,7 +418,8 @@ def yank(
     principal: PrincipalDep,
 ) -> dict:
     """Mark a version yanked: ranges skip it, exact pins still install it (with the reason)."""
-    return _yank(ctx, principal, namespace, name, version, yanked=True, reason=body.reason or None)
+    reason = check_text(body.reason, field="reason", limit=MAX_YANK_REASON, allow_newlines=True)
+    return _yank(ctx, principal, namespace, name, version, yanked=True, reason=reason or None)
 
 
 @router.delete(
