@@ -23,7 +23,7 @@ from .auth import Principal, authenticate
 from .context import Context
 from .errors import Unauthenticated
 from .gate import PRINCIPAL_KEY
-from .readcache import read_generation, read_generation_and_failure
+from .readcache import read_generation
 
 
 async def get_context(request: Request) -> Context:
@@ -53,15 +53,14 @@ def resolve(
 ) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
-    An address with too many failed tokens gets 429 before its token is even looked
-    up (``checked``: the caller did that already). With a ``generation``, a token
+    A bad token is counted by the failed-token limiter, which answers 429 instead once
+    its address, network or the registry is over a ceiling; a valid token always passes
+    (``checked`` is kept for callers and ignored). With a ``generation``, a token
     already resolved in that generation is not looked up again (an expired one still
     is, to answer 401).
     """
     if not authorization:
         return None
-    if not checked:
-        ctx.auth_failures.check(session, address)
     key = hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
     if generation is not None:
         known = ctx.read_cache.token(generation, key)
@@ -70,7 +69,7 @@ def resolve(
     try:
         principal = authenticate(session, authorization)
     except Unauthenticated:
-        ctx.auth_failures.failed(ctx.sessions, address)
+        ctx.auth_failures.failed(ctx.sessions, address)  # 429 instead once a ceiling is reached
         raise
     if generation is not None and principal is not None:
         ctx.read_cache.keep_token(generation, key, principal)
@@ -119,12 +118,7 @@ class Read:
 def reading(ctx: Context, request: Request) -> Iterator[Read]:
     """A :class:`Read` for this request: one session from the generation to the answer."""
     with ctx.sessions() as s:
-        if request.headers.get("authorization"):
-            address = client_address(request)
-            generation, nth_failure = read_generation_and_failure(s, address, ctx.auth_failures.limit)
-            ctx.auth_failures.check_at(nth_failure, address)
-        else:
-            generation = read_generation(s)
+        generation = read_generation(s)
         yield Read(ctx, s, _principal(ctx, request, s, generation, checked=True), generation)
 
 
