@@ -202,3 +202,73 @@ def collect_garbage(ctx: Context, *, grace_seconds: float) -> Collected:
             )
             s.commit()
     return Collected(blobs, staged)
+
+
+def remove_member(ctx: Context, team_name: str, user_name: str) -> None:
+    """Take ``user_name`` out of ``team_name``; effective for the next request on every replica.
+
+    The membership row's deletion bumps the registry generation (migration 0004's
+    triggers), so cached reads and cached token lookups of every replica are dropped,
+    and writes resolve roles afresh anyway. A personal team keeps its owner.
+    """
+    with write_session(ctx.sessions) as s:
+        team, user = _team(s, team_name), _user(s, user_name)
+        if team.personal and team.name == user.name:
+            raise Conflict(f"`{user_name}` owns the personal team `{team_name}` and cannot leave it.")
+        row = s.scalars(
+            select(Membership).where(Membership.team_id == team.id, Membership.user_id == user.id)
+        ).first()
+        if row is None:
+            raise NotFound(f"user `{user_name}` is not a member of team `{team_name}`.")
+        s.delete(row)
+        audit.record(s, actor=audit.CLI_ACTOR, action="member.remove", target=team_name, user=user_name)
+        s.commit()
+
+
+def list_users(ctx: Context) -> list[dict]:
+    with ctx.sessions() as s:
+        users = s.scalars(select(User).order_by(User.name)).all()
+        return [{"name": u.name, "created_at": u.created_at.isoformat()} for u in users]
+
+
+def list_teams(ctx: Context) -> list[dict]:
+    with ctx.sessions() as s:
+        rows = s.execute(
+            select(Team.name, Team.personal, Namespace.private)
+            .join(Namespace, Namespace.team_id == Team.id, isouter=True)
+            .order_by(Team.name)
+        ).all()
+        return [{"name": n, "personal": bool(p), "private": bool(pr)} for n, p, pr in rows]
+
+
+def list_members(ctx: Context, team_name: str) -> list[dict]:
+    with ctx.sessions() as s:
+        team = _team(s, team_name)
+        rows = s.execute(
+            select(User.name, Membership.role)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.team_id == team.id)
+            .order_by(User.name)
+        ).all()
+        return [{"user": u, "role": r} for u, r in rows]
+
+
+def list_tokens(ctx: Context, user_name: str) -> list[dict]:
+    """``user_name``'s tokens (never their secrets: only names, roles and dates are stored)."""
+    with ctx.sessions() as s:
+        user = _user(s, user_name)
+        rows = s.scalars(select(Token).where(Token.user_id == user.id).order_by(Token.created_at)).all()
+        now = utcnow()
+        out = []
+        for t in rows:
+            state = "revoked" if t.revoked_at else "expired" if t.expires_at and t.expires_at <= now else "live"
+            out.append(
+                {
+                    "name": t.name,
+                    "role": t.scope,
+                    "state": state,
+                    "created_at": t.created_at.isoformat(),
+                    "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                }
+            )
+        return out

@@ -7,7 +7,9 @@
                  [--auth-failure-limit N] [--database-timeout S] [--forwarded-allow-ips IPS]
     tvreg-server db upgrade [--revision REV]        tvreg-server db current
     tvreg-server admin create-user NAME             tvreg-server admin create-team TEAM [--private]
-    tvreg-server admin add-member TEAM USER --role read|write|admin
+    tvreg-server admin add-member TEAM USER --role read|write|admin   tvreg-server admin remove-member TEAM USER
+    tvreg-server admin list-users|list-teams [--format json]
+    tvreg-server admin list-members TEAM [--format json]    tvreg-server admin list-tokens USER [--format json]
     tvreg-server admin create-token USER [--name N] [--expires-days D] [--role R]
     tvreg-server admin revoke-token USER --name N   tvreg-server admin gc [--grace-hours H] [--blob-url URL]
 
@@ -338,6 +340,76 @@ def add_member(team: str, user: str, role: str, data_dir: str | None, database_u
 
     _admin(data_dir, database_url, lambda ctx: add(ctx, team, user, role))
     click.echo(f"`{user}` is now `{role}` on team `{team}`", err=True)
+
+
+@admin.command("remove-member")
+@click.argument("team")
+@click.argument("user")
+@_db_options
+def remove_member(team: str, user: str, data_dir: str | None, database_url: str | None) -> None:
+    """Take USER out of TEAM; effective at the next request on every replica."""
+    from .admin import remove_member as remove
+
+    _admin(data_dir, database_url, lambda ctx: remove(ctx, team, user))
+    click.echo(f"`{user}` is no longer a member of team `{team}`", err=True)
+
+
+def _listing(rows: list[dict], fmt: str, columns: list[str]) -> None:
+    import json
+
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    widths = [max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+
+
+@admin.command("list-users")
+@_FORMAT
+@_db_options
+def list_users(fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """Every user."""
+    from .admin import list_users as run
+
+    _listing(_admin(data_dir, database_url, run), fmt, ["name", "created_at"])
+
+
+@admin.command("list-teams")
+@_FORMAT
+@_db_options
+def list_teams(fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """Every team, whether it is personal and whether its namespace is private."""
+    from .admin import list_teams as run
+
+    _listing(_admin(data_dir, database_url, run), fmt, ["name", "personal", "private"])
+
+
+@admin.command("list-members")
+@click.argument("team")
+@_FORMAT
+@_db_options
+def list_members(team: str, fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """TEAM's members and their roles."""
+    from .admin import list_members as run
+
+    _listing(_admin(data_dir, database_url, lambda ctx: run(ctx, team)), fmt, ["user", "role"])
+
+
+@admin.command("list-tokens")
+@click.argument("user")
+@_FORMAT
+@_db_options
+def list_tokens(user: str, fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """USER's tokens: name, role, state and dates (never the secret, which is not stored)."""
+    from .admin import list_tokens as run
+
+    rows = _admin(data_dir, database_url, lambda ctx: run(ctx, user))
+    _listing(rows, fmt, ["name", "role", "state", "created_at", "expires_at"])
 
 
 @admin.command("create-token")
