@@ -182,6 +182,27 @@ def cli() -> None:
     metavar="SECONDS",
     help="Longest a PostgreSQL statement may take, also when the database is frozen (503 beyond).  [default: 30]",
 )
+@click.option(
+    "--max-open-uploads",
+    type=click.IntRange(min=1),
+    envvar="TVREG_MAX_OPEN_UPLOADS",
+    metavar="N",
+    help="Open upload sessions one user may hold (429 beyond).  [default: 16]",
+)
+@click.option(
+    "--upload-expiry",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TVREG_UPLOAD_EXPIRY",
+    metavar="SECONDS",
+    help="An open upload idle this long expires and its bytes are dropped.  [default: 86400]",
+)
+@click.option(
+    "--namespace-quota",
+    type=click.IntRange(min=1),
+    envvar="TVREG_NAMESPACE_QUOTA",
+    metavar="BYTES",
+    help="Bytes of artifacts and sketches one namespace may hold (507 quota_exceeded beyond).  [default: none]",
+)
 @_store_options
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
@@ -197,6 +218,9 @@ def serve(
     auth_failure_limit: int | None,
     forwarded_allow_ips: str,
     database_timeout: float | None,
+    max_open_uploads: int | None,
+    upload_expiry: float | None,
+    namespace_quota: int | None,
     blob_url: str | None,
     blob_options: dict[str, Any],
     log_level: str,
@@ -215,6 +239,9 @@ def serve(
             keep_alive_timeout=keep_alive_timeout,
             auth_failure_limit=auth_failure_limit,
             database_timeout=database_timeout,
+            max_open_uploads=max_open_uploads,
+            upload_expiry=upload_expiry,
+            namespace_quota=namespace_quota,
         )
     )
     from .app import create_app

@@ -19,6 +19,7 @@ The tree::
     ├── ServerFault             500 internal: the registry's own data is inconsistent
     ├── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
     └── InsufficientStorage     507 insufficient_storage: the registry's disk is full (``Retry-After``)
+        └── QuotaExceeded       507 quota_exceeded: the namespace's storage quota (``limit``, ``used``)
 
 Why one module: routes raise these and never build responses by hand, so every
 non-2xx body has the shape ``{"error": {"code", "message"}}`` that docs/registry-api.md
@@ -148,7 +149,7 @@ class TooLarge(ApiError):
 
 
 class TooManyRequests(ApiError):
-    """The caller sent too many failed authentications; ``Retry-After`` says when to retry."""
+    """Too many failed authentications, or open uploads; ``Retry-After`` says when to retry."""
 
     status = 429
     code = "too_many_requests"
@@ -183,6 +184,17 @@ class InsufficientStorage(ApiError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(InsufficientStorage):
+    """A namespace's storage quota would be exceeded: 507 without ``Retry-After`` (waiting does not help)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, limit: int, used: int) -> None:
+        ApiError.__init__(self, message, extra={"limit": limit, "used": used})
+        self.limit = limit
+        self.used = used
+
+
 class SchemaOutdated(Exception):
     """The database schema is not at this server's migration head; not an HTTP answer.
 
@@ -201,6 +213,7 @@ __all__ = [
     "InvalidSketch",
     "NoSketch",
     "NotFound",
+    "QuotaExceeded",
     "RequestTimeout",
     "SchemaOutdated",
     "ServerFault",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -37,7 +37,7 @@ from . import audit, uploads
 from .auth import Principal, readable_namespace, require_role
 from .context import Context
 from .db import write_session
-from .errors import ApiError, Conflict, InvalidArtifact, SizeMismatch
+from .errors import ApiError, Conflict, InvalidArtifact, QuotaExceeded, SizeMismatch
 from .fields import check_manifest
 from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
 from .names import check_name, check_tag, check_version, is_prerelease, semver_key, ultranormalize
@@ -253,6 +253,28 @@ def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | No
     return tag == "latest"
 
 
+def _check_quota(ctx: Context, s: Session, ns: Namespace, size: int) -> None:
+    """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota."""
+    quota = ctx.settings.namespace_quota
+    if quota is None:
+        return
+    used = int(  # PostgreSQL sums BIGINT as NUMERIC
+        s.scalar(
+            select(func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0))
+            .join(Skill, Version.skill_id == Skill.id)
+            .where(Skill.namespace_id == ns.id)
+        )
+        or 0
+    )
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"namespace `{ns.name}` holds {used} bytes; this artifact's {size} would pass its quota of "
+            f"{quota} bytes. The upload is kept: publish it once an administrator raises the quota.",
+            limit=quota,
+            used=used,
+        )
+
+
 def _commit(
     ctx: Context,
     principal: Principal,
@@ -265,7 +287,9 @@ def _commit(
     label: str,
 ) -> Published:
     with write_session(ctx.sessions) as s:
-        ns = s.get_one(Namespace, ns_id)
+        # The namespace row lock serialises its publishes, so the quota cannot be overshot by a race.
+        ns = s.get_one(Namespace, ns_id, with_for_update=True)
+        _check_quota(ctx, s, ns, up.size)
         description = manifest.get("description") or ""
         skill, created = _get_or_create_skill(s, ns, name, description)
         existing = s.scalars(
