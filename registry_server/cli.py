@@ -183,6 +183,23 @@ def cli() -> None:
     help="Longest a PostgreSQL statement may take, also when the database is frozen (503 beyond).  [default: 30]",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(min=8),
+    envvar="TVREG_MAX_CONNECTIONS",
+    metavar="N",
+    help="Open connections in all; the last 1/16 (at least 4) only serve /health (503 beyond).  "
+    "[default: 4096, or the open-file limit less 128]",
+)
+@click.option(
+    "--max-connections-per-client",
+    type=click.IntRange(min=1),
+    envvar="TVREG_MAX_CONNECTIONS_PER_CLIENT",
+    metavar="N",
+    default=64,
+    show_default=True,
+    help="Open connections one client address may hold (trusted proxies exempt; 503 beyond).",
+)
+@click.option(
     "--max-open-uploads",
     type=click.IntRange(min=1),
     envvar="TVREG_MAX_OPEN_UPLOADS",
@@ -218,6 +235,8 @@ def serve(
     auth_failure_limit: int | None,
     forwarded_allow_ips: str,
     database_timeout: float | None,
+    max_connections: int | None,
+    max_connections_per_client: int,
     max_open_uploads: int | None,
     upload_expiry: float | None,
     namespace_quota: int | None,
@@ -245,7 +264,7 @@ def serve(
         )
     )
     from .app import create_app
-    from .limits import timed_h11_protocol
+    from .limits import raise_file_limit, timed_h11_protocol
     from .uploads import drop_dead_leases, instance_prefix
 
     ctx.instance = instance_prefix(host, port)
@@ -258,13 +277,24 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(ctx)
     settings = ctx.settings
+    files = raise_file_limit()
+    if max_connections is None:
+        max_connections = max(8, min(4096, files - 128))
+    trusted = frozenset(a.strip() for a in forwarded_allow_ips.split(",") if a.strip())
+    protocol = timed_h11_protocol(
+        settings.request_timeout,
+        max_connections=max_connections,
+        per_client=max_connections_per_client,
+        reserve=max(4, max_connections // 16),
+        exempt=trusted,
+    )
     try:
         uvicorn.run(
             app,
             host=host,
             port=port,
             log_level=log_level,
-            http=timed_h11_protocol(settings.request_timeout),
+            http=protocol,
             timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
             # uvicorn trusts X-Forwarded-For from loopback by default; here only named proxies.
             proxy_headers=bool(forwarded_allow_ips.strip()),
