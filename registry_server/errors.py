@@ -15,6 +15,7 @@ The tree::
     ├── RequestTimeout          408 request_timeout: the client sent its request too slowly
     ├── Conflict                409 conflict: immutability, name collisions, upload offsets
     ├── TooLarge                413 too_large: names the limit
+    ├── RangeNotSatisfiable     416 range_not_satisfiable: a Range past the end (``Content-Range``)
     ├── TooManyRequests         429 too_many_requests: failed-token throttling (``Retry-After``)
     ├── ServerFault             500 internal: the registry's own data is inconsistent
     ├── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
@@ -148,6 +149,17 @@ class TooLarge(ApiError):
         self.limit = limit
 
 
+class RangeNotSatisfiable(ApiError):
+    """A ``Range`` that starts past the end of the blob; ``Content-Range`` names its size."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, headers={"Content-Range": f"bytes */{size}"}, extra={"size": size})
+        self.size = size
+
+
 class TooManyRequests(ApiError):
     """Too many failed authentications, or open uploads; ``Retry-After`` says when to retry."""
 
@@ -214,6 +226,7 @@ __all__ = [
     "NoSketch",
     "NotFound",
     "QuotaExceeded",
+    "RangeNotSatisfiable",
     "RequestTimeout",
     "SchemaOutdated",
     "ServerFault",

@@ -32,7 +32,7 @@ def test_guessing_tokens_is_throttled_with_429_and_retry_after(registry, api):
     assert "too many failed authentications from 127.0.0.1" in r.json()["error"]["message"]
     assert 0 < int(r.headers["retry-after"]) <= 60
     # A valid token behind the throttled address still passes (a NAT, a proxy, a CI host:
-    # row 43); anonymous reads go on.
+    # row 41); anonymous reads go on.
     with api.client(good) as c:
         assert c.get("/whoami").status_code == 200
     with api.client() as c:

@@ -1,6 +1,6 @@
 """Values the database cannot hold are 400s before it sees them, and a refused publish leaves nothing.
 
-Issue #18, class 10 (docs/reliability.md row 41) and the field limits of class 2 (row 31):
+Issue #18, class 10 (docs/reliability.md row 39) and the field limits of class 2 (row 31):
 ``page=10^20``, ``q=%00``, a ``dataset_size`` of 2^70 and NaN in the manifest answered 500
 (on PostgreSQL; NaN after the version was committed). Both backends, a live server, peak
 RSS of the server bounded, and no version, skill or blob visible after a refusal.

@@ -1,6 +1,6 @@
 """Connection caps: idle sockets from one client, or many, never keep health checks out.
 
-Issue #18, class 4 (docs/reliability.md row 34): 1,100 idle sockets from one client made
+Issue #18, class 4 (docs/reliability.md row 33): 1,100 idle sockets from one client made
 ``/health`` time out for everyone. A live server with small caps; raw idle sockets from
 loopback source addresses; the answers, the server's open connections and its peak RSS.
 """

@@ -1,6 +1,6 @@
 """Taking someone out of a team works at once, cached reads included; admins can list accounts.
 
-Issue #18, class 7 (docs/reliability.md row 37): there was no way to remove a member.
+Issue #18, class 7 (docs/reliability.md row 36): there was no way to remove a member.
 A live server (both backends) serves a private team's skill from its read cache; after
 ``admin remove-member`` and after a role change, the very next requests of the removed
 or demoted user are refused, and the listings show the change.

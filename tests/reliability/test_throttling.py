@@ -1,6 +1,6 @@
 """Failed-token throttling lets valid tokens through and holds per network and in total.
 
-Issue #18, class 12 (docs/reliability.md row 43): twenty bad tokens from one address
+Issue #18, class 12 (docs/reliability.md row 41): twenty bad tokens from one address
 locked out every valid user behind it, and rotating source addresses bypassed the limit
 (each failure a database write). Real sockets from many loopback source addresses
 (Linux routes all of 127.0.0.0/8 to lo), a live server, its peak RSS, and the number
