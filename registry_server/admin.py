@@ -261,7 +261,9 @@ def list_tokens(ctx: Context, user_name: str) -> list[dict]:
         now = utcnow()
         out = []
         for t in rows:
-            state = "revoked" if t.revoked_at else "expired" if t.expires_at and t.expires_at <= now else "live"
+            state = (
+                "revoked" if t.revoked_at else "expired" if t.expires_at and t.expires_at <= now else "live"
+            )
             out.append(
                 {
                     "name": t.name,
@@ -272,3 +274,71 @@ def list_tokens(ctx: Context, user_name: str) -> list[dict]:
                 }
             )
         return out
+
+
+def set_quota(
+    ctx: Context,
+    *,
+    namespace: str | None = None,
+    storage: int | None = None,
+    user: str | None = None,
+    open_uploads: int | None = None,
+) -> None:
+    """Set a namespace's storage quota and/or a user's open-upload limit; 0 goes back to the default."""
+    with write_session(ctx.sessions) as s:
+        if namespace is not None:
+            ns = s.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if ns is None:
+                raise NotFound(f"namespace `{namespace}` does not exist.")
+            ns.storage_quota = storage or None
+            audit.record(s, actor=audit.CLI_ACTOR, action="quota.set", target=namespace, storage=storage)
+        if user is not None:
+            row = _user(s, user)
+            row.max_open_uploads = open_uploads or None
+            audit.record(s, actor=audit.CLI_ACTOR, action="quota.set", target=user, open_uploads=open_uploads)
+        s.commit()
+
+
+def show_quota(ctx: Context, *, namespace: str | None = None, user: str | None = None) -> dict:
+    """What a namespace holds against its quota, and/or a user's open uploads against their limit."""
+    from sqlalchemy import func
+
+    from .models import Skill
+
+    out: dict = {}
+    with ctx.sessions() as s:
+        if namespace is not None:
+            ns = s.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if ns is None:
+                raise NotFound(f"namespace `{namespace}` does not exist.")
+            used = s.scalar(
+                select(
+                    func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0)
+                )
+                .join(Skill, Version.skill_id == Skill.id)
+                .where(Skill.namespace_id == ns.id)
+            )
+            limit = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
+            out["namespace"] = {
+                "name": namespace,
+                "used_bytes": int(used or 0),
+                "quota_bytes": limit,
+                "default": ns.storage_quota is None,
+            }
+        if user is not None:
+            row = _user(s, user)
+            held = s.scalar(
+                select(func.count())
+                .select_from(Upload)
+                .where(Upload.user_id == row.id, Upload.state == "open")
+            )
+            limit = (
+                row.max_open_uploads if row.max_open_uploads is not None else ctx.settings.max_open_uploads
+            )
+            out["user"] = {
+                "name": user,
+                "open_uploads": int(held or 0),
+                "max_open_uploads": limit,
+                "default": row.max_open_uploads is None,
+            }
+    return out

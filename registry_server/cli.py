@@ -423,7 +423,9 @@ def _listing(rows: list[dict], fmt: str, columns: list[str]) -> None:
         click.echo("  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
 
 
-_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 
 
 @admin.command("list-users")
@@ -467,6 +469,72 @@ def list_tokens(user: str, fmt: str, data_dir: str | None, database_url: str | N
 
     rows = _admin(data_dir, database_url, lambda ctx: run(ctx, user))
     _listing(rows, fmt, ["name", "role", "state", "created_at", "expires_at"])
+
+
+@admin.command("set-quota")
+@click.option("--namespace", metavar="NS", help="The namespace whose storage quota to set.")
+@click.option("--storage-bytes", type=click.IntRange(min=0), help="Bytes NS may hold; 0: the server default.")
+@click.option("--user", metavar="USER", help="The user whose open-upload limit to set.")
+@click.option(
+    "--open-uploads", type=click.IntRange(min=0), help="Open uploads USER may hold; 0: the default."
+)
+@_db_options
+def set_quota(
+    namespace: str | None,
+    storage_bytes: int | None,
+    user: str | None,
+    open_uploads: int | None,
+    data_dir: str | None,
+    database_url: str | None,
+) -> None:
+    """Set a namespace's storage quota and/or a user's open-upload limit (effective at once)."""
+    from .admin import set_quota as run
+
+    if (
+        (namespace is None) != (storage_bytes is None)
+        or (user is None) != (open_uploads is None)
+        or not (namespace or user)
+    ):
+        raise _Failure("give --namespace with --storage-bytes, and/or --user with --open-uploads.")
+    _admin(
+        data_dir,
+        database_url,
+        lambda ctx: run(
+            ctx, namespace=namespace, storage=storage_bytes, user=user, open_uploads=open_uploads
+        ),
+    )
+    click.echo("quota set", err=True)
+
+
+@admin.command("show-quota")
+@click.option("--namespace", metavar="NS")
+@click.option("--user", metavar="USER")
+@click.option("--namespace-quota", type=click.IntRange(min=1), envvar="TVREG_NAMESPACE_QUOTA", hidden=True)
+@click.option("--max-open-uploads", type=click.IntRange(min=1), envvar="TVREG_MAX_OPEN_UPLOADS", hidden=True)
+@_db_options
+def show_quota(
+    namespace: str | None,
+    user: str | None,
+    namespace_quota: int | None,
+    max_open_uploads: int | None,
+    data_dir: str | None,
+    database_url: str | None,
+) -> None:
+    """Print (JSON) what NS holds against its quota and/or USER's open uploads against their limit."""
+    import json
+
+    from .admin import show_quota as run
+
+    if not (namespace or user):
+        raise _Failure("give --namespace and/or --user.")
+    shown = _admin(
+        data_dir,
+        database_url,
+        lambda ctx: run(ctx, namespace=namespace, user=user),
+        namespace_quota=namespace_quota,
+        max_open_uploads=max_open_uploads,
+    )
+    click.echo(json.dumps(shown, indent=2))
 
 
 @admin.command("create-token")

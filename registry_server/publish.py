@@ -255,7 +255,7 @@ def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | No
 
 def _check_quota(ctx: Context, s: Session, ns: Namespace, size: int) -> None:
     """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota."""
-    quota = ctx.settings.namespace_quota
+    quota = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
     if quota is None:
         return
     used = int(  # PostgreSQL sums BIGINT as NUMERIC

@@ -110,13 +110,15 @@ def create(ctx: Context, principal: Principal | None, *, size: int, digest: str)
     _expire(ctx, principal.user_id)
     with write_session(ctx.sessions) as s:
         # Counted under the user's row lock (SQLite: the write lock), so concurrent creations cannot overshoot.
-        s.execute(select(User.id).where(User.id == principal.user_id).with_for_update())
+        own_limit = s.scalar(
+            select(User.max_open_uploads).where(User.id == principal.user_id).with_for_update()
+        )
         held = s.scalar(
             select(func.count())
             .select_from(Upload)
             .where(Upload.user_id == principal.user_id, Upload.state == "open")
         )
-        limit = ctx.settings.max_open_uploads
+        limit = own_limit if own_limit is not None else ctx.settings.max_open_uploads
         if held >= limit:
             wait = max(1, int(ctx.settings.upload_expiry))
             raise TooManyRequests(

@@ -64,3 +64,28 @@ def test_a_publish_past_the_namespace_quota_is_507_and_nothing_is_visible(regist
     assert registry.sql("SELECT count(*) FROM versions") == [(1,)]
     assert len(registry.blob_files()) == 1
     assert peak_rss(registry.proc.pid) - start < 32 * MIB
+
+
+def test_admin_sets_and_shows_quotas_effective_at_once(registry, api, server_artifacts):
+    import json
+
+    token = registry.make_user("alice")
+    first = server_artifacts.make("science", "1.0.0")
+    registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", str(len(first) + 10))
+    registry.admin("set-quota", "--user", "alice", "--open-uploads", "2")
+    assert api.publish(token, "alice/science", "1.0.0", first).status_code == 201
+    with api.client(token) as c:
+        assert [_create(c).status_code for _ in range(3)] == [201, 201, 429]
+    shown = json.loads(registry.admin("show-quota", "--namespace", "alice", "--user", "alice"))
+    assert shown["namespace"] == {
+        "name": "alice", "used_bytes": len(first), "quota_bytes": len(first) + 10, "default": False
+    }
+    assert shown["user"] == {"name": "alice", "open_uploads": 2, "max_open_uploads": 2, "default": False}
+    registry.admin("set-quota", "--user", "alice", "--open-uploads", "0")  # back to the default (16)
+    with api.client(token) as c:
+        assert _create(c, 1).status_code == 201
+    data = server_artifacts.make("science", "1.0.1")
+    r = api.publish(token, "alice/science", "1.0.1", data)
+    assert r.status_code == 507 and r.json()["error"]["limit"] == len(first) + 10
+    registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", "0")  # no quota by default
+    assert api.publish(token, "alice/science", "1.0.2", server_artifacts.make("science", "1.0.2")).status_code == 201
