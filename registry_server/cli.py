@@ -10,6 +10,8 @@
     tvreg-server admin add-member TEAM USER --role read|write|admin   tvreg-server admin remove-member TEAM USER
     tvreg-server admin list-users|list-teams [--format json]
     tvreg-server admin list-members TEAM [--format json]    tvreg-server admin list-tokens USER [--format json]
+    tvreg-server admin set-quota [--namespace NS --storage-bytes N] [--user USER --open-uploads N]
+    tvreg-server admin show-quota [--namespace NS] [--user USER]
     tvreg-server admin create-token USER [--name N] [--expires-days D] [--role R]
     tvreg-server admin revoke-token USER --name N   tvreg-server admin gc [--grace-hours H] [--blob-url URL]
 
