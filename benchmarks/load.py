@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -48,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -365,6 +367,125 @@ def run_phase(
     }
 
 
+class Abuse:
+    """Hostile traffic beside a phase (issue #18): idle sockets, trickled bodies, bad tokens.
+
+    Every attacker uses its own loopback source address (Linux routes 127.0.0.0/8 to lo),
+    apart from the normal clients' 127.0.0.1: idle sockets from 127.0.7.x held open and
+    re-opened when the server closes them, anonymous ``PUT .../sketch`` bodies announcing
+    64 MiB and trickled a byte a second, and bad tokens from ever new addresses in
+    127.8.0.0/16 and 127.9.0.0/16 (rotating over 512 networks).
+    """
+
+    def __init__(self, urls: list[str], *, idle: int = 200, trickles: int = 20, guessers: int = 4) -> None:
+        self.ports = [int(u.rsplit(":", 1)[1]) for u in urls]
+        self.stop = threading.Event()
+        self.counts = {"idle_opened": 0, "trickles": 0, "bad_tokens": 0, "bad_token_429": 0}
+        self.threads = [threading.Thread(target=self._idle, args=(i,), daemon=True) for i in range(idle // 50)]
+        self.threads += [threading.Thread(target=self._trickle, args=(i,), daemon=True) for i in range(trickles)]
+        self.threads += [threading.Thread(target=self._guess, args=(i,), daemon=True) for i in range(guessers)]
+
+    def __enter__(self) -> Abuse:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+    def _connect(self, n: int, source: str) -> socket.socket | None:
+        try:
+            return socket.create_connection(
+                ("127.0.0.1", self.ports[n % len(self.ports)]), timeout=2, source_address=(source, 0)
+            )
+        except OSError:
+            return None
+
+    def _idle(self, n: int) -> None:
+        held: list[socket.socket] = []
+        while not self.stop.is_set():
+            held = [s for s in held if s.fileno() >= 0]
+            while len(held) < 50 and not self.stop.is_set():
+                s = self._connect(n, f"127.0.7.{n % 250 + 1}")
+                if s is None:
+                    break
+                held.append(s)
+                self.counts["idle_opened"] += 1
+            self.stop.wait(1.0)
+            for s in list(held):
+                s.setblocking(False)
+                try:
+                    if s.recv(1) == b"":
+                        raise OSError
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    pass
+                s.close()
+                held.remove(s)
+        for s in held:
+            s.close()
+
+    def _trickle(self, n: int) -> None:
+        head = (
+            "PUT /api/v1/skills/load/skill0/versions/1.0.0/sketch HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {64 * MiB}\r\n\r\n"
+        ).encode()
+        while not self.stop.is_set():
+            s = self._connect(n, f"127.0.6.{n % 250 + 1}")
+            if s is None:
+                self.stop.wait(0.5)
+                continue
+            self.counts["trickles"] += 1
+            try:
+                s.sendall(head)
+                while not self.stop.is_set():
+                    s.sendall(b"\0")
+                    self.stop.wait(1.0)
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+    def _guess(self, n: int) -> None:
+        i = n
+        while not self.stop.is_set():
+            i += 4
+            s = self._connect(i, f"127.{8 + (i >> 16) % 2}.{(i >> 8) & 255}.{i & 255 or 1}")
+            if s is None:
+                continue
+            try:
+                s.sendall(
+                    b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer tvr_"
+                    + os.urandom(32).hex()[:43].encode()
+                    + b"\r\n\r\n"
+                )
+                answer = s.recv(64)
+                self.counts["bad_tokens"] += 1
+                self.counts["bad_token_429"] += answer.startswith(b"HTTP/1.1 429")
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+
+def _reset_peak(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_mib(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out.append(int(line.split()[1]) / 1024)
+    return out
+
+
 def _print_phase(result: dict) -> None:
     print(
         f"\nphase `{result['phase']}`: {result['clients']} clients, {result['wall_s']:.1f} s, "
@@ -397,6 +518,11 @@ def main() -> None:
     parser.add_argument("--artifact-mb", default="10,40,100", help="sizes of the download set, MiB")
     parser.add_argument("--phases", default="metadata,mixed")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--abuse",
+        action="store_true",
+        help="run each phase a second time beside hostile traffic (idle sockets, trickled bodies, bad tokens)",
+    )
     args = parser.parse_args()
 
     PostgresCluster, find_pg_bin = _postgres_cluster_class()
@@ -447,11 +573,22 @@ def main() -> None:
                 )
 
         results = []
+        pids = [r.proc.pid for r in replicas]
         for phase in args.phases.split(","):
-            print(f"phase `{phase}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
-            result = run_phase(phase, urls, token, args.clients, args.duration, world, meter)
-            _print_phase(result)
-            results.append(result)
+            for hostile in (False, True) if args.abuse else (False,):
+                label = f"{phase}+abuse" if hostile else phase
+                print(f"phase `{label}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
+                _reset_peak(pids)
+                abuse = Abuse(urls) if hostile else contextlib.nullcontext()
+                with abuse:
+                    result = run_phase(phase, urls, token, args.clients, args.duration, world, meter)
+                result["phase"] = label
+                result["replica_peak_rss_MiB"] = _peak_mib(pids)
+                if hostile:
+                    result["abuse"] = dict(abuse.counts)
+                _print_phase(result)
+                print(f"  replica peak RSS: {result['replica_peak_rss_MiB']} MiB; abuse: {result.get('abuse')}")
+                results.append(result)
 
         published = [v for r in results for v in r["published"]]
         with httpx.Client(base_url=urls[-1] + "/api/v1", headers=headers, timeout=60) as c:

@@ -202,3 +202,143 @@ def collect_garbage(ctx: Context, *, grace_seconds: float) -> Collected:
             )
             s.commit()
     return Collected(blobs, staged)
+
+
+def remove_member(ctx: Context, team_name: str, user_name: str) -> None:
+    """Take ``user_name`` out of ``team_name``; effective for the next request on every replica.
+
+    The membership row's deletion bumps the registry generation (migration 0004's
+    triggers), so cached reads and cached token lookups of every replica are dropped,
+    and writes resolve roles afresh anyway. A personal team keeps its owner.
+    """
+    with write_session(ctx.sessions) as s:
+        team, user = _team(s, team_name), _user(s, user_name)
+        if team.personal and team.name == user.name:
+            raise Conflict(f"`{user_name}` owns the personal team `{team_name}` and cannot leave it.")
+        row = s.scalars(
+            select(Membership).where(Membership.team_id == team.id, Membership.user_id == user.id)
+        ).first()
+        if row is None:
+            raise NotFound(f"user `{user_name}` is not a member of team `{team_name}`.")
+        s.delete(row)
+        audit.record(s, actor=audit.CLI_ACTOR, action="member.remove", target=team_name, user=user_name)
+        s.commit()
+
+
+def list_users(ctx: Context) -> list[dict]:
+    with ctx.sessions() as s:
+        users = s.scalars(select(User).order_by(User.name)).all()
+        return [{"name": u.name, "created_at": u.created_at.isoformat()} for u in users]
+
+
+def list_teams(ctx: Context) -> list[dict]:
+    with ctx.sessions() as s:
+        rows = s.execute(
+            select(Team.name, Team.personal, Namespace.private)
+            .join(Namespace, Namespace.team_id == Team.id, isouter=True)
+            .order_by(Team.name)
+        ).all()
+        return [{"name": n, "personal": bool(p), "private": bool(pr)} for n, p, pr in rows]
+
+
+def list_members(ctx: Context, team_name: str) -> list[dict]:
+    with ctx.sessions() as s:
+        team = _team(s, team_name)
+        rows = s.execute(
+            select(User.name, Membership.role)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.team_id == team.id)
+            .order_by(User.name)
+        ).all()
+        return [{"user": u, "role": r} for u, r in rows]
+
+
+def list_tokens(ctx: Context, user_name: str) -> list[dict]:
+    """``user_name``'s tokens (never their secrets: only names, roles and dates are stored)."""
+    with ctx.sessions() as s:
+        user = _user(s, user_name)
+        rows = s.scalars(select(Token).where(Token.user_id == user.id).order_by(Token.created_at)).all()
+        now = utcnow()
+        out = []
+        for t in rows:
+            state = (
+                "revoked" if t.revoked_at else "expired" if t.expires_at and t.expires_at <= now else "live"
+            )
+            out.append(
+                {
+                    "name": t.name,
+                    "role": t.scope,
+                    "state": state,
+                    "created_at": t.created_at.isoformat(),
+                    "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                }
+            )
+        return out
+
+
+def set_quota(
+    ctx: Context,
+    *,
+    namespace: str | None = None,
+    storage: int | None = None,
+    user: str | None = None,
+    open_uploads: int | None = None,
+) -> None:
+    """Set a namespace's storage quota and/or a user's open-upload limit; 0 goes back to the default."""
+    with write_session(ctx.sessions) as s:
+        if namespace is not None:
+            ns = s.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if ns is None:
+                raise NotFound(f"namespace `{namespace}` does not exist.")
+            ns.storage_quota = storage or None
+            audit.record(s, actor=audit.CLI_ACTOR, action="quota.set", target=namespace, storage=storage)
+        if user is not None:
+            row = _user(s, user)
+            row.max_open_uploads = open_uploads or None
+            audit.record(s, actor=audit.CLI_ACTOR, action="quota.set", target=user, open_uploads=open_uploads)
+        s.commit()
+
+
+def show_quota(ctx: Context, *, namespace: str | None = None, user: str | None = None) -> dict:
+    """What a namespace holds against its quota, and/or a user's open uploads against their limit."""
+    from sqlalchemy import func
+
+    from .models import Skill
+
+    out: dict = {}
+    with ctx.sessions() as s:
+        if namespace is not None:
+            ns = s.scalars(select(Namespace).where(Namespace.name == namespace)).first()
+            if ns is None:
+                raise NotFound(f"namespace `{namespace}` does not exist.")
+            used = s.scalar(
+                select(
+                    func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0)
+                )
+                .join(Skill, Version.skill_id == Skill.id)
+                .where(Skill.namespace_id == ns.id)
+            )
+            limit = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
+            out["namespace"] = {
+                "name": namespace,
+                "used_bytes": int(used or 0),
+                "quota_bytes": limit,
+                "default": ns.storage_quota is None,
+            }
+        if user is not None:
+            row = _user(s, user)
+            held = s.scalar(
+                select(func.count())
+                .select_from(Upload)
+                .where(Upload.user_id == row.id, Upload.state == "open")
+            )
+            limit = (
+                row.max_open_uploads if row.max_open_uploads is not None else ctx.settings.max_open_uploads
+            )
+            out["user"] = {
+                "name": user,
+                "open_uploads": int(held or 0),
+                "max_open_uploads": limit,
+                "default": row.max_open_uploads is None,
+            }
+    return out

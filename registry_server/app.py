@@ -20,66 +20,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .context import Context
 from .db import WORKER_THREADS, translate
-from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
-from .limits import BodyTimeout, has_body
+from .deps import gate_resolver
+from .errors import ApiError, BadRequest, NotFound, ServerFault
+from .gate import Gate
+from .limits import BodyTimeout
 from .routes import meta, sketches, skills, uploads
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
-MAX_JSON_BODY = 1024 * 1024
-MAX_SKETCH_BODY = 64 * 1024 * 1024
-
-
-class _BodyLimit:
-    """Refuse request bodies over :data:`MAX_JSON_BODY` except upload chunks (PATCH).
-
-    A version's sketch (``PUT .../sketch``) may be up to :data:`MAX_SKETCH_BODY`.
-
-    JSON bodies are parsed in memory, so without a bound one request could exhaust the
-    server's memory; upload chunks stream to disk under their own limit instead. The body
-    is read here up to one byte past the limit and then replayed to the application.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "PATCH" or not has_body(scope):
-            await self.app(scope, receive, send)
-            return
-        limit = MAX_SKETCH_BODY if scope["path"].endswith("/sketch") else MAX_JSON_BODY
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks = []
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > limit:
-                error = TooLarge(f"request bodies are limited to {limit} bytes.", limit=limit)
-                await _answer(error)(scope, receive, send)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
 def _answer(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
@@ -109,10 +61,12 @@ def create_app(context: Context) -> FastAPI:
         description="Publish, search and download task-vector skills. See docs/registry-api.md.",
     )
     app.state.context = context
-    app.add_middleware(_BodyLimit)
-    # Outermost, so the JSON body limit's reads are timed too.
+    routers = (meta.router, uploads.router, skills.router, sketches.router)
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(Gate, prefix=API_PREFIX, routes=routes, resolve=gate_resolver(context))
+    # Outermost, so the gate's body reads are timed too.
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
-    for router in (meta.router, uploads.router, skills.router, sketches.router):
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX)
 
     @app.exception_handler(ApiError)

@@ -7,7 +7,11 @@
                  [--auth-failure-limit N] [--database-timeout S] [--forwarded-allow-ips IPS]
     tvreg-server db upgrade [--revision REV]        tvreg-server db current
     tvreg-server admin create-user NAME             tvreg-server admin create-team TEAM [--private]
-    tvreg-server admin add-member TEAM USER --role read|write|admin
+    tvreg-server admin add-member TEAM USER --role read|write|admin   tvreg-server admin remove-member TEAM USER
+    tvreg-server admin list-users|list-teams [--format json]
+    tvreg-server admin list-members TEAM [--format json]    tvreg-server admin list-tokens USER [--format json]
+    tvreg-server admin set-quota [--namespace NS --storage-bytes N] [--user USER --open-uploads N]
+    tvreg-server admin show-quota [--namespace NS] [--user USER]
     tvreg-server admin create-token USER [--name N] [--expires-days D] [--role R]
     tvreg-server admin revoke-token USER --name N   tvreg-server admin gc [--grace-hours H] [--blob-url URL]
 
@@ -180,6 +184,44 @@ def cli() -> None:
     metavar="SECONDS",
     help="Longest a PostgreSQL statement may take, also when the database is frozen (503 beyond).  [default: 30]",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=8),
+    envvar="TVREG_MAX_CONNECTIONS",
+    metavar="N",
+    help="Open connections in all; the last 1/16 (at least 4) only serve /health (503 beyond).  "
+    "[default: 4096, or the open-file limit less 128]",
+)
+@click.option(
+    "--max-connections-per-client",
+    type=click.IntRange(min=1),
+    envvar="TVREG_MAX_CONNECTIONS_PER_CLIENT",
+    metavar="N",
+    default=64,
+    show_default=True,
+    help="Open connections one client address may hold (trusted proxies exempt; 503 beyond).",
+)
+@click.option(
+    "--max-open-uploads",
+    type=click.IntRange(min=1),
+    envvar="TVREG_MAX_OPEN_UPLOADS",
+    metavar="N",
+    help="Open upload sessions one user may hold (429 beyond).  [default: 16]",
+)
+@click.option(
+    "--upload-expiry",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TVREG_UPLOAD_EXPIRY",
+    metavar="SECONDS",
+    help="An open upload idle this long expires and its bytes are dropped.  [default: 86400]",
+)
+@click.option(
+    "--namespace-quota",
+    type=click.IntRange(min=1),
+    envvar="TVREG_NAMESPACE_QUOTA",
+    metavar="BYTES",
+    help="Bytes of artifacts and sketches one namespace may hold (507 quota_exceeded beyond).  [default: none]",
+)
 @_store_options
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
@@ -195,6 +237,11 @@ def serve(
     auth_failure_limit: int | None,
     forwarded_allow_ips: str,
     database_timeout: float | None,
+    max_connections: int | None,
+    max_connections_per_client: int,
+    max_open_uploads: int | None,
+    upload_expiry: float | None,
+    namespace_quota: int | None,
     blob_url: str | None,
     blob_options: dict[str, Any],
     log_level: str,
@@ -213,10 +260,13 @@ def serve(
             keep_alive_timeout=keep_alive_timeout,
             auth_failure_limit=auth_failure_limit,
             database_timeout=database_timeout,
+            max_open_uploads=max_open_uploads,
+            upload_expiry=upload_expiry,
+            namespace_quota=namespace_quota,
         )
     )
     from .app import create_app
-    from .limits import timed_h11_protocol
+    from .limits import raise_file_limit, timed_h11_protocol
     from .uploads import drop_dead_leases, instance_prefix
 
     ctx.instance = instance_prefix(host, port)
@@ -229,13 +279,24 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(ctx)
     settings = ctx.settings
+    files = raise_file_limit()
+    if max_connections is None:
+        max_connections = max(8, min(4096, files - 128))
+    trusted = frozenset(a.strip() for a in forwarded_allow_ips.split(",") if a.strip())
+    protocol = timed_h11_protocol(
+        settings.request_timeout,
+        max_connections=max_connections,
+        per_client=max_connections_per_client,
+        reserve=max(4, max_connections // 16),
+        exempt=trusted,
+    )
     try:
         uvicorn.run(
             app,
             host=host,
             port=port,
             log_level=log_level,
-            http=timed_h11_protocol(settings.request_timeout),
+            http=protocol,
             timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
             # uvicorn trusts X-Forwarded-For from loopback by default; here only named proxies.
             proxy_headers=bool(forwarded_allow_ips.strip()),
@@ -338,6 +399,144 @@ def add_member(team: str, user: str, role: str, data_dir: str | None, database_u
 
     _admin(data_dir, database_url, lambda ctx: add(ctx, team, user, role))
     click.echo(f"`{user}` is now `{role}` on team `{team}`", err=True)
+
+
+@admin.command("remove-member")
+@click.argument("team")
+@click.argument("user")
+@_db_options
+def remove_member(team: str, user: str, data_dir: str | None, database_url: str | None) -> None:
+    """Take USER out of TEAM; effective at the next request on every replica."""
+    from .admin import remove_member as remove
+
+    _admin(data_dir, database_url, lambda ctx: remove(ctx, team, user))
+    click.echo(f"`{user}` is no longer a member of team `{team}`", err=True)
+
+
+def _listing(rows: list[dict], fmt: str, columns: list[str]) -> None:
+    import json
+
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    widths = [max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+
+
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+@admin.command("list-users")
+@_FORMAT
+@_db_options
+def list_users(fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """Every user."""
+    from .admin import list_users as run
+
+    _listing(_admin(data_dir, database_url, run), fmt, ["name", "created_at"])
+
+
+@admin.command("list-teams")
+@_FORMAT
+@_db_options
+def list_teams(fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """Every team, whether it is personal and whether its namespace is private."""
+    from .admin import list_teams as run
+
+    _listing(_admin(data_dir, database_url, run), fmt, ["name", "personal", "private"])
+
+
+@admin.command("list-members")
+@click.argument("team")
+@_FORMAT
+@_db_options
+def list_members(team: str, fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """TEAM's members and their roles."""
+    from .admin import list_members as run
+
+    _listing(_admin(data_dir, database_url, lambda ctx: run(ctx, team)), fmt, ["user", "role"])
+
+
+@admin.command("list-tokens")
+@click.argument("user")
+@_FORMAT
+@_db_options
+def list_tokens(user: str, fmt: str, data_dir: str | None, database_url: str | None) -> None:
+    """USER's tokens: name, role, state and dates (never the secret, which is not stored)."""
+    from .admin import list_tokens as run
+
+    rows = _admin(data_dir, database_url, lambda ctx: run(ctx, user))
+    _listing(rows, fmt, ["name", "role", "state", "created_at", "expires_at"])
+
+
+@admin.command("set-quota")
+@click.option("--namespace", metavar="NS", help="The namespace whose storage quota to set.")
+@click.option("--storage-bytes", type=click.IntRange(min=0), help="Bytes NS may hold; 0: the server default.")
+@click.option("--user", metavar="USER", help="The user whose open-upload limit to set.")
+@click.option(
+    "--open-uploads", type=click.IntRange(min=0), help="Open uploads USER may hold; 0: the default."
+)
+@_db_options
+def set_quota(
+    namespace: str | None,
+    storage_bytes: int | None,
+    user: str | None,
+    open_uploads: int | None,
+    data_dir: str | None,
+    database_url: str | None,
+) -> None:
+    """Set a namespace's storage quota and/or a user's open-upload limit (effective at once)."""
+    from .admin import set_quota as run
+
+    if (
+        (namespace is None) != (storage_bytes is None)
+        or (user is None) != (open_uploads is None)
+        or not (namespace or user)
+    ):
+        raise _Failure("give --namespace with --storage-bytes, and/or --user with --open-uploads.")
+    _admin(
+        data_dir,
+        database_url,
+        lambda ctx: run(
+            ctx, namespace=namespace, storage=storage_bytes, user=user, open_uploads=open_uploads
+        ),
+    )
+    click.echo("quota set", err=True)
+
+
+@admin.command("show-quota")
+@click.option("--namespace", metavar="NS")
+@click.option("--user", metavar="USER")
+@click.option("--namespace-quota", type=click.IntRange(min=1), envvar="TVREG_NAMESPACE_QUOTA", hidden=True)
+@click.option("--max-open-uploads", type=click.IntRange(min=1), envvar="TVREG_MAX_OPEN_UPLOADS", hidden=True)
+@_db_options
+def show_quota(
+    namespace: str | None,
+    user: str | None,
+    namespace_quota: int | None,
+    max_open_uploads: int | None,
+    data_dir: str | None,
+    database_url: str | None,
+) -> None:
+    """Print (JSON) what NS holds against its quota and/or USER's open uploads against their limit."""
+    import json
+
+    from .admin import show_quota as run
+
+    if not (namespace or user):
+        raise _Failure("give --namespace and/or --user.")
+    shown = _admin(
+        data_dir,
+        database_url,
+        lambda ctx: run(ctx, namespace=namespace, user=user),
+        namespace_quota=namespace_quota,
+        max_open_uploads=max_open_uploads,
+    )
+    click.echo(json.dumps(shown, indent=2))
 
 
 @admin.command("create-token")

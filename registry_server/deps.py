@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from .auth import Principal, authenticate
 from .context import Context
 from .errors import Unauthenticated
-from .readcache import read_generation, read_generation_and_failure
+from .gate import PRINCIPAL_KEY
+from .readcache import read_generation
 
 
 async def get_context(request: Request) -> Context:
@@ -36,19 +37,30 @@ def client_address(request: Request) -> str:
 def _principal(
     ctx: Context, request: Request, session: Session, generation: int | None = None, *, checked: bool = False
 ) -> Principal | None:
+    return resolve(
+        ctx, request.headers.get("authorization"), client_address(request), session, generation, checked=checked
+    )
+
+
+def resolve(
+    ctx: Context,
+    authorization: str | None,
+    address: str,
+    session: Session,
+    generation: int | None = None,
+    *,
+    checked: bool = False,
+) -> Principal | None:
     """The caller, or None when anonymous; 401 for a bad, expired or revoked token.
 
-    An address with too many failed tokens gets 429 before its token is even looked
-    up (``checked``: the caller did that already). With a ``generation``, a token
+    A bad token is counted by the failed-token limiter, which answers 429 instead once
+    its address, network or the registry is over a ceiling; a valid token always passes
+    (``checked`` is kept for callers and ignored). With a ``generation``, a token
     already resolved in that generation is not looked up again (an expired one still
     is, to answer 401).
     """
-    authorization = request.headers.get("authorization")
     if not authorization:
         return None
-    address = client_address(request)
-    if not checked:
-        ctx.auth_failures.check(session, address)
     key = hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
     if generation is not None:
         known = ctx.read_cache.token(generation, key)
@@ -57,7 +69,7 @@ def _principal(
     try:
         principal = authenticate(session, authorization)
     except Unauthenticated:
-        ctx.auth_failures.failed(ctx.sessions, address)
+        ctx.auth_failures.failed(ctx.sessions, address)  # 429 instead once a ceiling is reached
         raise
     if generation is not None and principal is not None:
         ctx.read_cache.keep_token(generation, key, principal)
@@ -65,7 +77,13 @@ def _principal(
 
 
 def get_principal(request: Request) -> Principal | None:
-    """The caller of a write, resolved in its own short transaction (see the module docstring)."""
+    """The caller of a write, resolved in its own short transaction (see the module docstring).
+
+    A request with a body was already authenticated by :class:`~registry_server.gate.Gate`
+    before its body was read; that answer is reused.
+    """
+    if PRINCIPAL_KEY in request.scope:
+        return request.scope[PRINCIPAL_KEY]
     ctx: Context = request.app.state.context
     if not request.headers.get("authorization"):
         return None
@@ -100,13 +118,18 @@ class Read:
 def reading(ctx: Context, request: Request) -> Iterator[Read]:
     """A :class:`Read` for this request: one session from the generation to the answer."""
     with ctx.sessions() as s:
-        if request.headers.get("authorization"):
-            address = client_address(request)
-            generation, nth_failure = read_generation_and_failure(s, address, ctx.auth_failures.limit)
-            ctx.auth_failures.check_at(nth_failure, address)
-        else:
-            generation = read_generation(s)
+        generation = read_generation(s)
         yield Read(ctx, s, _principal(ctx, request, s, generation, checked=True), generation)
+
+
+def gate_resolver(ctx: Context) -> Callable[[str, str], Principal | None]:
+    """The caller lookup :class:`~registry_server.gate.Gate` runs before a body is read."""
+
+    def run(authorization: str, address: str) -> Principal | None:
+        with ctx.sessions() as s:
+            return resolve(ctx, authorization, address, s)
+
+    return run
 
 
 ContextDep = Annotated[Context, Depends(get_context)]

@@ -15,10 +15,12 @@ The tree::
     ├── RequestTimeout          408 request_timeout: the client sent its request too slowly
     ├── Conflict                409 conflict: immutability, name collisions, upload offsets
     ├── TooLarge                413 too_large: names the limit
+    ├── RangeNotSatisfiable     416 range_not_satisfiable: a Range past the end (``Content-Range``)
     ├── TooManyRequests         429 too_many_requests: failed-token throttling (``Retry-After``)
     ├── ServerFault             500 internal: the registry's own data is inconsistent
     ├── Unavailable             503 unavailable: the database is down or busy (``Retry-After``)
     └── InsufficientStorage     507 insufficient_storage: the registry's disk is full (``Retry-After``)
+        └── QuotaExceeded       507 quota_exceeded: the namespace's storage quota (``limit``, ``used``)
 
 Why one module: routes raise these and never build responses by hand, so every
 non-2xx body has the shape ``{"error": {"code", "message"}}`` that docs/registry-api.md
@@ -147,8 +149,19 @@ class TooLarge(ApiError):
         self.limit = limit
 
 
+class RangeNotSatisfiable(ApiError):
+    """A ``Range`` that starts past the end of the blob; ``Content-Range`` names its size."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, headers={"Content-Range": f"bytes */{size}"}, extra={"size": size})
+        self.size = size
+
+
 class TooManyRequests(ApiError):
-    """The caller sent too many failed authentications; ``Retry-After`` says when to retry."""
+    """Too many failed authentications, or open uploads; ``Retry-After`` says when to retry."""
 
     status = 429
     code = "too_many_requests"
@@ -183,6 +196,17 @@ class InsufficientStorage(ApiError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(InsufficientStorage):
+    """A namespace's storage quota would be exceeded: 507 without ``Retry-After`` (waiting does not help)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, limit: int, used: int) -> None:
+        ApiError.__init__(self, message, extra={"limit": limit, "used": used})
+        self.limit = limit
+        self.used = used
+
+
 class SchemaOutdated(Exception):
     """The database schema is not at this server's migration head; not an HTTP answer.
 
@@ -201,6 +225,8 @@ __all__ = [
     "InvalidSketch",
     "NoSketch",
     "NotFound",
+    "QuotaExceeded",
+    "RangeNotSatisfiable",
     "RequestTimeout",
     "SchemaOutdated",
     "ServerFault",

@@ -46,21 +46,97 @@ def _timeout_error(limit: float, what: str) -> RequestTimeout:
     )
 
 
-def timed_h11_protocol(head_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline of ``head_timeout`` seconds for request headers."""
+HEALTH_PATH = b"/api/v1/health"
+
+
+def raise_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit where allowed; return the soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _refusal(message: str) -> bytes:
+    body = json.dumps({"error": {"code": "unavailable", "message": message}}).encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def timed_h11_protocol(
+    head_timeout: float,
+    *,
+    max_connections: int | None = None,
+    per_client: int | None = None,
+    reserve: int = 0,
+    exempt: frozenset[str] = frozenset(),
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline of ``head_timeout`` seconds for request headers,
+    and connection caps.
+
+    A client address may hold ``per_client`` connections (trusted proxies, ``exempt``, are
+    not capped), and the process ``max_connections``, of which the last ``reserve`` only
+    serve ``/api/v1/health``: a connection past a cap is answered 503 ``unavailable`` with
+    ``Retry-After`` at once and closed, so a flood of idle sockets from one client, or
+    from many, never keeps health checks (or other clients) out.
+    """
+    per_address: dict[str, int] = {}
+    open_total = [0]
 
     class TimedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _peer: str | None = None
+        _health_only = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if peer else "unknown"
+            held = per_address.get(address, 0)
+            refuse = None
+            if per_client is not None and address not in exempt and held >= per_client:
+                refuse = f"this client already holds {held} connections, the server's limit per client."
+            elif max_connections is not None and open_total[0] >= max_connections:
+                refuse = "the server holds its maximum of connections; retry shortly."
+            if refuse is not None:
+                transport.write(_refusal(refuse))
+                transport.close()
+                return
+            self._peer = address
+            per_address[address] = held + 1
+            open_total[0] += 1
+            self._health_only = max_connections is not None and open_total[0] > max_connections - reserve
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._peer is not None:
+                left = per_address.get(self._peer, 1) - 1
+                if left > 0:
+                    per_address[self._peer] = left
+                else:
+                    per_address.pop(self._peer, None)
+                open_total[0] -= 1
+                self._peer = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._health_only:
+                parts = data.split(b" ", 2)
+                if len(parts) < 2 or not parts[1].startswith(HEALTH_PATH):
+                    self.transport.write(
+                        _refusal("the server's last connections are kept for health checks; retry shortly.")
+                    )
+                    self.transport.close()
+                    return
             if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._arm()  # the first byte of the next request on a kept-alive connection
             before = self.cycle

@@ -91,6 +91,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_open_uploads: Mapped[int | None]  # None: the server's --max-open-uploads
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user")
 
@@ -132,6 +133,7 @@ class Namespace(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    storage_quota: Mapped[int | None] = mapped_column(BigInteger)  # None: the server's --namespace-quota
 
     team: Mapped[Team] = relationship()
 

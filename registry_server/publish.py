@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -36,7 +36,8 @@ from . import audit, uploads
 from .auth import Principal, readable_namespace, require_role
 from .context import Context
 from .db import write_session
-from .errors import ApiError, Conflict, InvalidArtifact, SizeMismatch
+from .errors import ApiError, Conflict, InvalidArtifact, QuotaExceeded, SizeMismatch
+from .fields import check_manifest
 from .models import DistTag, Namespace, Skill, Upload, Version, utcnow
 from .names import (
     check_name,
@@ -116,6 +117,7 @@ def publish(
     try:
         path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
         manifest = _read_manifest(path, label)
+        check_manifest(manifest, label)
         if (manifest["name"], manifest["version"]) != (name, version):
             raise InvalidArtifact(
                 f"the artifact is `{manifest['name']}@{manifest['version']}` according to its manifest, "
@@ -307,6 +309,28 @@ def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | No
     return tag == "latest"
 
 
+def _check_quota(ctx: Context, s: Session, ns: Namespace, size: int) -> None:
+    """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota."""
+    quota = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
+    if quota is None:
+        return
+    used = int(  # PostgreSQL sums BIGINT as NUMERIC
+        s.scalar(
+            select(func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0))
+            .join(Skill, Version.skill_id == Skill.id)
+            .where(Skill.namespace_id == ns.id)
+        )
+        or 0
+    )
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"namespace `{ns.name}` holds {used} bytes; this artifact's {size} would pass its quota of "
+            f"{quota} bytes. The upload is kept: publish it once an administrator raises the quota.",
+            limit=quota,
+            used=used,
+        )
+
+
 def _commit(
     ctx: Context,
     principal: Principal,
@@ -319,7 +343,9 @@ def _commit(
     label: str,
 ) -> Published:
     with write_session(ctx.sessions) as s:
-        ns = s.get_one(Namespace, ns_id)
+        # The namespace row lock serialises its publishes, so the quota cannot be overshot by a race.
+        ns = s.get_one(Namespace, ns_id, with_for_update=True)
+        _check_quota(ctx, s, ns, up.size)
         description = manifest.get("description") or ""
         skill, created = _get_or_create_skill(s, ns, name, description)
         existing = s.scalars(

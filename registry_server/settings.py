@@ -21,6 +21,8 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_KEEP_ALIVE_TIMEOUT = 30.0
 DEFAULT_AUTH_FAILURE_LIMIT = 20
 DEFAULT_DATABASE_TIMEOUT = 30.0
+DEFAULT_MAX_OPEN_UPLOADS = 16
+DEFAULT_UPLOAD_EXPIRY = 24 * 3600.0
 
 ENV_DATA_DIR = "TVREG_REGISTRY_DATA"
 ENV_DATABASE_URL = "TVREG_DATABASE_URL"
@@ -30,6 +32,9 @@ ENV_REQUEST_TIMEOUT = "TVREG_REQUEST_TIMEOUT"
 ENV_KEEP_ALIVE_TIMEOUT = "TVREG_KEEP_ALIVE_TIMEOUT"
 ENV_AUTH_FAILURE_LIMIT = "TVREG_AUTH_FAILURE_LIMIT"
 ENV_DATABASE_TIMEOUT = "TVREG_DATABASE_TIMEOUT"
+ENV_MAX_OPEN_UPLOADS = "TVREG_MAX_OPEN_UPLOADS"
+ENV_UPLOAD_EXPIRY = "TVREG_UPLOAD_EXPIRY"
+ENV_NAMESPACE_QUOTA = "TVREG_NAMESPACE_QUOTA"
 
 
 def parse_blob_option(text: str) -> tuple[str, Any]:
@@ -79,6 +84,11 @@ class Settings:
         database_timeout: seconds one PostgreSQL statement may take: the server's
             ``statement_timeout``, and (a little later) a client-side deadline that also
             holds when the database is frozen (see :mod:`registry_server.dbwatchdog`).
+        max_open_uploads: open upload sessions one user may hold; more are 429.
+        upload_expiry: seconds an open upload may sit without a byte before it expires
+            (its bytes are dropped and it stops counting against the user).
+        namespace_quota: bytes of artifacts and sketches one namespace may hold; a publish
+            past it is 507 ``quota_exceeded``. None: no quota.
     """
 
     data_dir: Path
@@ -91,6 +101,9 @@ class Settings:
     keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
     auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
     database_timeout: float = DEFAULT_DATABASE_TIMEOUT
+    max_open_uploads: int = DEFAULT_MAX_OPEN_UPLOADS
+    upload_expiry: float = DEFAULT_UPLOAD_EXPIRY
+    namespace_quota: int | None = None
 
     @property
     def blob_dir(self) -> Path:
@@ -118,6 +131,9 @@ class Settings:
         keep_alive_timeout: float | None = None,
         auth_failure_limit: int | None = None,
         database_timeout: float | None = None,
+        max_open_uploads: int | None = None,
+        upload_expiry: float | None = None,
+        namespace_quota: int | None = None,
     ) -> Settings:
         data = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).absolute()
         url = database_url or os.environ.get(ENV_DATABASE_URL) or f"sqlite:///{data / 'registry.db'}"
@@ -138,6 +154,11 @@ class Settings:
                 auth_failure_limit or os.environ.get(ENV_AUTH_FAILURE_LIMIT) or DEFAULT_AUTH_FAILURE_LIMIT
             ),
             database_timeout=_seconds(database_timeout, ENV_DATABASE_TIMEOUT, DEFAULT_DATABASE_TIMEOUT),
+            max_open_uploads=int(
+                max_open_uploads or os.environ.get(ENV_MAX_OPEN_UPLOADS) or DEFAULT_MAX_OPEN_UPLOADS
+            ),
+            upload_expiry=_seconds(upload_expiry, ENV_UPLOAD_EXPIRY, DEFAULT_UPLOAD_EXPIRY),
+            namespace_quota=namespace_quota or int(os.environ.get(ENV_NAMESPACE_QUOTA) or 0) or None,
         )
 
 

@@ -22,15 +22,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit
 from .auth import Principal, require_scope
 from .context import Context
 from .db import write_session
-from .errors import Conflict, NotFound, TooLarge
-from .models import Upload, utcnow
+from .errors import Conflict, NotFound, TooLarge, TooManyRequests
+from .models import Upload, User, utcnow
 
 LEASE_SECONDS = 60
 RENEW_AFTER_SECONDS = 15
@@ -107,14 +107,57 @@ def create(ctx: Context, principal: Principal | None, *, size: int, digest: str)
             f"the artifact is {size} bytes, over this registry's limit of {limit} bytes.", limit=limit
         )
     upload = Upload(id=str(uuid.uuid4()), user_id=principal.user_id, size=size, digest=digest)
-    ctx.store.create_staged(upload.id)
+    _expire(ctx, principal.user_id)
     with write_session(ctx.sessions) as s:
+        # Counted under the user's row lock (SQLite: the write lock), so concurrent creations cannot overshoot.
+        own_limit = s.scalar(
+            select(User.max_open_uploads).where(User.id == principal.user_id).with_for_update()
+        )
+        held = s.scalar(
+            select(func.count())
+            .select_from(Upload)
+            .where(Upload.user_id == principal.user_id, Upload.state == "open")
+        )
+        limit = own_limit if own_limit is not None else ctx.settings.max_open_uploads
+        if held >= limit:
+            wait = max(1, int(ctx.settings.upload_expiry))
+            raise TooManyRequests(
+                f"`{principal.name}` already has {held} open uploads, the limit; finish or delete one "
+                f"(DELETE /uploads/{{id}}) or wait for one to expire ({ctx.settings.upload_expiry:g} s idle).",
+                retry_after=wait,
+            )
+        ctx.store.create_staged(upload.id)
         s.add(upload)
         audit.record(
             s, actor=principal.name, action="upload.create", target=upload.id, size=size, digest=digest
         )
         s.commit()
     return upload
+
+
+def _expire(ctx: Context, user_id: int) -> int:
+    """Mark ``user_id``'s open uploads idle past the expiry failed and drop their bytes."""
+    cutoff = utcnow() - timedelta(seconds=ctx.settings.upload_expiry)
+    with ctx.sessions() as s:
+        stale = s.scalars(
+            select(Upload.id).where(
+                Upload.user_id == user_id,
+                Upload.state == "open",
+                Upload.updated_at <= cutoff,
+                or_(Upload.writer.is_(None), Upload.lease_expires_at < utcnow()),
+            )
+        ).all()
+    for upload_id in stale:
+        with write_session(ctx.sessions) as s:
+            done = s.execute(
+                update(Upload)
+                .where(Upload.id == upload_id, Upload.state == "open", Upload.updated_at <= cutoff)
+                .values(state="failed", updated_at=utcnow())
+            ).rowcount
+            s.commit()
+        if done:
+            ctx.store.discard_staged(upload_id)
+    return len(stale)
 
 
 def get(ctx: Context, principal: Principal, upload_id: str) -> Upload:

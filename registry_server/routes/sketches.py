@@ -6,27 +6,44 @@ bytes again are a no-op, other bytes are a 409, as for versions. The registry ch
 sketch's layout and that it names this version and this version's artifact digest, so a
 sketch cannot be attached to the wrong artifact by mistake; that its numbers describe
 the artifact is, like the manifest, the publisher's word.
+
+A sketch's size is bounded by its version's tensors: at most
+``projection_dim + sample_size`` float32 values per tensor the manifest lists (fewer for
+a small tensor, which is kept whole), plus a header allowance (:func:`sketch_limit`).
+The body is streamed under that bound after the caller was authenticated (see
+:mod:`registry_server.gate`), and the whole sketch is parsed and checked against the
+manifest (tensor names, element counts, array lengths, finite numbers) before it is
+stored, so a malformed sketch is a 400 here, never a failure later in ``tvreg check``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from tvreg.sketch import SketchError, read_sketch_header
+from tvreg.sketch import (
+    DEFAULT_PROJECTION_DIM,
+    DEFAULT_SAMPLE_SIZE,
+    Sketch,
+    SketchError,
+    read_sketch_header,
+)
 
 from .. import audit
 from ..auth import Principal, readable_namespace, require_role
 from ..context import Context
 from ..db import write_session
 from ..deps import ContextDep, PrincipalDep
-from ..errors import Conflict, InvalidSketch, NoSketch, NotFound
+from ..errors import Conflict, InvalidSketch, NoSketch, NotFound, TooLarge
+from ..gate import streamed
 from ..models import Skill, Version, VersionSketch
 from ..schemas import ErrorBody, VersionOut, version_out
 from .skills import load_version
@@ -34,6 +51,115 @@ from .skills import load_version
 router = APIRouter(tags=["sketches"])
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503)}
 _PATH = "/skills/{namespace}/{name}/versions/{version}/sketch"
+
+
+HEADER_ALLOWANCE = 16 * 1024
+PER_TENSOR_HEADER = 768
+MAX_VALUES = DEFAULT_PROJECTION_DIM + DEFAULT_SAMPLE_SIZE
+
+
+def _numel(entry: Any) -> int:
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return 0
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def sketch_limit(manifest: dict) -> int:
+    """The largest sketch a version with this manifest can have, in bytes."""
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if not isinstance(tensors, dict):
+        return HEADER_ALLOWANCE
+    total = HEADER_ALLOWANCE
+    for name, entry in tensors.items():
+        total += PER_TENSOR_HEADER + 3 * len(str(name).encode()) + 4 * min(_numel(entry), MAX_VALUES)
+    return total
+
+
+def _check_sketch(data: bytes, manifest: dict, label: str) -> dict:
+    """Parse the whole sketch and check it against the version's manifest; its metadata."""
+
+    def bad(what: str) -> InvalidSketch:
+        return InvalidSketch(f"the uploaded sketch of `{label}` is malformed: {what}.")
+
+    try:
+        meta, spans = read_sketch_header(data, where="the uploaded sketch")
+    except SketchError as exc:
+        raise InvalidSketch(exc.message) from exc
+    for key, (a, b) in spans.items():
+        if a < 0 or b < a:
+            raise bad(f"array `{key}` has a negative span ({a}, {b})")
+    try:
+        sketch = Sketch.from_bytes(data, where="the uploaded sketch")
+    except SketchError as exc:
+        raise InvalidSketch(exc.message) from exc
+    if not 2 <= sketch.projection_dim <= DEFAULT_PROJECTION_DIM or sketch.projection_dim & (
+        sketch.projection_dim - 1
+    ):
+        raise bad(f"`projection_dim` is {sketch.projection_dim}, not a power of two up to {DEFAULT_PROJECTION_DIM}")
+    if not 1 <= sketch.sample_size <= DEFAULT_SAMPLE_SIZE:
+        raise bad(f"`sample_size` is {sketch.sample_size}, not between 1 and {DEFAULT_SAMPLE_SIZE}")
+    if not math.isfinite(sketch.top_fraction) or not 0 < sketch.top_fraction <= 1:
+        raise bad(f"`top_fraction` is {sketch.top_fraction}")
+    listed = manifest.get("tensors") if isinstance(manifest.get("tensors"), dict) else {}
+    expected_keys = set()
+    for name, t in sketch.tensors.items():
+        if name not in listed:
+            raise bad(f"tensor `{name}` is not in the artifact")
+        numel = _numel(listed[name])
+        if t.numel != numel:
+            raise bad(f"tensor `{name}` has {t.numel} elements in the sketch but {numel} in the artifact")
+        small = numel <= sketch.projection_dim + sketch.sample_size
+        if small != t.exact:
+            raise bad(f"tensor `{name}` is {'not ' if small else ''}kept whole, against its size")
+        if t.exact:
+            counts = {"values": (t.sample, numel)}
+        else:
+            assert t.projection is not None
+            counts = {"sample": (t.sample, sketch.sample_size), "projection": (t.projection, sketch.projection_dim)}
+        for suffix, (array, count) in counts.items():
+            if array.size != count:
+                raise bad(f"`{name}::{suffix}` holds {array.size} values, not {count}")
+            if not np.isfinite(array).all():
+                raise bad(f"`{name}::{suffix}` holds NaN or infinite values")
+            expected_keys.add(f"{name}::{suffix}")
+        numbers = (t.norm, t.positive_fraction, t.top_threshold)
+        if not all(math.isfinite(x) for x in numbers) or t.norm < 0 or not 0 <= t.positive_fraction <= 1:
+            raise bad(f"tensor `{name}` has an invalid norm, fraction or threshold")
+    if set(spans) != expected_keys:
+        extra = sorted(set(spans) - expected_keys)
+        raise bad(f"array `{extra[0] if extra else sorted(expected_keys - set(spans))[0]}` belongs to no tensor")
+    return meta
+
+
+def _limit_for(
+    ctx: Context, principal: Principal | None, namespace: str, name: str, version: str
+) -> tuple[int, str]:
+    """Check the caller may attach a sketch and return the version's sketch limit (and label)."""
+    label = f"{namespace}/{name}@{version}"
+    with ctx.sessions() as s:
+        ns = readable_namespace(s, principal, namespace, skill=name)
+        require_role(principal, ns, "write", action=f"uploading the sketch of `{label}`")
+        manifest = s.scalars(
+            select(Version.manifest)
+            .join(Skill, Version.skill_id == Skill.id)
+            .where(Skill.namespace_id == ns.id, Skill.name == name, Version.version == version)
+        ).first()
+        if manifest is None:
+            raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+    return sketch_limit(manifest), label
+
+
+def _sketch_too_large(label: str, limit: int) -> TooLarge:
+    error = TooLarge(
+        f"the sketch of `{label}` may be at most {limit} bytes (its tensors' sample and projection sizes).",
+        limit=limit,
+    )
+    error.headers["Connection"] = "close"  # the rest of the body is not read
+    return error
 
 
 def _store(
@@ -51,10 +177,7 @@ def _store(
         ).first()
         if row is None:
             raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
-        try:
-            meta, _ = read_sketch_header(data, where="the uploaded sketch")
-        except SketchError as exc:
-            raise InvalidSketch(exc.message) from exc
+        meta = _check_sketch(data, row.manifest, label)
         if meta.get("artifact_digest") != row.digest:
             raise InvalidSketch(
                 f"the uploaded sketch was made from artifact {meta.get('artifact_digest')}, "
@@ -88,11 +211,21 @@ def _store(
     response_model=VersionOut,
     responses={**_ERRORS, 200: {"model": VersionOut, "description": "The same sketch was already stored."}},
 )
+@streamed
 async def put_sketch(
     namespace: str, name: str, version: str, request: Request, ctx: ContextDep, principal: PrincipalDep
 ) -> Any:
     """Attach a sketch (the raw bytes of a `.tvsketch` file) to a published version; needs `write`."""
-    data = await request.body()
+    limit, label = await run_in_threadpool(_limit_for, ctx, principal, namespace, name, version)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _sketch_too_large(label, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _sketch_too_large(label, limit)
+    data = bytes(body)
     body, created = await run_in_threadpool(_store, ctx, principal, namespace, name, version, data)
     return JSONResponse(body, status_code=201 if created else 200)
 

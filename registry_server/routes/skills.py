@@ -19,7 +19,6 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from .. import audit
@@ -33,7 +32,8 @@ from ..auth import (
 from ..context import Context
 from ..db import write_session
 from ..deps import ContextDep, PrincipalDep, reading
-from ..errors import BadRequest, NotFound, ServerFault
+from ..errors import ApiError, BadRequest, NotFound, RangeNotSatisfiable, ServerFault
+from ..fields import MAX_PAGE, MAX_YANK_REASON, check_query, check_text
 from ..models import DistTag, Namespace, Skill, Version
 from ..names import check_tag, check_version, semver_key
 from ..publish import move_tag, publish
@@ -52,12 +52,6 @@ from ..schemas import (
 router = APIRouter(tags=["skills"])
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
 MAX_PER_PAGE = 100
-
-
-class _BlobResponse(FileResponse):
-    """A file response that reads 1 MiB at a time (the default 64 KiB costs a thread hop each)."""
-
-    chunk_size = 1024 * 1024
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -83,11 +77,15 @@ def _single_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 class _StreamedBlob(Response):
-    """A blob from a remote store, read 1 MiB at a time off the event loop, one range at most.
+    """A blob from either store, read 1 MiB at a time off the event loop, one range at most.
 
-    The local store's :class:`_BlobResponse` serves files; this reads through
-    :meth:`BlobStore.open`, so a remote store is asked only for the bytes sent.
-    ``If-Range`` is honoured against the ETag (the digest).
+    Both stores answer through this class, so their ``Range`` answers are the same: one
+    ``bytes=`` range → 206 with ``Content-Range``; several ranges, another unit or a
+    malformed value → 200 with the whole blob (RFC 9110 lets a server ignore ``Range``;
+    multipart answers to many small overlapping ranges are a known amplification, so
+    none are built); a range starting past the end → 416 ``range_not_satisfiable`` in
+    the API's error shape with ``Content-Range: bytes */size``. A remote store is asked
+    only for the bytes sent. ``If-Range`` is honoured against the ETag (the digest).
     """
 
     chunk_size = 1024 * 1024
@@ -115,17 +113,11 @@ class _StreamedBlob(Response):
             try:
                 part = _single_range(wanted, self.size)
             except ValueError:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 416,
-                        "headers": [
-                            (b"content-range", f"bytes */{self.size}".encode()),
-                            (b"content-length", b"0"),
-                        ],
-                    }
+                error = RangeNotSatisfiable(
+                    f"the range `{wanted}` starts past the end of the {self.size}-byte artifact.",
+                    size=self.size,
                 )
-                await send({"type": "http.response.body", "body": b""})
+                await _json_error(error)(scope, receive, send)
                 return
             if part is not None:
                 (start, end), status = part, 206
@@ -178,6 +170,10 @@ def publish_version(
     return JSONResponse(result.body, status_code=201 if result.created else 200)
 
 
+def _json_error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
 def _visible_namespaces(principal: Principal | None) -> Any:
     if principal is None:
         return Namespace.private.is_(False)
@@ -192,10 +188,13 @@ def search(
     base: str | None = None,
     tag: str | None = None,
     namespace: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 20,
 ) -> Response:
     """Skills the caller can read, filtered by text, base fingerprint, dist-tag and namespace."""
+    q = check_query(q, field="q")
+    tag = check_query(tag, field="tag")
+    namespace = check_query(namespace, field="namespace")
     if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
         raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base!r}.")
     with reading(ctx, request) as r:
@@ -342,8 +341,7 @@ def download(
     try:
         if ctx.store.local:
             path = ctx.store.path(digest)
-            stat = os.stat(path)
-            stored = stat.st_size
+            stored = os.stat(path).st_size
         else:
             stored = ctx.store.size(digest)
     except FileNotFoundError as exc:
@@ -361,15 +359,14 @@ def download(
         "ETag": f'"{digest}"',
         "Cache-Control": "public, max-age=31536000, immutable",
     }
-    if not ctx.store.local:
-        try:
-            file = ctx.store.open(digest)
-        except FileNotFoundError as exc:
-            raise ServerFault(
-                f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
-            ) from exc
-        return _StreamedBlob(file, size, headers=headers)
-    return _BlobResponse(path, headers=headers, media_type="application/octet-stream", stat_result=stat)
+    # One implementation of Range for both stores, so their answers agree (docs/registry-api.md).
+    try:
+        file = open(path, "rb") if ctx.store.local else ctx.store.open(digest)  # noqa: SIM115
+    except FileNotFoundError as exc:
+        raise ServerFault(
+            f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
+        ) from exc
+    return _StreamedBlob(file, size, headers=headers)
 
 
 def _yank(
@@ -414,7 +411,8 @@ def yank(
     principal: PrincipalDep,
 ) -> dict:
     """Mark a version yanked: ranges skip it, exact pins still install it (with the reason)."""
-    return _yank(ctx, principal, namespace, name, version, yanked=True, reason=body.reason or None)
+    reason = check_text(body.reason, field="reason", limit=MAX_YANK_REASON, allow_newlines=True)
+    return _yank(ctx, principal, namespace, name, version, yanked=True, reason=reason or None)
 
 
 @router.delete(

@@ -22,6 +22,7 @@ from .. import uploads
 from ..auth import require_principal
 from ..deps import ContextDep, PrincipalDep
 from ..errors import ApiError, BadRequest, InsufficientStorage
+from ..gate import streamed
 from ..schemas import ErrorBody, UploadCreate, UploadCreated, UploadOffset, UploadState
 
 log = logging.getLogger("registry_server")
@@ -108,6 +109,7 @@ def _int_header(request: Request, name: str, *, required: bool) -> int | None:
         }
     },
 )
+@streamed
 async def append_upload(
     upload_id: str,
     request: Request,

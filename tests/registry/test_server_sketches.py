@@ -41,7 +41,7 @@ def test_a_sketch_is_attached_once_and_read_back(registry, api, server_artifacts
         assert c.put(url, content=sketch).status_code == 200
         other_path = tmp_path / "again.tvskill"
         other_path.write_bytes(data)
-        smaller = replace(sketch_artifact(other_path), sample_size=999).to_bytes()
+        smaller = replace(sketch_artifact(other_path), top_fraction=0.25).to_bytes()
         r = c.put(url, content=smaller)
         assert r.status_code == 409 and r.json()["error"]["published_digest"] == digest
         r = c.get("/skills/alice/science/versions/1.0.0")

@@ -101,10 +101,13 @@ def test_a_stalled_upload_body_gets_408_and_keeps_nothing(registry, api):
 
 
 def test_a_stalled_json_body_gets_408(registry):
+    # Authenticated: an anonymous body is refused before it is read (tests/reliability/test_bodies.py).
+    token = registry.make_user("alice")
     with _connect(registry) as sock:
         sock.sendall(
             b"POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 100\r\n\r\n{"size": '
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b'Content-Length: 100\r\n\r\n{"size": '
         )
         raw = _read_all(sock)
     _assert_timeout(raw, "body")

@@ -31,10 +31,10 @@ def test_guessing_tokens_is_throttled_with_429_and_retry_after(registry, api):
     assert r.json()["error"]["code"] == "too_many_requests"
     assert "too many failed authentications from 127.0.0.1" in r.json()["error"]["message"]
     assert 0 < int(r.headers["retry-after"]) <= 60
-    # While throttled even a valid token is not checked, so a guess can never be confirmed;
-    # anonymous reads go on.
+    # A valid token behind the throttled address still passes (a NAT, a proxy, a CI host:
+    # row 41); anonymous reads go on.
     with api.client(good) as c:
-        assert c.get("/whoami").status_code == 429
+        assert c.get("/whoami").status_code == 200
     with api.client() as c:
         assert c.get("/skills").status_code == 200
 
@@ -62,8 +62,9 @@ def test_the_failed_token_limit_holds_across_replicas(registry):
     good = registry.make_user("alice")
     other = registry.replica()
     assert [_whoami((registry.url, other.url)[i % 2], _bad_token()) for i in range(4)] == [401] * 4
-    assert _whoami(registry.url, good) == 429
-    assert _whoami(other.url, good) == 429
+    assert _whoami(other.url, _bad_token()) == 429
+    assert _whoami(registry.url, _bad_token()) == 429
+    assert _whoami(registry.url, good) == 200
 
 
 @pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
@@ -73,7 +74,7 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(registry, make_registr
     # Untrusted peer (the default trusts none): a new X-Forwarded-For per guess changes nothing.
     statuses = [_whoami(registry.url, _bad_token(), f"203.0.113.{i}") for i in range(4)]
     assert statuses == [401, 401, 401, 429]
-    assert _whoami(registry.url, good, "198.51.100.7") == 429
+    assert _whoami(registry.url, _bad_token(), "198.51.100.7") == 429
 
     proxied = make_registry(
         registry.database_url,
@@ -84,7 +85,7 @@ def test_x_forwarded_for_counts_only_from_a_trusted_proxy(registry, make_registr
     assert [_whoami(proxied.url, _bad_token(), "203.0.113.50") for _ in range(4)] == [401, 401, 401, 429]
     # Behind a trusted proxy each client is counted apart, and loopback itself is still throttled.
     assert _whoami(proxied.url, good, "203.0.113.51") == 200
-    assert _whoami(proxied.url, good) == 429
+    assert _whoami(proxied.url, _bad_token()) == 429
 
 
 @pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
