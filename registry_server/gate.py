@@ -28,11 +28,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .db import translate
 from .errors import ApiError, NotFound, TooLarge, Unauthenticated
 from .limits import has_body
 
@@ -126,6 +128,9 @@ class Gate:
                     raise _too_large()
         except ApiError as exc:
             await answer(exc, close=True)(scope, receive, send)
+            return
+        except SQLAlchemyError as exc:
+            await answer(translate(exc), close=True)(scope, receive, send)
             return
         if is_streamed:
             await self.app(scope, receive, send)
