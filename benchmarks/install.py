@@ -373,11 +373,17 @@ def verify_sample(dirs: dict[str, Path], model: Path, weights: list[float]) -> l
     from tvreg.safetensors_io import SafetensorsFile
 
     def load(directory: Path, name: str) -> torch.Tensor:
-        index = json.loads((directory / "model.safetensors.index.json").read_text())
+        index_path = directory / "model.safetensors.index.json"
+        if not index_path.is_file():  # one shard: no index (pristine G keeps only what G had)
+            with SafetensorsFile(directory / "model.safetensors") as f:
+                return f.read(name)
+        index = json.loads(index_path.read_text())
         with SafetensorsFile(directory / index["weight_map"][name]) as f:
             return f.read(name)
 
-    pristine = Path(read_lock(dirs["general"]).pristine)
+    from tvreg._env.store import pristine_path
+
+    pristine = pristine_path(read_lock(dirs["general"]).general_fingerprint)
     bad = []
     for name in SAMPLE_TENSORS:
         acc = load(pristine, name).float()

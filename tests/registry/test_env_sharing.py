@@ -230,3 +230,18 @@ def test_upgrade_over_a_yanked_version_keeps_it_and_says_why(teams, built, famil
     assert res.exit_code == 0, res.stderr
     assert read_lock(model).skills[0].version == "1.1.0", "upgrade must never silently downgrade"
     assert "`alice/science@1.1.0` is yanked: regressed; upgrade kept it" in res.stderr
+
+
+def test_a_requires_on_another_teams_skill_never_replaces_yours(teams, built, family, tmp_path, registry):
+    tool = rewrite_manifest(built["bob"], tmp_path / "tool.tvskill", name="tool", requires={"bob/science": "^1"})
+    login(registry, "carol")
+    project = write_project(tmp_path / "p-tool", name="carol/tool", version="1.0.0", artifact=str(tool))
+    assert cli("publish", project).exit_code == 0
+    model = _model(family, tmp_path)
+    assert cli("install", "alice/science", "--into", model).exit_code == 0
+    mine = read_lock(model).skill("alice/science")
+    res = cli("install", "carol/tool", "--into", model)
+    assert res.exit_code == 0, res.stderr
+    lock = read_lock(model)
+    assert [s.id for s in lock.skills] == ["alice/science", "carol/tool", "bob/science"]
+    assert lock.skill("alice/science") == mine, "another team's requires replaced the user's skill"
