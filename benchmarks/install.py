@@ -634,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["TVREG_DATA_DIR"] = str(workdir / "store")
     env["TVREG_CACHE_DIR"] = str(workdir / "cache")
+    os.environ["TVREG_DATA_DIR"] = env["TVREG_DATA_DIR"]  # verify_sample finds pristine G in the same store
     env.setdefault("NO_COLOR", "1")
     try:
         print("\n[1/3] generating models and skills ...", flush=True)
