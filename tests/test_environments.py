@@ -26,7 +26,7 @@ from tvreg.errors import LockMismatch, LockOutdated, MergeError, ModelEnvironmen
 from tvreg.fingerprint import fingerprint
 from tvreg.install import install, uninstall
 from tvreg.lockfile import LOCK_NAME, LOCK_VERSION, read_lock
-from tvreg.store import artifact_path
+from tvreg.store import artifact_path, pristine_path
 from tvreg.sync import sync
 from tvreg.verify import verify
 
@@ -48,11 +48,12 @@ def test_lock_records_method_dtype_size_and_origin(family, tmp_path):
     install([sci], into=model, base=family.pre, general_size=10000)
     lock = read_lock(model)
     data = json.loads((model / LOCK_NAME).read_text())
-    assert data["lock_version"] == LOCK_VERSION == 2
+    assert data["lock_version"] == LOCK_VERSION == 3
+    assert "pristine" not in data and str(tmp_path) not in (model / LOCK_NAME).read_text()
     assert (data["method"], data["method_params"], data["output_dtype"]) == ("task_arithmetic", {}, None)
     (skill,) = lock.skills
     assert skill.size == sci.stat().st_size and skill.registry is None
-    assert skill.artifact == str(sci.resolve())
+    assert skill.artifact == sci.name  # v3: a file's name only, never a path of this machine
 
 
 def test_version_1_lock_is_read_and_written_back_as_version_2(family, tmp_path):
@@ -98,8 +99,8 @@ def test_unknown_method_and_dtype_are_refused_before_writing(family, tmp_path):
     with pytest.raises(MergeError, match="unknown merge method `nope`"):
         install([sci], into=model, base=family.pre, general_size=10000, method="nope")
     with pytest.raises(ModelEnvironmentError, match="unsupported output dtype `int8`"):
-        install([sci], into=model, output_dtype="int8")
-    assert read_lock(model).skills == ()
+        install([sci], into=model, base=family.pre, general_size=10000, output_dtype="int8")
+    assert read_lock(model) is None  # a refused install that would initialise on the fly writes nothing
 
 
 def _weights(model):
@@ -197,14 +198,16 @@ def test_model_card_lists_g_and_the_skills_and_keeps_the_users_text(family, tmp_
     )
     install(list(two_skills), into=model, base=family.pre, general_size=10000)
     card = ModelCard.load(model / "README.md")
-    assert card.data.base_model == ["mymodel", "science", "coding"]
+    gfp = read_lock(model).general_fingerprint
+    assert card.data.base_model == [gfp, "science", "coding"]  # G by fingerprint, never the env's own dir
     assert card.data.base_model_relation == "merge"
     assert card.data.tags == ["mine", "tvreg", "task-vector"] and card.data.license == "apache-2.0"
-    assert "| science | 1.0.0 | 0.3 |" in card.text and "| coding | 1.0.0 | 0.15 |" in card.text
+    assert "| science | 1.0.0 | 0.3 | \\|D\\|/\\|G\\| = 3000/10000 |" in card.text  # cells escaped
+    assert "| coding | 1.0.0 | 0.15 |" in card.text and str(tmp_path) not in card.text
     assert card.text.rstrip().endswith("My notes.")
     uninstall(["science"], into=model)
     card = ModelCard.load(model / "README.md")
-    assert card.data.base_model == ["mymodel", "coding"]
+    assert card.data.base_model == [gfp, "coding"]
     assert "| science |" not in card.text and card.text.count("My notes.") == 1
 
 
@@ -224,7 +227,7 @@ def test_list_into_prints_a_freeze_like_listing(installed):
     res = cli("list", "--into", installed, "--format", "freeze")
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines() == [
-        f"{s.name}=={s.version}  # ω={s.weight:.6g} {s.digest}" for s in lock.skills
+        f"{artifact_path(s.digest)}  # {s.id}@{s.version} ω={s.weight:.6g} {s.digest}" for s in lock.skills
     ]
     assert cli("list", installed).exit_code == 0
     res = cli("list", installed, "--into", installed)
@@ -310,11 +313,16 @@ def test_lock_then_sync_materialises_and_offline_names_what_is_missing(installed
     assert digest in res.stderr
 
 
-def test_a_lock_whose_pristine_g_is_gone_says_where_it_looked(installed):
+def test_a_missing_pristine_g_names_its_fingerprint_and_the_one_command_that_fixes_it(installed, family):
     lock = read_lock(installed)
-    shutil.rmtree(lock.pristine)
+    before = _weights(installed)
+    shutil.rmtree(pristine_path(lock.general_fingerprint))
     res = cli("sync", "--into", installed)
     assert res.exit_code == 1
     assert res.stderr.startswith(
-        f"error: the pristine copy of the general model (fingerprint {lock.general_fingerprint[:12]}) is not at "
+        f"error: the general model G with fingerprint {lock.general_fingerprint} is not in this machine's store"
     )
+    assert f"hint: point tvreg at an untouched copy of G: `tvreg sync --into {installed} --general PATH_TO_G`" in res.stderr
+    fixed = cli("sync", "--into", installed, "--general", family.general)
+    assert fixed.exit_code == 0, fixed.stderr
+    assert pristine_path(lock.general_fingerprint).is_dir() and _weights(installed) == before

@@ -282,9 +282,9 @@ def test_general_weights_symlinked_into_the_hf_cache_are_not_copied(family, tmp_
             shutil.copy(f, model / f.name)
     blobs_before = tree_digest(blobs)
     lock = init_environment(model, base=family.pre, general_size=100)
-    from pathlib import Path
+    from tvreg._env.store import pristine_path
 
-    kept = list(Path(lock.pristine).iterdir())
+    kept = list(pristine_path(lock.general_fingerprint).iterdir())
     assert kept and all(p.is_symlink() and p.resolve().parent == blobs for p in kept)
     sci, _ = _skills(family, tmp_path)
     install([sci], into=model)

@@ -117,7 +117,8 @@ def test_full_disk_names_the_path_and_changes_nothing(setup):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = _cli("install", "--into", str(model), preexec=small_files)
+    # a change of dtype forces a rewrite (re-installing the same set is a no-op that writes nothing)
+    proc = _cli("install", "--into", str(model), "--output-dtype", "float16", preexec=small_files)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert err.startswith("error: no space left on the device while writing `")

@@ -21,13 +21,16 @@ import typing as _typing
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._env.environment import init_environment
+    from ._env.lockfile import Lock, LockedSkill, read_lock
+    from ._env.operations import InstallResult, install, sync, uninstall, upgrade
+    from ._env.verify import VerifyResult, verify
     from .artifact import Artifact
     from .build import BuildResult, build_skill
     from .cache import BlobCache
     from .check import check
     from .checkpoint import Checkpoint
     from .client import RegistryClient
-    from .environment import init_environment
     from .errors import (
         ArtifactError,
         AuthError,
@@ -68,9 +71,7 @@ if _typing.TYPE_CHECKING:
     from .evaluate import EvalHook, load_hook
     from .fetch import FetchedSkill, fetch_skill
     from .fingerprint import fingerprint
-    from .install import InstallResult, install, uninstall
     from .interference import InterferenceReport, PairReport
-    from .lockfile import Lock, LockedSkill, read_lock
     from .manifest import Manifest
     from .progress import Progress
     from .project import SkillProject, load_project
@@ -78,8 +79,6 @@ if _typing.TYPE_CHECKING:
     from .refs import SkillRef, parse_ref
     from .sketch import Sketch
     from .sweep import SweepPoint, SweepResult, sweep
-    from .sync import sync, upgrade
-    from .verify import VerifyResult, verify
 
 _SOURCES: dict[str, str] = {
     "Artifact": "artifact",
@@ -101,17 +100,17 @@ _SOURCES: dict[str, str] = {
     "FetchedSkill": "fetch",
     "IncompatibleBase": "errors",
     "InstallInterrupted": "errors",
-    "InstallResult": "install",
+    "InstallResult": "_env.operations",
     "InterferenceReport": "interference",
     "InvalidCodecOption": "errors",
     "InvalidManifest": "errors",
     "InvalidName": "errors",
     "InvalidRange": "errors",
-    "Lock": "lockfile",
+    "Lock": "_env.lockfile",
     "LockHeld": "errors",
     "LockMismatch": "errors",
     "LockOutdated": "errors",
-    "LockedSkill": "lockfile",
+    "LockedSkill": "_env.lockfile",
     "Manifest": "manifest",
     "MergeError": "errors",
     "ModelEnvironmentError": "errors",
@@ -135,25 +134,25 @@ _SOURCES: dict[str, str] = {
     "TensorMismatch": "errors",
     "TvregError": "errors",
     "UnsafeCheckpoint": "errors",
-    "VerifyResult": "verify",
+    "VerifyResult": "_env.verify",
     "WeightError": "errors",
     "WeightsMismatch": "errors",
     "build_skill": "build",
     "check": "check",
     "fetch_skill": "fetch",
     "fingerprint": "fingerprint",
-    "init_environment": "environment",
-    "install": "install",
+    "init_environment": "_env.environment",
+    "install": "_env.operations",
     "load_hook": "evaluate",
     "load_project": "project",
     "parse_ref": "refs",
     "publish": "publish",
-    "read_lock": "lockfile",
+    "read_lock": "_env.lockfile",
     "sweep": "sweep",
-    "sync": "sync",
-    "uninstall": "install",
-    "upgrade": "sync",
-    "verify": "verify",
+    "sync": "_env.operations",
+    "uninstall": "_env.operations",
+    "upgrade": "_env.operations",
+    "verify": "_env.verify",
 }
 
 __all__ = [
@@ -232,7 +231,8 @@ __all__ = [
     "verify",
 ]
 
-_SHADOWED = frozenset(name for name, module in _SOURCES.items() if name == module)
+# The public functions that share a name with a tvreg submodule (or a compatibility alias of one).
+_SHADOWED = frozenset({"check", "fingerprint", "install", "publish", "sweep", "sync", "verify"})
 
 
 class _Package(_types.ModuleType):

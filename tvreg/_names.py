@@ -592,6 +592,7 @@ class Requirement:
     spec: str = ""
     source: str = "the command line"
     exclude: bool = False
+    also: str | None = None  # one more version allowed even when yanked (upgrade keeps a locked yanked version)
 
     @property
     def tag(self) -> str | None:
@@ -606,6 +607,8 @@ class Requirement:
         return exact_version(self.spec) if self.spec else None
 
     def allows(self, candidate: _Candidate, tags: Mapping[str, str]) -> bool:
+        if self.also is not None and candidate.version == self.also:
+            return True
         if self.exclude:
             return not Range(self.spec).satisfies(candidate.version, include_prerelease=True)
         if self.tag:

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._env.lockfile import LockedSkill, Origin, require_locked_digest
 from ._names import Requirement, Version, parse_requirement, version_key
 from .cache import BlobCache, BlobSource
 from .client import RegistryClient, client_for
@@ -30,9 +31,8 @@ from .errors import (
     ResolutionImpossible,
 )
 from .fingerprint import short
-from .lockfile import LockedSkill, Origin, require_locked_digest
 from .progress import NULL_PROGRESS, Progress
-from .refs import SkillRef, looks_like_ref, parse_ref
+from .refs import SkillRef, parse_ref
 from .resolve import Candidate, resolve
 
 
@@ -361,22 +361,117 @@ class Resolved:
     dataset_size: int | None = None
     dataset_unit: str = "examples"
     cached: bool = True
+    yanked_reason: str | None = None
 
 
-def _lock_of(into: str | os.PathLike[str], base: str | os.PathLike[str] | None):
-    from .environment import require_lock
-    from .lockfile import read_lock
+def is_file_arg(arg: str) -> bool:
+    """Whether an install argument names a file: ``*.tvskill``, ``./``, ``../``, ``/``, ``~/`` or an existing file."""
+    return (
+        arg.endswith(".tvskill")
+        or arg.startswith(("./", "../", "/", "~"))
+        or os.path.isfile(arg)
+        or (os.sep != "/" and os.sep in arg)
+    )
 
-    lock = read_lock(Path(into)) if Path(into).is_dir() else None
-    if lock is None and base is None:
-        lock = require_lock(Path(into))  # raises, naming `tvreg init`
-    return lock
+
+def _file_origin(path: Path, cache: BlobCache) -> Origin | None:
+    """A file inside the download cache is the registry version it was fetched as (``fetch_skill`` output)."""
+    try:
+        inside = path.resolve().is_relative_to(cache.root.resolve())
+    except OSError:
+        inside = False
+    meta = _cached_meta(path) if inside else {}
+    if meta.get("name") and meta.get("version") and meta.get("registry"):
+        return Origin(f"{meta['name']}@{meta['version']}", meta["registry"], meta["name"])
+    return None
+
+
+def own_namespaces(client: RegistryClient) -> list[str]:
+    """The logged-in user's own namespace, then their teams' (anonymous: none)."""
+    from .errors import AuthError
+
+    try:
+        me = client.whoami()
+    except AuthError:
+        return []
+    names = [me.get("user")] + list(me.get("namespaces") or []) + [t.get("team") for t in me.get("teams") or []]
+    return [n for n in dict.fromkeys(names) if isinstance(n, str) and n]
+
+
+def configured_namespaces() -> list[str]:
+    """``namespaces = [...]`` from ``config.toml`` (empty when unset)."""
+    from .config import load_config
+
+    found = load_config().get("namespaces", [])
+    if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+        raise ConfigError(
+            "`namespaces` in the tvreg configuration must be a list of names.",
+            hints=['write it as `namespaces = ["alice", "nlp"]`'],
+        )
+    return found
+
+
+def qualify(
+    name: str, client: RegistryClient, namespaces: Sequence[str] | None
+) -> str:
+    """``ns/name`` for a bare skill name, looked up in the ordered ``namespaces``.
+
+    Raises:
+        ResolutionImpossible: the name exists in two of them (both full names are listed).
+        NotFound: in none of them; the message says where it exists, if anywhere.
+    """
+    from .errors import InvalidName
+
+    order = list(namespaces) if namespaces else (configured_namespaces() or own_namespaces(client))
+    found: list[str] = []
+    for ns in order:
+        try:
+            client.skill(SkillRef(ns, name, None))
+        except NotFound:
+            continue
+        except InvalidName:
+            continue
+        found.append(f"{ns}/{name}")
+    if len(found) > 1:
+        raise ResolutionImpossible(
+            f"`{name}` is ambiguous: it exists as {' and '.join(f'`{f}`' for f in found)}.",
+            hints=[f"name the one you mean in full, e.g. `{found[0]}`"],
+        )
+    if found:
+        return found[0]
+    elsewhere: list[str] = []
+    try:
+        items = client.search(name, per_page=50).get("items", [])
+        elsewhere = sorted(
+            {f"{i.get('namespace')}/{i.get('name')}" for i in items if i.get("name") == name and i.get("namespace")}
+        )
+    except RegistryError:
+        pass
+    where = f" (searched: {', '.join(f'`{n}`' for n in order)})" if order else " (no namespaces to search)"
+    hints = (
+        [f"it exists as {', '.join(f'`{e}`' for e in elsewhere)}: name it in full"]
+        if elsewhere
+        else ["name the skill in full (`namespace/skill`), or give a file path (`./skill.tvskill`)"]
+    )
+    if not order:
+        hints.append('set `namespaces = [...]` in the tvreg configuration, pass `--namespace NS`, or log in')
+    raise NotFound(f"no skill named `{name}` in your namespaces{where}.", hints=hints)
+
+
+@dataclass(frozen=True)
+class _Arg:
+    text: str
+    path: Path | None = None
+    origin: Origin | None = None
+    req: Requirement | None = None
+    requested: str | None = None
 
 
 def resolve_install(
     args: Sequence[str],
     *,
-    into: str | os.PathLike[str],
+    into: str | os.PathLike[str] | None = None,
+    lock=None,
     base: str | os.PathLike[str] | None = None,
     registry: str | None = None,
     token: str | None = None,
@@ -384,79 +479,117 @@ def resolve_install(
     upgrade: Sequence[str] | None = None,
     offline: bool = False,
     download: bool = True,
+    namespaces: Sequence[str] | None = None,
+    sources: Sequence[Origin | None] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> list[Resolved]:
-    """Resolve ``tvreg install``/``upgrade`` arguments to skills to add, downloading them unless told not to.
+    """Resolve ``tvreg install``/``upgrade`` arguments to skills to add (once per command).
 
-    An argument that is an existing file is used as is. One shaped like
-    ``ns/skill[@range|@version|@tag]`` is a requirement: all of them, the skills the model
-    already has from the registry (pinned at their locked versions) and every candidate's
-    ``requires``/``conflicts`` are resolved together (:func:`tvreg.resolve.resolve`) for the
-    base recorded in ``into``'s ``tvreg.lock`` (or of ``base`` when the model is initialised
-    on the fly). Dependencies the resolver adds are returned too. Every name is validated
-    before the first request.
+    An argument ending in ``.tvskill`` or starting with ``./``, ``../``, ``/`` or ``~`` is a
+    file (missing: "no such file"); a file in the download cache is the registry version it
+    was fetched as. ``ns/skill[@range|@version|@tag]`` is a requirement; a bare ``skill`` is
+    looked up in ``namespaces`` (default: the configuration's, else the logged-in user's own
+    and their teams'). All requirements, the model's locked registry skills (pinned) and every
+    candidate's ``requires``/``conflicts`` are resolved together (:func:`tvreg.resolve.resolve`)
+    for the model's base. Yanked versions chosen (exact pins, or a locked version kept by an
+    upgrade) are reported through ``progress.warn`` with their reason.
 
     Args:
-        upgrade: installed registry skills to unpin and resolve again to the highest version
-            their recorded requirement allows (``[]``: none; every name in the lock to upgrade all).
-        offline: resolve against the download cache alone (:class:`CacheIndex`), never the network.
-        download: False to only resolve (for ``--dry-run``): versions not cached come back with
-            ``path=None`` and ``cached=False``.
+        lock: the model's lock (in memory; an environment initialised on the fly has no file yet).
+        upgrade: locked registry skills to re-resolve within their recorded requirement.
+        download: False to resolve only: registry versions not cached come back with ``path=None``.
+        sources: origins parallel to ``args`` (the library's ``install(paths, sources=...)``).
 
     Raises:
-        ResolutionImpossible: no set of versions satisfies every requirement; the message
-            names each constraint and where it came from.
-        ModelEnvironmentError: ``--offline`` and a needed artifact is not cached.
+        ResolutionImpossible: no set of versions satisfies every requirement, or a bare name is ambiguous.
+        NotFound: a skill or a bare name exists nowhere it was looked for.
+        ArtifactError: a file argument does not exist.
     """
-    from .fingerprint import fingerprint
+    from .errors import ArtifactError
 
-    plan: list[tuple[str, Requirement | None, str | None]] = []
-    for arg in args:
-        if os.path.isfile(arg) or not looks_like_ref(arg):
-            plan.append((arg, None, None))
-        else:
-            parse_ref(arg.partition("@")[0], allow_version=False)
-            plan.append((arg, parse_requirement(arg), arg))
-    lock = _lock_of(into, base) if any(req for _, req, _ in plan) or upgrade else None
-    upgrading = []
+    cache = BlobCache()
+    if lock is None and into is not None:
+        from ._env.environment import require_lock
+        from ._env.lockfile import read_lock
+
+        lock = read_lock(Path(into)) if Path(into).is_dir() else None
+        if lock is None and base is None:
+            lock = require_lock(Path(into))
+    model = Path(into).name if into is not None else "the model"
+    given = list(sources) if sources is not None else [None] * len(args)
+    parsed: list[_Arg] = []
+    bare: list[int] = []
+    for i, (arg, source) in enumerate(zip(args, given, strict=True)):
+        arg = str(arg)
+        if source is not None or is_file_arg(arg):
+            path = Path(arg).expanduser()
+            if not path.is_file():
+                raise ArtifactError(
+                    f"no such file: `{arg}`.",
+                    hints=["check the path; a registry skill is named `namespace/skill` or `skill`"],
+                )
+            parsed.append(_Arg(arg, path, source or _file_origin(path, cache)))
+            continue
+        if "/" not in arg.partition("@")[0]:
+            parse_requirement(arg)
+            bare.append(i)
+            parsed.append(_Arg(arg))
+            continue
+        parse_ref(arg.partition("@")[0], allow_version=False)
+        parsed.append(_Arg(arg, req=parse_requirement(arg), requested=arg))
+    upgrading: dict[str, object] = {}
     for name in upgrade or ():
         locked = lock.skill(name) if lock is not None else None
         if locked is None or not locked.from_registry:
             continue
-        upgrading.append(locked)
-        text = locked.requested or locked.registry_name
-        plan.append((text, parse_requirement(text, source=f"{Path(into).name} requires"), locked.requested))
-    if not any(req for _, req, _ in plan):
-        return [Resolved(Path(a), None) for a, _, _ in plan]
-    if lock is not None:
-        base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
-    else:
+        upgrading[locked.id] = locked
+        text = locked.requested or locked.id
+        req = parse_requirement(text, source=f"{model} requires")
+        # Upgrade never moves below the locked version: a yanked one stays allowed (PEP 592 keeps it valid).
+        req = Requirement(req.name, req.spec, req.source, also=locked.version)
+        parsed.append(_Arg(text, req=req, requested=locked.requested))
+    if not any(a.req for a in parsed) and not bare:
+        return [Resolved(a.path, a.origin) for a in parsed]
+    if lock is None:
+        from .fingerprint import fingerprint
+
         base_fp, general_fp = fingerprint(base, progress=progress), None
-    requested = [req for _, req, _ in plan if req is not None]
-    asked = {r.name for r in requested}
-    pinned: dict[str, str] = {}
-    for locked in lock.skills if lock is not None else ():
-        name = locked.registry_name
-        if locked.from_registry and name not in asked and locked not in upgrading:
-            pinned[name] = locked.version
-    pins = [Requirement(n, v, source=f"{Path(into).name} pins") for n, v in sorted(pinned.items())]
-    cache = BlobCache()
+    else:
+        base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
     out: list[Resolved] = []
     with contextlib.ExitStack() as stack:
         if offline:
+            if bare:
+                raise ModelEnvironmentError(
+                    f"`--offline`: the bare name `{parsed[bare[0]].text}` cannot be looked up without the registry.",
+                    hints=["name it in full (`namespace/skill`)"],
+                )
             index: RegistryIndex | CacheIndex = CacheIndex(cache)
             client = None
         else:
             try:
                 client = stack.enter_context(client_for(registry, token))
             except ConfigError as exc:
-                exc.hints.append(f"no file `{requested[0]}` exists either")
+                first = next(a.text for a in parsed if a.path is None)
+                exc.hints.append(f"no file `{first}` exists either")
                 raise
             index = RegistryIndex(client, base_fp, general_fp)
+            for i in bare:
+                text = parsed[i].text
+                name, at, spec = text.partition("@")
+                full = qualify(name, client, namespaces) + at + spec
+                parsed[i] = _Arg(text, req=parse_requirement(full), requested=full)
+        requested = [a.req for a in parsed if a.req is not None]
+        asked = {r.name for r in requested}
+        pins = [
+            Requirement(s.id, s.version, source=f"{model} pins")
+            for s in (lock.skills if lock is not None else ())
+            if s.from_registry and s.id not in asked and s.id not in upgrading
+        ]
         try:
-            chosen = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution).chosen
+            result = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution)
         except NotFound as exc:
-            missing = [arg for arg, req, _ in plan if req is not None and f"`{req.name}`" in exc.message]
+            missing = [a.text for a in parsed if a.req is not None and f"`{a.req.name}`" in exc.message]
             if missing:
                 exc.hints.append(f"no file `{missing[0]}` exists either")
             raise
@@ -466,16 +599,26 @@ def resolve_install(
                 exc.hints.append(f"`--offline` searched only the local cache, which holds: {cached}")
                 exc.hints.append("run without `--offline` to ask the registry")
             raise
+        chosen = result.chosen
+        for name, cand in sorted(chosen.items()):
+            if cand.yanked and name in upgrading and upgrading[name].version == cand.version:
+                reason = f": {cand.yanked_reason}" if cand.yanked_reason else ""
+                progress.warn(
+                    f"the locked version `{name}@{cand.version}` is yanked{reason}; upgrade kept it, because "
+                    f"no version allowed by `{upgrading[name].requested or name}` is higher."
+                )
+            elif cand.yanked:
+                reason = f" ({cand.yanked_reason})" if cand.yanked_reason else ""
+                progress.warn(f"`{name}@{cand.version}` is yanked{reason}; installing it because it was pinned exactly.")
+        pinned = {p.name for p in pins}
         extra = [n for n in chosen if n not in asked and n not in pinned]
-        order = [(arg, req.name if req else None, text) for arg, req, text in plan] + [
-            (n, n, None) for n in extra
-        ]
-        for arg, name, origin_text in order:
-            if name is None:
-                out.append(Resolved(Path(arg), None))
+        order = list(parsed) + [_Arg(n, req=Requirement(n)) for n in extra]
+        for a in order:
+            if a.req is None:
+                out.append(Resolved(a.path, a.origin))
                 continue
-            cand = chosen[name]
-            ns, _, skill = name.partition("/")
+            cand = chosen[a.req.name]
+            ns, _, skill = a.req.name.partition("/")
             ref = SkillRef(ns, skill, cand.version)
             if client is None:
                 path = cache.get(cand.digest or "", progress=progress)
@@ -487,39 +630,49 @@ def resolve_install(
                 meta = _cached_meta(path)
                 out.append(
                     _resolved_from(
-                        path, Origin(str(ref), meta.get("registry"), origin_text), cand, path.stat().st_size
+                        path, Origin(str(ref), meta.get("registry"), a.requested), cand, path.stat().st_size
                     )
                 )
                 continue
-            version = next(v for v in index.skill(name)["versions"] if v["version"] == cand.version)
+            version = next(v for v in index.skill(a.req.name)["versions"] if v["version"] == cand.version)
             manifest = version.get("manifest") or {}
-            origin = Origin(str(ref), client.url, origin_text)
-            if not download:
-                hit = cache.path(version["digest"])
-                out.append(
-                    Resolved(
-                        hit if hit.is_file() else None,
-                        origin,
-                        name,
-                        cand.version,
-                        version["digest"],
-                        int(version["size"]),
-                        manifest.get("dataset_size"),
-                        manifest.get("dataset_unit", "examples"),
-                        cached=hit.is_file(),
-                    )
-                )
-                continue
-            got = fetch(
-                ref,
-                base_fingerprint=base_fp,
-                general_fingerprint=general_fp,
-                client=client,
-                info=index.skill(name),
-                progress=progress,
+            hit = cache.path(version["digest"])
+            r = Resolved(
+                hit if hit.is_file() else None,
+                Origin(str(ref), client.url, a.requested),
+                a.req.name,
+                cand.version,
+                version["digest"],
+                int(version["size"]),
+                manifest.get("dataset_size"),
+                manifest.get("dataset_unit", "examples"),
+                cached=hit.is_file(),
+                yanked_reason=cand.yanked_reason if cand.yanked else None,
             )
-            out.append(_resolved_from(got.path, origin, cand, got.size))
+            out.append(download_resolved(r, client=client, progress=progress) if download else r)
     return out
+
+
+def download_resolved(
+    r: Resolved, *, client: RegistryClient | None = None, token: str | None = None, progress: Progress = NULL_PROGRESS
+) -> Resolved:
+    """``r`` with its artifact in the verified cache (downloaded by digest unless already there)."""
+    from dataclasses import replace
+
+    if r.path is not None or r.origin is None or r.digest is None:
+        return r
+    cache = BlobCache()
+    hit = cache.get(r.digest, progress=progress)
+    if hit is not None:
+        return replace(r, path=hit, cached=True)
+    ref = parse_ref(r.origin.label)
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(client_for(r.origin.registry or None, token))
+        meta = {"name": ref.name, "version": ref.version, "registry": client.url}
+        source = _RegistrySource(client, ref, str(ref.version), r.digest)
+        path = cache.fetch(r.digest, int(r.size or 0), source, meta=meta, progress=progress)
+    return replace(r, path=path, cached=True)
 
 
 def _cached_meta(path: Path) -> dict:
@@ -586,7 +739,7 @@ def fetch_locked(
         ModelEnvironmentError: the artifact is nowhere local and ``offline`` (or the skill
             was a local file).
     """
-    from .store import artifact_path
+    from ._env.store import artifact_path
 
     stored = artifact_path(skill.digest)
     if stored.is_file():

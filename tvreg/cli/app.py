@@ -25,16 +25,38 @@ err = SafeConsole(stderr=True, highlight=False)
 out = SafeConsole(highlight=False, soft_wrap=True)
 
 
+CHANGING = None  # the model directory the running command changes (set by environment commands)
+
+
 class RichProgress(Progress):
     """Shows each step that lasts over a second as a transient rich progress bar on stderr."""
 
     delay = 1.0
+    live: list[RichProgress] = []
+
+    @classmethod
+    def stop_all(cls) -> bool:
+        """Stop every bar still drawn, show the cursor, end the line; True if one was drawn."""
+        drawn = False
+        for progress in list(cls.live):
+            drawn = drawn or progress._bar is not None
+            try:
+                progress.done()
+            except Exception:  # noqa: BLE001 - the terminal must be restored whatever rich says
+                pass
+        cls.live.clear()
+        if drawn and err.is_terminal:
+            err.show_cursor(True)
+            err.file.write("\n")
+            err.file.flush()
+        return drawn
 
     def __init__(self) -> None:
         self._bar: RichBar | None = None
         self._task = None
         self._pending: tuple[str, int | None, float] | None = None
         self._completed = 0
+        RichProgress.live.append(self)
 
     def task(self, description, total):
         self.done()
@@ -89,15 +111,25 @@ def _fail(exc: TvregError, debug: bool) -> None:
     sys.exit(exc.exit_code)
 
 
+def _unchanged_line(drawn: bool, message: str) -> None:
+    if drawn and CHANGING is not None and "unchanged" not in message:
+        err.print(f"`{CHANGING}` is unchanged.", soft_wrap=True)
+
+
 class _Group(click.Group):
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
         except TvregError as exc:
+            drawn = RichProgress.stop_all()
+            if drawn and CHANGING is not None and "unchanged" not in exc.message:
+                exc.hints.append(f"`{CHANGING}` is unchanged.")
             _fail(exc, debug)
         except KeyboardInterrupt:
+            drawn = RichProgress.stop_all()
             err.print("[bold red]error:[/] interrupted.")
+            _unchanged_line(drawn, "")
             sys.exit(130)
 
 

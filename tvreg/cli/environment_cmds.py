@@ -12,14 +12,22 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from . import app
 from .app import RichProgress, human_size, main, out, parse_weights
 
 INTO = click.option(
     "--into",
     "into",
-    required=True,
     type=click.Path(exists=True, file_okay=False),
-    help="The model environment.",
+    help="The model environment (default: the current directory when it holds tvreg.lock).",
+)
+NAMESPACE = click.option(
+    "--namespace",
+    "namespace",
+    multiple=True,
+    metavar="NS",
+    help="Where a bare skill name is looked up, in order (repeatable; default: config `namespaces`, "
+    "else your own and your teams').",
 )
 OFFLINE = click.option(
     "--offline", is_flag=True, help="Use only the local store and download cache; no network."
@@ -63,13 +71,35 @@ def print_plan(plan) -> None:
     out.print(f"Would install {count} skill(s) into {plan.model_dir} (dry run, nothing written).")
 
 
+def into_dir(into, *, required: bool = False):
+    """``--into`` (or the positional alias), else the current directory when it holds ``tvreg.lock``."""
+    if into is not None:
+        return Path(into)
+    if (Path.cwd() / "tvreg.lock").is_file():
+        return Path.cwd()
+    if required:
+        raise click.UsageError("no model environment given: pass --into DIR (the current directory has no tvreg.lock).")
+    return None
+
+
+def watch(progress, model_dir):
+    """Remember which model a command changes, so an interrupted progress bar can say it is unchanged."""
+    app.CHANGING = Path(model_dir) if model_dir is not None else Path.cwd()
+    return progress
+
+
+def print_nothing(res) -> None:
+    """The no-op summary, like uv's "Audited N packages"."""
+    out.print(f"Nothing to change: {len(res.skills)} skill(s) already installed in {res.model_dir}.")
+
+
 def print_installed(res) -> None:
     """The set now installed, as a table, then any notes."""
     table = Table(box=None, header_style="bold")
     for col in ("skill", "version", "ω", "from"):
         table.add_column(col)
     for s in res.skills:
-        table.add_row(s.name, s.version, f"{s.weight:.6g}", s.weight_source)
+        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source)
     out.print(table)
     for note in res.notes:
         out.print(f"[yellow]note:[/] {note}")
@@ -91,12 +121,12 @@ def print_result(res, verb: str) -> None:
 def uninstall(names, into, dry_run):
     """Remove skills: the weights become exactly those of installing the remaining set."""
     from ..install import uninstall as do_uninstall
-    from ..plan import make_plan
 
-    if dry_run:
-        print_plan(make_plan(into, removing=names))
+    target = into_dir(into)
+    res = do_uninstall(list(names), into=target, dry_run=dry_run, progress=watch(RichProgress(), target))
+    if res.dry_run:
+        print_plan(res.plan)
         return
-    res = do_uninstall(list(names), into=into, progress=RichProgress())
     print_result(res, "Uninstalled " + ", ".join(names) + " from")
 
 
@@ -112,26 +142,24 @@ def upgrade(names, into, registry, resolution, offline, dry_run):
 
     Each skill stays within the requirement it was installed with; a weight you set is
     kept, default weights are recomputed. Like `uv lock --upgrade-package` then `uv sync`.
+    A locked version that is now yanked is kept (with its reason) unless a higher one is allowed.
     """
-    from ..environment import require_lock
-    from ..fetch import resolve_install
-    from ..plan import make_plan
     from ..sync import upgrade as do_upgrade
-    from ..sync import upgrade_targets
 
-    progress = RichProgress()
-    if dry_run:
-        lock = require_lock(Path(into))
-        targets = upgrade_targets(lock, names, Path(into))
-        got = resolve_install(
-            [], into=into, registry=registry, resolution=resolution, upgrade=targets, offline=offline,
-            download=False, progress=progress,
-        )  # fmt: skip
-        print_plan(make_plan(into, got, refresh_defaults=True, keep_user_weights_of=targets))
-        return
+    target = into_dir(into)
     res = do_upgrade(
-        list(names), into=into, registry=registry, resolution=resolution, offline=offline, progress=progress
-    )
+        list(names), into=target, registry=registry, resolution=resolution, offline=offline, dry_run=dry_run,
+        progress=watch(RichProgress(), target),
+    )  # fmt: skip
+    if res.dry_run:
+        print_plan(res.plan)
+        return
+    moved = [s for s in res.plan.skills if s.change in ("upgrade", "downgrade", "replace")] if res.plan else []
+    if not res.changed:
+        out.print(f"Nothing to change: no newer versions allowed; {len(res.skills)} skill(s) already installed.")
+        return
+    for s in moved:
+        out.print(f"{s.change}d {s.name} {s.previous} → {s.version}" if s.change != "replace" else f"replaced {s.name}")
     print_result(res, "Upgraded")
 
 
@@ -144,56 +172,84 @@ def upgrade(names, into, registry, resolution, offline, dry_run):
 @REGISTRY
 @RESOLUTION
 @OFFLINE
-def lock_(requirements, into, weights, registry, resolution, offline):
+@NAMESPACE
+@DRY_RUN
+def lock_(requirements, into, weights, registry, resolution, offline, namespace, dry_run):
     """Resolve SKILLs with the installed set and write tvreg.lock; the weights are not touched.
 
-    The artifacts are downloaded into the cache, so `tvreg sync` (even `--offline`) can
+    The artifacts are kept in the local store, so `tvreg sync` (even `--offline`) can
     materialise the lock later.
     """
     from ..sync import lock as do_lock
 
+    target = into_dir(into)
     res = do_lock(
-        list(requirements),
-        into=into,
-        weights=parse_weights(weights),
-        registry=registry,
-        resolution=resolution,
-        offline=offline,
-        progress=RichProgress(),
-    )
+        list(requirements), into=target, weights=parse_weights(weights), registry=registry,
+        resolution=resolution, offline=offline, namespaces=list(namespace) or None, dry_run=dry_run,
+        progress=watch(RichProgress(), target),
+    )  # fmt: skip
+    if res.dry_run:
+        print_plan(res.plan)
+        return
+    if not res.changed:
+        print_nothing(res)
+        return
     for s in res.skills:
-        out.print(f"{s.name}=={s.version}  ω={s.weight:.6g}  {s.digest}")
-    state = (
-        "weights up to date"
-        if res.output_fingerprint
-        else f"run `tvreg sync --into {into}` to write the weights"
+        out.print(f"{s.id}@{s.version}  ω={s.weight:.6g}  {s.digest}")
+    where = res.model_dir
+    out.print(
+        f"Locked {len(res.skills)} skill(s) in {where / 'tvreg.lock'} "
+        f"(run `tvreg sync --into {where}` to write the weights)."
     )
-    out.print(f"Locked {len(res.skills)} skill(s) in {Path(into) / 'tvreg.lock'} ({state}).")
 
 
 @main.command()
+@click.argument("model_dir", required=False, type=click.Path(exists=True, file_okay=False))
 @INTO
 @click.option(
     "--locked", is_flag=True, help="Fail if tvreg.lock is out of date or the weights differ from it (for CI)."
 )
+@click.option(
+    "--general",
+    metavar="PATH",
+    type=click.Path(exists=True),
+    help="An untouched copy of G, kept in this machine's store (for a lock written elsewhere).",
+)
 @OFFLINE
-def sync(into, locked, offline):
+@DRY_RUN
+def sync(model_dir, into, locked, general, offline, dry_run):
     """Re-create the weights from tvreg.lock alone, fetching artifacts by digest."""
     from ..sync import sync as do_sync
 
-    res = do_sync(into, locked=locked, offline=offline, progress=RichProgress())
+    if model_dir is not None and into is not None:
+        raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
+    target = into_dir(model_dir or into)
+    res = do_sync(
+        target, locked=locked, offline=offline, general=general, dry_run=dry_run,
+        progress=watch(RichProgress(), target),
+    )  # fmt: skip
+    if res.dry_run:
+        print_plan(res.plan)
+        return
+    if not res.changed:
+        print_nothing(res)
+        return
     print_result(res, "Synced")
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-def verify(model_dir):
-    """Re-hash MODEL_DIR's weights and compare with tvreg.lock; name every tensor that differs."""
+@click.argument("model_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@INTO
+def verify(model_dir, into):
+    """Re-hash the model's weights and compare with tvreg.lock; name every tensor that differs."""
     from ..errors import WeightsMismatch
     from ..fingerprint import short
     from ..verify import describe_result
     from ..verify import verify as do_verify
 
+    if model_dir is not None and into is not None:
+        raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
+    model_dir = into_dir(model_dir or into, required=True)
     res = do_verify(model_dir, progress=RichProgress())
     if res.ok:
         out.print(f"{model_dir}: weights match tvreg.lock ({short(res.found)}).")

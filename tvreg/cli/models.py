@@ -13,24 +13,36 @@ from .app import RichProgress, main, out, parse_weights
 from .check import warn_before_install
 from .environment_cmds import (
     DRY_RUN,
+    NAMESPACE,
     OFFLINE,
     REGISTRY,
     RESOLUTION,
+    into_dir,
     print_installed,
+    print_nothing,
     print_plan,
+    watch,
 )
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--into", "into", type=click.Path(exists=True, file_okay=False), help="G's model directory.")
 @click.option("--base", metavar="PRE", help="The pretrained model G was fine-tuned from.")
 @click.option("--base-fingerprint", metavar="HEX", help="θ_pre's fingerprint, if θ_pre is not at hand.")
 @click.option("--general-size", type=click.IntRange(min=1), help="|G|: size of G's instruction-tuning set.")
 @click.option(
     "--general-size-unit", type=click.Choice(["examples", "tokens"]), default="examples", show_default=True
 )
-def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
-    """Make MODEL_DIR (a model directory of G) a tvreg model environment."""
+def init(model_dir, into, base, base_fingerprint, general_size, general_size_unit):
+    """Make MODEL_DIR (a model directory of G; or --into) a tvreg model environment.
+
+    On a copy of G holding a `tvreg.lock` from another machine, it keeps G in this
+    machine's store and leaves the lock as it is.
+    """
+    if model_dir is not None and into is not None:
+        raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
+    model_dir = model_dir or into or "."
     from ..environment import init_environment
     from ..fingerprint import short
 
@@ -52,8 +64,16 @@ def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
 @main.command()
 @click.argument("skills", nargs=-1, metavar="SKILL...")
 @click.option(
-    "--into", "into", required=True, type=click.Path(file_okay=False), help="The model environment."
+    "--into",
+    "into",
+    type=click.Path(file_okay=False),
+    help="The model environment (default: the current directory when it holds tvreg.lock).",
 )
+@click.option(
+    "-r", "--requirements", "requirements", multiple=True, metavar="FILE",
+    help="Install the skills listed in FILE (`tvreg list --format freeze` output).",
+)  # fmt: skip
+@NAMESPACE
 @click.option(
     "--weight", "weights", multiple=True, metavar="NAME=ω", help="Merge weight of one skill (repeatable)."
 )
@@ -98,6 +118,8 @@ def init(model_dir, base, base_fingerprint, general_size, general_size_unit):
 def install(
     skills,
     into,
+    requirements,
+    namespace,
     weights,
     base,
     general_size,
@@ -117,30 +139,27 @@ def install(
 ):
     """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
 
-    Each SKILL is a .tvskill file, or a registry requirement: `ns/skill`, `ns/skill@^2.1`,
-    `ns/skill@~1.4`, `ns/skill@>=1.2 <2`, `ns/skill@1.2.3` or `ns/skill@beta` (a dist-tag).
-    Requirements, the skills already installed and every skill's `requires` are resolved
-    together for the model's base; named skills are downloaded into the verified cache.
+    Each SKILL is a registry requirement — `ns/skill`, `ns/skill@^2.1`, `ns/skill@1.2.3`,
+    `ns/skill@beta` (a dist-tag), or a bare `skill` looked up in your namespaces — or a
+    file (`*.tvskill`, `./…`, `/…`). Requirements, the skills already installed and every
+    skill's `requires` are resolved together for the model's base.
     """
-    from ..fetch import resolve_install
     from ..install import install as do_install
-    from ..plan import make_plan
 
     progress = RichProgress()
-    warn_before_install(
-        skills, into=into, weights=parse_weights(weights), registry=registry, resolution=resolution
-    )
-    got = resolve_install(
-        list(skills), into=into, base=base, registry=registry, resolution=resolution, offline=offline,
-        download=not dry_run, progress=progress,
-    )  # fmt: skip
-    if dry_run and base is None and general_size is None:
-        print_plan(make_plan(into, got, weights=parse_weights(weights), output_dtype=output_dtype))
-        return
+    weights = parse_weights(weights)
+    args = list(skills)
+    for path in requirements:
+        more, more_weights = read_requirements(path)
+        args += more
+        weights = {**more_weights, **weights}
+    target = into_dir(into)
+    if target is not None:
+        warn_before_install(args, into=target, weights=weights, registry=registry, resolution=resolution)
     res = do_install(
-        [str(r.path) for r in got],
-        into=into,
-        weights=parse_weights(weights),
+        args,
+        into=target,
+        weights=weights,
         base=base,
         general_size=general_size,
         method=method,
@@ -155,18 +174,65 @@ def install(
         device=device,
         output_dtype=output_dtype,
         dry_run=dry_run,
-        sources=[r.origin for r in got],
-        progress=progress,
+        registry=registry,
+        resolution=resolution,
+        offline=offline,
+        namespaces=list(namespace) or None,
+        progress=watch(progress, target),
     )
-    if dry_run:
-        print_installed(res)
-        out.print(f"Would install {len(res.skills)} skill(s) into {res.model_dir} (dry run, nothing written).")
+    if res.dry_run:
+        print_plan(res.plan)
+        return
+    if not res.changed:
+        print_nothing(res)
         return
     print_installed(res)
     out.print(
         f"Installed {len(res.skills)} skill(s) into {res.model_dir} in {res.seconds:.1f} s "
         f"({res.bytes_written / 2**20:.1f} MiB written; weights {res.output_fingerprint[:12]})."
     )
+
+
+def read_requirements(path: str) -> tuple[list[str], dict[str, float]]:
+    """The skills and weights of a requirements file (`tvreg list --format freeze` output).
+
+    One skill per line: a requirement or a file, optionally `--weight=ω`; `#` starts a comment.
+    """
+    from ..errors import ModelEnvironmentError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelEnvironmentError(f"cannot read the requirements file `{path}`: {exc.strerror or exc}.") from exc
+    args: list[str] = []
+    weights: dict[str, float] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        args.append(words[0])
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            try:
+                if key != "--weight":
+                    raise ValueError
+                weights[_identity_of(words[0])] = float(value)
+            except ValueError:
+                raise ModelEnvironmentError(
+                    f"`{path}` line {number}: unknown option `{word}`.",
+                    hints=["a line is `SKILL [--weight=ω]`, as `tvreg list --format freeze` writes it"],
+                ) from None
+    return args, weights
+
+
+def _identity_of(arg: str) -> str:
+    from ..artifact import Artifact
+    from ..fetch import is_file_arg
+
+    if is_file_arg(arg):
+        with Artifact(Path(arg).expanduser()) as art:
+            return art.manifest.name
+    return arg.partition("@")[0]
 
 
 @main.command(name="list")
@@ -176,26 +242,31 @@ def install(
     "--format", "fmt", type=click.Choice(["text", "json", "freeze"]), default="text", show_default=True
 )
 def list_(model_dir, into, fmt):
-    """List the skills installed in a model environment (MODEL_DIR or --into).
+    """List the skills installed in a model environment (MODEL_DIR or --into; default: here).
 
-    `--format freeze` prints one `name==version` line per skill with ω and digest, like
-    `pip freeze`.
+    Skills are named by identity (`ns/skill` from a registry, the manifest name from a file).
+    `--format freeze` prints one line per skill that `tvreg install -r FILE` installs back
+    unchanged: the pinned requirement (or the stored file), `--weight=ω` when you set ω,
+    and the digest as a comment, like `pip freeze`.
     """
     from ..environment import require_lock
+    from ..store import artifact_path
 
-    if (model_dir is None) == (into is None):
+    if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
-    lock = require_lock(Path(model_dir or into))
+    lock = require_lock(into_dir(model_dir or into, required=True))
     if fmt == "json":
-        out.print_json(json.dumps([asdict(s) for s in lock.skills]))
+        out.print_json(json.dumps([{"id": s.id, **asdict(s)} for s in lock.skills]))
         return
     if fmt == "freeze":
         for s in lock.skills:
-            out.print(f"{s.name}=={s.version}  # ω={s.weight:.6g} {s.digest}", markup=False)
+            what = f"{s.id}@{s.version}" if s.from_registry else str(artifact_path(s.digest))
+            weight = f" --weight={s.weight!r}" if s.weight_source == "user" else ""
+            out.print(f"{what}{weight}  # {s.id}@{s.version} ω={s.weight:.6g} {s.digest}", markup=False)
         return
     table = Table(box=None, header_style="bold")
     for col in ("skill", "version", "ω", "from", "digest"):
         table.add_column(col)
     for s in lock.skills:
-        table.add_row(s.name, s.version, f"{s.weight:.6g}", s.weight_source, s.digest[:19])
+        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source, s.digest[:19])
     out.print(table)
