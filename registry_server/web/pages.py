@@ -187,7 +187,7 @@ async def sign_in_submit(request: Request) -> Response:
         return response
     response = RedirectResponse(next_url, status_code=303)
     set_session_cookie(response, request, cookie, web)
-    response.delete_cookie(CSRF_COOKIE, path="/-/")
+    response.delete_cookie(CSRF_COOKIE, path="/-/", httponly=True, samesite="strict", secure=secure(request))
     return response
 
 

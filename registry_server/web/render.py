@@ -54,7 +54,7 @@ def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False})
     md.validateLink = _safe_link  # type: ignore[method-assign]
 
-    def link_open(tokens: Any, idx: int, options: Any, env: Any) -> str:
+    def link_open(_renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         tokens[idx].attrSet("rel", "nofollow noopener")
         return md.renderer.renderToken(tokens, idx, options, env)
 

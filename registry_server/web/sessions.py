@@ -159,7 +159,7 @@ def sign_out(ctx: Context, session_id: int) -> None:
 
 
 def set_session_cookie(response: Response, request: Request, cookie: str, web: WebSession) -> None:
-    max_age = max(1, int((web.expires_at - utcnow()).total_seconds()))
+    max_age = max(1, round((web.expires_at - utcnow()).total_seconds()))
     response.set_cookie(
         SESSION_COOKIE,
         cookie,
