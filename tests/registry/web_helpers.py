@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from html.parser import HTMLParser
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
