@@ -158,3 +158,36 @@ def test_cards_are_bounded_text_and_read_back(registry, api, server_artifacts, t
         assert anon.get("/skills/lab/secret/versions/1.0.0/card").status_code == 404
     with web(registry) as c:
         assert "<h1>Coding</h1>" in c.get("/alice/coding").text  # the new card shows at once
+
+
+def test_the_base_page_matrix_is_tvreg_checks_report(registry, api, server_artifacts, tmp_path):
+    """Same numbers, flags and hints as `tvreg check` computes from the same sketches."""
+    from html import unescape
+
+    from tvreg.interference import SkillEntry, check_sketches
+    from tvreg.sketch import Sketch
+
+    pub = populate(registry, api, server_artifacts, tmp_path)
+    picks = ["alice/coding@1.0.0", "alice/science@1.1.0"]
+    entries = []
+    with api.client() as c:
+        for pick in picks:
+            ref, version = pick.split("@")
+            data = c.get(f"/skills/{ref}/versions/{version}/sketch").content
+            entries.append(SkillEntry(pick, Sketch.from_bytes(data), 1.0))
+    (pair,) = check_sketches(entries).pairs
+    with web(registry) as c:
+        page = c.get(f"/bases/{pub.base}", params={"pick": picks})
+        assert page.status_code == 200
+        text = unescape(page.text)
+        cells = re.findall(r'<td class="(flagged|ok)">cos ([+-]\d\.\d\d)<br>sign (\d+)%<br>ratio (\d+\.\d)×</td>', page.text)
+        expected = ("flagged" if pair.warnings else "ok", f"{pair.cosine:+.2f}", f"{pair.sign_conflict * 100:.0f}", f"{pair.norm_ratio:.1f}")
+        assert cells == [expected, expected]
+        for line in pair.warnings + [f"hint: {h}" for h in pair.suggestions]:
+            assert line in text
+        assert ("No pair is flagged." in text) == (not pair.warnings)
+        # More than the limit, and a skill without a sketch, are explained rather than computed.
+        many = c.get(f"/bases/{pub.base}", params={"pick": [f"alice/x{i}@1.0.0" for i in range(9)]})
+        assert many.status_code == 200 and "pick at most 8 skills" in many.text
+        one = c.get(f"/bases/{pub.base}", params={"pick": ["alice/hostile@1.0.0", "alice/coding@1.0.0"]})
+        assert "Without a sketch, not compared: alice/hostile@1.0.0" in unescape(one.text)
