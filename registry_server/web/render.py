@@ -51,7 +51,7 @@ def _safe_link(url: str) -> bool:
 
 
 def _markdown() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": True, "linkify": False})
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False})
     md.validateLink = _safe_link  # type: ignore[method-assign]
 
     def link_open(_renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
