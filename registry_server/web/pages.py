@@ -145,7 +145,11 @@ def sign_in_form(request: Request, next: str = "/") -> Response:
 
 def _local(target: str) -> str:
     """``target`` when it is a path on this site, else ``/`` (no open redirect)."""
-    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+    # Browsers drop tabs and newlines inside URLs and read a backslash as a slash, so
+    # "/\t/evil.example" would become "//evil.example": refuse all of them.
+    if not target.startswith("/") or target.startswith("//") or any(c == "\\" or ord(c) < 0x21 for c in target):
+        return "/"
+    return target
 
 
 def _sign_in_page(request: Request, next_url: str, message: str | None, status: int) -> Response:

@@ -103,11 +103,13 @@ def test_sign_in_sessions_follow_their_token(registry, api, server_artifacts, tm
         assert r.status_code == 403 and "tvreg_session" not in r.headers.get("set-cookie", "")
         r = c.post("/-/sign-in", data={"csrf": _csrf(c), "token": pub.bob}, headers={"Origin": "https://evil.example"})
         assert r.status_code == 403
+        for target in ("/\t/evil.example", "/\\evil.example", "https://evil.example"):
+            assert 'name="next" value="/"' in c.get("/-/sign-in", params={"next": target}).text
         r = c.post("/-/sign-in", data={"csrf": _csrf(c), "token": "tvr_" + "x" * 43})
         assert r.status_code == 401 and "not valid" in r.text
         csrf = _csrf(c)
         r = c.post("/-/sign-in", data={"csrf": csrf, "token": pub.bob, "next": "//evil.example/"})
-        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert r.status_code == 303 and r.headers["location"] == "/"  # no open redirect
         cookie = r.headers["set-cookie"]
         assert cookie.startswith("tvreg_session=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
         assert 43100 < int(re.search(r"Max-Age=(\d+)", cookie).group(1)) <= 43200  # 12 hours
@@ -150,14 +152,14 @@ def test_cards_are_bounded_text_and_read_back(registry, api, server_artifacts, t
     with api.client(pub.bob) as c:
         assert c.put(url, content=b"# mine").status_code == 403
         assert c.put("/skills/lab/secret/versions/1.0.0/card", content=b"# lab").status_code == 200
-    with api.client(pub.alice) as c:
+    with web(registry) as page, api.client(pub.alice) as c:
+        assert "No skill card was published" in page.get("/alice/coding").text  # now in the page cache
         assert c.put(url, content=b"# Coding\n").status_code == 200
+        assert "<h1>Coding</h1>" in page.get("/alice/coding").text  # the new card shows at once
         r = c.get(url)
         assert r.text == "# Coding\n" and r.headers["content-type"] == "text/markdown; charset=utf-8"
     with api.client() as anon:
         assert anon.get("/skills/lab/secret/versions/1.0.0/card").status_code == 404
-    with web(registry) as c:
-        assert "<h1>Coding</h1>" in c.get("/alice/coding").text  # the new card shows at once
 
 
 def test_the_base_page_matrix_is_tvreg_checks_report(registry, api, server_artifacts, tmp_path):
