@@ -20,6 +20,8 @@ What it does:
    * ``metadata``: search (text, base and paginated) and info (skill and version), the
      traffic a registry mostly serves: the figure compared with the 270 requests/s target
      (a single Nexus node's published peak).
+   * ``pages``: half API reads (as ``metadata``), half anonymous web page views (front,
+     search, skill and version pages), to compare pages/s with API reads/s.
    * ``mixed``: 70 % search/info, 25 % download of one of the big artifacts (streamed,
      SHA-256 checked against the digest the registry published), 5 % publish of a new
      version (upload + verify + commit, 1 MiB artifacts, every version unique).
@@ -277,8 +279,30 @@ async def _publish(c: Client, rng: random.Random, stats: Stats, world: dict) -> 
     return "publish"
 
 
+async def _page_view(c: Client, rng: random.Random, stats: Stats, world: dict) -> str:
+    """One anonymous HTML page of the registry's web pages (registry_server.web): front, search, skill, version."""
+    root = c.base.removesuffix("/api/v1")
+    skill = f"load/skill{rng.randrange(SMALL_SKILLS)}"
+    kind = rng.random()
+    if kind < 0.2:
+        path, params = "/", None
+    elif kind < 0.5:
+        path, params = "/search", {"q": f"skill{rng.randrange(SMALL_SKILLS)}"}
+    elif kind < 0.8:
+        path, params = f"/{skill}", None
+    else:
+        path, params = f"/{skill}/1.0.0", None
+    async with c.session.get(root + path, params=params) as r:
+        body = await r.read()
+        if r.status != 200 or not body.startswith(b"<!doctype html>"):
+            stats.fail("page", f"{path} {r.status} {body[:100]!r}")
+    return "page"
+
+
 MIXES = {
     "metadata": [(_search, 0.5), (_info, 0.5)],
+    # Page views beside the API reads they mirror, so pages/s and API reads/s come from one run.
+    "pages": [(_search, 0.25), (_info, 0.25), (_page_view, 0.5)],
     "mixed": [(_search, 0.35), (_info, 0.35), (_download, 0.25), (_publish, 0.05)],
 }
 

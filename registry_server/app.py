@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,6 +29,8 @@ from .errors import ApiError, BadRequest, NotFound, ServerFault
 from .gate import Gate
 from .limits import BodyTimeout
 from .routes import meta, sketches, skills, uploads
+from .web import SecurityHeaders, cards_router, error_page
+from .web import mount as mount_web
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
@@ -59,27 +61,41 @@ def create_app(context: Context) -> FastAPI:
         title="tvreg registry",
         version=__version__,
         description="Publish, search and download task-vector skills. See docs/registry-api.md.",
+        # /docs is the registry's own page (registry_server.web), rendered from /openapi.json:
+        # FastAPI's Swagger UI and ReDoc load their scripts from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = context
     routers = (meta.router, uploads.router, skills.router, sketches.router)
-    routes = [route for router in routers for route in router.routes]
+    routes = [route for router in (*routers, cards_router) for route in router.routes]
     app.add_middleware(Gate, prefix=API_PREFIX, routes=routes, resolve=gate_resolver(context))
     # Outermost, so the gate's body reads are timed too.
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
+    app.add_middleware(SecurityHeaders)
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
+    mount_web(app, API_PREFIX)
+
+    def _page(request: Request) -> bool:
+        """Whether a failure should be answered as a web page rather than the API's JSON."""
+        path = request.url.path
+        return not (path.startswith(API_PREFIX + "/") or path == API_PREFIX or path == "/openapi.json")
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_page(request, exc) if _page(request) else _answer(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _answer(BadRequest(_validation_message(exc)))
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        error = BadRequest(_validation_message(exc))
+        return error_page(request, error) if _page(request) else _answer(error)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
+            if _page(request):
+                return error_page(request, NotFound("there is no page here."))
             return _answer(NotFound("no such endpoint; see /docs for the API."))
         error = ApiError(str(exc.detail))
         error.status = exc.status_code

@@ -31,6 +31,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,6 +102,9 @@ class Gate:
         if scope["type"] != "http" or not has_body(scope):
             await self.app(scope, receive, send)
             return
+        if not scope["path"].startswith(self.prefix + "/"):
+            await self.app(scope, receive, send)  # web pages bound their own forms (read_capped)
+            return
         route, path_known = self._route(scope)
         if not isinstance(route, APIRoute):
             if path_known:
@@ -149,6 +153,16 @@ class Gate:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def read_capped(request: Request, limit: int, what: str) -> bytes:
+    """A body read as it arrives, refused with 413 once it passes ``limit`` (the rest is never read)."""
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise TooLarge(f"{what} is limited to {limit} bytes.", limit=limit)
+    return bytes(body)
 
 
 def _too_large() -> TooLarge:

@@ -295,3 +295,31 @@ class AuthFailure(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     address: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebSession(Base):
+    """A browser signed in with a token (registry_server.web.sessions); only the cookie's SHA-256 is kept.
+
+    Valid while ``expires_at`` is ahead and its token is neither revoked nor expired.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Card(Base):
+    """A version's skill card: the project's README.md as published (Markdown, YAML front matter allowed)."""
+
+    __tablename__ = "cards"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(71))
+    size: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

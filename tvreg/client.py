@@ -506,6 +506,40 @@ class RegistryClient:
         )
         return self._json(resp), resp.status_code == 201
 
+    def put_card(self, ref: SkillRef | str, version: str, text: str) -> dict:
+        """Set a version's skill card (Markdown, its project's README.md); returns ``{"digest", "size"}``."""
+        seg = _segment(ref)
+        validate_version(version)
+        resp = self.request(
+            "PUT",
+            f"/skills/{seg}/versions/{version}/card",
+            content=text.encode("utf-8"),
+            headers={"Content-Type": "text/markdown; charset=utf-8"},
+            what=f"`{seg}@{version}`",
+        )
+        return self._json(resp)
+
+    def card(self, ref: SkillRef | str, version: str, *, max_bytes: int = 1024 * 1024) -> str | None:
+        """A version's skill card, or None when it was published without one (or the registry has no cards)."""
+        seg = _segment(ref)
+        validate_version(version)
+        label = f"`{seg}@{version}`"
+        try:
+            with self._http.stream("GET", f"/skills/{seg}/versions/{version}/card") as resp:
+                if resp.status_code in (404, 405):
+                    return None
+                if not resp.is_success:
+                    resp.read()
+                    raise self._error(resp, label)
+                data = bytearray()
+                for chunk in resp.iter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise RegistryError(f"the card of {label} from {self.url} is over {max_bytes} bytes; refusing it.")
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        return data.decode("utf-8", "replace")
+
     # -- uploads ------------------------------------------------------------------------------
 
     def create_upload(self, size: int, digest: str) -> dict:

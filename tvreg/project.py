@@ -354,3 +354,34 @@ def prepare_artifact(
                 hints=["rebuild the artifact from the base named in the project"],
             )
     return path, manifest, built
+
+
+CARD_FILE = "README.md"
+MAX_CARD_BYTES = 256 * 1024
+"""The registry's limit on a skill card (``registry_server.web.cards``)."""
+
+
+def read_card(project: SkillProject) -> str | None:
+    """The project's ``README.md``, published as the skill's card; None when there is none.
+
+    Raises:
+        ProjectError: the file is over :data:`MAX_CARD_BYTES` or not UTF-8 (found before any upload).
+    """
+    path = project.root / CARD_FILE
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CARD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > MAX_CARD_BYTES:
+        raise ProjectError(
+            f"`{path}` is over {MAX_CARD_BYTES // 1024} KiB, the registry's limit for a skill card.",
+            hints=["shorten the README, or move long material to a linked page"],
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProjectError(
+            f"`{path}` is not UTF-8 text (byte {exc.start}); a skill card must be.",
+            hints=["save the README as UTF-8"],
+        ) from exc

@@ -15,6 +15,7 @@ publishing a version again that the registry holds without a sketch uploads just
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -29,7 +30,7 @@ from .faults import crash_point
 from .fsutil import atomic_write_text
 from .paths import cache_dir
 from .progress import NULL_PROGRESS, Progress
-from .project import load_project, prepare_artifact
+from .project import load_project, prepare_artifact, read_card
 from .refs import SkillRef
 from .sketch import SketchBuilder, store_cached
 
@@ -60,6 +61,8 @@ class PublishResult:
     sketch_bytes: int = 0
     sketch_status: str = "none"
     """``uploaded``, ``present`` (the registry had it), ``dry-run``, or ``failed: <why>``."""
+    card_status: str = "none"
+    """The README.md card: ``uploaded``, ``none`` (the project has none), or ``failed: <why>``."""
 
     @property
     def label(self) -> str:
@@ -165,6 +168,18 @@ def _upload_sketch(client: RegistryClient, ref: SkillRef, version: str, data: by
     return "uploaded" if created else "present"
 
 
+def _with_card(client: RegistryClient, ref: SkillRef, card: str | None, res: PublishResult) -> PublishResult:
+    """Set the project's README.md as the version's card (the registry keeps the newest, so a
+    publish of unchanged bytes still updates it). Like the sketch, a failure does not undo the publish."""
+    if card is None:
+        return res
+    try:
+        client.put_card(ref, res.version, card)
+    except RegistryError as exc:
+        return dataclasses.replace(res, card_status=f"failed: {exc.message}")
+    return dataclasses.replace(res, card_status="uploaded")
+
+
 def publish(
     project_dir: str | os.PathLike[str],
     *,
@@ -200,6 +215,7 @@ def publish(
     if tag is not None:
         validate_tag(tag)  # before any byte is uploaded: a refused tag must not leave a half-published version
     project = load_project(project_dir)
+    card = read_card(project)
     own = client is None
     client = client or client_for(registry, token)
     try:
@@ -267,9 +283,12 @@ def publish(
             if dry_run:
                 return result("dry-run")
             if existing.get("sketch"):
-                return result("unchanged", sketch_status="present")
-            return result(
-                "unchanged", sketch_status=_upload_sketch(client, ref, project.version, sketch_data)
+                return _with_card(client, ref, card, result("unchanged", sketch_status="present"))
+            return _with_card(
+                client,
+                ref,
+                card,
+                result("unchanged", sketch_status=_upload_sketch(client, ref, project.version, sketch_data)),
             )
         if dry_run:
             return result("dry-run")
@@ -281,7 +300,7 @@ def publish(
         if tag is not None and tag != "latest":
             client.set_tag(ref, tag, project.version)
         sketch_status = _upload_sketch(client, ref, project.version, sketch_data)
-        return result("published" if created else "unchanged", size, sketch_status)
+        return _with_card(client, ref, card, result("published" if created else "unchanged", size, sketch_status))
     finally:
         if own:
             client.close()

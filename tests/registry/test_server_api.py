@@ -23,6 +23,7 @@ def test_openapi_documents_every_endpoint(registry, api):
         "/api/v1/skills/{namespace}/{name}/versions/{version}/artifact",
         "/api/v1/skills/{namespace}/{name}/versions/{version}/yank",
         "/api/v1/skills/{namespace}/{name}/versions/{version}/sketch",
+        "/api/v1/skills/{namespace}/{name}/versions/{version}/card",
         "/api/v1/skills/{namespace}/{name}/tags/{tag}",
     }
     assert set(paths["/api/v1/uploads/{upload_id}"]) == {"get", "patch", "delete"}

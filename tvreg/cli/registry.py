@@ -129,6 +129,10 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
         out.print(f"Published {what} to {res.registry}{tagged}.")
         if res.sketch_status in ("uploaded", "present"):
             out.print(f"Attached its interference sketch ({human_size(res.sketch_bytes)}) for `tvreg check`.")
+    if res.card_status == "uploaded":
+        out.print("Set README.md as its skill card.")
+    elif res.card_status.startswith("failed"):
+        err.print(f"[bold yellow]warning:[/] README.md was not set as the skill card ({res.card_status[8:]}).", soft_wrap=True)
     if res.sketch_status.startswith("failed"):
         err.print(
             f"[bold yellow]warning:[/] the interference sketch was not uploaded ({res.sketch_status[8:]}); "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 import click
 from rich.table import Table
@@ -203,6 +204,24 @@ def _print_profile(sketch) -> None:
         out.print(f"    {layer:<{width}}  {norm:>10.4g}  {bar}")
 
 
+_CARD_LINES = 40
+# Terminal controls and bidi overrides in a card could rewrite the terminal or reorder text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _print_card(card: str | None) -> None:
+    """The skill card (README.md) as plain text, control characters made visible, first lines only."""
+    if not card:
+        out.print(f"  {'card':<12} - (published without a README.md)")
+        return
+    lines = _CONTROL.sub(lambda m: f"<U+{ord(m.group(0)):04X}>", card).splitlines()
+    out.print(f"  {'card':<12} README.md, {len(lines)} lines")
+    for line in lines[:_CARD_LINES]:
+        out.print("    " + line, markup=False, highlight=False)
+    if len(lines) > _CARD_LINES:
+        out.print(f"    … {len(lines) - _CARD_LINES} more lines on the registry's skill page")
+
+
 def _profile_json(sketch) -> dict:
     return {"norm": sketch.norm, "norm_profile": sketch.layer_norms()}
 
@@ -242,6 +261,8 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
     sketch = None
     with client_for(registry) as client:
         data = client.version(ref, ref.version) if ref.version else client.skill(ref)
+        card_version = ref.version or (data.get("dist_tags") or {}).get("latest")
+        card = client.card(ref, card_version) if card_version else None
         if ref.version and data.get("sketch"):
             from ..check import registry_sketch
             from ..errors import SketchError
@@ -251,7 +272,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             except (SketchError, RegistryError) as exc:
                 err.print(f"[yellow]note:[/] no norm profile: {safe(exc.message)}", soft_wrap=True)
     if fmt == "json":
-        out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {})}))
+        out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {}), "card": card}))
         return
     if ref.version:
         yanked = f"yes ({data.get('yanked_reason') or 'no reason given'})" if data.get("yanked") else "no"
@@ -277,6 +298,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             _print_profile(sketch)
         else:
             out.print(f"  {'norm profile':<12} - (published without a sketch)")
+        _print_card(card)
         return
     tags = ", ".join(f"{k}={v}" for k, v in sorted((data.get("dist_tags") or {}).items())) or "-"
     out.print(f"[bold]{safe(data.get('name', ref.name))}[/]{'  (private)' if data.get('private') else ''}")
@@ -302,6 +324,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             )
         )
     out.print(table)
+    _print_card(card)
 
 
 def _storage_word(manifest: object) -> str:

@@ -1,0 +1,328 @@
+"""What each page shows, read from the database with the caller's visibility (the API's rules).
+
+Builders return plain dicts for the templates; a skill the caller may not read raises the
+very :class:`~registry_server.errors.NotFound` the API raises for it, so a private skill's
+page is the same 404 as a missing one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from tvreg.errors import SketchMismatch
+from tvreg.interference import (
+    NORM_RATIO,
+    OPPOSED_COSINE,
+    OPPOSED_LAYER_COSINE,
+    SIGN_CONFLICT,
+    SkillEntry,
+    check_sketches,
+)
+from tvreg.manifest import Manifest
+from tvreg.sketch import Sketch, SketchError
+
+from ..auth import Principal, can_read, readable_skill, skill_not_found
+from ..errors import BadRequest, NotFound
+from ..models import Card, Membership, Namespace, Skill, User, Version, VersionSketch
+from ..names import semver_key
+from ..routes.skills import _search, _skill_info, _visible_namespaces
+from .render import split_front_matter
+
+RECENT = 10
+MAX_PICKS = 8
+PER_PAGE = 20
+
+
+def front(s: Session, principal: Principal | None) -> dict[str, Any]:
+    visible = _visible_namespaces(principal)
+    skills = s.scalar(select(func.count()).select_from(Skill).join(Namespace).where(visible)) or 0
+    versions = (
+        s.scalar(select(func.count()).select_from(Version).join(Skill).join(Namespace).where(visible)) or 0
+    )
+    bases = (
+        s.scalar(
+            select(func.count(func.distinct(Version.base_fingerprint)))
+            .select_from(Version)
+            .join(Skill)
+            .join(Namespace)
+            .where(visible)
+        )
+        or 0
+    )
+    recent = s.execute(
+        select(
+            Namespace.name,
+            Skill.name,
+            Skill.description,
+            Version.version,
+            Version.published_at,
+            Namespace.private,
+        )
+        .select_from(Version)
+        .join(Skill, Version.skill_id == Skill.id)
+        .join(Namespace, Skill.namespace_id == Namespace.id)
+        .where(visible)
+        .order_by(Version.published_at.desc(), Version.id.desc())
+        .limit(RECENT)
+    ).all()
+    return {
+        "counts": {"skills": skills, "versions": versions, "bases": bases},
+        "recent": [
+            {
+                "ns": r[0],
+                "skill": r[1],
+                "description": r[2],
+                "version": r[3],
+                "published_at": r[4],
+                "private": r[5],
+            }
+            for r in recent
+        ],
+    }
+
+
+def search(
+    s: Session,
+    principal: Principal | None,
+    q: str | None,
+    base: str | None,
+    tag: str | None,
+    namespace: str | None,
+    page: int,
+) -> dict[str, Any]:
+    if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
+        raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base[:80]!r}.")
+    found = _search(s, principal, q or None, base or None, tag or None, namespace or None, page, PER_PAGE)
+    for item in found["items"]:
+        item["ns"], _, item["skill"] = item["name"].partition("/")
+    found["pages"] = max(1, math.ceil(found["total"] / PER_PAGE))
+    return found
+
+
+def _versions_row(v: dict[str, Any], tags_by_version: dict[str, list[str]]) -> dict[str, Any]:
+    manifest = v["manifest"]
+    tensors = manifest.get("tensors") or {}
+    codecs = sorted({str(t.get("codec")) for t in tensors.values() if isinstance(t, dict)})
+    errors = [t.get("rel_error") for t in tensors.values() if isinstance(t, dict)]
+    worst = max((e for e in errors if isinstance(e, (int, float))), default=None)
+    try:
+        lossy = Manifest.from_json(json.dumps(manifest), where="the stored manifest").lossy
+    except Exception:  # noqa: BLE001 - a manifest the server accepted; show what can be shown
+        lossy = bool(worst)
+    return {
+        **v,
+        "codecs": codecs,
+        "lossy": lossy,
+        "worst_error": worst,
+        "tags": tags_by_version.get(v["version"], []),
+    }
+
+
+def _requirement_links(spec: Any) -> list[dict[str, str]]:
+    out = []
+    if isinstance(spec, dict):
+        for name, rng in sorted(spec.items()):
+            ns, _, skill = str(name).partition("/")
+            out.append({"name": str(name), "range": str(rng), "ns": ns if skill else "", "skill": skill})
+    return out
+
+
+def skill_page(
+    s: Session, principal: Principal | None, namespace: str, name: str, version: str | None
+) -> dict[str, Any]:
+    info = _skill_info(s, principal, namespace, name)
+    tags_by_version: dict[str, list[str]] = {}
+    for tag, ver in info["dist_tags"].items():
+        tags_by_version.setdefault(ver, []).append(tag)
+    rows = [_versions_row(v, tags_by_version) for v in info["versions"]]
+    if version is None:
+        latest = info["dist_tags"].get("latest")
+        live = [r for r in rows if not r["yanked"]]
+        shown = next((r for r in rows if r["version"] == latest), None) or (live or rows or [None])[-1]
+    else:
+        shown = next((r for r in rows if r["version"] == version), None)
+        if shown is None:
+            raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+    card, front_matter, profile = None, {}, {}
+    card_digest = None
+    if shown is not None:
+        version_id = s.scalar(
+            select(Version.id)
+            .join(Skill)
+            .join(Namespace)
+            .where(Namespace.name == namespace, Skill.name == name, Version.version == shown["version"])
+        )
+        stored = s.get(Card, version_id)
+        if stored is not None:
+            front_matter, card = split_front_matter(stored.text)
+            card_digest = stored.digest
+        if shown["sketch"]:
+            sketch = s.get(VersionSketch, version_id)
+            if sketch is not None:
+                try:
+                    profile = Sketch.from_bytes(sketch.data).layer_norms()
+                except SketchError:
+                    profile = {}
+    major = shown["version"].split(".", 1)[0] if shown else None
+    return {
+        "ns": namespace,
+        "skill": name,
+        "info": info,
+        "rows": list(reversed(rows)),
+        "shown": shown,
+        "specific": version is not None,
+        "card": card,
+        "card_digest": card_digest,
+        "front_matter": front_matter,
+        "profile": profile,
+        "line": f"@^{major}"
+        if major and major != "0"
+        else (f"@~{shown['version'].rsplit('.', 1)[0]}" if shown else ""),
+        "requires": _requirement_links(shown["manifest"].get("requires")) if shown else [],
+        "conflicts": _requirement_links(shown["manifest"].get("conflicts")) if shown else [],
+        "license": shown["manifest"].get("license") if shown else None,
+    }
+
+
+def namespace_page(s: Session, principal: Principal | None, namespace: str) -> dict[str, Any]:
+    ns = s.scalars(
+        select(Namespace).where(Namespace.name == namespace).options(selectinload(Namespace.team))
+    ).first()
+    if ns is None or not can_read(principal, ns):
+        raise NotFound(f"namespace `{namespace}` was not found.")
+    found = search(s, principal, None, None, None, namespace, 1)
+    members = None
+    if principal is not None and ns.team_id in principal.roles:
+        members = s.execute(
+            select(User.name, Membership.role)
+            .join(Membership, Membership.user_id == User.id)
+            .where(Membership.team_id == ns.team_id)
+            .order_by(User.name)
+        ).all()
+    return {"ns": namespace, "private": ns.private, "team": ns.team.name, "found": found, "members": members}
+
+
+def _base_versions(s: Session, principal: Principal | None, fingerprint: str) -> list[dict[str, Any]]:
+    rows = s.execute(
+        select(
+            Namespace.name,
+            Skill.name,
+            Skill.description,
+            Version.version,
+            Version.sketch_digest,
+            Version.dataset_size,
+            Version.dataset_unit,
+            Namespace.private,
+        )
+        .select_from(Version)
+        .join(Skill, Version.skill_id == Skill.id)
+        .join(Namespace, Skill.namespace_id == Namespace.id)
+        .where(
+            _visible_namespaces(principal), Version.base_fingerprint == fingerprint, Version.yanked.is_(False)
+        )
+    ).all()
+    newest: dict[tuple[str, str], Any] = {}
+    for r in rows:
+        key = (r[0], r[1])
+        if key not in newest or semver_key(r[3]) > semver_key(newest[key][3]):
+            newest[key] = r
+    return [
+        {
+            "ns": r[0],
+            "skill": r[1],
+            "description": r[2],
+            "version": r[3],
+            "sketch": r[4] is not None,
+            "dataset_size": r[5],
+            "dataset_unit": r[6],
+            "private": r[7],
+            "pick": f"{r[0]}/{r[1]}@{r[3]}",
+        }
+        for _k, r in sorted(newest.items())
+    ]
+
+
+def base_page(s: Session, principal: Principal | None, fingerprint: str, picks: list[str]) -> dict[str, Any]:
+    if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
+        raise NotFound(f"base `{fingerprint[:80]}` was not found.")
+    skills = _base_versions(s, principal, fingerprint)
+    if not skills:
+        raise NotFound(f"base `{fingerprint}` was not found.")
+    picks = list(dict.fromkeys(picks))
+    result = None
+    if picks:
+        result = _interference(s, principal, fingerprint, picks)
+    return {
+        "fingerprint": fingerprint,
+        "skills": skills,
+        "picks": set(picks),
+        "result": result,
+        "max_picks": MAX_PICKS,
+    }
+
+
+def _interference(
+    s: Session, principal: Principal | None, fingerprint: str, picks: list[str]
+) -> dict[str, Any]:
+    """The pairwise report of ``tvreg check`` over the stored sketches of the picked versions (ω = 1)."""
+    thresholds = {
+        "opposed_cosine": OPPOSED_COSINE,
+        "opposed_layer_cosine": OPPOSED_LAYER_COSINE,
+        "sign_conflict": SIGN_CONFLICT,
+        "norm_ratio": NORM_RATIO,
+    }
+    if len(picks) < 2:
+        return {"error": "pick at least two skills to compare.", "thresholds": thresholds}
+    if len(picks) > MAX_PICKS:
+        return {
+            "error": f"pick at most {MAX_PICKS} skills at once ({len(picks)} were picked).",
+            "thresholds": thresholds,
+        }
+    entries, missing = [], []
+    for pick in picks:
+        ref, _, version = pick.partition("@")
+        namespace, _, name = ref.partition("/")
+        skill = readable_skill(s, principal, namespace, name)
+        row = s.scalars(
+            select(Version).where(
+                Version.skill_id == skill.id,
+                Version.version == version,
+                Version.base_fingerprint == fingerprint,
+            )
+        ).first()
+        if row is None:
+            raise skill_not_found(namespace, name)
+        stored = s.get(VersionSketch, row.id) if row.sketch_digest else None
+        if stored is None:
+            missing.append(pick)
+            continue
+        entries.append(SkillEntry(pick, Sketch.from_bytes(stored.data, where=f"the sketch of `{pick}`"), 1.0))
+    if len(entries) < 2:
+        return {
+            "error": None,
+            "missing": missing,
+            "labels": [],
+            "cells": {},
+            "pairs": [],
+            "thresholds": thresholds,
+        }
+    try:
+        report = check_sketches(entries)
+    except SketchMismatch as exc:
+        return {"error": str(exc), "thresholds": thresholds}
+    cells = {}
+    for p in report.pairs:
+        cells[(p.a, p.b)] = cells[(p.b, p.a)] = p
+    return {
+        "error": None,
+        "missing": missing,
+        "labels": [e.label for e in entries],
+        "cells": cells,
+        "pairs": report.pairs,
+        "thresholds": thresholds,
+    }
