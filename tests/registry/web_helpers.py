@@ -26,7 +26,10 @@ HOSTILE_CARD = (
     "[js](javascript:alert(5)) [data](data:text/html,<script>alert(8)</script>) "
     "[spaced]( JaVaScRiPt:alert(9)) [fine](https://example.org/x) \u202eevil \x1b[2J\n"
 )
-MEGABYTE = 1024 * 1024
+# The registry refuses control characters in a manifest's text (docs/reliability.md), so the
+# description carries every hostile part it accepts: markup, links, an RTL override, 2000 characters.
+PRINTABLE_HOSTILE = HOSTILE.replace("\x1b", "").replace("\x07", "")
+HOSTILE_DESCRIPTION = (PRINTABLE_HOSTILE + " " + "A" * 2000)[:2000]
 
 
 @dataclass
@@ -62,7 +65,7 @@ def populate(registry, api, server_artifacts, tmp_path: Path) -> Published:
             alice,
             "alice/hostile",
             "1.0.0",
-            server_artifacts.make("hostile", "1.0.0", description=HOSTILE + "A" * MEGABYTE, license=HOSTILE[:60]),
+            server_artifacts.make("hostile", "1.0.0", description=HOSTILE_DESCRIPTION, license=HOSTILE[:60]),
         ),
     ]
     base = ""
@@ -75,7 +78,7 @@ def populate(registry, api, server_artifacts, tmp_path: Path) -> Published:
                 url = f"/skills/{skill}/versions/{version}/sketch"
                 assert c.put(url, content=sketch_bytes(tmp_path, data)).status_code == 201
     with api.client(alice) as c:
-        r = c.post("/skills/alice/science/versions/1.0.0/yank", json={"reason": HOSTILE})
+        r = c.post("/skills/alice/science/versions/1.0.0/yank", json={"reason": PRINTABLE_HOSTILE})
         assert r.status_code == 200, r.text
         r = c.put("/skills/alice/hostile/versions/1.0.0/card", content=HOSTILE_CARD.encode())
         assert r.status_code == 200, r.text
