@@ -27,7 +27,7 @@ from .context import Context
 from .db import WORKER_THREADS, translate
 from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
 from .limits import BodyTimeout, has_body
-from .routes import meta, sketches, skills, uploads
+from .routes import hub, meta, sketches, skills, uploads
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
@@ -114,6 +114,7 @@ def create_app(context: Context) -> FastAPI:
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
     for router in (meta.router, uploads.router, skills.router, sketches.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(hub.router)  # the Hugging Face Hub's read API, at the Hub's own paths
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
