@@ -226,3 +226,26 @@ def test_cli_reports_errors_sizes_and_probe(env, tmp_path):
         main, ["export", str(env), "-o", str(tmp_path / "b"), "--rank", "2", "--others", "save"]
     )
     assert text.exit_code == 0 and "top-1 agreement" in text.stdout and "adapter" in text.stdout
+
+
+def test_tied_embeddings_and_added_tokens_in_bf16(family_bf16, tmp_path):
+    """G ties lm_head to the embeddings and added 3 tokens: both saved modules get θ_G + ΔW, new rows kept."""
+    skill = tmp_path / "science.tvskill"
+    build_skill(
+        family_bf16.pre, finetuned=family_bf16.science, output=skill, name="science", version="1.0.0",
+        dataset_size=61000,
+    )  # fmt: skip
+    model = copy_model(family_bf16.general, tmp_path / "mymodel")
+    init_environment(model, base=family_bf16.pre, general_size=275000)
+    install([skill], into=model)
+    out = tmp_path / "adapter"
+    (result,) = export_peft(model, out, energy=1.0, others="save")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert {"lm_head", "model.embed_tokens"} <= set(config["modules_to_save"])
+    with safe_open(out / "adapter_model.safetensors", framework="pt") as f:
+        emb = f.get_tensor("base_model.model.model.embed_tokens.weight")
+        assert emb.dtype == torch.bfloat16 and emb.shape[0] == family_bf16.general_vocab_size
+        assert torch.equal(emb, f.get_tensor("base_model.model.lm_head.weight"))
+    installed = _fp32(model).state_dict()["model.embed_tokens.weight"]
+    assert torch.equal(emb.float(), installed)  # one rounding of θ_G + ΔW, as install does
+    assert result.probe.top1_agreement == 1.0 and result.probe.rel_error < 1e-3
