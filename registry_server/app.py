@@ -28,7 +28,7 @@ from .deps import gate_resolver
 from .errors import ApiError, BadRequest, NotFound, ServerFault
 from .gate import Gate
 from .limits import BodyTimeout
-from .routes import meta, sketches, skills, uploads
+from .routes import hub, meta, sketches, skills, uploads
 from .web import SecurityHeaders, cards_router, error_page
 from .web import mount as mount_web
 
@@ -75,12 +75,13 @@ def create_app(context: Context) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     for router in routers:
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(hub.router)  # the Hugging Face Hub's read API, at the Hub's own paths (before the pages)
     mount_web(app, API_PREFIX)
 
     def _page(request: Request) -> bool:
         """Whether a failure should be answered as a web page rather than the API's JSON."""
         path = request.url.path
-        return not (path.startswith(API_PREFIX + "/") or path == API_PREFIX or path == "/openapi.json")
+        return not (path.startswith("/api/") or path == API_PREFIX or path == "/openapi.json")
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

@@ -30,6 +30,7 @@ The tree::
     ├── ConfigError                 an unreadable ``config.toml`` or no registry configured
     ├── ProjectError                a skill project (``tvskill.toml``) that cannot be published
     ├── EvaluationError             an evaluation hook that cannot be loaded or returns no scores
+    ├── ExportError                 a skill set that cannot be written as the requested adapter format
     └── RegistryError               the registry refused a request or could not be used
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
@@ -210,6 +211,10 @@ class ProjectError(TvregError):
 
 class EvaluationError(TvregError):
     """A user-supplied evaluation hook (``module:function``) cannot be loaded, fails, or returns no scores."""
+
+
+class ExportError(TvregError):
+    """A skill set cannot be exported as asked (a tensor no LoRA can carry, a merge method that is no sum)."""
 
 
 class RegistryError(TvregError):
