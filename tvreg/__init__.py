@@ -43,6 +43,7 @@ if _typing.TYPE_CHECKING:
         DiskFull,
         DownloadError,
         EvaluationError,
+        ExportError,
         IncompatibleBase,
         InstallInterrupted,
         InvalidCodecOption,
@@ -69,6 +70,7 @@ if _typing.TYPE_CHECKING:
         WeightsMismatch,
     )
     from .evaluate import EvalHook, load_hook
+    from .export import ExportResult, export_peft
     from .fetch import FetchedSkill, fetch_skill
     from .fingerprint import fingerprint
     from .interference import InterferenceReport, PairReport
@@ -97,6 +99,8 @@ _SOURCES: dict[str, str] = {
     "DownloadError": "errors",
     "EvalHook": "evaluate",
     "EvaluationError": "errors",
+    "ExportError": "errors",
+    "ExportResult": "export",
     "FetchedSkill": "fetch",
     "IncompatibleBase": "errors",
     "InstallInterrupted": "errors",
@@ -139,6 +143,7 @@ _SOURCES: dict[str, str] = {
     "WeightsMismatch": "errors",
     "build_skill": "build",
     "check": "check",
+    "export_peft": "export",
     "fetch_skill": "fetch",
     "fingerprint": "fingerprint",
     "init_environment": "_env.environment",
@@ -172,6 +177,8 @@ __all__ = [
     "DownloadError",
     "EvalHook",
     "EvaluationError",
+    "ExportError",
+    "ExportResult",
     "FetchedSkill",
     "IncompatibleBase",
     "InstallInterrupted",
@@ -215,6 +222,7 @@ __all__ = [
     "__version__",
     "build_skill",
     "check",
+    "export_peft",
     "fetch_skill",
     "fingerprint",
     "init_environment",

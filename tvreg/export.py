@@ -181,10 +181,11 @@ def _locked_artifacts(model_dir: Path) -> tuple[Any, list[tuple[Any, Path]]]:
 
 
 def _general_id(model_dir: Path) -> str | None:
-    from .modelcard import general_model_id
+    """The Hub id a model directory's ``config.json`` records, for the adapter's ``base_model_name_or_path``."""
+    from ._env.environment import general_hub_id
 
-    name = general_model_id(model_dir)
-    return name if "/" in name else None
+    name, _revision = general_hub_id(model_dir)
+    return name if name and "/" in name else None
 
 
 def _environment_sets(model_dir: Path, *, per_skill: bool) -> list[_Set]:
