@@ -28,6 +28,8 @@ The tree::
     ├── ConfigError                 an unreadable ``config.toml`` or no registry configured
     ├── ProjectError                a skill project (``tvskill.toml``) that cannot be published
     ├── EvaluationError             an evaluation hook that cannot be loaded or returns no scores
+    ├── SignatureError              a signature bundle or attestation that is malformed, does not cover
+    │                               the artifact, or is not by a key the client trusts; a bad key file
     └── RegistryError               the registry refused a request or could not be used
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
@@ -196,6 +198,10 @@ class ProjectError(TvregError):
 
 class EvaluationError(TvregError):
     """A user-supplied evaluation hook (``module:function``) cannot be loaded, fails, or returns no scores."""
+
+
+class SignatureError(TvregError):
+    """A signature or attestation cannot be made or does not verify against the trusted keys."""
 
 
 class RegistryError(TvregError):
