@@ -27,7 +27,7 @@ from .context import Context
 from .db import WORKER_THREADS, translate
 from .errors import ApiError, BadRequest, NotFound, ServerFault, TooLarge
 from .limits import BodyTimeout, has_body
-from .routes import meta, sketches, skills, uploads
+from .routes import keys, meta, sketches, skills, uploads
 
 log = logging.getLogger("registry_server")
 API_PREFIX = "/api/v1"
@@ -112,7 +112,7 @@ def create_app(context: Context) -> FastAPI:
     app.add_middleware(_BodyLimit)
     # Outermost, so the JSON body limit's reads are timed too.
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)
-    for router in (meta.router, uploads.router, skills.router, sketches.router):
+    for router in (meta.router, uploads.router, skills.router, sketches.router, keys.router):
         app.include_router(router, prefix=API_PREFIX)
 
     @app.exception_handler(ApiError)

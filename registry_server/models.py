@@ -293,3 +293,6 @@ class AuthFailure(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     address: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+from . import trust_models  # noqa: E402,F401  (signing keys, signatures, attestations: migration 0006)
