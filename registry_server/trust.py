@@ -40,7 +40,9 @@ def key_out(key: SigningKey) -> dict[str, Any]:
     return {
         "key_id": key.key_id,
         "name": key.name,
-        "owner": {"user": key.user.name} if key.user is not None else {"team": key.team.name if key.team else None},
+        "owner": {"user": key.user.name}
+        if key.user is not None
+        else {"team": key.team.name if key.team else None},
         "public_key": key.public_key,
         "created_at": key.created_at.isoformat(),
         "created_by": key.created_by,
@@ -82,7 +84,9 @@ def register_key(
     public = _parse_key(pem)
     existing = s.scalars(select(SigningKey).where(SigningKey.key_id == public.id)).first()
     if existing is not None:
-        owner = existing.user.name if existing.user else f"team {existing.team.name}" if existing.team else "?"
+        owner = (
+            existing.user.name if existing.user else f"team {existing.team.name}" if existing.team else "?"
+        )
         raise Conflict(f"the key {public.id} is already registered (to `{owner}`).")
     key = SigningKey(
         key_id=public.id, public_key=public.pem, name=name[:100], user=user, team=team, created_by=actor
@@ -94,7 +98,9 @@ def register_key(
     return key
 
 
-def register_key_for(s: Session, principal: Principal | None, pem: str, *, team: str | None, name: str) -> SigningKey:
+def register_key_for(
+    s: Session, principal: Principal | None, pem: str, *, team: str | None, name: str
+) -> SigningKey:
     """``POST /keys``: a key for the caller, or for ``team`` when the caller is its admin."""
     principal = require_scope(principal, "write", action="registering a signing key")
     if team is None:
@@ -125,7 +131,9 @@ def get_key(s: Session, key_id: str) -> SigningKey:
     return key
 
 
-def revoke_key(s: Session, key_id: str, reason: str, *, actor: str, principal: Principal | None = None) -> SigningKey:
+def revoke_key(
+    s: Session, key_id: str, reason: str, *, actor: str, principal: Principal | None = None
+) -> SigningKey:
     """Mark a key revoked (kept and listed). With ``principal``, it must own the key or admin its team."""
     key = get_key(s, key_id)
     if principal is not None:
@@ -170,7 +178,9 @@ def uploader_keys(s: Session, principal: Principal) -> list[SigningKey]:
     ]
     return list(
         s.scalars(
-            select(SigningKey).where((SigningKey.user_id == principal.user_id) | (SigningKey.team_id.in_(teams)))
+            select(SigningKey).where(
+                (SigningKey.user_id == principal.user_id) | (SigningKey.team_id.in_(teams))
+            )
         )
     )
 
@@ -192,7 +202,9 @@ def _refuse(exc: SignatureError, label: str, keys: list[SigningKey], whose: str)
     return InvalidSignature(f"the bundle for `{label}` is not signed by any of the {detail}.")
 
 
-def attach_signature(s: Session, principal: Principal, version: Version, data: bytes) -> tuple[VersionSignature, bool]:
+def attach_signature(
+    s: Session, principal: Principal, version: Version, data: bytes
+) -> tuple[VersionSignature, bool]:
     """Store a signature bundle for ``version`` after checking it covers its artifact and a
     registered, unrevoked key of the publisher (or the namespace's team) signed it.
 
@@ -211,7 +223,9 @@ def attach_signature(s: Session, principal: Principal, version: Version, data: b
     try:
         verified = verify_bundle(data, _usable(keys), where="the signature bundle")
     except SignatureError as exc:
-        raise _refuse(exc, label, keys, f"`{version.publisher.name}` or team `{namespace.team.name}`") from exc
+        raise _refuse(
+            exc, label, keys, f"`{version.publisher.name}` or team `{namespace.team.name}`"
+        ) from exc
     existing = s.scalars(
         select(VersionSignature).where(
             VersionSignature.version_id == version.id, VersionSignature.key_id == verified.key_id
@@ -220,8 +234,12 @@ def attach_signature(s: Session, principal: Principal, version: Version, data: b
     if existing is not None:
         if existing.bundle == data:
             return existing, False
-        raise Conflict(f"`{label}` already carries a signature by {verified.key_id}; signatures are immutable.")
-    row = VersionSignature(version_id=version.id, key_id=verified.key_id, bundle=data, uploaded_by=principal.name)
+        raise Conflict(
+            f"`{label}` already carries a signature by {verified.key_id}; signatures are immutable."
+        )
+    row = VersionSignature(
+        version_id=version.id, key_id=verified.key_id, bundle=data, uploaded_by=principal.name
+    )
     s.add(row)
     audit.record(s, actor=principal.name, action="version.sign", target=label, key_id=verified.key_id)
     return row, True
@@ -236,12 +254,16 @@ def _summary(statement: dict[str, Any]) -> dict[str, Any]:
         "weight": predicate.get("weight"),
         "method": predicate.get("method"),
         "metrics": predicate.get("metrics") if isinstance(predicate.get("metrics"), dict) else {},
-        "eval": (predicate.get("eval") or {}).get("hook") if isinstance(predicate.get("eval"), dict) else None,
+        "eval": (predicate.get("eval") or {}).get("hook")
+        if isinstance(predicate.get("eval"), dict)
+        else None,
         "created": predicate.get("created"),
     }
 
 
-def attach_attestation(s: Session, principal: Principal, version: Version, data: bytes) -> tuple[Attestation, bool]:
+def attach_attestation(
+    s: Session, principal: Principal, version: Version, data: bytes
+) -> tuple[Attestation, bool]:
     """Store an evaluation attestation about ``version``: its subject must be the artifact's
     digest and one of the uploader's registered, unrevoked keys (or their teams') must have
     signed it. Many attestations, by many signers, may be attached to one version.
@@ -253,7 +275,9 @@ def attach_attestation(s: Session, principal: Principal, version: Version, data:
             f"the attestation's predicate is `{statement.get('predicateType')}`, not `{EVAL_PREDICATE}`."
         )
     if version.digest not in artifact_digests(statement):
-        raise InvalidSignature(f"the attestation is about another artifact, not `{label}` ({version.digest}).")
+        raise InvalidSignature(
+            f"the attestation is about another artifact, not `{label}` ({version.digest})."
+        )
     keys = uploader_keys(s, principal)
     try:
         verified = verify_bundle(data, _usable(keys), where="the attestation")
@@ -274,7 +298,9 @@ def attach_attestation(s: Session, principal: Principal, version: Version, data:
         uploaded_by=principal.name,
     )
     s.add(row)
-    audit.record(s, actor=principal.name, action="version.attest", target=label, key_id=verified.key_id, digest=digest)
+    audit.record(
+        s, actor=principal.name, action="version.attest", target=label, key_id=verified.key_id, digest=digest
+    )
     return row, True
 
 
@@ -286,7 +312,11 @@ def _owners(s: Session, key_ids: set[str]) -> dict[str, SigningKey]:
 
 def signatures_out(s: Session, version: Version) -> list[dict[str, Any]]:
     rows = list(
-        s.scalars(select(VersionSignature).where(VersionSignature.version_id == version.id).order_by(VersionSignature.id))
+        s.scalars(
+            select(VersionSignature)
+            .where(VersionSignature.version_id == version.id)
+            .order_by(VersionSignature.id)
+        )
     )
     keys = _owners(s, {r.key_id for r in rows})
     return [
@@ -302,7 +332,9 @@ def signatures_out(s: Session, version: Version) -> list[dict[str, Any]]:
 
 
 def attestations_out(s: Session, version: Version) -> list[dict[str, Any]]:
-    rows = list(s.scalars(select(Attestation).where(Attestation.version_id == version.id).order_by(Attestation.id)))
+    rows = list(
+        s.scalars(select(Attestation).where(Attestation.version_id == version.id).order_by(Attestation.id))
+    )
     keys = _owners(s, {r.key_id for r in rows})
     return [
         {

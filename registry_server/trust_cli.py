@@ -15,7 +15,9 @@ from typing import Any
 import click
 
 
-def add_trust_commands(admin: click.Group, _admin: Callable[..., Any], _db_options: Callable[[Any], Any]) -> None:
+def add_trust_commands(
+    admin: click.Group, _admin: Callable[..., Any], _db_options: Callable[[Any], Any]
+) -> None:
     """Attach the key commands to ``admin`` (given its runner and database options, so the
     commands land on the group of whichever module object runs, ``__main__`` included)."""
 
@@ -44,7 +46,6 @@ def add_trust_commands(admin: click.Group, _admin: Callable[..., Any], _db_optio
 
         click.echo(_admin(data_dir, database_url, run))
 
-
     @admin.command("list-keys")
     @click.argument("owner")
     @click.option("--team", "is_team", is_flag=True, help="OWNER is a team, not a user.")
@@ -60,7 +61,6 @@ def add_trust_commands(admin: click.Group, _admin: Callable[..., Any], _db_optio
 
         for key in _admin(data_dir, database_url, run):
             click.echo(json.dumps(key, sort_keys=True))
-
 
     @admin.command("revoke-key")
     @click.argument("key_id")

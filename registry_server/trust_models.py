@@ -25,9 +25,7 @@ class SigningKey(Base):
     """A public key registered to a user or a team; ``key_id`` is ``sha256:`` of its SPKI DER."""
 
     __tablename__ = "signing_keys"
-    __table_args__ = (
-        CheckConstraint("(user_id IS NULL) <> (team_id IS NULL)", name="one_owner"),
-    )
+    __table_args__ = (CheckConstraint("(user_id IS NULL) <> (team_id IS NULL)", name="one_owner"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key_id: Mapped[str] = mapped_column(String(71), unique=True)

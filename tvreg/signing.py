@@ -255,7 +255,9 @@ def sign_artifact(artifact: str | os.PathLike[str], private_key: str | os.PathLi
         data = out.read_bytes()
     from .artifact import file_digest
 
-    verify_artifact_bundle(data, file_digest(path), [own], where=f"the bundle model-signing wrote for `{path}`")
+    verify_artifact_bundle(
+        data, file_digest(path), [own], where=f"the bundle model-signing wrote for `{path}`"
+    )
     return data
 
 
@@ -297,7 +299,9 @@ def _check_statement_shape(statement: Any, *, where: str) -> None:
         or not all(isinstance(s, dict) and isinstance(s.get("digest"), dict) for s in subjects)
     ):
         raise _bad(where, "the statement has no `subject` with a `digest`")
-    if not isinstance(statement.get("predicateType"), str) or not isinstance(statement.get("predicate"), dict):
+    if not isinstance(statement.get("predicateType"), str) or not isinstance(
+        statement.get("predicate"), dict
+    ):
         raise _bad(where, "the statement has no `predicateType` and `predicate`")
 
 
@@ -378,7 +382,9 @@ def artifact_digests(statement: dict[str, Any]) -> set[str]:
         return {
             "sha256:" + s["digest"]["sha256"]
             for s in subjects
-            if isinstance(s, dict) and isinstance(s.get("digest"), dict) and isinstance(s["digest"].get("sha256"), str)
+            if isinstance(s, dict)
+            and isinstance(s.get("digest"), dict)
+            and isinstance(s["digest"].get("sha256"), str)
         }
     predicate = statement.get("predicate") or {}
     resources = predicate.get("resources")

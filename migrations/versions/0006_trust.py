@@ -70,10 +70,15 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("uploaded_by", sa.String(100), nullable=False),
         sa.ForeignKeyConstraint(
-            ["version_id"], ["versions.id"], name=op.f("fk_attestations_version_id_versions"), ondelete="CASCADE"
+            ["version_id"],
+            ["versions.id"],
+            name=op.f("fk_attestations_version_id_versions"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_attestations")),
-        sa.UniqueConstraint("version_id", "bundle_digest", name=op.f("uq_attestations_version_id_bundle_digest")),
+        sa.UniqueConstraint(
+            "version_id", "bundle_digest", name=op.f("uq_attestations_version_id_bundle_digest")
+        ),
     )
     op.create_index(op.f("ix_attestations_version_id"), "attestations", ["version_id"])
 

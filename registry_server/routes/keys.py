@@ -157,7 +157,9 @@ async def post_attestation(
 
 
 @router.get(_VERSION + "/attestations", responses=_ERRORS)
-def get_attestations(namespace: str, name: str, version: str, ctx: ContextDep, principal: PrincipalDep) -> Any:
+def get_attestations(
+    namespace: str, name: str, version: str, ctx: ContextDep, principal: PrincipalDep
+) -> Any:
     """Every attestation of the version, with its signer's key and a summary of its claims."""
     with ctx.sessions() as s:
         row = load_version(s, principal, namespace, name, version)
