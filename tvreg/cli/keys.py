@@ -256,3 +256,50 @@ def attest_push(file, registry):
         done = push_attestation(client, ref, ref.version, data)
     what = "Attached" if done["created"] else "Already attached:"
     out.print(f"{what} the attestation to {ref} (signed by {done['key_id'][:19]}…).")
+
+
+@main.command("eval")
+@click.argument("skill")
+@click.option(
+    "--into", required=True, type=click.Path(exists=True, file_okay=False), help="The model environment."
+)
+@click.option(
+    "--eval", "eval_spec", required=True, metavar="MODULE:FN", help="Evaluation hook (as `tvreg sweep`)."
+)
+@click.option("--weight", type=float, help="ω to install the skill at (default: |D|/|G|).")
+@click.option("--sign", "sign", metavar="KEY", help="Sign the statement with this key (name or path).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it.")
+@click.option("--registry", metavar="URL", help="Registry to fetch a named skill from.")
+def eval_cmd(skill, into, eval_spec, weight, sign, output, registry):
+    """Measure SKILL on the model's G at ω and write an in-toto evaluation statement.
+
+    SKILL is a .tvskill file or a registry requirement (`ns/skill@1.2.0`). The model
+    INTO is never changed: the skill is installed into a scratch copy. With --sign the
+    statement is signed (a Sigstore bundle) and `tvreg attest push FILE` uploads it.
+    """
+    from ..attest import evaluate_skill
+    from ..evaluate import load_hook
+    from ..fetch import fetch_for_install
+    from ..fsutil import atomic_writer
+    from ..signing import sign_statement
+    from .app import RichProgress
+
+    hook = load_hook(eval_spec)
+    if sign:
+        from ..signing import public_key_of
+
+        public_key_of(sign)  # a missing key fails before the evaluation, not after
+    paths, sources = fetch_for_install([skill], into=into, registry=registry, progress=RichProgress())
+    if len(paths) != 1:
+        raise click.UsageError(f"`{skill}` needs other skills; install those first.")
+    statement = evaluate_skill(paths[0], into=into, evaluate=hook, weight=weight, source=sources[0])
+    data = sign_statement(statement, sign) if sign else (json.dumps(statement, indent=1) + "\n").encode()
+    predicate = statement["predicate"]
+    if output is None:
+        stem = f"{predicate['skill']['name'].replace('/', '-')}-{predicate['skill']['version']}"
+        output = Path(f"{stem}.{'attestation' if sign else 'statement'}.json")
+    with atomic_writer(output) as f:
+        f.write(data)
+    metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(predicate["metrics"].items()))
+    out.print(f"{statement['subject'][0]['name']} at ω={predicate['weight']:g}: {metrics}")
+    err.print(f"Wrote {'the signed attestation' if sign else 'the unsigned statement'} to {output}.")
