@@ -232,11 +232,8 @@ def attach_signature(
         )
     ).first()
     if existing is not None:
-        if existing.bundle == data:
-            return existing, False
-        raise Conflict(
-            f"`{label}` already carries a signature by {verified.key_id}; signatures are immutable."
-        )
+        # ECDSA signatures differ each time; one valid bundle per key is enough, the first stays.
+        return existing, False
     row = VersionSignature(
         version_id=version.id, key_id=verified.key_id, bundle=data, uploaded_by=principal.name
     )

@@ -126,15 +126,16 @@ def trust(spec: str, *, client: RegistryClient | None = None) -> list[TrustedKey
         new.append(_registry_key(client, key, expected_id=spec))
     else:
         keys: list[dict[str, Any]] = []
-        for kind in ("team", "user"):
+        found = False
+        for kind in ("user", "team"):  # a user's personal team has the user's name: take both
             try:
-                keys = _json(client.request("GET", "/keys", params={kind: spec}, what=f"{kind} `{spec}`"))[
+                keys += _json(client.request("GET", "/keys", params={kind: spec}, what=f"{kind} `{spec}`"))[
                     "keys"
                 ]
+                found = True
             except NotFound:
                 continue
-            break
-        else:
+        if not found:
             raise NotFound(f"the registry at {client.url} has no team or user `{spec}`.")
         new = [_registry_key(client, k) for k in keys if not k.get("revoked_at")]
         if not new:
