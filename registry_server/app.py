@@ -28,7 +28,7 @@ from .deps import gate_resolver
 from .errors import ApiError, BadRequest, NotFound, ServerFault
 from .gate import Gate
 from .limits import BodyTimeout
-from .routes import hub, meta, sketches, skills, uploads
+from .routes import hub, keys, meta, sketches, skills, uploads
 from .web import SecurityHeaders, cards_router, error_page
 from .web import mount as mount_web
 
@@ -67,7 +67,7 @@ def create_app(context: Context) -> FastAPI:
         redoc_url=None,
     )
     app.state.context = context
-    routers = (meta.router, uploads.router, skills.router, sketches.router)
+    routers = (meta.router, uploads.router, skills.router, sketches.router, keys.router)
     routes = [route for router in (*routers, cards_router) for route in router.routes]
     app.add_middleware(Gate, prefix=API_PREFIX, routes=routes, resolve=gate_resolver(context))
     # Outermost, so the gate's body reads are timed too.

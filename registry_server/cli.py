@@ -608,6 +608,11 @@ def gc(
     click.echo(f"removed {done.blobs} blob(s) and {done.staged} staged upload(s)", err=True)
 
 
+from .trust_cli import add_trust_commands  # noqa: E402
+
+add_trust_commands(admin, _admin, _db_options)  # admin add-key / list-keys / revoke-key
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point; ``serve`` is implied when the first argument is an option."""
     args = list(sys.argv[1:] if argv is None else argv)

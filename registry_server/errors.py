@@ -7,7 +7,9 @@ The tree::
     │   ├── DigestMismatch      400 digest_mismatch: the bytes hash to another digest
     │   ├── SizeMismatch        400 size_mismatch: an upload received N of M bytes
     │   ├── InvalidArtifact     400 invalid_artifact: not a tvskill, or its manifest disagrees
-    │   └── InvalidSketch       400 invalid_sketch: not a sketch, or not of this version's artifact
+    │   ├── InvalidSketch       400 invalid_sketch: not a sketch, or not of this version's artifact
+    │   └── InvalidSignature    400 invalid_signature: a bundle that does not cover the artifact or
+    │                           is not signed by a registered, unrevoked key of the publisher
     ├── Unauthenticated         401 unauthenticated: no, bad, expired or revoked token
     ├── Forbidden               403 forbidden: authenticated, role too low (names the role)
     ├── NotFound                404 not_found: also for private skills the caller cannot read
@@ -98,6 +100,10 @@ class InvalidArtifact(BadRequest):
 
 class InvalidSketch(BadRequest):
     code = "invalid_sketch"
+
+
+class InvalidSignature(BadRequest):
+    code = "invalid_signature"
 
 
 class Unauthenticated(ApiError):

@@ -323,3 +323,6 @@ class Card(Base):
     digest: Mapped[str] = mapped_column(String(71))
     size: Mapped[int]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+from . import trust_models  # noqa: E402,F401  (signing keys, signatures, attestations: migration 0008)

@@ -31,6 +31,8 @@ The tree::
     ├── ProjectError                a skill project (``tvskill.toml``) that cannot be published
     ├── EvaluationError             an evaluation hook that cannot be loaded or returns no scores
     ├── ExportError                 a skill set that cannot be written as the requested adapter format
+    ├── SignatureError              a signature bundle or attestation that is malformed, does not cover
+    │                               the artifact, or is not by a key the client trusts; a bad key file
     └── RegistryError               the registry refused a request or could not be used
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
@@ -215,6 +217,10 @@ class EvaluationError(TvregError):
 
 class ExportError(TvregError):
     """A skill set cannot be exported as asked (a tensor no LoRA can carry, a merge method that is no sum)."""
+
+
+class SignatureError(TvregError):
+    """A signature or attestation cannot be made or does not verify against the trusted keys."""
 
 
 class RegistryError(TvregError):

@@ -19,6 +19,9 @@ that made it. Two forms::
     codec = "exact"                  #     or bf16, int8, sparse, lowrank, auto
     codec_params = {}                #     e.g. { density = 0.1 } for sparse
 
+    [sign]                           # optional: sign the artifact when publishing
+    key = "release"                  #     a key name from `tvreg key generate`, or a path
+
 Paths are relative to the project directory. Unknown keys are refused so a typo cannot
 silently publish a default. :func:`prepare_artifact` builds when the artifact in
 ``dist/`` is missing or older than its inputs, and checks that the artifact agrees
@@ -61,6 +64,7 @@ _TOP_KEYS = {
     "build",
     "requires",
     "conflicts",
+    "sign",
 }
 _BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -86,6 +90,8 @@ class SkillProject:
     codec_params: dict[str, object] | None = None
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
+    sign_key: str | None = None
+    """``[sign] key``: the private key (name or path) ``tvreg publish`` signs with."""
 
     @property
     def name(self) -> str:
@@ -191,6 +197,9 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
 
             validate_dependencies(table)
         deps[key] = dict(table) if table is not None else None
+    sign = data.get("sign", {})
+    if not isinstance(sign, dict) or set(sign) - {"key"} or not isinstance(sign.get("key", ""), str):
+        raise _bad(file, '`[sign]` takes one string, `key = "NAME"` (a key from `tvreg key generate`, or a path)')
     base = data.get("base")
     if base is not None and not _FP_RE.match(base):
         base = _resolve_model(root, base)
@@ -211,7 +220,14 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         codec_params=dict(codec_params) if codec_params else None,
         requires=deps["requires"],
         conflicts=deps["conflicts"],
+        sign_key=_resolve_key(root, sign["key"]) if sign.get("key") else None,
     )
+
+
+def _resolve_key(root: Path, value: str) -> str:
+    """A key path relative to the project if it exists there, else as written (a key name)."""
+    candidate = root / os.path.expanduser(value)
+    return str(candidate.resolve()) if candidate.is_file() else value
 
 
 def _newest_mtime(paths: list[Path]) -> float:

@@ -63,6 +63,9 @@ class PublishResult:
     """``uploaded``, ``present`` (the registry had it), ``dry-run``, or ``failed: <why>``."""
     card_status: str = "none"
     """The README.md card: ``uploaded``, ``none`` (the project has none), or ``failed: <why>``."""
+    signature_status: str = "none"
+    """Like ``sketch_status``, for the signature bundle (``none`` when not signing)."""
+    signed_by: str | None = None
 
     @property
     def label(self) -> str:
@@ -180,6 +183,38 @@ def _with_card(client: RegistryClient, ref: SkillRef, card: str | None, res: Pub
     return dataclasses.replace(res, card_status="uploaded")
 
 
+def _signature(client: RegistryClient, key: str | None, path: Path, who: dict | None, namespace: str):
+    """(key id, bundle) signing ``path`` with ``key``, checked to be registered to the publisher."""
+    if not key:
+        return None
+    from .signing import public_key_of, sign_artifact
+    from .trust import check_publish_key
+
+    public = public_key_of(key)
+    if who is not None:
+        check_publish_key(client, public, who, namespace)
+    return public.id, sign_artifact(path, key)
+
+
+def _with_signature(
+    client: RegistryClient, ref: SkillRef, signing, status: str, res: PublishResult
+) -> PublishResult:
+    """Attach the signature after the version is out; like the sketch, a failure does not undo it."""
+    if signing is None:
+        return res
+    if status == "dry-run":
+        return dataclasses.replace(res, signature_status="dry-run", signed_by=signing[0])
+    from .trust import push_signature
+
+    try:
+        created = push_signature(client, ref, res.version, signing[1])
+    except RegistryError as exc:
+        return dataclasses.replace(res, signature_status=f"failed: {exc.message}", signed_by=signing[0])
+    return dataclasses.replace(
+        res, signature_status="uploaded" if created else "present", signed_by=signing[0]
+    )
+
+
 def publish(
     project_dir: str | os.PathLike[str],
     *,
@@ -190,6 +225,7 @@ def publish(
     chunk_size: int | None = None,
     client: RegistryClient | None = None,
     progress: Progress = NULL_PROGRESS,
+    sign: str | None = None,
 ) -> PublishResult:
     """Publish the skill project in ``project_dir`` (a directory with ``tvskill.toml``).
 
@@ -201,6 +237,8 @@ def publish(
         dry_run: do every check (build, verify, login, version collision) and upload nothing.
         chunk_size: at most this many bytes per ``PATCH`` (default: the registry's suggestion),
             e.g. behind a proxy that limits request bodies.
+        sign: a private key (name or path) to sign the artifact with (default: ``[sign] key``
+            of ``tvskill.toml``); the bundle is attached to the version (:mod:`tvreg.trust`).
 
     Returns:
         A :class:`PublishResult`.
@@ -253,21 +291,28 @@ def publish(
         )
         store_cached(sketch)
         sketch_data = sketch.to_bytes()
+        signing = _signature(client, sign or project.sign_key, path, who, namespace)
 
         def result(status: str, uploaded: int = 0, sketch_status: str = "dry-run") -> PublishResult:
-            return PublishResult(
-                ref.name,
-                ref.version or "",
-                digest,
-                size,
-                client.url,
-                path,
-                built,
+            return _with_signature(
+                client,
+                ref,
+                signing,
                 status,
-                uploaded,
-                tag,
-                len(sketch_data),
-                sketch_status,
+                PublishResult(
+                    ref.name,
+                    ref.version or "",
+                    digest,
+                    size,
+                    client.url,
+                    path,
+                    built,
+                    status,
+                    uploaded,
+                    tag,
+                    len(sketch_data),
+                    sketch_status,
+                ),
             )
 
         try:

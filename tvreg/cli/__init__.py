@@ -5,7 +5,7 @@ Errors from the library (:class:`~tvreg.errors.TvregError`) are printed as
 2 for bad usage, 130 for interrupts) and no traceback unless ``--debug``.
 """
 
-from . import cache, check, environment_cmds, export, models, registry, skills, sweep  # noqa: F401  (each registers its commands)
+from . import cache, check, environment_cmds, export, keys, models, registry, skills, sweep  # noqa: F401  (each registers its commands)
 from .app import RichProgress, main
 
 __all__ = ["RichProgress", "main"]

@@ -84,7 +84,8 @@ def whoami(registry):
     metavar="BYTES",
     help="At most BYTES per upload request (default: the registry's suggestion).",
 )
-def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
+@click.option("--sign", "sign", metavar="KEY", help="Sign the artifact with this key (name or path); default: [sign] key.")
+def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size, sign):
     """Publish the skill project in PROJECT_DIR (a directory with tvskill.toml).
 
     \b
@@ -112,6 +113,7 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
         dry_run=dry_run,
         chunk_size=chunk_size,
         progress=RichProgress(),
+        sign=sign,
     )
     what = f"[bold]{res.label}[/] ({res.digest[:19]}…, {human_size(res.size)})"
     if res.status == "dry-run":
@@ -140,6 +142,12 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size):
             soft_wrap=True,
         )
         err.print("[cyan]hint:[/] run the same `tvreg publish` again: it uploads only the missing sketch.")
+    if res.signature_status in ("uploaded", "present"):
+        out.print(f"Signed by {res.signed_by}.")
+    elif res.signature_status.startswith("failed"):
+        err.print(f"[bold red]error:[/] the signature was not attached: {res.signature_status[8:]}", soft_wrap=True)
+        err.print("[cyan]hint:[/] fix the key, then run the same `tvreg publish --sign` again: it attaches only the signature.")
+        raise SystemExit(1)
 
 
 @main.command()

@@ -259,10 +259,15 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
 
     ref = parse_ref(target)
     sketch = None
+    trust_view = None
     with client_for(registry) as client:
         data = client.version(ref, ref.version) if ref.version else client.skill(ref)
         card_version = ref.version or (data.get("dist_tags") or {}).get("latest")
         card = client.card(ref, card_version) if card_version else None
+        if ref.version:
+            from .keys import trust_report
+
+            trust_view = trust_report(client, ref, ref.version, data.get("digest", ""))
         if ref.version and data.get("sketch"):
             from ..check import registry_sketch
             from ..errors import SketchError
@@ -272,7 +277,8 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             except (SketchError, RegistryError) as exc:
                 err.print(f"[yellow]note:[/] no norm profile: {safe(exc.message)}", soft_wrap=True)
     if fmt == "json":
-        out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {}), "card": card}))
+        extra = {"trust": trust_view.as_json()} if trust_view is not None else {}
+        out.print_json(json.dumps({**data, **(_profile_json(sketch) if sketch else {}), "card": card, **extra}))
         return
     if ref.version:
         yanked = f"yes ({data.get('yanked_reason') or 'no reason given'})" if data.get("yanked") else "no"
@@ -289,6 +295,8 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             ("yanked", yanked),
         ):
             out.print(f"  {key:<12} {safe(value)}")
+        if trust_view is not None:
+            trust_view.print()
         tensors = (data.get("manifest") or {}).get("tensors")
         if isinstance(tensors, dict):
             from ..codecs.report import lines_from_json
