@@ -73,7 +73,6 @@ def evaluate_skill(
         Anything :func:`tvreg.install.install` raises.
     """
     from .lockfile import read_lock
-    from .modelcard import general_model_id
     from .sweep import sweep
 
     model_dir = Path(into).resolve()
@@ -100,8 +99,8 @@ def evaluate_skill(
         )
     point = result.points[0]
     lock = read_lock(model_dir)
-    hub = general_model_id(model_dir)
-    from . import __version__
+    hub = lock.general_hub_id or ""
+    from ._version import __version__
 
     return {
         "_type": STATEMENT_TYPE,

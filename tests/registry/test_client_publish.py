@@ -220,9 +220,12 @@ def test_install_of_a_missing_name_is_one_sentence(registry, family, tmp_path):
 def test_install_refuses_unsafe_names_before_any_request(family, tmp_path, monkeypatch):
     monkeypatch.setenv("TVREG_REGISTRY", "http://127.0.0.1:9")  # nothing listens there
     model = _model(family, tmp_path)
-    res = cli("install", "../evil", "--into", model)
-    assert res.exit_code == 2
-    assert res.stderr.splitlines()[0].startswith("error: invalid namespace `..`")
+    res = cli("install", "alice/..evil", "--into", model)
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.splitlines()[0].startswith("error: invalid skill name `..evil`"), res.stderr
+    res = cli("install", "../evil", "--into", model)  # a relative path, as pip reads it: a file, never a name
+    assert res.exit_code == 1, res.stderr
+    assert res.stderr.splitlines()[0] == "error: no such file: `../evil`."
 
 
 def test_a_read_only_token_cannot_publish(registry, artifacts, tmp_path):
