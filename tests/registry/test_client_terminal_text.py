@@ -9,6 +9,8 @@ output, the escapes are shown (``\\x1b``) and the markup is printed as text.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from client_helpers import cli, login, write_project
 
@@ -26,11 +28,21 @@ def _controls(text: str) -> list[str]:
 def test_search_and_info_neutralise_registry_text(registry, family, tmp_path):
     token = login(registry, "alice")
     path = tmp_path / "s.tvskill"
-    build_skill(family.pre, finetuned=family.science, output=path, name="science", version="1.0.0", description=HOSTILE)
+    build_skill(family.pre, finetuned=family.science, output=path, name="science", version="1.0.0", description="tiny")
     project = write_project(tmp_path / "p", name="alice/science", version="1.0.0", artifact=str(path))
     assert cli("publish", project, "--registry", registry.url).exit_code == 0
     with RegistryClient(registry.url, token) as c:
-        c.yank("alice/science", "1.0.0", "bad \x1b[31m[blink]reason[/blink]\x9b")
+        c.yank("alice/science", "1.0.0", "bad")
+    # This registry refuses control characters in text (docs/reliability.md, row 31), so the hostile text
+    # goes straight into its database: rows from before the limits, or a registry that is not tvreg's.
+    (manifest,) = registry.sql("SELECT manifest FROM versions")[0]
+    manifest = json.loads(manifest) if isinstance(manifest, str) else manifest
+    registry.sql(
+        "UPDATE versions SET manifest = :m, yanked_reason = :r",
+        m=json.dumps({**manifest, "description": HOSTILE}),
+        r="bad \x1b[31m[blink]reason[/blink]\x9b",
+    )
+    registry.sql("UPDATE skills SET description = :d", d=HOSTILE)
     for args in (("search", "tiny"), ("info", "alice/science"), ("info", "alice/science@1.0.0")):
         res = cli(*args, "--registry", registry.url)
         assert res.exit_code == 0, (args, res.output)

@@ -25,6 +25,12 @@ def test_openapi_documents_every_endpoint(registry, api):
         "/api/v1/skills/{namespace}/{name}/versions/{version}/sketch",
         "/api/v1/skills/{namespace}/{name}/versions/{version}/card",
         "/api/v1/skills/{namespace}/{name}/tags/{tag}",
+        "/api/v1/skills/{namespace}/{name}/versions/{version}/signature",
+        "/api/v1/skills/{namespace}/{name}/versions/{version}/signatures",
+        "/api/v1/skills/{namespace}/{name}/versions/{version}/attestations",
+        "/api/v1/keys",
+        "/api/v1/keys/{key_id}",
+        "/api/v1/keys/{key_id}/revoke",
     }
     assert set(paths["/api/v1/uploads/{upload_id}"]) == {"get", "patch", "delete"}
     assert httpx.get(registry.url + "/docs").status_code == 200

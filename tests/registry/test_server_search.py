@@ -155,7 +155,8 @@ def test_dist_tags_follow_npm_rules(registry, api, server_artifacts, alice):
         assert r.json() == {"dist_tags": {"beta": "2.0.0-beta.1", "latest": "1.2.0", "stable": "1.1.0"}}
         r = c.put("/skills/alice/science/tags/latest", json={"version": "1.1.0"})
         assert r.json()["dist_tags"]["latest"] == "1.1.0"
-        assert c.put("/skills/alice/science/tags/x", json={"version": "7.0.0"}).status_code == 404
+        assert c.put("/skills/alice/science/tags/edge", json={"version": "7.0.0"}).status_code == 404
+        assert c.put("/skills/alice/science/tags/x", json={"version": "1.0.0"}).status_code == 400  # a range (npm)
         assert c.put("/skills/alice/science/tags/1.0.0", json={"version": "1.0.0"}).status_code == 400
         assert c.put("/skills/alice/science/tags/Bad..Tag", json={"version": "1.0.0"}).status_code == 400
         r = c.delete("/skills/alice/science/tags/latest")
