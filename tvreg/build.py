@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ._names import validate_name, validate_version
 from ._version import __version__
 from .artifact import ArtifactWriter, file_digest
 from .checkpoint import Checkpoint
-from .codecs import get_codec, make_codec, relative_error
+from .codecs import Codec, get_codec, make_codec, relative_error
 from .errors import TensorMismatch, TvregError
 from .fingerprint import fingerprint
 from .manifest import DATASET_UNITS, Manifest
@@ -197,55 +198,83 @@ def build_skill(
                 conflicts=dict(conflicts or {}),
                 created_by=f"tvreg {__version__}",
             )
-            writer = ArtifactWriter(Path(output), manifest)
-            sketcher = SketchBuilder()
-            raw = 0
-            try:
-                total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
-                progress.task(f"Building {name}@{version}", total)
-
-                def work(item):
-                    tname, fn = item
-                    tau = fn(tname)
-                    if tau is None:
-                        return tname, None, 0
-                    _check_finite(tname, tau)
-                    sketcher.add(tname, tau)
-                    enc = coder.encode(tau)
-                    used = get_codec(enc.codec or coder.name)
-                    err = enc.rel_error
-                    if err is None:
-                        err = 0.0 if used.lossless else relative_error(
-                            tau, used.decode(enc.data, tuple(tau.shape), enc.params, where=tname)
-                        )
-                    return tname, (used.name, enc, err), tau.numel() * 4
-
-                workers = max(1, min(4, os.cpu_count() or 1))
-                for tname, coded, nbytes in ordered_map(work, deltas, workers=workers, in_flight=workers + 1):
-                    if coded is not None:
-                        used, enc, err = coded
-                        info = pre.info(tname)
-                        writer.add(
-                            tname,
-                            enc.data,
-                            codec=used,
-                            shape=info.shape,
-                            dtype=info.dtype,
-                            params=enc.params,
-                            rel_error=err if err != float("inf") else None,
-                        )
-                        raw += nbytes
-                    progress.advance(pre.info(tname).numel * 4)
-                result_manifest = writer.finish()
-                progress.done()
-            except BaseException:
-                writer.abort()
-                raise
+            total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
+            result = write_skill(
+                Path(output), manifest, deltas, lambda n: (pre.info(n).shape, pre.info(n).dtype), coder,
+                total=total, progress=progress,
+            )  # fmt: skip
         finally:
             if ft is not None:
                 ft.close()
+    return result
+
+
+def write_skill(
+    output: Path,
+    manifest: Manifest,
+    deltas: Iterable[tuple[str, Callable[[str], torch.Tensor | None]]],
+    layout: Callable[[str], tuple[tuple[int, ...], str]],
+    coder: Codec,
+    *,
+    total: int,
+    progress: Progress = NULL_PROGRESS,
+) -> BuildResult:
+    """Code and write τ tensor by tensor into a ``.tvskill`` at ``output`` (atomically), and cache its sketch.
+
+    The one writer behind :func:`build_skill` and :meth:`tvreg.taskvector.TaskVector.save`:
+    ``deltas`` yields ``(name, fn)`` in the artifact's tensor order, and ``fn(name)`` gives
+    that tensor's fp32 τ (``None`` for a tensor the skill leaves alone). ``layout(name)`` is
+    the base tensor's shape and dtype name. A few tensors are in flight at once; each is
+    checked for NaN/Inf before it is coded.
+    """
+    writer = ArtifactWriter(Path(output), manifest)
+    sketcher = SketchBuilder()
+    raw = 0
+    try:
+        progress.task(f"Building {manifest.label}", total)
+
+        def work(item):
+            tname, fn = item
+            tau = fn(tname)
+            if tau is None:
+                return tname, None, 0
+            _check_finite(tname, tau)
+            sketcher.add(tname, tau)
+            enc = coder.encode(tau)
+            used = get_codec(enc.codec or coder.name)
+            err = enc.rel_error
+            if err is None:
+                err = 0.0 if used.lossless else relative_error(
+                    tau, used.decode(enc.data, tuple(tau.shape), enc.params, where=tname)
+                )
+            return tname, (used.name, enc, err), tau.numel() * 4
+
+        workers = max(1, min(4, os.cpu_count() or 1))
+        for tname, coded, nbytes in ordered_map(work, deltas, workers=workers, in_flight=workers + 1):
+            shape, dtype = layout(tname)
+            if coded is not None:
+                used, enc, err = coded
+                writer.add(
+                    tname,
+                    enc.data,
+                    codec=used,
+                    shape=shape,
+                    dtype=dtype,
+                    params=enc.params,
+                    rel_error=err if err != float("inf") else None,
+                )
+                raw += nbytes
+            progress.advance(math.prod(shape) * 4)
+        result_manifest = writer.finish()
+        progress.done()
+    except BaseException:
+        writer.abort()
+        raise
     sketch = sketcher.finish(
-        skill=name, version=version, base_fingerprint=base_fp, artifact_digest=file_digest(Path(output))
+        skill=manifest.name,
+        version=manifest.version,
+        base_fingerprint=manifest.base_fingerprint,
+        artifact_digest=file_digest(Path(output)),
     )
     store_cached(sketch)
     return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size, sketch)
