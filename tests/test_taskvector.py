@@ -385,3 +385,39 @@ def test_nan_in_a_finetune_is_refused_before_anything_is_written(family, tmp_pat
         tau.apply_to(family.general, tmp_path / "out", base=family.pre)
     assert not (tmp_path / "out").exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".staging")]
+
+
+@pytest.mark.parametrize("fault", ["install:write", "install:decode:SIGINT"])
+def test_a_kill_or_ctrl_c_mid_apply_leaves_no_output_and_a_retry_succeeds(fault, family, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    out = tmp_path / "out"
+    script = (
+        "import sys; from tvreg.taskvector import TaskVector; "
+        "TaskVector.from_checkpoints(sys.argv[1], sys.argv[2]).apply_to(sys.argv[3], sys.argv[4], base=sys.argv[1])"
+    )
+    env = {**subprocess_env(), "TVREG_FAULT": fault}
+    args = [str(family.pre), str(family.science), str(family.general), str(out)]
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, timeout=300)
+    assert done.returncode != 0
+    assert not out.exists()
+    tau = TaskVector.from_checkpoints(family.pre, family.science)
+    tau.apply_to(family.general, out, base=family.pre)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".staging")]  # the killed run's tree is cleaned up
+    _assert_same_weights(
+        read_state_dict(out), read_state_dict(tau.apply_to(family.general, tmp_path / "again", base=family.pre))
+    )
+
+
+def test_output_dtype_matches_install(family_bf16, tmp_path):
+    fam = family_bf16
+    tau = 0.5 * TaskVector.from_checkpoints(fam.pre, fam.science)
+    out = tau.apply_to(fam.general, tmp_path / "out", base=fam.pre, output_dtype="float32")
+    want = _installed(fam, tmp_path, [_built(fam, tmp_path, "science")], {"science": 0.5}, output_dtype="float32")
+    got = read_state_dict(out)
+    assert {t.dtype for t in got.values() if t.is_floating_point()} == {torch.float32}
+    _assert_same_weights(got, want)
+    assert (out / "config.json").read_bytes() == (tmp_path / "installed" / "config.json").read_bytes()

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 __all__ = ["ArtifactSource", "CheckpointSource", "TaskVector"]
 
@@ -332,7 +332,8 @@ class TaskVector:
             bfp = vector._require_target(general, g, gfp, base, base_fingerprint, progress)
             pieces = [stack.enter_context(_opened(source, progress)) for _, source in vector.terms]
             merge_method.check_skills([(p.artifact.manifest.label, vector.kind) for p in pieces])
-            _check_tensors(pieces, g)  # type: ignore[arg-type]  # duck-typed like _env.skillset._Skill
+            skills = cast(Any, pieces)  # duck-typed: what materialise and skillset read of a _Skill
+            _check_tensors(skills, g)
             recipe = merge_method.recipe(list(vector.weights), [vector.kind] * len(pieces), resolved)
             pre = None
             if recipe.needs_base_weights:
@@ -347,19 +348,14 @@ class TaskVector:
                     raise OSError(28, "No space left on device")
             _clean_stale_staging(out)
             staging = out.parent / f".{out.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
+            moved = False
             try:
                 staging.mkdir()
                 if not single_file:
                     with disk_errors(staging):
                         _stage_other_files(g.directory, staging, {p.name for p in g.files})
                 hashes, per_file = _write_weights(
-                    g,
-                    pieces,
-                    staging,
-                    known,
-                    progress,
-                    _Merge(recipe, pre, merger),
-                    out_dtype,  # type: ignore[arg-type]
+                    g, skills, staging, known, progress, _Merge(recipe, pre, merger), out_dtype
                 )
                 with disk_errors(staging):
                     if g.is_sharded:
@@ -371,10 +367,10 @@ class TaskVector:
                 if out.is_dir():
                     out.rmdir()
                 os.rename(staging, out)
-                staging = None
+                moved = True
                 fsync_dir(out.parent)
             finally:
-                if staging is not None:
+                if not moved:
                     shutil.rmtree(staging, ignore_errors=True)
         for fname, entries in per_file.items():
             remember(out / fname, entries)
@@ -595,7 +591,7 @@ class _PairArtifact:
         from .build import _finetune_deltas
 
         self._pre, self._ft = pre, ft
-        self._delta = dict(_finetune_deltas(pre, ft))
+        self._delta: dict[str, Any] = dict(_finetune_deltas(pre, ft))
         entries = {n: _Entry(tuple(i.shape), i.dtype) for n, i in pre.infos().items() if i.is_float}
         self.manifest = _PairManifest(source.label, source.label, entries)
         self.path = Path(source.finetuned)
