@@ -165,6 +165,19 @@ def test_the_schema_is_shipped_and_docs_point_at_it():
     assert "tvreg/schemas/manifest.schema.json" in docs
 
 
+def test_the_schema_ships_as_package_data():
+    import fnmatch
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["tvreg"]
+    assert any(fnmatch.fnmatch("schemas/manifest.schema.json", p) for p in patterns)
+
+
 def test_the_schema_accepts_the_golden_manifest():
     _validator().validate(json.loads(MANIFEST.read_text(encoding="utf-8")))
 
