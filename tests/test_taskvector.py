@@ -421,3 +421,31 @@ def test_output_dtype_matches_install(family_bf16, tmp_path):
     assert {t.dtype for t in got.values() if t.is_floating_point()} == {torch.float32}
     _assert_same_weights(got, want)
     assert (out / "config.json").read_bytes() == (tmp_path / "installed" / "config.json").read_bytes()
+
+
+def test_the_readme_taskvector_example_runs(family, tmp_path, monkeypatch):
+    """README.md's TaskVector block, run as written in a directory whose names are the README's."""
+    import re
+
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("Task vectors as values") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "sum([tau_a, tau_b]) * 0.3" in code and "(-tau_a).apply_to" in code
+    if "TaskVector" not in tvreg.__all__:  # until the package exports it (tvreg/__init__.py is the integrator's)
+        code = code.replace("from tvreg import TaskVector", "from tvreg.taskvector import TaskVector")
+    for name, target in (("pre", family.pre), ("science-ft", family.science), ("G", family.general)):
+        (tmp_path / name).symlink_to(target)
+    _built(family, tmp_path, "coding")  # coding.tvskill
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    for made in ("merged", "forgot", "ties"):
+        assert (tmp_path / made / "config.json").is_file(), made
+    want = _installed(
+        family, tmp_path, [_built(family, tmp_path, "science"), tmp_path / "coding.tvskill"],
+        {"science": 0.3, "coding": 0.3},
+    )  # fmt: skip
+    _assert_same_weights(read_state_dict(tmp_path / "merged"), want)
+    with Artifact(tmp_path / "mix.tvskill") as art:
+        assert art.manifest.lossy and art.manifest.name == "mix"
