@@ -30,7 +30,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+if TYPE_CHECKING:
+    from .artifact import Artifact
+    from .progress import Progress
 
 __all__ = ["ArtifactSource", "CheckpointSource", "TaskVector"]
 
@@ -93,7 +97,7 @@ class TaskVector:
     # ------------------------------------------------------------------ constructors
 
     @classmethod
-    def load(cls, path_or_artifact: str | os.PathLike[str] | Any) -> TaskVector:
+    def load(cls, path_or_artifact: str | os.PathLike[str] | Artifact) -> TaskVector:
         """The task vector stored in a ``.tvskill`` (a path, or an open :class:`~tvreg.artifact.Artifact`).
 
         Only the header is read (and the file's digest, remembered while the file is
@@ -135,7 +139,7 @@ class TaskVector:
 
     @classmethod
     def from_checkpoints(
-        cls, pretrained: str | os.PathLike[str], finetuned: str | os.PathLike[str], *, progress: Any = None
+        cls, pretrained: str | os.PathLike[str], finetuned: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> TaskVector:
         """τ = θ_finetuned − θ_pretrained of two safetensors checkpoints (directories, files or cached Hub ids).
 
@@ -258,7 +262,7 @@ class TaskVector:
         base_fingerprint: str | None = None,
         output_dtype: str | None = None,
         device: str = "cpu",
-        progress: Any = None,
+        progress: Progress | None = None,
         **params: object,
     ) -> Path:
         """Write θ_G merged with this task vector into a new model directory ``out``.
@@ -440,7 +444,7 @@ class TaskVector:
         version: str = "1.0.0",
         dataset_size: int | None = None,
         description: str = "",
-        progress: Any = None,
+        progress: Progress | None = None,
     ) -> Path:
         """Write Σ ω_k τ_k as one ``.tvskill`` artifact (atomically), via the builder of ``tvreg build``.
 
