@@ -261,7 +261,7 @@ class TaskVector:
         base: str | os.PathLike[str] | None = None,
         base_fingerprint: str | None = None,
         output_dtype: str | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         progress: Progress | None = None,
         **params: object,
     ) -> Path:
@@ -284,7 +284,8 @@ class TaskVector:
                 (a path is fingerprinted and its tensors checked against G's); not needed
                 when G is a ``tvreg init``-ed environment, whose lock records it.
             output_dtype: ``float32``, ``float16`` or ``bfloat16`` (default: G's own dtypes).
-            device: ``cpu`` (default), ``cuda`` or ``auto``.
+            device: ``auto`` (default, as install: CUDA when torch sees a GPU and Triton is
+                installed), ``cuda`` or ``cpu``.
 
         Returns:
             ``out``.
