@@ -348,6 +348,8 @@ def test_apply_refuses_an_existing_output_and_unknown_methods(family, tmp_path):
         tau.apply_to(family.general, tmp_path / "o", base=family.pre, method="ties", density=2.0)
     with pytest.raises(MergeError, match="does not take"):
         tau.apply_to(family.general, tmp_path / "o", base=family.pre, dnesity=0.5)
+    with pytest.raises(MergeError, match="unknown device `tpu`"):
+        tau.apply_to(family.general, tmp_path / "o", base=family.pre, device="tpu")
     assert not (tmp_path / "o").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
