@@ -30,12 +30,15 @@ from ..auth import Principal, can_read, readable_skill, skill_not_found
 from ..errors import BadRequest, NotFound
 from ..models import Card, Membership, Namespace, Skill, User, Version, VersionSketch
 from ..names import semver_key
-from ..routes.skills import _search, _skill_info, _visible_namespaces
+from ..routes.skills import _search, _skill_info, _visible_namespaces, ordered_versions, versions_by_id
+from ..schemas import version_out
 from .render import split_front_matter
 
 RECENT = 10
 MAX_PICKS = 8
 PER_PAGE = 20
+VERSIONS_PER_PAGE = 50
+MOST_INSTALLED = 10
 
 
 def front(s: Session, principal: Principal | None) -> dict[str, Any]:
@@ -70,8 +73,23 @@ def front(s: Session, principal: Principal | None) -> dict[str, Any]:
         .order_by(Version.published_at.desc(), Version.id.desc())
         .limit(RECENT)
     ).all()
+    total = func.sum(Version.downloads)
+    most = s.execute(
+        select(Namespace.name, Skill.name, Skill.description, total, Namespace.private)
+        .select_from(Version)
+        .join(Skill, Version.skill_id == Skill.id)
+        .join(Namespace, Skill.namespace_id == Namespace.id)
+        .where(visible)
+        .group_by(Skill.id, Namespace.name, Skill.name, Skill.description, Namespace.private)
+        .having(total > 0)
+        .order_by(total.desc(), Namespace.name, Skill.name)
+        .limit(MOST_INSTALLED)
+    ).all()
     return {
         "counts": {"skills": skills, "versions": versions, "bases": bases},
+        "most_installed": [
+            {"ns": r[0], "skill": r[1], "description": r[2], "downloads": int(r[3]), "private": r[4]} for r in most
+        ],
         "recent": [
             {
                 "ns": r[0],
@@ -133,21 +151,31 @@ def _requirement_links(spec: Any) -> list[dict[str, str]]:
 
 
 def skill_page(
-    s: Session, principal: Principal | None, namespace: str, name: str, version: str | None
+    s: Session, principal: Principal | None, namespace: str, name: str, version: str | None, page: int = 1
 ) -> dict[str, Any]:
-    info = _skill_info(s, principal, namespace, name)
+    """The skill (or version) page; its versions table shows page ``page``, newest first."""
+    info = _skill_info(s, principal, namespace, name, 1, 1)
+    skill = readable_skill(s, principal, namespace, name)
+    ordered = ordered_versions(s, skill)
+    newest_first = list(reversed(ordered))
     tags_by_version: dict[str, list[str]] = {}
     for tag, ver in info["dist_tags"].items():
         tags_by_version.setdefault(ver, []).append(tag)
-    rows = [_versions_row(v, tags_by_version) for v in info["versions"]]
+
+    def rows_of(ids: list[int]) -> list[dict[str, Any]]:
+        return [_versions_row(version_out(skill, v), tags_by_version) for v in versions_by_id(s, ids)]
+
     if version is None:
         latest = info["dist_tags"].get("latest")
-        live = [r for r in rows if not r["yanked"]]
-        shown = next((r for r in rows if r["version"] == latest), None) or (live or rows or [None])[-1]
+        pick = next((r for r in ordered if r[1] == latest), None)
+        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first or [None])[0]
     else:
-        shown = next((r for r in rows if r["version"] == version), None)
-        if shown is None:
+        pick = next((r for r in ordered if r[1] == version), None)
+        if pick is None:
             raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+    shown = rows_of([pick[0]])[0] if pick is not None else None
+    pages = max(1, math.ceil(len(ordered) / VERSIONS_PER_PAGE))
+    rows = rows_of([r[0] for r in newest_first[(page - 1) * VERSIONS_PER_PAGE : page * VERSIONS_PER_PAGE]])
     card, front_matter, profile = None, {}, {}
     card_digest = None
     if shown is not None:
@@ -173,7 +201,10 @@ def skill_page(
         "ns": namespace,
         "skill": name,
         "info": info,
-        "rows": list(reversed(rows)),
+        "rows": rows,
+        "page": page,
+        "pages": pages,
+        "total_versions": len(ordered),
         "shown": shown,
         "specific": version is not None,
         "card": card,

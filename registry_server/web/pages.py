@@ -234,25 +234,28 @@ def namespace_page(request: Request, namespace: str) -> Response:
     return _page(request, ("ns", namespace), build)
 
 
+_PAGE = Annotated[int, Query(ge=1, le=10_000)]
+
+
 @router.get("/{namespace}/{skill}", response_class=HTMLResponse)
-def skill_page(request: Request, namespace: str, skill: str) -> Response:
-    return _skill(request, namespace, skill, None)
+def skill_page(request: Request, namespace: str, skill: str, page: _PAGE = 1) -> Response:
+    return _skill(request, namespace, skill, None, page)
 
 
 @router.get("/{namespace}/{skill}/{version}", response_class=HTMLResponse)
-def version_page(request: Request, namespace: str, skill: str, version: str) -> Response:
-    return _skill(request, namespace, skill, version)
+def version_page(request: Request, namespace: str, skill: str, version: str, page: _PAGE = 1) -> Response:
+    return _skill(request, namespace, skill, version, page)
 
 
-def _skill(request: Request, namespace: str, skill: str, version: str | None) -> Response:
+def _skill(request: Request, namespace: str, skill: str, version: str | None, page: int) -> Response:
     if namespace == "api":
         raise HTTPException(404)  # an unknown API path: the API's JSON 404
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        page = data.skill_page(s, who, namespace, skill, version)
+        values = data.skill_page(s, who, namespace, skill, version, page)
         title = f"{namespace}/{skill}" + (f"@{version}" if version else "") + " · tvreg"
-        return title, _render("skill.html", **page)
+        return title, _render("skill.html", **values)
 
-    return _page(request, ("skill", namespace, skill, version), build)
+    return _page(request, ("skill", namespace, skill, version, page), build)
