@@ -151,7 +151,13 @@ def _requirement_links(spec: Any) -> list[dict[str, str]]:
 
 
 def skill_page(
-    s: Session, principal: Principal | None, namespace: str, name: str, version: str | None, page: int = 1
+    s: Session,
+    principal: Principal | None,
+    namespace: str,
+    name: str,
+    version: str | None,
+    page: int = 1,
+    per_page: int = VERSIONS_PER_PAGE,
 ) -> dict[str, Any]:
     """The skill (or version) page; its versions table shows page ``page``, newest first."""
     info = _skill_info(s, principal, namespace, name, 1, 1)
@@ -174,8 +180,8 @@ def skill_page(
         if pick is None:
             raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
     shown = rows_of([pick[0]])[0] if pick is not None else None
-    pages = max(1, math.ceil(len(ordered) / VERSIONS_PER_PAGE))
-    rows = rows_of([r[0] for r in newest_first[(page - 1) * VERSIONS_PER_PAGE : page * VERSIONS_PER_PAGE]])
+    pages = max(1, math.ceil(len(ordered) / per_page))
+    rows = rows_of([r[0] for r in newest_first[(page - 1) * per_page : page * per_page]])
     card, front_matter, profile = None, {}, {}
     card_digest = None
     if shown is not None:
@@ -204,6 +210,7 @@ def skill_page(
         "rows": rows,
         "page": page,
         "pages": pages,
+        "per_page": per_page,
         "total_versions": len(ordered),
         "shown": shown,
         "specific": version is not None,

@@ -21,8 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import ApiError, NotFound, TooLarge, TooManyRequests, Unauthenticated
+from ..fields import MAX_PAGE
 from ..gate import read_capped
 from ..readcache import read_generation
+from ..routes.skills import MAX_PER_PAGE
 from . import data
 from .render import environment
 from .sessions import (
@@ -234,28 +236,40 @@ def namespace_page(request: Request, namespace: str) -> Response:
     return _page(request, ("ns", namespace), build)
 
 
-_PAGE = Annotated[int, Query(ge=1, le=10_000)]
+_PAGE = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+_PER_PAGE = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]
 
 
 @router.get("/{namespace}/{skill}", response_class=HTMLResponse)
-def skill_page(request: Request, namespace: str, skill: str, page: _PAGE = 1) -> Response:
-    return _skill(request, namespace, skill, None, page)
+def skill_page(
+    request: Request, namespace: str, skill: str, page: _PAGE = 1, per_page: _PER_PAGE = data.VERSIONS_PER_PAGE
+) -> Response:
+    return _skill(request, namespace, skill, None, page, per_page)
 
 
 @router.get("/{namespace}/{skill}/{version}", response_class=HTMLResponse)
-def version_page(request: Request, namespace: str, skill: str, version: str, page: _PAGE = 1) -> Response:
-    return _skill(request, namespace, skill, version, page)
+def version_page(
+    request: Request,
+    namespace: str,
+    skill: str,
+    version: str,
+    page: _PAGE = 1,
+    per_page: _PER_PAGE = data.VERSIONS_PER_PAGE,
+) -> Response:
+    return _skill(request, namespace, skill, version, page, per_page)
 
 
-def _skill(request: Request, namespace: str, skill: str, version: str | None, page: int) -> Response:
+def _skill(
+    request: Request, namespace: str, skill: str, version: str | None, page: int, per_page: int
+) -> Response:
     if namespace == "api":
         raise HTTPException(404)  # an unknown API path: the API's JSON 404
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        values = data.skill_page(s, who, namespace, skill, version, page)
+        values = data.skill_page(s, who, namespace, skill, version, page, per_page)
         title = f"{namespace}/{skill}" + (f"@{version}" if version else "") + " · tvreg"
         return title, _render("skill.html", **values)
 
-    return _page(request, ("skill", namespace, skill, version, page), build)
+    return _page(request, ("skill", namespace, skill, version, page, per_page), build)
