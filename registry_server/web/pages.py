@@ -94,14 +94,14 @@ def _render(template: str, **values: Any) -> str:
     return ENV.get_template(template).render(**values)
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def front_page(request: Request) -> Response:
     return _page(
         request, ("front",), lambda s, who: ("tvreg registry", _render("front.html", **data.front(s, who)))
     )
 
 
-@router.get("/search", response_class=HTMLResponse)
+@router.api_route("/search", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def search_page(
     request: Request,
     q: str = "",
@@ -120,7 +120,7 @@ def search_page(
     return _page(request, ("search", q, base, tag, namespace, page), build)
 
 
-@router.get("/bases/{fingerprint}", response_class=HTMLResponse)
+@router.api_route("/bases/{fingerprint}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def base_page(request: Request, fingerprint: str, pick: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
     picks = [p[:300] for p in pick[: data.MAX_PICKS + 1]]
 
@@ -131,7 +131,7 @@ def base_page(request: Request, fingerprint: str, pick: Annotated[list[str], Que
     return _page(request, ("base", fingerprint, tuple(picks)), build)
 
 
-@router.get("/docs", response_class=HTMLResponse)
+@router.api_route("/docs", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def api_docs(request: Request) -> Response:
     spec = request.app.openapi()
 
@@ -141,7 +141,7 @@ def api_docs(request: Request) -> Response:
     return _page(request, ("docs",), build)
 
 
-@router.get("/-/sign-in", response_class=HTMLResponse)
+@router.api_route("/-/sign-in", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def sign_in_form(request: Request, next: str = "/") -> Response:
     return _sign_in_page(request, _local(next), None, 200)
 
@@ -225,7 +225,7 @@ class _Forbidden(ApiError):
     code = "forbidden"
 
 
-@router.get("/{namespace}", response_class=HTMLResponse)
+@router.api_route("/{namespace}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def namespace_page(request: Request, namespace: str) -> Response:
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
@@ -240,14 +240,14 @@ _PAGE = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 _PER_PAGE = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]
 
 
-@router.get("/{namespace}/{skill}", response_class=HTMLResponse)
+@router.api_route("/{namespace}/{skill}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def skill_page(
     request: Request, namespace: str, skill: str, page: _PAGE = 1, per_page: _PER_PAGE = data.VERSIONS_PER_PAGE
 ) -> Response:
     return _skill(request, namespace, skill, None, page, per_page)
 
 
-@router.get("/{namespace}/{skill}/{version}", response_class=HTMLResponse)
+@router.api_route("/{namespace}/{skill}/{version}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def version_page(
     request: Request,
     namespace: str,

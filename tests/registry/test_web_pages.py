@@ -195,3 +195,41 @@ def test_the_base_page_matrix_is_tvreg_checks_report(registry, api, server_artif
         assert many.status_code == 200 and "pick at most 8 skills" in many.text
         one = c.get(f"/bases/{pub.base}", params={"pick": ["alice/hostile@1.0.0", "alice/coding@1.0.0"]})
         assert "Without a sketch, not compared: alice/hostile@1.0.0" in unescape(one.text)
+
+
+def _raw(registry, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh socket, read to EOF: status, headers, and every byte after them."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", registry.port), timeout=30) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_head_answers_every_page_like_get_without_a_body(registry, api, server_artifacts, tmp_path):
+    pub = populate(registry, api, server_artifacts, tmp_path)
+    paths = [
+        "/", "/search?q=sci", "/alice/science", "/alice/science?page=1&per_page=1", "/alice/science/1.0.0",
+        f"/bases/{pub.base}", "/alice", "/docs", "/-/sign-in", "/-/static/tvreg.js", "/openapi.json",
+        "/lab/secret", "/nosuchns/nothing", "/alice/science/9.9.9", "/alice/science?page=0",
+    ]  # fmt: skip
+    varying = {"date", "set-cookie", "content-length"}  # a new CSRF secret per sign-in form
+    for path in paths:
+        got_status, got_headers, got_body = _raw(registry, "GET", path)
+        status, headers, body = _raw(registry, "HEAD", path)
+        assert status == got_status, path
+        assert body == b"", path
+        assert {k: v for k, v in headers.items() if k not in varying} == {
+            k: v for k, v in got_headers.items() if k not in varying
+        }, path
+        if path != "/-/sign-in":
+            assert headers.get("content-length") == got_headers.get("content-length") == str(len(got_body)), path
