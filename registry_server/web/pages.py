@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from ..errors import ApiError, NotFound, TooLarge, TooManyRequests, Unauthenticated
 from ..fields import MAX_PAGE
 from ..gate import read_capped
+from ..names import RESERVED_NAMES
 from ..readcache import read_generation
 from ..routes.skills import MAX_PER_PAGE
 from . import data
@@ -45,7 +46,7 @@ router = APIRouter(include_in_schema=False)
 ENV = environment()
 _SEP = b"\x00"
 MAX_FORM = 8 * 1024
-RESERVED = ("api", "docs", "search", "bases", "-", "openapi.json")
+RESERVED = RESERVED_NAMES | {"-", "openapi.json"}  # no namespace can be named so (tvreg._names)
 
 
 def _layout(
