@@ -172,6 +172,9 @@ def ultranormalize(name: str) -> str:
     return _SEPARATORS.sub("-", unicodedata.normalize("NFKC", name).casefold())
 
 
+_RESERVED_NORMALIZED = frozenset(ultranormalize(n) for n in RESERVED_NAMES)
+
+
 def validate_skill_name(name: str) -> str:
     """``skill`` or ``namespace/skill``, each part a valid name."""
     if not isinstance(name, str):
@@ -704,6 +707,7 @@ def validate_dependencies(deps: Mapping[str, str]) -> None:
 __all__ = [
     "MAX_LENGTH",
     "MAX_RANGE_LENGTH",
+    "RESERVED_NAMES",
     "Comparator",
     "Range",
     "Requirement",
@@ -719,11 +723,10 @@ __all__ = [
     "valid_range",
     "validate_dependencies",
     "validate_name",
+    "validate_namespace_name",
     "validate_skill_name",
     "validate_tag",
     "validate_version",
     "version_key",
 ]
 
-
-_RESERVED_NORMALIZED = frozenset(ultranormalize(n) for n in RESERVED_NAMES)
