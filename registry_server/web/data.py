@@ -38,6 +38,7 @@ RECENT = 10
 MAX_PICKS = 8
 PER_PAGE = 20
 VERSIONS_PER_PAGE = 50
+BASE_PER_PAGE = 50
 MOST_INSTALLED = 10
 
 
@@ -112,13 +113,14 @@ def search(
     tag: str | None,
     namespace: str | None,
     page: int,
+    per_page: int = PER_PAGE,
 ) -> dict[str, Any]:
     if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
         raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base[:80]!r}.")
-    found = _search(s, principal, q or None, base or None, tag or None, namespace or None, page, PER_PAGE)
+    found = _search(s, principal, q or None, base or None, tag or None, namespace or None, page, per_page)
     for item in found["items"]:
         item["ns"], _, item["skill"] = item["name"].partition("/")
-    found["pages"] = max(1, math.ceil(found["total"] / PER_PAGE))
+    found["pages"] = max(1, math.ceil(found["total"] / per_page))
     return found
 
 
@@ -227,13 +229,15 @@ def skill_page(
     }
 
 
-def namespace_page(s: Session, principal: Principal | None, namespace: str) -> dict[str, Any]:
+def namespace_page(
+    s: Session, principal: Principal | None, namespace: str, page: int = 1, per_page: int = PER_PAGE
+) -> dict[str, Any]:
     ns = s.scalars(
         select(Namespace).where(Namespace.name == namespace).options(selectinload(Namespace.team))
     ).first()
     if ns is None or not can_read(principal, ns):
         raise NotFound(f"namespace `{namespace}` was not found.")
-    found = search(s, principal, None, None, None, namespace, 1)
+    found = search(s, principal, None, None, None, namespace, page, per_page)
     members = None
     if principal is not None and ns.team_id in principal.roles:
         members = s.execute(
@@ -242,7 +246,15 @@ def namespace_page(s: Session, principal: Principal | None, namespace: str) -> d
             .where(Membership.team_id == ns.team_id)
             .order_by(User.name)
         ).all()
-    return {"ns": namespace, "private": ns.private, "team": ns.team.name, "found": found, "members": members}
+    return {
+        "ns": namespace,
+        "private": ns.private,
+        "team": ns.team.name,
+        "found": found,
+        "page": page,
+        "per_page": per_page,
+        "members": members,
+    }
 
 
 def _base_versions(s: Session, principal: Principal | None, fingerprint: str) -> list[dict[str, Any]]:
@@ -285,12 +297,23 @@ def _base_versions(s: Session, principal: Principal | None, fingerprint: str) ->
     ]
 
 
-def base_page(s: Session, principal: Principal | None, fingerprint: str, picks: list[str]) -> dict[str, Any]:
+def base_page(
+    s: Session,
+    principal: Principal | None,
+    fingerprint: str,
+    picks: list[str],
+    page: int = 1,
+    per_page: int = BASE_PER_PAGE,
+) -> dict[str, Any]:
+    """The skills built for a base, ``per_page`` a page, and the matrix of the picked ones."""
     if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
         raise NotFound(f"base `{fingerprint[:80]}` was not found.")
-    skills = _base_versions(s, principal, fingerprint)
-    if not skills:
+    every = _base_versions(s, principal, fingerprint)
+    if not every:
         raise NotFound(f"base `{fingerprint}` was not found.")
+    pages = max(1, math.ceil(len(every) / per_page))
+    skills = every[(page - 1) * per_page : page * per_page]
+    shown = {item["pick"] for item in skills}
     picks = list(dict.fromkeys(picks))
     result = None
     if picks:
@@ -298,6 +321,11 @@ def base_page(s: Session, principal: Principal | None, fingerprint: str, picks: 
     return {
         "fingerprint": fingerprint,
         "skills": skills,
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "total": len(every),
+        "hidden_picks": [p for p in picks if p not in shown],
         "picks": set(picks),
         "result": result,
         "max_picks": MAX_PICKS,

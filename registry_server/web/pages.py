@@ -122,14 +122,20 @@ def search_page(
 
 
 @router.api_route("/bases/{fingerprint}", methods=["GET", "HEAD"], response_class=HTMLResponse)
-def base_page(request: Request, fingerprint: str, pick: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
+def base_page(
+    request: Request,
+    fingerprint: str,
+    pick: Annotated[list[str], Query()] = [],  # noqa: B006
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = data.BASE_PER_PAGE,
+) -> Response:
     picks = [p[:300] for p in pick[: data.MAX_PICKS + 1]]
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        page = data.base_page(s, who, fingerprint, picks)
-        return f"Base {fingerprint[:12]} · tvreg", _render("base.html", **page)
+        values = data.base_page(s, who, fingerprint, picks, page, per_page)
+        return f"Base {fingerprint[:12]} · tvreg", _render("base.html", **values)
 
-    return _page(request, ("base", fingerprint, tuple(picks)), build)
+    return _page(request, ("base", fingerprint, tuple(picks), page, per_page), build)
 
 
 @router.api_route("/docs", methods=["GET", "HEAD"], response_class=HTMLResponse)
@@ -227,14 +233,20 @@ class _Forbidden(ApiError):
 
 
 @router.api_route("/{namespace}", methods=["GET", "HEAD"], response_class=HTMLResponse)
-def namespace_page(request: Request, namespace: str) -> Response:
+def namespace_page(
+    request: Request,
+    namespace: str,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = data.PER_PAGE,
+) -> Response:
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        return f"{namespace} · tvreg", _render("namespace.html", **data.namespace_page(s, who, namespace))
+        values = data.namespace_page(s, who, namespace, page, per_page)
+        return f"{namespace} · tvreg", _render("namespace.html", **values)
 
-    return _page(request, ("ns", namespace), build)
+    return _page(request, ("ns", namespace, page, per_page), build)
 
 
 _PAGE = Annotated[int, Query(ge=1, le=MAX_PAGE)]

@@ -233,3 +233,30 @@ def test_head_answers_every_page_like_get_without_a_body(registry, api, server_a
         }, path
         if path != "/-/sign-in":
             assert headers.get("content-length") == got_headers.get("content-length") == str(len(got_body)), path
+
+
+def test_namespace_and_base_pages_paginate_like_the_api(registry, api, server_artifacts, tmp_path):
+    pub = populate(registry, api, server_artifacts, tmp_path)
+    names = r'class="skill-link" href="/alice/(\w+)">'
+    with web(registry) as c:
+        seen = []
+        for page in (1, 2, 3):
+            html = c.get("/alice", params={"page": page, "per_page": 1}).text
+            found = re.findall(names, html.split('id="results"')[1].split("</ul>")[0])
+            seen += found
+            assert len(found) == 1, html
+            assert f"page {page} of 3 (3 skills)" in html
+            assert ('rel="next"' in html) == (page < 3) and ('rel="prev"' in html) == (page > 1)
+        assert sorted(seen) == ["coding", "hostile", "science"]
+        picks = ["alice/science@1.1.0", "alice/coding@1.0.0"]
+        rows = []
+        for page in (1, 2, 3):
+            html = c.get(f"/bases/{pub.base}", params={"page": page, "per_page": 1, "pick": picks}).text
+            table = html.split('id="base-skills"')[1].split("</table>")[0]
+            rows += re.findall(r'name="pick" value="([^"]+)"', table)
+            hidden = re.findall(r'<input type="hidden" name="pick" value="([^"]+)">', html)
+            assert sorted(hidden + [p for p in picks if p in table]) == sorted(picks)  # no pick lost across pages
+            assert 'id="matrix"' in html  # the matrix is of the picks, whatever the page
+        assert len(rows) == 3 and len(set(rows)) == 3
+        for bad in ("/alice?per_page=101", f"/bases/{pub.base}?page=0"):
+            assert c.get(bad).status_code == 400, bad
