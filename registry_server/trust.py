@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tvreg.errors import SignatureError
@@ -33,6 +33,12 @@ from .auth import Principal, require_scope, role_at_least
 from .errors import BadRequest, Conflict, Forbidden, InvalidSignature, NotFound
 from .models import Membership, Namespace, Team, User, Version, utcnow
 from .trust_models import Attestation, SigningKey, VersionSignature
+
+MAX_ATTESTATIONS_PER_UPLOADER = 8
+"""Attestations one user may attach to one version: anyone who can read a skill may attest
+it, so without a bound one account could fill a version's list (served to every reader)."""
+MAX_ATTESTATIONS_PER_PAGE = 20
+"""Attestations per page of ``GET …/attestations`` (each bundle is up to 64 KiB)."""
 
 
 def key_out(key: SigningKey) -> dict[str, Any]:
@@ -286,6 +292,16 @@ def attach_attestation(
     ).first()
     if existing is not None:
         return existing, False
+    held = s.scalar(
+        select(func.count())
+        .select_from(Attestation)
+        .where(Attestation.version_id == version.id, Attestation.uploaded_by == principal.name)
+    )
+    if (held or 0) >= MAX_ATTESTATIONS_PER_UPLOADER:
+        raise Conflict(
+            f"`{principal.name}` already attached {held} attestations to `{label}`, the most one user may; "
+            "they are immutable, so attach a new one to the next version instead.",
+        )
     row = Attestation(
         version_id=version.id,
         key_id=verified.key_id,
@@ -328,9 +344,25 @@ def signatures_out(s: Session, version: Version) -> list[dict[str, Any]]:
     ]
 
 
-def attestations_out(s: Session, version: Version) -> list[dict[str, Any]]:
+def count_attestations(s: Session, version: Version) -> int:
+    """How many attestations ``version`` holds (for the paged answer's total)."""
+    return int(
+        s.scalar(select(func.count()).select_from(Attestation).where(Attestation.version_id == version.id)) or 0
+    )
+
+
+def attestations_out(
+    s: Session, version: Version, page: int = 1, per_page: int = MAX_ATTESTATIONS_PER_PAGE
+) -> list[dict[str, Any]]:
+    """One page of ``version``'s attestations, oldest first, each with its signer's key."""
     rows = list(
-        s.scalars(select(Attestation).where(Attestation.version_id == version.id).order_by(Attestation.id))
+        s.scalars(
+            select(Attestation)
+            .where(Attestation.version_id == version.id)
+            .order_by(Attestation.id)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        )
     )
     keys = _owners(s, {r.key_id for r in rows})
     return [
