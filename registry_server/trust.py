@@ -37,6 +37,9 @@ from .trust_models import Attestation, SigningKey, VersionSignature
 MAX_ATTESTATIONS_PER_UPLOADER = 8
 """Attestations one user may attach to one version: anyone who can read a skill may attest
 it, so without a bound one account could fill a version's list (served to every reader)."""
+MAX_KEYS_PER_OWNER = 32
+"""Signing keys one user or team may register (revoked ones stay listed, so they count):
+``GET /keys`` lists them all to anyone."""
 MAX_ATTESTATIONS_PER_PAGE = 20
 """Attestations per page of ``GET …/attestations`` (each bundle is up to 64 KiB)."""
 
@@ -94,6 +97,14 @@ def register_key(
             existing.user.name if existing.user else f"team {existing.team.name}" if existing.team else "?"
         )
         raise Conflict(f"the key {public.id} is already registered (to `{owner}`).")
+    owner_column = SigningKey.user_id if user is not None else SigningKey.team_id
+    owner_id = user.id if user is not None else team.id if team is not None else None
+    held = s.scalar(select(func.count()).select_from(SigningKey).where(owner_column == owner_id))
+    if (held or 0) >= MAX_KEYS_PER_OWNER:
+        who = f"user `{user.name}`" if user is not None else f"team `{team.name if team else '?'}`"
+        raise Conflict(
+            f"{who} already has {held} signing keys, revoked ones included, the most one owner may register."
+        )
     key = SigningKey(
         key_id=public.id, public_key=public.pem, name=name[:100], user=user, team=team, created_by=actor
     )

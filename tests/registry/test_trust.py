@@ -401,3 +401,23 @@ def test_attestations_are_bounded_per_user_and_read_page_by_page(registry, artif
     with RegistryClient(config.normalize_url(registry.url)) as client:
         _, atts = check_version(client, SkillRef("alice", "science"), "1.0.0", digest)
     assert len(atts) == 24 and len({a.key_id for a in atts}) == 3
+
+
+def test_signing_keys_are_bounded_per_owner(registry):
+    """`GET /keys` lists every key of an owner to anyone, so an owner may register at most 32."""
+    from registry_server.trust import MAX_KEYS_PER_OWNER
+
+    token = registry.make_user("alice")
+    with _api(registry, token) as api:
+        for i in range(MAX_KEYS_PER_OWNER):
+            r = api.post("/keys", json={"public_key": generate_key(f"k{i}").public.pem})
+            assert r.status_code == 201, r.text
+        refused = api.post("/keys", json={"public_key": generate_key("one-more").public.pem})
+        assert refused.status_code == 409
+        assert refused.json()["error"]["message"] == (
+            "user `alice` already has 32 signing keys, revoked ones included, the most one owner may register."
+        )
+        assert len(api.get("/keys", params={"user": "alice"}).json()["keys"]) == MAX_KEYS_PER_OWNER
+    bob = registry.make_user("bob")
+    with _api(registry, bob) as api:  # the bound is per owner
+        assert api.post("/keys", json={"public_key": generate_key("bob").public.pem}).status_code == 201
