@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
+import pytest
 from web_helpers import web
 
 
@@ -56,3 +58,20 @@ def test_downloads_are_counted_in_batches_and_shown(registry, api, server_artifa
     assert registry.sql("SELECT downloads FROM versions ORDER BY id") == [(3,), (1,)]
     registry.stop()  # ... and a clean shutdown loses no count.
     assert registry.sql("SELECT downloads FROM versions ORDER BY id") == [(5,), (1,)]
+
+
+@pytest.mark.parametrize("registry", ["postgresql"], indirect=True)
+def test_replicas_add_their_counts(registry, api, server_artifacts):
+    """Each replica adds what it counted (``downloads + n``), so none overwrites another's counts."""
+    registry.stop()
+    registry.start(env={"TVREG_DOWNLOAD_FLUSH": "0.2"})
+    other = registry.replica(env={"TVREG_DOWNLOAD_FLUSH": "0.2"})
+    token = registry.make_user("alice")
+    assert api.publish(token, "alice/science", "1.0.0", server_artifacts.make("science", "1.0.0")).status_code == 201
+    path = "/api/v1/skills/alice/science/versions/1.0.0/artifact"
+    for url in (registry.url, other.url):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(3):
+                assert c.get(path).status_code == 200
+    with httpx.Client(base_url=registry.url, timeout=60) as c:
+        assert _wait_for(lambda: c.get("/api/v1/skills/alice/science").json()["downloads"], 6) == 6
