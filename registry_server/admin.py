@@ -19,7 +19,7 @@ from .context import Context
 from .db import write_session
 from .errors import BadRequest, Conflict, NotFound
 from .models import ROLES, Membership, Namespace, Team, Token, Upload, User, Version, utcnow
-from .names import check_name, ultranormalize
+from .names import check_namespace_name, ultranormalize
 
 
 def _user(s: Session, name: str) -> User:
@@ -42,7 +42,7 @@ def _team(s: Session, name: str) -> Team:
 
 def _claim_namespace(s: Session, name: str, *, what: str) -> str:
     """Check that ``name`` can become a new namespace (and team); return its normalized form."""
-    check_name(name, what=what)
+    check_namespace_name(name, what=what)
     norm = ultranormalize(name)
     clash = s.scalars(
         select(Namespace.name).where(or_(Namespace.name == name, Namespace.normalized_name == norm))

@@ -25,6 +25,7 @@ from . import __version__
 from .context import Context
 from .db import WORKER_THREADS, translate
 from .deps import gate_resolver
+from .downloads import DownloadCounter
 from .errors import ApiError, BadRequest, NotFound, ServerFault
 from .gate import Gate
 from .limits import BodyTimeout
@@ -54,7 +55,14 @@ def create_app(context: Context) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Fewer threads than anyio's 40: on a few cores more only contend for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
-        yield
+        counter = DownloadCounter(context.sessions, context.settings.download_flush)
+        context.downloads = counter
+        counter.start()
+        try:
+            yield
+        finally:
+            context.downloads = None
+            await anyio.to_thread.run_sync(counter.close)
 
     app = FastAPI(
         lifespan=lifespan,

@@ -121,7 +121,10 @@ def _guard(fn: Callable[[], Any]) -> Any:
     """Run ``fn`` turning expected failures into one-sentence errors."""
     try:
         return fn()
-    except (ApiError, SchemaOutdated) as exc:
+    except ApiError as exc:
+        hint = exc.extra.get("hint")
+        raise _Failure(str(exc) + (f"\nhint: {hint}" if hint else "")) from exc
+    except SchemaOutdated as exc:
         raise _Failure(str(exc)) from exc
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import make_engine, make_sessionmaker
+from .downloads import DownloadCounter
 from .ratelimit import AuthFailureLimiter
 from .readcache import ReadCache
 from .settings import Settings
@@ -27,6 +28,7 @@ class Context:
     store: BlobStore
     auth_failures: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
     read_cache: ReadCache = field(default_factory=ReadCache)
+    downloads: DownloadCounter | None = None  # started with the application (registry_server.app)
     instance: str = ""  # lease-token prefix while serving (see registry_server.uploads)
 
     @classmethod

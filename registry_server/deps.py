@@ -10,6 +10,7 @@ and, on a cache miss, the answer.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,18 +101,31 @@ class Read:
     principal: Principal | None
     generation: int
 
-    def answer(self, key: Hashable, model: type[BaseModel], build: Callable[[], dict[str, Any]]) -> Response:
+    def answer(
+        self,
+        key: Hashable,
+        model: type[BaseModel],
+        build: Callable[[], dict[str, Any]],
+        *,
+        headers: Callable[[dict[str, Any]], dict[str, str]] | None = None,
+    ) -> Response:
         """The JSON body for ``key`` from the cache, or built by ``build`` and kept.
 
-        ``model`` serialises the body exactly as FastAPI's ``response_model`` would.
+        ``model`` serialises the body exactly as FastAPI's ``response_model`` would;
+        ``headers`` derives response headers from the built body, cached beside it.
         """
         visible = tuple(sorted(self.principal.roles)) if self.principal is not None else ()
         full_key = (key, visible)
         body = self.ctx.read_cache.body(self.generation, full_key)
-        if body is None:
-            body = model.model_validate(build()).model_dump_json().encode()
+        extra = self.ctx.read_cache.body(self.generation, (full_key, "headers")) if headers else b"{}"
+        if body is None or extra is None:
+            built = build()
+            body = model.model_validate(built).model_dump_json().encode()
+            extra = json.dumps(headers(built) if headers else {}).encode()
             self.ctx.read_cache.keep_body(self.generation, full_key, body)
-        return Response(body, media_type="application/json")
+            if headers:
+                self.ctx.read_cache.keep_body(self.generation, (full_key, "headers"), extra)
+        return Response(body, media_type="application/json", headers=json.loads(extra))
 
 
 @contextmanager

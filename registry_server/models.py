@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -201,6 +202,7 @@ class Version(Base):
     yanked_reason: Mapped[str | None] = mapped_column(Text)
     sketch_digest: Mapped[str | None] = mapped_column(String(71))
     sketch_size: Mapped[int | None] = mapped_column(BigInteger)
+    downloads: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     skill: Mapped[Skill] = relationship(back_populates="versions")
     publisher: Mapped[User] = relationship()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from tvreg._names import (
     MAX_LENGTH,
+    RESERVED_NAMES,
     is_prerelease,
     precedence_core,
     ultranormalize,
     validate_name,
+    validate_namespace_name,
     validate_tag,
     validate_version,
     version_key,
@@ -24,7 +26,9 @@ from .errors import BadRequest
 
 __all__ = [
     "MAX_LENGTH",
+    "RESERVED_NAMES",
     "check_name",
+    "check_namespace_name",
     "check_tag",
     "check_version",
     "is_prerelease",
@@ -40,6 +44,18 @@ def check_name(name: str, *, what: str = "skill name") -> str:
         return validate_name(name, what=what)
     except InvalidName as exc:
         raise BadRequest(exc.message) from exc
+
+
+def check_namespace_name(name: str, *, what: str = "namespace") -> str:
+    """Return ``name`` if it may become a new user, team or namespace, else raise 400.
+
+    A reserved name (:data:`~tvreg._names.RESERVED_NAMES`) is refused with its hint in
+    the error's ``hint`` field.
+    """
+    try:
+        return validate_namespace_name(name, what=what)
+    except InvalidName as exc:
+        raise BadRequest(exc.message, extra={"hint": exc.hints[0]} if exc.hints else None) from exc
 
 
 def check_version(version: str) -> str:

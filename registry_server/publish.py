@@ -309,8 +309,14 @@ def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | No
     return tag == "latest"
 
 
-def _check_quota(ctx: Context, s: Session, ns: Namespace, size: int) -> None:
-    """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota."""
+def check_quota(
+    ctx: Context, s: Session, ns: Namespace, size: int, *, what: str = "this artifact", kept: bool = True
+) -> None:
+    """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota.
+
+    Artifacts and sketches count alike; the caller holds the namespace row lock, so two
+    writes cannot both pass the check and overshoot the quota together.
+    """
     quota = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
     if quota is None:
         return
@@ -324,8 +330,8 @@ def _check_quota(ctx: Context, s: Session, ns: Namespace, size: int) -> None:
     )
     if used + size > quota:
         raise QuotaExceeded(
-            f"namespace `{ns.name}` holds {used} bytes; this artifact's {size} would pass its quota of "
-            f"{quota} bytes. The upload is kept: publish it once an administrator raises the quota.",
+            f"namespace `{ns.name}` holds {used} bytes; {what}'s {size} would pass its quota of {quota} bytes."
+            + (" The upload is kept: publish it once an administrator raises the quota." if kept else ""),
             limit=quota,
             used=used,
         )
@@ -345,7 +351,7 @@ def _commit(
     with write_session(ctx.sessions) as s:
         # The namespace row lock serialises its publishes, so the quota cannot be overshot by a race.
         ns = s.get_one(Namespace, ns_id, with_for_update=True)
-        _check_quota(ctx, s, ns, up.size)
+        check_quota(ctx, s, ns, up.size)
         description = manifest.get("description") or ""
         skill, created = _get_or_create_skill(s, ns, name, description)
         existing = s.scalars(

@@ -74,6 +74,7 @@ class VersionOut(BaseModel):
     publisher: str
     yanked: bool
     yanked_reason: str | None
+    downloads: int = Field(default=0, description="Artifact downloads of this version, counted in batches.")
     sketch: SketchInfo | None = Field(
         default=None,
         description="The version's interference sketch, or null when it was published without one.",
@@ -85,7 +86,11 @@ class SkillOut(BaseModel):
     description: str
     private: bool
     dist_tags: dict[str, str]
-    versions: list[VersionOut]
+    versions: list[VersionOut] = Field(description="One page of versions, ascending semver.")
+    downloads: int = Field(default=0, description="Artifact downloads of every version, counted in batches.")
+    page: int = 1
+    per_page: int = 100
+    total_versions: int = Field(default=0, description="Versions of the skill across all pages.")
 
 
 class SkillSummary(BaseModel):
@@ -143,6 +148,7 @@ def version_out(skill: Skill, version: Version) -> dict[str, Any]:
         "publisher": version.publisher.name,
         "yanked": version.yanked,
         "yanked_reason": version.yanked_reason,
+        "downloads": version.downloads or 0,
         "sketch": (
             {"digest": version.sketch_digest, "size": version.sketch_size} if version.sketch_digest else None
         ),

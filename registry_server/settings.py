@@ -23,6 +23,7 @@ DEFAULT_AUTH_FAILURE_LIMIT = 20
 DEFAULT_DATABASE_TIMEOUT = 30.0
 DEFAULT_MAX_OPEN_UPLOADS = 16
 DEFAULT_UPLOAD_EXPIRY = 24 * 3600.0
+DEFAULT_DOWNLOAD_FLUSH = 10.0
 
 ENV_DATA_DIR = "TVREG_REGISTRY_DATA"
 ENV_DATABASE_URL = "TVREG_DATABASE_URL"
@@ -35,6 +36,7 @@ ENV_DATABASE_TIMEOUT = "TVREG_DATABASE_TIMEOUT"
 ENV_MAX_OPEN_UPLOADS = "TVREG_MAX_OPEN_UPLOADS"
 ENV_UPLOAD_EXPIRY = "TVREG_UPLOAD_EXPIRY"
 ENV_NAMESPACE_QUOTA = "TVREG_NAMESPACE_QUOTA"
+ENV_DOWNLOAD_FLUSH = "TVREG_DOWNLOAD_FLUSH"
 
 
 def parse_blob_option(text: str) -> tuple[str, Any]:
@@ -89,6 +91,8 @@ class Settings:
             (its bytes are dropped and it stops counting against the user).
         namespace_quota: bytes of artifacts and sketches one namespace may hold; a publish
             past it is 507 ``quota_exceeded``. None: no quota.
+        download_flush: seconds between two additions of the counted artifact downloads
+            to the database (see :mod:`registry_server.downloads`).
     """
 
     data_dir: Path
@@ -104,6 +108,7 @@ class Settings:
     max_open_uploads: int = DEFAULT_MAX_OPEN_UPLOADS
     upload_expiry: float = DEFAULT_UPLOAD_EXPIRY
     namespace_quota: int | None = None
+    download_flush: float = DEFAULT_DOWNLOAD_FLUSH
 
     @property
     def blob_dir(self) -> Path:
@@ -159,6 +164,7 @@ class Settings:
             ),
             upload_expiry=_seconds(upload_expiry, ENV_UPLOAD_EXPIRY, DEFAULT_UPLOAD_EXPIRY),
             namespace_quota=namespace_quota or int(os.environ.get(ENV_NAMESPACE_QUOTA) or 0) or None,
+            download_flush=_seconds(None, ENV_DOWNLOAD_FLUSH, DEFAULT_DOWNLOAD_FLUSH),
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tvreg.errors import SignatureError
@@ -33,6 +33,15 @@ from .auth import Principal, require_scope, role_at_least
 from .errors import BadRequest, Conflict, Forbidden, InvalidSignature, NotFound
 from .models import Membership, Namespace, Team, User, Version, utcnow
 from .trust_models import Attestation, SigningKey, VersionSignature
+
+MAX_ATTESTATIONS_PER_UPLOADER = 8
+"""Attestations one user may attach to one version: anyone who can read a skill may attest
+it, so without a bound one account could fill a version's list (served to every reader)."""
+MAX_KEYS_PER_OWNER = 32
+"""Signing keys one user or team may register (revoked ones stay listed, so they count):
+``GET /keys`` lists them all to anyone."""
+MAX_ATTESTATIONS_PER_PAGE = 20
+"""Attestations per page of ``GET …/attestations`` (each bundle is up to 64 KiB)."""
 
 
 def key_out(key: SigningKey) -> dict[str, Any]:
@@ -88,6 +97,14 @@ def register_key(
             existing.user.name if existing.user else f"team {existing.team.name}" if existing.team else "?"
         )
         raise Conflict(f"the key {public.id} is already registered (to `{owner}`).")
+    owner_column = SigningKey.user_id if user is not None else SigningKey.team_id
+    owner_id = user.id if user is not None else team.id if team is not None else None
+    held = s.scalar(select(func.count()).select_from(SigningKey).where(owner_column == owner_id))
+    if (held or 0) >= MAX_KEYS_PER_OWNER:
+        who = f"user `{user.name}`" if user is not None else f"team `{team.name if team else '?'}`"
+        raise Conflict(
+            f"{who} already has {held} signing keys, revoked ones included, the most one owner may register."
+        )
     key = SigningKey(
         key_id=public.id, public_key=public.pem, name=name[:100], user=user, team=team, created_by=actor
     )
@@ -286,6 +303,16 @@ def attach_attestation(
     ).first()
     if existing is not None:
         return existing, False
+    held = s.scalar(
+        select(func.count())
+        .select_from(Attestation)
+        .where(Attestation.version_id == version.id, Attestation.uploaded_by == principal.name)
+    )
+    if (held or 0) >= MAX_ATTESTATIONS_PER_UPLOADER:
+        raise Conflict(
+            f"`{principal.name}` already attached {held} attestations to `{label}`, the most one user may; "
+            "they are immutable, so attach a new one to the next version instead.",
+        )
     row = Attestation(
         version_id=version.id,
         key_id=verified.key_id,
@@ -328,9 +355,25 @@ def signatures_out(s: Session, version: Version) -> list[dict[str, Any]]:
     ]
 
 
-def attestations_out(s: Session, version: Version) -> list[dict[str, Any]]:
+def count_attestations(s: Session, version: Version) -> int:
+    """How many attestations ``version`` holds (for the paged answer's total)."""
+    return int(
+        s.scalar(select(func.count()).select_from(Attestation).where(Attestation.version_id == version.id)) or 0
+    )
+
+
+def attestations_out(
+    s: Session, version: Version, page: int = 1, per_page: int = MAX_ATTESTATIONS_PER_PAGE
+) -> list[dict[str, Any]]:
+    """One page of ``version``'s attestations, oldest first, each with its signer's key."""
     rows = list(
-        s.scalars(select(Attestation).where(Attestation.version_id == version.id).order_by(Attestation.id))
+        s.scalars(
+            select(Attestation)
+            .where(Attestation.version_id == version.id)
+            .order_by(Attestation.id)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        )
     )
     keys = _owners(s, {r.key_id for r in rows})
     return [

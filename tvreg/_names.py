@@ -123,6 +123,42 @@ def validate_name(name: str, *, what: str = "skill name") -> str:
     return name
 
 
+RESERVED_NAMES = frozenset(
+    {
+        "about", "account", "admin", "administrator", "api", "assets", "bases", "blog", "datasets",
+        "docs", "download", "downloads", "explore", "health", "help", "hf", "huggingface", "join",
+        "login", "logout", "me", "metrics", "models", "new", "openapi", "org", "orgs", "organizations",
+        "pricing", "redoc", "register", "registry", "root", "search", "security", "settings",
+        "sign-in", "sign-out", "sign-up", "signin", "signout", "signup", "spaces", "static",
+        "status", "support", "system", "team", "teams", "tvreg", "user", "users", "www",
+    }
+)  # fmt: skip
+"""Names no user or team may take, compared ultranormalized (``sign_in`` is ``sign-in``).
+
+Why: a namespace is the first segment of its web page's path (``/<namespace>``) and of
+the Hub-compatible paths, so a user named ``api``, ``docs``, ``static`` or ``login``
+would shadow the registry's own pages (or be shadowed by them), and ``admin`` or ``hf``
+would impersonate the operators. One list, used by every place that creates a
+namespace (``tvreg-server admin create-user`` / ``create-team``) and by the web routes.
+"""
+
+
+def validate_namespace_name(name: str, *, what: str = "namespace") -> str:
+    """Return ``name`` if it may become a new user, team or namespace, else raise :class:`InvalidName`.
+
+    Example:
+        >>> validate_namespace_name("alice")
+        'alice'
+    """
+    validate_name(name, what=what)
+    if ultranormalize(name) in _RESERVED_NORMALIZED:
+        raise InvalidName(
+            f"{what} `{name}` is reserved: `/{name}` is a path of the registry's own pages or API.",
+            hints=[f"choose another name, such as `{name}-team` or your organisation's name"],
+        )
+    return name
+
+
 def ultranormalize(name: str) -> str:
     """NFKC, case fold, and collapse runs of ``-``, ``_`` and ``.`` to ``-``, on the whole string.
 
@@ -134,6 +170,9 @@ def ultranormalize(name: str) -> str:
         'safe-ty'
     """
     return _SEPARATORS.sub("-", unicodedata.normalize("NFKC", name).casefold())
+
+
+_RESERVED_NORMALIZED = frozenset(ultranormalize(n) for n in RESERVED_NAMES)
 
 
 def validate_skill_name(name: str) -> str:
@@ -668,6 +707,7 @@ def validate_dependencies(deps: Mapping[str, str]) -> None:
 __all__ = [
     "MAX_LENGTH",
     "MAX_RANGE_LENGTH",
+    "RESERVED_NAMES",
     "Comparator",
     "Range",
     "Requirement",
@@ -683,8 +723,10 @@ __all__ = [
     "valid_range",
     "validate_dependencies",
     "validate_name",
+    "validate_namespace_name",
     "validate_skill_name",
     "validate_tag",
     "validate_version",
     "version_key",
 ]
+

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpcore
 import httpx
@@ -38,6 +39,9 @@ from .refs import SkillRef
 
 DEFAULT_TIMEOUT = 60.0
 MAX_RESPONSE_BYTES = 32 << 20
+DEFAULT_MAX_VERSIONS = 10_000
+"""The most versions :meth:`RegistryClient.skill` reads across pages (``TVREG_MAX_VERSIONS``)."""
+VERSIONS_PER_PAGE = 100
 """The most a metadata answer (JSON) may hold; a registry sending more is refused, not buffered."""
 _MAX_ERROR_BYTES = 64 << 10
 
@@ -169,6 +173,9 @@ class RegistryClient:
             trickles its bytes (default: twice ``timeout``); a chunk upload gets one more
             second per 64 KiB it sends.
         max_response: the most bytes a metadata answer may hold.
+        max_versions: the most versions of one skill read across pages (default
+            ``TVREG_MAX_VERSIONS`` or 10,000); a skill with more is refused in one sentence.
+        versions_per_page: versions asked for per page (the registry's maximum is 100).
 
     Example:
         >>> with RegistryClient("http://127.0.0.1:9", timeout=1) as c:
@@ -184,6 +191,8 @@ class RegistryClient:
         timeout: float = DEFAULT_TIMEOUT,
         call_timeout: float | None = None,
         max_response: int = MAX_RESPONSE_BYTES,
+        max_versions: int | None = None,
+        versions_per_page: int = VERSIONS_PER_PAGE,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         full = normalize_url(url)
@@ -192,6 +201,8 @@ class RegistryClient:
         self.token = token
         self.call_timeout = call_timeout if call_timeout is not None else 2 * timeout
         self.max_response = max_response
+        self.max_versions = max_versions or int(os.environ.get("TVREG_MAX_VERSIONS") or DEFAULT_MAX_VERSIONS)
+        self.versions_per_page = versions_per_page
         headers = {"User-Agent": f"tvreg/{__version__}", "Accept-Encoding": "identity"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -386,9 +397,48 @@ class RegistryClient:
         return self._json(self.request("GET", "/skills", params=params))
 
     def skill(self, ref: SkillRef | str) -> dict:
-        """A skill with every version (ascending semver) and its dist-tags."""
+        """A skill with every version (ascending semver) and its dist-tags.
+
+        The registry answers one page of versions at a time; every page is read (following
+        ``Link: rel="next"``) and joined, up to :attr:`max_versions`. A registry whose pages
+        do not advance, or that lists more versions than the cap, is refused in one sentence.
+        """
         seg = _segment(ref)
-        return self._json(self.request("GET", f"/skills/{seg}", what=f"skill `{seg}`"))
+        what = f"skill `{seg}`"
+        page, per_page = 1, self.versions_per_page
+        answer = self.request("GET", f"/skills/{seg}", params={"page": page, "per_page": per_page}, what=what)
+        info = self._json(answer)
+        if not isinstance(info, dict) or not isinstance(info.get("versions"), list):
+            raise RegistryError(f"the registry at {self.url} sent {what} without a list of versions.")
+        versions: list = info["versions"]
+        total = self.int_field(info, "total_versions") if "total_versions" in info else len(versions)
+        while True:
+            if max(total, len(versions)) > self.max_versions:
+                raise RegistryError(
+                    f"{what} has {max(total, len(versions))} versions on the registry at {self.url}, "
+                    f"more than the {self.max_versions} tvreg reads.",
+                    hints=[f"raise the cap if this registry is trusted: `TVREG_MAX_VERSIONS={max(total, len(versions))}`"],
+                )
+            if len(versions) >= total:
+                break
+            following = _next_page(answer.headers.get("Link"))
+            if following != page + 1:
+                raise RegistryError(
+                    f"the registry at {self.url} listed {len(versions)} of the {total} versions of {what} "
+                    "and no next page.",
+                )
+            page = following
+            answer = self.request("GET", f"/skills/{seg}", params={"page": page, "per_page": per_page}, what=what)
+            more = self._json(answer)
+            got = more.get("versions") if isinstance(more, dict) else None
+            if not isinstance(got, list) or not got:
+                raise RegistryError(
+                    f"the registry at {self.url} sent page {page} of {what} without versions "
+                    f"({len(versions)} of {total} read)."
+                )
+            versions += got
+        info["versions"] = versions
+        return info
 
     def version(self, ref: SkillRef | str, version: str) -> dict:
         """One version object (digest, size, base fingerprint, manifest, yanked, ...)."""
@@ -615,6 +665,22 @@ class RegistryClient:
         _tag(tag)
         resp = self.request("DELETE", f"/skills/{seg}/tags/{tag}", what=f"tag `{tag}` of `{seg}`")
         return self._json(resp) if resp.content else None
+
+
+def _next_page(link: str | None) -> int | None:
+    """The page number of a ``Link`` header's ``rel="next"`` target, or None.
+
+    Only the number is taken: the client asks its own registry for that page, so a
+    ``Link`` naming another host cannot redirect it.
+    """
+    for part in (link or "").split(","):
+        target, _, params = part.partition(";")
+        if 'rel="next"' not in params.replace(" ", ""):
+            continue
+        query = parse_qs(urlsplit(target.strip().strip("<>")).query)
+        value = (query.get("page") or [""])[0]
+        return int(value) if value.isdigit() and len(value) < 10 else None
+    return None
 
 
 def _content_range_start(value: str | None) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import RegistryClient
+from .client import RegistryClient, _next_page
 from .config import load_config, save_config
 from .errors import NotFound, RegistryError, SignatureError
 from .refs import SkillRef
@@ -162,6 +162,39 @@ def untrust(spec: str) -> list[TrustedKey]:
     if gone:
         _save([k for k in have if k not in gone])
     return gone
+
+
+MAX_ATTESTATIONS = 2000
+"""The most attestations of one version read across pages (the registry allows 8 per user)."""
+
+
+def _attestations(client: RegistryClient, seg: str, version: str) -> list[dict[str, Any]]:
+    """Every attestation of ``seg@version``, page after page (``Link: rel="next"``), up to
+    :data:`MAX_ATTESTATIONS`; a registry whose pages do not advance is refused in one sentence."""
+    what = f"`{seg}@{version}`"
+    path = f"/skills/{seg}/versions/{version}/attestations"
+    out: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        resp = client.request("GET", path, params={"page": page}, what=what)
+        body = _json(resp)
+        got = body.get("attestations") if isinstance(body, dict) else None
+        if not isinstance(got, list):
+            raise RegistryError(f"the registry at {client.url} sent the attestations of {what} without a list.")
+        out += got
+        if len(out) > MAX_ATTESTATIONS:
+            raise RegistryError(
+                f"{what} has more than {MAX_ATTESTATIONS} attestations on the registry at {client.url}; "
+                "refusing to read them all."
+            )
+        following = _next_page(resp.headers.get("Link"))
+        if following is None:
+            return out
+        if following != page + 1 or not got:
+            raise RegistryError(
+                f"the registry at {client.url} sent pages of the attestations of {what} that do not advance."
+            )
+        page = following
 
 
 def _json(resp: Any) -> Any:
@@ -353,9 +386,7 @@ def check_version(
     sigs = _json(
         client.request("GET", f"/skills/{seg}/versions/{version}/signatures", what=f"`{seg}@{version}`")
     )
-    atts = _json(
-        client.request("GET", f"/skills/{seg}/versions/{version}/attestations", what=f"`{seg}@{version}`")
-    )
+    atts = {"attestations": _attestations(client, seg, version)}
     revoked = {
         entry["key"]["key_id"]
         for entry in sigs.get("signatures", []) + atts.get("attestations", [])

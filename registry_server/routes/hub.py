@@ -53,7 +53,7 @@ import tomli_w
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from ..auth import TOKEN_PREFIX, Principal, readable_skill
 from ..context import Context
@@ -329,7 +329,13 @@ def _revision(skill: Skill, row: Version) -> HubRevision:
 
 
 def _skill_versions(s: Session, skill: Skill) -> tuple[list[Version], dict[str, Version]]:
-    versions = list(s.scalars(select(Version).where(Version.skill_id == skill.id)).all())
+    """Every version of ``skill`` with only the columns a revision lookup needs.
+
+    The manifests (up to 1 MiB each) stay in the database: the one revision chosen loads
+    its own when it is read, so a long history costs a few columns per version.
+    """
+    narrow = load_only(Version.id, Version.skill_id, Version.version, Version.digest)
+    versions = list(s.scalars(select(Version).where(Version.skill_id == skill.id).options(narrow)).all())
     tags = {
         tag: version
         for tag, version in s.execute(

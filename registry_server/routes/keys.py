@@ -9,7 +9,7 @@ are stored; see :mod:`registry_server.trust` for what is checked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -23,9 +23,10 @@ from ..context import Context
 from ..db import write_session
 from ..deps import ContextDep, PrincipalDep
 from ..errors import NotFound
+from ..fields import MAX_PAGE
 from ..models import Skill, Version
 from ..schemas import ErrorBody
-from .skills import load_version
+from .skills import TOTAL_HEADER, load_version, page_links
 
 router = APIRouter(tags=["trust"])
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
@@ -158,9 +159,31 @@ async def post_attestation(
 
 @router.get(_VERSION + "/attestations", responses=_ERRORS)
 def get_attestations(
-    namespace: str, name: str, version: str, ctx: ContextDep, principal: PrincipalDep
+    namespace: str,
+    name: str,
+    version: str,
+    request: Request,
+    ctx: ContextDep,
+    principal: PrincipalDep,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=trust.MAX_ATTESTATIONS_PER_PAGE)] = trust.MAX_ATTESTATIONS_PER_PAGE,
 ) -> Any:
-    """Every attestation of the version, with its signer's key and a summary of its claims."""
+    """One page of the version's attestations, each with its signer's key and a summary of its claims.
+
+    `total` counts them all; `Link` (`rel="next"`, …) and `X-Total-Count` as for skill info.
+    """
     with ctx.sessions() as s:
         row = load_version(s, principal, namespace, name, version)
-        return {"digest": row.digest, "attestations": trust.attestations_out(s, row)}
+        total = trust.count_attestations(s, row)
+        body = {
+            "digest": row.digest,
+            "attestations": trust.attestations_out(s, row, page, per_page),
+            "page": page,
+            "per_page": per_page,
+            "total": total,
+        }
+    headers = {TOTAL_HEADER: str(total)}
+    link = page_links(request, page, per_page, total)
+    if link:
+        headers["Link"] = link
+    return JSONResponse(body, headers=headers)

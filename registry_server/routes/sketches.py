@@ -44,7 +44,8 @@ from ..db import write_session
 from ..deps import ContextDep, PrincipalDep
 from ..errors import Conflict, InvalidSketch, NoSketch, NotFound, TooLarge
 from ..gate import streamed
-from ..models import Skill, Version, VersionSketch
+from ..models import Namespace, Skill, Version, VersionSketch
+from ..publish import check_quota
 from ..schemas import ErrorBody, VersionOut, version_out
 from .skills import load_version
 
@@ -169,6 +170,8 @@ def _store(
     with write_session(ctx.sessions) as s:
         ns = readable_namespace(s, principal, namespace, skill=name)
         principal = require_role(principal, ns, "write", action=f"uploading the sketch of `{label}`")
+        # The namespace row first, as publish takes it: sketches count against its storage quota.
+        ns = s.get_one(Namespace, ns.id, with_for_update=True)
         row = s.scalars(
             select(Version)
             .join(Skill, Version.skill_id == Skill.id)
@@ -196,6 +199,7 @@ def _store(
                 "sketches are immutable, like versions.",
                 extra={"published_digest": row.sketch_digest, "upload_digest": digest},
             )
+        check_quota(ctx, s, ns, len(data), what="this sketch", kept=False)
         s.add(VersionSketch(version_id=row.id, sketch_version=int(meta["sketch_version"]), data=data))
         row.sketch_digest, row.sketch_size = digest, len(data)
         audit.record(

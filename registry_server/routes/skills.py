@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Callable
 from typing import IO, Annotated, Any
 
 import anyio
@@ -90,7 +91,15 @@ class _StreamedBlob(Response):
 
     chunk_size = 1024 * 1024
 
-    def __init__(self, file: IO[bytes], size: int, *, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        file: IO[bytes],
+        size: int,
+        *,
+        headers: dict[str, str],
+        on_download: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_download = on_download
         self.file = file
         self.size = size
         self.status_code = 200
@@ -124,6 +133,8 @@ class _StreamedBlob(Response):
                 headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
                 headers["content-length"] = str(end - start)
         await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        if self.on_download is not None and scope["method"] == "GET" and start == 0:
+            self.on_download()  # a download from the first byte; a resumed one was counted when it began
         if scope["method"] == "HEAD" or start == end:
             await send({"type": "http.response.body", "body": b""})
             return
@@ -278,30 +289,90 @@ def load_version(s: Session, principal: Principal | None, namespace: str, name: 
 
 
 @router.get("/skills/{namespace}/{name}", response_model=SkillOut, responses=_ERRORS)
-def skill_info(namespace: str, name: str, request: Request, ctx: ContextDep) -> Response:
-    """A skill, its dist-tags and every version in semver order."""
+def skill_info(
+    namespace: str,
+    name: str,
+    request: Request,
+    ctx: ContextDep,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = MAX_PER_PAGE,
+) -> Response:
+    """A skill, its dist-tags and one page of its versions in semver order.
+
+    `total_versions` counts them all; a `Link` header (`rel="next"`, `"prev"`, `"first"`,
+    `"last"`, as GitHub's) points at the neighbouring pages.
+    """
     with reading(ctx, request) as r:
-        return r.answer(
-            ("skill", namespace, name), SkillOut, lambda: _skill_info(r.session, r.principal, namespace, name)
+        response = r.answer(
+            ("skill", namespace, name, page, per_page),
+            SkillOut,
+            lambda: _skill_info(r.session, r.principal, namespace, name, page, per_page),
+            headers=lambda body: {TOTAL_HEADER: str(body["total_versions"])},
         )
+    total = int(response.headers.get(TOTAL_HEADER, "0"))
+    link = page_links(request, page, per_page, total)
+    if link:
+        response.headers["Link"] = link
+    return response
 
 
-def _skill_info(s: Session, principal: Principal | None, namespace: str, name: str) -> dict:
-    skill = readable_skill(s, principal, namespace, name)
-    versions = s.scalars(
-        select(Version).where(Version.skill_id == skill.id).options(selectinload(Version.publisher))
+TOTAL_HEADER = "X-Total-Count"
+
+
+def page_links(request: Request, page: int, per_page: int, total: int) -> str:
+    """A GitHub-style ``Link`` header for ``page`` of ``total`` items, ``per_page`` each ("" for one page)."""
+    last = max(1, -(-total // per_page))
+    rels = []
+    if page < last:
+        rels += [("next", page + 1), ("last", last)]
+    if page > 1:
+        rels += [("first", 1), ("prev", min(page - 1, last))]
+    return ", ".join(
+        f'<{request.url.include_query_params(page=n, per_page=per_page)}>; rel="{rel}"' for rel, n in rels
+    )
+
+
+def ordered_versions(s: Session, skill: Skill) -> list[tuple[int, str, bool]]:
+    """``(id, version, yanked)`` of every version of ``skill`` in ascending semver order.
+
+    Three narrow columns per version, so ordering a long history costs little; the
+    rows of one page are loaded afterwards by :func:`versions_by_id`.
+    """
+    rows = s.execute(
+        select(Version.id, Version.version, Version.yanked).where(Version.skill_id == skill.id)
     ).all()
+    return sorted(((r[0], r[1], r[2]) for r in rows), key=lambda r: semver_key(r[1]))
+
+
+def versions_by_id(s: Session, ids: list[int]) -> list[Version]:
+    """The version rows ``ids`` (publisher loaded), in the order given."""
+    rows = s.scalars(select(Version).where(Version.id.in_(ids)).options(selectinload(Version.publisher))).all()
+    by_id = {row.id: row for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _skill_info(
+    s: Session, principal: Principal | None, namespace: str, name: str, page: int = 1, per_page: int = MAX_PER_PAGE
+) -> dict:
+    skill = readable_skill(s, principal, namespace, name)
+    ordered = ordered_versions(s, skill)
+    ids = [r[0] for r in ordered[(page - 1) * per_page : page * per_page]]
     tags = s.execute(
         select(DistTag.tag, Version.version)
         .join(Version, DistTag.version_id == Version.id)
         .where(DistTag.skill_id == skill.id)
     ).all()
+    downloads = s.scalar(select(func.coalesce(func.sum(Version.downloads), 0)).where(Version.skill_id == skill.id))
     return {
         "name": skill.full_name,
         "description": skill.description,
         "private": skill.namespace.private,
         "dist_tags": dict(sorted(tags)),
-        "versions": [version_out(skill, v) for v in sorted(versions, key=lambda v: semver_key(v.version))],
+        "downloads": int(downloads or 0),
+        "page": page,
+        "per_page": per_page,
+        "total_versions": len(ordered),
+        "versions": [version_out(skill, v) for v in versions_by_id(s, ids)],
     }
 
 
@@ -337,7 +408,7 @@ def download(
     """The artifact bytes; honours `Range: bytes=a-b`; digest in `Digest`, `X-Tvreg-Digest` and `ETag`."""
     with ctx.sessions() as s:
         row = load_version(s, principal, namespace, name, version)
-        digest, size = row.digest, row.size
+        digest, size, version_id = row.digest, row.size, row.id
     try:
         if ctx.store.local:
             path = ctx.store.path(digest)
@@ -366,7 +437,10 @@ def download(
         raise ServerFault(
             f"the stored bytes of `{namespace}/{name}@{version}` are missing on the server."
         ) from exc
-    return _StreamedBlob(file, size, headers=headers)
+    counter = ctx.downloads
+    return _StreamedBlob(
+        file, size, headers=headers, on_download=(lambda: counter.count(version_id)) if counter else None
+    )
 
 
 def _yank(

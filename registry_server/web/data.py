@@ -30,12 +30,16 @@ from ..auth import Principal, can_read, readable_skill, skill_not_found
 from ..errors import BadRequest, NotFound
 from ..models import Card, Membership, Namespace, Skill, User, Version, VersionSketch
 from ..names import semver_key
-from ..routes.skills import _search, _skill_info, _visible_namespaces
+from ..routes.skills import _search, _skill_info, _visible_namespaces, ordered_versions, versions_by_id
+from ..schemas import version_out
 from .render import split_front_matter
 
 RECENT = 10
 MAX_PICKS = 8
 PER_PAGE = 20
+VERSIONS_PER_PAGE = 50
+BASE_PER_PAGE = 50
+MOST_INSTALLED = 10
 
 
 def front(s: Session, principal: Principal | None) -> dict[str, Any]:
@@ -70,8 +74,23 @@ def front(s: Session, principal: Principal | None) -> dict[str, Any]:
         .order_by(Version.published_at.desc(), Version.id.desc())
         .limit(RECENT)
     ).all()
+    total = func.sum(Version.downloads)
+    most = s.execute(
+        select(Namespace.name, Skill.name, Skill.description, total, Namespace.private)
+        .select_from(Version)
+        .join(Skill, Version.skill_id == Skill.id)
+        .join(Namespace, Skill.namespace_id == Namespace.id)
+        .where(visible)
+        .group_by(Skill.id, Namespace.name, Skill.name, Skill.description, Namespace.private)
+        .having(total > 0)
+        .order_by(total.desc(), Namespace.name, Skill.name)
+        .limit(MOST_INSTALLED)
+    ).all()
     return {
         "counts": {"skills": skills, "versions": versions, "bases": bases},
+        "most_installed": [
+            {"ns": r[0], "skill": r[1], "description": r[2], "downloads": int(r[3]), "private": r[4]} for r in most
+        ],
         "recent": [
             {
                 "ns": r[0],
@@ -94,13 +113,14 @@ def search(
     tag: str | None,
     namespace: str | None,
     page: int,
+    per_page: int = PER_PAGE,
 ) -> dict[str, Any]:
     if base and (len(base) != 64 or any(c not in "0123456789abcdef" for c in base)):
         raise BadRequest(f"`base` must be a 64-hex base fingerprint, not {base[:80]!r}.")
-    found = _search(s, principal, q or None, base or None, tag or None, namespace or None, page, PER_PAGE)
+    found = _search(s, principal, q or None, base or None, tag or None, namespace or None, page, per_page)
     for item in found["items"]:
         item["ns"], _, item["skill"] = item["name"].partition("/")
-    found["pages"] = max(1, math.ceil(found["total"] / PER_PAGE))
+    found["pages"] = max(1, math.ceil(found["total"] / per_page))
     return found
 
 
@@ -133,21 +153,37 @@ def _requirement_links(spec: Any) -> list[dict[str, str]]:
 
 
 def skill_page(
-    s: Session, principal: Principal | None, namespace: str, name: str, version: str | None
+    s: Session,
+    principal: Principal | None,
+    namespace: str,
+    name: str,
+    version: str | None,
+    page: int = 1,
+    per_page: int = VERSIONS_PER_PAGE,
 ) -> dict[str, Any]:
-    info = _skill_info(s, principal, namespace, name)
+    """The skill (or version) page; its versions table shows page ``page``, newest first."""
+    info = _skill_info(s, principal, namespace, name, 1, 1)
+    skill = readable_skill(s, principal, namespace, name)
+    ordered = ordered_versions(s, skill)
+    newest_first = list(reversed(ordered))
     tags_by_version: dict[str, list[str]] = {}
     for tag, ver in info["dist_tags"].items():
         tags_by_version.setdefault(ver, []).append(tag)
-    rows = [_versions_row(v, tags_by_version) for v in info["versions"]]
+
+    def rows_of(ids: list[int]) -> list[dict[str, Any]]:
+        return [_versions_row(version_out(skill, v), tags_by_version) for v in versions_by_id(s, ids)]
+
     if version is None:
         latest = info["dist_tags"].get("latest")
-        live = [r for r in rows if not r["yanked"]]
-        shown = next((r for r in rows if r["version"] == latest), None) or (live or rows or [None])[-1]
+        pick = next((r for r in ordered if r[1] == latest), None)
+        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first or [None])[0]
     else:
-        shown = next((r for r in rows if r["version"] == version), None)
-        if shown is None:
+        pick = next((r for r in ordered if r[1] == version), None)
+        if pick is None:
             raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+    shown = rows_of([pick[0]])[0] if pick is not None else None
+    pages = max(1, math.ceil(len(ordered) / per_page))
+    rows = rows_of([r[0] for r in newest_first[(page - 1) * per_page : page * per_page]])
     card, front_matter, profile = None, {}, {}
     card_digest = None
     if shown is not None:
@@ -173,7 +209,11 @@ def skill_page(
         "ns": namespace,
         "skill": name,
         "info": info,
-        "rows": list(reversed(rows)),
+        "rows": rows,
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "total_versions": len(ordered),
         "shown": shown,
         "specific": version is not None,
         "card": card,
@@ -189,13 +229,15 @@ def skill_page(
     }
 
 
-def namespace_page(s: Session, principal: Principal | None, namespace: str) -> dict[str, Any]:
+def namespace_page(
+    s: Session, principal: Principal | None, namespace: str, page: int = 1, per_page: int = PER_PAGE
+) -> dict[str, Any]:
     ns = s.scalars(
         select(Namespace).where(Namespace.name == namespace).options(selectinload(Namespace.team))
     ).first()
     if ns is None or not can_read(principal, ns):
         raise NotFound(f"namespace `{namespace}` was not found.")
-    found = search(s, principal, None, None, None, namespace, 1)
+    found = search(s, principal, None, None, None, namespace, page, per_page)
     members = None
     if principal is not None and ns.team_id in principal.roles:
         members = s.execute(
@@ -204,7 +246,15 @@ def namespace_page(s: Session, principal: Principal | None, namespace: str) -> d
             .where(Membership.team_id == ns.team_id)
             .order_by(User.name)
         ).all()
-    return {"ns": namespace, "private": ns.private, "team": ns.team.name, "found": found, "members": members}
+    return {
+        "ns": namespace,
+        "private": ns.private,
+        "team": ns.team.name,
+        "found": found,
+        "page": page,
+        "per_page": per_page,
+        "members": members,
+    }
 
 
 def _base_versions(s: Session, principal: Principal | None, fingerprint: str) -> list[dict[str, Any]]:
@@ -247,12 +297,23 @@ def _base_versions(s: Session, principal: Principal | None, fingerprint: str) ->
     ]
 
 
-def base_page(s: Session, principal: Principal | None, fingerprint: str, picks: list[str]) -> dict[str, Any]:
+def base_page(
+    s: Session,
+    principal: Principal | None,
+    fingerprint: str,
+    picks: list[str],
+    page: int = 1,
+    per_page: int = BASE_PER_PAGE,
+) -> dict[str, Any]:
+    """The skills built for a base, ``per_page`` a page, and the matrix of the picked ones."""
     if len(fingerprint) != 64 or any(c not in "0123456789abcdef" for c in fingerprint):
         raise NotFound(f"base `{fingerprint[:80]}` was not found.")
-    skills = _base_versions(s, principal, fingerprint)
-    if not skills:
+    every = _base_versions(s, principal, fingerprint)
+    if not every:
         raise NotFound(f"base `{fingerprint}` was not found.")
+    pages = max(1, math.ceil(len(every) / per_page))
+    skills = every[(page - 1) * per_page : page * per_page]
+    shown = {item["pick"] for item in skills}
     picks = list(dict.fromkeys(picks))
     result = None
     if picks:
@@ -260,6 +321,11 @@ def base_page(s: Session, principal: Principal | None, fingerprint: str, picks: 
     return {
         "fingerprint": fingerprint,
         "skills": skills,
+        "page": page,
+        "pages": pages,
+        "per_page": per_page,
+        "total": len(every),
+        "hidden_picks": [p for p in picks if p not in shown],
         "picks": set(picks),
         "result": result,
         "max_picks": MAX_PICKS,

@@ -21,8 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import ApiError, NotFound, TooLarge, TooManyRequests, Unauthenticated
+from ..fields import MAX_PAGE
 from ..gate import read_capped
+from ..names import RESERVED_NAMES
 from ..readcache import read_generation
+from ..routes.skills import MAX_PER_PAGE
 from . import data
 from .render import environment
 from .sessions import (
@@ -43,7 +46,7 @@ router = APIRouter(include_in_schema=False)
 ENV = environment()
 _SEP = b"\x00"
 MAX_FORM = 8 * 1024
-RESERVED = ("api", "docs", "search", "bases", "-", "openapi.json")
+RESERVED = RESERVED_NAMES | {"-", "openapi.json"}  # no namespace can be named so (tvreg._names)
 
 
 def _layout(
@@ -92,14 +95,14 @@ def _render(template: str, **values: Any) -> str:
     return ENV.get_template(template).render(**values)
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def front_page(request: Request) -> Response:
     return _page(
         request, ("front",), lambda s, who: ("tvreg registry", _render("front.html", **data.front(s, who)))
     )
 
 
-@router.get("/search", response_class=HTMLResponse)
+@router.api_route("/search", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def search_page(
     request: Request,
     q: str = "",
@@ -118,18 +121,24 @@ def search_page(
     return _page(request, ("search", q, base, tag, namespace, page), build)
 
 
-@router.get("/bases/{fingerprint}", response_class=HTMLResponse)
-def base_page(request: Request, fingerprint: str, pick: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
+@router.api_route("/bases/{fingerprint}", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def base_page(
+    request: Request,
+    fingerprint: str,
+    pick: Annotated[list[str], Query()] = [],  # noqa: B006
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = data.BASE_PER_PAGE,
+) -> Response:
     picks = [p[:300] for p in pick[: data.MAX_PICKS + 1]]
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        page = data.base_page(s, who, fingerprint, picks)
-        return f"Base {fingerprint[:12]} · tvreg", _render("base.html", **page)
+        values = data.base_page(s, who, fingerprint, picks, page, per_page)
+        return f"Base {fingerprint[:12]} · tvreg", _render("base.html", **values)
 
-    return _page(request, ("base", fingerprint, tuple(picks)), build)
+    return _page(request, ("base", fingerprint, tuple(picks), page, per_page), build)
 
 
-@router.get("/docs", response_class=HTMLResponse)
+@router.api_route("/docs", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def api_docs(request: Request) -> Response:
     spec = request.app.openapi()
 
@@ -139,7 +148,7 @@ def api_docs(request: Request) -> Response:
     return _page(request, ("docs",), build)
 
 
-@router.get("/-/sign-in", response_class=HTMLResponse)
+@router.api_route("/-/sign-in", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def sign_in_form(request: Request, next: str = "/") -> Response:
     return _sign_in_page(request, _local(next), None, 200)
 
@@ -223,36 +232,57 @@ class _Forbidden(ApiError):
     code = "forbidden"
 
 
-@router.get("/{namespace}", response_class=HTMLResponse)
-def namespace_page(request: Request, namespace: str) -> Response:
+@router.api_route("/{namespace}", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def namespace_page(
+    request: Request,
+    namespace: str,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = data.PER_PAGE,
+) -> Response:
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        return f"{namespace} · tvreg", _render("namespace.html", **data.namespace_page(s, who, namespace))
+        values = data.namespace_page(s, who, namespace, page, per_page)
+        return f"{namespace} · tvreg", _render("namespace.html", **values)
 
-    return _page(request, ("ns", namespace), build)
-
-
-@router.get("/{namespace}/{skill}", response_class=HTMLResponse)
-def skill_page(request: Request, namespace: str, skill: str) -> Response:
-    return _skill(request, namespace, skill, None)
+    return _page(request, ("ns", namespace, page, per_page), build)
 
 
-@router.get("/{namespace}/{skill}/{version}", response_class=HTMLResponse)
-def version_page(request: Request, namespace: str, skill: str, version: str) -> Response:
-    return _skill(request, namespace, skill, version)
+_PAGE = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+_PER_PAGE = Annotated[int, Query(ge=1, le=MAX_PER_PAGE)]
 
 
-def _skill(request: Request, namespace: str, skill: str, version: str | None) -> Response:
+@router.api_route("/{namespace}/{skill}", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def skill_page(
+    request: Request, namespace: str, skill: str, page: _PAGE = 1, per_page: _PER_PAGE = data.VERSIONS_PER_PAGE
+) -> Response:
+    return _skill(request, namespace, skill, None, page, per_page)
+
+
+@router.api_route("/{namespace}/{skill}/{version}", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def version_page(
+    request: Request,
+    namespace: str,
+    skill: str,
+    version: str,
+    page: _PAGE = 1,
+    per_page: _PER_PAGE = data.VERSIONS_PER_PAGE,
+) -> Response:
+    return _skill(request, namespace, skill, version, page, per_page)
+
+
+def _skill(
+    request: Request, namespace: str, skill: str, version: str | None, page: int, per_page: int
+) -> Response:
     if namespace == "api":
         raise HTTPException(404)  # an unknown API path: the API's JSON 404
     if namespace in RESERVED:
         return error_page(request, NotFound("no such page."))
 
     def build(s: Session, who: WebPrincipal | None) -> tuple[str, str]:
-        page = data.skill_page(s, who, namespace, skill, version)
+        values = data.skill_page(s, who, namespace, skill, version, page, per_page)
         title = f"{namespace}/{skill}" + (f"@{version}" if version else "") + " · tvreg"
-        return title, _render("skill.html", **page)
+        return title, _render("skill.html", **values)
 
-    return _page(request, ("skill", namespace, skill, version), build)
+    return _page(request, ("skill", namespace, skill, version, page, per_page), build)

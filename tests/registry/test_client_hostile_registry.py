@@ -228,3 +228,40 @@ def test_publish_refuses_an_offset_past_the_artifact(artifacts, tmp_path):
     with Hostile(liar) as reg, pytest.raises(RegistryError) as caught:
         publish(project, registry=reg.url, token="tvr_x")
     assert caught.value.message == f"the registry at {reg.url} sent an answer without a whole-number `offset`."
+
+
+def _paged(link: str | None, versions: list, total: int):
+    def behave(h: BaseHTTPRequestHandler) -> None:
+        data = json.dumps(
+            {"name": "alice/science", "description": "", "private": False, "dist_tags": {},
+             "versions": versions, "total_versions": total}
+        ).encode()  # fmt: skip
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        if link:
+            h.send_header("Link", link)
+        h.end_headers()
+        h.wfile.write(data)
+
+    return behave
+
+
+@pytest.mark.parametrize(
+    ("link", "versions", "total", "said"),
+    [
+        ('<http://127.0.0.1:1/skills/alice/science?page=1>; rel="next"', [{"version": "1.0.0"}], 50, "no next page"),
+        (None, [{"version": "1.0.0"}], 50, "no next page"),
+        ('<http://evil.example/x?page=2>; rel="next"', [], 5, "without versions"),
+        (None, [{"version": "1.0.0"}], 10**9, "more than the 10000 tvreg reads"),
+    ],
+    ids=["next-loops-to-page-1", "no-link", "empty-next-page", "total-past-cap"],
+)
+def test_a_registry_whose_pages_do_not_advance_is_refused(link, versions, total, said):
+    """Each hostile pager ends in one sentence after at most two requests, never a loop."""
+    with Hostile(_paged(link, versions, total)) as server, RegistryClient(server.url, timeout=5) as c:
+        with pytest.raises(RegistryError) as err:
+            c.skill("alice/science")
+        assert said in err.value.message
+        assert len(server.requests) <= 2
+        assert all(path == "/api/v1/skills/alice/science" for _m, path in server.requests)  # never another host

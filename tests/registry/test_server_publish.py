@@ -47,6 +47,10 @@ def test_publish_round_trip_in_chunks_then_download_with_range(registry, api, se
             "private": False,
             "dist_tags": {"latest": "1.0.0"},
             "versions": [v],
+            "downloads": 0,
+            "page": 1,
+            "per_page": 100,
+            "total_versions": 1,
         }
 
     with api.client() as anonymous:

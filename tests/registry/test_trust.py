@@ -359,3 +359,65 @@ def test_attest_push_refuses_an_unsigned_statement(registry, family, artifacts, 
     res = cli("attest", "push", path)
     assert res.exit_code == 1
     assert "is an unsigned statement" in res.stderr and "--sign KEY" in res.stderr
+
+
+def test_attestations_are_bounded_per_user_and_read_page_by_page(registry, artifacts, tmp_path):
+    """Anyone who can read a skill may attest it: 8 per user and version, served 20 a page, read whole by the client."""
+    from registry_server.trust import MAX_ATTESTATIONS_PER_UPLOADER
+
+    login(registry, "alice")
+    _publish(tmp_path, artifacts["science"], "alice/science")
+    digest = file_digest(artifacts["science"])
+    url = "/skills/alice/science/versions/1.0.0/attestations"
+
+    def statement(i: int) -> dict:
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": "science", "digest": {"sha256": digest.split(":")[1]}}],
+            "predicateType": EVAL_PREDICATE,
+            "predicate": {"general": {"fingerprint": "f" * 64, "hub_id": None}, "weight": 0.3,
+                          "method": "task_arithmetic", "metrics": {"run": i}},
+        }  # fmt: skip
+
+    for user in ("bob", "carol", "dave"):
+        token = registry.make_user(user)
+        _register(registry, token, user)
+        with _api(registry, token) as api:
+            bundles = [sign_statement(statement(i), user) for i in range(MAX_ATTESTATIONS_PER_UPLOADER)]
+            for bundle in bundles:
+                r = api.post(url, content=bundle)
+                assert r.status_code == 201, r.text
+            assert api.post(url, content=bundles[0]).status_code == 200  # the same bundle is a no-op
+            refused = api.post(url, content=sign_statement(statement(99), user))
+            assert refused.status_code == 409, refused.text
+            assert f"`{user}` already attached 8 attestations" in refused.json()["error"]["message"]
+    assert registry.sql("SELECT count(*) FROM attestations") == [(24,)]
+    with _api(registry) as api:
+        first = api.get(url)
+        assert len(first.json()["attestations"]) == 20 and first.json()["total"] == 24
+        assert 'rel="next"' in first.headers["link"] and first.headers["x-total-count"] == "24"
+        assert len(api.get(url, params={"page": 2}).json()["attestations"]) == 4
+        assert api.get(url, params={"per_page": 21}).status_code == 400
+    with RegistryClient(config.normalize_url(registry.url)) as client:
+        _, atts = check_version(client, SkillRef("alice", "science"), "1.0.0", digest)
+    assert len(atts) == 24 and len({a.key_id for a in atts}) == 3
+
+
+def test_signing_keys_are_bounded_per_owner(registry):
+    """`GET /keys` lists every key of an owner to anyone, so an owner may register at most 32."""
+    from registry_server.trust import MAX_KEYS_PER_OWNER
+
+    token = registry.make_user("alice")
+    with _api(registry, token) as api:
+        for i in range(MAX_KEYS_PER_OWNER):
+            r = api.post("/keys", json={"public_key": generate_key(f"k{i}").public.pem})
+            assert r.status_code == 201, r.text
+        refused = api.post("/keys", json={"public_key": generate_key("one-more").public.pem})
+        assert refused.status_code == 409
+        assert refused.json()["error"]["message"] == (
+            "user `alice` already has 32 signing keys, revoked ones included, the most one owner may register."
+        )
+        assert len(api.get("/keys", params={"user": "alice"}).json()["keys"]) == MAX_KEYS_PER_OWNER
+    bob = registry.make_user("bob")
+    with _api(registry, bob) as api:  # the bound is per owner
+        assert api.post("/keys", json={"public_key": generate_key("bob").public.pem}).status_code == 201

@@ -195,3 +195,68 @@ def test_the_base_page_matrix_is_tvreg_checks_report(registry, api, server_artif
         assert many.status_code == 200 and "pick at most 8 skills" in many.text
         one = c.get(f"/bases/{pub.base}", params={"pick": ["alice/hostile@1.0.0", "alice/coding@1.0.0"]})
         assert "Without a sketch, not compared: alice/hostile@1.0.0" in unescape(one.text)
+
+
+def _raw(registry, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh socket, read to EOF: status, headers, and every byte after them."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", registry.port), timeout=30) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, rest
+
+
+def test_head_answers_every_page_like_get_without_a_body(registry, api, server_artifacts, tmp_path):
+    pub = populate(registry, api, server_artifacts, tmp_path)
+    paths = [
+        "/", "/search?q=sci", "/alice/science", "/alice/science?page=1&per_page=1", "/alice/science/1.0.0",
+        f"/bases/{pub.base}", "/alice", "/docs", "/-/sign-in", "/-/static/tvreg.js", "/openapi.json",
+        "/lab/secret", "/nosuchns/nothing", "/alice/science/9.9.9", "/alice/science?page=0",
+    ]  # fmt: skip
+    varying = {"date", "set-cookie", "content-length"}  # a new CSRF secret per sign-in form
+    for path in paths:
+        got_status, got_headers, got_body = _raw(registry, "GET", path)
+        status, headers, body = _raw(registry, "HEAD", path)
+        assert status == got_status, path
+        assert body == b"", path
+        assert {k: v for k, v in headers.items() if k not in varying} == {
+            k: v for k, v in got_headers.items() if k not in varying
+        }, path
+        if path != "/-/sign-in":
+            assert headers.get("content-length") == got_headers.get("content-length") == str(len(got_body)), path
+
+
+def test_namespace_and_base_pages_paginate_like_the_api(registry, api, server_artifacts, tmp_path):
+    pub = populate(registry, api, server_artifacts, tmp_path)
+    names = r'class="skill-link" href="/alice/(\w+)">'
+    with web(registry) as c:
+        seen = []
+        for page in (1, 2, 3):
+            html = c.get("/alice", params={"page": page, "per_page": 1}).text
+            found = re.findall(names, html.split('id="results"')[1].split("</ul>")[0])
+            seen += found
+            assert len(found) == 1, html
+            assert f"page {page} of 3 (3 skills)" in html
+            assert ('rel="next"' in html) == (page < 3) and ('rel="prev"' in html) == (page > 1)
+        assert sorted(seen) == ["coding", "hostile", "science"]
+        picks = ["alice/science@1.1.0", "alice/coding@1.0.0"]
+        rows = []
+        for page in (1, 2, 3):
+            html = c.get(f"/bases/{pub.base}", params={"page": page, "per_page": 1, "pick": picks}).text
+            table = html.split('id="base-skills"')[1].split("</table>")[0]
+            rows += re.findall(r'name="pick" value="([^"]+)"', table)
+            hidden = re.findall(r'<input type="hidden" name="pick" value="([^"]+)">', html)
+            assert sorted(hidden + [p for p in picks if p in table]) == sorted(picks)  # no pick lost across pages
+            assert 'id="matrix"' in html  # the matrix is of the picks, whatever the page
+        assert len(rows) == 3 and len(set(rows)) == 3
+        for bad in ("/alice?per_page=101", f"/bases/{pub.base}?page=0"):
+            assert c.get(bad).status_code == 400, bad

@@ -89,3 +89,33 @@ def test_admin_sets_and_shows_quotas_effective_at_once(registry, api, server_art
     assert r.status_code == 507 and r.json()["error"]["limit"] == len(first) + 10
     registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", "0")  # no quota by default
     assert api.publish(token, "alice/science", "1.0.2", server_artifacts.make("science", "1.0.2")).status_code == 201
+
+
+def test_a_sketch_counts_against_the_namespace_quota(registry, api, server_artifacts, tmp_path):
+    """Sketches are stored bytes too: one that would pass the quota is 507 and stores nothing."""
+    import json
+
+    from web_helpers import sketch_bytes
+
+    token = registry.make_user("alice")
+    data = server_artifacts.make("science", "1.0.0")
+    sketch = sketch_bytes(tmp_path, data)
+    registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", str(len(data) + len(sketch) - 1))
+    assert api.publish(token, "alice/science", "1.0.0", data).status_code == 201
+    url = "/skills/alice/science/versions/1.0.0/sketch"
+    with api.client(token) as c:
+        r = c.put(url, content=sketch)
+        assert r.status_code == 507, r.text
+        error = r.json()["error"]
+        assert error["code"] == "quota_exceeded" and error["used"] == len(data)
+        assert f"this sketch's {len(sketch)} would pass its quota" in error["message"]
+        assert c.get(url).json()["error"]["code"] == "no_sketch"
+        assert c.get("/skills/alice/science/versions/1.0.0").json()["sketch"] is None
+    assert registry.sql("SELECT count(*) FROM sketches") == [(0,)]
+    registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", str(len(data) + len(sketch)))
+    with api.client(token) as c:
+        assert c.put(url, content=sketch).status_code == 201
+    shown = json.loads(registry.admin("show-quota", "--namespace", "alice"))
+    assert shown["namespace"]["used_bytes"] == len(data) + len(sketch)
+    r = api.publish(token, "alice/science", "1.0.1", server_artifacts.make("science", "1.0.1"))
+    assert r.status_code == 507 and r.json()["error"]["used"] == len(data) + len(sketch)
