@@ -448,14 +448,36 @@ def qualify(
     except RegistryError:
         pass
     where = f" (searched: {', '.join(f'`{n}`' for n in order)})" if order else " (no namespaces to search)"
-    hints = (
-        [f"it exists as {', '.join(f'`{e}`' for e in elsewhere)}: name it in full"]
-        if elsewhere
-        else ["name the skill in full (`namespace/skill`), or give a file path (`./skill.tvskill`)"]
-    )
+    close = [] if elsewhere else _close_names(name, client, order)
+    if elsewhere:
+        hints = [f"it exists as {', '.join(f'`{e}`' for e in elsewhere)}: name it in full"]
+    elif close:
+        hints = [f"did you mean {' or '.join(f'`{c}`' for c in close)}?"]
+    else:
+        hints = ["name the skill in full (`namespace/skill`), or give a file path (`./skill.tvskill`)"]
     if not order:
         hints.append('set `namespaces = [...]` in the tvreg configuration, pass `--namespace NS`, or log in')
     raise NotFound(f"no skill named `{name}` in your namespaces{where}.", hints=hints)
+
+
+def _close_names(name: str, client: RegistryClient, order: Sequence[str]) -> list[str]:
+    """Up to three skills whose short name is close to ``name`` (a typo), own namespaces first."""
+    import difflib
+
+    seen: list[str] = []
+    queries: list[dict] = [{"namespace": ns} for ns in order] + [{"query": name}, {"query": name[:3]}]
+    for params in queries:
+        try:
+            items = client.search(per_page=100, **params).get("items", [])
+        except RegistryError:
+            continue
+        for item in items:
+            ns, short = item.get("namespace"), item.get("name")
+            if isinstance(ns, str) and isinstance(short, str) and f"{ns}/{short}" not in seen:
+                seen.append(f"{ns}/{short}")
+    shorts = {full.rpartition("/")[2] for full in seen}
+    near = difflib.get_close_matches(name.lower(), sorted(shorts), n=3, cutoff=0.75)
+    return [full for full in seen if full.rpartition("/")[2] in near][:3]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,9 +26,11 @@ from ..checkpoint import Checkpoint
 from ..errors import InstallInterrupted, LockOutdated, ModelEnvironmentError, TvregError
 from ..fetch import Resolved, download_resolved, fetch_locked, resolve_install
 from ..fingerprint import fingerprint_of_hashes, tensor_hashes
+from ..interference import InterferenceReport
 from ..merge import get_method
 from ..merge.device import merger_for, resolve_device
 from ..progress import NULL_PROGRESS, Progress
+from . import noop
 from .environment import (
     adopt_general,
     commit_environment,
@@ -257,6 +259,14 @@ def read_lock_version(model_dir: Path) -> int | None:
         return None
 
 
+def _nothing(found, started: float) -> InstallResult:
+    """The fast path's answer (:mod:`tvreg._env.noop`) as the pipeline's result."""
+    return InstallResult(
+        found.model_dir, found.skills, found.output_fingerprint, (), 0, time.monotonic() - started,
+        changed=False, action=found.action,
+    )  # fmt: skip
+
+
 def _guarded(dry_run: bool, model_dir: Path):
     return contextlib.nullcontext() if dry_run else lock_model(model_dir)
 
@@ -299,6 +309,7 @@ def install(
     offline: bool = False,
     namespaces: Sequence[str] | None = None,
     progress: Progress = NULL_PROGRESS,
+    on_interference: Callable[[InterferenceReport], None] | None = None,
 ) -> InstallResult:
     """Install skills into a model environment: θ = θ_G + Σ_k ω_k τ_k, recomputed from pristine G.
 
@@ -324,6 +335,9 @@ def install(
         refresh_defaults: recompute the default ω of skills already installed.
         sources: origins parallel to ``skills`` when they are files fetched by other means.
         registry, token, resolution, offline, namespaces: how requirements are resolved.
+        on_interference: receives the interference report of the planned set (the check step,
+            on this one resolution, from sketches only); default: each warning goes to
+            ``progress.warn``. Never fails the install.
 
     Returns:
         An :class:`InstallResult`.
@@ -343,6 +357,16 @@ def install(
     device_kind = resolve_device(device)
     model_dir = _model_dir(into)
     init = base is not None or base_fingerprint is not None or general_size is not None
+    if not (dry_run or lock_only or refresh_defaults or sources is not None):
+        settings = init or method is not None or output_dtype is not None or any(
+            v is not None for v in (method_params or {}).values()
+        )
+        found = noop.check_install(
+            model_dir, [str(s) for s in skills], weights=weights, registry=registry, token=token,
+            resolution=resolution, offline=offline, settings_given=settings,
+        )  # fmt: skip
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("install", model_dir):
         # resolve once → check (plan) → [dry run stops] → fetch → apply
         if init:
@@ -361,6 +385,11 @@ def install(
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
+        if not init:
+            _check_interference(
+                model_dir, lock, resolved, plan, weights=weights, registry=registry, token=token,
+                progress=progress, report=on_interference,
+            )  # fmt: skip
         if dry_run:
             return _dry(model_dir, plan, started, "install")
         resolved = [download_resolved(r, token=token, progress=progress) for r in resolved]
@@ -377,6 +406,44 @@ def install(
         model_dir, lock, final, started, progress, write_weights=not lock_only, device_kind=device_kind,
         plan=plan, action="lock" if lock_only else "install",
     )  # fmt: skip
+
+
+def _check_interference(
+    model_dir: Path,
+    lock: Lock,
+    resolved: Sequence[Resolved],
+    plan: Plan,
+    *,
+    weights: Mapping[str, float] | None,
+    registry: str | None,
+    token: str | None,
+    progress: Progress,
+    report: Callable[[InterferenceReport], None] | None,
+) -> None:
+    """The check step: interference of the planned set, from the one resolution, downloading nothing.
+
+    Dry run and real run alike pass ``download=False``, so both warn the same; a version
+    with no published sketch that is not cached is skipped with a note.
+    """
+    from ..check import check_resolved
+    from ..errors import SketchError, SketchMismatch
+
+    if sum(1 for row in plan.skills if row.change != "remove") < 2 or not resolved:
+        return
+    try:
+        found = check_resolved(
+            resolved, lock=lock, into=model_dir, weights=weights, registry=registry, token=token,
+            download=False, progress=progress,
+        )  # fmt: skip
+    except (SketchError, SketchMismatch) as exc:
+        progress.note(f"interference check skipped: {exc.message}")
+        return
+    if report is not None:
+        report(found)
+        return
+    for pair in found.flagged:
+        for warning in pair.warnings:
+            progress.warn(warning)
 
 
 def _origin_of(r: Resolved) -> Origin:
@@ -479,6 +546,12 @@ def upgrade(
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
+    if not dry_run:
+        found = noop.check_upgrade(
+            model_dir, names, registry=registry, token=token, resolution=resolution, offline=offline
+        )
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("upgrade", model_dir):
         current = require_lock(model_dir)
         targets = upgrade_targets(current, names, model_dir)
@@ -592,6 +665,10 @@ def sync(
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
+    if not dry_run:
+        found = noop.check_sync(model_dir, general=general)
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("sync", model_dir):
         lock = require_lock(model_dir)
         if general is not None and not dry_run:
