@@ -443,7 +443,7 @@ def qualify(
     try:
         items = client.search(name, per_page=50).get("items", [])
         elsewhere = sorted(
-            {f"{i.get('namespace')}/{i.get('name')}" for i in items if i.get("name") == name and i.get("namespace")}
+            {full for full in map(_full_name, items) if full and full.rpartition("/")[2] == name}
         )
     except RegistryError:
         pass
@@ -460,6 +460,16 @@ def qualify(
     raise NotFound(f"no skill named `{name}` in your namespaces{where}.", hints=hints)
 
 
+def _full_name(item: object) -> str | None:
+    """``ns/skill`` of one search result (the registry sends the full name as ``name``)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    name = item["name"]
+    if "/" not in name and isinstance(item.get("namespace"), str):
+        name = f"{item['namespace']}/{name}"
+    return name if "/" in name else None
+
+
 def _close_names(name: str, client: RegistryClient, order: Sequence[str]) -> list[str]:
     """Up to three skills whose short name is close to ``name`` (a typo), own namespaces first."""
     import difflib
@@ -472,12 +482,13 @@ def _close_names(name: str, client: RegistryClient, order: Sequence[str]) -> lis
         except RegistryError:
             continue
         for item in items:
-            ns, short = item.get("namespace"), item.get("name")
-            if isinstance(ns, str) and isinstance(short, str) and f"{ns}/{short}" not in seen:
-                seen.append(f"{ns}/{short}")
-    shorts = {full.rpartition("/")[2] for full in seen}
-    near = difflib.get_close_matches(name.lower(), sorted(shorts), n=3, cutoff=0.75)
-    return [full for full in seen if full.rpartition("/")[2] in near][:3]
+            full = _full_name(item)
+            if full and full not in seen:
+                seen.append(full)
+    near = set(difflib.get_close_matches(name.lower(), sorted({f.rpartition("/")[2] for f in seen}), n=3, cutoff=0.75))
+    close = [full for full in seen if full.rpartition("/")[2] in near]
+    mine = [full for full in close if full.partition("/")[0] in order]
+    return (mine or close)[:3]
 
 
 @dataclass(frozen=True)
