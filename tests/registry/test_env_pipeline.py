@@ -16,6 +16,7 @@ from client_helpers import FaultProxy, cli, login, write_project
 from conftest import rewrite_manifest
 from helpers import subprocess_env, tree_digest
 from test_client_check import _publish_two, artifacts  # noqa: F401 - fixture
+from test_client_resolve import published, versions  # noqa: F401 - fixtures
 from test_env_sharing import _model, _stats, built, teams  # noqa: F401 - fixtures
 
 import tvreg
@@ -48,9 +49,11 @@ def _resolutions(proxy, *names):
 def test_install_resolves_once_and_warns_from_that_resolution(registry, family, artifacts, tmp_path):  # noqa: F811
     model = _publish_two(registry, family, artifacts, tmp_path)
     args = ["install", "alice/science", "alice/coding", "--into", model, "--weight", "coding=0.001"]
+    before, stores = tree_digest(model), _everything()
     with FaultProxy(registry.url) as proxy:
         dry = cli(*args, "--dry-run", "--registry", proxy.url)
         assert dry.exit_code == 0, dry.output
+        assert tree_digest(model) == before and _everything() == stores, "the dry run wrote (sketches?)"
         assert _resolutions(proxy, "alice/science", "alice/coding") == [1, 1]
         proxy.requests.clear()
         real = cli(*args, "--registry", proxy.url)
@@ -166,3 +169,30 @@ def test_a_mistyped_bare_name_suggests_the_close_one(teams, family, tmp_path):  
     res = cli("install", "zzzzzz", "--namespace", "alice", "--into", model)
     assert res.exit_code == 1 and "did you mean" not in res.stderr
     assert tree_digest(model) == before
+
+
+def test_uninstall_dry_run_refuses_alike_and_shows_the_orphans(published, family, tmp_path):  # noqa: F811
+    model = _model(family, tmp_path)
+    assert cli("install", "alice/coding@^1", "--into", model).exit_code == 0
+    before, stores = tree_digest(model), _everything()
+    dry = cli("uninstall", "alice/science", "--dry-run", "--into", model)
+    real = cli("uninstall", "alice/science", "--into", model)
+    assert (dry.exit_code, real.exit_code) == (1, 1)
+    assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0] == (
+        "error: cannot uninstall `alice/science`: `alice/coding@1.0.0` requires it."
+    )
+    stores = _everything()
+    dry = cli("uninstall", "alice/coding", "--dry-run", "--into", model)
+    assert dry.exit_code == 0, dry.output
+    assert "removing `alice/science@1.1.0`: only the uninstalled skills required it." in dry.stderr
+    removed = sorted(w[1] for w in map(str.split, dry.stdout.splitlines()) if w[:1] == ["-"])
+    assert removed == ["alice/coding", "alice/science"], dry.stdout
+    assert "Would install 0 skill(s)" in dry.stdout
+    after = _everything()
+    assert tree_digest(model) == before and after == stores, {
+        k for part in (0, 1) for k in set(after[part]) ^ set(stores[part]) | {
+            k for k in after[part] if after[part].get(k) != stores[part].get(k)}
+    }
+    real = cli("uninstall", "alice/coding", "--into", model)
+    assert real.exit_code == 0 and "removing `alice/science@1.1.0`" in real.stderr
+    assert read_lock(model).skills == ()

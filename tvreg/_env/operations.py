@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import statcache
 from .._version import __version__
 from ..artifact import file_digest
 from ..checkpoint import Checkpoint
@@ -268,7 +269,7 @@ def _nothing(found, started: float) -> InstallResult:
 
 
 def _guarded(dry_run: bool, model_dir: Path):
-    return contextlib.nullcontext() if dry_run else lock_model(model_dir)
+    return statcache.read_only() if dry_run else lock_model(model_dir)
 
 
 def _dry(model_dir: Path, plan: Plan, started: float, action: str) -> InstallResult:
@@ -476,39 +477,52 @@ def uninstall(
         lock = require_lock(model_dir)
         require_installed(lock, names, model_dir)
         ids = [lock.skill(n).id for n in names]
-        plan = make_plan(model_dir, lock, removing=ids)
         require_general(lock, model_dir)
-        if dry_run:
-            return _dry(model_dir, plan, started, "uninstall")
-        _clean_stale_staging(model_dir)
+        # The check runs on the skills' own manifests (read-only), for dry runs too: the same
+        # "requires it" refusal and the same orphans removed.
         final = _open_skills([], lock, {}, model_dir, [], drop=set(ids))
         try:
-            gone = set(ids)
-            while True:
-                blocked = [(_shown(s), d) for s in final for d in s.artifact.manifest.requires if d in gone]
-                if blocked:
-                    who, what = blocked[0]
-                    raise ModelEnvironmentError(
-                        f"cannot uninstall `{what}`: `{who}` requires it.",
-                        hints=[f"uninstall both: `tvreg uninstall {what} {_ident(who)} --into {model_dir}`"],
-                    )
-                needed = {d for s in final for d in s.artifact.manifest.requires}
-                orphans = [
-                    s for s in final
-                    if s.origin.requested is None and s.origin.registry is not None and not (_idents(s) & needed)
-                ]  # fmt: skip
-                if not orphans:
-                    break
-                for s in orphans:
-                    progress.note(f"removing `{_shown(s)}`: only the uninstalled skills required it.")
-                    gone |= _idents(s)
-                    final.remove(s)
-                    s.artifact.close()
+            removed = _close_removal(final, set(ids), model_dir, progress)
+            plan = make_plan(model_dir, lock, removing=ids + removed)
+            if dry_run:
+                for skill in final:
+                    skill.artifact.close()
+                return _dry(model_dir, plan, started, "uninstall")
+            _clean_stale_staging(model_dir)
         except BaseException:
             for skill in final:
                 skill.artifact.close()
             raise
         return _apply(model_dir, lock, final, started, progress, action="uninstall", plan=plan)
+
+
+def _close_removal(final: list[_Skill], gone: set[str], model_dir: Path, progress: Progress) -> list[str]:
+    """Refuse removing a skill a remaining one requires; drop (from ``final``) the orphans, like ``uv remove``.
+
+    Returns the lock identities of the orphans removed (each is also said through ``progress``).
+    """
+    removed: list[str] = []
+    while True:
+        blocked = [(_shown(s), d) for s in final for d in s.artifact.manifest.requires if d in gone]
+        if blocked:
+            who, what = blocked[0]
+            raise ModelEnvironmentError(
+                f"cannot uninstall `{what}`: `{who}` requires it.",
+                hints=[f"uninstall both: `tvreg uninstall {what} {_ident(who)} --into {model_dir}`"],
+            )
+        needed = {d for s in final for d in s.artifact.manifest.requires}
+        orphans = [
+            s for s in final
+            if s.origin.requested is None and s.origin.registry is not None and not (_idents(s) & needed)
+        ]  # fmt: skip
+        if not orphans:
+            return removed
+        for s in orphans:
+            progress.note(f"removing `{_shown(s)}`: only the uninstalled skills required it.")
+            gone |= _idents(s)
+            removed.append(s.id)
+            final.remove(s)
+            s.artifact.close()
 
 
 def upgrade_targets(lock: Lock, names: Sequence[str], model_dir: Path) -> list[str]:
