@@ -46,8 +46,11 @@ def _resolutions(proxy, *names):
     return [sum(1 for m, p, _ in proxy.requests if m == "GET" and p == f"/api/v1/skills/{n}") for n in names]
 
 
-def test_install_resolves_once_and_warns_from_that_resolution(registry, family, artifacts, tmp_path):  # noqa: F811
+def test_install_resolves_once_and_warns_from_that_resolution(
+    registry, family, artifacts, tmp_path, monkeypatch  # noqa: F811
+):
     model = _publish_two(registry, family, artifacts, tmp_path)
+    monkeypatch.setenv("TVREG_CACHE_DIR", str(tmp_path / "fresh-cache"))  # sketches come from the registry
     args = ["install", "alice/science", "alice/coding", "--into", model, "--weight", "coding=0.001"]
     before, stores = tree_digest(model), _everything()
     with FaultProxy(registry.url) as proxy:
