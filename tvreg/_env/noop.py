@@ -161,18 +161,23 @@ def check_install(
     token: str | None = None,
     resolution: str = "highest",
     offline: bool = False,
+    method: str | None = None,
+    method_params: Mapping[str, object] | None = None,
+    output_dtype: str | None = None,
     settings_given: bool = False,
 ) -> NothingToChange | None:
     """The no-op answer for ``install``, or None when the full pipeline must decide.
 
-    A no-op when every argument is a registry requirement already locked with that exact
-    requirement, at the highest version it allows, with the same ω (or a default ω again),
-    no method/dtype/base flag is given, and the model is synced.
+    A no-op when every argument is already locked — a registry requirement with that exact
+    requirement, at the highest version it allows, or a file whose stat-cached digest and
+    name the lock records — with the same ω (or a default ω again), the method, parameters
+    and dtype asked for are the locked ones, and the model is synced. ``settings_given``:
+    a flag that re-initialises the environment (``--base``, ``--general-size``).
     """
     if settings_given or resolution != "highest":
         return None
     lock = read_lock(model_dir)
-    if lock is None:
+    if lock is None or not _same_settings(lock, method, method_params, output_dtype):
         return None
     weights = dict(weights or {})
     asked: list[tuple[LockedSkill, str]] = []
@@ -180,19 +185,26 @@ def check_install(
         arg = str(arg)
         name, _, spec = arg.partition("@")
         if arg.endswith(".tvskill") or arg.startswith(("./", "../", "/", "~")) or os.path.isfile(arg):
+            skill = _locked_file(lock, Path(arg).expanduser())
+            if skill is None:
+                return None
+        else:
+            if "/" not in name or (spec and is_tag(spec)):
+                return None
+            parse_requirement(arg)
+            skill = lock.skill_by_id(name)
+            if skill is None or skill.requested != arg:
+                return None
+            asked.append((skill, spec))
+        given = weights.pop(skill.id, None)
+        if skill.name in weights and sum(1 for s in lock.skills if s.name == skill.name) == 1:
+            given = weights.pop(skill.name) if given is None else None
+        if skill.name in weights or (given is None and skill.id != skill.name and skill.id in weights):
             return None
-        if "/" not in name or (spec and is_tag(spec)):
-            return None
-        parse_requirement(arg)
-        skill = lock.skill_by_id(name)
-        if skill is None or skill.requested != arg:
-            return None
-        given = weights.pop(skill.id, weights.pop(skill.name, None))
         if given is None and skill.weight_source == "user":
             return None
         if given is not None and (skill.weight_source != "user" or given != skill.weight):
             return None
-        asked.append((skill, spec))
     for key, value in weights.items():
         skill = lock.skill_by_id(key) if "/" in key else None
         if skill is None or skill.weight_source != "user" or skill.weight != value:
@@ -204,6 +216,36 @@ def check_install(
     if not _nothing_newer(asked, lock, registry, token):
         return None
     return NothingToChange(model_dir, lock.skills, lock.output_fingerprint or "", "install")
+
+
+def _same_settings(
+    lock: Lock, method: str | None, params: Mapping[str, object] | None, output_dtype: str | None
+) -> bool:
+    """Whether the method, parameters and dtype asked for are literally the locked ones (None: as locked)."""
+    if method is not None and method != lock.method:
+        return False
+    if any(v is not None and lock.method_params.get(k) != v for k, v in (params or {}).items()):
+        return False
+    if output_dtype is not None and (None if output_dtype == "auto" else output_dtype) != lock.output_dtype:
+        return False
+    return True
+
+
+def _locked_file(lock: Lock, path: Path) -> LockedSkill | None:
+    """The locked skill installed from this very file (same name, stat-cached digest), else None."""
+    from ..paths import cache_dir
+
+    try:
+        if not path.is_file() or path.resolve().is_relative_to(cache_dir().resolve()):
+            return None  # a file in the download cache is a registry version: the full path decides
+    except OSError:
+        return None
+    digest = statcache.lookup("digests", path)  # tvreg.artifact.file_digest's kind
+    if not isinstance(digest, str):
+        return None
+    return next(
+        (s for s in lock.skills if s.digest == digest and not s.from_registry and s.artifact == path.name), None
+    )
 
 
 def check_upgrade(

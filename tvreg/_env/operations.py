@@ -359,12 +359,10 @@ def install(
     model_dir = _model_dir(into)
     init = base is not None or base_fingerprint is not None or general_size is not None
     if not (dry_run or lock_only or refresh_defaults or sources is not None):
-        settings = init or method is not None or output_dtype is not None or any(
-            v is not None for v in (method_params or {}).values()
-        )
         found = noop.check_install(
             model_dir, [str(s) for s in skills], weights=weights, registry=registry, token=token,
-            resolution=resolution, offline=offline, settings_given=settings,
+            resolution=resolution, offline=offline, method=method, method_params=method_params,
+            output_dtype=output_dtype, settings_given=init,
         )  # fmt: skip
         if found is not None:
             return _nothing(found, started)

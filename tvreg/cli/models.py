@@ -152,13 +152,21 @@ def install(
         args += more
         weights = {**more_weights, **weights}
     target = into_dir(into)
-    settings = (base, general_size, output_dtype, method, density, lambda_, drop_rate, seed, normalize, base_weights)
+    method_params = {
+        "density": density,
+        "lambda": lambda_,
+        "drop_rate": drop_rate,
+        "seed": seed,
+        "normalize": normalize,
+        "base_weights": base_weights,
+    }
     if target is not None and not dry_run and Path(target).is_dir():
         from .._env import noop
 
         found = noop.check_install(
             Path(target).resolve(), args, weights=weights, registry=registry, resolution=resolution,
-            offline=offline, settings_given=any(v is not None for v in settings),
+            offline=offline, method=method, method_params=method_params, output_dtype=output_dtype,
+            settings_given=base is not None or general_size is not None,
         )  # fmt: skip
         if found is not None:
             print_nothing(found)
@@ -172,14 +180,7 @@ def install(
         base=base,
         general_size=general_size,
         method=method,
-        method_params={
-            "density": density,
-            "lambda": lambda_,
-            "drop_rate": drop_rate,
-            "seed": seed,
-            "normalize": normalize,
-            "base_weights": base_weights,
-        },
+        method_params=method_params,
         device=device,
         output_dtype=output_dtype,
         dry_run=dry_run,
