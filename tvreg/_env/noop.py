@@ -82,8 +82,10 @@ def cached_fingerprint(model_dir: Path) -> str | None:
 
 
 def _artifact_in_store(digest: str) -> bool:
+    """The store holds this artifact and the stat cache vouches for its bytes (untouched since hashed)."""
     hexd = digest.partition(":")[2]
-    return bool(hexd) and (data_dir() / "artifacts" / hexd[:2] / f"{hexd}.tvskill").is_file()
+    path = data_dir() / "artifacts" / hexd[:2] / f"{hexd}.tvskill"
+    return bool(hexd) and path.is_file() and statcache.lookup("digests", path) == digest
 
 
 def _default_weight(skill: LockedSkill, lock: Lock) -> float | None:
