@@ -84,7 +84,7 @@ def _everything():
     return tree_digest(data_dir()) if data_dir().exists() else {}, tree_digest(cache_dir()) if cache_dir().exists() else {}
 
 
-@pytest.mark.parametrize("case", ["conflicting-requires", "yanked-pin"])
+@pytest.mark.parametrize("case", ["conflicting-requires", "yanked-pin", "wrong-base-registry"])
 def test_dry_run_parity_for_requires_and_yanks(teams, built, family, tmp_path, registry, case):  # noqa: F811
     if case == "conflicting-requires":
         tool = rewrite_manifest(built["bob"], tmp_path / "tool.tvskill", name="tool", requires={"bob/science": "^2"})
@@ -92,6 +92,11 @@ def test_dry_run_parity_for_requires_and_yanks(teams, built, family, tmp_path, r
         project = write_project(tmp_path / "p-tool", name="carol/tool", version="1.0.0", artifact=str(tool))
         assert cli("publish", project).exit_code == 0
         args, code, line = ["carol/tool"], 1, "error: "
+    elif case == "wrong-base-registry":
+        login(registry, "dave")
+        project = write_project(tmp_path / "p-dave", name="dave/science", version="1.0.0", artifact=str(built["wrong"]))
+        assert cli("publish", project).exit_code == 0
+        args, code, line = ["dave/science"], 1, "error: "
     else:
         assert cli("yank", "alice/science@1.0.0", "--reason", "regressed").exit_code == 0
         args, code, line = ["alice/science@1.0.0"], 0, "warning: `alice/science@1.0.0` is yanked (regressed)"
@@ -105,7 +110,11 @@ def test_dry_run_parity_for_requires_and_yanks(teams, built, family, tmp_path, r
     assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
     assert "Traceback" not in dry.stderr + real.stderr
     if case == "conflicting-requires":
-        assert "bob/science" in real.stderr and tree_digest(model) == before
+        assert "requires bob/science^2, no version of bob/science fits" in real.stderr
+    if case == "wrong-base-registry":
+        assert "base" in real.stderr.splitlines()[0], real.stderr
+    if code:
+        assert tree_digest(model) == before
 
 
 _PROBE = """
