@@ -694,32 +694,52 @@ def sync(
             from ..cache import BlobCache
 
             cache = BlobCache()
-            need = sum(
-                s.size or 0 for s in lock.skills
-                if not artifact_path(s.digest).is_file() and not cache.path(s.digest).is_file()
-            )  # fmt: skip
+            missing = [s for s in lock.skills if not artifact_path(s.digest).is_file()]
+            need = sum(s.size or 0 for s in missing if not cache.path(s.digest).is_file())
+            if locked and not missing:  # the real run's `--locked` refusal, from the stored manifests
+                final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=False)
+                with _closing(final, always=True):
+                    _require_current(final, lock, model_dir)
             return _dry(model_dir, replace(plan, download_bytes=need), started, "sync")
         ensure_artifacts(model_dir, offline=offline, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
-        try:
-            if locked:
-                reasons = outdated_reasons(lock, final, model_dir)
-                if reasons:
-                    raise LockOutdated(
-                        f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: "
-                        + "; ".join(reasons) + ".",
-                        reasons=reasons,
-                        hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
-                    )  # fmt: skip
-        except BaseException:
-            for skill in final:
-                skill.artifact.close()
-            raise
+        if locked:
+            with _closing(final, always=False):
+                _require_current(final, lock, model_dir)
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
         )  # fmt: skip
+
+
+def _require_current(final: Sequence[_Skill], lock: Lock, model_dir: Path) -> None:
+    """``sync --locked``: raise LockOutdated when resolving again would change the lock (caller closes)."""
+    reasons = outdated_reasons(lock, final, model_dir)
+    if reasons:
+        raise LockOutdated(
+            f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: " + "; ".join(reasons) + ".",
+            reasons=reasons,
+            hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
+        )
+
+
+def _closing(final: Sequence[_Skill], *, always: bool):
+    """Close ``final``'s artifacts on the way out (``always``) or only when an error leaves."""
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except BaseException:
+            for skill in final:
+                skill.artifact.close()
+            raise
+        if always:
+            for skill in final:
+                skill.artifact.close()
+
+    return guard()
 
 
 def _check_general(path: str | os.PathLike[str], lock: Lock) -> None:
