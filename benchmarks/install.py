@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/install.py [--params 1e9] [--skills 3] [--workdir DIR] [--keep]
-                                 [--mergekit-venv DIR | --no-mergekit] [--cold] [--breakdown]
+                                 [--mergekit-venv DIR | --no-mergekit] [--cold] [--breakdown] [--noop]
 
 What it does, in one run on the same inputs:
 
@@ -19,6 +19,9 @@ What it does, in one run on the same inputs:
    virtualenv (``--mergekit-venv``, default ``benchmarks/.venv-mergekit``), created on
    first use with ``pip install torch==2.13.0`` first (the CPU wheel) and then
    ``pip install mergekit``.
+   Then, on the installed model, the commands that have nothing to change (the same
+   install again, ``upgrade``, ``sync --locked``): wall and CPU seconds against the full
+   install (``--noop`` times only these and the install they follow).
 4. Prints wall-time and peak-RSS ratios against the targets (tvreg ≥ 5x faster than
    mergekit and ≤ 0.5x its peak RSS; tvreg within 2x of the copy) and writes
    ``<workdir>/results.json``.
@@ -565,6 +568,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["task_arithmetic", "ties"],
         help="merge methods to time (default both; mergekit's ties is the slowest step by far)",
     )
+    ap.add_argument(
+        "--noop",
+        action="store_true",
+        help="time only the full install and the no-op commands (install, upgrade, sync --locked) after it",
+    )
     ap.add_argument("--copy-baseline", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--breakdown-install", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -617,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     if free < need:
         print("error: not enough free disk space; pass --workdir on a larger disk or lower --params.")
         return 2
-    mergekit = None if args.no_mergekit else mergekit_bin(args.mergekit_venv.resolve())
+    mergekit = None if args.no_mergekit or args.noop else mergekit_bin(args.mergekit_venv.resolve())
 
     cold = drop_caches() if args.cold else False
     if args.cold and not cold:
@@ -676,14 +684,20 @@ def main(argv: list[str] | None = None) -> int:
         install = [*tv, "install", *map(str, skills), "--into", str(dirs["general"]), "--device", "cpu"]
         steps.append(run_step("tvreg task_arithmetic", [*install, "--method", "task_arithmetic"], env, logs, cold))
         mismatches = verify_sample(dirs, dirs["general"], weights)
-        # Nothing to change: the same set again, and `sync --locked` of the synced model (issue #16: < 1 s at 1e9).
+        # Nothing to change: the same set again, an upgrade with nothing newer and `sync --locked` of the
+        # synced model (issue #16: < 1 s at 1e9). These take tvreg's fast path, which never imports torch.
+        into = ["--into", str(dirs["general"])]
         steps.append(run_step("tvreg no-op install", [*install, "--method", "task_arithmetic"], env, logs, cold))
-        steps.append(run_step("tvreg no-op sync", [*tv, "sync", "--locked", "--into", str(dirs["general"])], env, logs, cold))
-        if "ties" in args.methods:
+        steps.append(run_step("tvreg no-op upgrade", [*tv, "upgrade", *into], env, logs, cold))
+        steps.append(run_step("tvreg no-op sync", [*tv, "sync", "--locked", *into], env, logs, cold))
+        for label in ("tvreg no-op install", "tvreg no-op upgrade", "tvreg no-op sync"):
+            if "Nothing to change" not in (logs / f"{label}.log").read_text(errors="replace"):
+                raise SystemExit(f"step `{label}` changed the model; see {logs / (label + '.log')}")
+        if "ties" in args.methods and not args.noop:
             steps.append(
                 run_step("tvreg ties", [*install, "--method", "ties", "--density", str(TIES_DENSITY)], env, logs, cold)
             )
-        if mergekit is not None:
+        if mergekit is not None and not args.noop:
             for method in args.methods:
                 config = workdir / f"mergekit-{method}.yml"
                 config.write_text(mergekit_config(method, dirs, weights))
@@ -710,11 +724,15 @@ def main(argv: list[str] | None = None) -> int:
         copy_wall = by["copy baseline"]["wall_s"]
         largest_shard = shard_sizes[-1]
         rss_target = largest_shard + (args.skills + 1) * largest_tensor_numel * 4
-        ratios: dict[str, float] = {
-            "tvreg_noop_install_wall_s": by["tvreg no-op install"]["wall_s"],
-            "tvreg_noop_sync_wall_s": by["tvreg no-op sync"]["wall_s"],
-        }
-        for method in args.methods:
+        full = by["tvreg task_arithmetic"]
+        ratios: dict[str, float] = {}
+        for what in ("install", "upgrade", "sync"):
+            noop = by[f"tvreg no-op {what}"]
+            ratios[f"tvreg_noop_{what}_wall_s"] = noop["wall_s"]
+            ratios[f"tvreg_noop_{what}_cpu_s"] = noop["cpu_s"]
+            ratios[f"tvreg_noop_{what}_wall_over_install"] = noop["wall_s"] / full["wall_s"]
+            ratios[f"tvreg_noop_{what}_cpu_over_install"] = noop["cpu_s"] / full["cpu_s"]
+        for method in (["task_arithmetic"] if args.noop else args.methods):
             ours = by["tvreg task_arithmetic"] if method == "task_arithmetic" else by["tvreg ties"]
             ratios[f"tvreg_{method}_wall_over_copy"] = ours["wall_s"] / copy_wall
             ratios[f"tvreg_{method}_rss_over_target"] = ours["max_rss_kib"] * 1024 / rss_target
@@ -758,7 +776,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{s['peak_rss_mib']:13.1f} {s['wall_s'] / copy_wall:10.2f} {_fmt(s['other_cpu_s']):>12}"
             )
         print()
-        for method in args.methods:
+        print(f"no-op (nothing to change) vs the full task_arithmetic install ({full['wall_s']:.2f} s wall, "
+              f"{full['cpu_s']:.2f} s CPU):")
+        for what in ("install", "upgrade", "sync"):
+            print(
+                f"  no-op {what:<8}: {ratios[f'tvreg_noop_{what}_wall_s']:.2f} s wall "
+                f"({ratios[f'tvreg_noop_{what}_wall_over_install']:.3f}x), "
+                f"{ratios[f'tvreg_noop_{what}_cpu_s']:.2f} s CPU "
+                f"({ratios[f'tvreg_noop_{what}_cpu_over_install']:.3f}x)  (target < 1 s wall at 1e9 params)"
+            )
+        for method in (["task_arithmetic"] if args.noop else args.methods):
             print(f"{method}:")
             print(f"  tvreg wall / copy wall        : {ratios[f'tvreg_{method}_wall_over_copy']:.2f}  (target ≤ 2)")
             if f"mergekit_over_tvreg_{method}_wall" in ratios:

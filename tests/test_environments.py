@@ -150,8 +150,9 @@ def test_sync_locked_refuses_a_stale_lock_and_sync_refreshes_it(family, tmp_path
     install(list(two_skills), into=model, base=family.pre, general_size=10000)
     before = _weights(model)
     init_environment(model, general_size=20000)  # |G| changed: default weights are stale
-    with pytest.raises(LockOutdated, match=r"default weight of `science` is now \|D\|/\|G\| = 3000/20000"):
-        sync(model, locked=True)
+    for dry_run in (True, False):  # a dry run refuses alike
+        with pytest.raises(LockOutdated, match=r"default weight of `science` is now \|D\|/\|G\| = 3000/20000"):
+            sync(model, locked=True, dry_run=dry_run)
     assert _weights(model) == before
     sync(model)
     assert [s.weight for s in read_lock(model).skills] == [0.15, 0.075]

@@ -142,3 +142,48 @@ def test_a_second_install_names_the_process_holding_the_model(setup):
         os.close(fd)
     assert proc.returncode == 1
     assert "is being changed by tvreg process 424242" in err
+
+
+def _run_on_a_terminal(args, env):
+    """Run the CLI with stderr on a pseudo-terminal (so rich draws bars); returns (exit code, stderr bytes)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvreg.cli", *args], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=slave,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), b"".join(chunks)
+
+
+def test_ctrl_c_while_a_bar_is_drawn_restores_the_terminal(setup):
+    import re
+
+    model, skill = setup
+    before = tree_digest(model)
+    env = subprocess_env()
+    env.update(TVREG_FAULT="progress:bar:SIGINT", TVREG_PROGRESS_DELAY="0", COLUMNS="100", TERM="xterm")
+    env.pop("NO_COLOR", None)
+    code, raw = _run_on_a_terminal(["install", str(skill), "--into", str(model)], env)
+    assert code == 130, raw
+    assert b"\x1b[?25l" in raw, "no bar was drawn: the test did not exercise the terminal"
+    assert raw.rfind(b"\x1b[?25h") > raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"
+    assert raw.endswith(b"\n"), "the prompt would land on the bar's line"
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode()).replace("\r", "")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert sum("is unchanged" in line for line in lines) == 1, lines
+    assert lines[-1].startswith("error: install interrupted;") or "is unchanged" in lines[-1], lines
+    assert "Traceback" not in text
+    assert tree_digest(model) == before and not _staging(model)

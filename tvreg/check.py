@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import Checkpoint
 from .client import RegistryClient, client_for
@@ -27,6 +28,9 @@ from .lockfile import Lock
 from .progress import NULL_PROGRESS, Progress
 from .refs import SkillRef, parse_ref
 from .sketch import Sketch, load_cached, sketch_for, store_cached
+
+if TYPE_CHECKING:
+    from .fetch import Resolved
 
 
 def _human(n: int) -> str:
@@ -155,13 +159,41 @@ def check(
         ResolutionImpossible / NotFound: as for install.
         SketchMissing: a version has no sketch and ``download`` is False.
     """
-    from .artifact import Artifact
     from .environment import require_lock
     from .fetch import resolve_install
+
+    lock = require_lock(Path(into))
+    planned = resolve_install(
+        list(skills), into=into, registry=registry, token=token, resolution=resolution, download=False
+    )
+    return check_resolved(
+        planned, lock=lock, into=into, weights=weights, registry=registry, token=token, download=download,
+        progress=progress,
+    )  # fmt: skip
+
+
+def check_resolved(
+    planned: Sequence[Resolved],
+    *,
+    lock: Lock,
+    into: str | os.PathLike[str],
+    weights: Mapping[str, float] | None = None,
+    registry: str | None = None,
+    token: str | None = None,
+    download: bool = True,
+    progress: Progress = NULL_PROGRESS,
+) -> InterferenceReport:
+    """The interference report of skills already resolved (the install pipeline's check step).
+
+    Install resolves once and hands its resolution here, so the check sees exactly the set
+    the install will merge. With ``download=False`` (what install passes, for dry runs and
+    real runs alike) nothing is downloaded: registry versions are judged by their
+    published sketch and local files are sketched from their own bytes.
+    """
+    from .artifact import Artifact
     from .store import artifact_path
 
     weights = dict(weights or {})
-    lock = require_lock(Path(into))
     with Checkpoint.open(Path(into)) as model:
         shapes = {name: tuple(info.shape) for name, info in model.infos().items()}
 
@@ -171,9 +203,6 @@ def check(
                 return float(weights[n]), "user"
         return default_weight(dataset_size, unit, lock)
 
-    planned = resolve_install(
-        list(skills), into=into, registry=registry, token=token, resolution=resolution, download=False
-    )
     entries: list[SkillEntry] = []
     new_names: set[str] = set()
     with contextlib.ExitStack() as stack:

@@ -443,19 +443,52 @@ def qualify(
     try:
         items = client.search(name, per_page=50).get("items", [])
         elsewhere = sorted(
-            {f"{i.get('namespace')}/{i.get('name')}" for i in items if i.get("name") == name and i.get("namespace")}
+            {full for full in map(_full_name, items) if full and full.rpartition("/")[2] == name}
         )
     except RegistryError:
         pass
     where = f" (searched: {', '.join(f'`{n}`' for n in order)})" if order else " (no namespaces to search)"
-    hints = (
-        [f"it exists as {', '.join(f'`{e}`' for e in elsewhere)}: name it in full"]
-        if elsewhere
-        else ["name the skill in full (`namespace/skill`), or give a file path (`./skill.tvskill`)"]
-    )
+    close = [] if elsewhere else _close_names(name, client, order)
+    if elsewhere:
+        hints = [f"it exists as {', '.join(f'`{e}`' for e in elsewhere)}: name it in full"]
+    elif close:
+        hints = [f"did you mean {' or '.join(f'`{c}`' for c in close)}?"]
+    else:
+        hints = ["name the skill in full (`namespace/skill`), or give a file path (`./skill.tvskill`)"]
     if not order:
         hints.append('set `namespaces = [...]` in the tvreg configuration, pass `--namespace NS`, or log in')
     raise NotFound(f"no skill named `{name}` in your namespaces{where}.", hints=hints)
+
+
+def _full_name(item: object) -> str | None:
+    """``ns/skill`` of one search result (the registry sends the full name as ``name``)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    name = item["name"]
+    if "/" not in name and isinstance(item.get("namespace"), str):
+        name = f"{item['namespace']}/{name}"
+    return name if "/" in name else None
+
+
+def _close_names(name: str, client: RegistryClient, order: Sequence[str]) -> list[str]:
+    """Up to three skills whose short name is close to ``name`` (a typo), own namespaces first."""
+    import difflib
+
+    seen: list[str] = []
+    queries: list[dict] = [{"namespace": ns} for ns in order] + [{"query": name}, {"query": name[:3]}]
+    for params in queries:
+        try:
+            items = client.search(per_page=100, **params).get("items", [])
+        except RegistryError:
+            continue
+        for item in items:
+            full = _full_name(item)
+            if full and full not in seen:
+                seen.append(full)
+    near = set(difflib.get_close_matches(name.lower(), sorted({f.rpartition("/")[2] for f in seen}), n=3, cutoff=0.75))
+    close = [full for full in seen if full.rpartition("/")[2] in near]
+    mine = [full for full in close if full.partition("/")[0] in order]
+    return (mine or close)[:3]
 
 
 @dataclass(frozen=True)

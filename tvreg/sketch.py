@@ -396,9 +396,12 @@ def load_cached(digest: str) -> Sketch | None:
 
 def store_cached(sketch: Sketch) -> Path:
     """Keep ``sketch`` in the cache under its artifact's digest (atomically)."""
+    from . import statcache
     from .fsutil import atomic_write_bytes
 
     path = cached_sketch_path(sketch.artifact_digest)
+    if not statcache.writes_allowed():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, sketch.to_bytes())
     return path

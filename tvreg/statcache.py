@@ -18,9 +18,11 @@ Entries live under ``$XDG_CACHE_HOME/tvreg/<kind>/``; anything unreadable counts
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .fsutil import atomic_write_text
@@ -51,6 +53,28 @@ def lookup(kind: str, path: Path) -> object | None:
         return None
 
 
+_read_only = 0
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Inside, nothing is remembered (here, or by :func:`writes_allowed`'s other caches, e.g. sketches).
+
+    Why: a dry run writes nothing, not even to caches.
+    """
+    global _read_only
+    _read_only += 1
+    try:
+        yield
+    finally:
+        _read_only -= 1
+
+
+def writes_allowed() -> bool:
+    """False inside :func:`read_only` (a dry run): caches must keep what they learn to themselves."""
+    return not _read_only
+
+
 def remember(kind: str, path: Path, value: object, *, read_since_ns: int | None = None) -> None:
     """Remember ``value`` for ``path`` as it is now.
 
@@ -58,6 +82,8 @@ def remember(kind: str, path: Path, value: object, *, read_since_ns: int | None 
     the fact is dropped if the file changed within :data:`SETTLE_NS` before that. Leave
     it out only for files tvreg has just written itself, whose bytes it knows.
     """
+    if _read_only:
+        return
     try:
         st = os.stat(path)
         if read_since_ns is not None and max(st.st_mtime_ns, st.st_ctime_ns) > read_since_ns - SETTLE_NS:

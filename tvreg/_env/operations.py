@@ -16,19 +16,22 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import statcache
 from .._version import __version__
 from ..artifact import file_digest
 from ..checkpoint import Checkpoint
 from ..errors import InstallInterrupted, LockOutdated, ModelEnvironmentError, TvregError
 from ..fetch import Resolved, download_resolved, fetch_locked, resolve_install
 from ..fingerprint import fingerprint_of_hashes, tensor_hashes
+from ..interference import InterferenceReport
 from ..merge import get_method
 from ..merge.device import merger_for, resolve_device
 from ..progress import NULL_PROGRESS, Progress
+from . import noop
 from .environment import (
     adopt_general,
     commit_environment,
@@ -257,8 +260,16 @@ def read_lock_version(model_dir: Path) -> int | None:
         return None
 
 
+def _nothing(found, started: float) -> InstallResult:
+    """The fast path's answer (:mod:`tvreg._env.noop`) as the pipeline's result."""
+    return InstallResult(
+        found.model_dir, found.skills, found.output_fingerprint, (), 0, time.monotonic() - started,
+        changed=False, action=found.action,
+    )  # fmt: skip
+
+
 def _guarded(dry_run: bool, model_dir: Path):
-    return contextlib.nullcontext() if dry_run else lock_model(model_dir)
+    return statcache.read_only() if dry_run else lock_model(model_dir)
 
 
 def _dry(model_dir: Path, plan: Plan, started: float, action: str) -> InstallResult:
@@ -299,6 +310,7 @@ def install(
     offline: bool = False,
     namespaces: Sequence[str] | None = None,
     progress: Progress = NULL_PROGRESS,
+    on_interference: Callable[[InterferenceReport], None] | None = None,
 ) -> InstallResult:
     """Install skills into a model environment: θ = θ_G + Σ_k ω_k τ_k, recomputed from pristine G.
 
@@ -324,6 +336,9 @@ def install(
         refresh_defaults: recompute the default ω of skills already installed.
         sources: origins parallel to ``skills`` when they are files fetched by other means.
         registry, token, resolution, offline, namespaces: how requirements are resolved.
+        on_interference: receives the interference report of the planned set (the check step,
+            on this one resolution, from sketches only); default: each warning goes to
+            ``progress.warn``. Never fails the install.
 
     Returns:
         An :class:`InstallResult`.
@@ -343,6 +358,14 @@ def install(
     device_kind = resolve_device(device)
     model_dir = _model_dir(into)
     init = base is not None or base_fingerprint is not None or general_size is not None
+    if not (dry_run or lock_only or refresh_defaults or sources is not None):
+        found = noop.check_install(
+            model_dir, [str(s) for s in skills], weights=weights, registry=registry, token=token,
+            resolution=resolution, offline=offline, method=method, method_params=method_params,
+            output_dtype=output_dtype, settings_given=init,
+        )  # fmt: skip
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("install", model_dir):
         # resolve once → check (plan) → [dry run stops] → fetch → apply
         if init:
@@ -361,6 +384,11 @@ def install(
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
+        if not init:
+            _check_interference(
+                model_dir, lock, resolved, plan, weights=weights, registry=registry, token=token,
+                progress=progress, report=on_interference,
+            )  # fmt: skip
         if dry_run:
             return _dry(model_dir, plan, started, "install")
         resolved = [download_resolved(r, token=token, progress=progress) for r in resolved]
@@ -377,6 +405,44 @@ def install(
         model_dir, lock, final, started, progress, write_weights=not lock_only, device_kind=device_kind,
         plan=plan, action="lock" if lock_only else "install",
     )  # fmt: skip
+
+
+def _check_interference(
+    model_dir: Path,
+    lock: Lock,
+    resolved: Sequence[Resolved],
+    plan: Plan,
+    *,
+    weights: Mapping[str, float] | None,
+    registry: str | None,
+    token: str | None,
+    progress: Progress,
+    report: Callable[[InterferenceReport], None] | None,
+) -> None:
+    """The check step: interference of the planned set, from the one resolution, downloading nothing.
+
+    Dry run and real run alike pass ``download=False``, so both warn the same; a version
+    with no published sketch that is not cached is skipped with a note.
+    """
+    from ..check import check_resolved
+    from ..errors import SketchError, SketchMismatch
+
+    if sum(1 for row in plan.skills if row.change != "remove") < 2 or not resolved:
+        return
+    try:
+        found = check_resolved(
+            resolved, lock=lock, into=model_dir, weights=weights, registry=registry, token=token,
+            download=False, progress=progress,
+        )  # fmt: skip
+    except (SketchError, SketchMismatch) as exc:
+        progress.note(f"interference check skipped: {exc.message}")
+        return
+    if report is not None:
+        report(found)
+        return
+    for pair in found.flagged:
+        for warning in pair.warnings:
+            progress.warn(warning)
 
 
 def _origin_of(r: Resolved) -> Origin:
@@ -409,39 +475,52 @@ def uninstall(
         lock = require_lock(model_dir)
         require_installed(lock, names, model_dir)
         ids = [lock.skill(n).id for n in names]
-        plan = make_plan(model_dir, lock, removing=ids)
         require_general(lock, model_dir)
-        if dry_run:
-            return _dry(model_dir, plan, started, "uninstall")
-        _clean_stale_staging(model_dir)
+        # The check runs on the skills' own manifests (read-only), for dry runs too: the same
+        # "requires it" refusal and the same orphans removed.
         final = _open_skills([], lock, {}, model_dir, [], drop=set(ids))
         try:
-            gone = set(ids)
-            while True:
-                blocked = [(_shown(s), d) for s in final for d in s.artifact.manifest.requires if d in gone]
-                if blocked:
-                    who, what = blocked[0]
-                    raise ModelEnvironmentError(
-                        f"cannot uninstall `{what}`: `{who}` requires it.",
-                        hints=[f"uninstall both: `tvreg uninstall {what} {_ident(who)} --into {model_dir}`"],
-                    )
-                needed = {d for s in final for d in s.artifact.manifest.requires}
-                orphans = [
-                    s for s in final
-                    if s.origin.requested is None and s.origin.registry is not None and not (_idents(s) & needed)
-                ]  # fmt: skip
-                if not orphans:
-                    break
-                for s in orphans:
-                    progress.note(f"removing `{_shown(s)}`: only the uninstalled skills required it.")
-                    gone |= _idents(s)
-                    final.remove(s)
-                    s.artifact.close()
+            removed = _close_removal(final, set(ids), model_dir, progress)
+            plan = make_plan(model_dir, lock, removing=ids + removed)
+            if dry_run:
+                for skill in final:
+                    skill.artifact.close()
+                return _dry(model_dir, plan, started, "uninstall")
+            _clean_stale_staging(model_dir)
         except BaseException:
             for skill in final:
                 skill.artifact.close()
             raise
         return _apply(model_dir, lock, final, started, progress, action="uninstall", plan=plan)
+
+
+def _close_removal(final: list[_Skill], gone: set[str], model_dir: Path, progress: Progress) -> list[str]:
+    """Refuse removing a skill a remaining one requires; drop (from ``final``) the orphans, like ``uv remove``.
+
+    Returns the lock identities of the orphans removed (each is also said through ``progress``).
+    """
+    removed: list[str] = []
+    while True:
+        blocked = [(_shown(s), d) for s in final for d in s.artifact.manifest.requires if d in gone]
+        if blocked:
+            who, what = blocked[0]
+            raise ModelEnvironmentError(
+                f"cannot uninstall `{what}`: `{who}` requires it.",
+                hints=[f"uninstall both: `tvreg uninstall {what} {_ident(who)} --into {model_dir}`"],
+            )
+        needed = {d for s in final for d in s.artifact.manifest.requires}
+        orphans = [
+            s for s in final
+            if s.origin.requested is None and s.origin.registry is not None and not (_idents(s) & needed)
+        ]  # fmt: skip
+        if not orphans:
+            return removed
+        for s in orphans:
+            progress.note(f"removing `{_shown(s)}`: only the uninstalled skills required it.")
+            gone |= _idents(s)
+            removed.append(s.id)
+            final.remove(s)
+            s.artifact.close()
 
 
 def upgrade_targets(lock: Lock, names: Sequence[str], model_dir: Path) -> list[str]:
@@ -479,6 +558,12 @@ def upgrade(
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
+    if not dry_run:
+        found = noop.check_upgrade(
+            model_dir, names, registry=registry, token=token, resolution=resolution, offline=offline
+        )
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("upgrade", model_dir):
         current = require_lock(model_dir)
         targets = upgrade_targets(current, names, model_dir)
@@ -592,6 +677,10 @@ def sync(
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
+    if not dry_run:
+        found = noop.check_sync(model_dir, general=general)
+        if found is not None:
+            return _nothing(found, started)
     with _guarded(dry_run, model_dir), _interrupted("sync", model_dir):
         lock = require_lock(model_dir)
         if general is not None and not dry_run:
@@ -605,32 +694,52 @@ def sync(
             from ..cache import BlobCache
 
             cache = BlobCache()
-            need = sum(
-                s.size or 0 for s in lock.skills
-                if not artifact_path(s.digest).is_file() and not cache.path(s.digest).is_file()
-            )  # fmt: skip
+            missing = [s for s in lock.skills if not artifact_path(s.digest).is_file()]
+            need = sum(s.size or 0 for s in missing if not cache.path(s.digest).is_file())
+            if locked and not missing:  # the real run's `--locked` refusal, from the stored manifests
+                final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=False)
+                with _closing(final, always=True):
+                    _require_current(final, lock, model_dir)
             return _dry(model_dir, replace(plan, download_bytes=need), started, "sync")
         ensure_artifacts(model_dir, offline=offline, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
-        try:
-            if locked:
-                reasons = outdated_reasons(lock, final, model_dir)
-                if reasons:
-                    raise LockOutdated(
-                        f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: "
-                        + "; ".join(reasons) + ".",
-                        reasons=reasons,
-                        hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
-                    )  # fmt: skip
-        except BaseException:
-            for skill in final:
-                skill.artifact.close()
-            raise
+        if locked:
+            with _closing(final, always=False):
+                _require_current(final, lock, model_dir)
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
         )  # fmt: skip
+
+
+def _require_current(final: Sequence[_Skill], lock: Lock, model_dir: Path) -> None:
+    """``sync --locked``: raise LockOutdated when resolving again would change the lock (caller closes)."""
+    reasons = outdated_reasons(lock, final, model_dir)
+    if reasons:
+        raise LockOutdated(
+            f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: " + "; ".join(reasons) + ".",
+            reasons=reasons,
+            hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
+        )
+
+
+def _closing(final: Sequence[_Skill], *, always: bool):
+    """Close ``final``'s artifacts on the way out (``always``) or only when an error leaves."""
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except BaseException:
+            for skill in final:
+                skill.artifact.close()
+            raise
+        if always:
+            for skill in final:
+                skill.artifact.close()
+
+    return guard()
 
 
 def _check_general(path: str | os.PathLike[str], lock: Lock) -> None:

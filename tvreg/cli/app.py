@@ -8,6 +8,7 @@ printed as ``error: <sentence>`` plus ``hint:`` lines, with the family's exit co
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from rich.progress import Progress as RichBar
 
 from .._version import __version__
 from ..errors import TvregError
+from ..faults import crash_point
 from ..progress import Progress
 from .text import SafeConsole, safe
 
@@ -31,6 +33,7 @@ CHANGING = None  # the model directory the running command changes (set by envir
 class RichProgress(Progress):
     """Shows each step that lasts over a second as a transient rich progress bar on stderr."""
 
+    #: Seconds a step must last before its bar is drawn; ``TVREG_PROGRESS_DELAY`` overrides it.
     delay = 1.0
     live: list[RichProgress] = []
 
@@ -52,6 +55,10 @@ class RichProgress(Progress):
         return drawn
 
     def __init__(self) -> None:
+        try:
+            self.delay = max(0.0, float(os.environ.get("TVREG_PROGRESS_DELAY", RichProgress.delay)))
+        except ValueError:
+            self.delay = RichProgress.delay
         self._bar: RichBar | None = None
         self._task = None
         self._pending: tuple[str, int | None, float] | None = None
@@ -76,6 +83,7 @@ class RichProgress(Progress):
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, completed=self._completed)
+        crash_point("progress:bar")
 
     def advance(self, amount):
         if self._bar is not None:

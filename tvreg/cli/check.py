@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from ..errors import SketchError, SketchMismatch, TvregError
 from .app import RichProgress, err, main, out, parse_weights
 
 
@@ -102,36 +101,19 @@ def _print_warnings(report) -> None:
             err.print(f"[cyan]hint:[/] {s}", soft_wrap=True)
 
 
-def warn_before_install(skills, *, into, weights, registry, resolution) -> None:
-    """The install hook: print the interference warnings of the planned set, never fail the install.
+def interference_printer(skills, *, into):
+    """The install's check-step hook: print the flagged pairs' warnings and where to see more.
 
-    Skipped for a model that is not an environment yet (install initialises it on the fly).
+    The install pipeline calls it with the report of the one resolution it made (no second
+    resolve); it never fails the install.
     """
-    from pathlib import Path
 
-    from ..check import check as do_check
-    from ..lockfile import LOCK_NAME
+    def show(report) -> None:
+        if report.flagged:
+            _print_warnings(report)
+            err.print(
+                f"[cyan]hint:[/] see the full report: `tvreg check {' '.join(skills)} --into {into}`",
+                soft_wrap=True,
+            )
 
-    if not (Path(into) / LOCK_NAME).is_file():
-        return
-    progress = RichProgress()
-    try:
-        report = do_check(
-            list(skills),
-            into=into,
-            weights=weights,
-            registry=registry,
-            resolution=resolution,
-            progress=progress,
-        )
-    except (SketchError, SketchMismatch) as exc:
-        err.print(f"[yellow]note:[/] interference check skipped: {exc.message}", soft_wrap=True)
-        return
-    except TvregError:
-        return  # the install itself reports it, once
-    if report.flagged:
-        _print_warnings(report)
-        err.print(
-            f"[cyan]hint:[/] see the full report: `tvreg check {' '.join(skills)} --into {into}`",
-            soft_wrap=True,
-        )
+    return show

@@ -144,9 +144,18 @@ def upgrade(names, into, registry, resolution, offline, dry_run):
     kept, default weights are recomputed. Like `uv lock --upgrade-package` then `uv sync`.
     A locked version that is now yanked is kept (with its reason) unless a higher one is allowed.
     """
+    target = into_dir(into)
+    if target is not None and not dry_run and Path(target).is_dir():
+        from .._env import noop
+
+        found = noop.check_upgrade(
+            Path(target).resolve(), list(names), registry=registry, resolution=resolution, offline=offline
+        )
+        if found is not None:
+            _print_no_upgrade(found)
+            return
     from ..sync import upgrade as do_upgrade
 
-    target = into_dir(into)
     res = do_upgrade(
         list(names), into=target, registry=registry, resolution=resolution, offline=offline, dry_run=dry_run,
         progress=watch(RichProgress(), target),
@@ -156,11 +165,15 @@ def upgrade(names, into, registry, resolution, offline, dry_run):
         return
     moved = [s for s in res.plan.skills if s.change in ("upgrade", "downgrade", "replace")] if res.plan else []
     if not res.changed:
-        out.print(f"Nothing to change: no newer versions allowed; {len(res.skills)} skill(s) already installed.")
+        _print_no_upgrade(res)
         return
     for s in moved:
         out.print(f"{s.change}d {s.name} {s.previous} → {s.version}" if s.change != "replace" else f"replaced {s.name}")
     print_result(res, "Upgraded")
+
+
+def _print_no_upgrade(res) -> None:
+    out.print(f"Nothing to change: no newer versions allowed; {len(res.skills)} skill(s) already installed.")
 
 
 @main.command(name="lock")
@@ -219,11 +232,18 @@ def lock_(requirements, into, weights, registry, resolution, offline, namespace,
 @DRY_RUN
 def sync(model_dir, into, locked, general, offline, dry_run):
     """Re-create the weights from tvreg.lock alone, fetching artifacts by digest."""
-    from ..sync import sync as do_sync
-
     if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
     target = into_dir(model_dir or into)
+    if target is not None and not dry_run:
+        from .._env import noop
+
+        found = noop.check_sync(Path(target).resolve(), general=general)
+        if found is not None:
+            print_nothing(found)
+            return
+    from ..sync import sync as do_sync
+
     res = do_sync(
         target, locked=locked, offline=offline, general=general, dry_run=dry_run,
         progress=watch(RichProgress(), target),

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from .app import RichProgress, main, out, parse_weights
-from .check import warn_before_install
+from .check import interference_printer
 from .environment_cmds import (
     DRY_RUN,
     NAMESPACE,
@@ -144,8 +144,6 @@ def install(
     file (`*.tvskill`, `./…`, `/…`). Requirements, the skills already installed and every
     skill's `requires` are resolved together for the model's base.
     """
-    from ..install import install as do_install
-
     progress = RichProgress()
     weights = parse_weights(weights)
     args = list(skills)
@@ -154,8 +152,27 @@ def install(
         args += more
         weights = {**more_weights, **weights}
     target = into_dir(into)
-    if target is not None:
-        warn_before_install(args, into=target, weights=weights, registry=registry, resolution=resolution)
+    method_params = {
+        "density": density,
+        "lambda": lambda_,
+        "drop_rate": drop_rate,
+        "seed": seed,
+        "normalize": normalize,
+        "base_weights": base_weights,
+    }
+    if target is not None and not dry_run and Path(target).is_dir():
+        from .._env import noop
+
+        found = noop.check_install(
+            Path(target).resolve(), args, weights=weights, registry=registry, resolution=resolution,
+            offline=offline, method=method, method_params=method_params, output_dtype=output_dtype,
+            settings_given=base is not None or general_size is not None,
+        )  # fmt: skip
+        if found is not None:
+            print_nothing(found)
+            return
+    from ..install import install as do_install
+
     res = do_install(
         args,
         into=target,
@@ -163,14 +180,7 @@ def install(
         base=base,
         general_size=general_size,
         method=method,
-        method_params={
-            "density": density,
-            "lambda": lambda_,
-            "drop_rate": drop_rate,
-            "seed": seed,
-            "normalize": normalize,
-            "base_weights": base_weights,
-        },
+        method_params=method_params,
         device=device,
         output_dtype=output_dtype,
         dry_run=dry_run,
@@ -179,6 +189,7 @@ def install(
         offline=offline,
         namespaces=list(namespace) or None,
         progress=watch(progress, target),
+        on_interference=interference_printer(args, into=target),
     )
     if res.dry_run:
         print_plan(res.plan)

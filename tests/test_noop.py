@@ -1,0 +1,82 @@
+"""The no-op fast path for skills installed from files: nothing written, torch never imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import copy_model, subprocess_env, tree_digest
+
+from tvreg.build import build_skill
+from tvreg.environment import init_environment
+from tvreg.install import install
+
+_PROBE = """
+import sys
+from tvreg.cli import main
+try:
+    main(sys.argv[1:], prog_name="tvreg")
+except SystemExit as exc:
+    code = exc.code
+print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(*args):
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *map(str, args)], env=subprocess_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, "torch not loaded" in proc.stderr
+
+
+def _stats(model):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(model.iterdir())}
+
+
+@pytest.fixture
+def installed(family, tmp_path):
+    skill = build_skill(
+        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
+        version="1.0.0", dataset_size=3000,
+    ).path  # fmt: skip
+    model = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(model, base=family.pre, general_size=10000)
+    install([skill], into=model, weights={"science": 0.25})
+    return model, skill
+
+
+def test_reinstalling_the_same_file_writes_nothing_and_loads_no_torch(installed):
+    model, skill = installed
+    stats, digest = _stats(model), tree_digest(model)
+    for args in (
+        ["install", skill, "--weight", "science=0.25", "--into", model],
+        ["install", skill, "--weight", "science=0.25", "--method", "task_arithmetic", "--output-dtype", "auto",
+         "--into", model],
+        ["install", "--into", model],
+        ["sync", "--locked", "--into", model],
+    ):  # fmt: skip
+        stdout, torch_free = _probe(*args)
+        assert "Nothing to change: 1 skill(s) already installed" in stdout, (args, stdout)
+        assert torch_free, args
+        assert _stats(model) == stats and tree_digest(model) == digest, args
+
+
+def test_what_the_fast_path_cannot_vouch_for_goes_the_full_way(installed):
+    model, skill = installed
+    stats = _stats(model)
+    # Without --weight the user's ω would become |D|/|G| again: a change, decided by the full pipeline.
+    stdout, torch_free = _probe("install", skill, "--into", model)
+    assert "Installed 1 skill(s)" in stdout and not torch_free
+    stats = _stats(model)
+    # A touched file is not vouched for by the stat cache: the full pipeline re-checks it (and still writes nothing).
+    os.utime(skill)
+    stdout, torch_free = _probe("install", skill, "--into", model)
+    assert "Nothing to change" in stdout and not torch_free
+    assert _stats(model) == stats
+    stdout, torch_free = _probe("install", "--output-dtype", "float16", "--into", model)
+    assert "Installed 1 skill(s)" in stdout and _stats(model) != stats
