@@ -171,6 +171,9 @@ def install(
         weights = {**more_weights, **weights}
     target = into_dir(into)
     if target is not None:
+        from ..policy import load_policy
+
+        load_policy(target)  # a bad tvreg.toml fails before any other work
         warn_before_install(args, into=target, weights=weights, registry=registry, resolution=resolution)
     res = do_install(
         args,
