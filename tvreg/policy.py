@@ -393,8 +393,16 @@ class PolicyCheck:
         cache_key = (name, version, digest)
         if cache_key in self._verdicts:
             return self._verdicts[cache_key]
-        with self._using(registry) as client:
-            verdict = self._judge(client, name, version, digest)
+        from .errors import RegistryUnavailable
+
+        try:
+            with self._using(registry) as client:
+                verdict = self._judge(client, name, version, digest)
+        except RegistryUnavailable as exc:
+            if self.needs_registry:
+                raise
+            # Only notes depend on it: an unreachable registry (or --offline) must not block the install.
+            verdict = Verdict(name, version, digest, note=f"{name} {version}: signature not checked ({exc.message})")
         self._verdicts[cache_key] = verdict
         return verdict
 
