@@ -80,9 +80,14 @@ def test_require_signature_makes_unsigned_versions_no_candidates_and_locks_the_v
         "because you asked for nlp/science@1.0.1 and nlp/science 1.0.1 is not signed, no version of "
         "nlp/science fits" in res.stderr
     )
+    res = cli("check", "--policy", "--into", model, "nlp/science@1.0.1")
+    assert res.exit_code == 1
+    assert "refused: No solution found when resolving skills: because you asked for nlp/science@1.0.1 and " \
+        "nlp/science 1.0.1 is not signed" in res.stderr
     # The highest version is unsigned, so the highest *candidate* is 1.0.0.
     res = cli("install", "nlp/science", "--into", model)
     assert res.exit_code == 0, res.output
+    assert "signed by" in res.stdout  # the install summary
     (skill,) = read_lock(model).skills
     assert (skill.version, skill.signed_by) == ("1.0.0", nlp)
     assert json.loads((model / "tvreg.lock").read_text())["skills"][0]["signed_by"] == nlp
