@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python examples/quickstart.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python examples/trust_policy.py
 
 # Merge to Learn on SmolLM2-135M-Instruct (examples/merge_to_learn/README.md); QUICK=1 for a pipeline check.
 merge-to-learn: $(VENV)/.installed

@@ -44,6 +44,7 @@ if _typing.TYPE_CHECKING:
         DownloadError,
         EvaluationError,
         ExportError,
+        GateFailed,
         IncompatibleBase,
         InstallInterrupted,
         InvalidCodecOption,
@@ -56,6 +57,8 @@ if _typing.TYPE_CHECKING:
         MergeError,
         ModelEnvironmentError,
         NotFound,
+        PolicyError,
+        PolicyViolation,
         ProjectError,
         RegistryError,
         RegistryUnavailable,
@@ -76,12 +79,14 @@ if _typing.TYPE_CHECKING:
     from .fingerprint import fingerprint
     from .interference import InterferenceReport, PairReport
     from .manifest import Manifest
+    from .policy import Policy, check_policy, load_policy
     from .progress import Progress
     from .project import SkillProject, load_project
     from .publish import PublishResult, publish
     from .refs import SkillRef, parse_ref
     from .sketch import Sketch
     from .sweep import SweepPoint, SweepResult, sweep
+    from .taskvector import TaskVector
 
 _SOURCES: dict[str, str] = {
     "Artifact": "artifact",
@@ -103,6 +108,7 @@ _SOURCES: dict[str, str] = {
     "ExportError": "errors",
     "ExportResult": "export",
     "FetchedSkill": "fetch",
+    "GateFailed": "errors",
     "IncompatibleBase": "errors",
     "InstallInterrupted": "errors",
     "InstallResult": "_env.operations",
@@ -121,6 +127,9 @@ _SOURCES: dict[str, str] = {
     "ModelEnvironmentError": "errors",
     "NotFound": "errors",
     "PairReport": "interference",
+    "Policy": "policy",
+    "PolicyError": "errors",
+    "PolicyViolation": "errors",
     "Progress": "progress",
     "ProjectError": "errors",
     "PublishResult": "publish",
@@ -137,6 +146,7 @@ _SOURCES: dict[str, str] = {
     "SkillRef": "refs",
     "SweepPoint": "sweep",
     "SweepResult": "sweep",
+    "TaskVector": "taskvector",
     "TensorMismatch": "errors",
     "TvregError": "errors",
     "UnsafeCheckpoint": "errors",
@@ -145,12 +155,14 @@ _SOURCES: dict[str, str] = {
     "WeightsMismatch": "errors",
     "build_skill": "build",
     "check": "check",
+    "check_policy": "policy",
     "export_peft": "export",
     "fetch_skill": "fetch",
     "fingerprint": "fingerprint",
     "init_environment": "_env.environment",
     "install": "_env.operations",
     "load_hook": "evaluate",
+    "load_policy": "policy",
     "load_project": "project",
     "parse_ref": "refs",
     "publish": "publish",
@@ -182,6 +194,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "FetchedSkill",
+    "GateFailed",
     "IncompatibleBase",
     "InstallInterrupted",
     "InstallResult",
@@ -200,6 +213,9 @@ __all__ = [
     "ModelEnvironmentError",
     "NotFound",
     "PairReport",
+    "Policy",
+    "PolicyError",
+    "PolicyViolation",
     "Progress",
     "ProjectError",
     "PublishResult",
@@ -216,6 +232,7 @@ __all__ = [
     "SkillRef",
     "SweepPoint",
     "SweepResult",
+    "TaskVector",
     "TensorMismatch",
     "TvregError",
     "UnsafeCheckpoint",
@@ -225,12 +242,14 @@ __all__ = [
     "__version__",
     "build_skill",
     "check",
+    "check_policy",
     "export_peft",
     "fetch_skill",
     "fingerprint",
     "init_environment",
     "install",
     "load_hook",
+    "load_policy",
     "load_project",
     "parse_ref",
     "publish",

@@ -33,6 +33,9 @@ The tree::
     ├── ExportError                 a skill set that cannot be written as the requested adapter format
     ├── SignatureError              a signature bundle or attestation that is malformed, does not cover
     │                               the artifact, or is not by a key the client trusts; a bad key file
+    ├── PolicyError                 a ``tvreg.toml`` ``[policy]`` that does not parse (unknown key, bad value)
+    ├── PolicyViolation             the environment's policy refuses the skill set (outside the resolver)
+    ├── GateFailed                  ``install --gate``: the staged model missed a ``--require``; nothing swapped
     └── RegistryError               the registry refused a request or could not be used
         ├── RegistryUnavailable     connection failed, timed out, or 503 (``retry_after``)
         ├── AuthError               no token, a bad/expired token (401) or a role too low (403)
@@ -221,6 +224,35 @@ class ExportError(TvregError):
 
 class SignatureError(TvregError):
     """A signature or attestation cannot be made or does not verify against the trusted keys."""
+
+
+class PolicyError(TvregError):
+    """An environment policy (``tvreg.toml`` ``[policy]``) cannot be read: unknown key, bad value."""
+
+    exit_code = 2
+
+
+class PolicyViolation(TvregError):
+    """The environment's policy refuses a skill set (an unsigned file, a required skill removed)."""
+
+
+class GateFailed(TvregError):
+    """An install gate measured the staged model below a requirement; the old model was kept.
+
+    ``metrics`` are the scores the hook measured; ``failed`` the requirements they missed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        failed: list[str] | tuple[str, ...] = (),
+        hints: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, hints=hints)
+        self.metrics = dict(metrics or {})
+        self.failed = list(failed)
 
 
 class RegistryError(TvregError):

@@ -514,6 +514,7 @@ def resolve_install(
     download: bool = True,
     namespaces: Sequence[str] | None = None,
     sources: Sequence[Origin | None] | None = None,
+    policy=None,
     progress: Progress = NULL_PROGRESS,
 ) -> list[Resolved]:
     """Resolve ``tvreg install``/``upgrade`` arguments to skills to add (once per command).
@@ -532,6 +533,8 @@ def resolve_install(
         upgrade: locked registry skills to re-resolve within their recorded requirement.
         download: False to resolve only: registry versions not cached come back with ``path=None``.
         sources: origins parallel to ``args`` (the library's ``install(paths, sources=...)``).
+        policy: the environment's :class:`~tvreg.policy.PolicyCheck`: its ``always`` skills
+            join the requirements and its verdicts filter the candidates.
 
     Raises:
         ResolutionImpossible: no set of versions satisfies every requirement, or a bare name is ambiguous.
@@ -581,6 +584,13 @@ def resolve_install(
         # Upgrade never moves below the locked version: a yanked one stays allowed (PEP 592 keeps it valid).
         req = Requirement(req.name, req.spec, req.source, also=locked.version)
         parsed.append(_Arg(text, req=req, requested=locked.requested))
+    if policy is not None:
+        pinned_ids = {s.id for s in (lock.skills if lock is not None else ()) if s.from_registry}
+        named = {a.req.name for a in parsed if a.req is not None}
+        for req in policy.policy.always:
+            if req.name not in pinned_ids and req.name not in named:
+                text = f"{req.name}@{req.spec}" if req.spec else req.name
+                parsed.append(_Arg(text, req=req, requested=text))
     if not any(a.req for a in parsed) and not bare:
         return [Resolved(a.path, a.origin) for a in parsed]
     if lock is None:
@@ -599,6 +609,11 @@ def resolve_install(
                 )
             index: RegistryIndex | CacheIndex = CacheIndex(cache)
             client = None
+            if policy is not None and policy.needs_registry:
+                raise ModelEnvironmentError(
+                    f"`--offline`: the policy of {model} needs the registry to verify signatures and attestations.",
+                    hints=["run without `--offline`"],
+                )
         else:
             try:
                 client = stack.enter_context(client_for(registry, token))
@@ -607,6 +622,9 @@ def resolve_install(
                 exc.hints.append(f"no file `{first}` exists either")
                 raise
             index = RegistryIndex(client, base_fp, general_fp)
+            if policy is not None:
+                policy.attach(client)
+                stack.callback(policy.detach)
             for i in bare:
                 text = parsed[i].text
                 name, at, spec = text.partition("@")
@@ -619,8 +637,13 @@ def resolve_install(
             for s in (lock.skills if lock is not None else ())
             if s.from_registry and s.id not in asked and s.id not in upgrading
         ]
+        if policy is not None:  # an `always` skill already pinned keeps its pin and must satisfy the policy too
+            requested += [r for r in policy.policy.always if r.name not in asked and r.name in {p.name for p in pins}]
         try:
-            result = resolve(requested + pins, index, base_fingerprint=base_fp, resolution=resolution)
+            result = resolve(
+                requested + pins, index, base_fingerprint=base_fp, resolution=resolution,
+                admit=policy.admit if policy is not None and client is not None else None,
+            )  # fmt: skip
         except NotFound as exc:
             missing = [a.text for a in parsed if a.req is not None and f"`{a.req.name}`" in exc.message]
             if missing:

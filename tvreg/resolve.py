@@ -11,7 +11,7 @@ problem and turns a failure into sentences that name every constraint and its so
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,9 +58,26 @@ class Resolution:
 
 
 class _Provider(resolvelib.AbstractProvider):
-    def __init__(self, index: Index, base: str, lowest: bool, conflict_names: set[str]) -> None:
+    def __init__(
+        self,
+        index: Index,
+        base: str,
+        lowest: bool,
+        conflict_names: set[str],
+        admit: Callable[[Candidate], str | None] | None = None,
+    ) -> None:
         self.index, self.base, self.lowest, self.conflict_names = index, base, lowest, conflict_names
         self._tags: dict[str, Mapping[str, str]] = {}
+        self.admit = admit
+        self.refused: dict[str, dict[str, str]] = {}
+
+    def admitted(self, candidate: Candidate) -> bool:
+        if self.admit is None:
+            return True
+        why = self.admit(candidate)
+        if why is not None:
+            self.refused.setdefault(candidate.name, {})[candidate.version] = why
+        return why is None
 
     def tags(self, name: str) -> Mapping[str, str]:
         if name not in self._tags:
@@ -85,12 +102,15 @@ class _Provider(resolvelib.AbstractProvider):
             and c.version not in bad
             and all(r.allows(c, tags) for r in reqs)
         ]
+        found = [c for c in found if self.admitted(c)]
         found.sort(key=lambda c: version_key(c.version), reverse=not self.lowest)
         return found
 
     def is_satisfied_by(self, requirement, candidate):
-        return candidate.base_fingerprint == self.base and requirement.allows(
-            candidate, self.tags(candidate.name)
+        return (
+            candidate.base_fingerprint == self.base
+            and requirement.allows(candidate, self.tags(candidate.name))
+            and self.admitted(candidate)
         )
 
     def get_dependencies(self, candidate):
@@ -109,6 +129,7 @@ def resolve(
     *,
     base_fingerprint: str,
     resolution: str = "highest",
+    admit: Callable[[Candidate], str | None] | None = None,
 ) -> Resolution:
     """Pick one version per required skill, built for ``base_fingerprint``.
 
@@ -117,6 +138,9 @@ def resolve(
         index: where versions come from.
         base_fingerprint: the model's base; other bases are never candidates.
         resolution: ``highest`` (default) or ``lowest`` (to test lower bounds, like uv).
+        admit: the environment's policy (:meth:`tvreg.policy.PolicyCheck.admit`): None when a
+            candidate may be chosen, else why not; a refused candidate is not a candidate, and
+            the reason joins the chain of reasons of a failed resolution.
 
     Returns:
         A :class:`Resolution`.
@@ -125,11 +149,11 @@ def resolve(
         ResolutionImpossible: with one sentence per conflicting constraint in ``causes``.
     """
     reqs = list(requirements)
-    provider = _Provider(index, base_fingerprint, resolution == "lowest", {r.name for r in reqs})
+    provider = _Provider(index, base_fingerprint, resolution == "lowest", {r.name for r in reqs}, admit)
     try:
         result = resolvelib.Resolver(provider, resolvelib.BaseReporter()).resolve(reqs, max_rounds=500)
     except resolvelib.ResolutionImpossible as exc:
-        raise _explain(exc.causes, index, base_fingerprint) from None
+        raise _explain(exc.causes, index, base_fingerprint, provider.refused) from None
     except resolvelib.ResolutionTooDeep:
         raise ResolutionImpossible("No solution found: the resolver gave up after 500 rounds.") from None
     chosen = dict(result.mapping)
@@ -157,7 +181,9 @@ def _phrase(parent: Candidate | None, req: Requirement) -> str:
     return f"{req.source} {req.name} {req.spec}".rstrip()
 
 
-def _explain(causes, index: Index, base: str) -> ResolutionImpossible:
+def _explain(
+    causes, index: Index, base: str, refused: Mapping[str, Mapping[str, str]] | None = None
+) -> ResolutionImpossible:
     reasons: list[str] = []
     for name in sorted({c.requirement.name for c in causes}):
         mine = sorted(
@@ -179,6 +205,7 @@ def _explain(causes, index: Index, base: str) -> ResolutionImpossible:
             )
         else:
             versions = ", ".join(sorted((c.version for c in fitting), key=version_key))
+            said += [why for _, why in sorted((refused or {}).get(name, {}).items(), key=lambda kv: version_key(kv[0]))]
             reasons.append(f"because {' and '.join(said)}, no version of {name} fits (available: {versions})")
     return ResolutionImpossible(
         "No solution found when resolving skills: " + "; ".join(reasons) + ".", causes=reasons

@@ -81,8 +81,16 @@ def parse_weight_grid(text: str) -> list[float]:
 
 
 def _snapshot(model_dir: Path, target: Path) -> None:
-    """Hard-link every file of the model environment into ``target`` (no weight bytes are copied)."""
-    shutil.copytree(model_dir, target, symlinks=True, copy_function=link_or_copy)
+    """Hard-link every file of the model environment into ``target`` (no weight bytes are copied).
+
+    The policy (``tvreg.toml``) stays behind: a scratch point only measures and never becomes
+    the model, and ``tvreg eval`` must be able to measure a skill the policy does not admit yet
+    (the attestation it writes is what would admit it). Locking the best ω goes through it.
+    """
+    shutil.copytree(
+        model_dir, target, symlinks=True, copy_function=link_or_copy,
+        ignore=lambda d, names: ["tvreg.toml"] if Path(d) == Path(model_dir) else [],
+    )  # fmt: skip
 
 
 def pick_best(points: Sequence[SweepPoint], metric: str, *, lower_is_better: bool = False) -> SweepPoint:

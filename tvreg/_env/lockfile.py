@@ -68,6 +68,7 @@ class LockedSkill:
     registry: str | None = None  # "" for "the configured registry" (version-1 locks)
     requested: str | None = None
     size: int | None = None
+    signed_by: str | None = None  # the trusted key that verified it, under a policy (tvreg.toml)
 
     @property
     def label(self) -> str:
@@ -130,7 +131,11 @@ class Lock:
 
     def to_text(self) -> str:
         data = asdict(self)
-        data["skills"] = [asdict(s) for s in self.skills]
+        # ``signed_by`` is written only when a policy verified a signature, so locks made
+        # without a policy keep their bytes.
+        data["skills"] = [
+            {k: v for k, v in asdict(s).items() if k != "signed_by" or v is not None} for s in self.skills
+        ]
         data["notes"] = list(self.notes)
         data["lock_version"] = LOCK_VERSION
         return json.dumps(data, sort_keys=True, indent=2) + "\n"

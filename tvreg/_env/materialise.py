@@ -169,13 +169,17 @@ def _materialise(
     progress: Progress,
     merge: _Merge,
     expect_output: str | None = None,
+    *,
+    before_swap: Callable[[Path], object] | None = None,
 ) -> tuple[Lock, int]:
     """Write θ_G + Σ ω_k τ_k for ``final`` into a staged copy of ``model_dir`` and swap it in.
 
     ``lock`` is the new lock without its output fingerprint; the written lock (with it),
     the per-tensor record and the model card go into the staged tree too, so all of them
     change in the one swap. Returns the written lock and the bytes of weights written.
-    With ``expect_output``, weights with another fingerprint are refused before the swap.
+    With ``expect_output``, weights with another fingerprint are refused before the swap;
+    ``before_swap`` (the install gate) is called with the complete staged tree and may
+    refuse it by raising, which removes the staged tree and leaves ``model_dir`` as it was.
     Caller holds :func:`lock_model`.
     """
     out_dtype = _check_output_dtype(lock.output_dtype)
@@ -216,6 +220,8 @@ def _materialise(
         write_tensor_hashes(staging, hashes)
         write_model_card(staging, new_lock)
         fsync_dir(staging)
+        if before_swap is not None:
+            before_swap(staging)
         crash_point("install:before-swap")
         swap_directories(model_dir, staging)
         crash_point("install:after-swap")

@@ -154,6 +154,12 @@ def _nothing_newer(skills: Sequence[tuple[LockedSkill, str]], lock: Lock, regist
     return True
 
 
+def _policed(model_dir: Path) -> bool:
+    """A ``tvreg.toml`` policy is judged on every run (a key may have been revoked since the
+    lock was written), and that needs the full pipeline: no shortcut for such a model."""
+    return (model_dir / "tvreg.toml").exists()
+
+
 def check_install(
     model_dir: Path,
     skills: Sequence[str],
@@ -176,7 +182,7 @@ def check_install(
     and dtype asked for are the locked ones, and the model is synced. ``settings_given``:
     a flag that re-initialises the environment (``--base``, ``--general-size``).
     """
-    if settings_given or resolution != "highest":
+    if settings_given or resolution != "highest" or _policed(model_dir):
         return None
     lock = read_lock(model_dir)
     if lock is None or not _same_settings(lock, method, method_params, output_dtype):
@@ -260,7 +266,7 @@ def check_upgrade(
     offline: bool = False,
 ) -> NothingToChange | None:
     """The no-op answer for ``upgrade``: nothing newer is allowed for any target and defaults hold."""
-    if resolution != "highest" or offline:
+    if resolution != "highest" or offline or _policed(model_dir):
         return None
     lock = read_lock(model_dir)
     if lock is None:
@@ -286,7 +292,7 @@ def check_upgrade(
 
 def check_sync(model_dir: Path, *, general: object = None) -> NothingToChange | None:
     """The no-op answer for ``sync``: the weights carry the lock's fingerprint (and defaults hold)."""
-    if general is not None:
+    if general is not None or _policed(model_dir):
         return None
     lock = read_lock(model_dir)
     if lock is None:

@@ -30,6 +30,7 @@ from ..fingerprint import fingerprint_of_hashes, tensor_hashes
 from ..interference import InterferenceReport
 from ..merge import get_method
 from ..merge.device import merger_for, resolve_device
+from ..policy import policy_check
 from ..progress import NULL_PROGRESS, Progress
 from . import noop
 from .environment import (
@@ -179,18 +180,24 @@ def _apply(
     action: str = "install",
     device_kind: str | None = None,
     plan: Plan | None = None,
+    policy=None,
+    gate=None,
 ) -> InstallResult:
     """Make ``model_dir`` hold exactly ``final`` on top of pristine G, or nothing when it already does.
 
     ``lock`` carries the method and dtype settings; its skills are replaced by ``final``.
     ``write_weights=False`` only writes the new ``tvreg.lock`` (``tvreg lock``): its
     weights fingerprint is cleared unless nothing changed. Closes ``final``'s artifacts.
+    ``policy`` (:class:`tvreg.policy.PolicyCheck`) refuses a set it does not allow and records
+    ``signed_by``; ``gate`` (:class:`tvreg.policy.Gate`) evaluates the staged model before the swap.
     Caller holds :func:`lock_model`.
     """
     device_kind = device_kind or resolve_device("auto")
     current = read_lock(model_dir)
     try:
         locked = _locked(final)
+        if policy is not None:
+            locked = policy.stamp(locked, progress)
         new_lock = replace(lock, skills=locked, output_fingerprint=None, notes=current.notes if current else ())
         if _unchanged(model_dir, current, new_lock, weights_too=write_weights):
             on_disk = read_lock_version(model_dir)
@@ -232,8 +239,9 @@ def _apply(
             try:
                 merge = _Merge(recipe, pre, merger_for(device_kind))
                 written_lock, written = _materialise(
-                    model_dir, new_lock, final, general, known, progress, merge, expect_output
-                )
+                    model_dir, new_lock, final, general, known, progress, merge, expect_output,
+                    before_swap=None if gate is None else (lambda staged: gate.check(staged, progress)),
+                )  # fmt: skip
             finally:
                 if pre is not None:
                     pre.close()
@@ -309,6 +317,7 @@ def install(
     resolution: str = "highest",
     offline: bool = False,
     namespaces: Sequence[str] | None = None,
+    gate=None,
     progress: Progress = NULL_PROGRESS,
     on_interference: Callable[[InterferenceReport], None] | None = None,
 ) -> InstallResult:
@@ -339,6 +348,9 @@ def install(
         on_interference: receives the interference report of the planned set (the check step,
             on this one resolution, from sketches only); default: each warning goes to
             ``progress.warn``. Never fails the install.
+        gate: a :class:`tvreg.policy.Gate` (``--gate HOOK --require metric>=x``) the staged model
+            must pass before it replaces the model; a failing gate raises ``GateFailed`` and
+            changes nothing. A ``tvreg.toml`` policy beside the lock is always enforced.
 
     Returns:
         An :class:`InstallResult`.
@@ -358,7 +370,7 @@ def install(
     device_kind = resolve_device(device)
     model_dir = _model_dir(into)
     init = base is not None or base_fingerprint is not None or general_size is not None
-    if not (dry_run or lock_only or refresh_defaults or sources is not None):
+    if not (dry_run or lock_only or refresh_defaults or sources is not None or gate is not None):
         found = noop.check_install(
             model_dir, [str(s) for s in skills], weights=weights, registry=registry, token=token,
             resolution=resolution, offline=offline, method=method, method_params=method_params,
@@ -377,10 +389,11 @@ def install(
             initial = require_lock(model_dir)
         lock = _with_settings(initial, method, method_params, output_dtype)
         origins = _origins(sources, len(skills)) if sources is not None else None
+        guard = policy_check(model_dir, lock, token=token)
         resolved = resolve_install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
-            sources=origins, progress=progress,
+            sources=origins, policy=guard, progress=progress,
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
@@ -403,7 +416,7 @@ def install(
         )  # fmt: skip
     return _apply_locked(
         model_dir, lock, final, started, progress, write_weights=not lock_only, device_kind=device_kind,
-        plan=plan, action="lock" if lock_only else "install",
+        plan=plan, action="lock" if lock_only else "install", policy=guard, gate=gate,
     )  # fmt: skip
 
 
@@ -491,7 +504,10 @@ def uninstall(
             for skill in final:
                 skill.artifact.close()
             raise
-        return _apply(model_dir, lock, final, started, progress, action="uninstall", plan=plan)
+        return _apply(
+            model_dir, lock, final, started, progress, action="uninstall", plan=plan,
+            policy=policy_check(model_dir, lock),
+        )  # fmt: skip
 
 
 def _close_removal(final: list[_Skill], gone: set[str], model_dir: Path, progress: Progress) -> list[str]:
@@ -567,9 +583,10 @@ def upgrade(
     with _guarded(dry_run, model_dir), _interrupted("upgrade", model_dir):
         current = require_lock(model_dir)
         targets = upgrade_targets(current, names, model_dir)
+        guard = policy_check(model_dir, current, token=token)
         resolved = resolve_install(
             [], lock=current, into=model_dir, registry=registry, token=token, resolution=resolution,
-            upgrade=targets, offline=offline, download=False, progress=progress,
+            upgrade=targets, offline=offline, download=False, policy=guard, progress=progress,
         )  # fmt: skip
         plan = make_plan(model_dir, current, resolved, refresh_defaults=True, keep_user_weights_of=targets)
         require_general(current, model_dir)
@@ -583,7 +600,9 @@ def upgrade(
             [r.path for r in resolved], current, user, model_dir, [_origin_of(r) for r in resolved],
             refresh_defaults=True,
         )  # fmt: skip
-        return _apply(model_dir, current, final, started, progress, action="upgrade", plan=plan)
+        return _apply(
+            model_dir, current, final, started, progress, action="upgrade", plan=plan, policy=guard
+        )
 
 
 def lock(
@@ -710,6 +729,7 @@ def sync(
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
+            policy=policy_check(model_dir, lock),
         )  # fmt: skip
 
 

@@ -13,8 +13,9 @@ from .app import RichProgress, err, main, out, parse_weights
 @main.command()
 @click.argument("skills", nargs=-1, metavar="SKILL...")
 @click.option(
-    "--into", "into", required=True, type=click.Path(file_okay=False), help="The model environment."
-)
+    "--into", "into", type=click.Path(file_okay=False),
+    help="The model environment (default: the current directory when it holds tvreg.lock).",
+)  # fmt: skip
 @click.option(
     "--weight", "weights", multiple=True, metavar="NAME=ω", help="Merge weight of one skill (repeatable)."
 )
@@ -34,8 +35,12 @@ from .app import RichProgress, err, main, out, parse_weights
     help="Fail instead of downloading the artifact of a version published without a sketch.",
 )
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any pair is flagged (for CI).")
+@click.option(
+    "--policy", "policy", is_flag=True,
+    help="Judge the installed skills and SKILL... against the model's tvreg.toml policy instead; exit 1 if refused.",
+)  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def check(skills, into, weights, registry, resolution, no_download, strict, fmt):
+def check(skills, into, weights, registry, resolution, no_download, strict, policy, fmt):
     """Estimate how the skills would interfere if installed together into a model.
 
     Checks every pair among the model's installed skills and SKILL... (files or registry
@@ -46,7 +51,12 @@ def check(skills, into, weights, registry, resolution, no_download, strict, fmt)
     thresholds in the README ("Checking for interference") get a warning and a suggestion.
     """
     from ..check import check as do_check
+    from .environment_cmds import into_dir
 
+    into = into_dir(into, required=True)
+    if policy:
+        _check_policy(list(skills), into, registry, fmt)
+        return
     report = do_check(
         list(skills),
         into=into,
@@ -61,6 +71,35 @@ def check(skills, into, weights, registry, resolution, no_download, strict, fmt)
     else:
         print_report(report)
     if strict and report.flagged:
+        sys.exit(1)
+
+
+def _check_policy(skills, into, registry, fmt) -> None:
+    from ..policy import check_policy
+
+    report = check_policy(skills, into=into, registry=registry, progress=RichProgress())
+    if fmt == "json":
+        rows = [
+            {"skill": r.verdict.name, "version": r.verdict.version, "digest": r.verdict.digest,
+             "planned": r.planned, "signed_by": r.verdict.signed_by, "signer": r.verdict.signer,
+             "refused": r.verdict.refused, "note": r.verdict.note, "attested": r.verdict.attested}
+            for r in report.rows
+        ]  # fmt: skip
+        out.print_json(json.dumps({"policy": str(report.policy.path), "ok": report.ok, "skills": rows,
+                                   "problems": list(report.problems)}))  # fmt: skip
+    else:
+        out.print(f"policy {report.policy.path}")
+        for r in report.rows:
+            v = r.verdict
+            who = f"signed by {v.signer or '?'} {v.signed_by[:19]}…" if v.signed_by else "unsigned"
+            status = "[red]refused[/]" if v.refused else "[green]ok[/]"
+            att = (" attested " + ", ".join(f"{k}={x:g}" for k, x in sorted(v.attested.items()))) if v.attested else ""
+            out.print(f"  {'+' if r.planned else ' '} {v.name} {v.version}  {who}{att}  {status}", soft_wrap=True)
+        for p in report.problems:
+            err.print(f"[bold red]refused:[/] {p}", soft_wrap=True)
+        if report.ok:
+            out.print(f"{report.model_dir.name} meets its policy ({len(report.rows)} skill(s) checked).")
+    if not report.ok:
         sys.exit(1)
 
 

@@ -96,10 +96,12 @@ def print_nothing(res) -> None:
 def print_installed(res) -> None:
     """The set now installed, as a table, then any notes."""
     table = Table(box=None, header_style="bold")
-    for col in ("skill", "version", "ω", "from"):
+    signed = any(getattr(s, "signed_by", None) for s in res.skills)  # under a tvreg.toml policy
+    for col in ("skill", "version", "ω", "from") + (("signed by",) if signed else ()):
         table.add_column(col)
     for s in res.skills:
-        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source)
+        extra = ((s.signed_by[:19] + "…") if s.signed_by else "unsigned",) if signed else ()
+        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source, *extra)
     out.print(table)
     for note in res.notes:
         out.print(f"[yellow]note:[/] {note}")

@@ -115,6 +115,14 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
     show_default=True,
     help="Merge on the GPU (fused Triton kernel) or the CPU; auto picks CUDA when available.",
 )
+@click.option(
+    "--gate", "gate", metavar="MODULE:FN",
+    help="Evaluate the staged model with this hook (as `tvreg sweep`) before it replaces the model.",
+)  # fmt: skip
+@click.option(
+    "--require", "requires", multiple=True, metavar="METRIC>=X",
+    help="What the --gate hook must measure, e.g. refusal_rate>=0.8 (repeatable).",
+)  # fmt: skip
 def install(
     skills,
     into,
@@ -136,14 +144,23 @@ def install(
     normalize,
     base_weights,
     device,
+    gate,
+    requires,
 ):
     """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
 
     Each SKILL is a registry requirement — `ns/skill`, `ns/skill@^2.1`, `ns/skill@1.2.3`,
     `ns/skill@beta` (a dist-tag), or a bare `skill` looked up in your namespaces — or a
     file (`*.tvskill`, `./…`, `/…`). Requirements, the skills already installed and every
-    skill's `requires` are resolved together for the model's base.
+    skill's `requires` are resolved together for the model's base. A `tvreg.toml` policy
+    beside the lock is enforced; `--gate` checks the staged model before the swap.
     """
+    from ..policy import make_gate
+
+    if requires and not gate:
+        raise click.UsageError("--require needs --gate MODULE:FN (the hook that measures it).")
+    install_gate = make_gate(gate, requires) if gate else None
+
     progress = RichProgress()
     weights = parse_weights(weights)
     args = list(skills)
@@ -160,7 +177,11 @@ def install(
         "normalize": normalize,
         "base_weights": base_weights,
     }
-    if target is not None and not dry_run and Path(target).is_dir():
+    if target is not None:
+        from ..policy import load_policy
+
+        load_policy(target)  # a bad tvreg.toml fails before any other work
+    if target is not None and not dry_run and install_gate is None and Path(target).is_dir():
         from .._env import noop
 
         found = noop.check_install(
@@ -188,6 +209,7 @@ def install(
         resolution=resolution,
         offline=offline,
         namespaces=list(namespace) or None,
+        gate=install_gate,
         progress=watch(progress, target),
         on_interference=interference_printer(args, into=target),
     )
@@ -276,8 +298,10 @@ def list_(model_dir, into, fmt):
             out.print(f"{what}{weight}  # {s.id}@{s.version} ω={s.weight:.6g} {s.digest}", markup=False)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("skill", "version", "ω", "from", "digest"):
+    signed = any(s.signed_by for s in lock.skills)
+    for col in ("skill", "version", "ω", "from", "digest") + (("signed by",) if signed else ()):
         table.add_column(col)
     for s in lock.skills:
-        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source, s.digest[:19])
+        extra = ((s.signed_by[:19] + "…") if s.signed_by else "unsigned",) if signed else ()
+        table.add_row(s.id, s.version, f"{s.weight:.6g}", s.weight_source, s.digest[:19], *extra)
     out.print(table)
