@@ -103,6 +103,22 @@ def test_checkpoint_installs_as_its_task_vector(family, hub, env, tmp_path):
     assert _equal(_weights(env), _weights(other))
 
 
+def test_base_given_explicitly_when_the_repo_names_none(family, hub, env, tmp_path):
+    repos, _ = hub
+    files = dict(repos.commits["alice/sci-full"][repos.refs["alice/sci-full"]["main"]])
+    del files["README.md"]
+    repos.push("alice/no-card", files)
+    before = tree_digest(env)
+    bare = CliRunner().invoke(main, ["install", "hf://alice/no-card", "--into", str(env), "--weight", "no-card=0.5"])
+    assert bare.exit_code == 1 and "which is not at hand." in bare.output, bare.output
+    assert tree_digest(env) == before
+    r = CliRunner().invoke(
+        main, ["install", "hf://alice/no-card", "--into", str(env), "--weight", "no-card=0.5", "--base", str(family.pre)]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert read_lock(env).skills[0].artifact.startswith("hf://alice/no-card@")
+
+
 def test_revision_is_pinned_and_sync_locked_elsewhere_fetches_it(family, adapters, hub, env, tmp_path, monkeypatch):
     repos, _ = hub
     first = repos.refs["alice/sci-lora"]["main"]
@@ -153,7 +169,7 @@ def _base_mismatch(repos, adapters, family):
         ("hf://alice/sci-lora", "badtoken", "error: URL refused the token sent for `alice/sci-lora` (401).", "hint: log in"),
         ("hf://carol/pickled", "pickle", "error: `hf://carol/pickled` holds neither a skill, a LoRA adapter nor",
          "hint: its weights are pickles"),
-        ("hf://bob/elsewhere", "mismatch", "error: converting `hf://bob/elsewhere@", "hint: pass θ_pre with"),
+        ("hf://bob/elsewhere", "mismatch", "error: converting `hf://bob/elsewhere@", "hint: pass θ_pre with `--base PRE`"),
         ("hf://bad..name", None, "error: `hf://bad..name` is not a Hub repo reference.", "hint: write it as"),
     ],
 )  # fmt: skip
@@ -176,6 +192,8 @@ def test_errors_are_one_sentence_and_write_nothing(family, adapters, hub, env, m
     assert any(line.startswith(hint) for line in lines[errors[0] + 1 :]), result.output
     assert "Traceback" not in result.output
     assert tree_digest(env) == before
+    # The base is checked (and the repo classified) before any tensor is downloaded.
+    assert not [r for r in repos.requests if r.startswith("GET") and r.endswith(".safetensors")]
 
 
 def test_check_reports_without_installing(family, adapters, hub, env):

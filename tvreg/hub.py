@@ -240,9 +240,13 @@ def download(
     endpoint: str | None = None,
     token: str | bool | None = None,
     offline: bool = False,
+    tensors: bool = True,
     progress: Progress = NULL_PROGRESS,
 ) -> HubSnapshot:
     """Download what tvreg needs of a Hub revision into the HF cache (pinned to its commit sha).
+
+    ``tensors=False`` fetches only the small files (configs, card), so the base can be checked
+    before any weights are downloaded.
 
     Raises:
         NotFound: no such repo or revision. AuthError: gated, private without a token, or a bad token.
@@ -257,7 +261,10 @@ def download(
         from huggingface_hub import snapshot_download
 
         patterns = [*wanted, "README.md"]
-        progress.note(f"downloading {kind} `{HUB_SCHEME}{repo}@{sha[:12]}` from {endpoint}")
+        if not tensors:
+            patterns = [p for p in patterns if not p.endswith((".safetensors", ".tvskill"))]
+        else:
+            progress.note(f"downloading {kind} `{HUB_SCHEME}{repo}@{sha[:12]}` from {endpoint}")
         # By the revision asked for (not the sha just seen), so the HF cache records the ref too
         # and `--offline` finds `@main` later; the snapshot directory's name is the commit fetched.
         path = cached or Path(
@@ -330,7 +337,7 @@ def find_base(base_fingerprint: str, candidates: Sequence[str | os.PathLike[str]
         f"which is not at hand{what}.",
         expected=base_fingerprint,
         found=", ".join(tried) or "nothing",
-        hints=["pass θ_pre with `--base-weights PRE` (a model directory or cached Hub id)"],
+        hints=["pass θ_pre with `--base PRE` (a model directory or cached Hub id)"],
     )
 
 
@@ -389,9 +396,24 @@ def fetch(
     offline: bool = False,
     progress: Progress = NULL_PROGRESS,
 ) -> tuple[Path, HubSnapshot]:
-    """Download ``hf://org/repo[@rev]`` and return its skill file (converted when needed) and the snapshot."""
-    snap = download(arg, endpoint=endpoint, token=token, offline=offline, progress=progress)
-    return to_skill(snap, base_fingerprint=base_fingerprint, base=base, progress=progress), snap
+    """Download ``hf://org/repo[@rev]`` and return its skill file (converted when needed) and the snapshot.
+
+    θ_pre is found and its fingerprint checked between the two downloads: the small files
+    (which name the base) first, the tensors only once the base is known to be at hand.
+    """
+    from dataclasses import replace
+
+    first = download(arg, endpoint=endpoint, token=token, offline=offline, tensors=False, progress=progress)
+    pre: str | None = None
+    if first.kind != "tvskill":
+        done = converted_path(first, base_fingerprint)
+        if done.is_file():
+            return done, first
+        pre = find_base(base_fingerprint, [*base, first.base_hint], origin=first.origin)
+    pinned = f"{HUB_SCHEME}{first.repo}@{first.sha}"
+    snap = download(pinned, endpoint=first.endpoint, token=token, offline=offline, progress=progress)
+    snap = replace(snap, revision=first.revision, base_hint=first.base_hint)
+    return to_skill(snap, base_fingerprint=base_fingerprint, base=[pre], progress=progress), snap
 
 
 def fetch_for_lock(arg: str, lock, *, base=None, offline: bool = False, progress: Progress = NULL_PROGRESS):
@@ -436,12 +458,14 @@ def check(
     """Whether ``hf://org/repo`` fits the model environment ``into``, converting in the cache only."""
     from ._env.environment import require_lock
     from .artifact import Artifact
+    from .errors import TensorMismatch
     from .fingerprint import short
 
     lock = require_lock(Path(into))
-    snap = download(arg, offline=offline, progress=progress)
+    snap = download(arg, offline=offline, tensors=False, progress=progress)
+    bases = [base, (lock.method_params or {}).get("base_weights")]
     try:
-        path = to_skill(snap, base_fingerprint=lock.base_fingerprint, base=[base], progress=progress)
+        path, snap = fetch(arg, base_fingerprint=lock.base_fingerprint, base=bases, offline=offline, progress=progress)
         art = Artifact(path)
         try:
             m = art.manifest
@@ -453,8 +477,6 @@ def check(
             count = len(m.tensors)
         finally:
             art.close()
-    except (IncompatibleBase, CheckpointError) as exc:
-        return HubReport(snap.origin, snap.kind, None, snap.base_hint, 0, False, exc.message)
-    except TvregError as exc:
+    except (IncompatibleBase, CheckpointError, TensorMismatch) as exc:
         return HubReport(snap.origin, snap.kind, None, snap.base_hint, 0, False, exc.message)
     return HubReport(snap.origin, snap.kind, lock.base_fingerprint, snap.base_hint, count, True)
