@@ -111,6 +111,15 @@ def hub_endpoint(explicit: str | None = None) -> str:
     return str(found).rstrip("/") if isinstance(found, str) and found else DEFAULT_ENDPOINT
 
 
+def _hf_cache() -> str | None:
+    """The HF cache as the environment names it now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
 def _offline(offline: bool) -> bool:
     return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -223,7 +232,9 @@ def _locate(
         from huggingface_hub import snapshot_download
 
         path = Path(
-            snapshot_download(repo, revision=revision, endpoint=endpoint, token=token, local_files_only=True)
+            snapshot_download(
+                repo, revision=revision, endpoint=endpoint, token=token, local_files_only=True, cache_dir=_hf_cache()
+            )
         )
         files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
         return repo, revision, path.name, files, path
@@ -270,7 +281,7 @@ def download(
         path = cached or Path(
             snapshot_download(
                 repo, revision=revision, endpoint=endpoint, token=token, allow_patterns=patterns,
-                local_files_only=offline,
+                local_files_only=offline, cache_dir=_hf_cache(),
             )
         )  # fmt: skip
         sha = path.name
