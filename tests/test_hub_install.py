@@ -138,6 +138,8 @@ def test_revision_is_pinned_and_sync_locked_elsewhere_fetches_it(family, adapter
     sync(copy, locked=True, general=family.general)
     assert _equal(_weights(copy), want)
     assert any(f"/revision/{first}" in r for r in repos.requests[seen:])
+    # Through huggingface_hub's cache of this "machine" (HF_HOME as set now, not at import).
+    assert (elsewhere / "hf-home" / "hub" / "models--alice--sci-lora" / "snapshots" / first).is_dir()
 
 
 def test_offline_uses_the_hf_cache_only(family, hub, env, monkeypatch):
