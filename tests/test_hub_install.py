@@ -93,6 +93,13 @@ def test_adapter_installs_like_its_converted_skill(family, adapters, hub, env, t
     assert locked.id == "hf://alice/sci-lora"
 
 
+def test_dry_run_plans_without_touching_the_model_or_store(family, hub, env, tmp_path):
+    before = tree_digest(env)
+    result = install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0}, dry_run=True)
+    assert result.dry_run and tree_digest(env) == before
+    assert not list((tmp_path / "tvreg-data").rglob("*.tvskill"))
+
+
 def test_checkpoint_installs_as_its_task_vector(family, hub, env, tmp_path):
     install(["hf://alice/sci-full"], into=env, weights={"sci-full": 0.5})
     skill = tmp_path / "sci.tvskill"
