@@ -237,3 +237,14 @@ def test_build_adapter_from_the_hub(family, adapters, hub, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_endpoint_from_config_when_hf_endpoint_is_unset(hub, env, monkeypatch, tmp_path):
+    repos, url = hub
+    monkeypatch.delenv("HF_ENDPOINT")
+    from tvreg.config import config_path
+
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text(f'hub_endpoint = "{url}"\n', encoding="utf-8")
+    install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
+    assert read_lock(env).skills[0].registry == url
