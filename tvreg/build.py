@@ -103,6 +103,7 @@ def build_skill(
     codec_options: dict[str, object] | None = None,
     requires: dict[str, str] | None = None,
     conflicts: dict[str, str] | None = None,
+    source_label: str | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
@@ -120,7 +121,8 @@ def build_skill(
         output: the ``.tvskill`` path; written atomically.
         name, version: skill name and semantic version.
         finetuned: θ_D, a model directory or cached Hub id.
-        adapter: a PEFT LoRA adapter directory trained on ``base``.
+        adapter: a PEFT LoRA adapter directory trained on ``base``, or a Hub repo holding one
+            (``hf://org/repo[@revision]``, downloaded with ``huggingface_hub``).
         dataset_size: |D|, used for the default merge weight |D|/|G|.
         codec: the codec for every float tensor (``exact`` is lossless; ``auto`` picks
             per tensor); a lossy codec's error ‖τ̂ − τ‖/‖τ‖ is measured per tensor and
@@ -128,6 +130,8 @@ def build_skill(
         codec_options: build parameters of the codec, e.g. ``{"density": 0.1}``.
         requires, conflicts: other skills this one needs or cannot live with, as
             ``{"ns/skill": "npm range"}``; the resolver honours them at install.
+        source_label: what the manifest records as the fine-tune or adapter instead of its local
+            path (``hf://org/repo@sha``), so a conversion gives the same bytes on every machine.
 
     Returns:
         A :class:`BuildResult`.
@@ -159,19 +163,24 @@ def build_skill(
 
     validate_dependencies({**(requires or {}), **(conflicts or {})})
     coder = make_codec(codec, codec_options)
+    if adapter is not None and str(adapter).startswith("hf://"):
+        from .hub import download_adapter
+
+        adapter, hub_origin = download_adapter(str(adapter), progress=progress)
+        source_label = source_label or hub_origin
     with Checkpoint.open(reference) as pre:
         base_fp = fingerprint(pre, progress=progress)
         source: dict = {"codec": coder.describe()}
         if finetuned is not None:
             ft = Checkpoint.open(finetuned)
-            source.update(kind="checkpoints", finetuned=str(finetuned))
+            source.update(kind="checkpoints", finetuned=source_label or str(finetuned))
             deltas = list(_finetune_deltas(pre, ft))
         else:
             from .adapter import adapter_deltas, read_adapter
 
             ft = None
             info = read_adapter(Path(adapter))
-            source.update(kind="lora_adapter", adapter=str(adapter), r=info.r, lora_alpha=info.lora_alpha)
+            source.update(kind="lora_adapter", adapter=source_label or str(adapter), r=info.r, lora_alpha=info.lora_alpha)
             pre_shapes = {n: i.shape for n, i in pre.infos().items()}
 
             def adapter_delta_fn(item):

@@ -557,6 +557,12 @@ def resolve_install(
     bare: list[int] = []
     for i, (arg, source) in enumerate(zip(args, given, strict=True)):
         arg = str(arg)
+        if source is None and arg.startswith("hf://"):
+            from .hub import fetch_for_lock
+
+            path, hub_origin = fetch_for_lock(arg, lock, base=base, offline=offline, progress=progress)
+            parsed.append(_Arg(arg, path, hub_origin))
+            continue
         if source is not None or is_file_arg(arg):
             path = Path(arg).expanduser()
             if not path.is_file():
@@ -576,7 +582,7 @@ def resolve_install(
     upgrading: dict[str, object] = {}
     for name in upgrade or ():
         locked = lock.skill(name) if lock is not None else None
-        if locked is None or not locked.from_registry:
+        if locked is None or not locked.from_registry or locked.artifact.startswith("hf://"):
             continue
         upgrading[locked.id] = locked
         text = locked.requested or locked.id
@@ -635,7 +641,7 @@ def resolve_install(
         pins = [
             Requirement(s.id, s.version, source=f"{model} pins")
             for s in (lock.skills if lock is not None else ())
-            if s.from_registry and s.id not in asked and s.id not in upgrading
+            if s.from_registry and s.id not in asked and s.id not in upgrading and not s.id.startswith("hf://")
         ]
         if policy is not None:  # an `always` skill already pinned keeps its pin and must satisfy the policy too
             requested += [r for r in policy.policy.always if r.name not in asked and r.name in {p.name for p in pins}]

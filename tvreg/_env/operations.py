@@ -393,7 +393,7 @@ def install(
         resolved = resolve_install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
-            sources=origins, policy=guard, progress=progress,
+            sources=origins, policy=guard, progress=progress, base=base or (method_params or {}).get("base_weights"),
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
@@ -647,7 +647,12 @@ def ensure_artifacts(
         if artifact_path(skill.digest).is_file():
             continue
         try:
-            path = fetch_locked(skill, offline=offline, progress=progress)
+            if skill.artifact.startswith("hf://"):
+                from ..hub import fetch_locked as fetch_from_hub
+
+                path = fetch_from_hub(skill, lock, offline=offline, progress=progress)
+            else:
+                path = fetch_locked(skill, offline=offline, progress=progress)
         except ModelEnvironmentError as exc:
             if offline and type(exc) is ModelEnvironmentError:
                 missing.append(f"{skill.label} ({skill.digest})")
@@ -799,7 +804,7 @@ def outdated_reasons(lock: Lock, final: Sequence[_Skill], model_dir: Path) -> li
                 reasons.append(
                     f"the default weight of `{m.name}` is now {source} = {weight:.6g}, not {skill.weight:.6g}"
                 )
-        if skill.origin.requested and skill.origin.registry is not None:
+        if skill.origin.requested and skill.origin.registry is not None and not skill.id.startswith("hf://"):
             req = parse_requirement(skill.origin.requested)
             if req.spec and not req.tag and not Range(req.spec).satisfies(m.version, include_prerelease=True):
                 reasons.append(f"`{m.label}` no longer satisfies the requirement `{skill.origin.requested}`")

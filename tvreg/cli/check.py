@@ -49,7 +49,13 @@ def check(skills, into, weights, registry, resolution, no_download, strict, poli
     task vectors (whole model and worst layers), the sign-conflict fraction on the
     parameters both change most, and the ratio of their norms after ω. Pairs past the
     thresholds in the README ("Checking for interference") get a warning and a suggestion.
+
+    A Hub repo (`hf://org/repo[@revision]`) gets a compatibility report instead: what it
+    holds, the commit, and whether it converts onto the model's base (exit 1 if not).
     """
+    if skills and all(s.startswith("hf://") for s in skills):
+        _check_hub(skills, into, fmt)
+        return
     from ..check import check as do_check
     from .environment_cmds import into_dir
 
@@ -100,6 +106,28 @@ def _check_policy(skills, into, registry, fmt) -> None:
         if report.ok:
             out.print(f"{report.model_dir.name} meets its policy ({len(report.rows)} skill(s) checked).")
     if not report.ok:
+        sys.exit(1)
+
+
+def _check_hub(args, into, fmt) -> None:
+    """`tvreg check hf://…`: download and convert in the caches only; the model is not touched."""
+    from dataclasses import asdict
+
+    from ..hub import check as hub_check
+
+    reports = [hub_check(a, into=into, progress=RichProgress()) for a in args]
+    if fmt == "json":
+        out.print_json(json.dumps([asdict(r) for r in reports]))
+    for r in reports if fmt == "text" else ():
+        verdict = "compatible" if r.compatible else "not compatible"
+        out.print(f"{r.origin}: {r.kind}, {verdict} with {into}", soft_wrap=True)
+        if r.base_verified:
+            out.print(f"  base verified by fingerprint {r.base_verified[:12]}; {r.tensors} tensors changed")
+        if r.base_hint:
+            out.print(f"  the repo names its base `{r.base_hint}` (a hint, not what was checked)", soft_wrap=True)
+        if r.reason:
+            out.print(f"  {r.reason}", soft_wrap=True)
+    if not all(r.compatible for r in reports):
         sys.exit(1)
 
 

@@ -1,0 +1,250 @@
+"""``tvreg install hf://org/repo[@revision]``: Hub repos (LoRA adapters, fine-tuned checkpoints) install
+like skills, through the real ``huggingface_hub`` client, against a Hub-protocol server on loopback
+(``hub_fixture.py``); the lock pins the commit, so ``sync --locked`` elsewhere rebuilds the same bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import copy_model, tree_digest
+from hub_fixture import HubRepos, HubServer
+from safetensors.torch import load_file
+from tiny_models import CODING_TEXTS, SCIENCE_TEXTS, make_lora_adapter
+
+from tvreg.build import build_skill
+from tvreg.cli import main
+from tvreg.environment import init_environment
+from tvreg.install import install, sync
+from tvreg.lockfile import read_lock
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def hf_home(tmp_path, monkeypatch):
+    """No saved huggingface.co token or cache of the machine leaks into a test."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="module")
+def adapters(family, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapters")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sci = make_lora_adapter(family.pre, out / "sci", SCIENCE_TEXTS, r=4, lora_alpha=8, steps=3)
+        code = make_lora_adapter(family.pre, out / "code", CODING_TEXTS, r=4, lora_alpha=8, steps=3, seed=1)
+    return {"sci": sci, "code": code}
+
+
+@pytest.fixture
+def hub(family, adapters, monkeypatch):
+    repos = HubRepos()
+    repos.push_dir("alice/sci-lora", adapters["sci"])
+    ft = {p.name: p.read_bytes() for p in family.science.iterdir() if p.name.endswith((".json", ".safetensors"))}
+    # A fine-tune's card names its base (Hub metadata); tvreg opens it and checks its fingerprint.
+    ft["README.md"] = f"---\nbase_model: {family.pre}\ntags: [text-generation]\n---\n# sci-full\n".encode()
+    repos.push("alice/sci-full", ft)
+    with HubServer(repos) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        yield repos, url
+
+
+@pytest.fixture
+def env(family, tmp_path):
+    model = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(model, base=family.pre, general_size=275000)
+    return model
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v for p in sorted(model.glob("*.safetensors")) for k, v in load_file(p).items()}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adapter_installs_like_its_converted_skill(family, adapters, hub, env, tmp_path):
+    repos, url = hub
+    install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
+    skill = tmp_path / "sci.tvskill"
+    build_skill(family.pre, adapter=adapters["sci"], output=skill, name="sci-lora", version="1.0.0")
+    other = copy_model(family.general, tmp_path / "other")
+    init_environment(other, base=family.pre, general_size=275000)
+    install([str(skill)], into=other, weights={"sci-lora": 1.0})
+    assert _equal(_weights(env), _weights(other))
+    assert not _equal(_weights(env), _weights(family.general))
+
+    (locked,) = read_lock(env).skills
+    sha = repos.refs["alice/sci-lora"]["main"]
+    assert locked.artifact == f"hf://alice/sci-lora@{sha}"
+    assert locked.registry == url and locked.requested == "hf://alice/sci-lora"
+    assert locked.id == "hf://alice/sci-lora"
+
+
+def test_dry_run_plans_without_touching_the_model_or_store(family, hub, env, tmp_path):
+    before = tree_digest(env)
+    result = install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0}, dry_run=True)
+    assert result.dry_run and tree_digest(env) == before
+    assert not list((tmp_path / "tvreg-data").rglob("*.tvskill"))
+
+
+def test_checkpoint_installs_as_its_task_vector(family, hub, env, tmp_path):
+    install(["hf://alice/sci-full"], into=env, weights={"sci-full": 0.5})
+    skill = tmp_path / "sci.tvskill"
+    build_skill(family.pre, finetuned=family.science, output=skill, name="sci-full", version="1.0.0")
+    other = copy_model(family.general, tmp_path / "other")
+    init_environment(other, base=family.pre, general_size=275000)
+    install([str(skill)], into=other, weights={"sci-full": 0.5})
+    assert _equal(_weights(env), _weights(other))
+
+
+def test_base_given_explicitly_when_the_repo_names_none(family, hub, env, tmp_path):
+    repos, _ = hub
+    files = dict(repos.commits["alice/sci-full"][repos.refs["alice/sci-full"]["main"]])
+    del files["README.md"]
+    repos.push("alice/no-card", files)
+    before = tree_digest(env)
+    bare = CliRunner().invoke(main, ["install", "hf://alice/no-card", "--into", str(env), "--weight", "no-card=0.5"])
+    assert bare.exit_code == 1 and "which is not at hand." in bare.output, bare.output
+    assert tree_digest(env) == before
+    r = CliRunner().invoke(
+        main, ["install", "hf://alice/no-card", "--into", str(env), "--weight", "no-card=0.5", "--base", str(family.pre)]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert read_lock(env).skills[0].artifact.startswith("hf://alice/no-card@")
+
+
+def test_revision_is_pinned_and_sync_locked_elsewhere_fetches_it(family, adapters, hub, env, tmp_path, monkeypatch):
+    repos, _ = hub
+    first = repos.refs["alice/sci-lora"]["main"]
+    install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
+    want = _weights(env)
+    # main moves on: a locked sync must still fetch the locked commit, not main.
+    repos.push_dir("alice/sci-lora", adapters["code"])
+    assert repos.refs["alice/sci-lora"]["main"] != first
+
+    elsewhere = tmp_path / "machine-2"
+    monkeypatch.setenv("TVREG_DATA_DIR", str(elsewhere / "data"))
+    monkeypatch.setenv("TVREG_CACHE_DIR", str(elsewhere / "cache"))
+    monkeypatch.setenv("HF_HOME", str(elsewhere / "hf-home"))
+    copy = copy_model(family.general, elsewhere / "mymodel")
+    shutil.copy(env / "tvreg.lock", copy / "tvreg.lock")
+    seen = len(repos.requests)
+    sync(copy, locked=True, general=family.general)
+    assert _equal(_weights(copy), want)
+    assert any(f"/revision/{first}" in r for r in repos.requests[seen:])
+    # Through huggingface_hub's cache of this "machine" (HF_HOME as set now, not at import).
+    assert (elsewhere / "hf-home" / "hub" / "models--alice--sci-lora" / "snapshots" / first).is_dir()
+
+
+def test_offline_uses_the_hf_cache_only(family, hub, env, monkeypatch):
+    install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
+    want = _weights(env)
+    repos, _ = hub
+    before = len(repos.requests)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    env2 = copy_model(family.general, env.parent / "mymodel2")
+    init_environment(env2, base=family.pre, general_size=275000)
+    install(["hf://alice/sci-lora"], into=env2, weights={"sci-lora": 1.0}, offline=True)
+    assert _equal(_weights(env2), want)
+    assert len(repos.requests) == before
+
+
+def _base_mismatch(repos, adapters, family):
+    cfg = json.loads((adapters["sci"] / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(family.general)
+    files = {p.name: p.read_bytes() for p in adapters["sci"].iterdir() if p.is_file()}
+    files["adapter_config.json"] = json.dumps(cfg).encode()
+    repos.push("bob/elsewhere", files)
+
+
+@pytest.mark.parametrize(
+    ("arg", "setup", "message", "hint"),
+    [
+        ("hf://alice/nothing", None, "error: no Hub repo `alice/nothing` on URL.", "hint: check the name"),
+        ("hf://alice/sci-lora@v9", None, "error: `alice/sci-lora` on URL has no revision `v9`.", "hint: give a branch"),
+        ("hf://alice/sci-lora", "gated", "error: `hf://alice/sci-lora` is a gated repo on URL", "hint: accept its"),
+        ("hf://alice/sci-lora", "badtoken", "error: URL refused the token sent for `alice/sci-lora` (401).", "hint: log in"),
+        ("hf://carol/pickled", "pickle", "error: `hf://carol/pickled` holds neither a skill, a LoRA adapter nor",
+         "hint: its weights are pickles"),
+        ("hf://bob/elsewhere", "mismatch", "error: converting `hf://bob/elsewhere@", "hint: pass θ_pre with `--base PRE`"),
+        ("hf://bad..name", None, "error: `hf://bad..name` is not a Hub repo reference.", "hint: write it as"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_sentence_and_write_nothing(family, adapters, hub, env, monkeypatch, arg, setup, message, hint):
+    repos, url = hub
+    if setup == "gated":
+        repos.gated.add("alice/sci-lora")
+    elif setup == "badtoken":
+        monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    elif setup == "pickle":
+        repos.push("carol/pickled", {"config.json": b"{}", "pytorch_model.bin": b"\x80\x02"})
+    elif setup == "mismatch":
+        _base_mismatch(repos, adapters, family)
+    before = tree_digest(env)
+    result = CliRunner().invoke(main, ["install", arg, "--into", str(env), "--weight", "x=1"])
+    assert result.exit_code != 0, result.output
+    lines = result.output.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    assert len(errors) == 1 and lines[errors[0]].startswith(message.replace("URL", url)), result.output
+    assert any(line.startswith(hint) for line in lines[errors[0] + 1 :]), result.output
+    assert "Traceback" not in result.output
+    assert tree_digest(env) == before
+    # The base is checked (and the repo classified) before any tensor is downloaded.
+    assert not [r for r in repos.requests if r.startswith("GET") and r.endswith(".safetensors")]
+
+
+def test_check_reports_without_installing(family, adapters, hub, env):
+    repos, _ = hub
+    before = tree_digest(env)
+    ok = CliRunner().invoke(main, ["check", "hf://alice/sci-lora", "--into", str(env)])
+    assert ok.exit_code == 0, ok.output
+    assert "adapter" in ok.output and "compatible" in ok.output
+    _base_mismatch(repos, adapters, family)
+    bad = CliRunner().invoke(main, ["check", "hf://bob/elsewhere", "--into", str(env)])
+    assert bad.exit_code == 1, bad.output
+    assert "not compatible" in bad.output
+    assert tree_digest(env) == before
+
+
+def test_build_adapter_from_the_hub(family, adapters, hub, tmp_path):
+    out = tmp_path / "hub.tvskill"
+    r = CliRunner().invoke(
+        main, ["build", "--base", str(family.pre), "--adapter", "hf://alice/sci-lora", "-o", str(out),
+               "--name", "sci-lora", "--version", "1.0.0"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    local = tmp_path / "local.tvskill"
+    build_skill(family.pre, adapter=adapters["sci"], output=local, name="sci-lora", version="1.0.0")
+    from tvreg.artifact import Artifact
+
+    a, b = Artifact(out), Artifact(local)
+    try:
+        assert all(torch.equal(a.decode(n), b.decode(n)) for n in b.manifest.tensors)
+        assert a.manifest.source["adapter"].startswith("hf://alice/sci-lora@")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_endpoint_from_config_when_hf_endpoint_is_unset(hub, env, monkeypatch, tmp_path):
+    repos, url = hub
+    monkeypatch.delenv("HF_ENDPOINT")
+    from tvreg.config import config_path
+
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text(f'hub_endpoint = "{url}"\n', encoding="utf-8")
+    install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
+    assert read_lock(env).skills[0].registry == url
