@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import copy_model, subprocess_env, tree_digest
@@ -12,6 +13,7 @@ from helpers import copy_model, subprocess_env, tree_digest
 from tvreg.build import build_skill
 from tvreg.environment import init_environment
 from tvreg.install import install
+from tvreg.statcache import SETTLE_NS
 
 _PROBE = """
 import sys
@@ -44,6 +46,9 @@ def installed(family, tmp_path):
         family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
         version="1.0.0", dataset_size=3000,
     ).path  # fmt: skip
+    # A file read within statcache.SETTLE_NS of its last change is not remembered (racy-git
+    # rule): without the pause the first no-op would (rightly) re-read it the full way.
+    time.sleep(2 * SETTLE_NS / 1e9)
     model = copy_model(family.general, tmp_path / "mymodel")
     init_environment(model, base=family.pre, general_size=10000)
     install([skill], into=model, weights={"science": 0.25})

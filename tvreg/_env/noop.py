@@ -191,6 +191,8 @@ def check_install(
     asked: list[tuple[LockedSkill, str]] = []
     for arg in skills:
         arg = str(arg)
+        if arg.startswith("hf://"):
+            return None  # a Hub repo's revision may have moved: the full path asks the Hub
         name, _, spec = arg.partition("@")
         if arg.endswith(".tvskill") or arg.startswith(("./", "../", "/", "~")) or os.path.isfile(arg):
             skill = _locked_file(lock, Path(arg).expanduser())
@@ -199,7 +201,10 @@ def check_install(
         else:
             if "/" not in name or (spec and is_tag(spec)):
                 return None
-            parse_requirement(arg)
+            try:
+                parse_requirement(arg)
+            except TvregError:
+                return None  # the full path refuses it with its own message
             skill = lock.skill_by_id(name)
             if skill is None or skill.requested != arg:
                 return None
