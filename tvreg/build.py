@@ -12,7 +12,7 @@ import torch
 
 from ._names import validate_name, validate_version
 from ._version import __version__
-from .artifact import ArtifactWriter, file_digest
+from .artifact import ArtifactWriter, file_digest, remember_verified
 from .checkpoint import Checkpoint
 from .codecs import get_codec, make_codec, relative_error
 from .errors import TensorMismatch, TvregError
@@ -244,8 +244,9 @@ def build_skill(
         finally:
             if ft is not None:
                 ft.close()
-    sketch = sketcher.finish(
-        skill=name, version=version, base_fingerprint=base_fp, artifact_digest=file_digest(Path(output))
-    )
+    digest = writer.digest or file_digest(Path(output))
+    sketch = sketcher.finish(skill=name, version=version, base_fingerprint=base_fp, artifact_digest=digest)
     store_cached(sketch)
+    # Every tensor was checked finite and encoded by this build, so publish need not decode it again.
+    remember_verified(Path(output), digest)
     return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size, sketch)
