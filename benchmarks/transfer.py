@@ -105,7 +105,17 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(work / "cache" / "tvreg" / "blobs", ignore_errors=True)
         c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()
-        got = fetch_skill("bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token)
+        if os.environ.get("TRANSFER_PROFILE"):
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            got = prof.runcall(
+                fetch_skill, "bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token
+            )
+            pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+        else:
+            got = fetch_skill("bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token)
         dl_s, dl_cpu, dl_srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
         assert got.stat().st_size == size
 
