@@ -32,7 +32,7 @@ from tvreg.errors import TvregError
 from tvreg.faults import crash_point
 from tvreg.safetensors_io import SafetensorsFile
 
-from . import audit, ingest, uploads
+from . import audit, uploads
 from .auth import Principal, readable_namespace, require_role
 from .context import Context
 from .db import write_session
@@ -115,11 +115,8 @@ def publish(
         return _existing_answer(ctx, existing, up, label)
 
     try:
-        checked = ingest.take(up.id, up.size)
-        path = ctx.store.verify_staged(
-            up.id, size=up.size, digest=up.digest, known=checked.digest if checked else None
-        )
-        manifest = _read_manifest(path, label, checked.verified if checked else frozenset())
+        path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
+        manifest = _read_manifest(path, label)
         check_manifest(manifest, label)
         if (manifest["name"], manifest["version"]) != (name, version):
             raise InvalidArtifact(
@@ -215,7 +212,7 @@ def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str,
         s.commit()
 
 
-def _read_manifest(path: Path, label: str, verified: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _read_manifest(path: Path, label: str) -> dict[str, Any]:
     """The artifact's full manifest, as stored, after tvreg's strict checks.
 
     Every tensor is checked as a decode would check it, as ``tvreg publish`` does before
@@ -223,10 +220,9 @@ def _read_manifest(path: Path, label: str, verified: frozenset[str] = frozenset(
     (FAULTS.md row 15) is refused here rather than by every installer. The check never
     expands a tensor (:func:`tvreg.artifact.verify_stored_artifact`): a declared shape is
     a claim, and memory stays a few MiB whatever an upload declares (issue 18, class 1).
-    ``verified``: tensors :mod:`registry_server.ingest` already checked in these same bytes.
     """
     try:
-        verify_stored_artifact(path, verified=verified)
+        verify_stored_artifact(path)
         with SafetensorsFile(path) as f:
             text = f.metadata[MANIFEST_KEY]
     except TvregError as exc:

@@ -97,11 +97,10 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
-    def verify_staged(self, upload_id: str, *, size: int, digest: str, known: str | None = None) -> Path:
+    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
         """Stream the staged bytes through SHA-256, then return a local path to them.
 
-        Cost: one sequential read of the upload, or none when ``known`` is the digest
-        :mod:`registry_server.ingest` computed from the durable bytes as they arrived. Raises :class:`SizeMismatch` or
+        Cost: one sequential read of the upload. Raises :class:`SizeMismatch` or
         :class:`DigestMismatch` (naming both digests) when the bytes are not what was
         declared; the caller then discards them.
         """
@@ -214,10 +213,6 @@ class LocalBlobStore(BlobStore):
         hexd = digest_hex(digest)
         return self._blobs / hexd[:2] / hexd
 
-    def staged_path(self, upload_id: str) -> Path:
-        """The staged file of ``upload_id`` (:mod:`registry_server.ingest` reads its durable part)."""
-        return self._staged(upload_id)
-
     def open_staged(self, upload_id: str, offset: int) -> StagedWriter:
         return _LocalWriter(self._staged(upload_id), offset)
 
@@ -226,22 +221,8 @@ class LocalBlobStore(BlobStore):
         fd = os.open(self._staged(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
 
-    def verify_staged(self, upload_id: str, *, size: int, digest: str, known: str | None = None) -> Path:
+    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
         path = self._staged(upload_id)
-        if known is not None:
-            # The durable bytes were hashed as they arrived (registry_server.ingest); check the size still.
-            received = os.stat(path).st_size
-            if received != size:
-                raise SizeMismatch(
-                    f"the upload received {received} of {size} bytes.", expected=size, received=received
-                )
-            if known != digest:
-                raise DigestMismatch(
-                    f"the uploaded bytes hash to {known}, not the declared {digest}; nothing was stored.",
-                    expected=digest,
-                    found=known,
-                )
-            return path
         h = hashlib.sha256()
         received = 0
         buf = bytearray(_READ)

@@ -117,11 +117,8 @@ class FsspecBlobStore(BlobStore):
     def open_staged(self, upload_id: str, offset: int) -> StagedWriter:
         return self._staging.open_staged(upload_id, offset)
 
-    def staged_path(self, upload_id: str) -> Path:
-        return self._staging.staged_path(upload_id)
-
-    def verify_staged(self, upload_id: str, *, size: int, digest: str, known: str | None = None) -> Path:
-        return self._staging.verify_staged(upload_id, size=size, digest=digest, known=known)
+    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
+        return self._staging.verify_staged(upload_id, size=size, digest=digest)
 
     def discard_staged(self, upload_id: str) -> None:
         self._staging.discard_staged(upload_id)

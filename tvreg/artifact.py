@@ -251,18 +251,13 @@ class Artifact:
         self.close()
 
 
-def verify_stored_artifact(path: str | os.PathLike[str], *, verified: frozenset[str] = frozenset()) -> Manifest:
+def verify_stored_artifact(path: str | os.PathLike[str]) -> Manifest:
     """Verify every tensor of an artifact in bounded memory (the registry's check of an upload).
-
-    ``verified``: names of tensors whose blobs in these very bytes the caller already checked
-    as :meth:`Artifact.verify` does (the registry, while the upload arrived); the header and
-    layout are still parsed and checked here.
 
     Raises:
         ArtifactError: the artifact is corrupt, holds NaN/Inf, or a tensor exceeds the decode budget.
     """
     with Artifact(path) as art:
         for name in art.manifest.tensors:
-            if name not in verified:
-                art.verify(name)
+            art.verify(name)
         return art.manifest

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 
 from tvreg.faults import crash_point
 
-from .. import ingest, uploads
+from .. import uploads
 from ..auth import require_principal
 from ..deps import ContextDep, PrincipalDep
 from ..errors import ApiError, BadRequest, InsufficientStorage
@@ -158,5 +158,4 @@ async def append_upload(
         raise
     crash_point("registry.upload.before_offset")
     await run_in_threadpool(uploads.release, ctx, claim, new_offset)
-    ingest.advanced(ctx.store, upload_id, offset, new_offset)
     return {"offset": new_offset}
