@@ -1,10 +1,10 @@
 """The fast paths of a publish stay as safe as the slow ones.
 
 ``tvreg publish`` does not decode an artifact again that tvreg built (or verified) and
-that is unchanged since (:func:`tvreg.artifact.known_verified`), and the registry checks
-an upload's tensors while the bytes arrive (:mod:`registry_server.ingest`) instead of
-after. These tests pin that a changed artifact is decoded again and refused, and that
-the registry still refuses a corrupt upload sent in many pieces.
+that is unchanged since (:func:`tvreg.artifact.known_verified`), so the registry's own
+check is the last line. These tests pin that a changed artifact is decoded again and
+refused before any upload, and that the registry still refuses a corrupt upload sent in
+many pieces.
 """
 
 from __future__ import annotations
