@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -34,6 +33,26 @@ from .safetensors_io import SafetensorsFile, build_header
 
 MANIFEST_KEY = "tvreg.manifest"
 _DIGESTS = "digests"
+_VERIFIED = "verified"
+
+
+def remember_verified(path: Path, digest: str, *, read_since_ns: int | None = None) -> None:
+    """Remember that the artifact at ``path``, as it is now, with ``digest`` passed every check
+    :func:`tvreg.project.verify_artifact` makes (tvreg built it, or decoded every tensor).
+
+    Keyed by the file's stat identity (:mod:`tvreg.statcache`): any later write to the file
+    forgets it. ``read_since_ns`` as for :func:`tvreg.statcache.remember`; None only when tvreg
+    wrote the file itself.
+    """
+    statcache.remember(_VERIFIED, Path(path), digest, read_since_ns=read_since_ns)
+
+
+def known_verified(path: Path) -> str | None:
+    """The digest of ``path`` if it is unchanged since it was verified or built by tvreg, else None."""
+    known = statcache.lookup(_VERIFIED, Path(path))
+    if not (isinstance(known, str) and known.startswith("sha256:")):
+        return None
+    return known if file_digest(Path(path)) == known else None
 
 
 def file_digest(path: Path, *, fresh: bool = False) -> str:
@@ -70,6 +89,8 @@ class ArtifactWriter:
             prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent
         )
         self._body = os.fdopen(fd, "wb")
+        self.digest: str | None = None
+        """``sha256:<hex>`` of the finished file, computed while :meth:`finish` writes it."""
 
     def add(
         self,
@@ -107,13 +128,19 @@ class ArtifactWriter:
         try:
             with disk_errors(self.path):
                 self._body.close()
+                h = hashlib.sha256(head)
                 with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
                     out.write(head)
-                    shutil.copyfileobj(body, out, 8 * 1024 * 1024)
+                    while chunk := body.read(8 * 1024 * 1024):
+                        out.write(chunk)
+                        h.update(chunk)
                     out.flush()
                     os.fsync(out.fileno())
             os.replace(tmp, self.path)
             fsync_dir(self.path.parent)
+            self.digest = "sha256:" + h.hexdigest()
+            # tvreg wrote these bytes itself, so the digest is remembered at once (no settle wait).
+            statcache.remember(_DIGESTS, self.path, self.digest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

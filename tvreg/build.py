@@ -13,7 +13,7 @@ import torch
 
 from ._names import validate_name, validate_version
 from ._version import __version__
-from .artifact import ArtifactWriter, file_digest
+from .artifact import ArtifactWriter, file_digest, remember_verified
 from .checkpoint import Checkpoint
 from .codecs import Codec, get_codec, make_codec, relative_error
 from .errors import TensorMismatch, TvregError
@@ -279,11 +279,14 @@ def write_skill(
     except BaseException:
         writer.abort()
         raise
+    digest = writer.digest or file_digest(Path(output))
     sketch = sketcher.finish(
         skill=manifest.name,
         version=manifest.version,
         base_fingerprint=manifest.base_fingerprint,
-        artifact_digest=file_digest(Path(output)),
+        artifact_digest=digest,
     )
     store_cached(sketch)
+    # Every tensor was checked finite and encoded by this build, so publish need not decode it again.
+    remember_verified(Path(output), digest)
     return BuildResult(Path(output), result_manifest, raw, Path(output).stat().st_size, sketch)

@@ -32,7 +32,7 @@ from .paths import cache_dir
 from .progress import NULL_PROGRESS, Progress
 from .project import load_project, prepare_artifact, read_card
 from .refs import SkillRef
-from .sketch import SketchBuilder, store_cached
+from .sketch import Sketch, SketchBuilder, load_cached, store_cached
 
 _RETRIES = 3
 _STALL_ROUNDS = 3
@@ -281,9 +281,17 @@ def publish(
             )
         ref = SkillRef(namespace, project.skill, project.version)
         sketcher = SketchBuilder()
-        path, manifest, built = prepare_artifact(project, progress=progress, on_tensor=sketcher.add)
+        known: dict[str, Sketch] = {}
+
+        def trust(digest: str) -> bool:
+            cached = load_cached(digest)
+            if cached is not None:
+                known[digest] = cached
+            return cached is not None
+
+        path, manifest, built = prepare_artifact(project, progress=progress, on_tensor=sketcher.add, trust=trust)
         digest, size = file_digest(path), path.stat().st_size
-        sketch = sketcher.finish(
+        sketch = known.get(digest) or sketcher.finish(
             skill=manifest.name,
             version=manifest.version,
             base_fingerprint=manifest.base_fingerprint,
