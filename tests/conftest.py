@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,13 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from helpers import copy_model, reference_install, subprocess_env, tree_digest  # noqa: E402, F401
 from tiny_models import build_family  # noqa: E402
+
+# A shell without job control starts background commands (`make test &`, nohup) with SIGINT
+# ignored, and a child inherits SIG_IGN through exec, so Python would never raise
+# KeyboardInterrupt in the CLIs the Ctrl-C tests start. Handling SIGINT here makes every
+# child start with the default disposition, as under an interactive terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -318,6 +318,14 @@ def test_a_missing_pristine_g_names_its_fingerprint_and_the_one_command_that_fix
     lock = read_lock(installed)
     before = _weights(installed)
     shutil.rmtree(pristine_path(lock.general_fingerprint))
+    # A model that still verifies needs no G: nothing to change (uv's "Audited").
+    synced = cli("sync", "--into", installed)
+    assert synced.exit_code == 0 and "Nothing to change" in synced.stdout, synced.output
+    # Damaged weights must be rebuilt from pristine G, which this machine no longer has.
+    shard = sorted(installed.glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
     res = cli("sync", "--into", installed)
     assert res.exit_code == 1
     assert res.stderr.startswith(

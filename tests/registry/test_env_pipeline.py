@@ -42,8 +42,17 @@ class _Recorder(Progress):
 
 
 def _resolutions(proxy, *names):
-    """How many times each skill's metadata (what a resolution reads) was asked for."""
-    return [sum(1 for m, p, _ in proxy.requests if m == "GET" and p == f"/api/v1/skills/{n}") for n in names]
+    """How many times each skill's metadata (what a resolution reads) was asked for.
+
+    Counts first pages: skill info is paged, and a later page is the same reading continued.
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    def first_page(path: str, name: str) -> bool:
+        url = urlsplit(path)
+        return url.path == f"/api/v1/skills/{name}" and parse_qs(url.query).get("page", ["1"]) == ["1"]
+
+    return [sum(1 for m, p, _ in proxy.requests if m == "GET" and first_page(p, n)) for n in names]
 
 
 def test_install_resolves_once_and_warns_from_that_resolution(
