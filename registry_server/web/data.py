@@ -32,6 +32,7 @@ from ..models import Card, Membership, Namespace, Skill, User, Version, VersionS
 from ..names import semver_key
 from ..routes.skills import _search, _skill_info, _visible_namespaces, ordered_versions, versions_by_id
 from ..schemas import version_out
+from ..trust_models import Attestation, SigningKey, VersionSignature
 from .render import split_front_matter
 
 RECENT = 10
@@ -186,6 +187,7 @@ def skill_page(
     rows = rows_of([r[0] for r in newest_first[(page - 1) * per_page : page * per_page]])
     card, front_matter, profile = None, {}, {}
     card_digest = None
+    trust: dict[str, list[dict[str, Any]]] = {"signatures": [], "attestations": []}
     if shown is not None:
         version_id = s.scalar(
             select(Version.id)
@@ -193,6 +195,7 @@ def skill_page(
             .join(Namespace)
             .where(Namespace.name == namespace, Skill.name == name, Version.version == shown["version"])
         )
+        trust = _trust(s, version_id)
         stored = s.get(Card, version_id)
         if stored is not None:
             front_matter, card = split_front_matter(stored.text)
@@ -226,7 +229,76 @@ def skill_page(
         "requires": _requirement_links(shown["manifest"].get("requires")) if shown else [],
         "conflicts": _requirement_links(shown["manifest"].get("conflicts")) if shown else [],
         "license": shown["manifest"].get("license") if shown else None,
+        "signatures": trust["signatures"],
+        "attestations": trust["attestations"],
     }
+
+
+MAX_ATTESTATIONS_SHOWN = 50
+
+
+def _signer(key: SigningKey | None, key_id: str) -> dict[str, Any]:
+    """Who a key belongs to and whether it is still good, as the registry knows it.
+
+    The registry checked each bundle against this key when it was uploaded; a key revoked
+    since (stolen, rotated) is shown revoked with its reason, because a browser cannot verify
+    the bundle itself. The client verifies on install against the keys *its* environment trusts.
+    """
+    if key is None:
+        return {"key_id": key_id, "owner": None, "name": "", "state": "unknown key", "reason": None}
+    owner = f"user {key.user.name}" if key.user is not None else f"team {key.team.name}" if key.team else None
+    return {
+        "key_id": key_id,
+        "owner": owner,
+        "name": key.name,
+        "state": "revoked" if key.revoked_at is not None else "active",
+        "reason": key.revoked_reason,
+    }
+
+
+def _trust(s: Session, version_id: int | None) -> dict[str, list[dict[str, Any]]]:
+    """The version's signatures and (newest first, bounded) attestations, each with its signer's state."""
+    if version_id is None:
+        return {"signatures": [], "attestations": []}
+    sigs = list(
+        s.scalars(select(VersionSignature).where(VersionSignature.version_id == version_id).order_by(VersionSignature.id))
+    )
+    atts = list(
+        s.scalars(
+            select(Attestation)
+            .where(Attestation.version_id == version_id)
+            .order_by(Attestation.id.desc())
+            .limit(MAX_ATTESTATIONS_SHOWN)
+        )
+    )
+    ids = {r.key_id for r in sigs} | {r.key_id for r in atts}
+    keys = {
+        k.key_id: k
+        for k in s.scalars(
+            select(SigningKey)
+            .where(SigningKey.key_id.in_(ids))
+            .options(selectinload(SigningKey.user), selectinload(SigningKey.team))
+        )
+    } if ids else {}  # fmt: skip
+    signatures = [
+        {**_signer(keys.get(r.key_id), r.key_id), "uploaded_by": r.uploaded_by, "at": r.created_at.isoformat()[:10]}
+        for r in sigs
+    ]
+    attestations = []
+    for r in atts:
+        summary = r.summary if isinstance(r.summary, dict) else {}
+        metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+        attestations.append(
+            {
+                **_signer(keys.get(r.key_id), r.key_id),
+                "general": str(summary.get("general_hub_id") or summary.get("general_fingerprint") or "unknown"),
+                "weight": summary.get("weight"),
+                "method": summary.get("method"),
+                "metrics": {str(k): v for k, v in list(metrics.items())[:20]},
+                "at": r.created_at.isoformat()[:10],
+            }
+        )
+    return {"signatures": signatures, "attestations": attestations}
 
 
 def namespace_page(

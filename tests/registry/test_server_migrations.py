@@ -130,7 +130,7 @@ def test_upgrade_from_the_first_migration_keeps_the_data(empty_database, tmp_pat
     (version,) = info["versions"]
     assert version["manifest"] == MANIFEST
     assert version["published_at"] == "2024-05-01T12:30:00+00:00"
-    assert version["downloads"] == info["downloads"] == 0  # 0009_srvgaps: the new column on an old row
+    assert version["downloads"] == info["downloads"] == 0  # 0009_downloads: the new column on an old row
     assert (version["digest"], version["size"], version["publisher"]) == (
         "sha256:" + "cd" * 32,
         1234,

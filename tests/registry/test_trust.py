@@ -421,3 +421,60 @@ def test_signing_keys_are_bounded_per_owner(registry):
     bob = registry.make_user("bob")
     with _api(registry, bob) as api:  # the bound is per owner
         assert api.post("/keys", json={"public_key": generate_key("bob").public.pem}).status_code == 201
+
+
+def _page(registry, path: str) -> str:
+    with httpx.Client(base_url=registry.url, timeout=30) as web:
+        res = web.get(path)
+    assert res.status_code == 200, res.text
+    return res.text
+
+
+def _section(html: str, ident: str) -> str:
+    start = html.index(f'id="{ident}"')
+    return html[start : html.index("</table>", start)]
+
+
+def test_the_skill_page_shows_who_signed_and_attested_and_a_later_revocation(registry, artifacts, tmp_path):
+    alice = login(registry, "alice")
+    made = generate_key("release")
+    assert cli("key", "add", made.public_path).exit_code == 0
+    _publish(tmp_path, artifacts["science"], "alice/science", "--sign", "release")
+    _other = write_project(
+        tmp_path / "sci2", name="alice/science", version="1.0.1", artifact=str(artifacts["science-1.0.1"])
+    )
+    assert cli("publish", _other).exit_code == 0
+
+    signed = _page(registry, "/alice/science/1.0.0")
+    rows = _section(signed, "signatures")
+    assert made.public.id[:19] in rows and "user alice" in rows and "active" in rows
+    assert 'id="unsigned"' not in signed
+    unsigned = _page(registry, "/alice/science/1.0.1")
+    assert 'id="unsigned"' in unsigned and 'id="signatures"' not in unsigned
+
+    digest = file_digest(artifacts["science"])
+    statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "science.tvskill", "digest": {"sha256": digest.split(":")[1]}}],
+        "predicateType": EVAL_PREDICATE,
+        "predicate": {
+            "general": {"fingerprint": "a" * 64, "hub_id": "org/general-<b>x</b>"},
+            "weight": 0.3,
+            "method": "task_arithmetic",
+            "metrics": {"refusal_rate": 0.91},
+        },
+    }
+    with _api(registry, alice) as api:
+        res = api.post(
+            "/skills/alice/science/versions/1.0.0/attestations", content=sign_statement(statement, "release")
+        )
+        assert res.status_code == 201, res.text
+    attested = _section(_page(registry, "/alice/science/1.0.0"), "attestations")
+    assert "refusal_rate = 0.91" in attested and "task_arithmetic" in attested and "0.3" in attested
+    assert "org/general-&lt;b&gt;x&lt;/b&gt;" in attested and "<b>" not in attested
+
+    # The page was cached under the registry's generation: a revocation must reach it at once.
+    assert cli("key", "revoke", made.public.id, "--reason", "laptop stolen").exit_code == 0
+    after = _page(registry, "/alice/science/1.0.0")
+    assert "revoked: laptop stolen" in _section(after, "signatures")
+    assert "revoked: laptop stolen" in _section(after, "attestations")

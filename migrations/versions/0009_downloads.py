@@ -5,7 +5,7 @@ upgrades in place (SQLite's ``ADD COLUMN`` keeps the table and its generation
 triggers). The registry adds to it in batches (registry_server.downloads), one
 ``UPDATE ... SET downloads = downloads + n`` per version touched, never per request.
 
-Revision ID: 0009_srvgaps
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-06
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_srvgaps"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
