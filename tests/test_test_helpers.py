@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from helpers import ROOT, subprocess_env
+import pytest
+from helpers import ROOT, subprocess_env, wait_until
 
 _MODULE = '''
 from helpers import importorskip_unless_ci
@@ -40,3 +41,13 @@ def test_missing_component_fails_under_ci(tmp_path):
     assert res.returncode != 0, res.stdout
     assert "the component is not installed" in res.stdout and "CI must run these tests" in res.stdout
     assert "skipped" not in res.stdout
+
+
+def test_wait_until_returns_once_the_condition_holds():
+    calls = iter([0, "", None, "ready"])
+    assert wait_until(lambda: next(calls), "the value") == "ready"
+
+
+def test_wait_until_fails_naming_what_it_waited_for():
+    with pytest.raises(AssertionError, match=r"timed out after 0.1 s waiting for the server to close"):
+        wait_until(lambda: False, "the server to close", timeout=0.1)
