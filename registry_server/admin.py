@@ -185,9 +185,9 @@ def collect_garbage(ctx: Context, *, grace_seconds: float) -> Collected:
         if digest not in referenced and now - mtime > grace_seconds:
             ctx.store.delete(digest)
             blobs += 1
-    for upload_id, mtime in list(ctx.store.staged()):
+    for upload_id, mtime in list(ctx.staging.entries()):
         if upload_id not in live and now - mtime > grace_seconds:
-            ctx.store.discard_staged(upload_id)
+            ctx.staging.discard(upload_id)
             staged += 1
     if blobs or staged or stale:
         with write_session(ctx.sessions) as s:

@@ -274,6 +274,7 @@ def serve(
 
     ctx.instance = instance_prefix(host, port)
     try:
+        _guard(ctx.staging.create)
         _guard(ctx.store.create)
         _guard(lambda: drop_dead_leases(ctx))
     except BaseException:

@@ -8,6 +8,7 @@ replicas would need to agree on: all shared state lives in the database or the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,7 +18,7 @@ from .downloads import DownloadCounter
 from .ratelimit import AuthFailureLimiter
 from .readcache import ReadCache
 from .settings import Settings
-from .storage import BlobStore, LocalBlobStore
+from .storage import BlobStore, LocalBlobStore, UploadStaging
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Context:
     engine: Engine
     sessions: sessionmaker[Session]
     store: BlobStore
+    staging: UploadStaging
     auth_failures: AuthFailureLimiter = field(default_factory=AuthFailureLimiter)
     read_cache: ReadCache = field(default_factory=ReadCache)
     downloads: DownloadCounter | None = None  # started with the application (registry_server.app)
@@ -40,11 +42,17 @@ class Context:
             engine=engine,
             sessions=make_sessionmaker(engine),
             store=store,
+            staging=open_staging(settings),
             auth_failures=AuthFailureLimiter(settings.auth_failure_limit),
         )
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def open_staging(settings: Settings) -> UploadStaging:
+    """Where uploads in flight are staged: ``blob_dir/uploads`` on local disk, whatever the blob store."""
+    return UploadStaging(Path(settings.blob_dir) / "uploads")
 
 
 def open_store(settings: Settings) -> BlobStore:

@@ -10,7 +10,7 @@ SQLite and PostgreSQL need different care to behave the same under concurrency:
   frozen server enforces nothing, a client-side deadline on every round trip
   (:mod:`registry_server.dbwatchdog`) plus TCP keepalives and ``tcp_user_timeout`` for a
   host that vanished: a stopped, frozen or unreachable database yields a bounded-time
-  503 (FAULTS.md row 25). Pooled connections are pinged before use (under the same
+  503 (docs/reliability.md row 25). Pooled connections are pinged before use (under the same
   deadline), so the registry recovers without a restart once the database is back.
 """
 

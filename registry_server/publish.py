@@ -115,7 +115,7 @@ def publish(
         return _existing_answer(ctx, existing, up, label)
 
     try:
-        path = ctx.store.verify_staged(up.id, size=up.size, digest=up.digest)
+        path = ctx.staging.verify(up.id, size=up.size, digest=up.digest)
         manifest = _read_manifest(path, label)
         check_manifest(manifest, label)
         if (manifest["name"], manifest["version"]) != (name, version):
@@ -192,12 +192,12 @@ def _consume_upload(ctx: Context, upload_id: str, state: str) -> None:
             .values(state=state, updated_at=utcnow())
         )
         s.commit()
-    ctx.store.discard_staged(upload_id)
+    ctx.staging.discard(upload_id)
 
 
 def _fail_upload(ctx: Context, upload_id: str, principal: Principal, label: str, exc: ApiError) -> None:
     """Remove the bytes of an upload that cannot be published, and record why."""
-    ctx.store.discard_staged(upload_id)
+    ctx.staging.discard(upload_id)
     with write_session(ctx.sessions) as s:
         s.execute(update(Upload).where(Upload.id == upload_id).values(state="failed", updated_at=utcnow()))
         audit.record(
@@ -217,7 +217,7 @@ def _read_manifest(path: Path, label: str) -> dict[str, Any]:
 
     Every tensor is checked as a decode would check it, as ``tvreg publish`` does before
     uploading, so that a hand-made artifact with a corrupt blob or NaN/Inf values
-    (FAULTS.md row 15) is refused here rather than by every installer. The check never
+    (docs/reliability.md row 15) is refused here rather than by every installer. The check never
     expands a tensor (:func:`tvreg.artifact.verify_stored_artifact`): a declared shape is
     a claim, and memory stays a few MiB whatever an upload declares (issue 18, class 1).
     """
@@ -377,7 +377,7 @@ def _commit(
         )
         s.add(row)
         s.flush()
-        ctx.store.link_staged(up.id, up.digest)
+        ctx.store.link(ctx.staging.path(up.id), up.digest)
         crash_point("registry.publish.after_link")
         if _apply_publish_tag(s, skill, row, tag) or created:
             skill.description = description
@@ -400,5 +400,5 @@ def _commit(
         )
         s.commit()
         body = version_out(skill, row)
-    ctx.store.discard_staged(up.id)
+    ctx.staging.discard(up.id)
     return Published(body, created=True)

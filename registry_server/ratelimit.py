@@ -3,7 +3,7 @@ has failed too often; valid tokens always pass.
 
 Tokens carry 256 random bits, so guessing one is hopeless; the limit exists so that a
 flood of bad credentials cannot turn the server into a CPU sink or fill its database
-with failure rows (FAULTS.md row 29, issue #18 class 12). A token is looked up first: a
+with failure rows (docs/reliability.md row 29, issue #18 class 12). A token is looked up first: a
 valid one is served whatever its address did, so twenty bad tokens from a NAT, a proxy
 or a CI host never lock out the valid users behind it. A bad one is counted against
 three ceilings over a sliding ``window``:

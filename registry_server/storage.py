@@ -1,13 +1,18 @@
-"""Where artifact bytes live: a content-addressed blob store with a staging area for uploads.
+"""Where artifact bytes live: uploads in flight in :class:`UploadStaging`, published bytes in a :class:`BlobStore`.
 
-A blob is named by the SHA-256 of its bytes, so a stored blob can never be silently
-replaced by other bytes, two versions with equal bytes share one blob, and a blob
-linked by a publish that then failed to commit is an orphan that does no harm (it is
-collected after a grace period, never served, since no version row names it).
+Two jobs, two classes. :class:`UploadStaging` holds the bytes of uploads in flight on
+local disk (appends at a recorded offset, resumable, fsynced as they arrive) and checks
+their size and digest; every backend stages the same way, because object stores have
+neither appends nor cheap partial writes. A :class:`BlobStore` holds the checked bytes,
+content-addressed: a blob is named by the SHA-256 of its bytes, so a stored blob can
+never be silently replaced by other bytes, two versions with equal bytes share one
+blob, and a blob linked by a publish that then failed to commit is an orphan that does
+no harm (it is collected after a grace period, never served, since no version row
+names it).
 
-Upload bytes are staged *inside* the store (same filesystem), fsynced as they arrive,
-and only after their size and digest are checked are they hard-linked into place. The
-link is atomic: a reader sees the whole blob or nothing.
+Locally the staging directory sits inside the blob directory (same filesystem), so a
+checked upload becomes a blob with one atomic ``link(2)``: a reader sees the whole blob
+or nothing.
 """
 
 from __future__ import annotations
@@ -55,10 +60,10 @@ class StagedWriter(ABC):
 
 
 class BlobStore(ABC):
-    """Content-addressed storage plus staging for uploads in flight.
+    """Content-addressed storage of published bytes, keyed by digest.
 
     Every method is safe to call from several threads and several processes (replicas)
-    sharing the store; uploads are keyed by their id, blobs by their digest.
+    sharing the store.
 
     ``local`` says whether :meth:`path` is free (blobs are local files, served as they
     are); a remote store sets it to False and readers stream through :meth:`open`.
@@ -84,39 +89,13 @@ class BlobStore(ABC):
         return open(self.path(digest), "rb")
 
     @abstractmethod
-    def create_staged(self, upload_id: str) -> None:
-        """Create the empty staging area of a new upload (a fresh id, never reused)."""
-
-    @abstractmethod
-    def open_staged(self, upload_id: str, offset: int) -> StagedWriter:
-        """Start appending to upload ``upload_id`` at ``offset``.
-
-        Bytes already staged past ``offset`` (from a writer that crashed before its
-        offset was recorded) are discarded. Raises :class:`Conflict` when fewer than
-        ``offset`` bytes are staged (the staged bytes were lost).
-        """
-
-    @abstractmethod
-    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
-        """Stream the staged bytes through SHA-256, then return a local path to them.
-
-        Cost: one sequential read of the upload. Raises :class:`SizeMismatch` or
-        :class:`DigestMismatch` (naming both digests) when the bytes are not what was
-        declared; the caller then discards them.
-        """
-
-    @abstractmethod
-    def link_staged(self, upload_id: str, digest: str) -> None:
-        """Atomically make the (verified) staged bytes the blob ``digest``.
+    def link(self, src: Path, digest: str) -> None:
+        """Atomically make the local file ``src`` (bytes already checked to hash to ``digest``) the blob ``digest``.
 
         Durable on return (file and directory fsynced). Idempotent: linking bytes whose
-        blob already exists keeps the existing blob. The staged copy stays until
-        :meth:`discard_staged`.
+        blob already exists keeps the existing blob and refreshes its age for garbage
+        collection. ``src`` stays where it is (the caller discards it).
         """
-
-    @abstractmethod
-    def discard_staged(self, upload_id: str) -> None:
-        """Remove the staged bytes of ``upload_id``, if any. Never fails for a missing upload."""
 
     @abstractmethod
     def exists(self, digest: str) -> bool:
@@ -137,9 +116,6 @@ class BlobStore(ABC):
     def blobs(self) -> Iterator[tuple[str, float]]:
         """Every stored blob as ``(digest, mtime)``, for garbage collection."""
 
-    @abstractmethod
-    def staged(self) -> Iterator[tuple[str, float]]:
-        """Every staged upload as ``(upload_id, mtime)``, for garbage collection."""
 
 
 class _LocalWriter(StagedWriter):
@@ -185,44 +161,49 @@ class _LocalWriter(StagedWriter):
                 self._fd = -1
 
 
-class LocalBlobStore(BlobStore):
-    """Blobs under ``root/sha256/ab/abcdef…``, staged uploads under ``root/uploads/<id>``.
+class UploadStaging:
+    """The bytes of uploads in flight, one file per upload under ``root/<upload id>``, on local disk.
 
-    Both trees are on one filesystem, so a staged upload becomes a blob with one
-    ``link(2)``, without copying. Point several replicas at one shared directory.
+    Every method is safe to call from several threads and several processes (replicas)
+    sharing the directory; uploads are keyed by their id, which is never reused.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._blobs = self.root / "sha256"
-        self._staging = self.root / "uploads"
-        if create:
-            self.create()
 
     def create(self) -> None:
-        """Make the directories (the server does this at startup, so a bad path fails early)."""
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._staging.mkdir(parents=True, exist_ok=True)
+        """Make the directory (the server does this at startup, so a bad path fails early). Idempotent."""
+        self.root.mkdir(parents=True, exist_ok=True)
 
-    def _staged(self, upload_id: str) -> Path:
+    def path(self, upload_id: str) -> Path:
+        """The file holding upload ``upload_id``'s bytes; raises ValueError for a malformed id."""
         if not _UPLOAD_ID.match(upload_id):
             raise ValueError(f"not an upload id: {upload_id!r}")
-        return self._staging / upload_id
+        return self.root / upload_id
 
-    def _blob(self, digest: str) -> Path:
-        hexd = digest_hex(digest)
-        return self._blobs / hexd[:2] / hexd
-
-    def open_staged(self, upload_id: str, offset: int) -> StagedWriter:
-        return _LocalWriter(self._staged(upload_id), offset)
-
-    def create_staged(self, upload_id: str) -> None:
-        self._staging.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._staged(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    def new(self, upload_id: str) -> None:
+        """Create the empty staging file of a new upload (a fresh id, never reused)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.close(fd)
 
-    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
-        path = self._staged(upload_id)
+    def open(self, upload_id: str, offset: int) -> StagedWriter:
+        """Start appending to upload ``upload_id`` at ``offset``.
+
+        Bytes already staged past ``offset`` (from a writer that crashed before its
+        offset was recorded) are discarded. Raises :class:`Conflict` when fewer than
+        ``offset`` bytes are staged (the staged bytes were lost).
+        """
+        return _LocalWriter(self.path(upload_id), offset)
+
+    def verify(self, upload_id: str, *, size: int, digest: str) -> Path:
+        """Stream the staged bytes through SHA-256, then return the path to them.
+
+        Cost: one sequential read of the upload. Raises :class:`SizeMismatch` or
+        :class:`DigestMismatch` (naming both digests) when the bytes are not what was
+        declared; the caller then discards them.
+        """
+        path = self.path(upload_id)
         h = hashlib.sha256()
         received = 0
         buf = bytearray(_READ)
@@ -246,8 +227,43 @@ class LocalBlobStore(BlobStore):
             )
         return path
 
-    def link_staged(self, upload_id: str, digest: str) -> None:
-        src = self._staged(upload_id)
+    def discard(self, upload_id: str) -> None:
+        """Remove the staged bytes of ``upload_id``, if any. Never fails for a missing upload."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(upload_id))
+
+    def entries(self) -> Iterator[tuple[str, float]]:
+        """Every staged upload as ``(upload_id, mtime)``, for garbage collection."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            if _UPLOAD_ID.match(path.name):
+                yield path.name, path.stat().st_mtime
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs under ``root/sha256/ab/abcdef…``.
+
+    The server stages uploads in ``root/uploads`` (:class:`UploadStaging`), on the same
+    filesystem, so a checked upload becomes a blob with one ``link(2)``, without copying.
+    Point several replicas at one shared directory.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "sha256"
+        if create:
+            self.create()
+
+    def create(self) -> None:
+        """Make the directory (the server does this at startup, so a bad path fails early)."""
+        self._blobs.mkdir(parents=True, exist_ok=True)
+
+    def _blob(self, digest: str) -> Path:
+        hexd = digest_hex(digest)
+        return self._blobs / hexd[:2] / hexd
+
+    def link(self, src: Path, digest: str) -> None:
         dst = self._blob(digest)
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(src, os.O_RDONLY)
@@ -263,10 +279,6 @@ class LocalBlobStore(BlobStore):
             os.utime(dst)
             return
         fsync_dir(dst.parent)
-
-    def discard_staged(self, upload_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._staged(upload_id))
 
     def exists(self, digest: str) -> bool:
         return self._blob(digest).is_file()
@@ -288,10 +300,3 @@ class LocalBlobStore(BlobStore):
             for blob in sorted(sub.iterdir()):
                 if re.fullmatch(r"[0-9a-f]{64}", blob.name):
                     yield "sha256:" + blob.name, blob.stat().st_mtime
-
-    def staged(self) -> Iterator[tuple[str, float]]:
-        if not self._staging.is_dir():
-            return
-        for path in self._staging.iterdir():
-            if _UPLOAD_ID.match(path.name):
-                yield path.name, path.stat().st_mtime

@@ -1,10 +1,10 @@
 """Blobs in an object store (S3-compatible or any fsspec filesystem), uploads staged on local disk.
 
 ``tvreg-server serve --blob-url s3://bucket/prefix`` stores blob ``sha256:<hex>`` as the
-object ``prefix/sha256/<hex[:2]>/<hex>``. Uploads in flight stay in a local staging
-directory (the ``uploads/`` half of a :class:`~registry_server.storage.LocalBlobStore`):
-appends and resumable chunks need a real file, and object stores have neither appends
-nor cheap partial writes. Only after the staged bytes pass the size and digest check is
+object ``prefix/sha256/<hex[:2]>/<hex>``. Uploads in flight stay on local disk in
+:class:`~registry_server.storage.UploadStaging`, as with the local store: appends and
+resumable chunks need a real file, and object stores have neither appends nor cheap
+partial writes. Only after the staged bytes pass the size and digest check is
 the blob uploaded, with one PUT; an object store makes an object visible whole or not at
 all, so a reader never sees part of a blob. Replicas share the object store and, as with
 the local store, must share the staging directory (or route an upload's chunks to one
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ServerFault, Unavailable
-from .storage import BlobStore, LocalBlobStore, StagedWriter, digest_hex
+from .storage import BlobStore, digest_hex
 
 # Filesystems whose single upload of an object is atomic (S3 multipart uploads included:
 # the object appears at CompleteMultipartUpload). Others get a temporary name and a move.
@@ -48,11 +48,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 class FsspecBlobStore(BlobStore):
-    """Blobs under ``url/sha256/ab/abcdef…`` on an fsspec filesystem, staged uploads under ``staging/uploads``.
+    """Blobs under ``url/sha256/ab/abcdef…`` on an fsspec filesystem.
 
     Args:
         url: where blobs go, e.g. ``s3://bucket/prefix``, ``gs://bucket``, ``memory://blobs``.
-        staging: a local directory for uploads in flight (the server uses ``DATA/blobs``).
+        staging: the server's local blob directory (``DATA/blobs``): uploads are staged in
+            its ``uploads/`` (:class:`~registry_server.storage.UploadStaging`), and
+            :meth:`path` keeps downloaded copies in its ``cache/``.
         options: keyword arguments for the fsspec filesystem, e.g.
             ``{"client_kwargs": {"endpoint_url": "http://minio:9000"}}``; S3 credentials
             and endpoint otherwise come from the usual ``AWS_*`` environment variables.
@@ -83,7 +85,7 @@ class FsspecBlobStore(BlobStore):
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self._atomic_put = protocol in _ATOMIC_PUT
-        self._staging = LocalBlobStore(staging)
+        self._local = Path(staging)
         self._errors = _transport_errors()
 
     @contextlib.contextmanager
@@ -101,8 +103,7 @@ class FsspecBlobStore(BlobStore):
         return f"{self.root}/sha256/{hexd[:2]}/{hexd}"
 
     def create(self) -> None:
-        """Make the staging directory and check the store answers (at startup, so a bad URL fails early)."""
-        self._staging.create()
+        """Check the store answers (at startup, so a bad URL fails early)."""
         try:
             with self._remote("opening it"):
                 self.fs.makedirs(self.root, exist_ok=True)
@@ -110,28 +111,10 @@ class FsspecBlobStore(BlobStore):
         except FileNotFoundError as exc:
             raise BlobStoreUnavailable(f"the blob store `{self.url}` does not exist: {exc}.") from exc
 
-    # -- staging: local disk --------------------------------------------------------------
-    def create_staged(self, upload_id: str) -> None:
-        self._staging.create_staged(upload_id)
-
-    def open_staged(self, upload_id: str, offset: int) -> StagedWriter:
-        return self._staging.open_staged(upload_id, offset)
-
-    def verify_staged(self, upload_id: str, *, size: int, digest: str) -> Path:
-        return self._staging.verify_staged(upload_id, size=size, digest=digest)
-
-    def discard_staged(self, upload_id: str) -> None:
-        self._staging.discard_staged(upload_id)
-
-    def staged(self) -> Iterator[tuple[str, float]]:
-        return self._staging.staged()
-
-    # -- blobs: the object store ----------------------------------------------------------
-    def link_staged(self, upload_id: str, digest: str) -> None:
+    def link(self, src: Path, digest: str) -> None:
         # Uploaded again even when the blob exists: the new write refreshes its modification
         # time, so garbage collection sees it as young while the version naming it commits
         # (object stores cannot touch an object without rewriting it).
-        src = self._staging._staged(upload_id)
         size = src.stat().st_size
         key = self._key(digest)
         with self._remote(f"storing blob {digest}"):
@@ -174,7 +157,7 @@ class FsspecBlobStore(BlobStore):
         Cost: a full download on first use; the server itself streams through :meth:`open`.
         """
         hexd = digest_hex(digest)
-        dst = self._staging.root / "cache" / hexd
+        dst = self._local / "cache" / hexd
         if dst.is_file():
             return dst
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +175,7 @@ class FsspecBlobStore(BlobStore):
         with self._remote(f"deleting blob {digest}"), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._key(digest))
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._staging.root / "cache" / digest_hex(digest))
+            os.unlink(self._local / "cache" / digest_hex(digest))
 
     def blobs(self) -> Iterator[tuple[str, float]]:
         base = f"{self.root}/sha256"

@@ -126,7 +126,7 @@ def create(ctx: Context, principal: Principal | None, *, size: int, digest: str)
                 f"(DELETE /uploads/{{id}}) or wait for one to expire ({ctx.settings.upload_expiry:g} s idle).",
                 retry_after=wait,
             )
-        ctx.store.create_staged(upload.id)
+        ctx.staging.new(upload.id)
         s.add(upload)
         audit.record(
             s, actor=principal.name, action="upload.create", target=upload.id, size=size, digest=digest
@@ -156,7 +156,7 @@ def _expire(ctx: Context, user_id: int) -> int:
             ).rowcount
             s.commit()
         if done:
-            ctx.store.discard_staged(upload_id)
+            ctx.staging.discard(upload_id)
     return len(stale)
 
 
@@ -176,7 +176,7 @@ def delete(ctx: Context, principal: Principal, upload_id: str) -> None:
         audit.record(s, actor=principal.name, action="upload.delete", target=upload.id)
         s.commit()
     if upload.state == "open":
-        ctx.store.discard_staged(upload.id)
+        ctx.staging.discard(upload.id)
 
 
 def claim(ctx: Context, principal: Principal, upload_id: str, offset: int, length: int | None) -> Claim:

@@ -9,11 +9,42 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(predicate: Callable[[], object], what: str, *, timeout: float = 30.0) -> object:
+    """Poll ``predicate`` until it returns something truthy (returned); fail naming ``what`` after ``timeout`` s.
+
+    Why: a fixed sleep is either too short on a loaded 2-core machine (a flaky test) or
+    longer than needed everywhere; the deadline only bounds how long a broken build waits.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def importorskip_unless_ci(module: str, reason: str) -> object:
+    """``pytest.importorskip(module)`` locally; under CI (env ``CI`` set) a missing component fails the module.
+
+    Why: a skipped test under CI would hide a missing component, and CI must run everything.
+    """
+    if not os.environ.get("CI"):
+        return pytest.importorskip(module, reason=reason)
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        error = str(exc)
+    pytest.fail(f"{reason} ({error}); CI must run these tests.", pytrace=False)
 
 
 def copy_model(src: Path, dst: Path) -> Path:

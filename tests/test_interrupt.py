@@ -94,7 +94,7 @@ def test_kill_at_random_moments_leaves_old_or_new(setup, tmp_path):
     outcomes = set()
     for _ in range(6):
         proc = _cli("install", str(skill), "--into", str(model))
-        time.sleep(rng.uniform(0.05, 4.0))
+        time.sleep(rng.uniform(0.05, 4.0))  # deliberate: a kill at a random moment (reliability row 21)
         proc.kill()
         proc.communicate(timeout=120)
         lock = read_lock(model)

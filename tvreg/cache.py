@@ -9,7 +9,7 @@ but the file. Layout under ``tvreg.paths.cache_dir() / "blobs" / "sha256"``::
     ab/.ab12…ef.lock              flock held by the one process downloading that digest
     ab/.ab12…ef.<unique>.partial  a download in progress, or the remains of a killed one
 
-Guarantees (FAULTS.md rows 16–19):
+Guarantees (docs/reliability.md rows 16–19):
 
 - A download streams into a unique ``.partial`` file while its SHA-256 is computed; only
   a file of the announced size and digest is fsynced and renamed to its final name, so

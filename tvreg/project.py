@@ -277,7 +277,7 @@ def verify_artifact(
     progress: Progress = NULL_PROGRESS,
     on_tensor: Callable[[str, torch.Tensor], None] | None = None,
 ) -> Manifest:
-    """Decode every tensor of an artifact: digests, codec bounds, and no NaN/Inf (FAULTS row 15).
+    """Decode every tensor of an artifact: digests, codec bounds, and no NaN/Inf (docs/reliability.md row 15).
 
     ``on_tensor(name, τ)`` sees each decoded tensor, so a caller can sketch the artifact
     in the same pass (publish does).

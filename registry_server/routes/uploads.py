@@ -2,7 +2,7 @@
 
 PATCH is the only async route: it streams the body to the staging area without holding
 it in memory, counting bytes so that a body running past the declared size is refused
-after reading at most one network chunk too many (FAULTS.md row 6). Blocking work (file
+after reading at most one network chunk too many (docs/reliability.md row 6). Blocking work (file
 writes, database calls) runs in worker threads, in writes of about 4 MiB.
 """
 
@@ -123,7 +123,7 @@ async def append_upload(
     length = _int_header(request, "Content-Length", required=False)
     claim = await run_in_threadpool(uploads.claim, ctx, principal, upload_id, offset, length)
     try:
-        writer = await run_in_threadpool(ctx.store.open_staged, upload_id, offset)
+        writer = await run_in_threadpool(ctx.staging.open, upload_id, offset)
     except BaseException:
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         raise

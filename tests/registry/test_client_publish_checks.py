@@ -20,6 +20,7 @@ from client_helpers import cli, flip_byte, login, write_project
 from tvreg.artifact import file_digest, known_verified
 from tvreg.errors import ArtifactError
 from tvreg.project import load_project, prepare_artifact
+from tvreg.statcache import SETTLE_NS
 
 CORPUS = Path(__file__).resolve().parents[1] / "reliability" / "corpus"
 
@@ -41,7 +42,7 @@ def _edit_after_build(path: Path) -> None:
     The pause is the stat cache's settle time: a file rewritten within the same clock tick
     as tvreg's own write keeps its stat identity (tvreg.statcache, "racy files").
     """
-    time.sleep(0.1)
+    time.sleep(2 * SETTLE_NS / 1e9)  # deliberately waits out the clock, as the docstring says
     flip_byte(path, -1)
 
 

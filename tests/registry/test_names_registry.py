@@ -127,7 +127,7 @@ def test_build_metadata_twins_are_the_same_version(registry, api, server_artifac
         info = c.get("/skills/alice/science").json()
         assert [v["version"] for v in info["versions"]] == [first]
         assert c.get(f"/skills/alice/science/versions/{twin}").status_code == 404
-    # the original's retry is still the idempotent 200 of FAULTS row 1
+    # the original's retry is still the idempotent 200 of docs/reliability.md row 1
     assert api.publish(token, "alice/science", first, original).status_code == 200
 
 

@@ -9,18 +9,11 @@ The counts show in the API, on the skill page and in the front page's "Most inst
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
+from helpers import wait_until
 from web_helpers import web
-
-
-def _wait_for(get, expected, seconds: float = 10.0):
-    deadline = time.monotonic() + seconds
-    while (value := get()) != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
 
 
 def test_downloads_are_counted_in_batches_and_shown(registry, api, server_artifacts):
@@ -41,7 +34,7 @@ def test_downloads_are_counted_in_batches_and_shown(registry, api, server_artifa
             info = c.get("/skills/alice/science").json()
             return info["downloads"], info["versions"][0]["downloads"], c.get("/skills/alice/coding").json()["downloads"]
 
-        assert _wait_for(counts, (3, 3, 1)) == (3, 3, 1)
+        wait_until(lambda: counts() == (3, 3, 1), "the download counts to reach (3, 3, 1)")
     with web(registry) as c:
         front = c.get("/").text
         most = front[front.index('id="most-installed"') :]
@@ -74,4 +67,6 @@ def test_replicas_add_their_counts(registry, api, server_artifacts):
             for _ in range(3):
                 assert c.get(path).status_code == 200
     with httpx.Client(base_url=registry.url, timeout=60) as c:
-        assert _wait_for(lambda: c.get("/api/v1/skills/alice/science").json()["downloads"], 6) == 6
+        wait_until(
+            lambda: c.get("/api/v1/skills/alice/science").json()["downloads"] == 6, "the download count to reach 6"
+        )

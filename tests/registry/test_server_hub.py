@@ -172,7 +172,7 @@ def test_private_skill_needs_the_registry_token(registry, api, server_artifacts,
     for tok in (False, outsider, "hf_" + "x" * 34):  # anonymous, another user, a huggingface.co token
         with pytest.raises(RepositoryNotFoundError):
             fetch(tok, "no")
-    # Hidden and missing answer alike, to the byte (FAULTS.md row 28).
+    # Hidden and missing answer alike, to the byte (docs/reliability.md row 28).
     hidden = httpx.get(f"{registry.url}/lab/science/resolve/1.0.0/README.md")
     missing = httpx.get(f"{registry.url}/lab/nothing/resolve/1.0.0/README.md")
     assert hidden.status_code == missing.status_code == 404

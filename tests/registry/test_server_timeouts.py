@@ -126,7 +126,7 @@ def test_a_slow_but_steady_body_is_not_cut_off(registry, api):
         )
         for i in range(0, len(data), 10):  # 4 pieces, 0.5 s apart: 1.5 s in all, over the limit
             sock.sendall(data[i : i + 10])
-            time.sleep(0.5)
+            time.sleep(0.5)  # deliberate: paces the body, the behaviour under test
         raw = _read_all(sock)
     status, _, body = _response(raw)
     assert status == 200, raw

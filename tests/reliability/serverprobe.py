@@ -37,6 +37,20 @@ def reset_peak(pid: int) -> int:
     return peak_rss(pid)
 
 
+def held_by_server(port: int) -> list[str]:
+    """The client addresses of the TCP connections the server on ``port`` still holds open.
+
+    Read from ``/proc/net/tcp``: the server's side of each connection (local port ``port``)
+    that is established, or closed by the client but not yet by the server (CLOSE_WAIT).
+    """
+    held = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08"):
+            held.append(socket.inet_ntoa(bytes.fromhex(remote.rsplit(":", 1)[0])[::-1]))
+    return held
+
+
 def raw_request(port: int, head: bytes, body: bytes = b"", *, source: str = "127.0.0.1", timeout: float = 10.0) -> bytes:
     """Send ``head`` and as much of ``body`` as the server takes, then return all it answers.
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import resource
 import socket
-import time
 
 import httpx
 import pytest
-from serverprobe import MIB, peak_rss, reset_peak
+from helpers import wait_until
+from serverprobe import MIB, held_by_server, peak_rss, reset_peak
 
 TOTAL, PER_CLIENT = 64, 16  # reserve: 4 for /health
 
@@ -85,7 +85,10 @@ def test_idle_sockets_are_capped_per_client_and_in_total_with_a_reserve_for_heal
     finally:
         for s in held:
             s.close()
-    time.sleep(0.5)
+    wait_until(
+        lambda: not [ip for ip in held_by_server(port) if ip.startswith(("127.0.3.", "127.0.4."))],
+        "the server to close the idle sockets the clients closed",
+    )
     assert _get(port, "/api/v1/skills", "127.0.5.1") == 200  # the caps free as sockets close
     again = [_idle(port, "127.0.3.1") for _ in range(PER_CLIENT)]  # the flooding client's count freed too
     try:

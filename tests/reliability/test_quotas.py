@@ -35,7 +35,7 @@ def test_open_upload_sessions_are_limited_per_user_and_expire(registry, api):
     with api.client(bob) as c:
         assert _create(c).status_code == 201  # the limit is per user
     assert registry.sql("SELECT count(*) FROM uploads WHERE state = 'open'") == [(5,)]
-    time.sleep(2.5)
+    time.sleep(2.5)  # deliberately waits out the clock: `--upload-expiry 2` (seconds idle)
     with api.client(alice) as c:
         assert _create(c).status_code == 201  # the idle ones expired
         assert c.get(f"/uploads/{ids[1]}").json()["state"] == "failed"

@@ -200,7 +200,7 @@ def require_locked_digest(skill: LockedSkill, path: Path, *, what: str, hint: st
     """Return ``path`` if its bytes hash to the digest the lock pins for ``skill``; refuse otherwise.
 
     There is no fallback on purpose: a lock names exact bytes, and anything else is tampering
-    or damage (FAULTS row 23). ``what`` says which copy it is, e.g. "the stored artifact".
+    or damage (docs/reliability.md row 23). ``what`` says which copy it is, e.g. "the stored artifact".
     """
     from ..artifact import file_digest
 

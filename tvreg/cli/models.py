@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
     )
 
 
+def merge_param_options(command: Callable) -> Callable:
+    """Add one flag per merge parameter of :data:`tvreg.merge.params.PARAMS`, help and defaults from its row.
+
+    Each flag's value reaches the command as a keyword named after the parameter
+    (``None`` when not given), so the command passes them on as ``method_params``.
+    """
+    from ..merge.params import PARAMS, defaults_text, flag
+
+    for name, row in reversed(PARAMS.items()):
+        text = f"{row.help} [{defaults_text(name)}]"
+        if row.kind is bool:
+            decls = [f"{flag(name)}/--no-{flag(name)[2:]}", name]
+            command = click.option(*decls, default=None, help=text)(command)
+            continue
+        kind = {int: click.IntRange(min=0), float: float}.get(row.kind, str)
+        command = click.option(flag(name), name, type=kind, metavar=row.metavar, help=text)(command)
+    return command
+
+
 @main.command()
 @click.argument("skills", nargs=-1, metavar="SKILL...")
 @click.option(
@@ -94,20 +114,7 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
     help="Merge method: task_arithmetic (default), ties, dare_ties, dare_linear, average, linear, wise_ft "
     "(default: the one tvreg.lock records).",
 )
-@click.option("--density", type=float, help="ties: keep this fraction of each τ's largest entries [0.2].")
-@click.option("--lambda", "lambda_", type=float, help="ties, dare_*: scale of the merged τ [1.0].")
-@click.option(
-    "--drop-rate", type=float, help="dare_*: drop probability p; survivors scaled by 1/(1−p) [0.9]."
-)
-@click.option("--seed", type=click.IntRange(min=0), help="dare_*: seed of the drop mask [0].")
-@click.option(
-    "--normalize/--no-normalize",
-    default=None,
-    help="ties, dare_*: divide by the sum of the (agreeing) weights [ties: on, dare: off].",
-)
-@click.option(
-    "--base-weights", metavar="PATH", help="average, linear: θ_pre's weights (directory or cached Hub id)."
-)
+@merge_param_options
 @click.option(
     "--device",
     type=click.Choice(["auto", "cuda", "cpu"]),
@@ -137,15 +144,10 @@ def install(
     resolution,
     offline,
     method,
-    density,
-    lambda_,
-    drop_rate,
-    seed,
-    normalize,
-    base_weights,
     device,
     gate,
     requires,
+    **method_params,
 ):
     """Install skills into a model: θ = θ_G + Σ ω_k τ_k, recomputed from pristine G.
 
@@ -169,14 +171,6 @@ def install(
         args += more
         weights = {**more_weights, **weights}
     target = into_dir(into)
-    method_params = {
-        "density": density,
-        "lambda": lambda_,
-        "drop_rate": drop_rate,
-        "seed": seed,
-        "normalize": normalize,
-        "base_weights": base_weights,
-    }
     if target is not None:
         from ..policy import load_policy
 

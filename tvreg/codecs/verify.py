@@ -1,6 +1,6 @@
 """Verify a stored tensor in bounded memory: every check a decode makes, without expanding it.
 
-Why: the registry decodes every tensor of an upload before accepting it (FAULTS row 15),
+Why: the registry decodes every tensor of an upload before accepting it (docs/reliability.md row 15),
 and a manifest's shape is a claim. Expanding a ``sparse`` tensor with no kept entries,
 or a ``lowrank`` one of rank 0, allocates whatever shape it declares from a blob of zero
 bytes. This module walks the raw stream frame by frame in pieces of :data:`PIECE` bytes

@@ -11,14 +11,15 @@ values.
 from __future__ import annotations
 
 from ..errors import MergeError
-from .base import BASE_WEIGHTS, MergeMethod, Param, Recipe, fp32, register
+from .base import BASE_WEIGHTS, MergeMethod, Recipe, fp32, register
+from .params import params_for
 
 
 class Average(MergeMethod):
     name = "average"
     summary = "mean of the expert models θ_pre + τ_k (needs --base-weights)"
     # Optional here: a set of deltas from G alone averages around θ_G and needs no θ_pre.
-    params = {"base_weights": Param(None, str)}
+    params = params_for("average")
 
     def recipe(self, weights, kinds, params) -> Recipe:
         k = len(weights)

@@ -12,18 +12,25 @@ them, so the two paths cannot drift apart method by method.
 from __future__ import annotations
 
 import math
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import MergeError
+from .params import REQUIRED, Param, params_for
 
 
 def fp32(value: float) -> float:
-    """The float32 value of ``value`` as a Python float, so every path rounds ω the same way."""
-    return float(torch.tensor(value, dtype=torch.float32))
+    """The float32 value of ``value`` as a Python float, so every path rounds ω the same way.
+
+    The C cast behind ``struct`` rounds to nearest-even exactly as torch's does; it is
+    used so that choosing a method never imports torch (``tvreg --help`` reads the methods).
+    """
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 @dataclass(frozen=True)
@@ -62,54 +69,7 @@ class Recipe:
         return self.general_coef is not None
 
 
-#: The default of a parameter the user must give.
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Param:
-    """One method parameter: its default and the check its value must pass.
-
-    The parameter ``some_name`` is the CLI flag ``--some-name`` and the key in
-    ``tvreg.lock``'s ``method_params``.
-    """
-
-    default: object
-    kind: type
-    check: str = ""  # "unit": 0 < x ≤ 1, "drop": 0 ≤ x < 1, "": any
-    missing: str = ""  # the message when a REQUIRED parameter is not given
-
-    def validate(self, method: str, name: str, value: object) -> object:
-        flag = "--" + name.replace("_", "-")
-        if self.kind is str:
-            if not isinstance(value, str) or not value:
-                raise MergeError(f"`{flag}` of method `{method}` must be a non-empty string, not {value!r}.")
-            return value
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise MergeError(f"`{flag}` of method `{method}` must be true or false, not {value!r}.")
-            return value
-        if self.kind is int:
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-                raise MergeError(
-                    f"`{flag}` of method `{method}` must be a non-negative integer, not {value!r}."
-                )
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise MergeError(f"`{flag}` of method `{method}` must be a finite number, not {value!r}.")
-        value = float(value)
-        if self.check == "unit" and not 0 < value <= 1:
-            raise MergeError(f"`{flag}` of method `{method}` must be in (0, 1], not {value}.")
-        if self.check == "drop" and not 0 <= value < 1:
-            raise MergeError(f"`{flag}` of method `{method}` must be in [0, 1), not {value}.")
-        return value
-
-
-BASE_WEIGHTS = Param(
-    REQUIRED,
-    str,
-    missing="needs θ_pre's weights: pass `--base-weights PATH` (the pretrained model's directory).",
-)
+BASE_WEIGHTS = params_for("linear")["base_weights"]
 
 
 class MergeMethod(ABC):

@@ -14,20 +14,14 @@ and λ to 1, as in mergekit.
 
 from __future__ import annotations
 
-from .base import MergeMethod, Param, Recipe, fp32, register
-
-_PARAMS = {
-    "drop_rate": Param(0.9, float, "drop"),
-    "seed": Param(0, int),
-    "lambda": Param(1.0, float),
-    "normalize": Param(False, bool),
-}
+from .base import MergeMethod, Recipe, fp32, register
+from .params import params_for
 
 
 class DareTies(MergeMethod):
     name = "dare_ties"
     summary = "drop with probability p, rescale by 1/(1−p), TIES sign consensus"
-    params = _PARAMS
+    params = params_for("dare_ties")
     consensus = True
 
     def recipe(self, weights, kinds, params) -> Recipe:
@@ -44,6 +38,7 @@ class DareTies(MergeMethod):
 class DareLinear(DareTies):
     name = "dare_linear"
     summary = "drop with probability p, rescale by 1/(1−p), weighted sum"
+    params = params_for("dare_linear")
     consensus = False
 
 

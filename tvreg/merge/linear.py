@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from .base import BASE_WEIGHTS, MergeMethod, Recipe, fp32, register
+from .base import MergeMethod, Recipe, fp32, register
+from .params import params_for
 
 
 class Linear(MergeMethod):
     name = "linear"
     summary = "θ_pre + Σ ω_k τ_k + (1 − Σ ω_k) τ_G (needs --base-weights)"
-    params = {"base_weights": BASE_WEIGHTS}
+    params = params_for("linear")
     kinds = ("task_vector",)
 
     def recipe(self, weights, kinds, params) -> Recipe:

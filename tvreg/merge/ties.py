@@ -17,17 +17,14 @@ is float32 with one final rounding (mergekit works in the model's dtype).
 
 from __future__ import annotations
 
-from .base import MergeMethod, Param, Recipe, fp32, register
+from .base import MergeMethod, Recipe, fp32, register
+from .params import params_for
 
 
 class Ties(MergeMethod):
     name = "ties"
     summary = "trim to top density, elect signs, disjoint mean, scale by λ"
-    params = {
-        "density": Param(0.2, float, "unit"),
-        "lambda": Param(1.0, float),
-        "normalize": Param(True, bool),
-    }
+    params = params_for("ties")
 
     def recipe(self, weights, kinds, params) -> Recipe:
         return Recipe(
