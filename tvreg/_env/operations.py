@@ -240,7 +240,7 @@ def _apply(
                 merge = _Merge(recipe, pre, merger_for(device_kind))
                 written_lock, written = _materialise(
                     model_dir, new_lock, final, general, known, progress, merge, expect_output,
-                    before_swap=None if gate is None else (lambda staged: gate.check(staged, progress)),
+                    before_swap=None if gate is None else (lambda staged: gate.check(staged, progress, action=action)),
                 )  # fmt: skip
             finally:
                 if pre is not None:
@@ -563,6 +563,7 @@ def upgrade(
     resolution: str = "highest",
     offline: bool = False,
     dry_run: bool = False,
+    gate=None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Re-resolve installed registry skills (``names``, or all) to the highest versions allowed.
@@ -570,7 +571,8 @@ def upgrade(
     Each skill stays within the requirement it was installed with; a weight the user set
     is kept, default weights are recomputed. Never a silent downgrade: a locked version
     that is now yanked is kept (with a warning giving the yank reason) unless a higher
-    version is allowed. With nothing newer, nothing is written.
+    version is allowed. With nothing newer, nothing is written. ``gate`` (as for
+    :func:`install`) evaluates the staged model before the swap; ``GateFailed`` changes nothing.
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
@@ -601,7 +603,7 @@ def upgrade(
             refresh_defaults=True,
         )  # fmt: skip
         return _apply(
-            model_dir, current, final, started, progress, action="upgrade", plan=plan, policy=guard
+            model_dir, current, final, started, progress, action="upgrade", plan=plan, policy=guard, gate=gate
         )
 
 
@@ -680,6 +682,7 @@ def sync(
     offline: bool = False,
     general: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
+    gate=None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Re-create a model environment's weights from ``tvreg.lock`` alone (``tvreg sync``).
@@ -692,6 +695,9 @@ def sync(
         offline: use only the local store and download cache.
         general: an untouched copy of G, kept in this machine's store when its fingerprint is
             the lock's (a lock from another machine names G only by fingerprint).
+        gate: a :class:`tvreg.policy.Gate` the staged weights must pass before they replace
+            the model's (``GateFailed``: model and lock unchanged). Weights that already
+            carry the lock's fingerprint are not re-staged, so the gate does not run.
 
     Raises:
         LockOutdated: ``locked`` and the lock would change; the model is unchanged.
@@ -734,7 +740,7 @@ def sync(
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
-            policy=policy_check(model_dir, lock),
+            policy=policy_check(model_dir, lock), gate=gate,
         )  # fmt: skip
 
 
