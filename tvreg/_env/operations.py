@@ -734,14 +734,42 @@ def sync(
         ensure_artifacts(model_dir, offline=offline, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
+        guard = policy_check(model_dir, lock)
         if locked:
             with _closing(final, always=False):
                 _require_current(final, lock, model_dir)
+                if guard is not None:
+                    _require_same_signers(guard.stamp(_locked(final)), lock, model_dir)
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
-            policy=policy_check(model_dir, lock), gate=gate,
+            policy=guard, gate=gate,
         )  # fmt: skip
+
+
+def _require_same_signers(stamped: Sequence[LockedSkill], lock: Lock, model_dir: Path) -> None:
+    """``sync --locked`` under a policy: the key that verifies each skill now must be the one the lock records.
+
+    Why: ``signed_by`` is a record of the last verification, never a credential; the policy
+    re-verifies every bundle, and a lock whose record disagrees would have to change.
+    """
+    recorded = {s.id: s.signed_by for s in lock.skills}
+    reasons = [
+        f"the lock says {s.id} {s.version} was signed by {_key(recorded.get(s.id))}, "
+        f"but it verifies with {_key(s.signed_by)}"
+        for s in stamped
+        if recorded.get(s.id) != s.signed_by
+    ]
+    if reasons:
+        raise LockOutdated(
+            f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: " + "; ".join(reasons) + ".",
+            reasons=reasons,
+            hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
+        )
+
+
+def _key(key_id: str | None) -> str:
+    return f"{key_id[:19]}…" if key_id else "no key"
 
 
 def _require_current(final: Sequence[_Skill], lock: Lock, model_dir: Path) -> None:
