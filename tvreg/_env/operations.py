@@ -394,6 +394,7 @@ def install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
             sources=origins, policy=guard, progress=progress, base=base or (method_params or {}).get("base_weights"),
+            dry_run=dry_run,
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
@@ -441,6 +442,9 @@ def _check_interference(
     from ..errors import SketchError, SketchMismatch
 
     if sum(1 for row in plan.skills if row.change != "remove") < 2 or not resolved:
+        return
+    if any(r.path is None and r.origin is not None and r.origin.label.startswith("hf://") for r in resolved):
+        progress.note("interference check skipped: a Hub repo is not downloaded by a dry run")
         return
     try:
         found = check_resolved(
@@ -634,9 +638,15 @@ def lock(
 
 
 def ensure_artifacts(
-    into: str | os.PathLike[str], *, offline: bool = False, progress: Progress = NULL_PROGRESS
+    into: str | os.PathLike[str],
+    *,
+    offline: bool = False,
+    base: str | os.PathLike[str] | None = None,
+    progress: Progress = NULL_PROGRESS,
 ) -> list[str]:
     """Put every artifact ``tvreg.lock`` pins into the local store, fetched by digest; returns those fetched.
+
+    ``base`` is θ_pre for re-converting a locked Hub skill (``sync --base``).
 
     Raises:
         LockMismatch: a candidate file or the registry has other bytes than the lock names.
@@ -652,7 +662,7 @@ def ensure_artifacts(
             if skill.artifact.startswith("hf://"):
                 from ..hub import fetch_locked as fetch_from_hub
 
-                path = fetch_from_hub(skill, lock, offline=offline, progress=progress)
+                path = fetch_from_hub(skill, lock, base=base, offline=offline, progress=progress)
             else:
                 path = fetch_locked(skill, offline=offline, progress=progress)
         except ModelEnvironmentError as exc:
@@ -683,6 +693,7 @@ def sync(
     general: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     gate=None,
+    base: str | os.PathLike[str] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Re-create a model environment's weights from ``tvreg.lock`` alone (``tvreg sync``).
@@ -698,6 +709,8 @@ def sync(
         gate: a :class:`tvreg.policy.Gate` the staged weights must pass before they replace
             the model's (``GateFailed``: model and lock unchanged). Weights that already
             carry the lock's fingerprint are not re-staged, so the gate does not run.
+        base: θ_pre on this machine (a directory or cached Hub id), used to re-convert a
+            locked Hub skill whose repo names no base; its fingerprint must be the lock's.
 
     Raises:
         LockOutdated: ``locked`` and the lock would change; the model is unchanged.
@@ -731,7 +744,7 @@ def sync(
                 with _closing(final, always=True):
                     _require_current(final, lock, model_dir)
             return _dry(model_dir, replace(plan, download_bytes=need), started, "sync")
-        ensure_artifacts(model_dir, offline=offline, progress=progress)
+        ensure_artifacts(model_dir, offline=offline, base=base, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
         guard = policy_check(model_dir, lock)

@@ -53,6 +53,20 @@ REQUIRE = click.option(
 )  # fmt: skip
 
 
+def _hub_scope(ctx: click.Context, _param: click.Parameter, url: str | None) -> None:
+    """``--hub-endpoint``: in force for the whole command (the scope closes with click's context)."""
+    if url:
+        from ..hub import using_endpoint
+
+        ctx.with_resource(using_endpoint(url))
+
+
+HUB_ENDPOINT = click.option(
+    "--hub-endpoint", metavar="URL", expose_value=False, callback=_hub_scope,
+    help="The Hugging Face Hub (or mirror) for hf:// arguments (default: HF_ENDPOINT, else config `hub_endpoint`).",
+)  # fmt: skip
+
+
 def gate_of(gate, requires):
     """The :class:`tvreg.policy.Gate` of ``--gate``/``--require`` (None without ``--gate``)."""
     if requires and not gate:
@@ -253,11 +267,16 @@ def lock_(requirements, into, weights, registry, resolution, offline, namespace,
     type=click.Path(exists=True),
     help="An untouched copy of G, kept in this machine's store (for a lock written elsewhere).",
 )
+@click.option(
+    "--base", metavar="PRE",
+    help="θ_pre on this machine, for locked Hub skills converted from a repo that names no base (fingerprint checked).",
+)  # fmt: skip
+@HUB_ENDPOINT
 @OFFLINE
 @DRY_RUN
 @GATE
 @REQUIRE
-def sync(model_dir, into, locked, general, offline, dry_run, gate, requires):
+def sync(model_dir, into, locked, general, base, offline, dry_run, gate, requires):
     """Re-create the weights from tvreg.lock alone, fetching artifacts by digest.
 
     `--gate` checks the re-created weights before they replace the model's, as for `tvreg install`.
@@ -276,7 +295,7 @@ def sync(model_dir, into, locked, general, offline, dry_run, gate, requires):
     from ..sync import sync as do_sync
 
     res = do_sync(
-        target, locked=locked, offline=offline, general=general, dry_run=dry_run, gate=sync_gate,
+        target, locked=locked, offline=offline, general=general, base=base, dry_run=dry_run, gate=sync_gate,
         progress=watch(RichProgress(), target),
     )  # fmt: skip
     if res.dry_run:

@@ -13,6 +13,7 @@ from .app import RichProgress, main, out, parse_weights
 from .check import interference_printer
 from .environment_cmds import (
     DRY_RUN,
+    HUB_ENDPOINT,
     NAMESPACE,
     OFFLINE,
     REGISTRY,
@@ -86,6 +87,7 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
 )
 @DRY_RUN
 @REGISTRY
+@HUB_ENDPOINT
 @RESOLUTION
 @OFFLINE
 @click.option(
