@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import (
     AuthError,
@@ -38,6 +39,9 @@ from .errors import (
     TvregError,
 )
 from .progress import NULL_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from .fetch import Resolved
 
 HUB_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -570,7 +574,7 @@ def _remote_header(snap: HubSnapshot, filename: str, *, token: str | bool | None
 def plan_only(
     arg: str, lock, *, base: str | os.PathLike[str] | None = None, token: str | bool | None = None,
     progress: Progress = NULL_PROGRESS,
-):  # fmt: skip
+) -> Resolved:  # fmt: skip
     """``install --dry-run hf://…``: the skill's plan row, downloading only the repo's small files.
 
     Into the HF cache go the configs, ``adapter_config.json`` and the card; no weight file
