@@ -251,3 +251,24 @@ def test_a_no_op_rerun_rechecks_the_locked_signer_and_a_key_revoked_since(regist
         assert res.exit_code == 1, args
         assert "nlp/science 1.0.0 is signed by a key that was revoked" in res.stderr, args
     assert tree_digest(model) == before
+
+
+def test_a_failing_gate_on_upgrade_keeps_the_old_model_byte_identical(registry, family, artifacts, tmp_path):
+    hook = tmp_path / "hooks" / "score.py"
+    hook.parent.mkdir()
+    hook.write_text(HOOK)
+    login(registry, "alice")
+    _publish(tmp_path, artifacts["science"], "alice/science", "1.0.0")
+    model = _model(family, tmp_path, "")
+    (model / "tvreg.toml").unlink()
+    assert cli("install", "alice/science@^1", "--into", model).exit_code == 0
+    _publish(tmp_path, artifacts["science-1.0.1"], "alice/science", "1.0.1")
+    before = tree_digest(model)
+    res = cli("upgrade", "--into", model, "--gate", f"{hook}:score", "--require", "checksum>=1e30")
+    assert res.exit_code == 1
+    assert f"error: the gate `{hook}:score` failed: `checksum>=1e+30` not met (measured " in res.stderr
+    assert "nothing was upgraded." in res.stderr
+    assert tree_digest(model) == before
+    res = cli("upgrade", "--into", model, "--gate", f"{hook}:score", "--require", "tensors>=1")
+    assert res.exit_code == 0, res.output
+    assert [s.version for s in read_lock(model).skills] == ["1.0.1"]
