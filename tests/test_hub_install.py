@@ -317,7 +317,7 @@ def test_hub_endpoint_flag_wins_over_hf_endpoint_and_config(family, hub, env, mo
 
 
 def test_sync_base_resyncs_a_repo_that_names_no_base_on_another_machine(family, hub, env, tmp_path, monkeypatch):
-    repos, _ = hub
+    repos, url = hub
     files = dict(repos.commits["alice/sci-full"][repos.refs["alice/sci-full"]["main"]])
     del files["README.md"]
     repos.push("alice/no-card", files)
@@ -332,14 +332,15 @@ def test_sync_base_resyncs_a_repo_that_names_no_base_on_another_machine(family, 
     monkeypatch.setenv("TVREG_DATA_DIR", str(elsewhere / "data"))
     monkeypatch.setenv("TVREG_CACHE_DIR", str(elsewhere / "cache"))
     monkeypatch.setenv("HF_HOME", str(elsewhere / "hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a dead mirror: `--hub-endpoint` wins over it
     copy = copy_model(family.general, elsewhere / "mymodel")
     shutil.copy(env / "tvreg.lock", copy / "tvreg.lock")
     before = tree_digest(copy)
-    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--general", str(family.general)])
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--general", str(family.general)])
     assert r.exit_code == 1 and "which is not at hand" in r.stderr and "--base PRE" in r.stderr, r.output
     assert tree_digest(copy) == before
-    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--base", str(family.science)])
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--base", str(family.science)])
     assert r.exit_code == 1 and "not at hand" in r.stderr  # another model is not θ_pre: its fingerprint is checked
-    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--base", str(family.pre)])
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--base", str(family.pre)])
     assert r.exit_code == 0, r.output
     assert _equal(_weights(copy), want)
