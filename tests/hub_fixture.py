@@ -6,7 +6,7 @@ LoRA adapters and checkpoints, so tests serve those from here, to the real ``hug
 * ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}``: id, commit sha, siblings;
 * ``GET /api/models/{repo}/tree/{rev}``: the file list ``snapshot_download`` walks;
 * ``GET|HEAD /{repo}/resolve/{rev}/{file}``: the bytes, with ``X-Repo-Commit``, ``ETag`` and
-  ``Content-Length`` (what ``hf_hub_download`` reads);
+  ``Content-Length`` (what ``hf_hub_download`` reads); ``Range: bytes=A-B`` answers 206;
 * errors the Hub way: 404 + ``X-Error-Code: RepoNotFound|RevisionNotFound|EntryNotFound``; a gated repo
   answers 403 + ``X-Error-Code: GatedRepo``; a token that is not the server's answers 401 with
   ``X-Error-Message: Invalid credentials in Authorization header``.
@@ -29,7 +29,8 @@ class HubRepos:
     refs: dict[str, dict[str, str]] = field(default_factory=dict)  # repo -> branch/tag -> sha
     gated: set[str] = field(default_factory=set)
     token: str = "hf_fixture_token"
-    requests: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # "GET /path", a ranged one with " bytes=A-B"
+    ranges: bool = True  # False: answer a Range request with the whole file (as a server ignoring it)
 
     def push(self, repo: str, files: dict[str, bytes], *, ref: str = "main") -> str:
         """Add a commit holding ``files`` and point ``ref`` at it; returns its 40-hex sha."""
@@ -127,7 +128,16 @@ def _handler(repos: HubRepos) -> type[BaseHTTPRequestHandler]:
                     "Content-Type": "application/octet-stream",
                     "X-Repo-Commit": sha,
                     "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "Accept-Ranges": "bytes",
                 }
+                wanted = self.headers.get("Range", "")
+                if wanted.startswith("bytes=") and not head and repos.ranges:
+                    first, _, last = wanted[len("bytes=") :].partition("-")
+                    start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+                    repos.requests[-1] += f" bytes={start}-{end}"
+                    headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                    self._send(206, data[start : end + 1], headers)
+                    return
                 self._send(200, data, headers, head=head)
                 return
             self._error(404, None, "not found", head)

@@ -93,11 +93,49 @@ def test_adapter_installs_like_its_converted_skill(family, adapters, hub, env, t
     assert locked.id == "hf://alice/sci-lora"
 
 
-def test_dry_run_plans_without_touching_the_model_or_store(family, hub, env, tmp_path):
+def _weight_files(*roots) -> list:
+    return [p for root in roots if root.exists() for p in root.rglob("*") if p.name.endswith((".safetensors", ".tvskill"))]
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["range", "server-ignores-range"])
+@pytest.mark.parametrize(("repo", "weight"), [("alice/sci-lora", "sci-lora=1"), ("alice/sci-full", "sci-full=0.5")])
+def test_dry_run_downloads_no_weights_and_converts_nothing(family, hub, env, tmp_path, repo, weight, ranges):
+    repos, _ = hub
+    repos.ranges = ranges
     before = tree_digest(env)
-    result = install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0}, dry_run=True)
-    assert result.dry_run and tree_digest(env) == before
-    assert not list((tmp_path / "tvreg-data").rglob("*.tvskill"))
+    res = CliRunner().invoke(main, ["install", f"hf://{repo}", "--into", str(env), "--weight", weight, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert f"hf://{repo}" in res.stdout and "Would download" in res.stdout and "dry run" in res.stdout
+    assert tree_digest(env) == before
+    caches = (tmp_path / "hf-home", tmp_path / "tvreg-cache", tmp_path / "tvreg-data" / "artifacts")
+    assert _weight_files(*caches) == []  # no weight file in the HF cache, nothing converted or stored
+    small = {p.name for p in (tmp_path / "hf-home").rglob("*") if p.is_file() and "snapshots" in p.parts}
+    assert small <= {"adapter_config.json", "config.json", "README.md", "model.safetensors.index.json"}
+    gets = [r for r in repos.requests if r.startswith("GET") and r.split()[1].endswith(".safetensors")]
+    assert gets and all(" bytes=" in r for r in gets) == ranges  # only header reads when Range is honoured
+    # The real install afterwards downloads and converts as usual.
+    res = CliRunner().invoke(main, ["install", f"hf://{repo}", "--into", str(env), "--weight", weight])
+    assert res.exit_code == 0, res.output
+    assert _weight_files(tmp_path / "hf-home")
+
+
+def test_dry_run_refuses_a_checkpoint_of_other_shapes_from_its_header(family, hub, env, tmp_path):
+    from safetensors.torch import save_file
+
+    repos, _ = hub
+    files = dict(repos.commits["alice/sci-full"][repos.refs["alice/sci-full"]["main"]])
+    weights = load_file(family.science / "model.safetensors") if (family.science / "model.safetensors").exists() else None
+    if weights is None:
+        pytest.skip("the science fixture is sharded")
+    name = sorted(weights)[0]
+    weights[name] = torch.zeros(3, 5)
+    save_file(weights, tmp_path / "bad.safetensors")
+    files["model.safetensors"] = (tmp_path / "bad.safetensors").read_bytes()
+    repos.push("alice/bad-shape", files)
+    res = CliRunner().invoke(main, ["install", "hf://alice/bad-shape", "--into", str(env), "--dry-run"])
+    assert res.exit_code != 0
+    assert f"has `{name}` of shape [3, 5], θ_pre has" in res.stderr
+    assert _weight_files(tmp_path / "hf-home", tmp_path / "tvreg-cache") == []
 
 
 def test_checkpoint_installs_as_its_task_vector(family, hub, env, tmp_path):
@@ -248,3 +286,61 @@ def test_endpoint_from_config_when_hf_endpoint_is_unset(hub, env, monkeypatch, t
     config_path().write_text(f'hub_endpoint = "{url}"\n', encoding="utf-8")
     install(["hf://alice/sci-lora"], into=env, weights={"sci-lora": 1.0})
     assert read_lock(env).skills[0].registry == url
+
+
+def test_hub_endpoint_flag_wins_over_hf_endpoint_and_config(family, hub, env, monkeypatch, tmp_path):
+    repos, url = hub
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    from tvreg.config import config_path
+
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text(f'hub_endpoint = "{dead}"\n', encoding="utf-8")
+    cli = CliRunner()
+    r = cli.invoke(main, ["install", "hf://alice/sci-lora", "--into", str(env), "--weight", "sci-lora=1"])
+    assert r.exit_code != 0 and dead in r.stderr  # without the flag: the environment's (dead) endpoint
+    r = cli.invoke(main, ["check", "hf://alice/sci-lora", "--into", str(env), "--hub-endpoint", url])
+    assert r.exit_code == 0 and "compatible" in r.output, r.output
+    out = tmp_path / "hub.tvskill"
+    r = cli.invoke(
+        main, ["build", "--base", str(family.pre), "--adapter", "hf://alice/sci-lora", "-o", str(out),
+               "--name", "sci-lora", "--version", "1.0.0", "--hub-endpoint", url],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(
+        main, ["install", "hf://alice/sci-lora", "--into", str(env), "--weight", "sci-lora=1", "--hub-endpoint", url]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert read_lock(env).skills[0].registry == url  # the lock records the endpoint used
+    r = cli.invoke(main, ["install", "hf://alice/sci-lora", "--into", str(env), "--hub-endpoint", "ftp://x"])
+    assert r.exit_code != 0 and "`--hub-endpoint ftp://x` is not an http(s) URL." in r.stderr
+
+
+def test_sync_base_resyncs_a_repo_that_names_no_base_on_another_machine(family, hub, env, tmp_path, monkeypatch):
+    repos, url = hub
+    files = dict(repos.commits["alice/sci-full"][repos.refs["alice/sci-full"]["main"]])
+    del files["README.md"]
+    repos.push("alice/no-card", files)
+    cli = CliRunner()
+    r = cli.invoke(
+        main, ["install", "hf://alice/no-card", "--into", str(env), "--weight", "no-card=0.5", "--base", str(family.pre)]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    want = _weights(env)
+
+    elsewhere = tmp_path / "machine-2"
+    monkeypatch.setenv("TVREG_DATA_DIR", str(elsewhere / "data"))
+    monkeypatch.setenv("TVREG_CACHE_DIR", str(elsewhere / "cache"))
+    monkeypatch.setenv("HF_HOME", str(elsewhere / "hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a dead mirror: `--hub-endpoint` wins over it
+    copy = copy_model(family.general, elsewhere / "mymodel")
+    shutil.copy(env / "tvreg.lock", copy / "tvreg.lock")
+    before = tree_digest(copy)
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--general", str(family.general)])
+    assert r.exit_code == 1 and "which is not at hand" in r.stderr and "--base PRE" in r.stderr, r.output
+    assert tree_digest(copy) == before
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--base", str(family.science)])
+    assert r.exit_code == 1 and "not at hand" in r.stderr  # another model is not θ_pre: its fingerprint is checked
+    r = cli.invoke(main, ["sync", "--locked", "--into", str(copy), "--hub-endpoint", url, "--base", str(family.pre)])
+    assert r.exit_code == 0, r.output
+    assert _equal(_weights(copy), want)

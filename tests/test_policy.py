@@ -196,3 +196,20 @@ def test_a_kill_during_the_gate_leaves_the_old_model_and_a_retry_succeeds(model,
     res = cli("install", coding, "--into", model, "--gate", f"{hook}:score", "--require", "tensors>=1")
     assert res.exit_code == 0, res.output
     assert not list(model.parent.glob(".mymodel.tvreg-*.staging"))
+
+
+def test_a_failing_gate_on_sync_keeps_the_old_weights_and_lock_byte_identical(model, family, tmp_path, hook):
+    assert cli("lock", _skill(family, tmp_path, "coding"), "--into", model).exit_code == 0  # lock moves, weights not
+    before = tree_digest(model)
+    res = cli("sync", "--into", model, "--gate", f"{hook}:score", "--require", "checksum>=1e30")
+    assert res.exit_code == 1
+    error = next(line for line in res.stderr.splitlines() if line.startswith("error:"))
+    assert error.startswith(f"error: the gate `{hook}:score` failed: `checksum>=1e+30` not met (measured checksum=")
+    assert error.endswith("nothing was synced.") and "tensors=" in error
+    assert tree_digest(model) == before
+    assert not list(model.parent.glob(".mymodel.tvreg-*"))
+    assert cli("sync", "--into", model, "--require", "tensors>=1").exit_code == 2  # --require without --gate
+    res = cli("sync", "--into", model, "--gate", f"{hook}:score", "--require", "tensors>=1")
+    assert res.exit_code == 0, res.output
+    assert f"note: gate `{hook}:score` passed" in res.stderr
+    assert tree_digest(model) != before

@@ -515,6 +515,7 @@ def resolve_install(
     namespaces: Sequence[str] | None = None,
     sources: Sequence[Origin | None] | None = None,
     policy=None,
+    dry_run: bool = False,
     progress: Progress = NULL_PROGRESS,
 ) -> list[Resolved]:
     """Resolve ``tvreg install``/``upgrade`` arguments to skills to add (once per command).
@@ -535,6 +536,8 @@ def resolve_install(
         sources: origins parallel to ``args`` (the library's ``install(paths, sources=...)``).
         policy: the environment's :class:`~tvreg.policy.PolicyCheck`: its ``always`` skills
             join the requirements and its verdicts filter the candidates.
+        dry_run: a Hub argument (``hf://``) is planned from its small files and ranged reads
+            of its weights' headers (``path=None``), never downloaded or converted.
 
     Raises:
         ResolutionImpossible: no set of versions satisfies every requirement, or a bare name is ambiguous.
@@ -554,12 +557,16 @@ def resolve_install(
     model = Path(into).name if into is not None else "the model"
     given = list(sources) if sources is not None else [None] * len(args)
     parsed: list[_Arg] = []
+    planned: list[Resolved] = []  # Hub arguments of a dry run
     bare: list[int] = []
     for i, (arg, source) in enumerate(zip(args, given, strict=True)):
         arg = str(arg)
         if source is None and arg.startswith("hf://"):
-            from .hub import fetch_for_lock
+            from .hub import fetch_for_lock, plan_only
 
+            if dry_run and not offline and lock is not None:
+                planned.append(plan_only(arg, lock, base=base, progress=progress))
+                continue
             path, hub_origin = fetch_for_lock(arg, lock, base=base, offline=offline, progress=progress)
             parsed.append(_Arg(arg, path, hub_origin))
             continue
@@ -598,7 +605,7 @@ def resolve_install(
                 text = f"{req.name}@{req.spec}" if req.spec else req.name
                 parsed.append(_Arg(text, req=req, requested=text))
     if not any(a.req for a in parsed) and not bare:
-        return [Resolved(a.path, a.origin) for a in parsed]
+        return [Resolved(a.path, a.origin) for a in parsed] + planned
     if lock is None:
         from .fingerprint import fingerprint
 
@@ -712,7 +719,7 @@ def resolve_install(
                 yanked_reason=cand.yanked_reason if cand.yanked else None,
             )
             out.append(download_resolved(r, client=client, progress=progress) if download else r)
-    return out
+    return out + planned
 
 
 def download_resolved(

@@ -20,11 +20,13 @@ that digest.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import (
     AuthError,
@@ -38,11 +40,16 @@ from .errors import (
 )
 from .progress import NULL_PROGRESS, Progress
 
+if TYPE_CHECKING:
+    from .fetch import Resolved
+
 HUB_SCHEME = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_ENDPOINT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tvreg_hub_endpoint", default=None)
+_FIRST_READ = 64 * 1024  # one ranged GET holds most safetensors headers of adapters and small models
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class HubSnapshot:
     kind: str  # "tvskill" | "adapter" | "checkpoint"
     path: Path
     base_hint: str | None = None
+    files: tuple[str, ...] = ()  # the repo's files tvreg reads for ``kind`` (weights included)
 
     @property
     def origin(self) -> str:
@@ -99,10 +107,35 @@ def parse_hub_arg(arg: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
+@contextlib.contextmanager
+def using_endpoint(url: str | None) -> Iterator[None]:
+    """Within the block, ``hf://`` arguments use the Hub at ``url`` (``--hub-endpoint``); None changes nothing.
+
+    Why a scope and not a parameter: a Hub argument is met deep in the one install pipeline
+    (resolution, ``sync``'s fetch of a locked commit); the scope reaches it there without
+    every layer between the CLI and :func:`download` growing an ``endpoint`` argument.
+    """
+    if not url:
+        yield
+        return
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ModelEnvironmentError(
+            f"`--hub-endpoint {url}` is not an http(s) URL.", hints=["e.g. `--hub-endpoint https://hf-mirror.example`"]
+        )
+    token = _ENDPOINT.set(url.rstrip("/"))
+    try:
+        yield
+    finally:
+        _ENDPOINT.reset(token)
+
+
 def hub_endpoint(explicit: str | None = None) -> str:
-    """The Hub to talk to: ``explicit``, else ``HF_ENDPOINT``, else ``hub_endpoint`` in config.toml, else huggingface.co."""
+    """The Hub to talk to: ``explicit``, else ``--hub-endpoint`` (:func:`using_endpoint`), else ``HF_ENDPOINT``,
+    else ``hub_endpoint`` in config.toml, else huggingface.co."""
     if explicit:
         return explicit.rstrip("/")
+    if _ENDPOINT.get():
+        return str(_ENDPOINT.get())
     if os.environ.get("HF_ENDPOINT"):
         return os.environ["HF_ENDPOINT"].rstrip("/")
     from .config import load_config
@@ -127,8 +160,14 @@ def _offline(offline: bool) -> bool:
 @contextlib.contextmanager
 def _translated(arg: str, endpoint: str, *, offline: bool) -> Iterator[None]:
     """huggingface_hub's exceptions become tvreg errors here, once (one sentence, a hint, no traceback)."""
+    import httpx
     from huggingface_hub import errors as hf
 
+    transport: tuple[type[Exception], ...] = (OSError, ValueError, httpx.HTTPError)
+    with contextlib.suppress(ImportError):  # huggingface_hub 2.x sends through its own `httpx2`
+        import httpx2  # type: ignore[import-not-found]
+
+        transport += (httpx2.HTTPError,)
     repo, revision = parse_hub_arg(arg)
     try:
         yield
@@ -183,7 +222,7 @@ def _translated(arg: str, endpoint: str, *, offline: bool) -> Iterator[None]:
         raise RegistryError(
             f"{endpoint} answered {status} for `{arg}`.", status=status, hints=["retry later"]
         ) from exc
-    except (OSError, ValueError) as exc:
+    except transport as exc:
         if isinstance(exc, TvregError):
             raise
         raise RegistryUnavailable(
@@ -285,7 +324,7 @@ def download(
             )
         )  # fmt: skip
         sha = path.name
-    return HubSnapshot(repo, revision, sha, endpoint, kind, path, _base_hint(path, kind))
+    return HubSnapshot(repo, revision, sha, endpoint, kind, path, _base_hint(path, kind), tuple(wanted))
 
 
 def download_adapter(arg: str, *, progress: Progress = NULL_PROGRESS) -> tuple[Path, str]:
@@ -436,18 +475,23 @@ def fetch_for_lock(arg: str, lock, *, base=None, offline: bool = False, progress
     return path, Origin(snap.origin, snap.endpoint, arg)
 
 
-def fetch_locked(skill, lock, *, offline: bool = False, progress: Progress = NULL_PROGRESS) -> Path:
+def fetch_locked(
+    skill, lock, *, base: str | os.PathLike[str] | None = None, offline: bool = False,
+    progress: Progress = NULL_PROGRESS,
+) -> Path:  # fmt: skip
     """A locked Hub skill's artifact on this machine: the locked commit, converted, checked against the digest.
 
-    ``HF_ENDPOINT`` (a mirror) wins over the endpoint the lock records.
+    ``--hub-endpoint`` or ``HF_ENDPOINT`` (a mirror) wins over the endpoint the lock records.
+    ``base`` (``sync --base PRE``) is θ_pre on this machine, for a repo that names no base
+    (or one not at hand here); its fingerprint must be the lock's.
 
     Raises:
         LockMismatch: the conversion gives other bytes than the lock pins (another tvreg or θ_pre).
     """
     from ._env.lockfile import require_locked_digest
 
-    endpoint = os.environ.get("HF_ENDPOINT") or skill.registry or None
-    bases = [(lock.method_params or {}).get("base_weights")]
+    endpoint = _ENDPOINT.get() or os.environ.get("HF_ENDPOINT") or skill.registry or None
+    bases = [base, (lock.method_params or {}).get("base_weights")]
     path, _ = fetch(
         skill.artifact, base_fingerprint=lock.base_fingerprint, base=bases, endpoint=endpoint, offline=offline,
         progress=progress,
@@ -456,6 +500,158 @@ def fetch_locked(skill, lock, *, offline: bool = False, progress: Progress = NUL
         skill, path, what="the skill converted from the Hub",
         hint="the repo or the converter changed; reinstall it to lock its new bytes",
     )  # fmt: skip
+
+
+def _remote_header(snap: HubSnapshot, filename: str, *, token: str | bool | None) -> tuple[dict, int]:
+    """A remote safetensors file's header (JSON object) and the file's size, from ranged reads only.
+
+    Why: ``install --dry-run hf://…`` must plan (sizes, the base, tensor names and shapes)
+    without downloading weights. One ``Range`` GET of the first 64 KiB usually holds the
+    whole header; a longer one (at most 100 MB, as for a local file) takes one more. A
+    server that ignores ``Range`` is read only up to the header's end, then dropped.
+    """
+    import httpx
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    from .safetensors_io import MAX_HEADER_BYTES
+
+    url = hf_hub_url(snap.repo, filename, revision=snap.sha, endpoint=snap.endpoint)
+    where = f"`{filename}` of `{snap.origin}`"
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{where} is not a valid safetensors file: {what}.")
+
+    def get(client: httpx.Client, start: int, length: int) -> tuple[bytes, int | None]:
+        with client.stream("GET", url, headers={"Range": f"bytes={start}-{start + length - 1}"}) as r:
+            if r.status_code >= 400:
+                raise RegistryError(f"{snap.endpoint} answered {r.status_code} for {where}.", status=r.status_code)
+            total = r.headers.get("Content-Range", "").rpartition("/")[2]
+            size = int(total) if total.isdigit() else None
+            if r.status_code != 206:  # the whole file comes: keep what was asked for, drop the rest
+                size = int(r.headers["Content-Length"]) if r.headers.get("Content-Length", "").isdigit() else None
+                start_skip, data = start, bytearray()
+                for chunk in r.iter_bytes():
+                    data += chunk
+                    if len(data) >= start_skip + length:
+                        break
+                return bytes(data[start_skip : start_skip + length]), size
+            data = bytearray()
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) >= length:
+                    break
+            return bytes(data[:length]), size
+
+    headers = build_hf_headers(token=token)
+    try:
+        with httpx.Client(headers=headers, follow_redirects=True, timeout=60) as client:
+            first, size = get(client, 0, _FIRST_READ)
+            if len(first) < 8:
+                raise bad(f"it is {len(first)} bytes long, shorter than the 8-byte header length")
+            n = int.from_bytes(first[:8], "little")
+            if n > MAX_HEADER_BYTES:
+                raise bad(f"the header claims {n} bytes, over the {MAX_HEADER_BYTES} byte limit")
+            raw = first[8 : 8 + n] if len(first) >= 8 + n else get(client, 8, n)[0]
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(
+            f"could not read {where} from {snap.endpoint} ({type(exc).__name__}).",
+            hints=["check the network and the Hub endpoint; retry"],
+        ) from exc
+    if len(raw) < n:
+        raise bad(f"the header claims {n} bytes but only {len(raw)} came")
+    from ._json import strict_json_loads
+
+    try:
+        header = strict_json_loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"its header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    return header, size if size is not None else 8 + n
+
+
+def plan_only(
+    arg: str, lock, *, base: str | os.PathLike[str] | None = None, token: str | bool | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> Resolved:  # fmt: skip
+    """``install --dry-run hf://…``: the skill's plan row, downloading only the repo's small files.
+
+    Into the HF cache go the configs, ``adapter_config.json`` and the card; no weight file
+    is downloaded and nothing is converted into tvreg's cache. What it verifies: θ_pre by
+    fingerprint (as the real install does, before any tensor); a ``.tvskill``'s base from
+    its manifest; a checkpoint's tensor names and shapes against θ_pre, from each weight
+    file's header read by ``Range``. An adapter's shapes are checked when it is converted.
+
+    Returns:
+        A :class:`tvreg.fetch.Resolved` with ``path=None`` and the download size.
+    """
+    from ._env.lockfile import Origin
+    from .fetch import Resolved
+    from .fingerprint import short
+
+    snap = download(arg, token=token, tensors=False, progress=progress)
+    origin = Origin(snap.origin, snap.endpoint, arg)
+    weights = [f for f in snap.files if f.endswith((".safetensors", ".tvskill"))]
+    if snap.kind != "tvskill":
+        done = converted_path(snap, lock.base_fingerprint)
+        if done.is_file():
+            return Resolved(done, origin)
+    with _translated(arg, snap.endpoint, offline=False):
+        headers = {f: _remote_header(snap, f, token=token) for f in weights}
+    size = sum(total for _, total in headers.values())
+    ident = f"{HUB_SCHEME}{snap.repo}"
+    if snap.kind == "tvskill":
+        from .manifest import Manifest
+
+        (name,) = weights
+        meta = headers[name][0].get("__metadata__") or {}
+        text = meta.get("tvreg.manifest") if isinstance(meta, dict) else None
+        if not isinstance(text, str):
+            raise CheckpointError(f"`{name}` of `{snap.origin}` is not a tvreg skill: its header has no manifest.")
+        m = Manifest.from_json(text, where=f"{snap.origin}/{name}")
+        if m.base_fingerprint != lock.base_fingerprint:
+            raise IncompatibleBase(
+                f"`{snap.origin}` was built for base {short(m.base_fingerprint)}, not {short(lock.base_fingerprint)}.",
+                expected=lock.base_fingerprint, found=m.base_fingerprint,
+                hints=["install a revision built for this model's base"],
+            )  # fmt: skip
+        return Resolved(
+            None, origin, name=ident, version=m.version, size=size, dataset_size=m.dataset_size,
+            dataset_unit=m.dataset_unit, cached=False,
+        )  # fmt: skip
+    pre = find_base(
+        lock.base_fingerprint, [base, (lock.method_params or {}).get("base_weights"), snap.base_hint],
+        origin=snap.origin,
+    )  # fmt: skip
+    if snap.kind == "checkpoint":
+        _check_shapes(snap, pre, {f: h for f, (h, _) in headers.items()})
+    return Resolved(None, origin, name=ident, version=f"0.0.0+hf.{snap.sha[:12]}", size=size, cached=False)
+
+
+def _check_shapes(snap: HubSnapshot, pre: str, headers: dict[str, dict]) -> None:
+    """Every tensor of a remote checkpoint exists in θ_pre with the same shape (TensorMismatch names one that does not)."""
+    from .checkpoint import Checkpoint
+    from .errors import TensorMismatch
+
+    with Checkpoint.open(pre) as base:
+        known = set(base.names())
+        for header in headers.values():
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                shape = tuple(entry.get("shape", ())) if isinstance(entry, dict) else None
+                if name not in known:
+                    raise TensorMismatch(
+                        f"`{snap.origin}` has tensor `{name}`, which θ_pre `{pre}` does not have.",
+                        tensor=name, hints=[f"`{snap.origin}` was not fine-tuned from this model's base"],
+                    )  # fmt: skip
+                if shape != tuple(base.info(name).shape):
+                    raise TensorMismatch(
+                        f"`{snap.origin}` has `{name}` of shape {list(shape or ())}, θ_pre has "
+                        f"{list(base.info(name).shape)}.",
+                        tensor=name, hints=[f"`{snap.origin}` was not fine-tuned from this model's base"],
+                    )  # fmt: skip
 
 
 def check(

@@ -643,6 +643,9 @@ class _Planned:
     version: str
 
 
+_DONE = {"install": "installed", "upgrade": "upgraded", "sync": "synced"}
+
+
 @dataclass(frozen=True)
 class Gate:
     """``install --gate HOOK --require metric>=x``: the staged model must meet every requirement."""
@@ -650,8 +653,10 @@ class Gate:
     hook: EvalHook
     requires: tuple[Constraint, ...]
 
-    def check(self, staged: Path, progress: Progress = NULL_PROGRESS) -> dict[str, float]:
+    def check(self, staged: Path, progress: Progress = NULL_PROGRESS, *, action: str = "install") -> dict[str, float]:
         """Evaluate the staged model; return its scores, or raise :class:`GateFailed`.
+
+        ``action`` (install, upgrade, sync) only words the message.
 
         The hook must only read ``staged``: its non-weight files are hard links of the
         live model's.
@@ -666,7 +671,7 @@ class Gate:
             hints.append("the model is unchanged; fix the skill set or the weights, or relax `--require`")
             raise GateFailed(
                 f"the gate `{self.hook.spec}` failed: " + ", ".join(f"`{c}`" for c in failed)
-                + f" not met (measured {measured}); nothing was installed.",
+                + f" not met (measured {measured}); nothing was {_DONE.get(action, 'changed')}.",
                 metrics=scores,
                 failed=[str(c) for c in failed],
                 hints=hints,

@@ -150,6 +150,7 @@ class HubRevision:
     published_at: str
     created_at: str
     sha: str
+    downloads: int = 0
     card_data: dict[str, Any] = field(default_factory=dict)
     files: list[HubFile] = field(default_factory=list)
 
@@ -317,6 +318,7 @@ def _revision(skill: Skill, row: Version) -> HubRevision:
         published_at=row.published_at.isoformat().replace("+00:00", "Z"),
         created_at=skill.created_at.isoformat().replace("+00:00", "Z"),
         sha=commit_hash(repo_id, row.version, row.digest),
+        downloads=int(row.downloads or 0),
     )
     rev.card_data, card = _card(rev)
     project = _project_file(rev)
@@ -334,7 +336,7 @@ def _skill_versions(s: Session, skill: Skill) -> tuple[list[Version], dict[str, 
     The manifests (up to 1 MiB each) stay in the database: the one revision chosen loads
     its own when it is read, so a long history costs a few columns per version.
     """
-    narrow = load_only(Version.id, Version.skill_id, Version.version, Version.digest)
+    narrow = load_only(Version.id, Version.skill_id, Version.version, Version.digest, Version.downloads)
     versions = list(s.scalars(select(Version).where(Version.skill_id == skill.id).options(narrow)).all())
     tags = {
         tag: version
@@ -389,7 +391,7 @@ def _model_info(rev: HubRevision, *, blobs: bool) -> dict[str, Any]:
         "private": rev.private,
         "gated": False,
         "disabled": False,
-        "downloads": 0,
+        "downloads": rev.downloads,  # this version's artifact downloads (batched: may lag a flush)
         "likes": 0,
         "library_name": "tvreg",
         "tags": [

@@ -56,6 +56,9 @@ MAX_PER_PAGE = 100
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# A ranged GET from byte 0 of at most this many bytes, short of the end, reads a header
+# (safetensors metadata, a `.tvskill` manifest): it is not counted as a download.
+_PROBE_BYTES = 1024 * 1024
 
 
 def _single_range(header: str, size: int) -> tuple[int, int] | None:
@@ -133,7 +136,8 @@ class _StreamedBlob(Response):
                 headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
                 headers["content-length"] = str(end - start)
         await send({"type": "http.response.start", "status": status, "headers": headers.raw})
-        if self.on_download is not None and scope["method"] == "GET" and start == 0:
+        probe = end < self.size and end - start <= _PROBE_BYTES  # a header read (`install --dry-run hf://`)
+        if self.on_download is not None and scope["method"] == "GET" and start == 0 and not probe:
             self.on_download()  # a download from the first byte; a resumed one was counted when it began
         if scope["method"] == "HEAD" or start == end:
             await send({"type": "http.response.body", "body": b""})

@@ -14,6 +14,7 @@ import shutil
 import httpx
 import pytest
 from client_helpers import build_artifacts, cli, login, write_project
+from helpers import tree_digest
 
 from tvreg.artifact import file_digest
 from tvreg.lockfile import read_lock
@@ -203,3 +204,71 @@ def test_only_a_trusted_attestation_of_this_artifact_on_this_g_counts(registry, 
     res = cli("check", "--policy", "--into", model)
     assert res.exit_code == 1
     assert "showing tensors>=1000 (it measured tensors=" in res.stderr
+
+
+def _set_signed_by(model, key_id: str) -> None:
+    lock = json.loads((model / "tvreg.lock").read_text())
+    lock["skills"][0]["signed_by"] = key_id
+    (model / "tvreg.lock").write_text(json.dumps(lock, indent=2))
+
+
+def test_a_no_op_rerun_rechecks_the_locked_signer_and_a_key_revoked_since(registry, family, nlp, tmp_path):
+    stranger = _register(registry, registry.make_user("bob"), "stranger")
+    model = _model(
+        family, tmp_path, f'[policy]\nrequire-signature = true\ntrusted-keys = ["nlp", "{stranger}"]\n'
+    )
+    assert cli("install", "nlp/science@1.0.0", "--into", model).exit_code == 0
+    res = cli("install", "nlp/science@1.0.0", "--into", model)
+    assert res.exit_code == 0 and "Nothing to change" in res.stdout, res.output
+
+    # The lock's `signed_by` is a record, not a credential: a lock naming another trusted key
+    # is caught by `sync --locked` (the lock would change) and corrected by a re-install.
+    _set_signed_by(model, stranger)
+    weights = {p.name: p.read_bytes() for p in model.glob("*.safetensors")}
+    res = cli("sync", "--locked", "--into", model)
+    assert res.exit_code == 1
+    assert f"the lock says nlp/science 1.0.0 was signed by {stranger[:19]}…, but it verifies with {nlp[:19]}…" \
+        in res.stderr
+    assert read_lock(model).skills[0].signed_by == stranger
+    assert cli("install", "nlp/science@1.0.0", "--into", model).exit_code == 0
+    assert read_lock(model).skills[0].signed_by == nlp
+    assert {p.name: p.read_bytes() for p in model.glob("*.safetensors")} == weights
+
+    # Trust withdrawn from the signer, or its key revoked since the lock was written: every re-run refuses.
+    (model / "tvreg.toml").write_text(f'[policy]\nrequire-signature = true\ntrusted-keys = ["{stranger}"]\n')
+    _set_signed_by(model, stranger)  # a lock claiming a trusted signer does not help
+    before = tree_digest(model)
+    for args in (("install", "nlp/science@1.0.0", "--into", model), ("sync", "--locked", "--into", model)):
+        res = cli(*args)
+        assert res.exit_code == 1, args
+        assert "nlp/science 1.0.0 is signed by a key mymodel does not trust" in res.stderr, args
+    (model / "tvreg.toml").write_text('[policy]\nrequire-signature = true\ntrusted-keys = ["nlp"]\n')
+    assert cli("install", "nlp/science@1.0.0", "--into", model).exit_code == 0
+    before = tree_digest(model)
+    registry.admin("revoke-key", nlp, "--reason", "stolen")
+    for args in (("install", "nlp/science@1.0.0", "--into", model), ("sync", "--locked", "--into", model)):
+        res = cli(*args)
+        assert res.exit_code == 1, args
+        assert "nlp/science 1.0.0 is signed by a key that was revoked" in res.stderr, args
+    assert tree_digest(model) == before
+
+
+def test_a_failing_gate_on_upgrade_keeps_the_old_model_byte_identical(registry, family, artifacts, tmp_path):
+    hook = tmp_path / "hooks" / "score.py"
+    hook.parent.mkdir()
+    hook.write_text(HOOK)
+    login(registry, "alice")
+    _publish(tmp_path, artifacts["science"], "alice/science", "1.0.0")
+    model = _model(family, tmp_path, "")
+    (model / "tvreg.toml").unlink()
+    assert cli("install", "alice/science@^1", "--into", model).exit_code == 0
+    _publish(tmp_path, artifacts["science-1.0.1"], "alice/science", "1.0.1")
+    before = tree_digest(model)
+    res = cli("upgrade", "--into", model, "--gate", f"{hook}:score", "--require", "checksum>=1e30")
+    assert res.exit_code == 1
+    assert f"error: the gate `{hook}:score` failed: `checksum>=1e+30` not met (measured " in res.stderr
+    assert "nothing was upgraded." in res.stderr
+    assert tree_digest(model) == before
+    res = cli("upgrade", "--into", model, "--gate", f"{hook}:score", "--require", "tensors>=1")
+    assert res.exit_code == 0, res.output
+    assert [s.version for s in read_lock(model).skills] == ["1.0.1"]

@@ -60,3 +60,21 @@ def test_tvskill_repo_installs_from_the_registry_hub_endpoint(registry, api, ser
     sync(copy, locked=True, general=family.general)
     c = _weights(copy)
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_dry_run_reads_the_tvskill_manifest_by_range_and_downloads_nothing(
+    registry, api, server_artifacts, family, tmp_path, monkeypatch
+):
+    token = registry.make_user("alice")
+    data = server_artifacts.make("science", "1.0.0")
+    assert api.publish(token, "alice/science", "1.0.0", data).status_code == 201
+    monkeypatch.setenv("HF_ENDPOINT", registry.url)
+    env = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(env, base=family.pre, general_size=275000)
+    result = install(["hf://alice/science@1.0.0"], into=env, dry_run=True)
+    (row,) = result.plan.skills
+    assert (row.name, row.version, row.change, row.download) == ("hf://alice/science", "1.0.0", "add", len(data))
+    assert row.weight is not None  # the default ω, from |D| in the manifest read out of the header
+    assert not [p for p in (tmp_path / "hf-home").rglob("*.tvskill")]
+    assert not [p for p in tmp_path.rglob("*.tvskill") if "tvreg-" in str(p)]
+    assert read_lock(env).skills == ()

@@ -1,6 +1,6 @@
 """Artifact downloads are counted (issue 19: "most installed"), in batches, never per request.
 
-A live server counts each artifact GET that starts at byte 0 (a resumed ``Range`` and a
+A live server counts each artifact GET that starts at byte 0 (a resumed ``Range``, a header read of at most 1 MiB and a
 ``HEAD`` are not new downloads) in memory and adds the counts to the database every
 ``TVREG_DOWNLOAD_FLUSH`` seconds, one ``UPDATE`` per version, and at a clean shutdown.
 The counts show in the API, on the skill page and in the front page's "Most installed".
@@ -28,6 +28,7 @@ def test_downloads_are_counted_in_batches_and_shown(registry, api, server_artifa
             assert c.get(science).status_code == 200
         assert c.head(science).status_code == 200  # not a download
         assert c.get(science, headers={"Range": "bytes=10-"}).status_code == 206  # a resumed one
+        assert c.get(science, headers={"Range": "bytes=0-65535"}).status_code == 206  # a header probe
         assert c.get("/skills/alice/coding/versions/1.0.0/artifact").status_code == 200
 
         def counts() -> tuple:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 try:
     import tomllib
@@ -150,6 +151,24 @@ def test_model_info_refs_and_single_files(registry, api, server_artifacts, tmp_p
     assert card.status_code == 200 and card.headers["x-repo-commit"] == info.sha
     blob = b"blob %d\0" % len(card.content) + card.content
     assert card.headers["etag"] == f'"{hashlib.sha1(blob).hexdigest()}"'  # git's blob id, as on the Hub
+
+
+def test_model_info_reports_the_versions_real_download_count(registry, api, server_artifacts, tmp_path):
+    registry.stop()
+    registry.start(env={"TVREG_DOWNLOAD_FLUSH": "0.2"})
+    _publish_two(registry, api, server_artifacts)
+    hf = HfApi(endpoint=registry.url, token=False)
+    assert hf.model_info("alice/science", revision="1.0.0").downloads == 0
+    for n in range(2):  # two machines, two HF caches: two downloads of 1.0.0's artifact
+        snapshot_download(
+            "alice/science", revision="1.0.0", endpoint=registry.url, cache_dir=tmp_path / f"c{n}", token=False
+        )
+    deadline = time.monotonic() + 10
+    while hf.model_info("alice/science", revision="1.0.0").downloads != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hf.model_info("alice/science", revision="1.0.0").downloads == 2
+    assert hf.model_info("alice/science").downloads == 0  # main is 1.1.0, never downloaded
+    assert hf.model_info("alice/science", revision="beta").downloads == 2  # a dist-tag names 1.0.0
 
 
 def test_private_skill_needs_the_registry_token(registry, api, server_artifacts, tmp_path):

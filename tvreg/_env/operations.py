@@ -240,7 +240,7 @@ def _apply(
                 merge = _Merge(recipe, pre, merger_for(device_kind))
                 written_lock, written = _materialise(
                     model_dir, new_lock, final, general, known, progress, merge, expect_output,
-                    before_swap=None if gate is None else (lambda staged: gate.check(staged, progress)),
+                    before_swap=None if gate is None else (lambda staged: gate.check(staged, progress, action=action)),
                 )  # fmt: skip
             finally:
                 if pre is not None:
@@ -394,6 +394,7 @@ def install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
             sources=origins, policy=guard, progress=progress, base=base or (method_params or {}).get("base_weights"),
+            dry_run=dry_run,
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
@@ -441,6 +442,9 @@ def _check_interference(
     from ..errors import SketchError, SketchMismatch
 
     if sum(1 for row in plan.skills if row.change != "remove") < 2 or not resolved:
+        return
+    if any(r.path is None and r.origin is not None and r.origin.label.startswith("hf://") for r in resolved):
+        progress.note("interference check skipped: a Hub repo is not downloaded by a dry run")
         return
     try:
         found = check_resolved(
@@ -563,6 +567,7 @@ def upgrade(
     resolution: str = "highest",
     offline: bool = False,
     dry_run: bool = False,
+    gate=None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Re-resolve installed registry skills (``names``, or all) to the highest versions allowed.
@@ -570,7 +575,8 @@ def upgrade(
     Each skill stays within the requirement it was installed with; a weight the user set
     is kept, default weights are recomputed. Never a silent downgrade: a locked version
     that is now yanked is kept (with a warning giving the yank reason) unless a higher
-    version is allowed. With nothing newer, nothing is written.
+    version is allowed. With nothing newer, nothing is written. ``gate`` (as for
+    :func:`install`) evaluates the staged model before the swap; ``GateFailed`` changes nothing.
     """
     started = time.monotonic()
     model_dir = _model_dir(into)
@@ -601,7 +607,7 @@ def upgrade(
             refresh_defaults=True,
         )  # fmt: skip
         return _apply(
-            model_dir, current, final, started, progress, action="upgrade", plan=plan, policy=guard
+            model_dir, current, final, started, progress, action="upgrade", plan=plan, policy=guard, gate=gate
         )
 
 
@@ -632,9 +638,15 @@ def lock(
 
 
 def ensure_artifacts(
-    into: str | os.PathLike[str], *, offline: bool = False, progress: Progress = NULL_PROGRESS
+    into: str | os.PathLike[str],
+    *,
+    offline: bool = False,
+    base: str | os.PathLike[str] | None = None,
+    progress: Progress = NULL_PROGRESS,
 ) -> list[str]:
     """Put every artifact ``tvreg.lock`` pins into the local store, fetched by digest; returns those fetched.
+
+    ``base`` is θ_pre for re-converting a locked Hub skill (``sync --base``).
 
     Raises:
         LockMismatch: a candidate file or the registry has other bytes than the lock names.
@@ -650,7 +662,7 @@ def ensure_artifacts(
             if skill.artifact.startswith("hf://"):
                 from ..hub import fetch_locked as fetch_from_hub
 
-                path = fetch_from_hub(skill, lock, offline=offline, progress=progress)
+                path = fetch_from_hub(skill, lock, base=base, offline=offline, progress=progress)
             else:
                 path = fetch_locked(skill, offline=offline, progress=progress)
         except ModelEnvironmentError as exc:
@@ -680,6 +692,8 @@ def sync(
     offline: bool = False,
     general: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
+    gate=None,
+    base: str | os.PathLike[str] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InstallResult:
     """Re-create a model environment's weights from ``tvreg.lock`` alone (``tvreg sync``).
@@ -692,6 +706,11 @@ def sync(
         offline: use only the local store and download cache.
         general: an untouched copy of G, kept in this machine's store when its fingerprint is
             the lock's (a lock from another machine names G only by fingerprint).
+        gate: a :class:`tvreg.policy.Gate` the staged weights must pass before they replace
+            the model's (``GateFailed``: model and lock unchanged). Weights that already
+            carry the lock's fingerprint are not re-staged, so the gate does not run.
+        base: θ_pre on this machine (a directory or cached Hub id), used to re-convert a
+            locked Hub skill whose repo names no base; its fingerprint must be the lock's.
 
     Raises:
         LockOutdated: ``locked`` and the lock would change; the model is unchanged.
@@ -725,17 +744,45 @@ def sync(
                 with _closing(final, always=True):
                     _require_current(final, lock, model_dir)
             return _dry(model_dir, replace(plan, download_bytes=need), started, "sync")
-        ensure_artifacts(model_dir, offline=offline, progress=progress)
+        ensure_artifacts(model_dir, offline=offline, base=base, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills([], lock, {}, model_dir, [], refresh_defaults=not locked)
+        guard = policy_check(model_dir, lock)
         if locked:
             with _closing(final, always=False):
                 _require_current(final, lock, model_dir)
+                if guard is not None:
+                    _require_same_signers(guard.stamp(_locked(final)), lock, model_dir)
         return _apply(
             model_dir, lock, final, started, progress,
             expect_output=lock.output_fingerprint if locked else None, action="sync", plan=plan,
-            policy=policy_check(model_dir, lock),
+            policy=guard, gate=gate,
         )  # fmt: skip
+
+
+def _require_same_signers(stamped: Sequence[LockedSkill], lock: Lock, model_dir: Path) -> None:
+    """``sync --locked`` under a policy: the key that verifies each skill now must be the one the lock records.
+
+    Why: ``signed_by`` is a record of the last verification, never a credential; the policy
+    re-verifies every bundle, and a lock whose record disagrees would have to change.
+    """
+    recorded = {s.id: s.signed_by for s in lock.skills}
+    reasons = [
+        f"the lock says {s.id} {s.version} was signed by {_key(recorded.get(s.id))}, "
+        f"but it verifies with {_key(s.signed_by)}"
+        for s in stamped
+        if recorded.get(s.id) != s.signed_by
+    ]
+    if reasons:
+        raise LockOutdated(
+            f"`{model_dir}/tvreg.lock` needs to be updated, but `--locked` was given: " + "; ".join(reasons) + ".",
+            reasons=reasons,
+            hints=[f"update it with `tvreg lock --into {model_dir}`, or drop `--locked`"],
+        )
+
+
+def _key(key_id: str | None) -> str:
+    return f"{key_id[:19]}…" if key_id else "no key"
 
 
 def _require_current(final: Sequence[_Skill], lock: Lock, model_dir: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .app import RichProgress, err, main, out, parse_weights
+from .environment_cmds import HUB_ENDPOINT
 
 
 @main.command()
@@ -40,6 +41,7 @@ from .app import RichProgress, err, main, out, parse_weights
     help="Judge the installed skills and SKILL... against the model's tvreg.toml policy instead; exit 1 if refused.",
 )  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@HUB_ENDPOINT
 def check(skills, into, weights, registry, resolution, no_download, strict, policy, fmt):
     """Estimate how the skills would interfere if installed together into a model.
 

@@ -43,6 +43,39 @@ RESOLUTION = click.option(
     help="Pick the highest versions, or the lowest (to test lower bounds).",
 )
 DRY_RUN = click.option("--dry-run", is_flag=True, help="Show the resolved set and its cost; change nothing.")
+GATE = click.option(
+    "--gate", "gate", metavar="MODULE:FN",
+    help="Evaluate the staged model with this hook (as `tvreg sweep`) before it replaces the model.",
+)  # fmt: skip
+REQUIRE = click.option(
+    "--require", "requires", multiple=True, metavar="METRIC>=X",
+    help="What the --gate hook must measure, e.g. refusal_rate>=0.8 (repeatable).",
+)  # fmt: skip
+
+
+def _hub_scope(ctx: click.Context, _param: click.Parameter, url: str | None) -> None:
+    """``--hub-endpoint``: in force for the whole command (the scope closes with click's context)."""
+    if url:
+        from ..hub import using_endpoint
+
+        ctx.with_resource(using_endpoint(url))
+
+
+HUB_ENDPOINT = click.option(
+    "--hub-endpoint", metavar="URL", expose_value=False, callback=_hub_scope,
+    help="The Hugging Face Hub (or mirror) for hf:// arguments (default: HF_ENDPOINT, else config `hub_endpoint`).",
+)  # fmt: skip
+
+
+def gate_of(gate, requires):
+    """The :class:`tvreg.policy.Gate` of ``--gate``/``--require`` (None without ``--gate``)."""
+    if requires and not gate:
+        raise click.UsageError("--require needs --gate MODULE:FN (the hook that measures it).")
+    if not gate:
+        return None
+    from ..policy import make_gate
+
+    return make_gate(gate, requires)
 
 
 def print_plan(plan) -> None:
@@ -139,13 +172,17 @@ def uninstall(names, into, dry_run):
 @RESOLUTION
 @OFFLINE
 @DRY_RUN
-def upgrade(names, into, registry, resolution, offline, dry_run):
+@GATE
+@REQUIRE
+def upgrade(names, into, registry, resolution, offline, dry_run, gate, requires):
     """Re-resolve installed registry skills (NAMEs, or all) to the highest versions allowed.
 
     Each skill stays within the requirement it was installed with; a weight you set is
     kept, default weights are recomputed. Like `uv lock --upgrade-package` then `uv sync`.
     A locked version that is now yanked is kept (with its reason) unless a higher one is allowed.
+    `--gate` checks the staged model before the swap, as for `tvreg install`.
     """
+    upgrade_gate = gate_of(gate, requires)
     target = into_dir(into)
     if target is not None and not dry_run and Path(target).is_dir():
         from .._env import noop
@@ -160,7 +197,7 @@ def upgrade(names, into, registry, resolution, offline, dry_run):
 
     res = do_upgrade(
         list(names), into=target, registry=registry, resolution=resolution, offline=offline, dry_run=dry_run,
-        progress=watch(RichProgress(), target),
+        gate=upgrade_gate, progress=watch(RichProgress(), target),
     )  # fmt: skip
     if res.dry_run:
         print_plan(res.plan)
@@ -230,12 +267,23 @@ def lock_(requirements, into, weights, registry, resolution, offline, namespace,
     type=click.Path(exists=True),
     help="An untouched copy of G, kept in this machine's store (for a lock written elsewhere).",
 )
+@click.option(
+    "--base", metavar="PRE",
+    help="θ_pre on this machine, for locked Hub skills converted from a repo that names no base (fingerprint checked).",
+)  # fmt: skip
+@HUB_ENDPOINT
 @OFFLINE
 @DRY_RUN
-def sync(model_dir, into, locked, general, offline, dry_run):
-    """Re-create the weights from tvreg.lock alone, fetching artifacts by digest."""
+@GATE
+@REQUIRE
+def sync(model_dir, into, locked, general, base, offline, dry_run, gate, requires):
+    """Re-create the weights from tvreg.lock alone, fetching artifacts by digest.
+
+    `--gate` checks the re-created weights before they replace the model's, as for `tvreg install`.
+    """
     if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
+    sync_gate = gate_of(gate, requires)
     target = into_dir(model_dir or into)
     if target is not None and not dry_run:
         from .._env import noop
@@ -247,7 +295,7 @@ def sync(model_dir, into, locked, general, offline, dry_run):
     from ..sync import sync as do_sync
 
     res = do_sync(
-        target, locked=locked, offline=offline, general=general, dry_run=dry_run,
+        target, locked=locked, offline=offline, general=general, base=base, dry_run=dry_run, gate=sync_gate,
         progress=watch(RichProgress(), target),
     )  # fmt: skip
     if res.dry_run:

@@ -14,6 +14,7 @@ from .app import RichProgress, main, out, parse_weights
 from .check import interference_printer
 from .environment_cmds import (
     DRY_RUN,
+    HUB_ENDPOINT,
     NAMESPACE,
     OFFLINE,
     REGISTRY,
@@ -106,6 +107,7 @@ def merge_param_options(command: Callable) -> Callable:
 )
 @DRY_RUN
 @REGISTRY
+@HUB_ENDPOINT
 @RESOLUTION
 @OFFLINE
 @click.option(

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import RegistryError
 from .app import RichProgress, err, human_size, main, out, split_requirement
+from .environment_cmds import HUB_ENDPOINT
 from .text import safe
 
 
@@ -24,6 +25,7 @@ from .text import safe
 )
 @click.option("--finetuned", metavar="FT", help="The fine-tuned model θ_D (directory or cached Hub id).")
 @click.option("--adapter", metavar="DIR", help="A PEFT LoRA adapter trained on PRE (instead of --finetuned).")
+@HUB_ENDPOINT
 @click.option("--name", required=True, help="Skill name (lowercase letters, digits, '-', '_', '.').")
 @click.option("--version", "version_", required=True, metavar="X.Y.Z", help="Semantic version of this build.")
 @click.option(
