@@ -378,7 +378,7 @@ class _Spool:
         tensor = tensor.contiguous()
         self.entries.append((name, DTYPE_NAMES[tensor.dtype], tuple(tensor.shape)))
         if tensor.numel():
-            self.file.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            self.file.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
     def finish(self, path: Path, metadata: dict[str, str]) -> int:
         head, _ = build_header(self.entries, metadata)

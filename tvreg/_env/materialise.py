@@ -114,8 +114,7 @@ def _write_weights(
             del forms
             arena.recycle()
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
-        # numpy's stubs give ndarray `__buffer__` only from Python 3.12; it is a buffer on every version.
-        return name, out, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]
+        return name, out, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
     hashes: dict[str, tuple[str, list[int], str]] = {}
     per_file: dict[str, dict] = {}
