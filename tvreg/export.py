@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -575,7 +575,7 @@ def probe(s: _Set, adapter: Path, *, batch: int = 4, length: int = 32, seed: int
                     if name in state:
                         state[name].add_(s.delta(name))
             what = "G + ΔW in float32"
-    vocab = int(model.get_base_model().config.vocab_size)
+    vocab = int(cast(Any, model.get_base_model()).config.vocab_size)  # peft types the model as a bare nn.Module
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         got = model(input_ids=ids).logits.float()

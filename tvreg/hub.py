@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import (
     AuthError,
@@ -385,7 +386,7 @@ def to_skill(
     from .errors import TensorMismatch
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = {"adapter": snap.path} if snap.kind == "adapter" else {"finetuned": snap.path}
+    args: dict[str, Any] = {"adapter": snap.path} if snap.kind == "adapter" else {"finetuned": snap.path}
     try:
         build_skill(
             pre, output=out, name=_skill_name(snap.repo), version=f"0.0.0+hf.{snap.sha[:12]}",

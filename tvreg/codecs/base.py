@@ -108,13 +108,13 @@ class Codec(ABC):
         """Code a float32 tensor."""
 
     def decode(
-        self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+        self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> torch.Tensor:
         """Decode into a fresh float32 tensor of ``shape``; ``where`` names the tensor in errors."""
         return self.decode_form(data, shape, params, where=where).to_dense()
 
     def decode_form(
-        self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+        self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> StoredForm:
         """Decode to the codec's compact stored form; the fused merge kernel expands it in place.
 

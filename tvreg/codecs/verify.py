@@ -408,7 +408,7 @@ _CHECKS = {
 }
 
 
-def verify_stored(codec: str, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> None:
+def verify_stored(codec: str, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> None:
     """Check one stored tensor as its decode would, and that its values are finite, without expanding it.
 
     Raises:
