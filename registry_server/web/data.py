@@ -176,7 +176,7 @@ def skill_page(
     if version is None:
         latest = info["dist_tags"].get("latest")
         pick = next((r for r in ordered if r[1] == latest), None)
-        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first or [None])[0]
+        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first[0] if newest_first else None)
     else:
         pick = next((r for r in ordered if r[1] == version), None)
         if pick is None:
@@ -184,6 +184,7 @@ def skill_page(
     shown = rows_of([pick[0]])[0] if pick is not None else None
     pages = max(1, math.ceil(len(ordered) / per_page))
     rows = rows_of([r[0] for r in newest_first[(page - 1) * per_page : page * per_page]])
+    front_matter: dict[str, Any]
     card, front_matter, profile = None, {}, {}
     card_digest = None
     if shown is not None:
