@@ -395,7 +395,7 @@ def install(
         resolved = resolve_install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
-            sources=origins, policy=guard, progress=progress, base=base or cast("str | None", (method_params or {}).get("base_weights")),
+            sources=origins, policy=guard, progress=progress, base=base or cast("str | os.PathLike[str] | None", (method_params or {}).get("base_weights")),
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
         require_general(lock, model_dir)
