@@ -26,6 +26,7 @@ merge-to-learn: $(VENV)/.installed
 # The venv's bin/ goes first on PATH so tests that run `tvreg`/`tvreg-server` get these installs.
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -140,7 +140,7 @@ def revoke_tokens(ctx: Context, user_name: str, *, name: str) -> int:
             update(Token)
             .where(Token.user_id == user.id, Token.name == name, Token.revoked_at.is_(None))
             .values(revoked_at=utcnow())
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         if not count:
             raise NotFound(f"user `{user_name}` has no live token named `{name}`.")
         audit.record(
@@ -175,7 +175,7 @@ def collect_garbage(ctx: Context, *, grace_seconds: float) -> Collected:
                 or_(Upload.writer.is_(None), Upload.lease_expires_at < utcnow()),
             )
             .values(state="failed", updated_at=utcnow())
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         s.commit()
     with ctx.sessions() as s:
         referenced = set(s.scalars(select(Version.digest).distinct()).all())

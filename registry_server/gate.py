@@ -94,7 +94,7 @@ class Gate:
         for route in self.routes:
             if isinstance(route, APIRoute) and route.path_regex.match(rest):
                 known = True
-                if scope["method"] in route.methods:
+                if scope["method"] in (route.methods or ()):
                     return route, True
         return None, known
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from tvreg._names import (
     MAX_LENGTH,
     RESERVED_NAMES,
+    Version,
     is_prerelease,
     precedence_core,
     ultranormalize,
@@ -74,6 +75,6 @@ def check_tag(tag: str) -> str:
         raise BadRequest(exc.message) from exc
 
 
-def semver_key(version: str) -> object:
+def semver_key(version: str) -> Version:
     """Sort key for semantic versions (``1.10.0`` after ``1.9.0``, prereleases first)."""
     return version_key(version)

@@ -385,7 +385,7 @@ def _commit(
             update(Upload)
             .where(Upload.id == up.id, Upload.state == "open")
             .values(state="published", updated_at=utcnow())
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         if consumed != 1:
             raise Conflict(f"upload `{up.id}` was used by another publish; start a new upload.")
         audit.record(

@@ -260,8 +260,8 @@ def attach_signature(
 
 
 def _summary(statement: dict[str, Any]) -> dict[str, Any]:
-    predicate = statement.get("predicate") or {}
-    general = predicate.get("general") if isinstance(predicate.get("general"), dict) else {}
+    predicate: dict[str, Any] = statement.get("predicate") or {}
+    general = g if isinstance(g := predicate.get("general"), dict) else {}
     return {
         "general_fingerprint": general.get("fingerprint"),
         "general_hub_id": general.get("hub_id"),

@@ -57,7 +57,7 @@ def drop_dead_leases(ctx: Context) -> int:
             update(Upload)
             .where(Upload.writer.like(ctx.instance + "%"))
             .values(writer=None, lease_expires_at=None)
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         s.commit()
     return dropped
 
@@ -117,7 +117,7 @@ def create(ctx: Context, principal: Principal | None, *, size: int, digest: str)
             select(func.count())
             .select_from(Upload)
             .where(Upload.user_id == principal.user_id, Upload.state == "open")
-        )
+        ) or 0  # a count: never None
         limit = own_limit if own_limit is not None else ctx.settings.max_open_uploads
         if held >= limit:
             wait = max(1, int(ctx.settings.upload_expiry))
@@ -153,7 +153,7 @@ def _expire(ctx: Context, user_id: int) -> int:
                 update(Upload)
                 .where(Upload.id == upload_id, Upload.state == "open", Upload.updated_at <= cutoff)
                 .values(state="failed", updated_at=utcnow())
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
             s.commit()
         if done:
             ctx.staging.discard(upload_id)
@@ -217,7 +217,7 @@ def claim(ctx: Context, principal: Principal, upload_id: str, offset: int, lengt
                 or_(Upload.writer.is_(None), Upload.lease_expires_at < now),
             )
             .values(writer=token, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS))
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         s.commit()
     if won != 1:
         raise Conflict(
@@ -239,7 +239,7 @@ def renew(ctx: Context, claim: Claim) -> None:
             update(Upload)
             .where(Upload.id == claim.upload_id, Upload.writer == claim.token)
             .values(lease_expires_at=utcnow() + timedelta(seconds=LEASE_SECONDS))
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         s.commit()
     if kept != 1:
         raise Conflict(
@@ -254,7 +254,7 @@ def release(ctx: Context, claim: Claim, offset: int) -> None:
             update(Upload)
             .where(Upload.id == claim.upload_id, Upload.writer == claim.token)
             .values(received=offset, writer=None, lease_expires_at=None, updated_at=utcnow())
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]  # DML gives a CursorResult; Session.execute says Result
         s.commit()
     if kept != 1:
         raise Conflict(

@@ -32,7 +32,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import InvalidName, InvalidRange
 
@@ -230,12 +230,12 @@ class Version:
 
     @classmethod
     def _from_match(cls, match: re.Match[str], text: str) -> Version:
-        nums = tuple(int(match[k]) for k in ("M", "m", "p"))
+        major, minor, patch = nums = tuple(int(match[k]) for k in ("M", "m", "p"))
         if max(nums) > _MAX_SAFE_INTEGER:
             raise InvalidName(f"invalid version `{show(text)}`: a number is larger than 2**53 - 1.")
         pre = tuple(int(x) if x.isdigit() else x for x in match["pre"].split(".")) if match["pre"] else ()
         build = tuple(match["build"].split(".")) if match["build"] else ()
-        return cls(*nums, pre, build)
+        return cls(major, minor, patch, pre, build)
 
     @property
     def core(self) -> str:
@@ -322,6 +322,10 @@ class Comparator:
 
 _ANY = Comparator("", None)
 
+# A match's groups, as typeshed types them (`str | MaybeNone`): whether a group can be None depends on
+# the regex, which the checker cannot see; `_is_x` guards the optional ones.
+_Groups = Mapping[str, "str | Any"]
+
 
 def _is_x(part: str | None) -> bool:
     return part is None or part in ("x", "X", "*")
@@ -331,7 +335,7 @@ def _v(major: int, minor: int, patch: int, pre: str = "") -> str:
     return f"{major}.{minor}.{patch}{pre}"
 
 
-def _caret(g: Mapping[str, str | None], ip: bool) -> str:
+def _caret(g: _Groups, ip: bool) -> str:
     z = "-0" if ip else ""
     if _is_x(g["M"]):
         return ""
@@ -351,7 +355,7 @@ def _caret(g: Mapping[str, str | None], ip: bool) -> str:
     return f">={_v(M, m, p, pre)} <{upper}"
 
 
-def _tilde(g: Mapping[str, str | None], ip: bool) -> str:
+def _tilde(g: _Groups, ip: bool) -> str:
     z = "-0" if ip else ""
     if _is_x(g["M"]):
         return ""
@@ -363,7 +367,7 @@ def _tilde(g: Mapping[str, str | None], ip: bool) -> str:
     return f">={low} <{_v(M, m + 1, 0, '-0')}"
 
 
-def _xrange(g: Mapping[str, str | None], ip: bool) -> str | None:
+def _xrange(g: _Groups, ip: bool) -> str | None:
     """Desugar an x-range token; None when it has no ``x`` (then it is a primitive comparator)."""
     Mx, mx, px = _is_x(g["M"]), _is_x(g["m"]), _is_x(g["p"])  # noqa: N806
     if (Mx and not mx) or (mx and g["p"] is not None and not px):

@@ -226,7 +226,7 @@ class Artifact:
         entry, data = self._verified(name)
         verify_stored(entry.codec, data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
 
-    def _verified(self, name: str) -> tuple[TensorEntry, bytes]:
+    def _verified(self, name: str) -> tuple[TensorEntry, bytearray]:
         """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget."""
         entry = self.manifest.tensors[name]
         charge(4 * entry.numel, where=f"{name}` in `{self.path}")

@@ -72,7 +72,7 @@ def evaluate_skill(
         EvaluationError: the hook fails.
         Anything :func:`tvreg.install.install` raises.
     """
-    from .lockfile import read_lock
+    from .environment import require_lock
     from .sweep import sweep
 
     model_dir = Path(into).resolve()
@@ -98,7 +98,7 @@ def evaluate_skill(
             f"the default ω = |D|/|G| of `{label}` is unknown.", hints=["give the weight: `--weight 0.3`"]
         )
     point = result.points[0]
-    lock = read_lock(model_dir)
+    lock = require_lock(model_dir)  # the sweep above needed it too
     hub = lock.general_hub_id or ""
     from ._version import __version__
 

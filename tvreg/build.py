@@ -50,7 +50,7 @@ def _check_finite(name: str, tau: torch.Tensor) -> None:
         )
 
 
-def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[str, callable]]:
+def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[str, Callable[[str], torch.Tensor | None]]]:
     base_names, ft_names = set(base.names()), set(finetuned.names())
     for name in sorted(ft_names - base_names):
         raise TensorMismatch(
@@ -151,6 +151,7 @@ def build_skill(
         )
     kind = "task_vector" if base is not None else "delta_from_general"
     reference = base if base is not None else general
+    assert reference is not None  # exactly one of the two, checked just above
     if (finetuned is None) == (adapter is None):
         raise TvregError(
             "give exactly one of a fine-tuned model (`--finetuned`) or a LoRA adapter (`--adapter`)."
@@ -171,6 +172,7 @@ def build_skill(
     with Checkpoint.open(reference) as pre:
         base_fp = fingerprint(pre, progress=progress)
         source: dict = {"codec": coder.describe()}
+        deltas: Iterable[tuple[str, Callable[[str], torch.Tensor | None]]]
         if finetuned is not None:
             ft = Checkpoint.open(finetuned)
             source.update(kind="checkpoints", finetuned=source_label or str(finetuned))
@@ -179,6 +181,7 @@ def build_skill(
             from .adapter import adapter_deltas, read_adapter
 
             ft = None
+            assert adapter is not None  # exactly one of `finetuned` and `adapter`, checked above
             info = read_adapter(Path(adapter))
             source.update(kind="lora_adapter", adapter=source_label or str(adapter), r=info.r, lora_alpha=info.lora_alpha)
             pre_shapes = {n: i.shape for n, i in pre.infos().items()}

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +159,7 @@ class _OverlappedHash:
         self._parts: list[bytes] = []
         self._held = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvreg-hash")
-        self._flight = None
+        self._flight: Future[None] | None = None
 
     def update(self, data: bytes) -> None:
         self._parts.append(bytes(data))

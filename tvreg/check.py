@@ -205,6 +205,7 @@ def check_resolved(
 
     entries: list[SkillEntry] = []
     new_names: set[str] = set()
+    sketch: Sketch | None
     with contextlib.ExitStack() as stack:
         clients: dict[str | None, RegistryClient] = {}
         for item in planned:

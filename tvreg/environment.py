@@ -1,6 +1,10 @@
 """Compatibility alias: the code lives in :mod:`tvreg._env.environment` (model environments)."""
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the checker cannot follow the `sys.modules` swap below
+    from ._env.environment import *  # noqa: F403
 
 from ._env import environment as _module
 

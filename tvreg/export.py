@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -378,7 +378,7 @@ class _Spool:
         tensor = tensor.contiguous()
         self.entries.append((name, DTYPE_NAMES[tensor.dtype], tuple(tensor.shape)))
         if tensor.numel():
-            self.file.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            self.file.write(memoryview(tensor.view(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
     def finish(self, path: Path, metadata: dict[str, str]) -> int:
         head, _ = build_header(self.entries, metadata)
@@ -575,7 +575,7 @@ def probe(s: _Set, adapter: Path, *, batch: int = 4, length: int = 32, seed: int
                     if name in state:
                         state[name].add_(s.delta(name))
             what = "G + ΔW in float32"
-    vocab = int(model.get_base_model().config.vocab_size)
+    vocab = int(cast(Any, model.get_base_model()).config.vocab_size)  # peft types the model as a bare nn.Module
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         got = model(input_ids=ids).logits.float()

@@ -586,7 +586,7 @@ def resolve_install(
             continue
         parse_ref(arg.partition("@")[0], allow_version=False)
         parsed.append(_Arg(arg, req=parse_requirement(arg), requested=arg))
-    upgrading: dict[str, object] = {}
+    upgrading: dict[str, LockedSkill] = {}
     for name in upgrade or ():
         locked = lock.skill(name) if lock is not None else None
         if locked is None or not locked.from_registry or locked.artifact.startswith("hf://"):
@@ -609,6 +609,11 @@ def resolve_install(
     if lock is None:
         from .fingerprint import fingerprint
 
+        if base is None:
+            raise ModelEnvironmentError(
+                f"resolving `{next(a.text for a in parsed if a.path is None)}` needs the model it is for.",
+                hints=["give `into` (a model environment), `lock` or `base`"],
+            )
         base_fp, general_fp = fingerprint(base, progress=progress), None
     else:
         base_fp, general_fp = lock.base_fingerprint, lock.general_fingerprint
@@ -664,6 +669,7 @@ def resolve_install(
             raise
         except ResolutionImpossible as exc:
             if offline:
+                assert isinstance(index, CacheIndex)
                 cached = ", ".join(index.cached()) or "nothing"
                 exc.hints.append(f"`--offline` searched only the local cache, which holds: {cached}")
                 exc.hints.append("run without `--offline` to ask the registry")
@@ -703,6 +709,7 @@ def resolve_install(
                     )
                 )
                 continue
+            assert isinstance(index, RegistryIndex)  # a client, so the registry's index
             version = next(v for v in index.skill(a.req.name)["versions"] if v["version"] == cand.version)
             manifest = version.get("manifest") or {}
             hit = cache.path(version["digest"])

@@ -90,8 +90,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (no extra disk), copying when links are impossible."""
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link ``src`` to ``dst`` (no extra disk), copying when links are impossible.
+
+    Takes ``str`` too: ``shutil.copytree`` calls it as its ``copy_function`` with string paths.
+    """
     try:
         os.link(src, dst)
     except OSError:

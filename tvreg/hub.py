@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AuthError,
@@ -165,7 +165,7 @@ def _translated(arg: str, endpoint: str, *, offline: bool) -> Iterator[None]:
 
     transport: tuple[type[Exception], ...] = (OSError, ValueError, httpx.HTTPError)
     with contextlib.suppress(ImportError):  # huggingface_hub 2.x sends through its own `httpx2`
-        import httpx2  # type: ignore[import-not-found]
+        import httpx2
 
         transport += (httpx2.HTTPError,)
     repo, revision = parse_hub_arg(arg)
@@ -424,7 +424,7 @@ def to_skill(
     from .errors import TensorMismatch
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = {"adapter": snap.path} if snap.kind == "adapter" else {"finetuned": snap.path}
+    args: dict[str, Any] = {"adapter": snap.path} if snap.kind == "adapter" else {"finetuned": snap.path}
     try:
         build_skill(
             pre, output=out, name=_skill_name(snap.repo), version=f"0.0.0+hf.{snap.sha[:12]}",

@@ -43,11 +43,12 @@ import difflib
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._names import Range, Requirement, parse_requirement
 from .errors import (
@@ -62,6 +63,10 @@ from .errors import (
 from .evaluate import EvalHook, load_hook, run_hook
 from .faults import crash_point
 from .progress import NULL_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from ._env.lockfile import LockedSkill
+    from .client import RegistryClient
 
 POLICY_FILE = "tvreg.toml"
 _KEYS = ("require-signature", "trusted-keys", "always", "attested")
@@ -159,10 +164,10 @@ def parse_policy(text: str, *, path: Path) -> Policy:
     Raises:
         PolicyError: naming the file and the key, with a hint.
     """
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover (Python 3.10)
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover (Python 3.10)
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(text)
@@ -282,7 +287,7 @@ class PolicyCheck:
     ) -> None:
         self.policy, self.model, self.general = policy, model, general_fingerprint
         self.token = token
-        self._client = None
+        self._client: RegistryClient | None = None
         self._trusted: dict[str, Any] | None = None
         self._revoked: dict[str, str] = {}
         self._verdicts: dict[tuple[str, str, str], Verdict] = {}
@@ -610,7 +615,7 @@ def check_policy(
         )
     problems: list[str] = []
     rows = [PolicyRow(v) for v in guard.verdicts(lock.skills)]
-    final = list(lock.skills)
+    final: list[LockedSkill | _Planned] = list(lock.skills)
     if skills:
         try:
             resolved = resolve_install(
@@ -627,6 +632,7 @@ def check_policy(
                 v = guard.judge(str(r.name), str(r.version), r.digest, registry=r.origin.registry)
                 name, version = str(r.name), str(r.version)
             else:
+                assert r.path is not None  # only a registry version (it has a digest) may lack its file
                 with Artifact(r.path) as art:
                     name, version = art.manifest.name, art.manifest.version
                 v = guard.judge_file(name, version, file_digest(r.path))

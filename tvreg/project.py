@@ -364,7 +364,7 @@ def prepare_artifact(
             )
             built = True
     known = known_verified(path) if trust is not None else None
-    if known is not None and trust(known):
+    if known is not None and trust is not None and trust(known):
         with Artifact(path) as art:
             manifest = art.manifest
     else:

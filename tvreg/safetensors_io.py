@@ -202,7 +202,7 @@ class SafetensorsFile:
         info = self.tensors[name]
         raw = torch.empty(info.nbytes, dtype=torch.uint8)
         if info.nbytes:
-            self.read_into(info, memoryview(raw.numpy()).cast("B"))
+            self.read_into(info, memoryview(raw.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         return raw.view(info.torch_dtype).reshape(info.shape)
 
     def close(self) -> None:
@@ -276,7 +276,7 @@ class SafetensorsWriter:
                 f"tensor `{name}` is {tensor.dtype} {tuple(tensor.shape)}, declared {want_dtype} {want_shape}"
             )
         if tensor.numel():
-            self._f.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
+            self._f.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         self._next += 1
 
     def write_bytes(self, name: str, data: bytes | memoryview) -> None:

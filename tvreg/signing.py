@@ -35,7 +35,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ ARTIFACT_PREDICATE = "https://model_signing/signature/v1.0"
 EVAL_PREDICATE = "https://tvreg.dev/attestation/eval/v1"
 """tvreg's evaluation attestation: metrics measured with the skill installed on one G."""
 MAX_BUNDLE_BYTES = 256 * 1024
-_CURVES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+_CURVES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
 _KEY_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -352,9 +352,9 @@ def _judge(
 
 def attestation_summary(statement: dict[str, Any]) -> dict[str, Any]:
     """G, ω, method, metrics and hook of an evaluation statement, as listed by ``tvreg info``."""
-    predicate = statement.get("predicate") or {}
-    general = predicate.get("general") if isinstance(predicate.get("general"), dict) else {}
-    hook = predicate.get("eval") if isinstance(predicate.get("eval"), dict) else {}
+    predicate: dict[str, Any] = statement.get("predicate") or {}
+    general = g if isinstance(g := predicate.get("general"), dict) else {}
+    hook = h if isinstance(h := predicate.get("eval"), dict) else {}
     return {
         "general_fingerprint": general.get("fingerprint"),
         "general_hub_id": general.get("hub_id"),

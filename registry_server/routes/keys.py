@@ -29,7 +29,7 @@ from ..schemas import ErrorBody
 from .skills import TOTAL_HEADER, load_version, page_links
 
 router = APIRouter(tags=["trust"])
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
 _VERSION = "/skills/{namespace}/{name}/versions/{version}"
 
 

@@ -50,7 +50,7 @@ from ..schemas import ErrorBody, VersionOut, version_out
 from .skills import load_version
 
 router = APIRouter(tags=["sketches"])
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503)}
 _PATH = "/skills/{namespace}/{name}/versions/{version}/sketch"
 
 
@@ -105,7 +105,7 @@ def _check_sketch(data: bytes, manifest: dict, label: str) -> dict:
         raise bad(f"`sample_size` is {sketch.sample_size}, not between 1 and {DEFAULT_SAMPLE_SIZE}")
     if not math.isfinite(sketch.top_fraction) or not 0 < sketch.top_fraction <= 1:
         raise bad(f"`top_fraction` is {sketch.top_fraction}")
-    listed = manifest.get("tensors") if isinstance(manifest.get("tensors"), dict) else {}
+    listed = found if isinstance(found := manifest.get("tensors"), dict) else {}
     expected_keys = set()
     for name, t in sketch.tensors.items():
         if name not in listed:
@@ -230,8 +230,8 @@ async def put_sketch(
         if len(body) > limit:
             raise _sketch_too_large(label, limit)
     data = bytes(body)
-    body, created = await run_in_threadpool(_store, ctx, principal, namespace, name, version, data)
-    return JSONResponse(body, status_code=201 if created else 200)
+    stored, created = await run_in_threadpool(_store, ctx, principal, namespace, name, version, data)
+    return JSONResponse(stored, status_code=201 if created else 200)
 
 
 @router.get(

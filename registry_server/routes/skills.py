@@ -51,7 +51,7 @@ from ..schemas import (
 )
 
 router = APIRouter(tags=["skills"])
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
 MAX_PER_PAGE = 100
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +28,7 @@ from ..schemas import ErrorBody, UploadCreate, UploadCreated, UploadOffset, Uplo
 
 log = logging.getLogger("registry_server")
 router = APIRouter(tags=["uploads"])
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503, 507)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503, 507)}
 _WRITE_BYTES = 4 * 1024 * 1024
 
 

@@ -29,7 +29,7 @@ from ..schemas import ErrorBody
 router = APIRouter(tags=["cards"])
 MAX_CARD_BYTES = 256 * 1024
 _PATH = "/skills/{namespace}/{name}/versions/{version}/card"
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503)}
 
 
 def _store(

@@ -177,7 +177,7 @@ def skill_page(
     if version is None:
         latest = info["dist_tags"].get("latest")
         pick = next((r for r in ordered if r[1] == latest), None)
-        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first or [None])[0]
+        pick = pick or next((r for r in newest_first if not r[2]), None) or (newest_first[0] if newest_first else None)
     else:
         pick = next((r for r in ordered if r[1] == version), None)
         if pick is None:
@@ -185,6 +185,7 @@ def skill_page(
     shown = rows_of([pick[0]])[0] if pick is not None else None
     pages = max(1, math.ceil(len(ordered) / per_page))
     rows = rows_of([r[0] for r in newest_first[(page - 1) * per_page : page * per_page]])
+    front_matter: dict[str, Any]
     card, front_matter, profile = None, {}, {}
     card_digest = None
     trust: dict[str, list[dict[str, Any]]] = {"signatures": [], "attestations": []}
@@ -287,7 +288,8 @@ def _trust(s: Session, version_id: int | None) -> dict[str, list[dict[str, Any]]
     attestations = []
     for r in atts:
         summary = r.summary if isinstance(r.summary, dict) else {}
-        metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+        found = summary.get("metrics")
+        metrics: dict[str, Any] = found if isinstance(found, dict) else {}
         attestations.append(
             {
                 **_signer(keys.get(r.key_id), r.key_id),

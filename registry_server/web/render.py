@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
 from markupsafe import Markup
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -56,7 +57,7 @@ def _markdown() -> MarkdownIt:
 
     def link_open(_renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         tokens[idx].attrSet("rel", "nofollow noopener")
-        return md.renderer.renderToken(tokens, idx, options, env)
+        return cast(RendererHTML, md.renderer).renderToken(tokens, idx, options, env)  # the "commonmark" preset
 
     md.add_render_rule("link_open", link_open)
     return md

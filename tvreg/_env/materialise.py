@@ -93,7 +93,7 @@ def _write_weights(
         info = general.info(name)
         return out_dtype if out_dtype is not None and info.is_float else info.torch_dtype
 
-    def merged(name: str) -> tuple[str, torch.Tensor | bytes, str]:
+    def merged(name: str) -> tuple[str, torch.Tensor, str]:
         info = general.info(name)
         want = target_dtype(name)
         if name not in touched:
@@ -114,7 +114,7 @@ def _write_weights(
             del forms
             arena.recycle()
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
-        return name, out, hashlib.sha256(raw).hexdigest()
+        return name, out, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
     hashes: dict[str, tuple[str, list[int], str]] = {}
     per_file: dict[str, dict] = {}
@@ -132,7 +132,7 @@ def _write_weights(
 def _write_files(
     general: Checkpoint,
     staging: Path,
-    stream: Iterator[tuple[str, torch.Tensor | bytes, str]],
+    stream: Iterator[tuple[str, torch.Tensor, str]],
     target_dtype: Callable[[str], torch.dtype],
     hashes: dict[str, tuple[str, list[int], str]],
     per_file: dict[str, dict],
@@ -189,9 +189,8 @@ def _materialise(
     if free_bytes(model_dir.parent) < needed:
         with disk_errors(model_dir, needed):
             raise OSError(28, "No space left on device")
-    staging: Path | None = (
-        model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
-    )
+    staging: Path | None
+    staging = model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
     try:
         staging.mkdir()
         weight_names = {p.name for p in general.files}

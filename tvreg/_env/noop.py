@@ -284,6 +284,7 @@ def check_upgrade(
         return None
     targets: list[tuple[LockedSkill, str]] = []
     for s in chosen:
+        assert s is not None  # refused just above
         spec = parse_requirement(s.requested).spec if s.requested else ""
         if spec and is_tag(spec):
             return None

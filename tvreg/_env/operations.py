@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 from .. import statcache
 from .._version import __version__
@@ -133,7 +134,7 @@ def _weights_fingerprint(model_dir: Path) -> str | None:
 
 def _same_inputs(a: Lock, b: Lock) -> bool:
     """Whether two locks describe the same weights (ignoring the recorded fingerprint and notes)."""
-    strip = {"output_fingerprint": None, "notes": (), "tvreg_version": "", "lock_version": LOCK_VERSION}
+    strip: dict[str, Any] = {"output_fingerprint": None, "notes": (), "tvreg_version": "", "lock_version": LOCK_VERSION}
     return replace(a, **strip) == replace(b, **strip)
 
 
@@ -201,6 +202,7 @@ def _apply(
         new_lock = replace(lock, skills=locked, output_fingerprint=None, notes=current.notes if current else ())
         if _unchanged(model_dir, current, new_lock, weights_too=write_weights):
             on_disk = read_lock_version(model_dir)
+            assert current is not None  # `_unchanged` is False without a current lock
             if on_disk is not None and on_disk < LOCK_VERSION:
                 write_lock(model_dir, current)  # an older lock format is rewritten as the current one
             return InstallResult(
@@ -393,7 +395,8 @@ def install(
         resolved = resolve_install(
             [str(s) for s in skills], lock=lock, into=model_dir, registry=registry, token=token,
             resolution=resolution, offline=offline, download=False, namespaces=namespaces,
-            sources=origins, policy=guard, progress=progress, base=base or (method_params or {}).get("base_weights"),
+            sources=origins, policy=guard, progress=progress,
+            base=base or cast("str | os.PathLike[str] | None", (method_params or {}).get("base_weights")),
             dry_run=dry_run,
         )  # fmt: skip
         plan = make_plan(model_dir, lock, resolved, weights=weights, refresh_defaults=refresh_defaults)
@@ -412,7 +415,7 @@ def install(
             commit_environment(model_dir, initial, progress=progress)
         _clean_stale_staging(model_dir)
         final = _open_skills(
-            [r.path for r in resolved], lock, weights or {}, model_dir, [_origin_of(r) for r in resolved],
+            [cast(Path, r.path) for r in resolved], lock, weights or {}, model_dir, [_origin_of(r) for r in resolved],
             refresh_defaults=refresh_defaults,
         )  # fmt: skip
     return _apply_locked(
@@ -463,7 +466,10 @@ def _check_interference(
 
 
 def _origin_of(r: Resolved) -> Origin:
-    return r.origin or Origin(Path(r.path).name)
+    if r.origin is not None:
+        return r.origin
+    assert r.path is not None  # a local file always has its path
+    return Origin(Path(r.path).name)
 
 
 def _apply_locked(model_dir: Path, *args, **kwargs) -> InstallResult:
@@ -491,7 +497,7 @@ def uninstall(
     with _guarded(dry_run, model_dir), _interrupted("uninstall", model_dir):
         lock = require_lock(model_dir)
         require_installed(lock, names, model_dir)
-        ids = [lock.skill(n).id for n in names]
+        ids = [s.id for n in names if (s := lock.skill(n)) is not None]
         require_general(lock, model_dir)
         # The check runs on the skills' own manifests (read-only), for dry runs too: the same
         # "requires it" refusal and the same orphans removed.
@@ -548,6 +554,7 @@ def upgrade_targets(lock: Lock, names: Sequence[str], model_dir: Path) -> list[s
     require_installed(lock, names, model_dir)
     for name in names:
         skill = lock.skill(name)
+        assert skill is not None  # `require_installed` above
         if not skill.from_registry:
             raise ModelEnvironmentError(
                 f"skill `{name}` was installed from a file (`{skill.artifact}`), so there is nothing to "
@@ -555,7 +562,7 @@ def upgrade_targets(lock: Lock, names: Sequence[str], model_dir: Path) -> list[s
                 hints=[f"install the new file instead: `tvreg install NEW.tvskill --into {model_dir}`"],
             )
     chosen = [lock.skill(n) for n in names] if names else [s for s in lock.skills if s.from_registry]
-    return [s.id for s in chosen]
+    return [s.id for s in chosen if s is not None]
 
 
 def upgrade(
@@ -603,7 +610,7 @@ def upgrade(
         user = {s.id: s.weight for s in current.skills if s.weight_source == "user" and s.id in targets}
         _clean_stale_staging(model_dir)
         final = _open_skills(
-            [r.path for r in resolved], current, user, model_dir, [_origin_of(r) for r in resolved],
+            [cast(Path, r.path) for r in resolved], current, user, model_dir, [_origin_of(r) for r in resolved],
             refresh_defaults=True,
         )  # fmt: skip
         return _apply(

@@ -98,7 +98,7 @@ def make_plan(
     """
     model_dir = Path(model_dir)
     require_installed(lock, removing, model_dir)
-    removing_ids = {lock.skill(n).id for n in removing}
+    removing_ids = {s.id for n in removing if (s := lock.skill(n)) is not None}
     weights = dict(weights or {})
     seen: dict[str, str] = {}
     heads = []

@@ -206,7 +206,7 @@ def require_installed(lock: Lock, names: Sequence[str], model_dir: Path) -> None
 
 
 def _idents(skill: _Skill) -> set[str]:
-    return {skill.artifact.manifest.name, skill.origin.registry_name} - {None}
+    return {n for n in (skill.artifact.manifest.name, skill.origin.registry_name) if n is not None}
 
 
 def _shown(skill: _Skill) -> str:

@@ -14,7 +14,14 @@ import sys
 import time
 
 import click
-from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.progress import Progress as RichBar
 
 from .._version import __version__
@@ -60,7 +67,7 @@ class RichProgress(Progress):
         except ValueError:
             self.delay = RichProgress.delay
         self._bar: RichBar | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._pending: tuple[str, int | None, float] | None = None
         self._completed = 0
         RichProgress.live.append(self)
@@ -71,6 +78,7 @@ class RichProgress(Progress):
         self._completed = 0
 
     def _start(self) -> None:
+        assert self._pending is not None  # called only while a task is pending
         description, total, _ = self._pending
         self._bar = RichBar(
             TextColumn("{task.description}"),

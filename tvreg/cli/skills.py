@@ -6,8 +6,10 @@ import json
 import math
 import os
 import re
+from typing import cast
 
 import click
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from ..errors import RegistryError
@@ -145,7 +147,7 @@ def _print_report(rows: list, *, limit: int) -> None:
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col, justify in (("tensor", "left"), ("codec", "left"), ("ratio", "right"), ("rel error", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=cast(JustifyMethod, justify))
     ranked = worst_first(rows)
     for r in ranked[:limit]:
         table.add_row(r.name, r.codec, f"{r.ratio:.1f}x", format_error(r.rel_error))

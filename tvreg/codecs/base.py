@@ -6,7 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,7 +41,7 @@ class Option:
     high: float | None = None
     low_open: bool = False
 
-    def parse(self, codec: str, key: str, value: object) -> object:
+    def parse(self, codec: str, key: str, value: Any) -> object:
         def bad(why: str) -> InvalidCodecOption:
             return InvalidCodecOption(f"codec `{codec}` parameter `{key}` {why}, not {value!r}.")
 
@@ -49,6 +49,7 @@ class Option:
             if str(value) not in self.choices:
                 raise bad(f"must be one of {', '.join(self.choices)}")
             return str(value)
+        parsed: float
         try:
             if self.kind is int:
                 if isinstance(value, float) and not value.is_integer():
@@ -93,7 +94,8 @@ class Codec(ABC):
             raise InvalidCodecOption(
                 f"codec `{self.name}` has no parameter `{unknown[0]}`; it takes {takes}."
             )
-        self.opts = {k: o.default for k, o in self.options.items()}
+        # Each value has its option's `kind`, which the checker cannot follow per key.
+        self.opts: dict[str, Any] = {k: o.default for k, o in self.options.items()}
         self.opts.update({k: self.options[k].parse(self.name, k, v) for k, v in opts.items()})
 
     def describe(self) -> str:
@@ -106,13 +108,13 @@ class Codec(ABC):
         """Code a float32 tensor."""
 
     def decode(
-        self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+        self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> torch.Tensor:
         """Decode into a fresh float32 tensor of ``shape``; ``where`` names the tensor in errors."""
         return self.decode_form(data, shape, params, where=where).to_dense()
 
     def decode_form(
-        self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+        self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> StoredForm:
         """Decode to the codec's compact stored form; the fused merge kernel expands it in place.
 
@@ -136,7 +138,7 @@ def numel_of(shape: tuple[int, ...]) -> int:
 
 def raw_view(t: torch.Tensor) -> memoryview:
     """The bytes of a contiguous tensor as a writable memoryview (no copy)."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
 
 def param(params: dict, key: str, kinds: type | tuple[type, ...], where: str, *, default: object = None):

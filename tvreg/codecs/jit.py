@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ enabled = os.environ.get("TVREG_JIT", "1").strip().lower() not in {"0", "false",
 #: more than the kernels save on a small model's tensors.
 MIN_ELEMENTS = 1 << 16
 
-_kernels: SimpleNamespace | None = None
+# A SimpleNamespace of the compiled kernels once `ready` returned True; the kernels are called only then.
+_kernels: Any = None
 _missing = False
 _lock = threading.Lock()
 

@@ -17,7 +17,7 @@ which zstd bounds at :data:`~tvreg.codecs.zstd_frame.MAX_RATIO` times the stored
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -33,11 +33,11 @@ _FP32_MAX = float(np.finfo(np.float32).max)
 Handler = Callable[[np.ndarray], None]
 
 
-def _frame_pieces(src: memoryview, expected: int, where: str) -> Iterator[np.ndarray]:
+def _frame_pieces(src: memoryview, expected: int, where: str) -> Generator[np.ndarray, None, None]:
     """The decompressed bytes of one frame, :data:`PIECE` at a time, exactly ``expected`` of them."""
     zstd_frame.check_declared_size(src, expected, where=where)
     buf = np.empty(min(PIECE, max(expected, 1)), dtype=np.uint8)
-    view = memoryview(buf)
+    view = memoryview(buf)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
     done = 0
     try:
         with zstd_frame._decompressor().stream_reader(src, read_across_frames=False) as reader:
@@ -279,7 +279,7 @@ def _check_int8(data, shape, params, where) -> None:
         raise CorruptArtifact(f"tensor `{where}` has an unknown int8 row order {order!r}.")
     rows = n // shape[-1] if order and len(shape) > 1 and shape[-1] else 1
     head_bytes = scale_bytes + (rows if order else 0)
-    head = [(scale_bytes, _Aligned(dtype.itemsize, _scales_check(dtype, where))), (head_bytes - scale_bytes, _skip)]
+    head: list[tuple[int, Handler]] = [(scale_bytes, _Aligned(dtype.itemsize, _scales_check(dtype, where))), (head_bytes - scale_bytes, _skip)]
     if params.get("zeros") is None:
         spans = zstd_frame.plan(data, head_bytes + n, params, where=where)
         _walk(data, spans, iter([*head, (n, _skip)]), where)
@@ -315,7 +315,7 @@ def _check_sparse(data, shape, params, where) -> None:
         scale = param(params, "scale", (int, float), where)
         if not math.isfinite(scale) or not math.isfinite(127.0 * float(scale)):
             raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
-        values = [(value_len, _skip)]
+        values: list[tuple[int, Handler]] = [(value_len, _skip)]
     else:
         values = [(k, _no_inf_exponents(where)), (k, _skip)]
     if how == "hash":
@@ -408,7 +408,7 @@ _CHECKS = {
 }
 
 
-def verify_stored(codec: str, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> None:
+def verify_stored(codec: str, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> None:
     """Check one stored tensor as its decode would, and that its values are finite, without expanding it.
 
     Raises:

@@ -344,7 +344,7 @@ def decompress_frames(
     def one(i: int) -> None:
         s_lo, s_hi, d_lo, d_hi = spans[i]
         raw = scratch(d_hi - d_lo, where)
-        decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)
+        decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         each(i, raw)
 
     _each_frame(len(spans), one)
@@ -354,5 +354,5 @@ def decompress_stream(data: bytes | memoryview, raw_len: int, params: dict, *, w
     """The ``raw_len`` bytes of a stream written by :func:`compress_stream`, as a fresh uint8 tensor."""
     spans = plan(data, raw_len, params, where=where)
     buf = empty(raw_len, torch.uint8, where=where)
-    decompress_spans_into(data, memoryview(buf.numpy()).cast("B"), spans, where=where)
+    decompress_spans_into(data, memoryview(buf.numpy()).cast("B"), spans, where=where)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
     return buf

@@ -16,6 +16,7 @@ by one matmul just before, so no skill ever costs more than a chunk of float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import triton
@@ -313,7 +314,7 @@ def merge_tensor_fused(
     coef = r.general_coef if r.general_coef is not None else 0.0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        ops = [_operand(forms[j], start, stop, term.numel, device) for j, term in active]
+        ops = [_operand(cast(StoredForm, forms[j]), start, stop, term.numel, device) for j, term in active]  # active: has its form
         _merge_kernel[(triton.cdiv(stop - start, BLOCK),)](
             out.view(torch.int16) if out.dtype == torch.bfloat16 else out,
             flat,

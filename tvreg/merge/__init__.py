@@ -7,8 +7,13 @@ fixed order, no fused multiply-add, one rounding to the output dtype. Their
 parameters, with help text and defaults, are one table: :mod:`tvreg.merge.params`.
 """
 
+from typing import TYPE_CHECKING
+
 from . import average, dare, linear, task_arithmetic, ties, wise_ft  # noqa: F401  (register)
 from .base import MergeMethod, Recipe, fp32, get_method, method_names
+
+if TYPE_CHECKING:
+    from .engine import TensorPlan, merge_chunk, merge_tensor, plan_tensor
 
 # The engine needs torch; choosing a method and reading its parameters (``tvreg --help``) must not.
 _ENGINE = ("TensorPlan", "merge_chunk", "merge_tensor", "plan_tensor")

@@ -22,8 +22,10 @@ rows past θ_pre's extent are anchored at θ_G.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -86,7 +88,7 @@ def plan_tensor(
         n = form_numel(form)
         trim = None
         if recipe.density is not None:
-            trim = magnitude_trim(n, recipe.density, lambda form=form: iter_chunks(form, chunk))
+            trim = magnitude_trim(n, recipe.density, functools.partial(iter_chunks, form, chunk))
         key = rng.tensor_key(recipe.seed, name, tensor) if recipe.drop_rate else None
         terms.append(Term(weight=weight, numel=n, trim=trim, key=key))
     divisor = 0.0
@@ -146,13 +148,13 @@ def merge_chunk(
     acc = _anchor(plan, start, general, pre)
     if r.direct:
         for k, term in plan.active():
-            w = _contribution(plan, term, start, taus[k])
+            w = _contribution(plan, term, start, cast(torch.Tensor, taus[k]))  # an active term has its τ
             acc[: w.numel()].add_(w)
         return acc
     n = acc.numel()
     ws: list[torch.Tensor] = []
     for k, term in plan.active():
-        w = _contribution(plan, term, start, taus[k])
+        w = _contribution(plan, term, start, cast(torch.Tensor, taus[k]))
         if w.numel() < n:
             w = torch.cat([w, torch.zeros(n - w.numel(), dtype=torch.float32)])
         ws.append(w)

@@ -111,8 +111,8 @@ def _select(
     cand = np.concatenate(candidates) if candidates else np.empty(0, np.float32)
     rank = k - above  # t's rank from the top among the candidates
     if 0 < rank <= cand.size:
-        t = cand.size - rank
-        t32 = np.partition(cand, t)[t]
+        i = cand.size - rank
+        t32 = np.partition(cand, i)[i]
         return float(t32), above + int(np.count_nonzero(cand > t32)), int(np.count_nonzero(cand == t32))
     t, greater = _radix_select(k, chunks)  # the sample was unlucky: exact, whatever the data
     t32 = np.float32(t)
