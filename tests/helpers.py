@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,3 +86,28 @@ def reference_install(general: Path, pre: Path, skills: list[tuple[Path, float]]
             acc[:rows] = acc[:rows] + tau * w32
         out[name] = acc.to(gt.dtype)
     return out
+
+
+_TORCH_PROBE = """
+import sys
+from tvreg.cli import main
+try:
+    main(sys.argv[1:], prog_name="tvreg")
+except SystemExit as exc:
+    code = exc.code
+print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def cli_without_torch(*args: object) -> tuple[str, bool]:
+    """Run ``tvreg ARGS`` in a fresh interpreter: its stdout, and whether torch stayed unloaded.
+
+    The no-op and help paths promise not to import torch; only a new process can show it.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _TORCH_PROBE, *map(str, args)], env=subprocess_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, "torch not loaded" in proc.stderr

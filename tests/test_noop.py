@@ -3,37 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
-from helpers import copy_model, subprocess_env, tree_digest
+from helpers import cli_without_torch, copy_model, tree_digest
 
 from tvreg.build import build_skill
 from tvreg.environment import init_environment
 from tvreg.install import install
 from tvreg.statcache import SETTLE_NS
 
-_PROBE = """
-import sys
-from tvreg.cli import main
-try:
-    main(sys.argv[1:], prog_name="tvreg")
-except SystemExit as exc:
-    code = exc.code
-print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
-sys.exit(code)
-"""
-
-
-def _probe(*args):
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, *map(str, args)], env=subprocess_env(), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout, "torch not loaded" in proc.stderr
+_probe = cli_without_torch
 
 
 def _stats(model):

@@ -8,13 +8,11 @@ interpreter (to see which modules a command imports).
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 from client_helpers import FaultProxy, cli, login, write_project
 from conftest import rewrite_manifest
-from helpers import subprocess_env, tree_digest
+from helpers import cli_without_torch, tree_digest
 from test_client_check import _publish_two, artifacts  # noqa: F401 - fixture
 from test_client_resolve import published, versions  # noqa: F401 - fixtures
 from test_env_sharing import _model, _stats, built, teams  # noqa: F401 - fixtures
@@ -126,18 +124,6 @@ def test_dry_run_parity_for_requires_and_yanks(teams, built, family, tmp_path, r
         assert tree_digest(model) == before
 
 
-_PROBE = """
-import sys
-from tvreg.cli import main
-try:
-    main(sys.argv[1:], prog_name="tvreg")
-except SystemExit as exc:
-    code = exc.code
-print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
-sys.exit(code)
-"""
-
-
 def test_nothing_to_change_loads_no_torch_and_writes_nothing(teams, family, tmp_path):  # noqa: F811
     model = _model(family, tmp_path)
     assert cli("install", "alice/science", "bob/science", "--weight", "bob/science=0.3", "--into", model).exit_code == 0
@@ -151,13 +137,9 @@ def test_nothing_to_change_loads_no_torch_and_writes_nothing(teams, family, tmp_
         ["sync", "--locked", "--into", model],
         ["sync", "--into", model],
     ):
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, *map(str, args)], env=subprocess_env(), capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert "Nothing to change:" in proc.stdout and "2 skill(s) already installed" in proc.stdout, args
-        assert "torch not loaded" in proc.stderr, (args, proc.stderr)
+        stdout, torch_free = cli_without_torch(*args)
+        assert "Nothing to change:" in stdout and "2 skill(s) already installed" in stdout, args
+        assert torch_free, args
         assert _stats(model) == stats and tree_digest(model) == digest, args
     assert _everything()[0] == stores[0], "a no-op wrote to the store"
     # Anything that would change goes the full way: a new weight rewrites the model.
