@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from . import statcache
-from .cache import file_sha256
 from .codecs import get_codec
 from .codecs.budget import charge
 from .codecs.forms import StoredForm
 from .codecs.verify import verify_stored
 from .errors import CorruptArtifact, InvalidManifest
-from .fsutil import disk_errors, fsync_dir, make_temp
+from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from .errors import DownloadError, RegistryError
 from .faults import crash_point
-from .fsutil import atomic_write_text, disk_errors, fsync_dir
+from .fsutil import atomic_write_text, disk_errors, file_sha256, fsync_dir
 from .paths import cache_dir
 from .progress import NULL_PROGRESS, Progress
 
@@ -184,22 +184,6 @@ class _OverlappedHash:
         finally:
             self._pool.shutdown(wait=True)
         return self._h
-
-
-def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | None = None) -> str:
-    """``sha256:<hex>`` of a file (or of its first ``limit`` bytes)."""
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            chunk = f.read(_READ_CHUNK if left is None else min(_READ_CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            progress.advance(len(chunk))
-            if left is not None:
-                left -= len(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 class BlobCache:

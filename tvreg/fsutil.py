@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import DiskFull
+from .progress import NULL_PROGRESS, Progress
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -136,3 +138,26 @@ def swap_directories(current: Path, staged: Path) -> None:
         os.rename(staged, current)
         os.rename(aside, staged)
     fsync_dir(current.parent)
+
+
+_DIGEST_CHUNK = 8 << 20
+
+
+def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | None = None) -> str:
+    """``sha256:<hex>`` of a file (or of its first ``limit`` bytes).
+
+    Here rather than in the download cache: the artifact format (which the registry imports)
+    needs it, and the format must not depend on the client's cache.
+    """
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(_DIGEST_CHUNK if left is None else min(_DIGEST_CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            progress.advance(len(chunk))
+            if left is not None:
+                left -= len(chunk)
+    return "sha256:" + h.hexdigest()
