@@ -269,7 +269,15 @@ def calibrate(
     def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> float:
         nonlocal evaluations
         evaluations += 1
-        value = scorer(t)
+        try:
+            value = scorer(t)
+        except EvaluationError as exc:
+            if texts is None and not exc.hints:
+                exc.hints.append(
+                    f"calibration calls the hook on scratch copies of `{base}` with candidate weights "
+                    "and uses its one metric (or `loss`); check it runs on the base model"
+                )
+            raise
         if not math.isfinite(value):
             raise EvaluationError(f"calibration gave a score of {value} for {what}.")
         if on_evaluation:
