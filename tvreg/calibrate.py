@@ -303,19 +303,20 @@ def calibrate(
         sized = []
         for name, opts in candidates if candidates is not None else CANDIDATES:
             coder = _Uniform(make_codec(name, opts))
-            encoded = {n: coder.encode(t) for n, t in taus.items()}
-            size = sum(len(e.data) for e in encoded.values())
-            sized.append((size, coder, encoded))
+            # Only the size is kept: the few candidates the bisection measures are coded again,
+            # so memory holds τ and one τ̂, not every candidate's coding.
+            sized.append((sum(len(coder.encode(t).data) for t in taus.values()), coder))
         sized.sort(key=lambda s: s[0])
         lo, hi = 0, len(sized)  # the answer is in [lo, hi]; hi means "none passes"
         while lo < hi:
             mid = (lo + hi) // 2
-            size, coder, encoded = sized[mid]
-            decoded = {
-                n: get_codec(e.codec or coder.inner.name).decode(e.data, tuple(taus[n].shape), e.params, where=n)
-                for n, e in encoded.items()
-            }
+            size, coder = sized[mid]
+            decoded = {}
+            for n, t in taus.items():
+                e = coder.encode(t)
+                decoded[n] = get_codec(e.codec or coder.inner.name).decode(e.data, tuple(t.shape), e.params, where=n)
             score = evaluate(coder.describe(), decoded)
+            del decoded
             kept = retention(score)
             explored.append({"codec": coder.describe(), "bytes": size, "retention": kept, "loss": score})
             if kept >= min_retention:
