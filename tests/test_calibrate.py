@@ -149,7 +149,14 @@ def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldo
     assert line in res.stdout
     info = run("info", out)
     assert info.exit_code == 0 and line in info.stdout
-    assert json.loads(run("info", out, "--format", "json").stdout)["calibration"] == cal
+    manifest = json.loads(run("info", out, "--format", "json").stdout)
+    assert manifest["calibration"] == cal
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+
+    schema = json.loads(resources.files("tvreg").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
+    with Artifact(out) as art:
+        jsonschema.Draft202012Validator(schema).validate(json.loads(art.manifest.to_json()))
 
 
 def test_uncalibrated_manifests_carry_no_calibration_key(family, tmp_path):
