@@ -150,7 +150,8 @@ class _TextScorer:
         self.model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
         self.state = self.model.state_dict()
         self.pre = {n: t.detach().clone() for n, t in self.state.items()}
-        self.ids = [torch.tensor([tokenizer(t)["input_ids"]]) for t in texts]
+        limit = int(getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.ids = [torch.tensor([tokenizer(t)["input_ids"][:limit]]) for t in texts]
         self.ids = [i for i in self.ids if i.shape[1] >= 2]
         self.tokens = sum(int(i.shape[1]) - 1 for i in self.ids)
         if not self.ids:
