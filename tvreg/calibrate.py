@@ -69,12 +69,16 @@ class _Uniform(Codec):
     name = "auto"
     lossless = False
 
-    def __init__(self, inner: Codec) -> None:
+    def __init__(self, inner: Codec, given: Mapping[str, object] | None = None) -> None:
         super().__init__()
         self.inner = inner
+        self.given = dict(given or {})
 
     def describe(self) -> str:
-        return self.inner.describe()
+        """The setting as it was asked for, defaults included when named (``sparse(density=0.1)``, not ``sparse``)."""
+        if not self.given:
+            return self.inner.describe()
+        return f"{self.inner.name}({', '.join(f'{k}={v}' for k, v in self.given.items())})"
 
     def encode(self, tensor: torch.Tensor) -> Encoded:
         if tensor.dim() < 2 or self.inner.name == "exact":
@@ -303,7 +307,7 @@ def calibrate(
     if min_retention < 1.0:
         sized = []
         for name, opts in candidates if candidates is not None else CANDIDATES:
-            coder = _Uniform(make_codec(name, opts))
+            coder = _Uniform(make_codec(name, opts), opts)
             # Only the size is kept: the few candidates the bisection measures are coded again,
             # so memory holds τ and one τ̂, not every candidate's coding.
             sized.append((sum(len(coder.encode(t).data) for t in taus.values()), coder))
