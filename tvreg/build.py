@@ -209,22 +209,22 @@ def build_skill(
                 return item.name, fn
 
             deltas = (adapter_delta_fn(item) for item in adapter_deltas(Path(adapter), pre_shapes))
-        calibrated = None
-        if calibration is not None:
-            from .calibrate import calibrate
-
-            deltas = list(deltas)
-            taus = {}
-            for tname, fn in deltas:
-                tau = fn(tname)
-                if tau is not None:
-                    _check_finite(tname, tau)
-                    taus[tname] = tau
-            coder, figures = calibrate(taus, base=reference, data=calibration, min_retention=min_retention)
-            calibrated = figures.to_dict()
-            source["codec"] = f"auto({figures.chosen})"
-            deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
         try:
+            calibrated = None
+            if calibration is not None:
+                from .calibrate import calibrate
+
+                deltas = list(deltas)
+                taus = {}
+                for tname, fn in deltas:
+                    tau = fn(tname)
+                    if tau is not None:
+                        _check_finite(tname, tau)
+                        taus[tname] = tau
+                coder, figures = calibrate(taus, base=reference, data=calibration, min_retention=min_retention)
+                calibrated = figures.to_dict()
+                source["codec"] = f"auto({figures.chosen})"
+                deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
             manifest = Manifest(
                 name=name,
                 version=version,
