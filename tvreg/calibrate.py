@@ -91,12 +91,16 @@ class _Uniform(Codec):
         raise NotImplementedError
 
 
+def _setting(codec: str, **opts: object) -> tuple[str, dict[str, object]]:
+    return codec, opts
+
+
 CANDIDATES: list[tuple[str, dict[str, object]]] = [
-    ("bf16", {}),
-    ("int8", {}),
-    *[("sparse", {"density": d, "select": "random"}) for d in (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)],
-    *[("sparse", {"density": d}) for d in (0.3, 0.1, 0.03)],
-    *[("lowrank", {"energy": e, "fallback": "int8"}) for e in (0.99, 0.9, 0.75, 0.5)],
+    _setting("bf16"),
+    _setting("int8"),
+    *[_setting("sparse", density=d, select="random") for d in (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)],
+    *[_setting("sparse", density=d) for d in (0.3, 0.1, 0.03)],
+    *[_setting("lowrank", energy=e, fallback="int8") for e in (0.99, 0.9, 0.75, 0.5)],
 ]
 """The lossy settings tried, one for every matrix of τ (sorted by measured size before the search)."""
 

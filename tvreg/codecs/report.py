@@ -93,7 +93,7 @@ def calibration_line(calibration: object, *, lossy: bool) -> str | None:
     if not isinstance(calibration, Mapping):
         return None
     kept, target = calibration.get("retention"), calibration.get("target")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (kept, target)):
+    if not isinstance(kept, (int, float)) or not isinstance(target, (int, float)):
         return None
     texts = calibration.get("texts")
     on = f"{texts} held-out texts" if isinstance(texts, int) else f"hook `{calibration.get('data')}`"
