@@ -159,9 +159,16 @@ def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldo
         jsonschema.Draft202012Validator(schema).validate(json.loads(art.manifest.to_json()))
 
 
-def test_uncalibrated_manifests_carry_no_calibration_key(family, tmp_path):
+def test_uncalibrated_auto_is_unchanged_and_says_what_calibration_would_do(run, family, tmp_path):
     res = _build(family, tmp_path / "s.tvskill")
     assert res.manifest.calibration is None and '"calibration"' not in res.manifest.to_json()
+    assert res.manifest.source["codec"] == "auto"
+    out = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "auto", "-o", tmp_path / "c.tvskill",
+    )  # fmt: skip
+    assert out.exit_code == 0 and "with `--calibration HELDOUT` it chooses by the share" in out.stdout
+    assert "\n  calibration  " not in out.stdout  # no calibration row
 
 
 def _hook_that_raises(tmp_path: Path) -> str:
@@ -218,3 +225,33 @@ def test_data_where_the_skill_changes_nothing_is_refused(family, tmp_path):
     with pytest.raises(EvaluationError, match="scores the same as the base model"):
         _build(family, tmp_path / "s.tvskill", calibration=f"{hook}:score")
     assert not (tmp_path / "s.tvskill").exists()
+
+
+PROJECT_ERRORS = [
+    # ([build] table, the reason the project file is refused)
+    ({"codec": "auto", "calibration": "h.txt", "min_retention": 1.5}, "`build.min_retention` must be a number in (0, 1]"),
+    ({"codec": "auto", "calibration": "h.txt", "min_retention": True}, "`build.min_retention` must be a number in (0, 1]"),
+    ({"codec": "int8", "calibration": "h.txt"}, '`build.calibration` chooses the coding only with `codec = "auto"`'),
+    ({"codec": "auto", "calibration": 3}, "`build.calibration` must be a string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("build, reason", PROJECT_ERRORS)
+def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path, build, reason):
+    import tomli_w
+
+    from tvreg.errors import ProjectError
+    from tvreg.project import load_project
+
+    def write(table: dict) -> Path:
+        fields = {"name": "alice/science", "version": "1.0.0", "base": str(family.pre)}
+        (tmp_path / "tvskill.toml").write_text(tomli_w.dumps({**fields, "build": {"finetuned": "ft", **table}}))
+        return tmp_path
+
+    (tmp_path / "h.txt").write_text("\n".join(HELDOUT))
+    project = load_project(write({"codec": "auto", "calibration": "h.txt", "min_retention": 0.95}))
+    assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95
+    assert load_project(write({"codec": "auto", "calibration": "evals:score"})).calibration == "evals:score"
+    with pytest.raises(ProjectError) as caught:
+        load_project(write(build))
+    assert reason in caught.value.message

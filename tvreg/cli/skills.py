@@ -153,6 +153,11 @@ def build(
         f"{res.stored_bytes / 2**20:.1f} MiB ({ratio:.2f}x smaller than fp32 τ) → {res.path}"
     )
     _print_report(m.report(), limit=5 if m.lossy else 0, calibration=m.calibration)
+    if codec == "auto" and calibration is None:
+        out.print(
+            "  note: `auto` chose per tensor by ‖τ̂−τ‖/‖τ‖; with `--calibration HELDOUT` it chooses by the share "
+            "of the fine-tune's gain the skill keeps, usually much smaller."
+        )
 
 
 def _print_report(rows: list, *, limit: int, calibration: object = None) -> None:
