@@ -250,6 +250,8 @@ def _renamed_tensor(name: str) -> dict:
     return manifest
 
 
+_CAL = {"retention": 0.995, "target": 0.99, "loss_pre": 2.5, "loss_finetuned": 2.0, "loss_chosen": 2.0025}
+
 HOSTILE = [
     ("a format this reader does not know", lambda: _m(format_version=2)),
     ("no name", lambda: _m(name=None)),
@@ -292,6 +294,9 @@ HOSTILE = [
     ("codec parameters as a list", lambda: _m(tensor={"params": [1]})),
     ("a negative relative error", lambda: _m(tensor={"rel_error": -0.1})),
     ("a relative error as text", lambda: _m(tensor={"rel_error": "0"})),
+    ("a calibration that is not an object", lambda: _m(calibration="99%")),
+    ("a calibration retention as text", lambda: _m(calibration={**_CAL, "retention": "0.99"})),
+    ("a calibration without the base model's loss", lambda: _m(calibration={k: v for k, v in _CAL.items() if k != "loss_pre"})),
 ]
 
 

@@ -104,6 +104,8 @@ def build_skill(
     requires: dict[str, str] | None = None,
     conflicts: dict[str, str] | None = None,
     source_label: str | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    min_retention: float = 0.99,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
@@ -132,6 +134,11 @@ def build_skill(
             ``{"ns/skill": "npm range"}``; the resolver honours them at install.
         source_label: what the manifest records as the fine-tune or adapter instead of its local
             path (``hf://org/repo@sha``), so a conversion gives the same bytes on every machine.
+        calibration: with ``codec="auto"``, held-out data (a text file, one text per line, or a
+            hook ``module:fn``): ``auto`` then picks the smallest coding whose gain retention on
+            it is at least ``min_retention`` (:mod:`tvreg.calibrate`), and the manifest records
+            the figures. τ is then held in memory (fp32) while candidates are measured.
+        min_retention: the retention target of a calibrated build, in (0, 1]; 1 keeps τ exact.
 
     Returns:
         A :class:`BuildResult`.
@@ -141,6 +148,8 @@ def build_skill(
         CheckpointError: a model cannot be read; UnsafeCheckpoint for pickle weights.
         InvalidName: malformed name or version.
         InvalidCodecOption: unknown codec or codec parameter.
+        EvaluationError: calibration data that cannot be read or scored, or a hook that fails;
+            nothing is written then.
     """
     validate_name(name)
     validate_version(version)
@@ -164,6 +173,11 @@ def build_skill(
 
     validate_dependencies({**(requires or {}), **(conflicts or {})})
     coder = make_codec(codec, codec_options)
+    if calibration is not None and codec != "auto":
+        raise TvregError(
+            f"calibration data chooses the coding only for codec `auto`, not `{codec}`.",
+            hints=["pass `--codec auto` with `--calibration`, or drop `--calibration`"],
+        )
     if adapter is not None and str(adapter).startswith("hf://"):
         from .hub import download_adapter
 
@@ -196,6 +210,21 @@ def build_skill(
 
             deltas = (adapter_delta_fn(item) for item in adapter_deltas(Path(adapter), pre_shapes))
         try:
+            calibrated = None
+            if calibration is not None:
+                from .calibrate import calibrate
+
+                deltas = list(deltas)
+                taus = {}
+                for tname, fn in deltas:
+                    tau = fn(tname)
+                    if tau is not None:
+                        _check_finite(tname, tau)
+                        taus[tname] = tau
+                coder, figures = calibrate(taus, base=reference, data=calibration, min_retention=min_retention)
+                calibrated = figures.to_dict()
+                source["codec"] = f"auto({figures.chosen})"
+                deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
             manifest = Manifest(
                 name=name,
                 version=version,
@@ -209,6 +238,7 @@ def build_skill(
                 requires=dict(requires or {}),
                 conflicts=dict(conflicts or {}),
                 created_by=f"tvreg {__version__}",
+                calibration=calibrated,
             )
             total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
             result = write_skill(

@@ -8,6 +8,7 @@ with my model?" without touching tensor data.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -67,9 +68,14 @@ class Manifest:
     created_by: str = ""
     format_version: int = FORMAT_VERSION
     tensors: dict[str, TensorEntry] = field(default_factory=dict)
+    calibration: dict | None = None
+    """What a calibrated ``auto`` build measured (:class:`tvreg.calibrate.Calibration`); absent otherwise."""
 
     def to_json(self) -> str:
         data = asdict(self)
+        if data["calibration"] is None:
+            # Absent rather than null, so uncalibrated artifacts keep the bytes they always had.
+            del data["calibration"]
         data["tensors"] = {k: {**asdict(v), "shape": list(v.shape)} for k, v in sorted(self.tensors.items())}
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -129,6 +135,14 @@ class Manifest:
                 raise bad(f"`{key}` must be a string")
         if not isinstance(data.get("source", {}), dict):
             raise bad("`source` must be an object")
+        calibration = data.get("calibration")
+        if calibration is not None:
+            if not isinstance(calibration, dict):
+                raise bad("`calibration` must be an object")
+            for key in ("retention", "target", "loss_pre", "loss_finetuned", "loss_chosen"):
+                value = calibration.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise bad(f"`calibration.{key}` must be a finite number")
         if data.get("dataset_unit", "examples") not in DATASET_UNITS:
             raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
         for key in ("requires", "conflicts"):

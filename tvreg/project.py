@@ -18,6 +18,8 @@ that made it. Two forms::
     # adapter = "lora/"              #     a PEFT LoRA adapter trained on `base`
     codec = "exact"                  #     or bf16, int8, sparse, lowrank, auto
     codec_params = {}                #     e.g. { density = 0.1 } for sparse
+    # calibration = "heldout.txt"    #     auto only: held-out texts (one per line) or `module:fn`
+    # min_retention = 0.99           #     share of the fine-tune's gain the coding keeps
 
     [sign]                           # optional: sign the artifact when publishing
     key = "release"                  #     a key name from `tvreg key generate`, or a path
@@ -67,7 +69,7 @@ _TOP_KEYS = {
     "conflicts",
     "sign",
 }
-_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params"}
+_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params", "calibration", "min_retention"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -89,6 +91,9 @@ class SkillProject:
     adapter: str | None = None
     codec: str = "exact"
     codec_params: dict[str, object] | None = None
+    calibration: str | None = None
+    """``[build] calibration``: held-out texts (absolute path) or a hook ``module:fn`` for ``auto``."""
+    min_retention: float = 0.99
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
     sign_key: str | None = None
@@ -156,9 +161,14 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     for key in ("base", "dataset_unit", "description", "license", "artifact"):
         if key in data and not isinstance(data[key], str):
             raise _bad(file, f"`{key}` must be a string")
-    for key in ("finetuned", "adapter", "codec"):
+    for key in ("finetuned", "adapter", "codec", "calibration"):
         if key in build and not isinstance(build[key], str):
             raise _bad(file, f"`build.{key}` must be a string")
+    min_retention = build.get("min_retention", 0.99)
+    if isinstance(min_retention, bool) or not isinstance(min_retention, (int, float)) or not 0 < min_retention <= 1:
+        raise _bad(file, "`build.min_retention` must be a number in (0, 1]")
+    if "calibration" in build and build.get("codec", "exact") != "auto":
+        raise _bad(file, '`build.calibration` chooses the coding only with `codec = "auto"`')
     codec_params = build.get("codec_params")
     if codec_params is not None and (
         not isinstance(codec_params, dict)
@@ -219,10 +229,18 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         adapter=_resolve_model(root, build["adapter"]) if build.get("adapter") else None,
         codec=build.get("codec", "exact"),
         codec_params=dict(codec_params) if codec_params else None,
+        calibration=_resolve_data(root, build["calibration"]) if build.get("calibration") else None,
+        min_retention=float(min_retention),
         requires=deps["requires"],
         conflicts=deps["conflicts"],
         sign_key=_resolve_key(root, sign["key"]) if sign.get("key") else None,
     )
+
+
+def _resolve_data(root: Path, value: str) -> str:
+    """Calibration data relative to the project if that file exists, else as written (a hook ``module:fn``)."""
+    candidate = root / os.path.expanduser(value)
+    return str(candidate.resolve()) if candidate.is_file() else value
 
 
 def _resolve_key(root: Path, value: str) -> str:
@@ -248,7 +266,7 @@ def _needs_build(project: SkillProject) -> bool:
     if not out.is_file():
         return True
     inputs = [project.root / PROJECT_FILE]
-    for model in (project.base, project.finetuned, project.adapter):
+    for model in (project.base, project.finetuned, project.adapter, project.calibration):
         if model and os.path.isabs(model):
             inputs.append(Path(model))
     return _newest_mtime(inputs) > out.stat().st_mtime
@@ -360,6 +378,8 @@ def prepare_artifact(
                 codec_options=project.codec_params,
                 requires=project.requires,
                 conflicts=project.conflicts,
+                calibration=project.calibration,
+                min_retention=project.min_retention,
                 progress=progress,
             )
             built = True

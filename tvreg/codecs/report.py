@@ -82,3 +82,24 @@ def format_error(err: float | None) -> str:
     if err == 0:
         return "0"
     return f"{err * 100:.3g}%"
+
+
+def calibration_line(calibration: object, *, lossy: bool) -> str | None:
+    """``lossy, retention 99.3% on 24 held-out texts (target 99%; sparse(density=0.1), 6 evaluations)``.
+
+    ``calibration`` is the manifest's ``calibration`` object as JSON (None when the skill
+    was not calibrated, or malformed: then there is no line).
+    """
+    if not isinstance(calibration, Mapping):
+        return None
+    kept, target = calibration.get("retention"), calibration.get("target")
+    if not isinstance(kept, (int, float)) or not isinstance(target, (int, float)):
+        return None
+    texts = calibration.get("texts")
+    on = f"{texts} held-out texts" if isinstance(texts, int) else f"hook `{calibration.get('data')}`"
+    detail = f"target {100 * target:g}%"
+    if isinstance(calibration.get("chosen"), str):
+        detail += f"; {calibration['chosen']}"
+    if isinstance(calibration.get("evaluations"), int):
+        detail += f", {calibration['evaluations']} evaluations"
+    return f"{'lossy' if lossy else 'lossless'}, retention {100 * kept:.1f}% on {on} ({detail})"

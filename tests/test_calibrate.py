@@ -1,0 +1,257 @@
+"""Calibrated `auto` (issue 23): the coding is chosen by the share of the fine-tune's gain it keeps on held-out data.
+
+The skill is the tiny family's `science` fine-tune; the calibration texts are held-out science
+sentences in the style of its training set (not among its training texts), one per line.
+Retention is recomputed here with a loss written independently of tvreg.calibrate: the
+model's own tokenizer, a plain forward and a hand-written token-level cross entropy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tvreg.artifact import Artifact
+from tvreg.build import build_skill
+from tvreg.cli import main
+from tvreg.errors import EvaluationError, TvregError
+from tvreg.manifest import Manifest
+
+HELDOUT = [
+    "Water freezes at 0 degrees Celsius at sea level.",
+    "The Sun is a star made mostly of hydrogen.",
+    "Electrons carry a negative electric charge.",
+    "Plants take in CO2 and give out oxygen.",
+    "Sound needs a medium such as air to travel.",
+    "The Earth turns on its axis once a day.",
+    "Cells divide to make new cells.",
+    "Ice floats because it is less dense than water.",
+    "Gravity pulls objects toward the Earth.",
+    "Light bends when it passes into water.",
+    "An atom's nucleus holds protons and neutrons.",
+    "Energy cannot be created or destroyed.",
+]
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def heldout(tmp_path) -> Path:
+    path = tmp_path / "heldout.txt"
+    path.write_text("\n".join(HELDOUT[:6]) + "\n\n" + "\n".join(HELDOUT[6:]) + "\n", encoding="utf-8")
+    return path
+
+
+def _loss(model_dir: Path, texts: list[str], taus: dict[str, torch.Tensor] | None) -> float:
+    """Token-weighted mean NLL of θ + τ on ``texts``, computed without tvreg."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tau in (taus or {}).items():
+            params[name].add_(tau)
+        total, count = 0.0, 0
+        for text in texts:
+            ids = torch.tensor([tok(text)["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1].double()
+            nll = -torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None]).sum()
+            total += float(nll)
+            count += ids.shape[1] - 1
+    return total / count
+
+
+def _taus(path: Path) -> dict[str, torch.Tensor]:
+    with Artifact(path) as art:
+        return {name: art.decode(name) for name in art.manifest.tensors}
+
+
+def _build(family, out: Path, **kw):
+    return build_skill(
+        family.pre, finetuned=family.science, output=out, name="science", version="1.0.0", codec="auto", **kw
+    )
+
+
+def test_a_target_of_one_keeps_tau_exact_after_two_evaluations(family, heldout, tmp_path):
+    res = _build(family, tmp_path / "s.tvskill", calibration=heldout, min_retention=1.0)
+    m = res.manifest
+    assert {t.codec for t in m.tensors.values()} == {"exact"} and not m.lossy
+    cal = m.calibration
+    assert cal["retention"] == 1.0 and cal["evaluations"] == 2 and cal["explored"] == []
+    assert cal["texts"] == len(HELDOUT) and cal["chosen"] == "exact"
+    assert cal["loss_finetuned"] < cal["loss_pre"]  # the skill helps on its domain, so retention is defined
+
+
+def test_a_lower_target_picks_a_smaller_lossy_coding_that_meets_it(family, heldout, tmp_path):
+    exact = build_skill(
+        family.pre, finetuned=family.science, output=tmp_path / "e.tvskill", name="science", version="1.0.0"
+    )
+    target = 0.9
+    res = _build(family, tmp_path / "s.tvskill", calibration=heldout, min_retention=target)
+    m, cal = res.manifest, res.manifest.calibration
+    assert m.lossy and res.stored_bytes < exact.stored_bytes
+    assert m.source["codec"] == f"auto({cal['chosen']})"
+
+    pre = _loss(family.pre, HELDOUT, None)
+    ft = _loss(family.pre, HELDOUT, _taus(exact.path))
+    coded = _loss(family.pre, HELDOUT, _taus(res.path))
+    kept = (pre - coded) / (pre - ft)
+    assert kept >= target
+    assert kept == pytest.approx(cal["retention"], abs=1e-4)
+    assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx((pre, ft, coded), abs=1e-4)
+    # Bisection over the candidates sorted by size: 2 reference evaluations plus ⌈log₂(n+1)⌉.
+    assert cal["evaluations"] == 2 + len(cal["explored"]) <= 2 + 4
+    chosen = next(e for e in cal["explored"] if e["codec"] == cal["chosen"])
+    assert all(e["retention"] < target for e in cal["explored"] if e["bytes"] < chosen["bytes"])
+
+
+def test_a_hook_calibrates_like_the_text_file(family, heldout, tmp_path):
+    hook = tmp_path / "myeval.py"
+    hook.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_calibrate import HELDOUT, _loss\n"
+        "def score(model_dir):\n"
+        "    return {'loss': _loss(model_dir, HELDOUT, None)}\n",
+        encoding="utf-8",
+    )
+    by_text = _build(family, tmp_path / "t.tvskill", calibration=heldout, min_retention=0.9).manifest.calibration
+    by_hook = _build(family, tmp_path / "h.tvskill", calibration=f"{hook}:score", min_retention=0.9).manifest.calibration
+    assert by_hook["chosen"] == by_text["chosen"]
+    assert by_hook["retention"] == pytest.approx(by_text["retention"], abs=1e-3)
+    assert by_hook["texts"] is None and by_hook["data"] == f"{hook}:score" and by_hook["metric"] == "loss"
+
+
+def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldout, tmp_path):
+    out = tmp_path / "s.tvskill"
+    res = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "-o", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with Artifact(out) as art:
+        cal = art.manifest.calibration
+        assert Manifest.from_json(art.manifest.to_json(), where="x").calibration == cal
+    line = f"lossy, retention {100 * cal['retention']:.1f}% on {len(HELDOUT)} held-out texts (target 90%"
+    assert line in res.stdout
+    info = run("info", out)
+    assert info.exit_code == 0 and line in info.stdout
+    manifest = json.loads(run("info", out, "--format", "json").stdout)
+    assert manifest["calibration"] == cal
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib import resources
+
+    schema = json.loads(resources.files("tvreg").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
+    with Artifact(out) as art:
+        jsonschema.Draft202012Validator(schema).validate(json.loads(art.manifest.to_json()))
+
+
+def test_uncalibrated_auto_is_unchanged_and_says_what_calibration_would_do(run, family, tmp_path):
+    res = _build(family, tmp_path / "s.tvskill")
+    assert res.manifest.calibration is None and '"calibration"' not in res.manifest.to_json()
+    assert res.manifest.source["codec"] == "auto"
+    out = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "auto", "-o", tmp_path / "c.tvskill",
+    )  # fmt: skip
+    assert out.exit_code == 0 and "with `--calibration HELDOUT` it chooses by the share" in out.stdout
+    assert "\n  calibration  " not in out.stdout  # no calibration row
+
+
+def _hook_that_raises(tmp_path: Path) -> str:
+    (tmp_path / "broken.py").write_text("def score(model_dir):\n    raise RuntimeError('GPU on fire')\n")
+    return f"{tmp_path / 'broken.py'}:score"
+
+
+BAD_DATA = [
+    # (what, writes the data and returns the --calibration value, the error's first line)
+    ("an empty file", lambda p: (p / "d.txt").write_text("\n  \n") and str(p / "d.txt"),
+     "error: calibration data `{p}/d.txt` holds no texts."),
+    ("a binary file", lambda p: (p / "d.txt").write_bytes(b"text\0\x01\x02") and str(p / "d.txt"),
+     "error: calibration data `{p}/d.txt` holds NUL bytes; it is not a text file."),
+    ("a file that is not UTF-8", lambda p: (p / "d.txt").write_bytes(b"caf\xe9\n") and str(p / "d.txt"),
+     "error: calibration data `{p}/d.txt` is not UTF-8 text (byte 3)."),
+    ("a missing file", lambda p: str(p / "nope.txt"),
+     "error: calibration data `{p}/nope.txt` cannot be read (No such file or directory)."),
+    ("a hook that raises", _hook_that_raises,
+     "error: evaluation hook `{p}/broken.py:score` failed on `"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what, make, first", BAD_DATA, ids=[b[0] for b in BAD_DATA])
+def test_bad_calibration_data_is_one_sentence_with_a_hint_and_writes_nothing(run, family, tmp_path, what, make, first):
+    data = make(tmp_path)
+    out = tmp_path / "out" / "s.tvskill"
+    out.parent.mkdir()
+    res = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "auto", "--calibration", data, "-o", out,
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith(first.format(p=tmp_path)), lines
+    assert "Traceback" not in res.stderr
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_calibration_needs_codec_auto_and_a_sane_target(family, heldout, tmp_path):
+    with pytest.raises(TvregError, match="only for codec `auto`, not `int8`"):
+        build_skill(
+            family.pre, finetuned=family.science, output=tmp_path / "s.tvskill", name="s", version="1.0.0",
+            codec="int8", calibration=heldout,
+        )  # fmt: skip
+    with pytest.raises(EvaluationError, match=r"must be in \(0, 1\], not 1.5"):
+        _build(family, tmp_path / "s.tvskill", calibration=heldout, min_retention=1.5)
+    assert not (tmp_path / "s.tvskill").exists()
+
+
+def test_data_where_the_skill_changes_nothing_is_refused(family, tmp_path):
+    hook = tmp_path / "const.py"
+    hook.write_text("def score(model_dir):\n    return {'loss': 1.0}\n")
+    with pytest.raises(EvaluationError, match="scores the same as the base model"):
+        _build(family, tmp_path / "s.tvskill", calibration=f"{hook}:score")
+    assert not (tmp_path / "s.tvskill").exists()
+
+
+PROJECT_ERRORS = [
+    # ([build] table, the reason the project file is refused)
+    ({"codec": "auto", "calibration": "h.txt", "min_retention": 1.5}, "`build.min_retention` must be a number in (0, 1]"),
+    ({"codec": "auto", "calibration": "h.txt", "min_retention": True}, "`build.min_retention` must be a number in (0, 1]"),
+    ({"codec": "int8", "calibration": "h.txt"}, '`build.calibration` chooses the coding only with `codec = "auto"`'),
+    ({"codec": "auto", "calibration": 3}, "`build.calibration` must be a string"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("build, reason", PROJECT_ERRORS)
+def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path, build, reason):
+    import tomli_w
+
+    from tvreg.errors import ProjectError
+    from tvreg.project import load_project
+
+    def write(table: dict) -> Path:
+        fields = {"name": "alice/science", "version": "1.0.0", "base": str(family.pre)}
+        (tmp_path / "tvskill.toml").write_text(tomli_w.dumps({**fields, "build": {"finetuned": "ft", **table}}))
+        return tmp_path
+
+    (tmp_path / "h.txt").write_text("\n".join(HELDOUT))
+    project = load_project(write({"codec": "auto", "calibration": "h.txt", "min_retention": 0.95}))
+    assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95
+    assert load_project(write({"codec": "auto", "calibration": "evals:score"})).calibration == "evals:score"
+    with pytest.raises(ProjectError) as caught:
+        load_project(write(build))
+    assert reason in caught.value.message
