@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,12 +100,27 @@ def _wait(driver, css: str):
 
 
 def _click(driver, css: str, then: str) -> None:
-    """Click ``css`` and wait until the next page shows ``then``."""
-    old = driver.find_element(*_by("html"))
-    driver.find_element(*_by(css)).click()
+    """Click ``css`` and wait until the next page shows ``then``.
+
+    On a loaded machine the page can still be settling when the lookup runs, and Chromium
+    answers "node ... does not belong to the document" for an element of the page being
+    replaced; the lookup and click are retried on that (as on a stale element) for a while.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            old = driver.find_element(*_by("html"))
+            driver.find_element(*_by(css)).click()
+            break
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            settling = isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc)
+            if not settling or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     WebDriverWait(driver, 30).until(ec.staleness_of(old))
     _wait(driver, then)
 
