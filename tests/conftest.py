@@ -54,3 +54,27 @@ def family_bf16(tmp_path_factory):
 @pytest.fixture(scope="session")
 def family_fp16(tmp_path_factory):
     return build_family(tmp_path_factory.mktemp("family-fp16"), dtype=torch.float16, extra_general_tokens=2)
+
+
+@pytest.fixture
+def run():
+    """``tvreg ARGS`` in-process through click's runner; exceptions propagate (a traceback is a bug)."""
+    from click.testing import CliRunner
+
+    from tvreg.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    """No saved huggingface.co token, endpoint, offline switch or cache of the machine leaks into a test."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)

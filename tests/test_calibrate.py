@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from tvreg.artifact import Artifact
 from tvreg.build import build_skill
-from tvreg.cli import main
 from tvreg.errors import EvaluationError, TvregError
 from tvreg.manifest import Manifest
 
@@ -35,16 +33,6 @@ HELDOUT = [
     "An atom's nucleus holds protons and neutrons.",
     "Energy cannot be created or destroyed.",
 ]
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 @pytest.fixture

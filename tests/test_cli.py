@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
 from helpers import copy_model
 
-from tvreg.cli import main
 from tvreg.fingerprint import fingerprint
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
 
 
 def test_help_lists_the_commands(run):

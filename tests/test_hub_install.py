@@ -23,18 +23,10 @@ from tvreg.install import install, sync
 from tvreg.lockfile import read_lock
 
 pytestmark = [
+    pytest.mark.usefixtures("hf_home"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def hf_home(tmp_path, monkeypatch):
-    """No saved huggingface.co token or cache of the machine leaks into a test."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for var in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module")

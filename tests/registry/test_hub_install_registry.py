@@ -16,13 +16,7 @@ from tvreg.environment import init_environment
 from tvreg.install import install, sync
 from tvreg.lockfile import read_lock
 
-
-@pytest.fixture(autouse=True)
-def hf_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for var in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("hf_home")
 
 
 def _weights(model):

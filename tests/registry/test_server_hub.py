@@ -29,14 +29,7 @@ from huggingface_hub.errors import (
 from registry_server.routes.hub import commit_hash
 from tvreg.project import load_project
 
-
-@pytest.fixture(autouse=True)
-def hf_home(tmp_path, monkeypatch):
-    """No saved huggingface.co token or cache of the machine leaks into a test."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+pytestmark = pytest.mark.usefixtures("hf_home")
 
 
 def _publish_two(registry, api, server_artifacts) -> tuple[str, bytes, bytes]:
