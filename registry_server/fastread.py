@@ -17,24 +17,31 @@ what the answer depends on — scheme, ``Host`` (the ``Link`` header is absolute
 query, and the teams whose private namespaces the caller can see. A token is used only
 when the read cache already resolved it in this generation; any other token, a bad one
 included, goes through the application (so 401, the failed-token limiter and expiry
-behave as before). Anything unexpected here falls through to the application too.
+behave as before). A database fault while reading the generation is answered here in the
+API's error shape (503 with ``Retry-After`` for an outage), as the application would,
+rather than making the client wait for the database a second time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import Context
+from .db import translate
 from .limits import has_body
 from .readcache import MAX_BODY_BYTES, read_generation
 
+log = logging.getLogger("registry_server")
 CACHE_HEADER = b"x-tvreg-cache"
 _KEPT_HEADERS = frozenset({b"content-type", b"link", b"x-total-count"})
 
@@ -66,8 +73,11 @@ class CachedReads:
             return
         try:
             generation, make_key, stored = await run_in_threadpool(self._lookup, scope)
-        except Exception:  # the application answers database faults in the API's own shape
-            await self.app(scope, receive, send)
+        except SQLAlchemyError as exc:  # answered here: asking the database again would wait twice
+            error = translate(exc)
+            log.warning("database error answered %s: %s", error.status, exc)
+            response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+            await response(scope, receive, send)
             return
         if stored is not None:
             headers = json.loads(stored[0])
