@@ -7,11 +7,11 @@ import pytest
 import torch
 from merge_reference import reference_merge, topk_mask
 
-from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._merge import METHODS, get_method, merge_tensor, plan_tensor, rng
+from tvreg._merge.chunks import dense_chunk
+from tvreg._merge.trim import kth_largest_magnitude, magnitude_trim
 from tvreg.errors import MergeError
-from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor, rng
-from tvreg.merge.chunks import dense_chunk
-from tvreg.merge.trim import kth_largest_magnitude, magnitude_trim
 
 PARAMS = {
     "task_arithmetic": {},

@@ -20,10 +20,10 @@ from tiny_models import (
 )
 from transformers import AutoModelForCausalLM
 
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
-from tvreg.interference import SkillEntry, check_sketches, compare
-from tvreg.sketch import (
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._format.interference import SkillEntry, check_sketches, compare
+from tvreg._format.sketch import (
     TOP_FRACTION,
     Sketch,
     SketchBuilder,
@@ -88,7 +88,7 @@ def test_sketch_roundtrip_and_small_tensors_exact():
         (lambda d: d[:100], "header length is past the end"),
         (lambda d: d + b"\0\0\0\0", "arrays end at byte"),
         (lambda d: d.replace(b'sketch_version\\":1', b'sketch_version\\":9'), "sketch version 9"),
-        (lambda d: d.replace(b"tvreg.sketch", b"tvreg.sketcX"), "no tvreg sketch metadata"),
+        (lambda d: d.replace(b"tvreg._format.sketch", b"tvreg.sketcX"), "no tvreg sketch metadata"),
     ],
 )
 def test_malformed_sketches_are_refused(mutate, message):

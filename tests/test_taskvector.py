@@ -2,7 +2,7 @@
 
 The README examples of mlfoundations/task_vectors run here word for word (only the
 output directory is new: ``apply_to`` writes a model instead of returning one), and their
-weights must equal ``tvreg.install`` of the same skills and ω under ``torch.equal``.
+weights must equal ``tvreg._env.operations`` of the same skills and ω under ``torch.equal``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from tiny_models import read_state_dict
 
 import tvreg
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._merge import fp32
 from tvreg.errors import (
     ArtifactError,
     CheckpointError,
@@ -33,7 +34,6 @@ from tvreg.errors import (
     UnsafeCheckpoint,
     WeightError,
 )
-from tvreg.merge import fp32
 from tvreg.taskvector import TaskVector
 
 

@@ -1,6 +1,6 @@
 """The fused merge kernel: one pass per chunk over θ_G, θ_pre and every skill's stored form.
 
-Its plain-torch reference is :func:`tvreg.merge.engine.merge_chunk` (the CPU path);
+Its plain-torch reference is :func:`tvreg._merge.engine.merge_chunk` (the CPU path);
 the tests run this kernel under ``TRITON_INTERPRET=1`` on CPU tensors against it,
 for every method and stored form, and require equal bits (the spec allows one ulp).
 The arithmetic is the engine's, operation for operation: float32, skills in listed
@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs.forms import Dense, Int8Groups, LowRank, Sparse, StoredForm
-from ..merge.chunks import dense_chunk
-from ..merge.engine import TensorPlan
+from .._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse, StoredForm
+from .._merge.chunks import dense_chunk
+from .._merge.engine import TensorPlan
 
 #: Elements per chunk on the GPU path (64 Mi: 256 MiB of float32 per sparse/low-rank skill).
 GPU_CHUNK = 1 << 26
@@ -65,7 +65,7 @@ def _term(
     if DARE:
         lo = (i & 0xFFFFFFFF).to(tl.uint32)
         hi = (i >> 32).to(tl.uint32)
-        # tvreg.merge.rng's lowbias32 mixer, twice (inlined: the interpreter cannot nest jit calls)
+        # tvreg._merge.rng's lowbias32 mixer, twice (inlined: the interpreter cannot nest jit calls)
         h = lo ^ key0.to(tl.uint32)
         h = h ^ (h >> 16)
         h = h * 0x7FEB352D
@@ -300,7 +300,7 @@ def merge_tensor_fused(
 ) -> torch.Tensor:
     """Merge one tensor with the fused kernel, on the device its inputs live on.
 
-    Same contract as :func:`tvreg.merge.engine.merge_tensor`; every input must be on
+    Same contract as :func:`tvreg._merge.engine.merge_tensor`; every input must be on
     one device (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     """
     r = plan.recipe
