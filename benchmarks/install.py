@@ -268,8 +268,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     import threading
     import types
 
-    # import_module, not `import tvreg._env.operations as inst`: the package re-exports a function
-    # called `install`, which `import a.b as c` would return instead of the module.
+    # import_module: the module object (tvreg.install is the public function)
     art_mod = importlib.import_module("tvreg._format.artifact")
     exact_mod = importlib.import_module("tvreg._format.codecs.exact")
     zstd_mod = importlib.import_module("tvreg._format.codecs.zstd_frame")

@@ -1,4 +1,4 @@
-"""``TaskVector.apply_to`` beside ``tvreg._env.operations`` on the same inputs: wall time and peak memory, one run.
+"""``TaskVector.apply_to`` beside ``tvreg.install`` on the same inputs: wall time and peak memory, one run.
 
 Why: ``apply_to`` streams through install's merge engine, so it should cost what install
 costs (no second copy of any model in memory) — this measures that instead of asserting it.

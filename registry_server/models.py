@@ -209,7 +209,7 @@ class Version(Base):
 
 
 class VersionSketch(Base):
-    """The interference sketch of a version (``tvreg._format.sketch``), added once after publish.
+    """The interference sketch of a version (``tvreg.sketch``), added once after publish.
 
     A few KB to a few MB, so it lives in the database beside its version rather than in
     the blob store: it is written in the same transaction that records it on the version,

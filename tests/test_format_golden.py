@@ -105,10 +105,10 @@ def test_the_golden_artifact_layout_is_the_documented_one():
     header = json.loads(header_bytes)
     assert list(header) == ["__metadata__", *_golden_tensors()]
     assert header["__metadata__"] == {
-        "tvreg._format.manifest": MANIFEST.read_text(encoding="utf-8"),
+        "tvreg.manifest": MANIFEST.read_text(encoding="utf-8"),
         "format": "tvskill",
     }
-    manifest = json.loads(header["__metadata__"]["tvreg._format.manifest"])
+    manifest = json.loads(header["__metadata__"]["tvreg.manifest"])
     offset = 0
     for name in _golden_tensors():
         entry = header[name]

@@ -88,7 +88,7 @@ def test_sketch_roundtrip_and_small_tensors_exact():
         (lambda d: d[:100], "header length is past the end"),
         (lambda d: d + b"\0\0\0\0", "arrays end at byte"),
         (lambda d: d.replace(b'sketch_version\\":1', b'sketch_version\\":9'), "sketch version 9"),
-        (lambda d: d.replace(b"tvreg._format.sketch", b"tvreg.sketcX"), "no tvreg sketch metadata"),
+        (lambda d: d.replace(b"tvreg.sketch", b"tvreg.sketcX"), "no tvreg sketch metadata"),
     ],
 )
 def test_malformed_sketches_are_refused(mutate, message):

@@ -1,6 +1,6 @@
 """``/skills/{ns}/{name}/versions/{version}/sketch``: a version's interference sketch.
 
-The sketch (``tvreg._format.sketch``) is what ``tvreg check`` downloads instead of the artifact.
+The sketch (``tvreg.sketch``) is what ``tvreg check`` downloads instead of the artifact.
 It is uploaded after the version is published, once: the first upload wins, the same
 bytes again are a no-op, other bytes are a 409, as for versions. The registry checks the
 sketch's layout and that it names this version and this version's artifact digest, so a

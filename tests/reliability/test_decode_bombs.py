@@ -171,11 +171,11 @@ def _rebase(data: bytes, base: str, tensor: str) -> bytes:
     """``data`` (a corpus skill) with another base fingerprint and its tensor renamed; digests kept valid."""
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    manifest = json.loads(header["__metadata__"]["tvreg._format.manifest"])
+    manifest = json.loads(header["__metadata__"]["tvreg.manifest"])
     manifest["base_fingerprint"] = base
     manifest["tensors"] = {tensor: manifest["tensors"]["layer.weight"]}
     header[tensor] = header.pop("layer.weight")
-    header["__metadata__"]["tvreg._format.manifest"] = json.dumps(manifest, separators=(",", ":"))
+    header["__metadata__"]["tvreg.manifest"] = json.dumps(manifest, separators=(",", ":"))
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(len(raw) + 8) % 8)
     body = data[8 + n :]

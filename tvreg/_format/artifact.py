@@ -1,7 +1,7 @@
 """The ``.tvskill`` file: one safetensors file holding a manifest and one coded blob per tensor.
 
 Layout (see docs/format.md): a standard safetensors file whose ``__metadata__`` has
-``tvreg._format.manifest`` (JSON, :class:`~tvreg._format.manifest.Manifest`) and ``format: tvskill``,
+``tvreg.manifest`` (JSON, :class:`~tvreg._format.manifest.Manifest`) and ``format: tvskill``,
 and whose tensors are 1-D ``U8`` arrays named after the model tensor they encode.
 Any safetensors reader can list it; the header alone tells compatibility; each
 tensor decodes independently (random access), and each blob's SHA-256 is in the
@@ -30,7 +30,7 @@ from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
 
-MANIFEST_KEY = "tvreg._format.manifest"
+MANIFEST_KEY = "tvreg.manifest"
 _DIGESTS = "digests"
 _VERIFIED = "verified"
 

@@ -1,6 +1,6 @@
 """What a skill is: the manifest stored in every artifact's header.
 
-The manifest is JSON under the ``tvreg._format.manifest`` key of the safetensors
+The manifest is JSON under the ``tvreg.manifest`` key of the safetensors
 ``__metadata__``, so reading the header alone answers "is this skill compatible
 with my model?" without touching tensor data.
 """

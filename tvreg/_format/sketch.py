@@ -43,7 +43,7 @@ from .safetensors_io import MAX_HEADER_BYTES, build_header
 
 SKETCH_VERSION = 1
 SKETCH_FORMAT = "tvsketch"
-METADATA_KEY = "tvreg._format.sketch"
+METADATA_KEY = "tvreg.sketch"
 DEFAULT_PROJECTION_DIM = 512
 DEFAULT_SAMPLE_SIZE = 2048
 TOP_FRACTION = 0.2

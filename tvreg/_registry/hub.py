@@ -606,7 +606,7 @@ def plan_only(
 
         (name,) = weights
         meta = headers[name][0].get("__metadata__") or {}
-        text = meta.get("tvreg._format.manifest") if isinstance(meta, dict) else None
+        text = meta.get("tvreg.manifest") if isinstance(meta, dict) else None
         if not isinstance(text, str):
             raise CheckpointError(f"`{name}` of `{snap.origin}` is not a tvreg skill: its header has no manifest.")
         m = Manifest.from_json(text, where=f"{snap.origin}/{name}")

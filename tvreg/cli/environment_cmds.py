@@ -1,6 +1,6 @@
 """Commands that change or check a model environment's skill set: uninstall, upgrade, lock, sync, verify.
 
-Thin: each calls one library function (:mod:`tvreg._env.operations`, :mod:`tvreg._env.operations`,
+Thin: each calls one library function (:mod:`tvreg._env.operations`,
 :mod:`tvreg._env.verify`, :mod:`tvreg._env.plan`) and prints its result the way pip/uv do.
 """
 

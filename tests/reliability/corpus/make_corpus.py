@@ -106,7 +106,7 @@ def skill(
             body += blob
     else:
         body = b"".join(blob for blob, _shape in tensors.values())
-    return _header(entries, {"tvreg._format.manifest": text, "format": "tvskill"}) + body
+    return _header(entries, {"tvreg.manifest": text, "format": "tvskill"}) + body
 
 
 def coded(blob: bytes, shape: list[int], codec: str, params: dict[str, object], **fields: object) -> bytes:
@@ -163,7 +163,7 @@ def cases() -> dict[str, bytes]:
         "header-not-utf8.tvskill": _header("{}", None)[:8] + b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8",
         "header-deep-nesting.tvskill": _header("[" * 5000 + "]" * 5000, None),
         "header-not-object.tvskill": _header("[1, 2, 3]", None),
-        "metadata-not-strings.tvskill": _header({}, {"tvreg._format.manifest": 5}),  # type: ignore[dict-item]
+        "metadata-not-strings.tvskill": _header({}, {"tvreg.manifest": 5}),  # type: ignore[dict-item]
         "overlapping-offsets.tvskill": skill(
             {"a": (blob, [2, 2]), "b": (blob, [2, 2])},
             entries={
