@@ -27,7 +27,7 @@ import numbers
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -251,6 +251,45 @@ class TaskVector:
 
     # ------------------------------------------------------------------ apply
 
+    @classmethod
+    def _of_skills(cls, skills: Sequence[Any], base_fingerprint: str) -> TaskVector:
+        """Σ ω_k τ_k of an install's skills (``_Skill``: an open artifact, its digest and ω), in their order.
+
+        Terms are kept as listed (not collected), one per skill, so term k is skill k; the
+        vector's kind is the skills' own when they agree (the recipe carries each skill's kind).
+        """
+        kinds = {s.artifact.manifest.kind for s in skills}
+        terms = tuple(
+            (float(s.weight), ArtifactSource(s.digest, Path(s.artifact.path), s.artifact.manifest.label))
+            for s in skills
+        )
+        return cls(base_fingerprint, terms, kinds.pop() if len(kinds) == 1 else "task_vector")
+
+    def _write_into(
+        self,
+        general: Any,
+        staging: Path,
+        opened: Sequence[Any],
+        known: Any,
+        progress: Progress,
+        merge: Any,
+        out_dtype: Any = None,
+    ) -> tuple[dict[str, tuple[str, list[int], str]], dict[str, dict]]:
+        """Write θ_G merged with this vector into ``staging`` in G's shard layout: the one tensor stream.
+
+        Both :meth:`apply_to` and install (:func:`tvreg._env.materialise._materialise`) write
+        weights only through here, so a task vector and an install of the same terms are one
+        arithmetic. ``opened`` holds this vector's terms opened for reading, in term order;
+        ``merge`` is the method's recipe, θ_pre when it needs one and the device. Returns
+        each tensor's (dtype, shape, sha256) and the same per shard file.
+        """
+        from ._env.materialise import _write_weights
+
+        if len(opened) != len(self.terms):
+            raise AssertionError(f"{len(opened)} sources opened for {len(self.terms)} terms")
+        return _write_weights(general, opened, staging, known, progress, merge, out_dtype)
+
+
     def apply_to(
         self,
         general: str | os.PathLike[str],
@@ -303,7 +342,6 @@ class TaskVector:
             _open_base_weights,
             _set_config_dtype,
             _write_index,
-            _write_weights,
         )
         from ._env.skillset import _check_tensors
         from ._env.staging import _clean_stale_staging, _stage_other_files
@@ -359,8 +397,8 @@ class TaskVector:
                 if not single_file:
                     with disk_errors(staging):
                         _stage_other_files(g.directory, staging, {p.name for p in g.files})
-                hashes, per_file = _write_weights(
-                    g, skills, staging, known, progress, _Merge(recipe, pre, merger), out_dtype
+                hashes, per_file = vector._write_into(
+                    g, staging, skills, known, progress, _Merge(recipe, pre, merger), out_dtype
                 )
                 with disk_errors(staging):
                     if g.is_sharded:

@@ -34,6 +34,7 @@ from .._util.pipeline import ordered_map, torch_threads
 from .._util.progress import Progress
 from .._version import __version__
 from ..errors import IncompatibleBase, LockOutdated
+from ..taskvector import TaskVector
 from .lockfile import Lock, write_lock
 from .modelcard import write_model_card
 from .skillset import _Skill
@@ -196,7 +197,8 @@ def _materialise(
         weight_names = {p.name for p in general.files}
         with disk_errors(staging):
             _stage_other_files(model_dir, staging, weight_names)
-        hashes, per_file = _write_weights(general, final, staging, known, progress, merge, out_dtype)
+        vector = TaskVector._of_skills(final, lock.base_fingerprint)
+        hashes, per_file = vector._write_into(general, staging, final, known, progress, merge, out_dtype)
         written = sum((staging / name).stat().st_size for name in per_file)
         with disk_errors(staging):
             if general.is_sharded:
