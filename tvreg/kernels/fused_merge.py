@@ -22,8 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse, StoredForm
-from .._merge.chunks import dense_chunk
+from .._format.codecs.forms import Sparse, StoredForm
 from .._merge.engine import TensorPlan
 
 #: Elements per chunk on the GPU path (64 Mi: 256 MiB of float32 per sparse/low-rank skill).
@@ -272,23 +271,6 @@ def _sparse_chunk(form: Sparse, start: int, stop: int, device: torch.device) -> 
     return out
 
 
-def _operand(form: StoredForm, start: int, stop: int, extent: int, device: torch.device):
-    """(values, scales, offset of values[0], group size, scaled?) for one skill over one chunk."""
-    if isinstance(form, Dense):
-        return form.values.reshape(-1), form.values, 0, 1, False
-    if isinstance(form, Int8Groups):
-        return form.q.reshape(-1), form.scales.reshape(-1).to(torch.float32), 0, form.group_size, True
-    stop = min(stop, extent)
-    if start >= stop:
-        empty = torch.empty(0, dtype=torch.float32, device=device)
-        return empty, empty, start, 1, False
-    if isinstance(form, Sparse):
-        return _sparse_chunk(form, start, stop, device), form.values, start, 1, False
-    if isinstance(form, LowRank):
-        return dense_chunk(form, start, stop), form.left, start, 1, False
-    raise TypeError(f"unknown stored form {type(form).__name__}")
-
-
 def merge_tensor_fused(
     plan: TensorPlan,
     general: torch.Tensor,
@@ -314,7 +296,7 @@ def merge_tensor_fused(
     coef = r.general_coef if r.general_coef is not None else 0.0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        ops = [_operand(cast(StoredForm, forms[j]), start, stop, term.numel, device) for j, term in active]  # active: has its form
+        ops = [cast(StoredForm, forms[j]).registers(start, stop, term.numel, device, scatter=_sparse_chunk) for j, term in active]  # active: has its form
         _merge_kernel[(triton.cdiv(stop - start, BLOCK),)](
             out.view(torch.int16) if out.dtype == torch.bfloat16 else out,
             flat,

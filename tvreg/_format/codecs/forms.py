@@ -9,9 +9,16 @@ The CPU path calls :meth:`StoredForm.to_dense`; both give the same fp32 values.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+#: What the fused kernel reads of one skill over one chunk: ``(values, scales, offset, group, scaled)``;
+#: element ``i`` is ``values[i - offset]``, times ``scales[i // group]`` when ``scaled``.
+Registers = tuple[torch.Tensor, torch.Tensor, int, int, bool]
+#: A device scatter for a sparse chunk (the kernel's own), used instead of :meth:`Sparse.chunk` when given.
+Scatter = Callable[["Sparse", int, int, torch.device], torch.Tensor]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -42,6 +49,31 @@ class StoredForm:
         """Bytes this form holds in memory (what the kernel reads)."""
         raise NotImplementedError
 
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        """Elements ``[start, stop)`` of the flattened τ as float32, ``0 <= start < stop <= numel``.
+
+        Equal bit for bit to the same range of :meth:`to_dense` (low-rank: for a fixed chunking),
+        so the chunked engine never expands more than a chunk. A fresh buffer, except that with
+        ``consume`` a float32 :class:`Dense` hands out a view of its storage (read each element once).
+        """
+        raise NotImplementedError
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        """What the fused kernel reads for elements ``[start, stop)``: by default this form's chunk
+        expanded to float32 (nothing past ``extent``); compact forms the kernel expands in
+        registers override it to hand over their stored arrays as they are."""
+        stop = min(stop, extent)
+        if start >= stop:
+            empty = torch.empty(0, dtype=torch.float32, device=device)
+            return empty, empty, start, 1, False
+        expanded = self._expand_on(start, stop, device, scatter)
+        return expanded, expanded, start, 1, False
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return self.chunk(start, stop).to(device)
+
 
 @dataclass
 class Dense(StoredForm):
@@ -57,6 +89,15 @@ class Dense(StoredForm):
     @property
     def nbytes(self) -> int:
         return self.values.numel() * self.values.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        flat = self.values.reshape(-1)[start:stop]
+        return flat if consume and flat.dtype == torch.float32 else flat.to(torch.float32, copy=True)
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        return self.values.reshape(-1), self.values, 0, 1, False
 
 
 @dataclass
@@ -80,6 +121,16 @@ class Int8Groups(StoredForm):
     @property
     def nbytes(self) -> int:
         return self.q.numel() + self.scales.numel() * self.scales.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        q = self.q.reshape(-1)[start:stop].to(torch.float32)
+        groups = torch.arange(start, stop, dtype=torch.int64).div_(self.group_size, rounding_mode="floor")
+        return q.mul_(self.scales.reshape(-1).to(torch.float32)[groups])
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        return self.q.reshape(-1), self.scales.reshape(-1).to(torch.float32), 0, self.group_size, True
 
 
 @dataclass
@@ -109,6 +160,26 @@ class Sparse(StoredForm):
     def nbytes(self) -> int:
         return self.indices.numel() * self.indices.element_size() + self.values.numel() * self.values.element_size()
 
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        idx = self.indices.reshape(-1)
+        lo = int(torch.searchsorted(idx, torch.tensor([start], dtype=idx.dtype)))
+        hi = int(torch.searchsorted(idx, torch.tensor([stop], dtype=idx.dtype)))
+        out = torch.zeros(stop - start, dtype=torch.float32)
+        values = self.values.reshape(-1)[lo:hi].to(torch.float32)
+        if self.scale is not None:
+            values = values.mul_(torch.tensor(self.scale, dtype=torch.float32))
+        out[idx[lo:hi].to(torch.int64) - start] = values
+        return out
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        values, _, offset, group, scaled = super().registers(start, stop, extent, device, scatter=scatter)
+        return values, self.values if values.numel() else values, offset, group, scaled
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return scatter(self, start, stop, device) if scatter is not None else self.chunk(start, stop).to(device)
+
 
 @dataclass
 class LowRank(StoredForm):
@@ -128,5 +199,20 @@ class LowRank(StoredForm):
     def nbytes(self) -> int:
         return self.left.numel() * self.left.element_size() + self.right.numel() * self.right.element_size()
 
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        cols = self.shape[-1] if len(self.shape) > 1 else 1
+        r0, r1 = start // cols, -(-stop // cols)
+        rows = self.left[r0:r1].to(torch.float32) @ self.right.to(torch.float32)
+        return rows.reshape(-1)[start - r0 * cols : stop - r0 * cols].clone()
 
-__all__ = ["Dense", "Int8Groups", "LowRank", "Sparse", "StoredForm"]
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        values, _, offset, group, scaled = super().registers(start, stop, extent, device, scatter=scatter)
+        return values, self.left if values.numel() else values, offset, group, scaled
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return self.chunk(start, stop)  # the factors' device: the product is taken where they live
+
+
+__all__ = ["Dense", "Int8Groups", "LowRank", "Registers", "Scatter", "Sparse", "StoredForm"]
