@@ -1,4 +1,4 @@
-"""The codecs' compiled loops (Numba, ``tvreg.codecs.jit``) against the NumPy code they replace.
+"""The codecs' compiled loops (Numba, ``tvreg._format.codecs.jit``) against the NumPy code they replace.
 
     python benchmarks/codec_kernels.py [--numel N] [--repeat R]
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tvreg.codecs import jit, planes, zstd_frame
+from tvreg._format.codecs import jit, planes, zstd_frame
 
 
 def tau(n: int, density: float, seed: int = 0) -> torch.Tensor:

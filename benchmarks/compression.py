@@ -43,9 +43,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_pairs import PAIRS, base_model, default_cache, finetune, heldout_loss  # noqa: E402
 
-from tvreg.artifact import Artifact, ArtifactWriter  # noqa: E402
-from tvreg.codecs import get_codec, make_codec, relative_error, zstd_frame  # noqa: E402
-from tvreg.manifest import Manifest  # noqa: E402
+from tvreg._format.artifact import Artifact, ArtifactWriter  # noqa: E402
+from tvreg._format.codecs import get_codec, make_codec, relative_error, zstd_frame  # noqa: E402
+from tvreg._format.manifest import Manifest  # noqa: E402
 
 SETTINGS: list[tuple[str, dict]] = [
     ("exact", {}),  # 0

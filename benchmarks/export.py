@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
-from tvreg.build import build_skill  # noqa: E402
-from tvreg.export import export_peft  # noqa: E402
+from tvreg._build.build import build_skill  # noqa: E402
+from tvreg._env.export import export_peft  # noqa: E402
 
 
 def _real_pair(cache: Path, name: str):

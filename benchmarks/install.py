@@ -181,7 +181,7 @@ def generate_models(root: Path, shape: dict, shard_bytes: int, names: list[str],
     """Write pre / general / ft1.. side by side, one tensor at a time (peak: a few tensors)."""
     import torch
 
-    from tvreg.safetensors_io import SafetensorsWriter
+    from tvreg._format.safetensors_io import SafetensorsWriter
 
     torch.set_num_threads(os.cpu_count() or 1)
     specs = tensor_specs(shape)
@@ -268,15 +268,14 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     import threading
     import types
 
-    # import_module, not `import tvreg.install as inst`: the package re-exports a function
-    # called `install`, which `import a.b as c` would return instead of the module.
-    art_mod = importlib.import_module("tvreg.artifact")
-    exact_mod = importlib.import_module("tvreg.codecs.exact")
-    zstd_mod = importlib.import_module("tvreg.codecs.zstd_frame")
-    planes_mod = importlib.import_module("tvreg.codecs.planes")
-    inst = importlib.import_module("tvreg.install")
-    sio = importlib.import_module("tvreg.safetensors_io")
-    Checkpoint = importlib.import_module("tvreg.checkpoint").Checkpoint
+    # import_module: the module object (tvreg.install is the public function)
+    art_mod = importlib.import_module("tvreg._format.artifact")
+    exact_mod = importlib.import_module("tvreg._format.codecs.exact")
+    zstd_mod = importlib.import_module("tvreg._format.codecs.zstd_frame")
+    planes_mod = importlib.import_module("tvreg._format.codecs.planes")
+    inst = importlib.import_module("tvreg._env.operations")
+    sio = importlib.import_module("tvreg._format.safetensors_io")
+    Checkpoint = importlib.import_module("tvreg._format.checkpoint").Checkpoint
 
     totals: dict[str, list[float]] = {}  # label -> [wall s, calling-thread CPU s, calls]
     missing: list[str] = []
@@ -326,8 +325,8 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + planes)")
     patch(zstd_mod, "decompress_into", "[worker]     codec: zstd decompress")
     patch(planes_mod, "merge", "[worker]     codec: planes back to floats")
-    patch(importlib.import_module("tvreg.merge.trim"), "_select", "[worker]   TIES cutoff (trim._select)")
-    device_mod = importlib.import_module("tvreg.merge.device")
+    patch(importlib.import_module("tvreg._merge.trim"), "_select", "[worker]   TIES cutoff (trim._select)")
+    device_mod = importlib.import_module("tvreg._merge.device")
     patch(inst, "plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
     patch(device_mod, "merge_tensor", "[worker] merge_tensor (fp32 merge + round, CPU)")
     inst.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
@@ -372,8 +371,8 @@ def verify_sample(dirs: dict[str, Path], model: Path, weights: list[float]) -> l
     """
     import torch
 
-    from tvreg.lockfile import read_lock
-    from tvreg.safetensors_io import SafetensorsFile
+    from tvreg._env.lockfile import read_lock
+    from tvreg._format.safetensors_io import SafetensorsFile
 
     def load(directory: Path, name: str) -> torch.Tensor:
         index_path = directory / "model.safetensors.index.json"
@@ -659,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = workdir / "artifacts"
         artifacts.mkdir()
         skills = [artifacts / f"ft{k}.tvskill" for k in range(1, args.skills + 1)]
-        steps = [run_step("startup (import)", [sys.executable, "-c", "import tvreg.cli, tvreg.install"], env, logs, cold)]
+        steps = [run_step("startup (import)", [sys.executable, "-c", "import tvreg.cli, tvreg._env.operations"], env, logs, cold)]
         for k, skill in enumerate(skills, 1):
             build = [*tv, "build", "--base", str(dirs["pre"]), "--finetuned", str(dirs[f"ft{k}"]),
                      "--name", f"skill{k}", "--version", "1.0.0", "--dataset-size", str(round(weights[k - 1] * 10000)),

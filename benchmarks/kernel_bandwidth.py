@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from tvreg.codecs.forms import Dense, Int8Groups, StoredForm
-from tvreg.merge import get_method, merge_tensor, plan_tensor
+from tvreg._format.codecs.forms import Dense, Int8Groups, StoredForm
+from tvreg._merge import get_method, merge_tensor, plan_tensor
 
 #: Peak DRAM bandwidth (GB/s, 1e9 bytes) of GPUs by name fragment, from vendor data sheets.
 KNOWN_PEAKS = {

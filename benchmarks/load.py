@@ -176,8 +176,8 @@ def _admin(database_url: str, *args: str) -> str:
 
 def _with_version(template: bytes, name: str, version: str) -> bytes:
     """``template`` (a tvskill) with another name and version in its manifest: same tensors."""
-    from tvreg.artifact import MANIFEST_KEY
-    from tvreg.safetensors_io import build_header
+    from tvreg._format.artifact import MANIFEST_KEY
+    from tvreg._format.safetensors_io import build_header
 
     length = int.from_bytes(template[:8], "little")
     header = json.loads(template[8 : 8 + length])

@@ -60,8 +60,8 @@ def main() -> None:
     import torch
     from tiny_models import build_family
 
-    from tvreg.build import build_skill
-    from tvreg.signing import sign_statement
+    from tvreg._build.build import build_skill
+    from tvreg._format.signing import sign_statement
 
     fam = build_family(work / "models", dtype=torch.float32)
     model = work / "mymodel"

@@ -8,7 +8,7 @@ Usage::
 What it does:
 
 1. Writes a valid ``.tvskill`` of ``--size-mb`` MiB (random fp32 tensors through the
-   ``exact`` codec, written with :class:`tvreg.artifact.ArtifactWriter`: the server parses
+   ``exact`` codec, written with :class:`tvreg._format.artifact.ArtifactWriter`: the server parses
    and decodes a real artifact).
 2. Baseline: a plain file copy of the same bytes (``shutil.copyfile`` + ``fsync``), twice,
    best time kept.
@@ -64,9 +64,9 @@ def make_artifact(path: Path, *, name: str, size: int, version: str = "1.0.0") -
     import numpy as np
     import torch
 
-    from tvreg.artifact import ArtifactWriter
-    from tvreg.codecs import get_codec
-    from tvreg.manifest import Manifest
+    from tvreg._format.artifact import ArtifactWriter
+    from tvreg._format.codecs import get_codec
+    from tvreg._format.manifest import Manifest
 
     codec = get_codec("exact")
     rng = np.random.default_rng(0)

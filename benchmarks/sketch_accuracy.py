@@ -3,7 +3,7 @@
 Fine-tunes a tiny Llama (real AdamW steps on the texts of ``examples/tiny_models.py``)
 into several skills from one θ_pre, then for every pair prints the exact cosine and
 top-20% sign-conflict fraction computed from the full vectors next to the estimates of
-:func:`tvreg.interference.compare`, plus sketch size, τ size and sketching time.
+:func:`tvreg._format.interference.compare`, plus sketch size, τ size and sketching time.
 
     python benchmarks/sketch_accuracy.py --hidden 64 256 512
 
@@ -34,8 +34,8 @@ from tiny_models import (  # noqa: E402
 )
 from transformers import LlamaForCausalLM  # noqa: E402
 
-from tvreg.interference import compare  # noqa: E402
-from tvreg.sketch import TOP_FRACTION, SketchBuilder  # noqa: E402
+from tvreg._format.interference import compare  # noqa: E402
+from tvreg._format.sketch import TOP_FRACTION, SketchBuilder  # noqa: E402
 
 
 def exact(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float]:

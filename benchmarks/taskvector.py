@@ -27,7 +27,7 @@ from pathlib import Path
 
 PRELUDE = """
 import sys, time
-import torch, tvreg, tvreg.install, tvreg.merge, tvreg.codecs.exact
+import torch, tvreg, tvreg._env.operations, tvreg._merge, tvreg._format.codecs.exact
 from tvreg.taskvector import TaskVector
 
 def _kib(field):
@@ -84,7 +84,7 @@ def _model(path: Path, tensors: dict) -> Path:
 def _inputs(root: Path, size_mib: int) -> list[str]:
     import torch
 
-    from tvreg.build import build_skill
+    from tvreg._build.build import build_skill
 
     gen = torch.Generator().manual_seed(0)
     rows = 1024

@@ -11,7 +11,7 @@ What it does:
    ``exact`` codec), as a user would before publishing.
 2. Starts ``tvreg-server`` (SQLite) on a free loopback port, a user and a token.
 3. Times, in this one run: ``shutil.copyfile`` + ``fsync`` of the artifact (the baseline,
-   best of two); ``tvreg.publish.publish`` of the project (the artifact is already built
+   best of two); ``tvreg._registry.publish.publish`` of the project (the artifact is already built
    and unchanged, the everyday case); ``fetch_skill`` into an empty cache.
 4. Prints wall seconds, this process's CPU seconds, the server's CPU seconds, and each
    step's ratio to the copy. The machine is shared: read CPU seconds beside wall.
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import tomli_w
 
-        from tvreg.build import build_skill
-        from tvreg.fetch import fetch_skill
-        from tvreg.fingerprint import fingerprint
-        from tvreg.publish import publish
+        from tvreg._build.build import build_skill
+        from tvreg._format.fingerprint import fingerprint
+        from tvreg._registry.fetch import fetch_skill
+        from tvreg._registry.publish import publish
 
         dirs = generate_models(work / "models", llama_shape(args.params), 1 << 30, ["pre", "ft"])
         project = work / "project"
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         server.admin("create-user", "bench")
         token = server.admin("create-token", "bench", "--role", "write").split()[-1]
 
-        from tvreg.client import RegistryClient
+        from tvreg._registry.client import RegistryClient
 
         put_s: list[float] = []
         plain_put = RegistryClient.put_version

@@ -27,10 +27,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from tvreg.artifact import MANIFEST_KEY, verify_stored_artifact
+from tvreg._format.artifact import MANIFEST_KEY, verify_stored_artifact
+from tvreg._format.faults import crash_point
+from tvreg._format.safetensors_io import SafetensorsFile
 from tvreg.errors import TvregError
-from tvreg.faults import crash_point
-from tvreg.safetensors_io import SafetensorsFile
 
 from . import audit, uploads
 from .auth import Principal, readable_namespace, require_role
@@ -218,7 +218,7 @@ def _read_manifest(path: Path, label: str) -> dict[str, Any]:
     Every tensor is checked as a decode would check it, as ``tvreg publish`` does before
     uploading, so that a hand-made artifact with a corrupt blob or NaN/Inf values
     (docs/reliability.md row 15) is refused here rather than by every installer. The check never
-    expands a tensor (:func:`tvreg.artifact.verify_stored_artifact`): a declared shape is
+    expands a tensor (:func:`tvreg._format.artifact.verify_stored_artifact`): a declared shape is
     a claim, and memory stays a few MiB whatever an upload declares (issue 18, class 1).
     """
     try:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, ClassVar
 
-from tvreg.fsutil import fsync_dir
+from tvreg._format.fsutil import fsync_dir
 
 from .errors import Conflict, DigestMismatch, SizeMismatch
 

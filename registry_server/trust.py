@@ -4,7 +4,7 @@ Why the registry checks at all, when clients verify against their own trusted ke
 a bundle that does not cover the artifact, or that no key of the publisher signed, is
 a mistake or an attack, and refusing it at upload keeps the registry from serving
 signatures that can only confuse. The registry's word is not what makes a signature
-trusted: :mod:`tvreg.signing` verifies on the client against the keys *it* trusts.
+trusted: :mod:`tvreg._format.signing` verifies on the client against the keys *it* trusts.
 
 Keys belong to one user or one team and are never deleted: revoking one records when
 and why, and the key stays listed, so everyone can see it is no longer good.
@@ -18,8 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tvreg.errors import SignatureError
-from tvreg.signing import (
+from tvreg._format.signing import (
     EVAL_PREDICATE,
     PublicKey,
     artifact_digests,
@@ -27,6 +26,7 @@ from tvreg.signing import (
     read_bundle,
     verify_bundle,
 )
+from tvreg.errors import SignatureError
 
 from . import audit
 from .auth import Principal, require_scope, role_at_least

@@ -1,7 +1,7 @@
 """Whole-tensor plain-torch references for every merge method (no chunks, no plans).
 
 Written from the method definitions (mergekit's ``generalized_task_arithmetic`` for
-TIES/DARE, the papers for the rest), independently of ``tvreg.merge``'s engine, so
+TIES/DARE, the papers for the rest), independently of ``tvreg._merge``'s engine, so
 the chunked CPU engine, the Triton kernel and installs can all be checked against it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tvreg.merge import rng
+from tvreg._merge import rng
 
 
 def f32(x: float) -> float:

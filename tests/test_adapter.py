@@ -1,4 +1,4 @@
-"""tvreg.adapter against real PEFT adapters: base + Σ τ must equal PEFT's own merge_and_unload."""
+"""tvreg._build.adapter against real PEFT adapters: base + Σ τ must equal PEFT's own merge_and_unload."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_llama_config
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
-from tvreg.adapter import AdapterDelta, adapter_deltas, read_adapter
+from tvreg._build.adapter import AdapterDelta, adapter_deltas, read_adapter
 from tvreg.errors import CheckpointError, CorruptCheckpoint, TensorMismatch, UnsafeCheckpoint
 
 VOCAB = 128

@@ -11,10 +11,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_models import SCIENCE_TEXTS, make_lora_adapter, read_state_dict
 
-from tvreg.artifact import MANIFEST_KEY, Artifact
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import MANIFEST_KEY, Artifact
+from tvreg._format.fingerprint import fingerprint
 from tvreg.errors import InvalidName, TensorMismatch, UnsafeCheckpoint
-from tvreg.fingerprint import fingerprint
 
 
 def test_build_records_the_manifest_in_the_safetensors_header(family, tmp_path):

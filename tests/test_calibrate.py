@@ -2,7 +2,7 @@
 
 The skill is the tiny family's `science` fine-tune; the calibration texts are held-out science
 sentences in the style of its training set (not among its training texts), one per line.
-Retention is recomputed here with a loss written independently of tvreg.calibrate: the
+Retention is recomputed here with a loss written independently of tvreg._build.calibrate: the
 model's own tokenizer, a plain forward and a hand-written token-level cross entropy.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._format.manifest import Manifest
 from tvreg.errors import EvaluationError, TvregError
-from tvreg.manifest import Manifest
 
 HELDOUT = [
     "Water freezes at 0 degrees Celsius at sea level.",
@@ -228,8 +228,8 @@ PROJECT_ERRORS = [
 def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path, build, reason):
     import tomli_w
 
+    from tvreg._registry.project import load_project
     from tvreg.errors import ProjectError
-    from tvreg.project import load_project
 
     def write(table: dict) -> Path:
         fields = {"name": "alice/science", "version": "1.0.0", "base": str(family.pre)}

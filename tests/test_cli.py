@@ -6,7 +6,7 @@ import json
 
 from helpers import copy_model
 
-from tvreg.fingerprint import fingerprint
+from tvreg._format.fingerprint import fingerprint
 
 
 def test_help_lists_the_commands(run):

@@ -87,7 +87,7 @@ def test_build_and_install_from_local_files_without_the_server_stack(family, tmp
     )
     assert installed.returncode == 0, installed.stderr
     assert "blocked import" not in installed.stderr
-    from tvreg.install import install
+    from tvreg._env.operations import install
 
     reference = copy_model(family.general, tmp_path / "reference")
     install([skill], into=reference, base=family.pre, general_size=10000)

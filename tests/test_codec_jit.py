@@ -7,7 +7,7 @@ import pytest
 import torch
 import zstandard
 
-from tvreg.codecs import get_codec, jit, planes, zstd_frame
+from tvreg._format.codecs import get_codec, jit, planes, zstd_frame
 from tvreg.errors import CorruptArtifact
 
 

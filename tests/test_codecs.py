@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import read_state_dict
 
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
-from tvreg.codecs import CODECS, get_codec, make_codec, planes, relative_error, zstd_frame
-from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
-from tvreg.codecs.int8 import quantize
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._format.codecs import CODECS, get_codec, make_codec, planes, relative_error, zstd_frame
+from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._format.codecs.int8 import quantize
 from tvreg.errors import CorruptArtifact, InvalidCodecOption, InvalidManifest
 
 LOSSY = [
@@ -384,7 +384,7 @@ def test_codec_parameters_are_validated_with_one_sentence():
 
 
 def test_manifest_refuses_a_malformed_rel_error(family_bf16, tmp_path):
-    from tvreg.manifest import Manifest
+    from tvreg._format.manifest import Manifest
 
     res = build_skill(
         family_bf16.pre, finetuned=family_bf16.science, output=tmp_path / "s.tvskill",

@@ -17,18 +17,17 @@ from helpers import copy_model, reference_install, subprocess_env, tree_digest
 from huggingface_hub import ModelCard
 from tiny_models import read_state_dict
 
-from tvreg.build import build_skill
-from tvreg.checkpoint import Checkpoint
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import LOCK_NAME, LOCK_VERSION, read_lock
+from tvreg._env.operations import install, sync, uninstall
+from tvreg._env.store import artifact_path, pristine_path
+from tvreg._env.verify import verify
+from tvreg._format.checkpoint import Checkpoint
+from tvreg._format.fingerprint import fingerprint
 from tvreg.cli import main
 from tvreg.cli.app import human_size
-from tvreg.environment import init_environment
 from tvreg.errors import LockMismatch, LockOutdated, MergeError, ModelEnvironmentError
-from tvreg.fingerprint import fingerprint
-from tvreg.install import install, uninstall
-from tvreg.lockfile import LOCK_NAME, LOCK_VERSION, read_lock
-from tvreg.store import artifact_path, pristine_path
-from tvreg.sync import sync
-from tvreg.verify import verify
 
 
 def _skill(fam, tmp_path, which, *, version="1.0.0", size=3000, name=None):

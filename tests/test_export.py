@@ -14,15 +14,15 @@ from safetensors import safe_open
 from tiny_models import SCIENCE_TEXTS, make_lora_adapter
 from transformers import LlamaForCausalLM
 
-from tvreg.adapter import adapter_deltas, read_adapter
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
+from tvreg._build.adapter import adapter_deltas, read_adapter
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.export import REPORT_NAME, export_peft
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install
+from tvreg._format.artifact import Artifact
 from tvreg.cli import main
-from tvreg.environment import init_environment
 from tvreg.errors import ExportError, IncompatibleBase
-from tvreg.export import REPORT_NAME, export_peft
-from tvreg.install import install
-from tvreg.lockfile import read_lock
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -73,7 +73,7 @@ def _logits(model, seed: int = 3) -> torch.Tensor:
 
 def _with_pristine_weights(env, tmp_path):
     """G's own model directory (config from the environment, weights from the pristine copy)."""
-    from tvreg.environment import open_pristine
+    from tvreg._env.environment import open_pristine
 
     g = tmp_path / "g-view"
     g.mkdir()

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from tvreg.fingerprint import fingerprint
+from tvreg._format.fingerprint import fingerprint
 
-fpmod = importlib.import_module("tvreg.fingerprint")
+fpmod = importlib.import_module("tvreg._format.fingerprint")
 
 
 def test_resharding_keeps_the_fingerprint(family, tmp_path):

@@ -36,9 +36,9 @@ def _golden_tensors() -> dict[str, tuple[torch.Tensor, str, str]]:
 
 
 def _write_golden(path: Path) -> None:
-    from tvreg.artifact import ArtifactWriter
-    from tvreg.codecs import make_codec, relative_error
-    from tvreg.manifest import Manifest
+    from tvreg._format.artifact import ArtifactWriter
+    from tvreg._format.codecs import make_codec, relative_error
+    from tvreg._format.manifest import Manifest
 
     manifest = Manifest(
         name="golden",
@@ -119,8 +119,8 @@ def test_the_golden_artifact_layout_is_the_documented_one():
 
 
 def test_the_golden_manifest_is_read_byte_for_byte():
-    from tvreg.artifact import Artifact
-    from tvreg.manifest import Manifest
+    from tvreg._format.artifact import Artifact
+    from tvreg._format.manifest import Manifest
 
     text = MANIFEST.read_text(encoding="utf-8")
     assert Manifest.from_json(text, where="golden").to_json() == text  # compact, sorted: one serialisation
@@ -142,7 +142,7 @@ def test_the_golden_manifest_is_read_byte_for_byte():
 
 
 def test_the_golden_artifact_verifies_and_a_flipped_byte_is_named():
-    from tvreg.artifact import Artifact, verify_stored_artifact
+    from tvreg._format.artifact import Artifact, verify_stored_artifact
     from tvreg.errors import CorruptArtifact
 
     assert verify_stored_artifact(ARTIFACT).name == "golden"
@@ -185,8 +185,8 @@ def test_the_schema_accepts_the_golden_manifest():
 def test_the_schema_accepts_every_manifest_the_builder_writes(family, tmp_path):
     from tiny_models import SCIENCE_TEXTS, make_lora_adapter
 
-    from tvreg.artifact import Artifact
-    from tvreg.build import build_skill
+    from tvreg._build.build import build_skill
+    from tvreg._format.artifact import Artifact
     from tvreg.taskvector import TaskVector
 
     validator = _validator()
@@ -302,8 +302,8 @@ HOSTILE = [
 
 @pytest.mark.parametrize("make", [m for _, m in HOSTILE], ids=[why for why, _ in HOSTILE])
 def test_hostile_manifests_are_refused_by_the_schema_and_the_reader(make):
+    from tvreg._format.manifest import Manifest
     from tvreg.errors import InvalidManifest
-    from tvreg.manifest import Manifest
 
     manifest = make()
     assert not _validator().is_valid(manifest)
@@ -318,8 +318,8 @@ def test_hostile_manifests_are_refused_by_the_schema_and_the_reader(make):
 
 def test_what_only_the_reader_can_refuse():
     """Duplicate keys are gone once JSON is parsed, so the schema cannot see them; the reader refuses them."""
+    from tvreg._format.manifest import Manifest
     from tvreg.errors import InvalidManifest
-    from tvreg.manifest import Manifest
 
     text = MANIFEST.read_text(encoding="utf-8")
     duplicated = text.replace('"name":"golden"', '"name":"golden","name":"evil"', 1)
@@ -330,7 +330,7 @@ def test_what_only_the_reader_can_refuse():
 
 def test_unknown_fields_stay_readable_and_valid():
     """docs/format.md: unknown manifest fields are ignored, so minor additions stay readable."""
-    from tvreg.manifest import Manifest
+    from tvreg._format.manifest import Manifest
 
     manifest = _m(homepage="https://example.org", tensor={"future": {"x": 1}})
     assert _validator().is_valid(copy.deepcopy(manifest))
@@ -341,7 +341,7 @@ if __name__ == "__main__":  # regenerate the fixtures, on purpose only
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     GOLDEN.mkdir(parents=True, exist_ok=True)
     _write_golden(ARTIFACT)
-    from tvreg.artifact import Artifact
+    from tvreg._format.artifact import Artifact
 
     with Artifact(ARTIFACT) as art:
         MANIFEST.write_text(art.manifest.to_json(), encoding="utf-8")

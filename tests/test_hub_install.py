@@ -16,11 +16,11 @@ from hub_fixture import HubRepos, HubServer
 from safetensors.torch import load_file
 from tiny_models import CODING_TEXTS, SCIENCE_TEXTS, make_lora_adapter
 
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install, sync
 from tvreg.cli import main
-from tvreg.environment import init_environment
-from tvreg.install import install, sync
-from tvreg.lockfile import read_lock
 
 pytestmark = [
     pytest.mark.usefixtures("hf_home"),
@@ -258,7 +258,7 @@ def test_build_adapter_from_the_hub(family, adapters, hub, tmp_path):
     assert r.exit_code == 0, r.output
     local = tmp_path / "local.tvskill"
     build_skill(family.pre, adapter=adapters["sci"], output=local, name="sci-lora", version="1.0.0")
-    from tvreg.artifact import Artifact
+    from tvreg._format.artifact import Artifact
 
     a, b = Artifact(out), Artifact(local)
     try:
@@ -272,7 +272,7 @@ def test_build_adapter_from_the_hub(family, adapters, hub, tmp_path):
 def test_endpoint_from_config_when_hf_endpoint_is_unset(hub, env, monkeypatch, tmp_path):
     repos, url = hub
     monkeypatch.delenv("HF_ENDPOINT")
-    from tvreg.config import config_path
+    from tvreg._registry.config import config_path
 
     config_path().parent.mkdir(parents=True, exist_ok=True)
     config_path().write_text(f'hub_endpoint = "{url}"\n', encoding="utf-8")
@@ -284,7 +284,7 @@ def test_hub_endpoint_flag_wins_over_hf_endpoint_and_config(family, hub, env, mo
     repos, url = hub
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     monkeypatch.setenv("HF_ENDPOINT", dead)
-    from tvreg.config import config_path
+    from tvreg._registry.config import config_path
 
     config_path().parent.mkdir(parents=True, exist_ok=True)
     config_path().write_text(f'hub_endpoint = "{dead}"\n', encoding="utf-8")

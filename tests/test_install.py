@@ -11,9 +11,12 @@ from safetensors.torch import load_file, save_file
 from tiny_models import SCIENCE_TEXTS, make_lora_adapter, merged_reference, read_state_dict
 from transformers import AutoModelForCausalLM
 
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
-from tvreg.environment import init_environment
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install
+from tvreg._format.artifact import Artifact
+from tvreg._format.fingerprint import fingerprint
 from tvreg.errors import (
     CorruptArtifact,
     IncompatibleBase,
@@ -22,9 +25,6 @@ from tvreg.errors import (
     UnsafeCheckpoint,
     WeightError,
 )
-from tvreg.fingerprint import fingerprint
-from tvreg.install import install
-from tvreg.lockfile import read_lock
 
 
 def _skills(fam, tmp_path, science_size=3000, coding_size=1500):
@@ -255,8 +255,8 @@ def _rewrite_manifest(src, dst, edit):
     """Re-emit an artifact with an edited manifest (a forged or foreign skill)."""
     import json
 
-    from tvreg.artifact import MANIFEST_KEY
-    from tvreg.safetensors_io import SafetensorsFile, build_header
+    from tvreg._format.artifact import MANIFEST_KEY
+    from tvreg._format.safetensors_io import SafetensorsFile, build_header
 
     with SafetensorsFile(src) as f:
         manifest = json.loads(f.metadata[MANIFEST_KEY])

@@ -11,11 +11,11 @@ from helpers import copy_model, tree_digest
 from merge_reference import reference_merge
 from tiny_models import read_state_dict
 
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install
 from tvreg.cli import main
 from tvreg.errors import IncompatibleBase, MergeError
-from tvreg.install import install
-from tvreg.lockfile import read_lock
 
 WEIGHTS = {"science": 0.3, "coding": 0.15}
 
@@ -176,7 +176,7 @@ def test_cli_install_with_method_flags(family, tmp_path):
 @pytest.mark.parametrize("codecs", [("int8", "sparse"), ("bf16", "lowrank")])
 def test_install_reads_lossy_stored_forms_like_their_dense_decode(codecs, family, tmp_path):
     """Skills stored as int8/sparse/bf16/low-rank merge as their decoded τ would (ties: per-tensor trim)."""
-    from tvreg.artifact import Artifact
+    from tvreg._format.artifact import Artifact
 
     paths = [
         build_skill(

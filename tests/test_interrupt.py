@@ -12,11 +12,11 @@ import time
 import pytest
 from helpers import copy_model, subprocess_env, tree_digest
 
-from tvreg.build import build_skill
-from tvreg.environment import init_environment
-from tvreg.fingerprint import fingerprint
-from tvreg.install import install
-from tvreg.lockfile import read_lock
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install
+from tvreg._format.fingerprint import fingerprint
 
 
 @pytest.fixture

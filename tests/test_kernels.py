@@ -19,9 +19,9 @@ importorskip_unless_ci("triton", reason="Triton is not installed (it comes with 
 
 from test_merge_methods import PARAMS, kinds_for, rand_inputs  # noqa: E402
 
-from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse  # noqa: E402
+from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse  # noqa: E402
+from tvreg._merge import METHODS, get_method, merge_tensor, plan_tensor  # noqa: E402
 from tvreg.kernels.fused_merge import merge_tensor_fused  # noqa: E402
-from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor  # noqa: E402
 
 SHAPE = (13, 11)  # 143 elements: chunks of 64 leave a ragged end of 15
 N = 143

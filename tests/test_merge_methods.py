@@ -7,11 +7,11 @@ import pytest
 import torch
 from merge_reference import reference_merge, topk_mask
 
-from tvreg.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._merge import METHODS, get_method, merge_tensor, plan_tensor, rng
+from tvreg._merge.chunks import dense_chunk
+from tvreg._merge.trim import kth_largest_magnitude, magnitude_trim
 from tvreg.errors import MergeError
-from tvreg.merge import METHODS, get_method, merge_tensor, plan_tensor, rng
-from tvreg.merge.chunks import dense_chunk
-from tvreg.merge.trim import kth_largest_magnitude, magnitude_trim
 
 PARAMS = {
     "task_arithmetic": {},
@@ -179,6 +179,27 @@ def test_every_stored_form_merges_like_its_dense_expansion(method):
             assert torch.equal(got, expected), chunk
     for f, d in zip(forms, dense_taus, strict=True):
         assert torch.equal(torch.cat([dense_chunk(f, 0, 100), dense_chunk(f, 100, 240)]), d.reshape(-1))
+
+
+def test_each_stored_form_expands_its_own_chunks_and_nobody_asks_its_type():
+    """``chunk``/``registers`` live on the forms, so the engine and the kernel hold no ``isinstance`` ladder:
+    a new form is one class, not three edits. Read from the sources, so the kernel needs no Triton here."""
+    import ast
+    from pathlib import Path
+
+    import tvreg
+    from tvreg._format.codecs import forms
+
+    for cls in (forms.Dense, forms.Int8Groups, forms.Sparse, forms.LowRank):
+        assert "chunk" in vars(cls), cls.__name__
+    root = Path(tvreg.__file__).parent
+    for module in ("_merge/chunks.py", "_merge/engine.py", "kernels/fused_merge.py"):
+        calls = [
+            node.lineno
+            for node in ast.walk(ast.parse((root / module).read_text()))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance"
+        ]
+        assert calls == [], module
 
 
 def test_sixteen_skills_and_skills_that_skip_a_tensor():

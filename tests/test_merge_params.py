@@ -7,10 +7,10 @@ import re
 
 from click.testing import CliRunner
 
+from tvreg._merge import METHODS, get_method
+from tvreg._merge.params import REQUIRED, flag
 from tvreg.cli import main
 from tvreg.cli.models import install
-from tvreg.merge import METHODS, get_method
-from tvreg.merge.params import REQUIRED, flag
 
 
 def _shown(default: object) -> str:

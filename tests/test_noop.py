@@ -8,10 +8,10 @@ import time
 import pytest
 from helpers import cli_without_torch, copy_model, tree_digest
 
-from tvreg.build import build_skill
-from tvreg.environment import init_environment
-from tvreg.install import install
-from tvreg.statcache import SETTLE_NS
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.operations import install
+from tvreg._format.statcache import SETTLE_NS
 
 _probe = cli_without_torch
 

@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 from helpers import copy_model, subprocess_env, tree_digest
 
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install
+from tvreg._env.policy import Constraint, load_policy, make_gate, parse_constraint
 from tvreg.cli import main
 from tvreg.errors import GateFailed, PolicyError
-from tvreg.install import install
-from tvreg.lockfile import read_lock
-from tvreg.policy import Constraint, load_policy, make_gate, parse_constraint
 
 HOOK = """
 from tiny_models import read_state_dict

@@ -1,8 +1,9 @@
 """The public surface is exactly ``tvreg.__all__`` and it is cheap to import (httpx's exported-members test).
 
 * ``__all__`` is sorted and equals the public names the package holds once every name was
-  loaded, and again once every tvreg module was imported (the seven functions named like
-  their modules stay functions);
+  loaded, and again once every tvreg module was imported (``install``, ``check``, … stay functions);
+* the public modules are exactly ``tvreg``, ``tvreg.errors``, ``tvreg.taskvector``, ``tvreg.cli``
+  and ``tvreg.kernels``: everything else lives in ``_``-private packages, with no alias modules;
 * every :class:`~tvreg.errors.TvregError` subclass is exported, from ``tvreg`` and from
   ``tvreg.errors``, so a class added to the tree without exporting it fails here;
 * ``import tvreg, tvreg.cli`` and the commands that touch no tensor leave torch unloaded,
@@ -64,7 +65,8 @@ shadowed = {n: type(getattr(tvreg, n)).__name__ for n in ("install", "check", "f
                                                            "sweep", "sync", "verify")}
 server = sorted(p for p in sys.argv[1:] if p in sys.modules)
 print(json.dumps(dict(before=before, torch_after_import=torch_after_import, loaded=loaded,
-                      everything=everything, shadowed=shadowed, modules=len(modules), server=server)))
+                      everything=everything, shadowed=shadowed, modules=len(modules), server=server,
+                      names=modules)))
 """
 
 
@@ -94,6 +96,19 @@ def test_importing_every_module_adds_no_public_name_and_keeps_functions_over_mod
     assert full_load["modules"] > 50
     assert full_load["everything"] == tvreg.__all__
     assert full_load["shadowed"] == dict.fromkeys(full_load["shadowed"], "function")
+
+
+PUBLIC_MODULES = {"tvreg.cli", "tvreg.errors", "tvreg.kernels", "tvreg.taskvector"}
+
+
+def test_the_public_modules_are_few_and_the_rest_private(full_load):
+    public = {
+        name
+        for name in full_load["names"]
+        if not any(part.startswith("_") for part in name.split(".")[1:])
+        and not name.startswith(tuple(f"{m}." for m in PUBLIC_MODULES))
+    }
+    assert public == PUBLIC_MODULES
 
 
 def test_an_unknown_name_is_an_attribute_error():
@@ -179,7 +194,7 @@ def test_commands_that_touch_no_tensor_leave_torch_unloaded(argv, tmp_path):
 
 
 def test_the_report_knows_which_codecs_are_lossless_without_loading_them():
-    from tvreg.codecs import CODECS
-    from tvreg.codecs.report import LOSSLESS_CODECS
+    from tvreg._format.codecs import CODECS
+    from tvreg._format.codecs.report import LOSSLESS_CODECS
 
     assert LOSSLESS_CODECS == {name for name, codec in CODECS.items() if codec.lossless}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvreg.ranges import InvalidRange, Range
+from tvreg._names import InvalidRange, Range
 
 # (range, version, reason)
 INCLUDE = [

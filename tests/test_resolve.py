@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tvreg._registry.resolve import Candidate, Requirement, parse_requirement, resolve
 from tvreg.errors import InvalidName, ResolutionImpossible
-from tvreg.resolve import Candidate, Requirement, parse_requirement, resolve
 
 BASE = "a" * 64
 OTHER = "b" * 64

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tvreg._registry.fetch import resolve_install
 from tvreg.errors import ModelEnvironmentError
-from tvreg.fetch import resolve_install
 
 # Nothing listens here: the call must fail before any request.
 NO_REGISTRY = "http://127.0.0.1:9"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tvreg._format.safetensors_io import DTYPE_NAMES, SafetensorsFile, SafetensorsWriter
 from tvreg.errors import CorruptArtifact, CorruptCheckpoint
-from tvreg.safetensors_io import DTYPE_NAMES, SafetensorsFile, SafetensorsWriter
 
 
 def _raw(path, header: str | bytes, data: bytes = b"") -> None:

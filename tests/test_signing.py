@@ -10,9 +10,8 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tvreg.artifact import file_digest
-from tvreg.errors import SignatureError
-from tvreg.signing import (
+from tvreg._format.artifact import file_digest
+from tvreg._format.signing import (
     EVAL_PREDICATE,
     STATEMENT_TYPE,
     artifact_digests,
@@ -23,6 +22,7 @@ from tvreg.signing import (
     verify_artifact_bundle,
     verify_bundle,
 )
+from tvreg.errors import SignatureError
 
 
 @pytest.fixture

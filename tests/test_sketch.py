@@ -20,10 +20,10 @@ from tiny_models import (
 )
 from transformers import AutoModelForCausalLM
 
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
-from tvreg.interference import SkillEntry, check_sketches, compare
-from tvreg.sketch import (
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._format.interference import SkillEntry, check_sketches, compare
+from tvreg._format.sketch import (
     TOP_FRACTION,
     Sketch,
     SketchBuilder,

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tvreg import artifact, statcache
-from tvreg.artifact import file_digest
-from tvreg.cache import file_sha256
+from tvreg._format import artifact, statcache
+from tvreg._format.artifact import file_digest
+from tvreg._registry.cache import file_sha256
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from click.testing import CliRunner
 from helpers import copy_model, reference_install, tree_digest
 from tiny_models import read_state_dict
 
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._env.environment import init_environment
+from tvreg._env.evaluate import load_hook, run_hook
+from tvreg._env.lockfile import read_lock
+from tvreg._env.sweep import parse_weight_grid, sweep
 from tvreg.cli import main
-from tvreg.environment import init_environment
 from tvreg.errors import EvaluationError, WeightError
-from tvreg.evaluate import load_hook, run_hook
-from tvreg.lockfile import read_lock
-from tvreg.sweep import parse_weight_grid, sweep
 
 # A hook whose best ω is known: minus the distance of the model's weights to G + 0.6 τ.
 HOOK = """

@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from tiny_models import read_state_dict
 
 import tvreg
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._merge import fp32
 from tvreg.errors import (
     ArtifactError,
     CheckpointError,
@@ -33,7 +34,6 @@ from tvreg.errors import (
     UnsafeCheckpoint,
     WeightError,
 )
-from tvreg.merge import fp32
 from tvreg.taskvector import TaskVector
 
 
@@ -451,3 +451,42 @@ def test_the_readme_taskvector_example_runs(family, tmp_path, monkeypatch):
     _assert_same_weights(read_state_dict(tmp_path / "merged"), want)
     with Artifact(tmp_path / "mix.tvskill") as art:
         assert art.manifest.lossy and art.manifest.name == "mix"
+
+
+def test_there_is_one_arithmetic_path_and_install_takes_it(family, tmp_path, monkeypatch):
+    """Install writes its weights as (Σ ω_k τ_k) through ``TaskVector._write_into``, the path of ``apply_to``.
+
+    Two checks: in the sources, the tensor stream (``_write_weights``) has one caller, that
+    method; and an install really calls it, with a vector whose terms are its skills at their ω
+    (the wrapper records the call and runs the real method).
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(tvreg.__file__).parent
+    callers = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "_write_weights"
+    )
+    assert callers == ["taskvector.py"]
+
+    calls: list[TaskVector] = []
+    real = TaskVector._write_into
+
+    def recording(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskVector, "_write_into", recording)
+    a, b = _built(family, tmp_path, "science"), _built(family, tmp_path, "coding")
+    installed = _installed(family, tmp_path, [str(a), str(b)], {"science": 0.3, "coding": 0.5})
+    assert len(calls) == 1
+    (vector,) = calls
+    assert vector.base_fingerprint == Artifact(a).manifest.base_fingerprint
+    tau_a, tau_b = TaskVector.load(a), TaskVector.load(b)
+    assert vector.terms == ((0.3, tau_a.terms[0][1]), (0.5, tau_b.terms[0][1]))
+    applied = (0.3 * tau_a + 0.5 * tau_b).apply_to(family.general, tmp_path / "applied", base=family.pre)
+    assert len(calls) == 2
+    _assert_same_weights(read_state_dict(applied), installed)

@@ -5,32 +5,41 @@ The public API is exactly ``__all__``; everything else is internal. Names load l
 module that defines a name (and torch, where that module needs it) is imported on first
 access. So ``import tvreg`` and ``tvreg --help`` stay off torch.
 
-Seven public functions share their name with the module that defines them (``install``,
-``check``, ``fingerprint``, ``publish``, ``sweep``, ``sync``, ``verify``). The attribute
-``tvreg.install`` is always the function, whatever was imported before: the package
-refuses to let the import system rebind those names to their submodules. The module
-itself is ``importlib.import_module("tvreg.install")`` (``import tvreg.install as m``
-gives the function, as it always has). The modules become ``_``-private in a later change.
+Implementation lives in ``_``-private packages (``_format``, ``_registry``, ``_env``,
+``_build``, ``_merge``, ``_util``), so no public name shadows a module: ``tvreg.install`` is the
+function, and the public modules are only ``tvreg``, ``tvreg.errors``, ``tvreg.taskvector``,
+``tvreg.cli`` and ``tvreg.kernels``.
 """
 
 import importlib as _importlib
-import sys as _sys
-import types as _types
 import typing as _typing
 
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._build.build import BuildResult, build_skill
+    from ._env.check import check
     from ._env.environment import init_environment
+    from ._env.evaluate import EvalHook, load_hook
+    from ._env.export import ExportResult, export_peft
     from ._env.lockfile import Lock, LockedSkill, read_lock
     from ._env.operations import InstallResult, install, sync, uninstall, upgrade
+    from ._env.policy import Policy, check_policy, load_policy
+    from ._env.sweep import SweepPoint, SweepResult, sweep
     from ._env.verify import VerifyResult, verify
-    from .artifact import Artifact
-    from .build import BuildResult, build_skill
-    from .cache import BlobCache
-    from .check import check
-    from .checkpoint import Checkpoint
-    from .client import RegistryClient
+    from ._format.artifact import Artifact
+    from ._format.checkpoint import Checkpoint
+    from ._format.fingerprint import fingerprint
+    from ._format.interference import InterferenceReport, PairReport
+    from ._format.manifest import Manifest
+    from ._format.sketch import Sketch
+    from ._registry.cache import BlobCache
+    from ._registry.client import RegistryClient
+    from ._registry.fetch import FetchedSkill, fetch_skill
+    from ._registry.project import SkillProject, load_project
+    from ._registry.publish import PublishResult, publish
+    from ._registry.refs import SkillRef, parse_ref
+    from ._util.progress import Progress
     from .errors import (
         ArtifactError,
         AuthError,
@@ -73,28 +82,15 @@ if _typing.TYPE_CHECKING:
         WeightError,
         WeightsMismatch,
     )
-    from .evaluate import EvalHook, load_hook
-    from .export import ExportResult, export_peft
-    from .fetch import FetchedSkill, fetch_skill
-    from .fingerprint import fingerprint
-    from .interference import InterferenceReport, PairReport
-    from .manifest import Manifest
-    from .policy import Policy, check_policy, load_policy
-    from .progress import Progress
-    from .project import SkillProject, load_project
-    from .publish import PublishResult, publish
-    from .refs import SkillRef, parse_ref
-    from .sketch import Sketch
-    from .sweep import SweepPoint, SweepResult, sweep
     from .taskvector import TaskVector
 
 _SOURCES: dict[str, str] = {
-    "Artifact": "artifact",
+    "Artifact": "_format.artifact",
     "ArtifactError": "errors",
     "AuthError": "errors",
-    "BlobCache": "cache",
-    "BuildResult": "build",
-    "Checkpoint": "checkpoint",
+    "BlobCache": "_registry.cache",
+    "BuildResult": "_build.build",
+    "Checkpoint": "_format.checkpoint",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "Conflict": "errors",
@@ -103,16 +99,16 @@ _SOURCES: dict[str, str] = {
     "DecodeBudgetExceeded": "errors",
     "DiskFull": "errors",
     "DownloadError": "errors",
-    "EvalHook": "evaluate",
+    "EvalHook": "_env.evaluate",
     "EvaluationError": "errors",
     "ExportError": "errors",
-    "ExportResult": "export",
-    "FetchedSkill": "fetch",
+    "ExportResult": "_env.export",
+    "FetchedSkill": "_registry.fetch",
     "GateFailed": "errors",
     "IncompatibleBase": "errors",
     "InstallInterrupted": "errors",
     "InstallResult": "_env.operations",
-    "InterferenceReport": "interference",
+    "InterferenceReport": "_format.interference",
     "InvalidCodecOption": "errors",
     "InvalidManifest": "errors",
     "InvalidName": "errors",
@@ -122,30 +118,30 @@ _SOURCES: dict[str, str] = {
     "LockMismatch": "errors",
     "LockOutdated": "errors",
     "LockedSkill": "_env.lockfile",
-    "Manifest": "manifest",
+    "Manifest": "_format.manifest",
     "MergeError": "errors",
     "ModelEnvironmentError": "errors",
     "NotFound": "errors",
-    "PairReport": "interference",
-    "Policy": "policy",
+    "PairReport": "_format.interference",
+    "Policy": "_env.policy",
     "PolicyError": "errors",
     "PolicyViolation": "errors",
-    "Progress": "progress",
+    "Progress": "_util.progress",
     "ProjectError": "errors",
-    "PublishResult": "publish",
-    "RegistryClient": "client",
+    "PublishResult": "_registry.publish",
+    "RegistryClient": "_registry.client",
     "RegistryError": "errors",
     "RegistryUnavailable": "errors",
     "ResolutionImpossible": "errors",
     "SignatureError": "errors",
-    "Sketch": "sketch",
+    "Sketch": "_format.sketch",
     "SketchError": "errors",
     "SketchMismatch": "errors",
     "SketchMissing": "errors",
-    "SkillProject": "project",
-    "SkillRef": "refs",
-    "SweepPoint": "sweep",
-    "SweepResult": "sweep",
+    "SkillProject": "_registry.project",
+    "SkillRef": "_registry.refs",
+    "SweepPoint": "_env.sweep",
+    "SweepResult": "_env.sweep",
     "TaskVector": "taskvector",
     "TensorMismatch": "errors",
     "TvregError": "errors",
@@ -153,21 +149,21 @@ _SOURCES: dict[str, str] = {
     "VerifyResult": "_env.verify",
     "WeightError": "errors",
     "WeightsMismatch": "errors",
-    "build_skill": "build",
-    "check": "check",
-    "check_policy": "policy",
-    "export_peft": "export",
-    "fetch_skill": "fetch",
-    "fingerprint": "fingerprint",
+    "build_skill": "_build.build",
+    "check": "_env.check",
+    "check_policy": "_env.policy",
+    "export_peft": "_env.export",
+    "fetch_skill": "_registry.fetch",
+    "fingerprint": "_format.fingerprint",
     "init_environment": "_env.environment",
     "install": "_env.operations",
-    "load_hook": "evaluate",
-    "load_policy": "policy",
-    "load_project": "project",
-    "parse_ref": "refs",
-    "publish": "publish",
+    "load_hook": "_env.evaluate",
+    "load_policy": "_env.policy",
+    "load_project": "_registry.project",
+    "parse_ref": "_registry.refs",
+    "publish": "_registry.publish",
     "read_lock": "_env.lockfile",
-    "sweep": "sweep",
+    "sweep": "_env.sweep",
     "sync": "_env.operations",
     "uninstall": "_env.operations",
     "upgrade": "_env.operations",
@@ -260,22 +256,6 @@ __all__ = [
     "upgrade",
     "verify",
 ]
-
-# The public functions that share a name with a tvreg submodule (or a compatibility alias of one).
-_SHADOWED = frozenset({"check", "fingerprint", "install", "publish", "sweep", "sync", "verify"})
-
-
-class _Package(_types.ModuleType):
-    """The module type of ``tvreg``: keeps each public function bound over its same-named submodule."""
-
-    def __setattr__(self, name: str, value: _typing.Any) -> None:
-        if name in _SHADOWED and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
-
 
 def __getattr__(name: str) -> _typing.Any:
     module = _SOURCES.get(name)

@@ -8,7 +8,7 @@ should be typed into a REPL exactly as in mlfoundations/task_vectors. Unlike tha
 (:class:`~tvreg.errors.IncompatibleBase`) instead of printing a warning. Tensors are read
 only by :meth:`TaskVector.apply_to` and :meth:`TaskVector.save`, one tensor at a time,
 through the same code that ``tvreg install`` and ``tvreg build`` run (the merge engine of
-:mod:`tvreg.merge` via :mod:`tvreg._env.materialise`, the writer of :mod:`tvreg.build`), so
+:mod:`tvreg._merge` via :mod:`tvreg._env.materialise`, the writer of :mod:`tvreg._build.build`), so
 ``(0.3 * (τ_a + τ_b)).apply_to(G, out)`` and ``install([a, b], weights=0.3 each)`` give the
 same bits. Nothing is ever unpickled.
 
@@ -27,14 +27,14 @@ import numbers
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 if TYPE_CHECKING:
-    from .artifact import Artifact
-    from .progress import Progress
+    from ._format.artifact import Artifact
+    from ._util.progress import Progress
 
 __all__ = ["ArtifactSource", "CheckpointSource", "TaskVector"]
 
@@ -98,7 +98,7 @@ class TaskVector:
 
     @classmethod
     def load(cls, path_or_artifact: str | os.PathLike[str] | Artifact) -> TaskVector:
-        """The task vector stored in a ``.tvskill`` (a path, or an open :class:`~tvreg.artifact.Artifact`).
+        """The task vector stored in a ``.tvskill`` (a path, or an open :class:`~tvreg._format.artifact.Artifact`).
 
         Only the header is read (and the file's digest, remembered while the file is
         unchanged); tensors are decoded when the vector is applied or saved.
@@ -106,7 +106,7 @@ class TaskVector:
         Raises:
             ArtifactError: the path does not exist, is a directory, or is not a valid skill artifact.
         """
-        from .artifact import Artifact, file_digest
+        from ._format.artifact import Artifact, file_digest
         from .errors import ArtifactError
 
         if isinstance(path_or_artifact, Artifact):
@@ -151,10 +151,10 @@ class TaskVector:
             CheckpointError: a checkpoint cannot be read (pickle weights are never loaded).
             TensorMismatch: the two models differ in tensor names, shapes or float-ness.
         """
-        from .build import _finetune_deltas
-        from .checkpoint import Checkpoint
-        from .fingerprint import fingerprint
-        from .progress import NULL_PROGRESS
+        from ._build.build import _finetune_deltas
+        from ._format.checkpoint import Checkpoint
+        from ._format.fingerprint import fingerprint
+        from ._util.progress import NULL_PROGRESS
 
         progress = progress or NULL_PROGRESS
         with Checkpoint.open(pretrained) as pre, Checkpoint.open(finetuned) as ft:
@@ -173,8 +173,8 @@ class TaskVector:
 
     def _combined(self, other: TaskVector) -> TaskVector:
         if other.base_fingerprint != self.base_fingerprint or other.kind != self.kind:
+            from ._format.fingerprint import short
             from .errors import IncompatibleBase
-            from .fingerprint import short
 
             def said(tv: TaskVector) -> str:
                 what = "G" if tv.kind == "delta_from_general" else "base"
@@ -239,7 +239,7 @@ class TaskVector:
         return TaskVector(self.base_fingerprint, _collect((w * k, s) for w, s in self.terms), self.kind)
 
     def __repr__(self) -> str:
-        from .fingerprint import short
+        from ._format.fingerprint import short
 
         body = " + ".join(f"{w:g}·{s}" for w, s in self.terms) or "0"
         return f"TaskVector({body}; base {short(self.base_fingerprint)})"
@@ -250,6 +250,45 @@ class TaskVector:
         return tuple(w for w, _ in self.terms)
 
     # ------------------------------------------------------------------ apply
+
+    @classmethod
+    def _of_skills(cls, skills: Sequence[Any], base_fingerprint: str) -> TaskVector:
+        """Σ ω_k τ_k of an install's skills (``_Skill``: an open artifact, its digest and ω), in their order.
+
+        Terms are kept as listed (not collected), one per skill, so term k is skill k; the
+        vector's kind is the skills' own when they agree (the recipe carries each skill's kind).
+        """
+        kinds = {s.artifact.manifest.kind for s in skills}
+        terms = tuple(
+            (float(s.weight), ArtifactSource(s.digest, Path(s.artifact.path), s.artifact.manifest.label))
+            for s in skills
+        )
+        return cls(base_fingerprint, terms, kinds.pop() if len(kinds) == 1 else "task_vector")
+
+    def _write_into(
+        self,
+        general: Any,
+        staging: Path,
+        opened: Sequence[Any],
+        known: Any,
+        progress: Progress,
+        merge: Any,
+        out_dtype: Any = None,
+    ) -> tuple[dict[str, tuple[str, list[int], str]], dict[str, dict]]:
+        """Write θ_G merged with this vector into ``staging`` in G's shard layout: the one tensor stream.
+
+        Both :meth:`apply_to` and install (:func:`tvreg._env.materialise._materialise`) write
+        weights only through here, so a task vector and an install of the same terms are one
+        arithmetic. ``opened`` holds this vector's terms opened for reading, in term order;
+        ``merge`` is the method's recipe, θ_pre when it needs one and the device. Returns
+        each tensor's (dtype, shape, sha256) and the same per shard file.
+        """
+        from ._env.materialise import _write_weights
+
+        if len(opened) != len(self.terms):
+            raise AssertionError(f"{len(opened)} sources opened for {len(self.terms)} terms")
+        return _write_weights(general, opened, staging, known, progress, merge, out_dtype)
+
 
     def apply_to(
         self,
@@ -278,7 +317,7 @@ class TaskVector:
             out: the new model directory (must not exist, or be empty). G's other files
                 (config, tokenizer) are linked or copied beside the merged weights.
             scaling_coef: multiplies every ω (mlfoundations' ``apply_to(..., scaling_coef)``).
-            method: a merge method of :mod:`tvreg.merge` (``task_arithmetic``, ``ties``, ...);
+            method: a merge method of :mod:`tvreg._merge` (``task_arithmetic``, ``ties``, ...);
                 ``params`` are its parameters (``density=0.2``, ``base_weights=PATH``, ...).
             base, base_fingerprint: which θ_pre G derives from, when G is not θ_pre itself
                 (a path is fingerprinted and its tensors checked against G's); not needed
@@ -303,19 +342,18 @@ class TaskVector:
             _open_base_weights,
             _set_config_dtype,
             _write_index,
-            _write_weights,
         )
         from ._env.skillset import _check_tensors
         from ._env.staging import _clean_stale_staging, _stage_other_files
         from ._env.weights import _check_output_dtype, _resolve_params
-        from .checkpoint import INDEX_NAME, Checkpoint, resolve_model_path
+        from ._format.checkpoint import INDEX_NAME, Checkpoint, resolve_model_path
+        from ._format.fingerprint import fingerprint_of_hashes, remember, tensor_hashes
+        from ._format.fsutil import disk_errors, free_bytes, fsync_dir
+        from ._format.safetensors_io import itemsize
+        from ._merge import get_method
+        from ._merge.device import merger_for, resolve_device
+        from ._util.progress import NULL_PROGRESS
         from .errors import TvregError
-        from .fingerprint import fingerprint_of_hashes, remember, tensor_hashes
-        from .fsutil import disk_errors, free_bytes, fsync_dir
-        from .merge import get_method
-        from .merge.device import merger_for, resolve_device
-        from .progress import NULL_PROGRESS
-        from .safetensors_io import itemsize
 
         progress = progress or NULL_PROGRESS
         vector = self if scaling_coef == 1.0 else self * scaling_coef
@@ -359,8 +397,8 @@ class TaskVector:
                 if not single_file:
                     with disk_errors(staging):
                         _stage_other_files(g.directory, staging, {p.name for p in g.files})
-                hashes, per_file = _write_weights(
-                    g, skills, staging, known, progress, _Merge(recipe, pre, merger), out_dtype
+                hashes, per_file = vector._write_into(
+                    g, staging, skills, known, progress, _Merge(recipe, pre, merger), out_dtype
                 )
                 with disk_errors(staging):
                     if g.is_sharded:
@@ -387,9 +425,9 @@ class TaskVector:
         """θ_pre's fingerprint for G, checked to be this vector's base; else IncompatibleBase naming both."""
         from ._env.environment import check_general_against_base
         from ._env.lockfile import read_lock
-        from .checkpoint import Checkpoint
+        from ._format.checkpoint import Checkpoint
+        from ._format.fingerprint import fingerprint, short
         from .errors import IncompatibleBase
-        from .fingerprint import fingerprint, short
 
         if self.kind == "delta_from_general":
             if gfp != self.base_fingerprint:
@@ -469,14 +507,14 @@ class TaskVector:
             TensorMismatch: terms disagree on a tensor's shape, or the sum has NaN/Inf.
             ArtifactError / CheckpointError: a source changed since it was loaded.
         """
+        from ._build.build import write_skill
+        from ._format.codecs import make_codec
+        from ._format.manifest import Manifest
+        from ._merge import fp32
         from ._names import validate_name, validate_version
+        from ._util.progress import NULL_PROGRESS
         from ._version import __version__
-        from .build import write_skill
-        from .codecs import make_codec
         from .errors import TensorMismatch, TvregError
-        from .manifest import Manifest
-        from .merge import fp32
-        from .progress import NULL_PROGRESS
 
         progress = progress or NULL_PROGRESS
         path = Path(path)
@@ -582,7 +620,7 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _PairManifest:
-    """The parts of :class:`~tvreg.manifest.Manifest` the merge stream reads, for a checkpoint pair."""
+    """The parts of :class:`~tvreg._format.manifest.Manifest` the merge stream reads, for a checkpoint pair."""
 
     name: str
     label: str
@@ -593,7 +631,7 @@ class _PairArtifact:
     """θ_ft − θ_pre read tensor by tensor, shaped like an opened artifact (``manifest``, ``decode_form``)."""
 
     def __init__(self, source: CheckpointSource, pre: Any, ft: Any) -> None:
-        from .build import _finetune_deltas
+        from ._build.build import _finetune_deltas
 
         self._pre, self._ft = pre, ft
         self._delta: dict[str, Any] = dict(_finetune_deltas(pre, ft))
@@ -602,8 +640,8 @@ class _PairArtifact:
         self.path = Path(source.finetuned)
 
     def decode_form(self, name: str) -> Any:
-        from .build import _check_finite
-        from .codecs.forms import Dense
+        from ._build.build import _check_finite
+        from ._format.codecs.forms import Dense
 
         tau = self._delta[name](name)
         _check_finite(name, tau)
@@ -620,10 +658,10 @@ class _Piece:
 @contextlib.contextmanager
 def _opened(source: Source, progress: Any) -> Iterator[_Piece]:
     """Open a term's source, refusing one whose bytes changed since the vector was made."""
-    from .artifact import Artifact, file_digest
-    from .checkpoint import Checkpoint
+    from ._format.artifact import Artifact, file_digest
+    from ._format.checkpoint import Checkpoint
+    from ._format.fingerprint import fingerprint, short
     from .errors import CheckpointError, CorruptArtifact
-    from .fingerprint import fingerprint, short
 
     if isinstance(source, ArtifactSource):
         found = file_digest(source.path) if source.path.is_file() else None

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from tvreg.sketch import (
+from tvreg._format.sketch import (
     DEFAULT_PROJECTION_DIM,
     DEFAULT_SAMPLE_SIZE,
     Sketch,

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from tvreg.faults import crash_point
+from tvreg._format.faults import crash_point
 
 from .. import uploads
 from ..auth import require_principal

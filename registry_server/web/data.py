@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from tvreg.errors import SketchMismatch
-from tvreg.interference import (
+from tvreg._format.interference import (
     NORM_RATIO,
     OPPOSED_COSINE,
     OPPOSED_LAYER_COSINE,
@@ -23,8 +22,9 @@ from tvreg.interference import (
     SkillEntry,
     check_sketches,
 )
-from tvreg.manifest import Manifest
-from tvreg.sketch import Sketch, SketchError
+from tvreg._format.manifest import Manifest
+from tvreg._format.sketch import Sketch, SketchError
+from tvreg.errors import SketchMismatch
 
 from ..auth import Principal, can_read, readable_skill, skill_not_found
 from ..errors import BadRequest, NotFound

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from click.testing import CliRunner
 
-from tvreg import config
+from tvreg._registry import config
 from tvreg.cli import main
 
 
@@ -140,7 +140,7 @@ def build_artifacts(family, out: Path) -> dict[str, Path]:
     """Skill artifacts built once per session: science 1.0.0 and 1.0.1, coding 1.0.0."""
     import pytest
 
-    from tvreg.build import build_skill
+    from tvreg._build.build import build_skill
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TVREG_CACHE_DIR", str(out / "cache"))

@@ -560,8 +560,8 @@ def rewrite_manifest(src: Path, dst: Path, **changes: object) -> Path:
 
     Uses tvreg's own header writer, so the result is a valid artifact with other bytes.
     """
-    from tvreg.artifact import MANIFEST_KEY
-    from tvreg.safetensors_io import SafetensorsFile, build_header
+    from tvreg._format.artifact import MANIFEST_KEY
+    from tvreg._format.safetensors_io import SafetensorsFile, build_header
 
     with SafetensorsFile(src) as f:
         manifest = json.loads(f.metadata[MANIFEST_KEY])
@@ -579,7 +579,7 @@ class Artifacts:
     """Real skill artifacts built once per session from the tiny model family."""
 
     def __init__(self, family, root: Path) -> None:
-        from tvreg.build import build_skill
+        from tvreg._build.build import build_skill
 
         self.root = root
         self.family = family

@@ -6,7 +6,7 @@ import stat
 
 from client_helpers import cli
 
-from tvreg import config
+from tvreg._registry import config
 
 
 def test_login_whoami_logout(registry):

@@ -14,10 +14,10 @@ import textwrap
 import pytest
 from client_helpers import FaultProxy, build_artifacts, cli, find_blob, flip_byte, login, write_project
 
-from tvreg.cache import BlobCache
+from tvreg._registry.cache import BlobCache
+from tvreg._registry.fetch import fetch, fetch_skill
+from tvreg._util.progress import Progress
 from tvreg.errors import DownloadError
-from tvreg.fetch import fetch, fetch_skill
-from tvreg.progress import Progress
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +154,7 @@ def test_a_killed_download_leaves_no_entry_and_resumes(registry, published, tmp_
     script = textwrap.dedent(
         """
         import sys
-        from tvreg.fetch import fetch_skill
+        from tvreg._registry.fetch import fetch_skill
         fetch_skill("alice/science", base_fingerprint=None)
         """
     )
@@ -200,11 +200,11 @@ def test_eight_concurrent_fetches_make_one_verified_entry(registry, published, m
     """docs/reliability.md row 18: the lock saves bandwidth; without it every fetch still ends with the same verified entry."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import tvreg.cache
+    import tvreg._registry.cache
 
     digest, data = published
     if not locking:
-        monkeypatch.setattr(tvreg.cache.fcntl, "flock", lambda fd, op: None)
+        monkeypatch.setattr(tvreg._registry.cache.fcntl, "flock", lambda fd, op: None)
     with FaultProxy(registry.url) as proxy, ThreadPoolExecutor(8) as pool:
         paths = list(
             pool.map(

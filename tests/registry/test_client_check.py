@@ -8,7 +8,7 @@ import shutil
 import pytest
 from client_helpers import FaultProxy, build_artifacts, cli, login, write_project
 
-from tvreg.sketch import Sketch
+from tvreg._format.sketch import Sketch
 
 
 @pytest.fixture(scope="session")

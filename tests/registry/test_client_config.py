@@ -8,11 +8,11 @@ import stat
 import httpx
 import pytest
 
-from tvreg import config
-from tvreg.client import RegistryClient
+from tvreg._registry import config
+from tvreg._registry.client import RegistryClient
+from tvreg._registry.fetch import fetch_skill
+from tvreg._registry.refs import SkillRef, looks_like_ref, parse_ref
 from tvreg.errors import ConfigError, InvalidName
-from tvreg.fetch import fetch_skill
-from tvreg.refs import SkillRef, looks_like_ref, parse_ref
 
 
 def test_login_is_saved_0600_in_xdg_config_home(tvreg_home):
@@ -122,7 +122,7 @@ def test_unreachable_registry_is_one_sentence_with_a_hint():
     assert not os.environ.get("TVREG_TOKEN")
 
 
-@pytest.mark.parametrize("name", ["tvreg.refs", "tvreg.fetch", "tvreg.project", "tvreg.client"])
+@pytest.mark.parametrize("name", ["tvreg._registry.refs", "tvreg._registry.fetch", "tvreg._registry.project", "tvreg._registry.client"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

@@ -17,9 +17,9 @@ from client_helpers import cli, login, write_project
 from conftest import rewrite_manifest
 from helpers import subprocess_env, tree_digest
 
-from tvreg.build import build_skill
-from tvreg.lockfile import read_lock
-from tvreg.paths import cache_dir, data_dir
+from tvreg._build.build import build_skill
+from tvreg._env.lockfile import read_lock
+from tvreg._util.paths import cache_dir, data_dir
 
 pytestmark = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 

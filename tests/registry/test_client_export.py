@@ -9,10 +9,10 @@ import pytest
 import torch
 from client_helpers import cli, login, write_project
 
-from tvreg.adapter import adapter_deltas
-from tvreg.artifact import Artifact
-from tvreg.build import build_skill
-from tvreg.checkpoint import Checkpoint
+from tvreg._build.adapter import adapter_deltas
+from tvreg._build.build import build_skill
+from tvreg._format.artifact import Artifact
+from tvreg._format.checkpoint import Checkpoint
 
 pytestmark = [
     pytest.mark.parametrize("registry", ["sqlite"], indirect=True),

@@ -23,9 +23,9 @@ import pytest
 from client_helpers import build_artifacts, write_project
 from helpers import subprocess_env
 
-from tvreg.client import RegistryClient
+from tvreg._registry.client import RegistryClient
+from tvreg._registry.publish import publish
 from tvreg.errors import RegistryError, RegistryUnavailable
-from tvreg.publish import publish
 
 UPLOAD = "0123abcd-0000-4000-8000-00000000abcd"
 
@@ -95,7 +95,7 @@ def _client_peak(url: str) -> tuple[int, str]:
     """Peak RSS (bytes) and output of a fresh process asking ``url`` for a skill."""
     script = textwrap.dedent(
         f"""
-        from tvreg.client import RegistryClient
+        from tvreg._registry.client import RegistryClient
         from tvreg.errors import RegistryError
         try:
             with RegistryClient({url!r}) as c:

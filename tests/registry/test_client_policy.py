@@ -16,9 +16,9 @@ import pytest
 from client_helpers import build_artifacts, cli, login, write_project
 from helpers import tree_digest
 
-from tvreg.artifact import file_digest
-from tvreg.lockfile import read_lock
-from tvreg.signing import generate_key, sign_statement
+from tvreg._env.lockfile import read_lock
+from tvreg._format.artifact import file_digest
+from tvreg._format.signing import generate_key, sign_statement
 
 HOOK = """
 from tiny_models import read_state_dict

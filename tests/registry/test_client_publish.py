@@ -8,10 +8,10 @@ import shutil
 import pytest
 from client_helpers import build_artifacts, cli, login, write_project
 
-from tvreg import config
-from tvreg.client import RegistryClient
+from tvreg._env.lockfile import read_lock
+from tvreg._registry import config
+from tvreg._registry.client import RegistryClient
 from tvreg.errors import NotFound
-from tvreg.lockfile import read_lock
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The fast paths of a publish stay as safe as the slow ones.
 
 ``tvreg publish`` does not decode an artifact again that tvreg built (or verified) and
-that is unchanged since (:func:`tvreg.artifact.known_verified`), so the registry's own
+that is unchanged since (:func:`tvreg._format.artifact.known_verified`), so the registry's own
 check is the last line. These tests pin that a changed artifact is decoded again and
 refused before any upload, and that the registry still refuses a corrupt upload sent in
 many pieces.
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from client_helpers import cli, flip_byte, login, write_project
 
-from tvreg.artifact import file_digest, known_verified
+from tvreg._format.artifact import file_digest, known_verified
+from tvreg._format.statcache import SETTLE_NS
+from tvreg._registry.project import load_project, prepare_artifact
 from tvreg.errors import ArtifactError
-from tvreg.project import load_project, prepare_artifact
-from tvreg.statcache import SETTLE_NS
 
 CORPUS = Path(__file__).resolve().parents[1] / "reliability" / "corpus"
 
@@ -40,7 +40,7 @@ def _edit_after_build(path: Path) -> None:
     """Flip the artifact's last byte (inside its last tensor's blob), as an editor or a bad disk would.
 
     The pause is the stat cache's settle time: a file rewritten within the same clock tick
-    as tvreg's own write keeps its stat identity (tvreg.statcache, "racy files").
+    as tvreg's own write keeps its stat identity (tvreg._format.statcache, "racy files").
     """
     time.sleep(2 * SETTLE_NS / 1e9)  # deliberately waits out the clock, as the docstring says
     flip_byte(path, -1)

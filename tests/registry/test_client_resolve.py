@@ -7,8 +7,8 @@ import shutil
 import pytest
 from client_helpers import cli, login, write_project
 
-from tvreg.build import build_skill
-from tvreg.lockfile import read_lock
+from tvreg._build.build import build_skill
+from tvreg._env.lockfile import read_lock
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import stat
 import pytest
 from client_helpers import cli
 
-from tvreg import config
-from tvreg.client import RegistryClient
-from tvreg.paths import config_dir
+from tvreg._registry import config
+from tvreg._registry.client import RegistryClient
+from tvreg._util.paths import config_dir
 
 SECRET = "s3cret-pw"
 

@@ -14,8 +14,8 @@ import json
 import pytest
 from client_helpers import cli, login, write_project
 
-from tvreg.build import build_skill
-from tvreg.client import RegistryClient
+from tvreg._build.build import build_skill
+from tvreg._registry.client import RegistryClient
 
 HOSTILE = "tiny \x1b[2J\x1b]0;pwned\x07 \u202egnp.exe\nerror: forged [bold red]LOUD[/] [link=http://x]y[/link]"
 

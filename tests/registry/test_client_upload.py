@@ -10,9 +10,9 @@ import textwrap
 import pytest
 from client_helpers import FaultProxy, build_artifacts, login, write_project
 
-from tvreg.client import RegistryClient
+from tvreg._registry.client import RegistryClient
+from tvreg._registry.publish import publish
 from tvreg.errors import NotFound
-from tvreg.publish import publish
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def test_a_killed_publish_resumes_its_upload(registry, artifacts, tmp_path):
     with FaultProxy(registry.url) as proxy:
         script = textwrap.dedent(
             f"""
-            from tvreg.publish import publish
+            from tvreg._registry.publish import publish
             publish({str(project)!r}, registry={proxy.url!r}, token={token!r}, chunk_size={chunk})
             """
         )

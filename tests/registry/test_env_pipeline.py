@@ -18,9 +18,9 @@ from test_client_resolve import published, versions  # noqa: F401 - fixtures
 from test_env_sharing import _model, _stats, built, teams  # noqa: F401 - fixtures
 
 import tvreg
-from tvreg.lockfile import read_lock
-from tvreg.paths import cache_dir, data_dir
-from tvreg.progress import Progress
+from tvreg._env.lockfile import read_lock
+from tvreg._util.paths import cache_dir, data_dir
+from tvreg._util.progress import Progress
 
 pytestmark = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 
@@ -150,7 +150,7 @@ def test_nothing_to_change_loads_no_torch_and_writes_nothing(teams, family, tmp_
 
 def test_the_no_op_fingerprint_equals_the_full_one(teams, family, tmp_path):  # noqa: F811
     from tvreg._env.noop import cached_fingerprint
-    from tvreg.fingerprint import fingerprint
+    from tvreg._format.fingerprint import fingerprint
 
     model = _model(family, tmp_path)
     assert cli("install", "alice/science", "--into", model).exit_code == 0

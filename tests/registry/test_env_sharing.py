@@ -16,9 +16,9 @@ from conftest import rewrite_manifest
 from helpers import reference_install, tree_digest
 from tiny_models import read_state_dict
 
-from tvreg.build import build_skill
-from tvreg.lockfile import read_lock
-from tvreg.paths import data_dir
+from tvreg._build.build import build_skill
+from tvreg._env.lockfile import read_lock
+from tvreg._util.paths import data_dir
 
 pytestmark = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 

@@ -11,10 +11,10 @@ from helpers import copy_model
 from safetensors.torch import load_file
 
 from registry_server.routes.hub import commit_hash
-from tvreg.artifact import file_digest
-from tvreg.environment import init_environment
-from tvreg.install import install, sync
-from tvreg.lockfile import read_lock
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import read_lock
+from tvreg._env.operations import install, sync
+from tvreg._format.artifact import file_digest
 
 pytestmark = pytest.mark.usefixtures("hf_home")
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from client_helpers import cli, login, write_project
 
-from tvreg.client import RegistryClient
+from tvreg._env.lockfile import read_lock
+from tvreg._registry.client import RegistryClient
 from tvreg.errors import InvalidName
-from tvreg.lockfile import read_lock
 
 TAGS = ["beta", "1x", "stable-2", "1.2.3.4", "x-beta"]
 RANGE_LIKE = {"2": "2.0.0", "v2": "2.0.0", "1.x": "1.1.0", "x": "2.0.0", "1.1.0": "1.1.0", "1.0": "1.0.0"}

@@ -10,7 +10,7 @@ import pytest
 from client_helpers import cli, login, write_project
 
 import tvreg
-from tvreg.lockfile import read_lock
+from tvreg._env.lockfile import read_lock
 
 pytestmark = pytest.mark.parametrize("registry", ["sqlite"], indirect=True)
 

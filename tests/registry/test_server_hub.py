@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
 )
 
 from registry_server.routes.hub import commit_hash
-from tvreg.project import load_project
+from tvreg._registry.project import load_project
 
 pytestmark = pytest.mark.usefixtures("hf_home")
 

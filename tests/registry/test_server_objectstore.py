@@ -17,7 +17,7 @@ import pytest
 from client_helpers import write_project
 
 import tvreg
-from tvreg.cache import BlobCache
+from tvreg._registry.cache import BlobCache
 
 _MISSING = [m for m in ("s3fs", "moto", "boto3") if __import__("importlib").util.find_spec(m) is None]
 if _MISSING:

@@ -14,7 +14,7 @@ import pytest
 from client_helpers import cli, login
 from web_helpers import web
 
-from tvreg.client import RegistryClient
+from tvreg._registry.client import RegistryClient
 from tvreg.errors import RegistryError
 
 VERSIONS = [f"1.0.{i}" for i in range(5)]

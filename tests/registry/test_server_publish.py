@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tvreg.artifact import Artifact
+from tvreg._format.artifact import Artifact
 
 
 def sha256_digest(data: bytes) -> str:

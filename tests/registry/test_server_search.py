@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvreg.artifact import Artifact
+from tvreg._format.artifact import Artifact
 
 
 @pytest.fixture

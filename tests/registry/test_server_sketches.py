@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from tvreg.sketch import sketch_artifact
+from tvreg._format.sketch import sketch_artifact
 
 
 def _sketch_bytes(tmp_path, data: bytes) -> bytes:

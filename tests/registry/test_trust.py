@@ -15,12 +15,8 @@ import httpx
 import pytest
 from client_helpers import build_artifacts, cli, login, write_project
 
-from tvreg import config
-from tvreg.artifact import file_digest
-from tvreg.client import RegistryClient
-from tvreg.errors import SignatureError
-from tvreg.refs import SkillRef
-from tvreg.signing import (
+from tvreg._format.artifact import file_digest
+from tvreg._format.signing import (
     EVAL_PREDICATE,
     STATEMENT_TYPE,
     generate_key,
@@ -28,7 +24,11 @@ from tvreg.signing import (
     sign_statement,
     verify_artifact_bundle,
 )
-from tvreg.trust import check_version, trusted_keys
+from tvreg._registry import config
+from tvreg._registry.client import RegistryClient
+from tvreg._registry.refs import SkillRef
+from tvreg._registry.trust import check_version, trusted_keys
+from tvreg.errors import SignatureError
 
 HOOK = """
 from tiny_models import read_state_dict
@@ -263,7 +263,7 @@ def test_eval_attests_the_score_of_g_plus_omega_tau_and_only_a_matching_attestat
     from helpers import reference_install
     from tiny_models import read_state_dict  # noqa: F401  (the hook imports it)
 
-    from tvreg.lockfile import read_lock
+    from tvreg._env.lockfile import read_lock
 
     alice = login(registry, "alice")
     carol = registry.make_user("carol")

@@ -168,8 +168,8 @@ def test_the_base_page_matrix_is_tvreg_checks_report(registry, api, server_artif
     """Same numbers, flags and hints as `tvreg check` computes from the same sketches."""
     from html import unescape
 
-    from tvreg.interference import SkillEntry, check_sketches
-    from tvreg.sketch import Sketch
+    from tvreg._format.interference import SkillEntry, check_sketches
+    from tvreg._format.sketch import Sketch
 
     pub = populate(registry, api, server_artifacts, tmp_path)
     picks = ["alice/coding@1.0.0", "alice/science@1.1.0"]

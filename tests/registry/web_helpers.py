@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tvreg.sketch import sketch_artifact
+from tvreg._format.sketch import sketch_artifact
 
 # Script tags, an event handler, javascript:/data: links, a terminal escape, an RTL override.
 HOSTILE = (

@@ -3,7 +3,7 @@
 A ``sparse`` tensor with no kept entries or a ``lowrank`` one of rank 0 stores no bytes
 whatever shape it declares; zero bitmaps compress 32768:1. Each artifact below is about
 1 KiB (at most 1.5 KiB) and declares a 2^27-element tensor (512 MiB as fp32). The registry verifies
-uploads without expanding them (``tvreg.codecs.verify``), compares shapes with the
+uploads without expanding them (``tvreg._format.codecs.verify``), compares shapes with the
 first publish of the same base fingerprint, and refuses anything over the decode budget;
 ``tvreg check`` compares shapes with the model's header before decoding anything. Peak
 RSS is read from ``/proc/<pid>/status`` (``VmHWM``, reset through ``clear_refs``) for the
@@ -77,7 +77,7 @@ def _reset_peak(pid: int) -> int:
 
 
 def test_the_bombs_are_small_and_decode_to_their_declared_shape(tmp_path):
-    from tvreg.artifact import Artifact
+    from tvreg._format.artifact import Artifact
 
     for name, data in bombs([64, 128]).items():
         path = tmp_path / f"{name}.tvskill"
@@ -149,7 +149,7 @@ def test_tvreg_check_refuses_a_decode_bomb_before_decoding_it(family, tmp_path):
     target = "model.layers.0.mlp.down_proj.weight"
     # The same tiny bomb, aimed at a real tensor, with the model's true shape (harmless) and a huge one.
     honest, bomb = tmp_path / "honest.tvskill", tmp_path / "bomb.tvskill"
-    from tvreg.checkpoint import Checkpoint
+    from tvreg._format.checkpoint import Checkpoint
 
     with Checkpoint.open(model) as ckpt:
         true_shape = list(ckpt.info(target).shape)

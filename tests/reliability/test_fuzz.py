@@ -31,11 +31,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tvreg.artifact import Artifact
+from tvreg._format.artifact import Artifact
+from tvreg._format.manifest import Manifest
+from tvreg._format.safetensors_io import DTYPES, SafetensorsFile
+from tvreg._registry.project import verify_artifact
 from tvreg.errors import TvregError
-from tvreg.manifest import Manifest
-from tvreg.project import verify_artifact
-from tvreg.safetensors_io import DTYPES, SafetensorsFile
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 EXAMPLES = int(os.environ.get("TVREG_FUZZ_EXAMPLES", "150"))

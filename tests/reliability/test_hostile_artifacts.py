@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from client_helpers import cli
 
-from tvreg.artifact import Artifact
+from tvreg._format.artifact import Artifact
+from tvreg._registry.project import verify_artifact
 from tvreg.errors import TvregError
-from tvreg.project import verify_artifact
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 sys.path.insert(0, str(CORPUS))

@@ -19,7 +19,7 @@ from client_helpers import cli, login, write_project
 from helpers import wait_until
 from tvreg_registry_fixtures import sha256_digest
 
-from tvreg.client import RegistryClient
+from tvreg._registry.client import RegistryClient
 
 
 def _nothing_published(registry, api) -> None:

@@ -16,8 +16,8 @@ import pytest
 from client_helpers import build_artifacts, cli, login, write_project
 from helpers import copy_model, subprocess_env, tree_digest
 
-from tvreg.environment import init_environment
-from tvreg.lockfile import read_lock
+from tvreg._env.environment import init_environment
+from tvreg._env.lockfile import read_lock
 
 
 @pytest.fixture(scope="module")

@@ -10,4 +10,7 @@ Modules, in pipeline order:
 - :mod:`.materialise` — the tensor stream (Σ ω_k τ_k applied to G) into a staged tree, then the swap.
 - :mod:`.staging` — staged trees beside the model: fill with links, clean up after kills.
 - :mod:`.lockfile`, :mod:`.store`, :mod:`.environment`, :mod:`.verify`, :mod:`.modelcard`.
+- :mod:`.noop` — the torch-free "Nothing to change" shortcut.
+- Around an environment: :mod:`.check` (interference), :mod:`.sweep` (ω grids), :mod:`.evaluate`
+  (eval hooks), :mod:`.policy` (``tvreg.toml``), :mod:`.export` (PEFT export).
 """

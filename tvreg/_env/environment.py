@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from .._format.checkpoint import Checkpoint
+from .._format.fingerprint import fingerprint, fingerprint_of_hashes, remember, short, tensor_hashes
+from .._util.progress import NULL_PROGRESS, Progress
 from .._version import __version__
-from ..checkpoint import Checkpoint
 from ..errors import IncompatibleBase, LockHeld, ModelEnvironmentError, TensorMismatch, TvregError
-from ..fingerprint import fingerprint, fingerprint_of_hashes, remember, short, tensor_hashes
-from ..progress import NULL_PROGRESS, Progress
 from .lockfile import LOCK_NAME, Lock, read_lock, write_lock
 from .store import keep_pristine, pristine_path
 

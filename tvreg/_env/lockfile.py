@@ -28,8 +28,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._format.fsutil import atomic_write_text
 from ..errors import LockMismatch, ModelEnvironmentError
-from ..fsutil import atomic_write_text
 
 LOCK_NAME = "tvreg.lock"
 LOCK_VERSION = 3
@@ -202,7 +202,7 @@ def require_locked_digest(skill: LockedSkill, path: Path, *, what: str, hint: st
     There is no fallback on purpose: a lock names exact bytes, and anything else is tampering
     or damage (docs/reliability.md row 23). ``what`` says which copy it is, e.g. "the stored artifact".
     """
-    from ..artifact import file_digest
+    from .._format.artifact import file_digest
 
     found = file_digest(Path(path))
     if found != skill.digest:

@@ -1,7 +1,7 @@
 """The tensor stream: per tensor of pristine G, θ_G + Σ ω_k τ_k merged and written into a staged tree.
 
 Per tensor of G in storage order: read G's tensor, decode every skill's τ for it, merge
-in float32 (:mod:`tvreg.merge`), round once to the output dtype, hash and write it into
+in float32 (:mod:`tvreg._merge`), round once to the output dtype, hash and write it into
 a staged copy of the model directory. A few tensors are in flight at once across
 threads; nothing holds a whole model. When every shard is written and fsynced, the
 staged directory and the model directory are swapped in one atomic rename, so a crash
@@ -22,18 +22,19 @@ from pathlib import Path
 
 import torch
 
+from .._format.checkpoint import INDEX_NAME, Checkpoint
+from .._format.codecs.zstd_frame import Arena
+from .._format.faults import crash_point
+from .._format.fingerprint import fingerprint_of_hashes, remember, short
+from .._format.fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, swap_directories
+from .._format.safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
+from .._merge import Recipe, plan_tensor
+from .._merge.device import Merger
+from .._util.pipeline import ordered_map, torch_threads
+from .._util.progress import Progress
 from .._version import __version__
-from ..checkpoint import INDEX_NAME, Checkpoint
-from ..codecs.zstd_frame import Arena
 from ..errors import IncompatibleBase, LockOutdated
-from ..faults import crash_point
-from ..fingerprint import fingerprint_of_hashes, remember, short
-from ..fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, swap_directories
-from ..merge import Recipe, plan_tensor
-from ..merge.device import Merger
-from ..pipeline import ordered_map, torch_threads
-from ..progress import Progress
-from ..safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
+from ..taskvector import TaskVector
 from .lockfile import Lock, write_lock
 from .modelcard import write_model_card
 from .skillset import _Skill
@@ -54,7 +55,7 @@ class _Merge:
 
 def _open_base_weights(where: str, lock: Lock, general: Checkpoint, progress: Progress) -> Checkpoint:
     """θ_pre's checkpoint for ``linear``/``average``, checked to be this model's base."""
-    from ..fingerprint import fingerprint
+    from .._format.fingerprint import fingerprint
     from .environment import check_general_against_base
 
     pre = Checkpoint.open(where)
@@ -196,7 +197,8 @@ def _materialise(
         weight_names = {p.name for p in general.files}
         with disk_errors(staging):
             _stage_other_files(model_dir, staging, weight_names)
-        hashes, per_file = _write_weights(general, final, staging, known, progress, merge, out_dtype)
+        vector = TaskVector._of_skills(final, lock.base_fingerprint)
+        hashes, per_file = vector._write_into(general, staging, final, known, progress, merge, out_dtype)
         written = sum((staging / name).stat().st_size for name in per_file)
         with disk_errors(staging):
             if general.is_sharded:

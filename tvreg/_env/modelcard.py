@@ -16,8 +16,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..fingerprint import short
-from ..fsutil import atomic_write_text
+from .._format.fingerprint import short
+from .._format.fsutil import atomic_write_text
 from .lockfile import Lock
 
 CARD_NAME = "README.md"

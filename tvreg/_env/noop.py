@@ -5,7 +5,7 @@ synced model is the most common command in CI and in scripts, and the full pipel
 costs seconds just to import torch and open G. This module answers from what is cheap:
 the request compared with ``tvreg.lock``, the registry's version list for the skills
 asked for (one metadata call each, never an artifact), and the weights' fingerprint from
-the stat cache (:mod:`tvreg.statcache`: a few ``stat`` calls, no re-read). It imports
+the stat cache (:mod:`tvreg._format.statcache`: a few ``stat`` calls, no re-read). It imports
 nothing that imports torch; a test checks that in a subprocess.
 
 It is conservative: whenever it cannot prove the full pipeline would change nothing (a
@@ -23,13 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import statcache
+from .._format import statcache
 from .._names import Range, is_tag, parse_requirement, version_key
+from .._util.paths import data_dir
 from ..errors import TvregError
-from ..paths import data_dir
 from .lockfile import LOCK_NAME, LOCK_VERSION, Lock, LockedSkill, read_lock
 
-_FINGERPRINTS = "fingerprints-v1"  # tvreg.fingerprint's stat-cache kind (algorithm v1)
+_FINGERPRINTS = "fingerprints-v1"  # tvreg._format.fingerprint's stat-cache kind (algorithm v1)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _weight_files(model_dir: Path) -> list[Path] | None:
 def cached_fingerprint(model_dir: Path) -> str | None:
     """The weights' fingerprint from the stat cache alone; None when any weight file is not remembered.
 
-    Computes exactly :func:`tvreg.fingerprint.fingerprint_of_hashes` (a test holds the two equal).
+    Computes exactly :func:`tvreg._format.fingerprint.fingerprint_of_hashes` (a test holds the two equal).
     """
     files = _weight_files(model_dir)
     if not files:
@@ -132,7 +132,7 @@ def _nothing_newer(skills: Sequence[tuple[LockedSkill, str]], lock: Lock, regist
     """Whether each (locked skill, range) is already at the highest version the registry allows."""
     if not skills:
         return True
-    from ..client import client_for
+    from .._registry.client import client_for
 
     by_registry: dict[str, list[tuple[LockedSkill, str]]] = {}
     for skill, spec in skills:
@@ -246,14 +246,14 @@ def _same_settings(
 
 def _locked_file(lock: Lock, path: Path) -> LockedSkill | None:
     """The locked skill installed from this very file (same name, stat-cached digest), else None."""
-    from ..paths import cache_dir
+    from .._util.paths import cache_dir
 
     try:
         if not path.is_file() or path.resolve().is_relative_to(cache_dir().resolve()):
             return None  # a file in the download cache is a registry version: the full path decides
     except OSError:
         return None
-    digest = statcache.lookup("digests", path)  # tvreg.artifact.file_digest's kind
+    digest = statcache.lookup("digests", path)  # tvreg._format.artifact.file_digest's kind
     if not isinstance(digest, str):
         return None
     return next(

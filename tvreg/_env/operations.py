@@ -21,18 +21,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from .. import statcache
+from .._format import statcache
+from .._format.artifact import file_digest
+from .._format.checkpoint import Checkpoint
+from .._format.fingerprint import fingerprint_of_hashes, tensor_hashes
+from .._format.interference import InterferenceReport
+from .._merge import get_method
+from .._merge.device import merger_for, resolve_device
+from .._registry.fetch import Resolved, download_resolved, fetch_locked, resolve_install
+from .._util.progress import NULL_PROGRESS, Progress
 from .._version import __version__
-from ..artifact import file_digest
-from ..checkpoint import Checkpoint
 from ..errors import InstallInterrupted, LockOutdated, ModelEnvironmentError, TvregError
-from ..fetch import Resolved, download_resolved, fetch_locked, resolve_install
-from ..fingerprint import fingerprint_of_hashes, tensor_hashes
-from ..interference import InterferenceReport
-from ..merge import get_method
-from ..merge.device import merger_for, resolve_device
-from ..policy import policy_check
-from ..progress import NULL_PROGRESS, Progress
 from . import noop
 from .environment import (
     adopt_general,
@@ -45,6 +44,7 @@ from .environment import (
 from .lockfile import LOCK_VERSION, Lock, LockedSkill, Origin, read_lock, write_lock
 from .materialise import _materialise, _Merge, _open_base_weights
 from .plan import Plan, make_plan
+from .policy import policy_check
 from .skillset import (
     _check_tensors,
     _default_weight,
@@ -189,8 +189,8 @@ def _apply(
     ``lock`` carries the method and dtype settings; its skills are replaced by ``final``.
     ``write_weights=False`` only writes the new ``tvreg.lock`` (``tvreg lock``): its
     weights fingerprint is cleared unless nothing changed. Closes ``final``'s artifacts.
-    ``policy`` (:class:`tvreg.policy.PolicyCheck`) refuses a set it does not allow and records
-    ``signed_by``; ``gate`` (:class:`tvreg.policy.Gate`) evaluates the staged model before the swap.
+    ``policy`` (:class:`tvreg._env.policy.PolicyCheck`) refuses a set it does not allow and records
+    ``signed_by``; ``gate`` (:class:`tvreg._env.policy.Gate`) evaluates the staged model before the swap.
     Caller holds :func:`lock_model`.
     """
     device_kind = device_kind or resolve_device("auto")
@@ -337,7 +337,7 @@ def install(
         weights: ω per skill (identity ``ns/skill`` or an unambiguous short name), overriding |D|/|G|.
         base, base_fingerprint, general_size: initialise the environment on the fly
             (see :func:`~tvreg._env.environment.init_environment`).
-        method, method_params: the merge method (see :data:`tvreg.merge.METHODS`) and its
+        method, method_params: the merge method (see :data:`tvreg._merge.METHODS`) and its
             parameters; default: what ``tvreg.lock`` records.
         output_dtype: ``float32``, ``float16``, ``bfloat16`` or ``"auto"`` (G's own); default: as locked.
         device: ``auto``, ``cuda`` or ``cpu``.
@@ -350,7 +350,7 @@ def install(
         on_interference: receives the interference report of the planned set (the check step,
             on this one resolution, from sketches only); default: each warning goes to
             ``progress.warn``. Never fails the install.
-        gate: a :class:`tvreg.policy.Gate` (``--gate HOOK --require metric>=x``) the staged model
+        gate: a :class:`tvreg._env.policy.Gate` (``--gate HOOK --require metric>=x``) the staged model
             must pass before it replaces the model; a failing gate raises ``GateFailed`` and
             changes nothing. A ``tvreg.toml`` policy beside the lock is always enforced.
 
@@ -441,8 +441,8 @@ def _check_interference(
     Dry run and real run alike pass ``download=False``, so both warn the same; a version
     with no published sketch that is not cached is skipped with a note.
     """
-    from ..check import check_resolved
     from ..errors import SketchError, SketchMismatch
+    from .check import check_resolved
 
     if sum(1 for row in plan.skills if row.change != "remove") < 2 or not resolved:
         return
@@ -667,7 +667,7 @@ def ensure_artifacts(
             continue
         try:
             if skill.artifact.startswith("hf://"):
-                from ..hub import fetch_locked as fetch_from_hub
+                from .._registry.hub import fetch_locked as fetch_from_hub
 
                 path = fetch_from_hub(skill, lock, base=base, offline=offline, progress=progress)
             else:
@@ -713,7 +713,7 @@ def sync(
         offline: use only the local store and download cache.
         general: an untouched copy of G, kept in this machine's store when its fingerprint is
             the lock's (a lock from another machine names G only by fingerprint).
-        gate: a :class:`tvreg.policy.Gate` the staged weights must pass before they replace
+        gate: a :class:`tvreg._env.policy.Gate` the staged weights must pass before they replace
             the model's (``GateFailed``: model and lock unchanged). Weights that already
             carry the lock's fingerprint are not re-staged, so the gate does not run.
         base: θ_pre on this machine (a directory or cached Hub id), used to re-convert a
@@ -741,7 +741,7 @@ def sync(
         if general is None or not dry_run:
             require_general(lock, model_dir)
         if dry_run:
-            from ..cache import BlobCache
+            from .._registry.cache import BlobCache
 
             cache = BlobCache()
             missing = [s for s in lock.skills if not artifact_path(s.digest).is_file()]

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._format.artifact import Artifact
+from .._format.checkpoint import Checkpoint
+from .._format.safetensors_io import itemsize
 from .._names import version_key
-from ..artifact import Artifact
-from ..checkpoint import Checkpoint
+from .._registry.fetch import Resolved
 from ..errors import ModelEnvironmentError, WeightError
-from ..fetch import Resolved
-from ..safetensors_io import itemsize
 from .lockfile import Lock
 from .skillset import _check_compatible, require_installed
 from .store import pristine_path
@@ -89,7 +89,7 @@ def make_plan(
 
     Args:
         lock: the model's lock with the settings asked for (method, dtype) applied.
-        adding: skills to add or replace (from :func:`tvreg.fetch.resolve_install` with
+        adding: skills to add or replace (from :func:`tvreg._registry.fetch.resolve_install` with
             ``download=False``); a registry skill not yet cached counts toward ``download_bytes``.
         removing: installed skill identities to remove.
         weights: ω given by the user, by identity or unambiguous short name.

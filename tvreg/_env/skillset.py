@@ -11,10 +11,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import Artifact
-from ..checkpoint import Checkpoint
+from .._format.artifact import Artifact
+from .._format.checkpoint import Checkpoint
+from .._format.fingerprint import short
 from ..errors import IncompatibleBase, ModelEnvironmentError, TensorMismatch, WeightError
-from ..fingerprint import short
 from .environment import row_extension
 from .lockfile import Lock, LockedSkill, Origin, require_locked_digest
 from .store import artifact_path

@@ -7,8 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..checkpoint import INDEX_NAME
-from ..fsutil import link_or_copy
+from .._format.checkpoint import INDEX_NAME
+from .._format.fsutil import link_or_copy
 from .lockfile import LOCK_NAME
 from .verify import TENSORS_NAME
 

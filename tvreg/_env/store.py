@@ -16,11 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import statcache
-from ..checkpoint import INDEX_NAME, Checkpoint
-from ..fsutil import disk_errors, free_bytes, fsync_dir
-from ..paths import data_dir
-from ..progress import NULL_PROGRESS, Progress
+from .._format import statcache
+from .._format.checkpoint import INDEX_NAME, Checkpoint
+from .._format.fsutil import disk_errors, free_bytes, fsync_dir
+from .._util.paths import data_dir
+from .._util.progress import NULL_PROGRESS, Progress
 
 _FICLONE = 0x40049409
 

@@ -14,11 +14,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
+from .._format.checkpoint import Checkpoint
+from .._format.fingerprint import fingerprint_of_hashes, short, tensor_hashes
+from .._format.fsutil import atomic_write_text
+from .._util.progress import NULL_PROGRESS, Progress
 from ..errors import ModelEnvironmentError
-from ..fingerprint import fingerprint_of_hashes, short, tensor_hashes
-from ..fsutil import atomic_write_text
-from ..progress import NULL_PROGRESS, Progress
 from .environment import require_lock
 from .store import pristine_path
 

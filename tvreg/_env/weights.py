@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..artifact import Artifact
+from .._format.artifact import Artifact
+from .._merge import get_method
 from ..errors import ModelEnvironmentError, WeightError
-from ..merge import get_method
 from .lockfile import Lock
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

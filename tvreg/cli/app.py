@@ -24,10 +24,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBar
 
+from .._format.faults import crash_point
+from .._util.progress import Progress
 from .._version import __version__
 from ..errors import TvregError
-from ..faults import crash_point
-from ..progress import Progress
 from .text import SafeConsole, safe
 
 err = SafeConsole(stderr=True, highlight=False)

@@ -21,7 +21,7 @@ def cache():
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def cache_list(fmt):
     """List cached artifacts."""
-    from ..cache import BlobCache
+    from .._registry.cache import BlobCache
 
     entries = BlobCache().entries()
     if fmt == "json":
@@ -51,7 +51,7 @@ def cache_list(fmt):
 @cache.command(name="verify")
 def cache_verify():
     """Re-hash every cached artifact; evict those whose bytes changed."""
-    from ..cache import BlobCache
+    from .._registry.cache import BlobCache
 
     report = BlobCache().verify(progress=RichProgress())
     for digest, found in report.evicted:
@@ -71,7 +71,7 @@ def cache_verify():
 @click.option("--all", "everything", is_flag=True, help="Remove every cached artifact.")
 def cache_prune(older_than, everything):
     """Remove leftovers of interrupted downloads (and old or all artifacts)."""
-    from ..cache import BlobCache
+    from .._registry.cache import BlobCache
 
     report = BlobCache().prune(older_than_days=older_than, everything=everything)
     out.print(f"Removed {len(report.removed)} file(s), freed {human_size(report.freed_bytes)}.")

@@ -58,7 +58,7 @@ def check(skills, into, weights, registry, resolution, no_download, strict, poli
     if skills and all(s.startswith("hf://") for s in skills):
         _check_hub(skills, into, fmt)
         return
-    from ..check import check as do_check
+    from .._env.check import check as do_check
     from .environment_cmds import into_dir
 
     into = into_dir(into, required=True)
@@ -83,7 +83,7 @@ def check(skills, into, weights, registry, resolution, no_download, strict, poli
 
 
 def _check_policy(skills, into, registry, fmt) -> None:
-    from ..policy import check_policy
+    from .._env.policy import check_policy
 
     report = check_policy(skills, into=into, registry=registry, progress=RichProgress())
     if fmt == "json":
@@ -115,7 +115,7 @@ def _check_hub(args, into, fmt) -> None:
     """`tvreg check hf://…`: download and convert in the caches only; the model is not touched."""
     from dataclasses import asdict
 
-    from ..hub import check as hub_check
+    from .._registry.hub import check as hub_check
 
     reports = [hub_check(a, into=into, progress=RichProgress()) for a in args]
     if fmt == "json":

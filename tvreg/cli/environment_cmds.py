@@ -1,7 +1,7 @@
 """Commands that change or check a model environment's skill set: uninstall, upgrade, lock, sync, verify.
 
-Thin: each calls one library function (:mod:`tvreg.install`, :mod:`tvreg.sync`,
-:mod:`tvreg.verify`, :mod:`tvreg.plan`) and prints its result the way pip/uv do.
+Thin: each calls one library function (:mod:`tvreg._env.operations`,
+:mod:`tvreg._env.verify`, :mod:`tvreg._env.plan`) and prints its result the way pip/uv do.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ REQUIRE = click.option(
 def _hub_scope(ctx: click.Context, _param: click.Parameter, url: str | None) -> None:
     """``--hub-endpoint``: in force for the whole command (the scope closes with click's context)."""
     if url:
-        from ..hub import using_endpoint
+        from .._registry.hub import using_endpoint
 
         ctx.with_resource(using_endpoint(url))
 
@@ -68,12 +68,12 @@ HUB_ENDPOINT = click.option(
 
 
 def gate_of(gate, requires):
-    """The :class:`tvreg.policy.Gate` of ``--gate``/``--require`` (None without ``--gate``)."""
+    """The :class:`tvreg._env.policy.Gate` of ``--gate``/``--require`` (None without ``--gate``)."""
     if requires and not gate:
         raise click.UsageError("--require needs --gate MODULE:FN (the hook that measures it).")
     if not gate:
         return None
-    from ..policy import make_gate
+    from .._env.policy import make_gate
 
     return make_gate(gate, requires)
 
@@ -155,7 +155,7 @@ def print_result(res, verb: str) -> None:
 @DRY_RUN
 def uninstall(names, into, dry_run):
     """Remove skills: the weights become exactly those of installing the remaining set."""
-    from ..install import uninstall as do_uninstall
+    from .._env.operations import uninstall as do_uninstall
 
     target = into_dir(into)
     res = do_uninstall(list(names), into=target, dry_run=dry_run, progress=watch(RichProgress(), target))
@@ -193,7 +193,7 @@ def upgrade(names, into, registry, resolution, offline, dry_run, gate, requires)
         if found is not None:
             _print_no_upgrade(found)
             return
-    from ..sync import upgrade as do_upgrade
+    from .._env.operations import upgrade as do_upgrade
 
     res = do_upgrade(
         list(names), into=target, registry=registry, resolution=resolution, offline=offline, dry_run=dry_run,
@@ -232,7 +232,7 @@ def lock_(requirements, into, weights, registry, resolution, offline, namespace,
     The artifacts are kept in the local store, so `tvreg sync` (even `--offline`) can
     materialise the lock later.
     """
-    from ..sync import lock as do_lock
+    from .._env.operations import lock as do_lock
 
     target = into_dir(into)
     res = do_lock(
@@ -292,7 +292,7 @@ def sync(model_dir, into, locked, general, base, offline, dry_run, gate, require
         if found is not None:
             print_nothing(found)
             return
-    from ..sync import sync as do_sync
+    from .._env.operations import sync as do_sync
 
     res = do_sync(
         target, locked=locked, offline=offline, general=general, base=base, dry_run=dry_run, gate=sync_gate,
@@ -312,10 +312,10 @@ def sync(model_dir, into, locked, general, base, offline, dry_run, gate, require
 @INTO
 def verify(model_dir, into):
     """Re-hash the model's weights and compare with tvreg.lock; name every tensor that differs."""
+    from .._env.verify import describe_result
+    from .._env.verify import verify as do_verify
+    from .._format.fingerprint import short
     from ..errors import WeightsMismatch
-    from ..fingerprint import short
-    from ..verify import describe_result
-    from ..verify import verify as do_verify
 
     if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")

@@ -59,7 +59,7 @@ def export(source, fmt_as, output, rank, energy, per_skill, weight, base, others
     PEFT) against the installed model on a probe batch. SOURCE is a model environment,
     a `.tvskill` file or a registry skill `ns/skill@1.2.0` (with `--base`).
     """
-    from ..export import export_peft
+    from .._env.export import export_peft
 
     results = export_peft(
         source,

@@ -30,7 +30,7 @@ def key():
 )
 def key_generate(name):
     """Make a new signing key pair; print the public key and its id."""
-    from ..signing import generate_key
+    from .._format.signing import generate_key
 
     made = generate_key(name)
     err.print(
@@ -50,8 +50,8 @@ def key_generate(name):
 @click.option("--registry", metavar="URL")
 def key_add(pubfile, team, name, registry):
     """Register the public key PUBFILE with your account (or --team) on the registry."""
-    from ..client import client_for
-    from ..trust import register_key
+    from .._registry.client import client_for
+    from .._registry.trust import register_key
 
     with client_for(registry) as client:
         made = register_key(
@@ -98,7 +98,7 @@ def _key_rows(keys: list[dict], fmt: str) -> None:
 def key_list(user, team, trusted, registry, fmt):
     """A user's or team's registered keys, revoked ones included; or your trusted keys."""
     if trusted:
-        from ..trust import trusted_keys
+        from .._registry.trust import trusted_keys
 
         rows = [{"key_id": k.id, "owner": k.owner, "name": k.source} for k in trusted_keys()]
         if fmt == "json":
@@ -107,8 +107,8 @@ def key_list(user, team, trusted, registry, fmt):
         for r in rows:
             out.print(f"{r['key_id']}  {r['owner'] or '-'}  ({r['name']})")
         return
-    from ..client import client_for
-    from ..trust import list_keys
+    from .._registry.client import client_for
+    from .._registry.trust import list_keys
 
     with client_for(registry) as client:
         if not user and not team:
@@ -123,8 +123,8 @@ def key_list(user, team, trusted, registry, fmt):
 @click.option("--registry", metavar="URL")
 def key_revoke(key_id, reason, registry):
     """Revoke one of your keys (or your team's): signatures by it stop verifying anywhere it is checked."""
-    from ..client import client_for
-    from ..trust import revoke_key
+    from .._registry.client import client_for
+    from .._registry.trust import revoke_key
 
     with client_for(registry) as client:
         done = revoke_key(client, key_id, reason)
@@ -136,12 +136,12 @@ def key_revoke(key_id, reason, registry):
 @click.option("--registry", metavar="URL")
 def key_trust(spec, registry):
     """Trust a key (by id, or a .pub file), or pin every current key of a team or user."""
-    from ..trust import trust
+    from .._registry.trust import trust
 
     if Path(spec).is_file():
         added = trust(spec)
     else:
-        from ..client import client_for
+        from .._registry.client import client_for
 
         with client_for(registry) as client:
             added = trust(spec, client=client)
@@ -155,7 +155,7 @@ def key_trust(spec, registry):
 @click.argument("spec", metavar="ID|TEAM|USER")
 def key_untrust(spec):
     """Remove keys from your trust list, by id or by owner."""
-    from ..trust import untrust
+    from .._registry.trust import untrust
 
     gone = untrust(spec)
     if not gone:
@@ -208,8 +208,8 @@ class TrustReport:
 
 def trust_report(client, ref, version: str, digest: str) -> TrustReport:
     """Judge ``ref@version``'s signatures and attestations against the user's trusted keys."""
+    from .._registry.trust import check_version
     from ..errors import RegistryError
-    from ..trust import check_version
 
     try:
         sigs, atts = check_version(client, ref, version, digest)
@@ -228,11 +228,11 @@ def attest():
 @click.option("--registry", metavar="URL")
 def attest_push(file, registry):
     """Upload the signed attestation FILE (from `tvreg eval --sign`) to the version it is about."""
-    from ..client import client_for
+    from .._format.signing import read_bundle
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
+    from .._registry.trust import push_attestation
     from ..errors import SignatureError
-    from ..refs import parse_ref
-    from ..signing import read_bundle
-    from ..trust import push_attestation
 
     data = file.read_bytes()
     try:
@@ -277,16 +277,16 @@ def eval_cmd(skill, into, eval_spec, weight, sign, output, registry):
     INTO is never changed: the skill is installed into a scratch copy. With --sign the
     statement is signed (a Sigstore bundle) and `tvreg attest push FILE` uploads it.
     """
-    from ..attest import evaluate_skill
-    from ..evaluate import load_hook
-    from ..fetch import fetch_for_install
-    from ..fsutil import atomic_writer
-    from ..signing import sign_statement
+    from .._env.evaluate import load_hook
+    from .._format.fsutil import atomic_writer
+    from .._format.signing import sign_statement
+    from .._registry.attest import evaluate_skill
+    from .._registry.fetch import fetch_for_install
     from .app import RichProgress
 
     hook = load_hook(eval_spec)
     if sign:
-        from ..signing import public_key_of
+        from .._format.signing import public_key_of
 
         public_key_of(sign)  # a missing key fails before the evaluation, not after
     paths, sources = fetch_for_install([skill], into=into, registry=registry, progress=RichProgress())

@@ -45,8 +45,8 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
     if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")
     model_dir = model_dir or into or "."
-    from ..environment import init_environment
-    from ..fingerprint import short
+    from .._env.environment import init_environment
+    from .._format.fingerprint import short
 
     lock = init_environment(
         model_dir,
@@ -64,12 +64,12 @@ def init(model_dir, into, base, base_fingerprint, general_size, general_size_uni
 
 
 def merge_param_options(command: Callable) -> Callable:
-    """Add one flag per merge parameter of :data:`tvreg.merge.params.PARAMS`, help and defaults from its row.
+    """Add one flag per merge parameter of :data:`tvreg._merge.params.PARAMS`, help and defaults from its row.
 
     Each flag's value reaches the command as a keyword named after the parameter
     (``None`` when not given), so the command passes them on as ``method_params``.
     """
-    from ..merge.params import PARAMS, defaults_text, flag
+    from .._merge.params import PARAMS, defaults_text, flag
 
     for name, row in reversed(PARAMS.items()):
         text = f"{row.help} [{defaults_text(name)}]"
@@ -159,7 +159,7 @@ def install(
     skill's `requires` are resolved together for the model's base. A `tvreg.toml` policy
     beside the lock is enforced; `--gate` checks the staged model before the swap.
     """
-    from ..policy import make_gate
+    from .._env.policy import make_gate
 
     if requires and not gate:
         raise click.UsageError("--require needs --gate MODULE:FN (the hook that measures it).")
@@ -174,7 +174,7 @@ def install(
         weights = {**more_weights, **weights}
     target = into_dir(into)
     if target is not None:
-        from ..policy import load_policy
+        from .._env.policy import load_policy
 
         load_policy(target)  # a bad tvreg.toml fails before any other work
     if target is not None and not dry_run and install_gate is None and Path(target).is_dir():
@@ -188,7 +188,7 @@ def install(
         if found is not None:
             print_nothing(found)
             return
-    from ..install import install as do_install
+    from .._env.operations import install as do_install
 
     res = do_install(
         args,
@@ -255,8 +255,8 @@ def read_requirements(path: str) -> tuple[list[str], dict[str, float]]:
 
 
 def _identity_of(arg: str) -> str:
-    from ..artifact import Artifact
-    from ..fetch import is_file_arg
+    from .._format.artifact import Artifact
+    from .._registry.fetch import is_file_arg
 
     if is_file_arg(arg):
         with Artifact(Path(arg).expanduser()) as art:
@@ -278,8 +278,8 @@ def list_(model_dir, into, fmt):
     unchanged: the pinned requirement (or the stored file), `--weight=ω` when you set ω,
     and the digest as a comment, like `pip freeze`.
     """
-    from ..environment import require_lock
-    from ..store import artifact_path
+    from .._env.environment import require_lock
+    from .._env.store import artifact_path
 
     if model_dir is not None and into is not None:
         raise click.UsageError("give the model environment either as MODEL_DIR or with --into (not both).")

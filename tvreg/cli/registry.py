@@ -23,8 +23,8 @@ from .text import safe
 )
 def login(registry, token):
     """Log in to a registry: check the token with /whoami, then save it (0600) for later commands."""
-    from ..client import RegistryClient
-    from ..config import config_path, remember_login, resolve
+    from .._registry.client import RegistryClient
+    from .._registry.config import config_path, remember_login, resolve
 
     url = resolve(registry).url
     if token == "-":
@@ -43,7 +43,7 @@ def login(registry, token):
 @click.option("--registry", metavar="URL", help="The registry to log out of (default: the current one).")
 def logout(registry):
     """Forget the saved token of a registry."""
-    from ..config import forget_login, resolve
+    from .._registry.config import forget_login, resolve
 
     url = resolve(registry).url
     if forget_login(url):
@@ -58,7 +58,7 @@ def logout(registry):
 @click.option("--registry", metavar="URL", help="The registry to ask (default: the current one).")
 def whoami(registry):
     """Show who the current token belongs to, and the teams and namespaces it can use."""
-    from ..client import client_for
+    from .._registry.client import client_for
 
     with client_for(registry) as client:
         who = client.whoami()
@@ -104,7 +104,7 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size, sign):
     The artifact is built into PROJECT_DIR/dist when missing or stale, every tensor is
     decoded and checked, then it is uploaded in resumable chunks.
     """
-    from ..publish import publish as do_publish
+    from .._registry.publish import publish as do_publish
 
     res = do_publish(
         project_dir,
@@ -167,12 +167,12 @@ def publish(project_dir, dry_run, registry, tag, no_tag, chunk_size, sign):
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def search(query, base, into, tag, namespace, page, per_page, registry, fmt):
     """Search the registry by name and description, optionally only skills that fit a model."""
-    from ..client import client_for
+    from .._registry.client import client_for
 
     if base and into:
         raise click.UsageError("give one of `--base` and `--into`.")
     if into:
-        from ..environment import require_lock
+        from .._env.environment import require_lock
 
         base = require_lock(Path(into)).base_fingerprint
     with client_for(registry) as client:
@@ -205,8 +205,8 @@ def search(query, base, into, tag, namespace, page, per_page, registry, fmt):
 @click.option("--registry", metavar="URL")
 def yank(target, reason, registry):
     """Yank a version: it stays installable by exact pin (with a warning) but is never picked by name."""
-    from ..client import client_for
-    from ..refs import parse_ref
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
 
     ref = parse_ref(target, require_version=True)
     with client_for(registry) as client:
@@ -219,8 +219,8 @@ def yank(target, reason, registry):
 @click.option("--registry", metavar="URL")
 def unyank(target, registry):
     """Undo a yank."""
-    from ..client import client_for
-    from ..refs import parse_ref
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
 
     ref = parse_ref(target, require_version=True)
     with client_for(registry) as client:
@@ -239,8 +239,8 @@ def tag():
 @click.option("--registry", metavar="URL")
 def tag_add(target, tag_name, registry):
     """Point TAG at NAME@VERSION."""
-    from ..client import client_for
-    from ..refs import parse_ref
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
 
     ref = parse_ref(target, require_version=True)
     with client_for(registry) as client:
@@ -254,8 +254,8 @@ def tag_add(target, tag_name, registry):
 @click.option("--registry", metavar="URL")
 def tag_rm(name, tag_name, registry):
     """Remove TAG from NAME (latest cannot be removed)."""
-    from ..client import client_for
-    from ..refs import parse_ref
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
 
     ref = parse_ref(name, allow_version=False)
     with client_for(registry) as client:

@@ -117,9 +117,9 @@ def build(
     Lossy codecs measure each tensor's relative error ‖τ̂−τ‖/‖τ‖, record it in the
     manifest and print the worst tensors.
     """
-    from ..build import build_skill
-    from ..codecs.base import options_from_strings
-    from ..fingerprint import short
+    from .._build.build import build_skill
+    from .._format.codecs.base import options_from_strings
+    from .._format.fingerprint import short
 
     options = options_from_strings(list(codec_params))
     for key, value in (("density", density), ("rank", rank), ("max_rel_error", max_rel_error)):
@@ -162,7 +162,7 @@ def build(
 
 def _print_report(rows: list, *, limit: int, calibration: object = None) -> None:
     """The compression summary line, the calibration's, and up to ``limit`` tensors, worst relative error first."""
-    from ..codecs.report import calibration_line, format_error, is_lossy, summary, worst_first
+    from .._format.codecs.report import calibration_line, format_error, is_lossy, summary, worst_first
 
     out.print(f"  {'storage':<12} {summary(rows)}")
     line = calibration_line(calibration, lossy=is_lossy(rows))
@@ -186,8 +186,8 @@ def _print_report(rows: list, *, limit: int, calibration: object = None) -> None
 @click.option("--short", "short_", is_flag=True, help="Print the 12-character prefix only.")
 def fingerprint(path, short_):
     """Print the content fingerprint of a model (independent of sharding and file names)."""
-    from ..fingerprint import fingerprint as fp
-    from ..fingerprint import short
+    from .._format.fingerprint import fingerprint as fp
+    from .._format.fingerprint import short
 
     value = fp(path, progress=RichProgress())
     out.print(short(value) if short_ else value)
@@ -207,7 +207,7 @@ def fingerprint(path, short_):
 )
 def info(target, fmt, registry, tensors):
     """Show a skill: a local .tvskill's manifest (header only), or `ns/skill[@version]` from the registry."""
-    from ..refs import looks_like_ref
+    from .._registry.refs import looks_like_ref
 
     if tensors == "all":
         limit = 1 << 62
@@ -256,8 +256,8 @@ def _profile_json(sketch) -> dict:
 
 
 def _local_info(path: str, fmt: str, limit: int) -> None:
-    from ..artifact import Artifact
-    from ..sketch import sketch_for
+    from .._format.artifact import Artifact
+    from .._format.sketch import sketch_for
 
     if not os.path.isfile(path):
         raise click.BadParameter(f"file `{path}` does not exist.", param_hint="NAME_OR_PATH")
@@ -283,8 +283,8 @@ def _local_info(path: str, fmt: str, limit: int) -> None:
 
 
 def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> None:
-    from ..client import client_for
-    from ..refs import parse_ref
+    from .._registry.client import client_for
+    from .._registry.refs import parse_ref
 
     ref = parse_ref(target)
     sketch = None
@@ -298,7 +298,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
 
             trust_view = trust_report(client, ref, ref.version, data.get("digest", ""))
         if ref.version and data.get("sketch"):
-            from ..check import registry_sketch
+            from .._env.check import registry_sketch
             from ..errors import SketchError
 
             try:
@@ -328,7 +328,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
             trust_view.print()
         tensors = (data.get("manifest") or {}).get("tensors")
         if isinstance(tensors, dict):
-            from ..codecs.report import lines_from_json
+            from .._format.codecs.report import lines_from_json
 
             _print_report(
                 lines_from_json(tensors), limit=limit, calibration=(data.get("manifest") or {}).get("calibration")
@@ -368,7 +368,7 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
 
 def _storage_word(manifest: object) -> str:
     """``lossy`` or ``lossless`` for a version listing, from its manifest when the registry sent one."""
-    from ..codecs.report import is_lossy, lines_from_json
+    from .._format.codecs.report import is_lossy, lines_from_json
 
     tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
     if not isinstance(tensors, dict):

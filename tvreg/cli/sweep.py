@@ -49,10 +49,10 @@ def sweep(skill, into, grid, eval_spec, metric, lower_is_better, lock_best, no_d
     installed skills keep their weights. With --lock-best the ω with the best --metric
     (on your validation data, as Merge to Learn §3.2 advises) is installed into the model.
     """
-    from ..evaluate import load_hook
-    from ..fetch import fetch_for_install
-    from ..sweep import parse_weight_grid
-    from ..sweep import sweep as do_sweep
+    from .._env.evaluate import load_hook
+    from .._env.sweep import parse_weight_grid
+    from .._env.sweep import sweep as do_sweep
+    from .._registry.fetch import fetch_for_install
     from .app import RichProgress
 
     weights = parse_weight_grid(grid)

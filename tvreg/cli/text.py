@@ -31,7 +31,7 @@ def clean(text: object, *, lines: bool = False) -> str:
 
     ``lines=True`` keeps newlines and tabs (for text tvreg composed itself).
     """
-    from ..config import redact_url
+    from .._registry.config import redact_url
 
     return redact_url((_INLINE if lines else _ANY).sub(_visible, str(text)))
 

@@ -1,6 +1,6 @@
 """The fused merge kernel: one pass per chunk over θ_G, θ_pre and every skill's stored form.
 
-Its plain-torch reference is :func:`tvreg.merge.engine.merge_chunk` (the CPU path);
+Its plain-torch reference is :func:`tvreg._merge.engine.merge_chunk` (the CPU path);
 the tests run this kernel under ``TRITON_INTERPRET=1`` on CPU tensors against it,
 for every method and stored form, and require equal bits (the spec allows one ulp).
 The arithmetic is the engine's, operation for operation: float32, skills in listed
@@ -22,9 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs.forms import Dense, Int8Groups, LowRank, Sparse, StoredForm
-from ..merge.chunks import dense_chunk
-from ..merge.engine import TensorPlan
+from .._format.codecs.forms import Sparse, StoredForm
+from .._merge.engine import TensorPlan
 
 #: Elements per chunk on the GPU path (64 Mi: 256 MiB of float32 per sparse/low-rank skill).
 GPU_CHUNK = 1 << 26
@@ -65,7 +64,7 @@ def _term(
     if DARE:
         lo = (i & 0xFFFFFFFF).to(tl.uint32)
         hi = (i >> 32).to(tl.uint32)
-        # tvreg.merge.rng's lowbias32 mixer, twice (inlined: the interpreter cannot nest jit calls)
+        # tvreg._merge.rng's lowbias32 mixer, twice (inlined: the interpreter cannot nest jit calls)
         h = lo ^ key0.to(tl.uint32)
         h = h ^ (h >> 16)
         h = h * 0x7FEB352D
@@ -272,23 +271,6 @@ def _sparse_chunk(form: Sparse, start: int, stop: int, device: torch.device) -> 
     return out
 
 
-def _operand(form: StoredForm, start: int, stop: int, extent: int, device: torch.device):
-    """(values, scales, offset of values[0], group size, scaled?) for one skill over one chunk."""
-    if isinstance(form, Dense):
-        return form.values.reshape(-1), form.values, 0, 1, False
-    if isinstance(form, Int8Groups):
-        return form.q.reshape(-1), form.scales.reshape(-1).to(torch.float32), 0, form.group_size, True
-    stop = min(stop, extent)
-    if start >= stop:
-        empty = torch.empty(0, dtype=torch.float32, device=device)
-        return empty, empty, start, 1, False
-    if isinstance(form, Sparse):
-        return _sparse_chunk(form, start, stop, device), form.values, start, 1, False
-    if isinstance(form, LowRank):
-        return dense_chunk(form, start, stop), form.left, start, 1, False
-    raise TypeError(f"unknown stored form {type(form).__name__}")
-
-
 def merge_tensor_fused(
     plan: TensorPlan,
     general: torch.Tensor,
@@ -300,7 +282,7 @@ def merge_tensor_fused(
 ) -> torch.Tensor:
     """Merge one tensor with the fused kernel, on the device its inputs live on.
 
-    Same contract as :func:`tvreg.merge.engine.merge_tensor`; every input must be on
+    Same contract as :func:`tvreg._merge.engine.merge_tensor`; every input must be on
     one device (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     """
     r = plan.recipe
@@ -314,7 +296,7 @@ def merge_tensor_fused(
     coef = r.general_coef if r.general_coef is not None else 0.0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        ops = [_operand(cast(StoredForm, forms[j]), start, stop, term.numel, device) for j, term in active]  # active: has its form
+        ops = [cast(StoredForm, forms[j]).registers(start, stop, term.numel, device, scatter=_sparse_chunk) for j, term in active]  # active: has its form
         _merge_kernel[(triton.cdiv(stop - start, BLOCK),)](
             out.view(torch.int16) if out.dtype == torch.bfloat16 else out,
             flat,

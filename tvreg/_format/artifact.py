@@ -1,0 +1,262 @@
+"""The ``.tvskill`` file: one safetensors file holding a manifest and one coded blob per tensor.
+
+Layout (see docs/format.md): a standard safetensors file whose ``__metadata__`` has
+``tvreg.manifest`` (JSON, :class:`~tvreg._format.manifest.Manifest`) and ``format: tvskill``,
+and whose tensors are 1-D ``U8`` arrays named after the model tensor they encode.
+Any safetensors reader can list it; the header alone tells compatibility; each
+tensor decodes independently (random access), and each blob's SHA-256 is in the
+manifest so a tampered byte is caught when that tensor is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptArtifact, InvalidManifest
+from . import statcache
+from .codecs import get_codec
+from .codecs.budget import charge
+from .codecs.forms import StoredForm
+from .codecs.verify import verify_stored
+from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
+from .manifest import Manifest, TensorEntry
+from .safetensors_io import SafetensorsFile, build_header
+
+MANIFEST_KEY = "tvreg.manifest"
+_DIGESTS = "digests"
+_VERIFIED = "verified"
+
+
+def remember_verified(path: Path, digest: str, *, read_since_ns: int | None = None) -> None:
+    """Remember that the artifact at ``path``, as it is now, with ``digest`` passed every check
+    :func:`tvreg._registry.project.verify_artifact` makes (tvreg built it, or decoded every tensor).
+
+    Keyed by the file's stat identity (:mod:`tvreg._format.statcache`): any later write to the file
+    forgets it. ``read_since_ns`` as for :func:`tvreg._format.statcache.remember`; None only when tvreg
+    wrote the file itself.
+    """
+    statcache.remember(_VERIFIED, Path(path), digest, read_since_ns=read_since_ns)
+
+
+def known_verified(path: Path) -> str | None:
+    """The digest of ``path`` if it is unchanged since it was verified or built by tvreg, else None."""
+    known = statcache.lookup(_VERIFIED, Path(path))
+    if not (isinstance(known, str) and known.startswith("sha256:")):
+        return None
+    return known if file_digest(Path(path)) == known else None
+
+
+def file_digest(path: Path, *, fresh: bool = False) -> str:
+    """``sha256:<hex>`` of a whole file, remembered while the file is unchanged (:mod:`tvreg._format.statcache`).
+
+    ``fresh=True`` reads every byte whatever was remembered.
+    """
+    if not fresh:
+        known = statcache.lookup(_DIGESTS, Path(path))
+        if isinstance(known, str) and known.startswith("sha256:"):
+            return known
+    started = time.time_ns()
+    digest = file_sha256(Path(path))
+    statcache.remember(_DIGESTS, Path(path), digest, read_since_ns=started)
+    return digest
+
+
+class ArtifactWriter:
+    """Write a ``.tvskill`` atomically while tensors arrive one at a time.
+
+    Blobs stream into a temporary body file beside the output; :meth:`finish` writes
+    the header (now that every size is known) followed by the body into another
+    temporary file, fsyncs it and renames it into place. Nothing appears at ``path``
+    unless the whole artifact was written.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.manifest = manifest
+        self._entries: dict[str, TensorEntry] = {}
+        self._order: list[str] = []
+        fd, self._body_path = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent
+        )
+        self._body = os.fdopen(fd, "wb")
+        self.digest: str | None = None
+        """``sha256:<hex>`` of the finished file, computed while :meth:`finish` writes it."""
+
+    def add(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        codec: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        params: dict,
+        rel_error: float | None = None,
+    ) -> None:
+        if name in self._entries:
+            raise ValueError(f"tensor `{name}` added twice")
+        with disk_errors(self.path):
+            self._body.write(data)
+        self._entries[name] = TensorEntry(
+            codec=codec,
+            shape=tuple(shape),
+            dtype=dtype,
+            stored_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            params=params,
+            rel_error=rel_error,
+        )
+        self._order.append(name)
+
+    def finish(self) -> Manifest:
+        manifest = replace(self.manifest, tensors=dict(self._entries))
+        head, _ = build_header(
+            [(n, "U8", (self._entries[n].stored_bytes,)) for n in self._order],
+            {MANIFEST_KEY: manifest.to_json(), "format": "tvskill"},
+        )
+        fd, tmp = make_temp(self.path.parent, self.path.name)
+        try:
+            with disk_errors(self.path):
+                self._body.close()
+                h = hashlib.sha256(head)
+                with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
+                    out.write(head)
+                    while chunk := body.read(8 * 1024 * 1024):
+                        out.write(chunk)
+                        h.update(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+            self.digest = "sha256:" + h.hexdigest()
+            # tvreg wrote these bytes itself, so the digest is remembered at once (no settle wait).
+            statcache.remember(_DIGESTS, self.path, self.digest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            self.abort()
+        return manifest
+
+    def abort(self) -> None:
+        self._body.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._body_path)
+
+
+class Artifact:
+    """An opened ``.tvskill``: its manifest at once, tensors decoded on demand.
+
+    Raises:
+        CorruptArtifact: the file is not a valid tvskill (bad header, blob sizes).
+        InvalidManifest: the manifest is missing or malformed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+            raise CorruptArtifact(
+                f"`{self.path}` is a pickle file, not a tvreg skill; tvreg never unpickles."
+            )
+        self._file = SafetensorsFile(self.path, error=CorruptArtifact)
+        text = self._file.metadata.get(MANIFEST_KEY)
+        if text is None:
+            self._file.close()
+            raise InvalidManifest(
+                f"`{self.path}` has no tvreg manifest; it is not a skill artifact.",
+                hints=["build one with `tvreg build`"],
+            )
+        self.manifest = Manifest.from_json(text, where=str(self.path))
+        blobs = {n: i for n, i in self._file.tensors.items()}
+        for name, entry in self.manifest.tensors.items():
+            info = blobs.get(name)
+            if info is None or info.dtype != "U8" or info.nbytes != entry.stored_bytes:
+                self._file.close()
+                raise CorruptArtifact(
+                    f"`{self.path}` lacks the stored data of tensor `{name}` its manifest lists."
+                )
+            get_codec(entry.codec)
+        extra = sorted(set(blobs) - set(self.manifest.tensors))
+        if extra:
+            self._file.close()
+            raise CorruptArtifact(
+                f"`{self.path}` holds tensor `{extra[0]}`, which its manifest does not list."
+            )
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._file.size
+
+    def decode(self, name: str) -> torch.Tensor:
+        """Decode one tensor to float32, verifying its digest first.
+
+        Raises:
+            CorruptArtifact: the stored bytes do not match the manifest's digest or size.
+        """
+        entry, data = self._verified(name)
+        return get_codec(entry.codec).decode(data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
+
+    def decode_form(self, name: str) -> StoredForm:
+        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...)."""
+        entry, data = self._verified(name)
+        return get_codec(entry.codec).decode_form(
+            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
+        )
+
+    def verify(self, name: str) -> None:
+        """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.
+
+        Memory stays a few MiB whatever shape the manifest declares (:mod:`tvreg._format.codecs.verify`);
+        the declared size must still fit the decode memory budget, since installing the
+        skill expands it.
+
+        Raises:
+            CorruptArtifact: corrupt data, or NaN/infinite values.
+            DecodeBudgetExceeded: the tensor is larger than the decode budget.
+        """
+        entry, data = self._verified(name)
+        verify_stored(entry.codec, data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
+
+    def _verified(self, name: str) -> tuple[TensorEntry, bytearray]:
+        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget."""
+        entry = self.manifest.tensors[name]
+        charge(4 * entry.numel, where=f"{name}` in `{self.path}")
+        data = self._file.read_bytes(name)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise CorruptArtifact(
+                f"tensor `{name}` in `{self.path}` is corrupt: its data hashes to sha256:{digest[:12]}…, "
+                f"the manifest says sha256:{entry.sha256[:12]}….",
+                hints=["download or rebuild the skill"],
+            )
+        return entry, data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def verify_stored_artifact(path: str | os.PathLike[str]) -> Manifest:
+    """Verify every tensor of an artifact in bounded memory (the registry's check of an upload).
+
+    Raises:
+        ArtifactError: the artifact is corrupt, holds NaN/Inf, or a tensor exceeds the decode budget.
+    """
+    with Artifact(path) as art:
+        for name in art.manifest.tensors:
+            art.verify(name)
+        return art.manifest

@@ -1,0 +1,218 @@
+"""Stored forms: what a codec hands the merge after undoing zstd, before expanding to fp32.
+
+Why a form and not always a dense fp32 tensor: the fused merge kernel reads the compact
+form (bf16 values, int8 plus scales, sparse values plus indices, low-rank factors) and
+expands it in registers, so an install never materialises K full-size fp32 temporaries.
+The CPU path calls :meth:`StoredForm.to_dense`; both give the same fp32 values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: What the fused kernel reads of one skill over one chunk: ``(values, scales, offset, group, scaled)``;
+#: element ``i`` is ``values[i - offset]``, times ``scales[i // group]`` when ``scaled``.
+Registers = tuple[torch.Tensor, torch.Tensor, int, int, bool]
+#: A device scatter for a sparse chunk (the kernel's own), used instead of :meth:`Sparse.chunk` when given.
+Scatter = Callable[["Sparse", int, int, torch.device], torch.Tensor]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _dense_numel(shape: tuple[int, ...]) -> int:
+    """``numel`` of a form about to be expanded to fp32, checked against the decode memory budget."""
+    from .budget import charge
+
+    n = _numel(shape)
+    charge(4 * n, where="", subject=f"a tensor of shape {list(shape)}")
+    return n
+
+
+@dataclass
+class StoredForm:
+    """Base of every stored form; ``shape`` is the task-vector tensor's logical shape."""
+
+    shape: tuple[int, ...]
+
+    def to_dense(self) -> torch.Tensor:
+        """The fp32 task-vector tensor this form stands for (a fresh buffer the caller may modify)."""
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this form holds in memory (what the kernel reads)."""
+        raise NotImplementedError
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        """Elements ``[start, stop)`` of the flattened τ as float32, ``0 <= start < stop <= numel``.
+
+        Equal bit for bit to the same range of :meth:`to_dense` (low-rank: for a fixed chunking),
+        so the chunked engine never expands more than a chunk. A fresh buffer, except that with
+        ``consume`` a float32 :class:`Dense` hands out a view of its storage (read each element once).
+        """
+        raise NotImplementedError
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        """What the fused kernel reads for elements ``[start, stop)``: by default this form's chunk
+        expanded to float32 (nothing past ``extent``); compact forms the kernel expands in
+        registers override it to hand over their stored arrays as they are."""
+        stop = min(stop, extent)
+        if start >= stop:
+            empty = torch.empty(0, dtype=torch.float32, device=device)
+            return empty, empty, start, 1, False
+        expanded = self._expand_on(start, stop, device, scatter)
+        return expanded, expanded, start, 1, False
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return self.chunk(start, stop).to(device)
+
+
+@dataclass
+class Dense(StoredForm):
+    """All values, flat, in fp32 (exact) or bf16 (lossy ``bf16``)."""
+
+    values: torch.Tensor
+
+    def to_dense(self) -> torch.Tensor:
+        if self.values.dtype == torch.float32:
+            return self.values.reshape(self.shape)
+        return self.values.to(torch.float32).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.numel() * self.values.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        flat = self.values.reshape(-1)[start:stop]
+        return flat if consume and flat.dtype == torch.float32 else flat.to(torch.float32, copy=True)
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        return self.values.reshape(-1), self.values, 0, 1, False
+
+
+@dataclass
+class Int8Groups(StoredForm):
+    """Symmetric absmax int8: element i is ``q[i] * scales[i // group_size]`` over the flat tensor.
+
+    A per-row codec uses ``group_size = shape[-1]``; ``scales`` is fp32 (fp16 scales are
+    widened on decode) so every path multiplies in the same precision.
+    """
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    group_size: int
+
+    def to_dense(self) -> torch.Tensor:
+        n = _dense_numel(self.shape)
+        out = self.q.to(torch.float32).reshape(-1)
+        groups = self.scales.to(torch.float32).repeat_interleave(self.group_size)[:n]
+        return out.mul_(groups).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.numel() + self.scales.numel() * self.scales.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        q = self.q.reshape(-1)[start:stop].to(torch.float32)
+        groups = torch.arange(start, stop, dtype=torch.int64).div_(self.group_size, rounding_mode="floor")
+        return q.mul_(self.scales.reshape(-1).to(torch.float32)[groups])
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        return self.q.reshape(-1), self.scales.reshape(-1).to(torch.float32), 0, self.group_size, True
+
+
+@dataclass
+class Sparse(StoredForm):
+    """Only the kept entries: ascending flat ``indices`` (int32 or int64) and their ``values``.
+
+    ``values`` is fp32 or bf16, or int8 with one fp32 ``scale`` for the whole tensor.
+    Entries not listed are exactly zero.
+    """
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    scale: float | None = None
+
+    def dense_values(self) -> torch.Tensor:
+        v = self.values.to(torch.float32)
+        if self.scale is not None:
+            v = v.mul_(torch.tensor(self.scale, dtype=torch.float32))
+        return v
+
+    def to_dense(self) -> torch.Tensor:
+        out = torch.zeros(_dense_numel(self.shape), dtype=torch.float32)
+        out[self.indices.to(torch.int64)] = self.dense_values()
+        return out.reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.indices.numel() * self.indices.element_size() + self.values.numel() * self.values.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        idx = self.indices.reshape(-1)
+        lo = int(torch.searchsorted(idx, torch.tensor([start], dtype=idx.dtype)))
+        hi = int(torch.searchsorted(idx, torch.tensor([stop], dtype=idx.dtype)))
+        out = torch.zeros(stop - start, dtype=torch.float32)
+        values = self.values.reshape(-1)[lo:hi].to(torch.float32)
+        if self.scale is not None:
+            values = values.mul_(torch.tensor(self.scale, dtype=torch.float32))
+        out[idx[lo:hi].to(torch.int64) - start] = values
+        return out
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        values, _, offset, group, scaled = super().registers(start, stop, extent, device, scatter=scatter)
+        return values, self.values if values.numel() else values, offset, group, scaled
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return scatter(self, start, stop, device) if scatter is not None else self.chunk(start, stop).to(device)
+
+
+@dataclass
+class LowRank(StoredForm):
+    """Truncated factors of a 2-D tensor: τ ≈ ``left @ right`` with ``left`` (rows, r), ``right`` (r, cols).
+
+    The product is taken in fp32 so CPU and GPU agree up to matmul summation order.
+    """
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    def to_dense(self) -> torch.Tensor:
+        _dense_numel(self.shape)
+        return (self.left.to(torch.float32) @ self.right.to(torch.float32)).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.left.numel() * self.left.element_size() + self.right.numel() * self.right.element_size()
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        cols = self.shape[-1] if len(self.shape) > 1 else 1
+        r0, r1 = start // cols, -(-stop // cols)
+        rows = self.left[r0:r1].to(torch.float32) @ self.right.to(torch.float32)
+        return rows.reshape(-1)[start - r0 * cols : stop - r0 * cols].clone()
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        values, _, offset, group, scaled = super().registers(start, stop, extent, device, scatter=scatter)
+        return values, self.left if values.numel() else values, offset, group, scaled
+
+    def _expand_on(self, start: int, stop: int, device: torch.device, scatter: Scatter | None) -> torch.Tensor:
+        return self.chunk(start, stop)  # the factors' device: the product is taken where they live
+
+
+__all__ = ["Dense", "Int8Groups", "LowRank", "Registers", "Scatter", "Sparse", "StoredForm"]

@@ -1,0 +1,278 @@
+"""Reversible byte layouts that make float tensors compress well under zstd.
+
+Why: a float's bytes mix fields with very different statistics. In τ of two bf16/fp16
+checkpoints most low mantissa bytes are zero, the exponents of the non-zero entries
+cluster in a few values, and the sign and top mantissa bits look random. Putting each
+field in its own *plane* (all elements' exponents, then all signs+top mantissas, ...)
+hands zstd long runs of similar bytes.
+
+Layouts, as stored in a codec's ``params["planes"]``:
+
+- ``"exp"`` (the default since tvreg 0.2): an exponent/mantissa split. For fp32 the
+  planes are the 8 exponent bits, then sign + mantissa bits 22..16, then mantissa bits
+  15..8, then 7..0; for bf16 the exponent, then sign + the 7 mantissa bits.
+- ``"bytes"``: plain byte planes (byte 0 of every element, then byte 1, ...), the layout
+  of tvreg 0.1 ``exact`` artifacts (``{"shuffle": 4}``), still decoded.
+
+All functions work on little-endian byte views of contiguous tensors, plane by plane
+with uint8 vector ops, so they run at memory speed and release the GIL.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from . import jit, zstd_frame
+
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("tvreg's codecs assume a little-endian machine")
+
+LAYOUTS = ("exp", "bytes")
+_WORDS = {4: np.uint32, 2: np.uint16, 1: np.uint8}
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """(n, itemsize) uint8 view of a contiguous tensor."""
+    flat = t.reshape(-1)
+    return flat.view(torch.uint8).view(flat.numel(), flat.element_size())
+
+
+def split(t: torch.Tensor, layout: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The planes of a contiguous fp32 or bf16 tensor as a (itemsize, n) uint8 tensor."""
+    b = _as_bytes(t)
+    n, size = b.shape
+    planes = torch.empty((size, n), dtype=torch.uint8) if out is None else out
+    if layout == "bytes":
+        for i in range(size):
+            planes[i] = b[:, i]
+        return planes
+    hi, lo = b[:, size - 1], b[:, size - 2]
+    torch.bitwise_or(torch.bitwise_left_shift(hi, 1), torch.bitwise_right_shift(lo, 7), out=planes[0])
+    torch.bitwise_or(torch.bitwise_and(hi, 0x80), torch.bitwise_and(lo, 0x7F), out=planes[1])
+    for i in range(2, size):
+        planes[i] = b[:, size - 1 - i]
+    return planes
+
+
+def merge(planes: torch.Tensor, layout: str, out: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`split` into the contiguous tensor ``out`` (fp32 or bf16) and return it.
+
+    NumPy rather than torch here: its strided uint8 stores into the interleaved bytes
+    are about twice as fast as torch's on this path, which every ``exact`` install walks.
+    """
+    b = _as_bytes(out).numpy()
+    p = planes.numpy()
+    size = b.shape[1]
+    if p.flags.c_contiguous and jit.ready(out.numel()):
+        if layout == "bytes":
+            jit.merge_bytes(p, b)
+            return out
+        if size in _WORDS:
+            jit.merge_exp(p, b.view(_WORDS[size]).reshape(-1))
+            return out
+    if layout == "bytes":
+        for i in range(size):
+            b[:, i] = p[i]
+        return out
+    exp, sm = p[0], p[1]
+    tmp = np.empty_like(exp)
+    np.bitwise_and(sm, 0x80, out=tmp)
+    b[:, size - 1] = np.bitwise_or(tmp, np.right_shift(exp, 1), out=tmp)
+    np.bitwise_and(exp, 1, out=tmp)
+    np.left_shift(tmp, 7, out=tmp)
+    b[:, size - 2] = np.bitwise_or(tmp, np.bitwise_and(sm, 0x7F), out=tmp)
+    for i in range(2, size):
+        b[:, size - 1 - i] = p[i]
+    return out
+
+
+def encode(flat: torch.Tensor, layout: str = "exp") -> tuple[bytes, dict]:
+    """Split a flat fp32/bf16 tensor chunk by chunk and zstd each chunk as its own frame.
+
+    Returns the blob and its parameters (``planes`` and, when there are several frames,
+    the frame table), so every frame can be decompressed and un-split independently.
+    """
+    from .base import raw_view
+
+    size = flat.element_size()
+    per = zstd_frame.CHUNK_BYTES // size
+    n = flat.numel()
+    raw = torch.empty(n * size, dtype=torch.uint8)
+    for lo in range(0, n, per):
+        hi = min(n, lo + per)
+        split(flat[lo:hi], layout, out=raw[size * lo : size * hi].view(size, hi - lo))
+    data, stream = zstd_frame.compress_stream(raw_view(raw))
+    return data, {"planes": layout, **stream}
+
+
+def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
+    """Undo :func:`encode`: a fresh flat tensor of ``numel`` fp32 or bf16 values.
+
+    Sizes are checked against the frames before anything is allocated; each frame is
+    un-split by the worker that decompressed it.
+    """
+    from ...errors import CorruptArtifact
+
+    layout = params.get("planes", "exp")
+    if layout not in LAYOUTS:
+        raise CorruptArtifact(f"tensor `{where}` uses an unknown plane layout {layout!r}.")
+    size = torch.empty(0, dtype=dtype).element_size()
+    spans = zstd_frame.plan(data, numel * size, params, where=where)
+    if any(lo % size or hi % size for _, _, lo, hi in spans):
+        raise CorruptArtifact(f"tensor `{where}` has frames that split an element.")
+    out = zstd_frame.empty(numel, dtype, where=where)
+
+    def finish(i: int, raw: torch.Tensor) -> None:
+        a, b = spans[i][2] // size, spans[i][3] // size
+        merge(raw.view(size, b - a), layout, out[a:b])
+
+    zstd_frame.decompress_frames(data, spans, where=where, each=finish)
+    return out
+
+
+_INT_OF = {4: torch.int32, 2: torch.int16, 1: torch.int8}
+
+
+def _layout_of(dtype: torch.dtype) -> str:
+    """Floats are split into ``exp`` planes; int8 codes are stored as they are (``none``)."""
+    return "exp" if dtype.is_floating_point else "none"
+
+
+def _bitmap_bytes(n: int) -> int:
+    return (n + 7) // 8
+
+
+def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
+    """A bitmap of the non-zero entries, then the non-zeros' ``exp`` planes; one frame per chunk.
+
+    Why: most entries of a short fine-tune's τ are exactly zero; a bitmap costs under a
+    bit per entry after zstd, where the planes of a zero cost a few bits (and zstd's
+    Huffman stage spends at least one bit on any byte, however common). −0.0 counts as
+    non-zero, so decoding is bit-exact. Takes fp32, bf16 or int8 (``int8`` codes are
+    stored without a plane split).
+    """
+
+    size = flat.element_size()
+    layout = _layout_of(flat.dtype)
+    n = flat.numel()
+    per = zstd_frame.CHUNK_BYTES // size
+    segments, nnz = [], []
+    for lo in range(0, n, per):
+        chunk = flat[lo : lo + per]
+        ints = chunk.view(_INT_OF[size]).numpy()  # NumPy: torch's compare and select are far slower here
+        nonzero = ints != 0
+        picked = ints[nonzero]
+        values = torch.from_numpy(picked).view(chunk.dtype) if picked.size else chunk[:0].contiguous()
+        bits = np.packbits(nonzero, bitorder="little")
+        stored = split(values, "exp") if layout == "exp" else values.view(torch.uint8)
+        segments.append(bits.tobytes() + stored.numpy().tobytes())
+        nnz.append(values.numel())
+    data, stream = zstd_frame.compress_segments(segments)
+    params = {"zeros": "bitmap", "planes": layout, "nnz": nnz, **stream}
+    if len(segments) > 1:
+        params["chunk_elems"] = per
+    return data, params
+
+
+def decode_masked(
+    data: bytes | memoryview,
+    params: dict,
+    numel: int,
+    dtype: torch.dtype,
+    *,
+    where: str,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32, bf16 or int8 values (in ``out`` when given).
+
+    Every size (bitmap, non-zero count, frame) is checked against the manifest before
+    anything is allocated, and each frame's bitmap must mark exactly its declared count.
+    """
+    from ...errors import CorruptArtifact
+
+    n = numel
+    size = torch.empty(0, dtype=dtype).element_size()
+    nnz = params.get("nnz")
+    per = params.get("chunk_elems", max(n, 1))
+    if (
+        params.get("zeros") != "bitmap"
+        or params.get("planes") != _layout_of(dtype)
+        or type(per) is not int
+        or per <= 0
+        or not isinstance(nnz, list)
+        or len(nnz) != -(-n // per)
+    ):
+        raise CorruptArtifact(f"tensor `{where}` has malformed zero-bitmap parameters.")
+    sizes = [min(per, n - lo) for lo in range(0, n, per)]
+    if not all(type(k) is int and 0 <= k <= c for k, c in zip(nnz, sizes, strict=True)):
+        raise CorruptArtifact(f"tensor `{where}` declares more non-zero entries than it has.")
+    segments = [_bitmap_bytes(c) + size * k for c, k in zip(sizes, nnz, strict=True)]
+    spans = zstd_frame.plan_segments(data, segments, params, where=where)
+    out = zstd_frame.empty(n, dtype, where=where) if out is None else _check_out(out, n, dtype)
+
+    def finish(i: int, raw: torch.Tensor) -> None:
+        count, k = sizes[i], nnz[i]
+        nbits = _bitmap_bytes(count)
+        bits = raw[:nbits].numpy()
+        if jit.ready(count):
+            return _finish_compiled(bits, raw[nbits:], count, k, out[i * per : i * per + count], where)
+        keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
+        if np.count_nonzero(keep) != k or _pad_bits_set(bits, count):
+            raise _bitmap_disagrees(where)
+        planes_ = raw[nbits:].view(size, k)
+        target = out[i * per : i * per + count]
+        if not dtype.is_floating_point:  # int8 codes: stored as they are
+            values = planes_.reshape(-1).view(dtype)
+        elif k == count:  # nothing to scatter: write the values in place
+            merge(planes_, "exp", target)
+            return
+        else:
+            values = merge(planes_, "exp", torch.empty(k, dtype=dtype))
+        ints = target.view(_INT_OF[size]).numpy()
+        ints.fill(0)
+        # a boolean store wins when almost every entry is kept, an index store otherwise
+        ints[keep if 8 * k > 7 * count else np.flatnonzero(keep)] = values.view(_INT_OF[size]).numpy()
+
+    zstd_frame.decompress_frames(data, spans, where=where, each=finish)
+    return out
+
+
+def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
+    """One frame of :func:`decode_masked` with the compiled kernels: same checks, same bytes."""
+    if _pad_bits_set(bits, count):
+        raise _bitmap_disagrees(where)
+    size = target.element_size()
+    words = _WORDS[size]
+    dest = target.view(torch.uint8).numpy().view(words)
+    if not target.dtype.is_floating_point:
+        values = stored.numpy()[:k]
+    elif k == count:
+        if jit.popcount(bits) != k:
+            raise _bitmap_disagrees(where)
+        merge(stored.view(size, k), "exp", target)
+        return
+    else:
+        values = zstd_frame.scratch(k * size, where, slot="values").numpy().view(words)
+        jit.merge_exp(stored.numpy().reshape(size, k), values)
+    if jit.scatter(bits, values, dest) != k:
+        raise _bitmap_disagrees(where)
+
+
+def _pad_bits_set(bits: np.ndarray, count: int) -> bool:
+    """Whether the last bitmap byte has bits set past entry ``count``."""
+    return bool(count % 8 and int(bits[-1]) >> (count % 8))
+
+
+def _bitmap_disagrees(where: str) -> Exception:
+    from ...errors import CorruptArtifact
+
+    return CorruptArtifact(f"tensor `{where}` has a zero bitmap that disagrees with its manifest.")
+
+
+def _check_out(out: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    if out.dtype != dtype or not out.is_contiguous() or out.numel() < n:
+        raise ValueError(f"`out` must be a contiguous {dtype} buffer of at least {n} elements")
+    return out.reshape(-1)[:n]

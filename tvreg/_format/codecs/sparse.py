@@ -1,0 +1,204 @@
+"""``sparse``: keep a ``density`` fraction of τ and drop the rest.
+
+Two selections:
+
+- ``select=magnitude`` (default): the largest entries (the TIES trim). Raw stream, then
+  chunked zstd: the kept values (bf16 in exponent/mantissa planes, or int8 with one fp32
+  scale for the tensor), then the positions, either as a bitmap of ``numel`` bits
+  (dense-ish keeps) or as LEB128 varints of the gaps between ascending indices (sparse
+  keeps) — whichever is smaller for this tensor when ``index=auto``.
+- ``select=random``: each entry kept with probability ``density`` and the kept ones
+  scaled by 1/density (DARE's drop-and-rescale, which keeps τ's expectation). The kept
+  positions are those whose 32-bit hash of (seed, position) is under a threshold, so
+  they cost no bytes: the decoder recomputes them (``index: "hash"``). Why: the indices
+  of a magnitude trim cost as much as the values, and on a low-learning-rate
+  fine-tune, where most updates are one or two ulps wherever the weight is, magnitude
+  says little about importance — measured on SmolLM2-135M, a random 10% keeps 99.7% of
+  the gain where the top 10% keeps 85%.
+
+Entries not kept decode to exactly zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ...errors import CorruptArtifact
+from . import planes, varint, zstd_frame
+from .base import Codec, Encoded, Option, numel_of, param, raw_view
+from .forms import Sparse
+
+_VALUE_BYTES = {"bf16": 2, "int8": 1}
+
+
+def keep_count(n: int, density: float) -> int:
+    """How many entries a density keeps: at least one of a non-empty tensor."""
+    return min(n, max(1, math.ceil(density * n))) if n else 0
+
+
+_HASH_CHUNK = 1 << 22
+
+
+def _kept(lo: int, hi: int, threshold: int, seed: int) -> np.ndarray:
+    h = np.arange(lo, hi, dtype=np.uint32)
+    h *= np.uint32(0x9E3779B1)
+    h ^= np.uint32(seed)
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h < np.uint32(threshold)
+
+
+def hashed_positions(n: int, threshold: int, seed: int) -> np.ndarray:
+    """Ascending positions ``i < n`` whose hash of (``seed``, ``i``) is below ``threshold`` (out of 2³²).
+
+    The hash is murmur3's 32-bit finaliser of ``i·0x9E3779B1 ^ seed``: plain uint32
+    arithmetic, so every platform and version computes the same positions.
+    """
+    if threshold >= 1 << 32:
+        return np.arange(n, dtype=np.int64)
+    found = [np.flatnonzero(_kept(lo, min(n, lo + _HASH_CHUNK), threshold, seed)) + lo for lo in range(0, n, _HASH_CHUNK)]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def plausible_hash_count(n: int, threshold: int, k: int) -> bool:
+    """Whether ``k`` kept of ``n`` at ``threshold`` is within 10 standard deviations of the binomial mean.
+
+    Checked before hashing, so a manifest claiming an impossible count for a huge tensor
+    costs nothing; an honest count is never this far off (p < 1e-20).
+    """
+    p = min(1.0, threshold / 2**32)
+    mean = n * p
+    return abs(k - mean) <= 10 * math.sqrt(mean * (1 - p)) + 10
+
+
+def hashed_count(n: int, threshold: int, seed: int, *, chunk: int = 1 << 18) -> int:
+    """How many positions :func:`hashed_positions` keeps, in memory of ``chunk`` elements (verification)."""
+    if threshold >= 1 << 32:
+        return n
+    return sum(int(np.count_nonzero(_kept(lo, min(n, lo + chunk), threshold, seed))) for lo in range(0, n, chunk))
+
+
+def _index_bytes(indices: np.ndarray, n: int, how: str) -> tuple[str, np.ndarray]:
+    bitmap = None
+    if how in ("auto", "bitmap"):
+        bits = np.zeros(n, dtype=np.uint8)
+        bits[indices] = 1
+        bitmap = np.packbits(bits, bitorder="little")
+        if how == "bitmap":
+            return "bitmap", bitmap
+    gaps = np.diff(indices, prepend=-1) - 1
+    delta = varint.encode(gaps)
+    if how == "delta" or bitmap is None or len(delta) < len(bitmap):
+        return "delta", delta
+    return "bitmap", bitmap
+
+
+class SparseCodec(Codec):
+    name = "sparse"
+    lossless = False
+    options = {
+        "density": Option("fraction of entries kept, by magnitude", 0.1, low=0.0, high=1.0, low_open=True),
+        "values": Option("precision of the kept values", "bf16", choices=("bf16", "int8")),
+        "index": Option("how positions are stored", "auto", choices=("auto", "bitmap", "delta")),
+        "select": Option(
+            "magnitude: the largest entries; random: a hashed random share, rescaled (DARE)",
+            "magnitude",
+            choices=("magnitude", "random"),
+        ),
+        "seed": Option("seed of the random selection", 0, kind=int, low=0, high=2**32 - 1),
+    }
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        flat = tensor.detach().to(torch.float32).contiguous().reshape(-1)
+        n = flat.numel()
+        density = float(self.opts["density"])
+        params: dict = {}
+        if self.opts["select"] == "random" and n < 1 << 32:
+            threshold = min(1 << 32, round(density * 2**32))
+            idx = torch.from_numpy(hashed_positions(n, threshold, int(self.opts["seed"])))
+            values = flat[idx].div_(torch.tensor(threshold / 2**32, dtype=torch.float32))
+            params = {"seed": int(self.opts["seed"]), "threshold": threshold}
+        else:
+            k = min(keep_count(n, density), int(torch.count_nonzero(flat)))
+            idx = torch.topk(flat.abs(), k, sorted=False).indices if k else torch.zeros(0, dtype=torch.int64)
+            idx = torch.sort(idx).values
+            values = flat[idx]
+        k = idx.numel()
+        params.update(k=k, values=self.opts["values"])
+        if self.opts["values"] == "int8":
+            top = float(values.abs().max()) if k else 0.0
+            scale = float(torch.tensor(top / 127.0 if top > 0 else 1.0, dtype=torch.float32))
+            q = values.div(torch.tensor(scale, dtype=torch.float32)).round_().clamp_(-127, 127).to(torch.int8)
+            value_raw = q.view(torch.uint8)
+            params["scale"] = scale
+        else:
+            value_raw = planes.split(values.to(torch.bfloat16).contiguous(), "exp").reshape(-1)
+        if "threshold" in params:
+            how, index_raw = "hash", np.zeros(0, dtype=np.uint8)
+        else:
+            how, index_raw = _index_bytes(idx.numpy(), n, str(self.opts["index"]))
+        params["index"] = how
+        if how == "delta":
+            params["index_bytes"] = int(len(index_raw))
+        raw = torch.cat([value_raw, torch.from_numpy(index_raw)])
+        data, stream = zstd_frame.compress_stream(raw_view(raw))
+        return Encoded(data, {**params, **stream})
+
+    def decode_form(self, data, shape, params, *, where):
+        n = numel_of(shape)
+        k = param(params, "k", int, where)
+        kind = param(params, "values", str, where)
+        how = param(params, "index", str, where)
+        if not 0 <= k <= n or kind not in _VALUE_BYTES or how not in ("bitmap", "delta", "hash"):
+            raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
+        if how == "hash":
+            index_len = 0
+        elif how == "bitmap":
+            index_len = (n + 7) // 8
+        else:
+            index_len = param(params, "index_bytes", int, where)
+        if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
+            raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
+        value_len = k * _VALUE_BYTES[kind]
+        buf = zstd_frame.decompress_stream(data, value_len + index_len, params, where=where)
+        index_raw = buf[value_len:].numpy()
+        if how == "hash":
+            seed = param(params, "seed", int, where)
+            threshold = param(params, "threshold", int, where)
+            if not (0 <= seed < 1 << 32 and 0 <= threshold <= 1 << 32 and n < 1 << 32):
+                raise CorruptArtifact(f"tensor `{where}` has invalid hashed-index parameters.")
+            if not plausible_hash_count(n, threshold, k):
+                raise CorruptArtifact(f"tensor `{where}` declares {k} kept entries, impossible at its hash threshold.")
+            indices = hashed_positions(n, threshold, seed)
+            if len(indices) != k:
+                raise CorruptArtifact(f"tensor `{where}` hashes to {len(indices)} kept entries but declares {k}.")
+        elif how == "bitmap":
+            bits = np.unpackbits(index_raw, bitorder="little")
+            if bits[n:].any():
+                raise CorruptArtifact(f"tensor `{where}` has index bits past its end.")
+            indices = np.flatnonzero(bits[:n])
+            if len(indices) != k:
+                raise CorruptArtifact(f"tensor `{where}` marks {len(indices)} entries but declares {k}.")
+        else:
+            gaps = varint.decode(index_raw, k)
+            if gaps is None or (gaps >= n).any():
+                raise CorruptArtifact(f"tensor `{where}` has a malformed delta index.")
+            indices = np.cumsum(gaps + 1) - 1
+            if k and indices[-1] >= n:
+                raise CorruptArtifact(f"tensor `{where}` has indices past its end.")
+        index_dtype = torch.int32 if n <= 2**31 - 1 else torch.int64
+        index_t = torch.from_numpy(indices).to(index_dtype)
+        if kind == "int8":
+            scale = param(params, "scale", (int, float), where)
+            if not math.isfinite(scale):
+                raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
+            return Sparse(shape=tuple(shape), indices=index_t, values=buf[:value_len].view(torch.int8), scale=float(scale))
+        values = torch.empty(k, dtype=torch.bfloat16)
+        planes.merge(buf[:value_len].view(2, k), "exp", values)
+        return Sparse(shape=tuple(shape), indices=index_t, values=values)

@@ -1,0 +1,163 @@
+"""Crash-safe file operations: write to a temporary path, fsync, rename.
+
+Every file tvreg creates goes through here, so a kill -9 or a full disk leaves
+either the old file or the new one, never a torn one, and ENOSPC/EFBIG become a
+:class:`~tvreg.errors.DiskFull` that names the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from .._util.progress import NULL_PROGRESS, Progress
+from ..errors import DiskFull
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp(directory: Path, name: str, suffix: str = ".tmp") -> tuple[int, str]:
+    """A temporary file beside ``name`` with ordinary permissions (mkstemp's are 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=directory)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path, needed: int | None = None) -> Iterator[None]:
+    """Translate out-of-space errors raised inside the block into :class:`DiskFull`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            need = f"; about {needed / 2**20:.1f} MiB are needed" if needed else ""
+            raise DiskFull(
+                f"no space left on the device while writing `{path}`{need}.",
+                hints=["free some space or point the output elsewhere; nothing was changed"],
+            ) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, mode: str = "wb", *, permissions: int | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of ``path``; on success fsync it and rename over ``path``.
+
+    ``permissions`` (e.g. 0o600 for secrets) is applied before any byte is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = make_temp(path.parent, path.name)
+    try:
+        if permissions is not None:
+            os.fchmod(fd, permissions)
+        with disk_errors(path), os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Hard-link ``src`` to ``dst`` (no extra disk), copying when links are impossible.
+
+    Takes ``str`` too: ``shutil.copytree`` calls it as its ``copy_function`` with string paths.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def swap_directories(current: Path, staged: Path) -> None:
+    """Atomically put ``staged`` at ``current``'s path; the old tree ends up at ``staged``.
+
+    On Linux this is one ``renameat2(RENAME_EXCHANGE)`` call: at every instant the
+    path names either the complete old directory or the complete new one. Elsewhere it
+    falls back to two renames, with a window where ``current`` does not exist.
+    """
+    if not _renameat2_exchange(current, staged):
+        aside = staged.with_name(staged.name + ".old")
+        os.rename(current, aside)
+        os.rename(staged, current)
+        os.rename(aside, staged)
+    fsync_dir(current.parent)
+
+
+_DIGEST_CHUNK = 8 << 20
+
+
+def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | None = None) -> str:
+    """``sha256:<hex>`` of a file (or of its first ``limit`` bytes).
+
+    Here rather than in the download cache: the artifact format (which the registry imports)
+    needs it, and the format must not depend on the client's cache.
+    """
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(_DIGEST_CHUNK if left is None else min(_DIGEST_CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            progress.advance(len(chunk))
+            if left is not None:
+                left -= len(chunk)
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,216 @@
+"""The chunked CPU merge engine, and the plain-torch reference the Triton kernel must equal.
+
+For one tensor: :func:`plan_tensor` fixes the per-skill numbers (ω, TIES cutoff, DARE
+key), then :func:`merge_chunk` computes any range of elements from θ_G, θ_pre and
+each τ's slice of that range. The per-element arithmetic, all in float32, one
+operation at a time (no fused multiply-add), in the listed order of skills:
+
+    anchor = g                                 (θ_G), or p + c·(g − p) with θ_pre
+    d_k    = τ_k, zeroed where TIES trims it; DARE: dropped → 0, kept → τ_k·s, s = fp32(1/(1−p))
+    w_k    = d_k·ω_k
+    direct (no consensus, no normalize, λ = 1):   out = ((anchor + w_1) + w_2) + …
+    otherwise:
+      consensus:  S = Σ w_k; agree_k = sign(w_k) == (S ≥ 0 ? +1 : −1)
+                  mix = Σ agree_k·w_k, div = Σ agree_k·ω_k (0 → 1)
+      else:       mix = Σ w_k,        div = Σ_all ω_k (|div| < 1e-8 → 1)
+      normalize:  mix = mix / div;  λ ≠ 1: mix = mix·λ;  out = anchor + mix
+    then one rounding, to nearest even, to the output dtype.
+
+Elements past a τ's extent (a G with added vocabulary rows) count as τ = 0, and
+rows past θ_pre's extent are anchored at θ_G.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from .._format.codecs.forms import StoredForm
+from . import bitmasks, rng
+from .base import Recipe, fp32
+from .chunks import dense_chunk, form_numel, iter_chunks
+from .trim import Trim, magnitude_trim
+
+#: Elements per chunk on the CPU path: 256 Ki float32 = 1 MiB per skill, so a chunk's passes stay in cache.
+CPU_CHUNK = 1 << 18
+ONE_BITS = 0x3F800000
+
+
+@dataclass(frozen=True)
+class Term:
+    """One skill's part in one tensor."""
+
+    weight: float
+    numel: int
+    trim: Trim | None = None
+    key: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """Everything needed to merge any chunk of one tensor; the kernel gets the same numbers."""
+
+    recipe: Recipe
+    numel: int
+    pre_numel: int
+    terms: tuple[Term | None, ...]
+    drop_threshold: int = 0
+    rescale: float = 1.0
+    divisor: float = 1.0
+
+    def active(self) -> list[tuple[int, Term]]:
+        return [(k, t) for k, t in enumerate(self.terms) if t is not None]
+
+
+def plan_tensor(
+    recipe: Recipe,
+    tensor: str,
+    skills: Sequence[str],
+    forms: Sequence[StoredForm | None],
+    numel: int,
+    *,
+    pre_numel: int = 0,
+    chunk: int = CPU_CHUNK,
+) -> TensorPlan:
+    """Fix the per-skill numbers of ``tensor``: ω, the TIES cutoff (one streaming pass) and DARE keys.
+
+    ``forms[k]`` is ``None`` for a skill that leaves this tensor unchanged.
+    """
+    terms: list[Term | None] = []
+    for name, weight, form in zip(skills, recipe.weights, forms, strict=True):
+        if form is None:
+            terms.append(None)
+            continue
+        n = form_numel(form)
+        trim = None
+        if recipe.density is not None:
+            trim = magnitude_trim(n, recipe.density, functools.partial(iter_chunks, form, chunk))
+        key = rng.tensor_key(recipe.seed, name, tensor) if recipe.drop_rate else None
+        terms.append(Term(weight=weight, numel=n, trim=trim, key=key))
+    divisor = 0.0
+    for w in recipe.weights:
+        divisor = fp32(divisor + w)
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+    drop = recipe.drop_rate or 0.0
+    return TensorPlan(
+        recipe=recipe,
+        numel=numel,
+        pre_numel=pre_numel if recipe.needs_base_weights else 0,
+        terms=tuple(terms),
+        drop_threshold=rng.drop_threshold(drop),
+        rescale=fp32(1.0 / (1.0 - drop)),
+        divisor=divisor,
+    )
+
+
+def _anchor(plan: TensorPlan, start: int, general: torch.Tensor, pre: torch.Tensor | None) -> torch.Tensor:
+    acc = general.to(torch.float32, copy=True)
+    coef = plan.recipe.general_coef
+    if coef is None or pre is None or pre.numel() == 0:
+        return acc
+    m = pre.numel()
+    p = pre.to(torch.float32)
+    if coef == 0.0:
+        acc[:m] = p
+    else:
+        acc[:m] = p + (acc[:m] - p).mul_(fp32(coef))
+    return acc
+
+
+def _contribution(plan: TensorPlan, term: Term, start: int, tau: torch.Tensor) -> torch.Tensor:
+    """w_k = d_k·ω_k for this chunk (``tau`` is consumed)."""
+    if term.trim is not None:
+        tau = bitmasks.keep(tau, term.trim.keep_bits(tau, start))
+    if term.key is not None:
+        keep = rng.keep_bits(term.key, start, start + tau.numel(), plan.drop_threshold)
+        tau = bitmasks.keep(tau.mul_(plan.rescale), keep)
+    return tau.mul_(term.weight)
+
+
+def merge_chunk(
+    plan: TensorPlan,
+    start: int,
+    general: torch.Tensor,
+    pre: torch.Tensor | None,
+    taus: Sequence[torch.Tensor | None],
+) -> torch.Tensor:
+    """Merged float32 values of elements ``[start, start + len(general))``, before the final rounding.
+
+    ``pre`` is θ_pre's slice of the range (clipped to its extent) when the recipe
+    needs it; ``taus[k]`` is τ_k's slice (clipped to its extent; consumed).
+    """
+    r = plan.recipe
+    acc = _anchor(plan, start, general, pre)
+    if r.direct:
+        for k, term in plan.active():
+            w = _contribution(plan, term, start, cast(torch.Tensor, taus[k]))  # an active term has its τ
+            acc[: w.numel()].add_(w)
+        return acc
+    n = acc.numel()
+    ws: list[torch.Tensor] = []
+    for k, term in plan.active():
+        w = _contribution(plan, term, start, cast(torch.Tensor, taus[k]))
+        if w.numel() < n:
+            w = torch.cat([w, torch.zeros(n - w.numel(), dtype=torch.float32)])
+        ws.append(w)
+    mix = torch.zeros(n, dtype=torch.float32)
+    if r.consensus:
+        total = torch.zeros(n, dtype=torch.float32)
+        for w in ws:
+            total.add_(w.add_(0.0))  # −0.0 → +0.0: it agrees with no sign either way, and now no word is −2³¹
+        elected_negative = total.view(torch.int32).bitwise_right_shift(31)  # all ones where S < 0
+        div = torch.zeros(n, dtype=torch.float32)
+        scratch = torch.empty(n, dtype=torch.int32)
+        for (_, term), w in zip(plan.active(), ws, strict=True):
+            # sign-adjusted bits, (w ^ e) − e, are > 0 exactly where w is non-zero with the elected sign
+            agree = w.view(torch.int32).bitwise_xor(elected_negative).sub_(elected_negative)
+            bitmasks.above_(agree, 0)
+            div.add_(torch.bitwise_and(agree, bitmasks.float_bits(term.weight), out=scratch).view(torch.float32))
+            mix.add_(bitmasks.keep(w, agree))
+        # no agreeing weight: divide by 1 (div holds no −0.0, so 0 ⇔ all its bits are 0)
+        unset = bitmasks.magnitude_bits(div)
+        bitmasks.above_(unset, 0).bitwise_not_().bitwise_and_(ONE_BITS)
+        div.add_(unset.view(torch.float32))
+    else:
+        for w in ws:
+            mix.add_(w)
+        div = torch.tensor(plan.divisor, dtype=torch.float32)
+    if r.normalize:
+        mix.div_(div)
+    if r.lam != 1.0:
+        mix.mul_(r.lam)
+    return acc.add_(mix)
+
+
+def merge_tensor(
+    plan: TensorPlan,
+    general: torch.Tensor,
+    forms: Sequence[StoredForm | None],
+    *,
+    pre: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    chunk: int = CPU_CHUNK,
+    consume: bool = False,
+) -> torch.Tensor:
+    """Merge one whole tensor chunk by chunk on the CPU; the result has G's shape and ``out_dtype``.
+
+    With ``consume`` the forms' float32 buffers are overwritten (freshly decoded forms
+    the caller drops afterwards), saving one copy per chunk.
+    """
+    out_dtype = out_dtype or general.dtype
+    flat = general.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=out_dtype)
+    pre_flat = pre.reshape(-1) if pre is not None else None
+    for start in range(0, max(flat.numel(), 1), chunk):
+        stop = min(start + chunk, flat.numel())
+        if stop <= start:
+            break
+        p = pre_flat[start : min(stop, pre_flat.numel())] if pre_flat is not None else None
+        taus = [dense_chunk(f, start, stop, consume=consume) if f is not None else None for f in forms]
+        out[start:stop] = merge_chunk(plan, start, flat[start:stop], p, taus)
+    return out.reshape(general.shape)

@@ -1,0 +1,1 @@
+"""Small helpers with no tvreg dependencies: the download/decode pipeline, paths, progress."""
