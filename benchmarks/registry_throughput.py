@@ -110,7 +110,9 @@ def timed_copy(src: Path, dst: Path) -> float:
 
 
 class Server:
-    def __init__(self, workdir: Path, database_url: str | None, max_bytes: int) -> None:
+    def __init__(
+        self, workdir: Path, database_url: str | None, max_bytes: int, *, serve_args: tuple[str, ...] = ()
+    ) -> None:
         self.data = workdir / "registry"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -119,7 +121,8 @@ class Server:
         self.log = open(workdir / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "registry_server.cli", "serve", *self.args]
-            + ["--port", str(self.port), "--max-artifact-bytes", str(max_bytes), "--log-level", "warning"],
+            + ["--port", str(self.port), "--max-artifact-bytes", str(max_bytes), "--log-level", "warning"]
+            + list(serve_args),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
