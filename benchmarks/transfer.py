@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.http.split(","):
                 if server:
                     server.stop()
+                (work / f"reg-{mode}-{r}").mkdir()
                 server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=("--http", mode))
                 server.admin("create-user", "bench")
                 token = server.admin("create-token", "bench", "--role", "write").split()[-1]
