@@ -111,7 +111,13 @@ def timed_copy(src: Path, dst: Path) -> float:
 
 class Server:
     def __init__(
-        self, workdir: Path, database_url: str | None, max_bytes: int, *, serve_args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        database_url: str | None,
+        max_bytes: int,
+        *,
+        serve_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data = workdir / "registry"
         self.port = _free_port()
@@ -125,6 +131,7 @@ class Server:
             + list(serve_args),
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

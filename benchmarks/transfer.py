@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publish-repeat", type=int, default=3, help="publishes timed per --http mode")
     ap.add_argument("--http", default="h11", help="comma-separated `tvreg-server serve --http` modes to compare")
     ap.add_argument("--connections", type=int, default=4, help="TVREG_DOWNLOAD_CONNECTIONS beside 1")
+    ap.add_argument("--baseline-tree", type=Path, help="also publish to a server run from this checkout (before/after)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tvreg-transfer-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -106,12 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         mib = size / (1 << 20)
         rows: list[tuple[str, list[float], list[float], list[float]]] = []
         # Publish: a fresh registry per try (a version publishes once), each --http mode in turn.
+        servers: list[tuple[str, tuple[str, ...], dict[str, str] | None]] = [
+            (mode, ("--http", mode), None) for mode in args.http.split(",")
+        ]
+        if args.baseline_tree:
+            # The same publish against another checkout's server (e.g. main), for a before/after in one run.
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.baseline_tree), os.environ.get("PYTHONPATH", "")]))
+            servers.insert(0, (f"{args.baseline_tree.name}", (), env))
         for r in range(args.publish_repeat):
-            for mode in args.http.split(","):
+            for mode, serve_args, env in servers:
                 if server:
                     server.stop()
                 (work / f"reg-{mode}-{r}").mkdir()
-                server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=("--http", mode))
+                server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=serve_args, env=env)
                 server.admin("create-user", "bench")
                 token = server.admin("create-token", "bench", "--role", "write").split()[-1]
                 c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()

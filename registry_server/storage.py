@@ -50,6 +50,11 @@ class StagedWriter(ABC):
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data``. Blocking; call it off the event loop."""
 
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Append ``parts`` in order (a store may write them with one system call)."""
+        for part in parts:
+            self.write(part)
+
     @abstractmethod
     def finish(self) -> int:
         """Flush and fsync; return the staged length, which becomes the durable offset."""
@@ -142,6 +147,16 @@ class _LocalWriter(StagedWriter):
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        views = [memoryview(p) for p in parts if p]
+        while views:
+            n = os.writev(self._fd, views)
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
 
     def finish(self) -> int:
         try:
