@@ -123,6 +123,9 @@ class BlobStore(ABC):
 
 
 
+_IOV_MAX = 1024  # iovecs per writev on Linux
+
+
 class _LocalWriter(StagedWriter):
     def __init__(self, path: Path, offset: int) -> None:
         self._path = path
@@ -151,7 +154,7 @@ class _LocalWriter(StagedWriter):
     def write_parts(self, parts: list[bytes]) -> None:
         views = [memoryview(p) for p in parts if p]
         while views:
-            n = os.writev(self._fd, views)
+            n = os.writev(self._fd, views[:_IOV_MAX])
             while views and n >= len(views[0]):
                 n -= len(views[0])
                 views.pop(0)
