@@ -50,11 +50,6 @@ class StagedWriter(ABC):
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data``. Blocking; call it off the event loop."""
 
-    def write_parts(self, parts: list[bytes]) -> None:
-        """Append ``parts`` in order (a store may write them with one system call)."""
-        for part in parts:
-            self.write(part)
-
     @abstractmethod
     def finish(self) -> int:
         """Flush and fsync; return the staged length, which becomes the durable offset."""
@@ -123,9 +118,6 @@ class BlobStore(ABC):
 
 
 
-_IOV_MAX = 1024  # iovecs per writev on Linux
-
-
 class _LocalWriter(StagedWriter):
     def __init__(self, path: Path, offset: int) -> None:
         self._path = path
@@ -150,16 +142,6 @@ class _LocalWriter(StagedWriter):
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-
-    def write_parts(self, parts: list[bytes]) -> None:
-        views = [memoryview(p) for p in parts if p]
-        while views:
-            n = os.writev(self._fd, views[:_IOV_MAX])
-            while views and n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            if n:
-                views[0] = views[0][n:]
 
     def finish(self) -> int:
         try:

@@ -8,8 +8,6 @@ writes, database calls) runs in worker threads, in writes of about 4 MiB.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -32,7 +30,6 @@ log = logging.getLogger("registry_server")
 router = APIRouter(tags=["uploads"])
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 503, 507)}
 _WRITE_BYTES = 4 * 1024 * 1024
-_MAX_PARTS = 512  # chunks per writev (IOV_MAX is 1024 on Linux)
 
 
 @router.post("/uploads", status_code=201, response_model=UploadCreated, responses=_ERRORS)
@@ -132,45 +129,29 @@ async def append_upload(
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         raise
     room = claim.size - offset
-    # Received chunks are handed to the disk in batches of _WRITE_BYTES with one writev, and
-    # the next batch is received while the previous one is written (one write in flight):
-    # no copy into a growing buffer, and receiving overlaps writing.
-    parts: list[bytes] = []
-    held = 0
+    pending = bytearray()
     written = 0
-    inflight: asyncio.Future[None] | None = None
     renewed = time.monotonic()
     try:
         try:
             async for chunk in request.stream():
-                if written + held + len(chunk) > room:
+                if written + len(pending) + len(chunk) > room:
                     raise uploads.past_end(claim.size)
-                parts.append(chunk)
-                held += len(chunk)
-                if held >= _WRITE_BYTES or len(parts) >= _MAX_PARTS:
-                    if inflight is not None:
-                        await inflight
-                    inflight = asyncio.ensure_future(run_in_threadpool(writer.write_parts, parts))
-                    parts, written, held = [], written + held, 0
+                pending += chunk
+                if len(pending) >= _WRITE_BYTES:
+                    full, pending = pending, bytearray()
+                    await run_in_threadpool(writer.write, full)
+                    written += len(full)
                 if time.monotonic() - renewed > uploads.RENEW_AFTER_SECONDS:
                     await run_in_threadpool(uploads.renew, ctx, claim)
                     renewed = time.monotonic()
         except ClientDisconnect:
             # Keep what arrived: the client resumes from the offset GET /uploads/{id} reports.
             pass
-        if inflight is not None:
-            flight, inflight = inflight, None
-            await flight
-        if parts:
-            await run_in_threadpool(writer.write_parts, parts)
-            written += held
+        if pending:
+            await run_in_threadpool(writer.write, pending)
         new_offset = await run_in_threadpool(writer.finish)
     except BaseException as exc:
-        if inflight is not None:
-            # Let the write in flight end before truncating; the next writer cuts any bytes
-            # past the recorded offset anyway, so this is tidiness, not safety.
-            with contextlib.suppress(BaseException):
-                await asyncio.wait([inflight])
         await run_in_threadpool(writer.abort)
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         if isinstance(exc, OSError):
