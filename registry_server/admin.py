@@ -303,7 +303,7 @@ def show_quota(ctx: Context, *, namespace: str | None = None, user: str | None =
     """What a namespace holds against its quota, and/or a user's open uploads against their limit."""
     from sqlalchemy import func
 
-    from .models import Skill
+    from .publish import namespace_used
 
     out: dict = {}
     with ctx.sessions() as s:
@@ -311,17 +311,11 @@ def show_quota(ctx: Context, *, namespace: str | None = None, user: str | None =
             ns = s.scalars(select(Namespace).where(Namespace.name == namespace)).first()
             if ns is None:
                 raise NotFound(f"namespace `{namespace}` does not exist.")
-            used = s.scalar(
-                select(
-                    func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0)
-                )
-                .join(Skill, Version.skill_id == Skill.id)
-                .where(Skill.namespace_id == ns.id)
-            )
+            used = namespace_used(s, ns.id)
             limit = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
             out["namespace"] = {
                 "name": namespace,
-                "used_bytes": int(used or 0),
+                "used_bytes": used,
                 "quota_bytes": limit,
                 "default": ns.storage_quota is None,
             }

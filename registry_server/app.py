@@ -11,6 +11,7 @@ with its traceback, answered 500 without internals.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,7 @@ from .db import WORKER_THREADS, translate
 from .deps import gate_resolver
 from .downloads import DownloadCounter
 from .errors import ApiError, BadRequest, NotFound, ServerFault
+from .fastread import CachedReads
 from .gate import Gate
 from .limits import BodyTimeout
 from .routes import hub, keys, meta, sketches, skills, uploads
@@ -77,6 +79,10 @@ def create_app(context: Context) -> FastAPI:
     app.state.context = context
     routers = (meta.router, uploads.router, skills.router, sketches.router, keys.router)
     routes = [route for router in (*routers, cards_router) for route in router.routes]
+    # Innermost: a repeated read is answered from the read cache without the router (A/B switch for
+    # benchmarks/read_path.py: TVREG_SERVER_FAST_READS=0).
+    fast = os.environ.get("TVREG_SERVER_FAST_READS", "1") != "0"
+    app.add_middleware(CachedReads, context=context, prefix=API_PREFIX, enabled=fast)
     app.add_middleware(Gate, prefix=API_PREFIX, routes=routes, resolve=gate_resolver(context))
     # Outermost, so the gate's body reads are timed too.
     app.add_middleware(BodyTimeout, limit=context.settings.request_timeout)

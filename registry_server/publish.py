@@ -309,25 +309,40 @@ def _apply_publish_tag(s: Session, skill: Skill, version: Version, tag: str | No
     return tag == "latest"
 
 
+def namespace_used(s: Session, ns_id: int) -> int:
+    """Bytes a namespace holds: its artifacts, sketches and skill cards.
+
+    One definition for the quota check and ``admin show-quota``, so what is refused and
+    what is shown cannot drift apart.
+    """
+    from .models import Card
+
+    stored = s.scalar(
+        select(func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0))
+        .join(Skill, Version.skill_id == Skill.id)
+        .where(Skill.namespace_id == ns_id)
+    )
+    cards = s.scalar(
+        select(func.coalesce(func.sum(Card.size), 0))
+        .join(Version, Card.version_id == Version.id)
+        .join(Skill, Version.skill_id == Skill.id)
+        .where(Skill.namespace_id == ns_id)
+    )
+    return int(stored or 0) + int(cards or 0)  # PostgreSQL sums BIGINT as NUMERIC
+
+
 def check_quota(
     ctx: Context, s: Session, ns: Namespace, size: int, *, what: str = "this artifact", kept: bool = True
 ) -> None:
     """507 ``quota_exceeded`` when ``size`` more bytes would put ``ns`` past the namespace quota.
 
-    Artifacts and sketches count alike; the caller holds the namespace row lock, so two
+    Artifacts, sketches and cards count alike; the caller holds the namespace row lock, so two
     writes cannot both pass the check and overshoot the quota together.
     """
     quota = ns.storage_quota if ns.storage_quota is not None else ctx.settings.namespace_quota
     if quota is None:
         return
-    used = int(  # PostgreSQL sums BIGINT as NUMERIC
-        s.scalar(
-            select(func.coalesce(func.sum(Version.size), 0) + func.coalesce(func.sum(Version.sketch_size), 0))
-            .join(Skill, Version.skill_id == Skill.id)
-            .where(Skill.namespace_id == ns.id)
-        )
-        or 0
-    )
+    used = namespace_used(s, ns.id)
     if used + size > quota:
         raise QuotaExceeded(
             f"namespace `{ns.name}` holds {used} bytes; {what}'s {size} would pass its quota of {quota} bytes."

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from datetime import datetime
 
-from sqlalchemy import BigInteger, text
+from sqlalchemy import BigInteger, Connection, text
 from sqlalchemy.orm import Session
 
 from .auth import Principal
@@ -41,7 +41,7 @@ _GENERATION_AND_FAILURE = text(
 ).columns(generation=BigInteger(), nth_failure=UTCDateTime())
 
 
-def read_generation(session: Session) -> int:
+def read_generation(session: Session | Connection) -> int:
     """The registry's current generation, read as the first statement of ``session``."""
     return session.execute(_GENERATION).scalar_one()
 

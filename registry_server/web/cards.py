@@ -2,7 +2,9 @@
 
 Like a Hub model card: Markdown, YAML front matter allowed, shown on the skill page and by
 ``tvreg info``. A card is documentation, not content, so unlike the artifact and sketch a
-writer may replace it (each change is audited). At most :data:`MAX_CARD_BYTES` of UTF-8.
+writer may replace it (each change is audited). At most :data:`MAX_CARD_BYTES` of UTF-8,
+counted against the namespace's storage quota like the artifact and sketch (a card that
+grows past it is 507 and the old card stays).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from ..db import write_session
 from ..deps import ContextDep, PrincipalDep, reading
 from ..errors import BadRequest, NotFound, TooLarge
 from ..gate import read_capped, streamed
-from ..models import Card, Skill, Version, utcnow
+from ..models import Card, Namespace, Skill, Version, utcnow
+from ..publish import check_quota
 from ..routes.skills import load_version
 from ..schemas import ErrorBody
 
 router = APIRouter(tags=["cards"])
 MAX_CARD_BYTES = 256 * 1024
 _PATH = "/skills/{namespace}/{name}/versions/{version}/card"
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503, 507)}
 
 
 def _store(
@@ -56,8 +59,12 @@ def _store(
         ).first()
         if row is None:
             raise NotFound(f"version `{version}` of skill `{namespace}/{name}` was not found.")
+        locked = s.get_one(Namespace, ns.id, with_for_update=True)  # quota: one writer per namespace
         card = s.get(Card, row.id)
         if card is None or card.digest != digest:
+            growth = len(data) - (card.size if card is not None else 0)
+            if growth > 0:
+                check_quota(ctx, s, locked, growth, what="this card", kept=False)
             if card is None:
                 s.add(Card(version_id=row.id, text=text, digest=digest, size=len(data)))
             else:

@@ -119,3 +119,26 @@ def test_a_sketch_counts_against_the_namespace_quota(registry, api, server_artif
     assert shown["namespace"]["used_bytes"] == len(data) + len(sketch)
     r = api.publish(token, "alice/science", "1.0.1", server_artifacts.make("science", "1.0.1"))
     assert r.status_code == 507 and r.json()["error"]["used"] == len(data) + len(sketch)
+
+
+def test_a_skill_card_counts_against_the_namespace_quota(registry, api, server_artifacts):
+    """Cards are stored bytes too: one that would pass the quota is 507 and the old card stays."""
+    import json
+
+    token = registry.make_user("alice")
+    data = server_artifacts.make("science", "1.0.0")
+    small, large = b"# science\n", b"# science\n" + b"x" * 4000
+    registry.admin("set-quota", "--namespace", "alice", "--storage-bytes", str(len(data) + len(small) + 100))
+    assert api.publish(token, "alice/science", "1.0.0", data).status_code == 201
+    url = "/skills/alice/science/versions/1.0.0/card"
+    with api.client(token) as c:
+        assert c.put(url, content=small).status_code == 200
+        r = c.put(url, content=large)
+        assert r.status_code == 507, r.text
+        error = r.json()["error"]
+        assert error["code"] == "quota_exceeded" and error["used"] == len(data) + len(small)
+        assert f"this card's {len(large) - len(small)} would pass its quota" in error["message"]
+        assert c.get(url).content == small
+        assert c.put(url, content=small[:-1]).status_code == 200  # shrinking is always allowed
+    shown = json.loads(registry.admin("show-quota", "--namespace", "alice"))
+    assert shown["namespace"]["used_bytes"] == len(data) + len(small) - 1
