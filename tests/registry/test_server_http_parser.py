@@ -39,6 +39,16 @@ def _mapped(pid: int, what: str) -> bool:
     return what in Path(f"/proc/{pid}/maps").read_text()
 
 
+def _unknown_method_status(registry) -> bytes:
+    """The status line for method ``FOO``: h11 hands it to the app (405), httptools' parser refuses it (400)."""
+    with socket.create_connection(("127.0.0.1", registry.port), timeout=10) as sock:
+        sock.sendall(b"FOO /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    return raw.split(b"\r\n", 1)[0]
+
+
 def test_httptools_without_the_package_is_one_sentence_and_a_hint(tmp_path):
     res = subprocess.run(
         [sys.executable, "-c", _BLOCKED, "serve", "--http", "httptools", "--data", str(tmp_path / "d")],
@@ -67,6 +77,7 @@ def test_the_parser_classes(monkeypatch):
 def test_h11_serves_without_the_c_parser(registry):
     assert httpx.get(registry.url + "/api/v1/health").status_code == 200
     assert not _mapped(registry.proc.pid, "httptools")
+    assert _unknown_method_status(registry) == b"HTTP/1.1 405 Method Not Allowed"
 
 
 @pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed (an optional speed-up)")
@@ -74,6 +85,7 @@ def test_h11_serves_without_the_c_parser(registry):
 def test_httptools_serves_and_keeps_the_header_deadline(registry):
     assert httpx.get(registry.url + "/api/v1/health").status_code == 200
     assert _mapped(registry.proc.pid, "httptools")
+    assert _unknown_method_status(registry) == b"HTTP/1.1 400 Bad Request"  # the C parser answers
     with socket.create_connection(("127.0.0.1", registry.port), timeout=5) as sock:
         start = time.monotonic()
         sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
