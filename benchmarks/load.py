@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -122,15 +121,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _postgres_cluster_class():
-    """The test suite's throw-away PostgreSQL cluster (tests/registry/conftest.py)."""
-    spec = importlib.util.spec_from_file_location("tvreg_pg_fixtures", ROOT / "tests/registry/conftest.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PostgresCluster, module._find_pg_bin
 
 
 class Replica:
@@ -549,7 +539,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    PostgresCluster, find_pg_bin = _postgres_cluster_class()
+    from registry_server.pgcluster import PostgresCluster, find_pg_bin
+
     bin_dir = find_pg_bin()
     if bin_dir is None:
         raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package.")

@@ -110,7 +110,15 @@ def timed_copy(src: Path, dst: Path) -> float:
 
 
 class Server:
-    def __init__(self, workdir: Path, database_url: str | None, max_bytes: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None,
+        max_bytes: int,
+        *,
+        serve_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data = workdir / "registry"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -119,9 +127,11 @@ class Server:
         self.log = open(workdir / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "registry_server.cli", "serve", *self.args]
-            + ["--port", str(self.port), "--max-artifact-bytes", str(max_bytes), "--log-level", "warning"],
+            + ["--port", str(self.port), "--max-artifact-bytes", str(max_bytes), "--log-level", "warning"]
+            + list(serve_args),
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -13,8 +13,12 @@ What it does:
 3. Times, in this one run: ``shutil.copyfile`` + ``fsync`` of the artifact (the baseline,
    best of two); ``tvreg._registry.publish.publish`` of the project (the artifact is already built
    and unchanged, the everyday case); ``fetch_skill`` into an empty cache.
-4. Prints wall seconds, this process's CPU seconds, the server's CPU seconds, and each
-   step's ratio to the copy. The machine is shared: read CPU seconds beside wall.
+   Publish is repeated (``--publish-repeat``, a fresh registry each time) for each
+   ``--http`` mode; the download alternates one connection and ``--connections`` ranged
+   ones (``TVREG_DOWNLOAD_CONNECTIONS``), ``--repeat`` times each, with a copy per round.
+4. Prints median wall seconds (and the range), this process's CPU seconds, the server's
+   CPU seconds, and each step's ratio to the median copy. The machine is shared: read CPU
+   seconds beside wall.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,13 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=float, default=1.4e8, help="parameters of the model (exact codec: 4 B each)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--repeat", type=int, default=5, help="downloads (and copies) timed, best kept; CPU is the mean")
+    ap.add_argument("--repeat", type=int, default=5, help="downloads (and copies) timed per mode; medians shown")
+    ap.add_argument("--publish-repeat", type=int, default=3, help="publishes timed per --http mode")
+    ap.add_argument("--http", default="h11", help="comma-separated `tvreg-server serve --http` modes to compare")
+    ap.add_argument("--connections", type=int, default=4, help="TVREG_DOWNLOAD_CONNECTIONS beside 1")
+    ap.add_argument("--baseline-tree", type=Path, help="also publish to a server run from this checkout (before/after)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tvreg-transfer-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     os.environ["XDG_CONFIG_HOME"] = str(work / "config")
-    server = None
+    server: Server | None = None
     try:
         import tomli_w
 
@@ -82,10 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.1)
         copy_s = min(timed_copy(art, work / "copy.bin") for _ in range(2))
 
-        server = Server(work, None, 1 << 40)
-        server.admin("create-user", "bench")
-        token = server.admin("create-token", "bench", "--role", "write").split()[-1]
-
         from tvreg._registry.client import RegistryClient
 
         put_s: list[float] = []
@@ -99,30 +104,65 @@ def main(argv: list[str] | None = None) -> int:
                 put_s.append(time.perf_counter() - t0)
 
         RegistryClient.put_version = timed_put
-        c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()
-        res = publish(project, registry=server.url, token=token)
-        pub_s, pub_cpu, pub_srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
-        assert res.status == "published", res
-
-        c0, s0 = _cpu(), _proc_cpu(server.proc.pid)
-        times = []
-        for _ in range(args.repeat):
-            shutil.rmtree(work / "cache" / "tvreg" / "blobs", ignore_errors=True)
-            t = time.perf_counter()
-            got = fetch_skill("bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token)
-            times.append(time.perf_counter() - t)
-        dl_s = min(times)
-        dl_cpu, dl_srv = (_cpu() - c0) / args.repeat, (_proc_cpu(server.proc.pid) - s0) / args.repeat
-        copy_s = min(copy_s, *(timed_copy(art, work / "copy.bin") for _ in range(args.repeat)))
-        assert got.stat().st_size == size
-
         mib = size / (1 << 20)
-        print(f"artifact {mib:.0f} MiB; build {build_s:.1f} s; load avg {os.getloadavg()[0]:.2f}")
-        print(f"{'step':<10} {'wall s':>8} {'MiB/s':>8} {'client CPU s':>13} {'server CPU s':>13} {'x copy':>8}")
-        print(f"{'copy':<10} {copy_s:8.2f} {mib / copy_s:8.0f} {'':>13} {'':>13} {1:8.2f}")
-        for label, s, cpu, srv in (("publish", pub_s, pub_cpu, pub_srv), ("download", dl_s, dl_cpu, dl_srv)):
-            print(f"{label:<10} {s:8.2f} {mib / s:8.0f} {cpu:13.2f} {srv:13.2f} {s / copy_s:8.2f}")
-        print(f"publish: {sum(put_s):.2f} s of it in the final PUT (the server's checks after the upload)")
+        rows: list[tuple[str, list[float], list[float], list[float]]] = []
+        # Publish: a fresh registry per try (a version publishes once), each --http mode in turn.
+        servers: list[tuple[str, tuple[str, ...], dict[str, str] | None]] = [
+            (mode, ("--http", mode), None) for mode in args.http.split(",")
+        ]
+        if args.baseline_tree:
+            # The same publish against another checkout's server (e.g. main), for a before/after in one run.
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.baseline_tree), os.environ.get("PYTHONPATH", "")]))
+            servers.insert(0, (f"{args.baseline_tree.name}", (), env))
+        for r in range(args.publish_repeat):
+            for mode, serve_args, env in servers:
+                if server:
+                    server.stop()
+                (work / f"reg-{mode}-{r}").mkdir()
+                server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=serve_args, env=env)
+                server.admin("create-user", "bench")
+                token = server.admin("create-token", "bench", "--role", "write").split()[-1]
+                c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()
+                res = publish(project, registry=server.url, token=token)
+                wall, cpu, srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
+                assert res.status == "published", res
+                row = next((x for x in rows if x[0] == f"publish {mode}"), None)
+                if row is None:
+                    rows.append(row := (f"publish {mode}", [], [], []))
+                row[1].append(wall)
+                row[2].append(cpu)
+                row[3].append(srv)
+        # Download: one stream and ranged connections, interleaved so load drifts hit both alike.
+        copies = [copy_s]
+        modes = [("download 1 conn", "1"), (f"download {args.connections} conn", str(args.connections))]
+        for _ in range(args.repeat):
+            for label, conns in modes:
+                os.environ["TVREG_DOWNLOAD_CONNECTIONS"] = conns
+                shutil.rmtree(work / "cache" / "tvreg" / "blobs", ignore_errors=True)
+                c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()
+                got = fetch_skill("bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token)
+                wall, cpu, srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
+                assert got.stat().st_size == size
+                row = next((x for x in rows if x[0] == label), None)
+                if row is None:
+                    rows.append(row := (label, [], [], []))
+                row[1].append(wall)
+                row[2].append(cpu)
+                row[3].append(srv)
+            copies.append(timed_copy(art, work / "copy.bin"))
+        copy_med = statistics.median(copies)
+
+        print(f"artifact {mib:.0f} MiB; build {build_s:.1f} s; load avg {os.getloadavg()[0]:.2f}; "
+              f"publish x{args.publish_repeat}, download x{args.repeat}; medians (min-max wall)")
+        print(f"{'step':<18} {'wall s':>8} {'range':>13} {'MiB/s':>7} {'client CPU s':>13} {'server CPU s':>13} "
+              f"{'x copy':>7}")
+        print(f"{'copy':<18} {copy_med:8.2f} {min(copies):6.2f}-{max(copies):<6.2f} {mib / copy_med:7.0f} "
+              f"{'':>13} {'':>13} {1:7.2f}")
+        for label, walls, cpus, srvs in rows:
+            w = statistics.median(walls)
+            print(f"{label:<18} {w:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} {mib / w:7.0f} "
+                  f"{statistics.median(cpus):13.2f} {statistics.median(srvs):13.2f} {w / copy_med:7.2f}")
+        print(f"publish: median {statistics.median(put_s):.2f} s in the final PUT (the server's checks after the upload)")
     finally:
         if server:
             server.stop()

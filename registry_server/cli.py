@@ -227,6 +227,15 @@ def cli() -> None:
 )
 @_store_options
 @click.option(
+    "--http",
+    "http_impl",
+    type=click.Choice(["auto", "h11", "httptools"]),
+    default="auto",
+    show_default=True,
+    envvar="TVREG_HTTP",
+    help="HTTP parser: httptools (C; `pip install httptools`) or h11 (pure Python); auto: httptools when installed.",
+)
+@click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"])
 )
 def serve(
@@ -247,11 +256,21 @@ def serve(
     namespace_quota: int | None,
     blob_url: str | None,
     blob_options: dict[str, Any],
+    http_impl: str,
     log_level: str,
 ) -> None:
     """Serve the registry API (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
+    from .limits import http_protocol_base
+
+    try:
+        base = http_protocol_base(http_impl)
+    except ImportError:
+        raise _Failure(
+            "--http httptools needs the `httptools` package, which is not installed.\n"
+            "hint: `pip install httptools`, or use --http auto (h11 when httptools is missing)"
+        ) from None
     ctx = _guard(
         lambda: _open(
             data_dir,
@@ -293,6 +312,7 @@ def serve(
         per_client=max_connections_per_client,
         reserve=max(4, max_connections // 16),
         exempt=trusted,
+        base=base,
     )
     try:
         uvicorn.run(

@@ -71,6 +71,20 @@ def _refusal(message: str) -> bytes:
     )
 
 
+def http_protocol_base(name: str) -> type[H11Protocol]:
+    """uvicorn's protocol class for ``--http``: ``h11`` (pure Python), ``httptools`` (C parser), or
+    ``auto`` (httptools when installed). Raises ImportError for ``httptools`` without the package."""
+    if name in ("auto", "httptools"):
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        except ImportError:
+            if name == "httptools":
+                raise
+        else:
+            return HttpToolsProtocol  # type: ignore[return-value]  # same hooks as H11Protocol
+    return H11Protocol
+
+
 def timed_h11_protocol(
     head_timeout: float,
     *,
@@ -78,8 +92,9 @@ def timed_h11_protocol(
     per_client: int | None = None,
     reserve: int = 0,
     exempt: frozenset[str] = frozenset(),
+    base: type[H11Protocol] = H11Protocol,
 ) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline of ``head_timeout`` seconds for request headers,
+    """uvicorn's h11 (or ``base``: httptools) protocol with a deadline of ``head_timeout`` seconds for request headers,
     and connection caps.
 
     A client address may hold ``per_client`` connections (trusted proxies, ``exempt``, are
@@ -91,12 +106,12 @@ def timed_h11_protocol(
     per_address: dict[str, int] = {}
     open_total = [0]
 
-    class TimedH11Protocol(H11Protocol):
+    class TimedH11Protocol(base):  # type: ignore[valid-type,misc]  # h11 or httptools
         _head_timer: asyncio.TimerHandle | None = None
         _peer: str | None = None
         _health_only = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             peer = transport.get_extra_info("peername")
             address = peer[0] if peer else "unknown"

@@ -68,12 +68,22 @@ class FaultProxy:
     Args:
         ignore_range: drop ``Range`` from requests (the upstream then answers 200).
         truncate_at: send only this many bytes of an artifact body, then close the connection.
+        truncate_times: cut only this many artifact bodies (default: every one).
     """
 
-    def __init__(self, upstream: str, *, ignore_range: bool = False, truncate_at: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        ignore_range: bool = False,
+        truncate_at: int | None = None,
+        truncate_times: int | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.ignore_range = ignore_range
         self.truncate_at = truncate_at
+        self.truncate_times = truncate_times
+        self._cut_lock = threading.Lock()
         self.artifact_requests: list[tuple[str | None, int]] = []  # (Range header, upstream status)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers), every request
         self.body_bytes: dict[str, int] = {}  # response body bytes sent, per request path
@@ -106,12 +116,9 @@ class FaultProxy:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     sent = 0
+                    cut = is_artifact and proxy.truncate_at is not None and proxy._take_cut()
                     for chunk in r.iter_raw():
-                        if (
-                            is_artifact
-                            and proxy.truncate_at is not None
-                            and sent + len(chunk) >= proxy.truncate_at
-                        ):
+                        if cut and sent + len(chunk) >= proxy.truncate_at:
                             self.wfile.write(chunk[: proxy.truncate_at - sent])
                             self.wfile.flush()
                             return
@@ -125,6 +132,15 @@ class FaultProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _take_cut(self) -> bool:
+        with self._cut_lock:
+            if self.truncate_times is None:
+                return True
+            if self.truncate_times > 0:
+                self.truncate_times -= 1
+                return True
+            return False
 
     def __enter__(self) -> FaultProxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

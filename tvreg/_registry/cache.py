@@ -8,6 +8,9 @@ but the file. Layout under ``tvreg._util.paths.cache_dir() / "blobs" / "sha256"`
     ab/ab12…ef.json               what it was fetched as (name@version, registry), for `cache list`
     ab/.ab12…ef.lock              flock held by the one process downloading that digest
     ab/.ab12…ef.<unique>.partial  a download in progress, or the remains of a killed one
+    ab/.ab12…ef.<unique>.sparse   a ranged download of a large blob (pieces, any order),
+                                  with ``.sparse.pieces`` listing the completed pieces
+                                  (tvreg/ranged_fetch.py)
 
 Guarantees (docs/reliability.md rows 16–19):
 
@@ -50,6 +53,7 @@ from .._format.fsutil import atomic_write_text, disk_errors, file_sha256, fsync_
 from .._util.paths import cache_dir
 from .._util.progress import NULL_PROGRESS, Progress
 from ..errors import DownloadError, RegistryError
+from . import ranged_fetch
 
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
 _ENTRY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -316,22 +320,14 @@ class BlobCache:
                     f"the cached copy of {source.label} was corrupt (it hashed to {found}, not {digest}); "
                     "evicted it and downloading it again."
                 )
-            partial = self._claim_partial(hexd)
+            partial = None
+            if ranged_fetch.wanted(size, source):
+                partial = self._fetch_ranged(hexd, digest, size, source, progress)
+            if partial is None:
+                partial = self._claim_partial(hexd)
             try:
-                resumed = partial.stat().st_size > 0
-                try:
-                    self._download(partial, digest, size, source, progress)
-                except DownloadError as exc:
-                    if not (resumed and exc.found is not None):
-                        raise
-                    progress.note(
-                        f"the resumed download of {source.label} did not verify; downloading it from the start."
-                    )
-                    with contextlib.suppress(FileNotFoundError):
-                        partial.unlink()
-                    with disk_errors(partial):
-                        partial.touch()
-                    self._download(partial, digest, size, source, progress)
+                if partial.suffix == ".partial":
+                    self._download_resuming(partial, digest, size, source, progress)
                 try:
                     os.replace(partial, final)
                 except FileNotFoundError:
@@ -355,6 +351,45 @@ class BlobCache:
                 with contextlib.suppress(OSError):
                     atomic_write_text(final.with_name(final.name + ".json"), json.dumps(meta, sort_keys=True))
             return final
+
+    def _download_resuming(
+        self, partial: Path, digest: str, size: int, source: BlobSource, progress: Progress
+    ) -> None:
+        """One stream into ``partial``; a resumed download that fails verification is restarted once from 0."""
+        resumed = partial.stat().st_size > 0
+        try:
+            self._download(partial, digest, size, source, progress)
+        except DownloadError as exc:
+            if not (resumed and exc.found is not None):
+                raise
+            progress.note(
+                f"the resumed download of {source.label} did not verify; downloading it from the start."
+            )
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            with disk_errors(partial):
+                partial.touch()
+            self._download(partial, digest, size, source, progress)
+
+    def _fetch_ranged(
+        self, hexd: str, digest: str, size: int, source: BlobSource, progress: Progress
+    ) -> Path | None:
+        """A verified ``.sparse`` file downloaded in ranged pieces, or None when the server ignores ``Range``."""
+        shard = self.root / hexd[:2]
+        with _ACTIVE_LOCK:
+            sparse = ranged_fetch.claim(shard, hexd, _HOST, _abandoned)
+            _ACTIVE.add(str(sparse))
+        try:
+            ranged_fetch.download(sparse, digest, size, source, progress)  # type: ignore[arg-type]
+            return sparse
+        except ranged_fetch.RangeIgnored:
+            ranged_fetch.remove(sparse)
+            progress.note(f"the registry ignores ranged requests; downloading {source.label} in one stream.")
+            return None
+        except BaseException:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(str(sparse))
+            raise
 
     def _download(
         self, partial: Path, digest: str, size: int, source: BlobSource, progress: Progress
@@ -492,7 +527,8 @@ class BlobCache:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except OSError:
                         continue
-                    victims = [p for p in shard.glob(f".{hexd}.*.partial") if _abandoned(p)]
+                    leftovers = [*shard.glob(f".{hexd}.*.partial"), *shard.glob(f".{hexd}.*.sparse*")]
+                    victims = [p for p in leftovers if _abandoned(p)]
                     entry = shard / hexd
                     if expired(entry):
                         victims += [entry, shard / f"{hexd}.json"]
@@ -500,7 +536,7 @@ class BlobCache:
                         with contextlib.suppress(FileNotFoundError):
                             size = p.stat().st_size
                             p.unlink()
-                            if p.suffix != ".json":
+                            if p.suffix not in (".json", ".pieces"):
                                 removed.append(p)
                                 freed += size
                     if not entry.exists():

@@ -448,19 +448,29 @@ class RegistryClient:
 
     @contextlib.contextmanager
     def open_artifact(
-        self, ref: SkillRef | str, version: str, *, start: int = 0, expected_digest: str | None = None
+        self,
+        ref: SkillRef | str,
+        version: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        expected_digest: str | None = None,
     ) -> Iterator[tuple[int, Iterator[bytes]]]:
         """Stream an artifact's bytes from ``start`` (``Range``); yields ``(offset, chunks)``.
 
         ``offset`` is ``start`` when the registry answered 206 with a matching
         ``Content-Range``, and 0 when it ignored the range (200): the caller restarts.
+        With ``end`` (exclusive) only ``[start, end)`` is asked for, and a 200 answer raises
+        :class:`~tvreg.ranged_fetch.RangeIgnored` before any byte is read.
         A body that ends early raises :class:`~tvreg.errors.DownloadError`.
         """
         seg = _segment(ref)
         validate_version(version)
         label = f"`{seg}@{version}`"
         headers = {"Accept-Encoding": "identity"}
-        if start > 0:
+        if end is not None:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        elif start > 0:
             headers["Range"] = f"bytes={start}-"
         try:
             with contextlib.ExitStack() as stack:
@@ -478,6 +488,10 @@ class RegistryClient:
                         answer = Answer(resp.status_code, resp.reason_phrase, resp.headers, bytes(body))
                         raise self._error(answer, f"the artifact of {label}")
                 offset = 0
+                if end is not None and resp.status_code != 206:
+                    from .ranged_fetch import RangeIgnored
+
+                    raise RangeIgnored(f"the registry answered a ranged download of {label} with the whole artifact.")
                 if resp.status_code == 206:
                     offset = _content_range_start(resp.headers.get("Content-Range"))
                     if offset != start:

@@ -62,6 +62,14 @@ class _RegistrySource(BlobSource):
     def open(self, start: int) -> AbstractContextManager[tuple[int, Iterator[bytes]]]:
         return self.client.open_artifact(self.ref, self.version, start=start, expected_digest=self.digest)
 
+    @contextlib.contextmanager
+    def open_range(self, start: int, end: int) -> Iterator[Iterator[bytes]]:
+        """Bytes ``[start, end)`` for a ranged download (tvreg._registry.ranged_fetch)."""
+        with self.client.open_artifact(
+            self.ref, self.version, start=start, end=end, expected_digest=self.digest
+        ) as (_, chunks):
+            yield chunks
+
 
 def _semver(v: dict) -> Version:
     return version_key(v["version"])

@@ -1,0 +1,66 @@
+"""Benchmarks run without the test suite: no import from ``tests/``, no pytest.
+
+``benchmarks/load.py`` once loaded ``tests/registry/conftest.py`` by path for its
+PostgreSQL cluster, so a benchmark needed pytest and broke whenever the fixtures
+changed; the cluster now lives in ``registry_server.pgcluster``, which both use.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
+
+
+def _test_suite_references(path: Path) -> list[str]:
+    """Imports of ``tests``/``conftest``/``pytest`` and code that loads a file under ``tests/``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        blocked = {"tests", "conftest", "pytest"}
+        found += [f"line {node.lineno}: import {n}" for n in names if n.split(".")[0] in blocked]
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if "conftest" in node.value or node.value.startswith("tests/"):
+                found.append(f"line {node.lineno}: {node.value!r}")
+    return found
+
+
+def test_benchmarks_exist() -> None:
+    assert len(BENCHMARKS) > 5
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmark_does_not_reach_into_tests(path: Path) -> None:
+    assert _test_suite_references(path) == []
+
+
+def test_load_benchmark_imports_without_pytest_or_tests() -> None:
+    """Import ``benchmarks/load.py`` and its cluster with ``pytest`` and ``tests`` unimportable."""
+    probe = f"""
+import importlib.abc, importlib.util, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pytest", "_pytest", "tests", "conftest"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("bench_load", {str(ROOT / "benchmarks/load.py")!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+from registry_server.pgcluster import PostgresCluster, find_pg_bin
+print("ok", PostgresCluster.__module__)
+"""
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "ok registry_server.pgcluster" in res.stdout
+    source = (ROOT / "benchmarks/load.py").read_text()
+    assert "registry_server.pgcluster" in source
