@@ -80,7 +80,6 @@ def test_h11_serves_without_the_c_parser(registry):
     assert _unknown_method_status(registry) == b"HTTP/1.1 405 Method Not Allowed"
 
 
-@pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed (an optional speed-up)")
 @pytest.mark.registry_options(args=["--http", "httptools", "--request-timeout", "1"])
 def test_httptools_serves_and_keeps_the_header_deadline(registry):
     assert httpx.get(registry.url + "/api/v1/health").status_code == 200
