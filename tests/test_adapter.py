@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_llama_config
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
-from tvreg._build.adapter import AdapterDelta, adapter_deltas, read_adapter
+from tvreg._build import adapter as adapter_mod
+from tvreg._build.adapter import AdapterDelta, adapter_deltas, check_shapes, header_shapes, read_adapter
 from tvreg.errors import CheckpointError, CorruptCheckpoint, TensorMismatch, UnsafeCheckpoint
 
 VOCAB = 128
@@ -227,7 +228,7 @@ def test_refuses_lora_a_without_b(
 ) -> None:
     key = f"base_model.model.{L0}self_attn.q_proj.lora_B.weight"
     adapter = _rewrite(plain_adapter, tmp_path / "a", lambda t: t.pop(key))
-    with pytest.raises(CorruptCheckpoint, match="q_proj.lora_A.weight has no matching lora_B"):
+    with pytest.raises(CorruptCheckpoint, match="q_proj.lora_A.weight` without its `.*q_proj.lora_B"):
         list(adapter_deltas(adapter, shapes))
 
 
@@ -254,3 +255,50 @@ def test_refuses_missing_files(
     shutil.copy(plain_adapter / "adapter_config.json", tmp_path)
     with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
         list(adapter_deltas(tmp_path, shapes))
+
+
+LAST = "model.layers.1.self_attn.v_proj"  # sorts last among plain_adapter's modules: all others come first
+LAST_A, LAST_B = f"base_model.model.{LAST}.lora_A.weight", f"base_model.model.{LAST}.lora_B.weight"
+
+
+def _widen_a(t: dict[str, torch.Tensor]) -> None:
+    t[LAST_A] = torch.ones(t[LAST_A].shape[0], t[LAST_A].shape[1] + 8)
+
+
+# (case, tensor edit, config edit, error class, message after "<weights file> ")
+BAD_FACTORS: list[tuple[str, Callable[[dict[str, torch.Tensor]], object] | None, dict, type, str]] = [
+    ("in-features", _widen_a, {}, TensorMismatch,
+     "gives `{LAST}.weight` shape [{out}, {inp8}] (from `{A}` [4, {inp8}] and `{B}` [{out}, 4]), "
+     "but the base has [{out}, {inp}]."),
+    ("rank", None, {"rank_pattern": {"layers.1.self_attn.v_proj": 2}}, CorruptCheckpoint,
+     "has `{A}` of rank 4, but adapter_config.json gives `{LAST}` rank 2."),
+    ("unpaired", lambda t: t.pop(LAST_B), {}, CorruptCheckpoint, "has `{A}` without its `{B}`."),
+]  # fmt: skip
+
+
+def _header(path: Path) -> dict[str, Any]:
+    raw = path.read_bytes()
+    return json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+
+
+@pytest.mark.parametrize(("case", "edit", "config", "error", "message"), BAD_FACTORS, ids=[c[0] for c in BAD_FACTORS])
+def test_bad_factors_are_refused_from_shapes_before_any_product(
+    plain_adapter: Path, tmp_path: Path, shapes: dict[str, tuple[int, ...]], monkeypatch: pytest.MonkeyPatch,
+    case: str, edit: Callable[[dict[str, torch.Tensor]], object] | None, config: dict, error: type, message: str,
+) -> None:  # fmt: skip
+    """Factors that do not fit the config or the base are refused before the first B @ A, in words
+    that the header alone (what ``install --dry-run hf://…`` reads) reproduces exactly."""
+    adapter = _rewrite(plain_adapter, tmp_path / case, edit, **config)
+    where = adapter / "adapter_model.safetensors"
+    out, inp = shapes[f"{LAST}.weight"]
+    want = f"{where} " + message.format(LAST=LAST, A=LAST_A, B=LAST_B, out=out, inp=inp, inp8=inp + 8)
+    products: list[str] = []
+    real = adapter_mod._lora_delta
+    monkeypatch.setattr(adapter_mod, "_lora_delta", lambda f, info, mod, *a: products.append(mod) or real(f, info, mod, *a))
+    with pytest.raises(error) as exc:
+        next(adapter_deltas(adapter, shapes))
+    assert exc.type is error and exc.value.message == want and exc.value.hints
+    assert products == []  # refused before any multiplication, though every other module is sound
+    with pytest.raises(error) as from_header:
+        check_shapes(read_adapter(adapter), header_shapes(_header(where), where), shapes, where=where)
+    assert from_header.value.message == want

@@ -130,6 +130,62 @@ def test_dry_run_refuses_a_checkpoint_of_other_shapes_from_its_header(family, hu
     assert _weight_files(tmp_path / "hf-home", tmp_path / "tvreg-cache") == []
 
 
+def _bad_lora(adapter, case: str) -> dict[str, bytes]:
+    """The repo's files for `adapter` spoilt in one way; its last LoRA module is the one spoilt."""
+    from safetensors.torch import save
+
+    files = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
+    cfg = json.loads(files["adapter_config.json"])
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    a_key = sorted(k for k in tensors if k.endswith("lora_A.weight"))[-1]
+    b_key = a_key.replace("lora_A", "lora_B")
+    if case == "in-features":
+        tensors[a_key] = torch.ones(tensors[a_key].shape[0], tensors[a_key].shape[1] + 8)
+    elif case == "rank":
+        module = a_key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        cfg["rank_pattern"] = {module.replace(".", r"\."): cfg["r"] * 2}
+    elif case == "unpaired":
+        del tensors[b_key]
+    elif case == "dora":  # a config the conversion refuses: the dry run reads it the same way
+        cfg["use_dora"] = True
+    files["adapter_config.json"] = json.dumps(cfg).encode()
+    files["adapter_model.safetensors"] = save(tensors)
+    return files
+
+
+def _error_lines(output: str) -> list[str]:
+    lines = output.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("error:")) :]
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("in-features", "but the base has"),
+        ("rank", "but adapter_config.json gives"),
+        ("unpaired", "without its"),
+        ("dora", "is a DoRA adapter"),
+    ],
+)
+def test_dry_run_refuses_bad_lora_factors_as_the_install_does(family, adapters, hub, env, tmp_path, case, words):
+    """Factors that fit neither the config nor θ_pre: the dry run refuses them from the header, in the
+    real install's words and exit code, downloading no weights; neither writes to the model."""
+    repos, _ = hub
+    repos.push("alice/bad-lora", _bad_lora(adapters["sci"], case))
+    before = tree_digest(env)
+    args = ["install", "hf://alice/bad-lora", "--into", str(env), "--weight", "bad-lora=1"]
+    dry = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert dry.exit_code == 1, dry.output
+    assert words in dry.stderr and "Traceback" not in dry.output
+    assert tree_digest(env) == before
+    assert _weight_files(tmp_path / "hf-home", tmp_path / "tvreg-cache") == []
+    real = CliRunner().invoke(main, args)
+    assert real.exit_code == dry.exit_code, real.output
+    assert _error_lines(real.stderr) == _error_lines(dry.stderr)
+    assert _weight_files(tmp_path / "hf-home")  # the real install did download the weights it refused
+    assert tree_digest(env) == before
+
+
 def test_checkpoint_installs_as_its_task_vector(family, hub, env, tmp_path):
     install(["hf://alice/sci-full"], into=env, weights={"sci-full": 0.5})
     skill = tmp_path / "sci.tvskill"

@@ -86,8 +86,12 @@ class AdapterInfo:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def read_adapter(adapter_dir: Path) -> AdapterInfo:
-    """Read and vet an adapter directory, refusing anything whose update is not a linear delta."""
+def read_adapter(adapter_dir: Path, *, weights_here: bool = True) -> AdapterInfo:
+    """Read and vet an adapter directory, refusing anything whose update is not a linear delta.
+
+    ``weights_here=False`` reads the config alone: ``install --dry-run hf://…`` has
+    adapter_config.json locally but only the remote header of the weights.
+    """
     adapter_dir = Path(adapter_dir)
     cfg_path, weights = adapter_dir / CONFIG_NAME, adapter_dir / WEIGHTS_NAME
     if not cfg_path.is_file():
@@ -101,7 +105,7 @@ def read_adapter(adapter_dir: Path) -> AdapterInfo:
         raise CheckpointError(f"{cfg_path} is not readable JSON: {exc}.") from exc
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path} is not a JSON object.")
-    if not weights.is_file():
+    if weights_here and not weights.is_file():
         pickles = [n for n in PICKLE_NAMES if (adapter_dir / n).exists()]
         if pickles:
             raise UnsafeCheckpoint(
@@ -174,25 +178,130 @@ def _plan(keys: list[str], where: Path) -> tuple[dict[str, dict[str, str]], dict
     return modules, whole
 
 
-def _check(
-    name: str, t: torch.Tensor, base_shapes: Mapping[str, tuple[int, ...]], where: Path
-) -> torch.Tensor:
-    """Refuse an update the base cannot take (unknown name, other shape) or that is not finite."""
+class _Item(NamedTuple):
+    """How one base tensor's update is made: from the LoRA factors of ``module`` (``part`` is "linear",
+    "emb" or "bias"), from a whole tensor the adapter stores (``whole_key``), or from both."""
+
+    module: str
+    part: str | None
+    whole_key: str | None
+
+
+def header_shapes(header: Mapping[str, Any], where: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor key → shape from a parsed safetensors header (the JSON object), the ``__metadata__`` left out.
+
+    Raises:
+        CorruptCheckpoint: an entry carries no list of non-negative integers as its shape.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise CorruptCheckpoint(f"{where} is not a valid safetensors file: `{key}` has no valid shape.")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def _fits(name: str, shape: tuple[int, ...], base_shapes: Mapping[str, tuple[int, ...]], where: Path, src: str) -> None:
+    """Refuse an update the base cannot take: a tensor it does not have, or one of another shape."""
     if name not in base_shapes:
         raise TensorMismatch(
-            f"{where} changes {name!r}, which the base model does not have.",
+            f"{where} changes `{name}`, which the base model does not have.",
             tensor=name,
             hints=["check that the adapter was trained on this base model"],
         )
-    if tuple(t.shape) != tuple(base_shapes[name]):
+    if tuple(shape) != tuple(base_shapes[name]):
         raise TensorMismatch(
-            f"{where} gives {name!r} shape {tuple(t.shape)}, but the base has {tuple(base_shapes[name])}.",
+            f"{where} gives `{name}` shape {list(shape)} {src}, but the base has {list(base_shapes[name])}.",
             tensor=name,
             hints=["check that the adapter was trained on this base model"],
         )
+
+
+def check_shapes(
+    info: AdapterInfo,
+    shapes: Mapping[str, tuple[int, ...]],
+    base_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    where: Path,
+) -> dict[str, _Item]:
+    """Vet every update an adapter would make from shapes alone, and plan them, sorted by base tensor name.
+
+    Why shapes alone: the real conversion and ``install --dry-run hf://…`` (which has only the
+    weights' header, read by HTTP ``Range``) must refuse the same adapters with the same words,
+    and the conversion must refuse before it multiplies a single B @ A. For each LoRA module:
+    both factors present, A is (r, in) and B is (out, r) with r the config's rank for that module
+    (``r`` or ``rank_pattern``), and (out, in) — transposed for embeddings and ``fan_in_fan_out`` —
+    is the base weight's shape; a ``lora_B.bias`` is (out,) like the base bias; every whole tensor
+    the adapter stores exists in the base with the same shape.
+
+    Args:
+        info: the adapter's config (:func:`read_adapter`).
+        shapes: the adapter file's tensor key → shape (:func:`header_shapes`, or ``safe_open``).
+        base_shapes: θ_pre's tensor name → shape.
+        where: the weights file, as errors name it.
+
+    Raises:
+        CorruptCheckpoint: a factor without its partner, not 2-D, or of another rank than the config's.
+        TensorMismatch: an update for a tensor the base lacks, or of another shape than the base's.
+        CheckpointError: a LoRA part tvreg does not understand.
+    """
+    modules, whole = _plan(list(shapes), where)
+    items: dict[str, _Item] = {}
+    for mod in sorted(modules):
+        parts = modules[mod]
+        emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
+        a, b = ("lora_embedding_A", "lora_embedding_B") if emb else ("lora_A.weight", "lora_B.weight")
+        if a not in parts or b not in parts:
+            have = a if a in parts else b if b in parts else sorted(parts)[0]
+            miss = b if a in parts else a
+            raise CorruptCheckpoint(
+                f"{where} has `{KEY_PREFIX}{mod}.{have}` without its `{KEY_PREFIX}{mod}.{miss}`.",
+                hints=["re-save the adapter with PeftModel.save_pretrained(dir); this file is incomplete"],
+            )
+        a_key, b_key = parts[a], parts[b]
+        a_shape, b_shape = tuple(shapes[a_key]), tuple(shapes[b_key])
+        for key, shape in ((a_key, a_shape), (b_key, b_shape)):
+            if len(shape) != 2:
+                raise CorruptCheckpoint(
+                    f"{where} has `{key}` of shape {list(shape)}, not a 2-D LoRA factor.",
+                    hints=["only Linear and Embedding LoRA layers are supported"],
+                )
+        r = info.rank(mod)
+        for key, got in ((a_key, a_shape[0]), (b_key, b_shape[1])):
+            if got != r:
+                raise CorruptCheckpoint(
+                    f"{where} has `{key}` of rank {got}, but adapter_config.json gives `{mod}` rank {r}.",
+                    hints=["the config and the weights come from different saves; re-save the adapter"],
+                )
+        out_in = (b_shape[0], a_shape[1])
+        src = f"(from `{a_key}` {list(a_shape)} and `{b_key}` {list(b_shape)})"
+        _fits(f"{mod}.weight", out_in[::-1] if emb or info.fan_in_fan_out else out_in, base_shapes, where, src)
+        items[f"{mod}.weight"] = _Item(mod, "emb" if emb else "linear", whole.get(f"{mod}.weight"))
+        if "lora_B.bias" in parts:
+            key = parts["lora_B.bias"]
+            bias = tuple(shapes[key])
+            if bias != (b_shape[0],):
+                raise CorruptCheckpoint(
+                    f"{where} has `{key}` of shape {list(bias)}, but its `{b_key}` has {b_shape[0]} rows.",
+                    hints=["re-save the adapter; the file is inconsistent"],
+                )
+            _fits(f"{mod}.bias", bias, base_shapes, where, f"(from `{key}`)")
+            items[f"{mod}.bias"] = _Item(mod, "bias", whole.get(f"{mod}.bias"))
+    for name, key in sorted(whole.items()):
+        _fits(name, tuple(shapes[key]), base_shapes, where, f"(`{key}`)")
+        items.setdefault(name, _Item("", None, key))
+    return dict(sorted(items.items()))
+
+
+def _finite(name: str, t: torch.Tensor, where: Path) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise CheckpointError(
-            f"{where}: the update for {name!r} contains NaN or Inf values.",
+            f"{where}: the update for `{name}` contains NaN or Inf values.",
             hints=["the fine-tune diverged; use an earlier checkpoint"],
         )
     return t
@@ -204,7 +313,8 @@ def adapter_deltas(adapter_dir: Path, base_shapes: Mapping[str, tuple[int, ...]]
     LoRA'd modules give kind "delta" (τ = scaling · B @ A, plus scaling · lora_B.bias for ``lora_bias``).
     Whole tensors stored by the adapter (modules_to_save, trainable biases, a saved embedding base layer)
     give kind "replace": τ = tensor − base. When a stored whole tensor also carries a LoRA delta, one
-    "replace" item holds their sum, so every name is yielded exactly once.
+    "replace" item holds their sum, so every name is yielded exactly once. Every shape is checked
+    (:func:`check_shapes`) before the first tensor is read.
     """
     info = read_adapter(adapter_dir)
     where = info.path / WEIGHTS_NAME
@@ -213,31 +323,16 @@ def adapter_deltas(adapter_dir: Path, base_shapes: Mapping[str, tuple[int, ...]]
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise CorruptCheckpoint(f"{where} is not a valid safetensors file: {exc}.") from exc
     with handle as f:
-        modules, whole = _plan(list(f.keys()), where)
-        items: dict[str, tuple[str, str | None, str | None]] = {}  # name -> (module, part kind, whole key)
-        for mod, parts in modules.items():
-            emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
-            a, b = ("lora_embedding_A", "lora_embedding_B") if emb else ("lora_A.weight", "lora_B.weight")
-            if a not in parts or b not in parts:
-                have, miss = next(iter(parts)), b if a in parts else a
-                raise CorruptCheckpoint(
-                    f"{where}: {KEY_PREFIX}{mod}.{have} has no matching {miss}.",
-                    hints=["re-save the adapter; the file is incomplete"],
-                )
-            items[f"{mod}.weight"] = (mod, "emb" if emb else "linear", whole.get(f"{mod}.weight"))
-            if "lora_B.bias" in parts:
-                items[f"{mod}.bias"] = (mod, "bias", whole.get(f"{mod}.bias"))
-        for name, key in whole.items():
-            items.setdefault(name, ("", None, key))
-        for name in sorted(items):
-            mod, part, whole_key = items[name]
+        shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        items = check_shapes(info, shapes, base_shapes, where=where)
+        for name, (mod, part, whole_key) in items.items():
             delta = None
             if part is not None:
-                delta = _check(name, _lora_delta(f, info, mod, part, where), base_shapes, where)
+                delta = _finite(name, _lora_delta(f, info, mod, part, where), where)
             if whole_key is None and delta is not None:
                 yield AdapterDelta(name, delta, "delta")
             elif whole_key is not None:
-                full = _check(name, f.get_tensor(whole_key).to(torch.float32), base_shapes, where)
+                full = _finite(name, f.get_tensor(whole_key).to(torch.float32), where)
                 yield AdapterDelta(name, full if delta is None else full + delta, "replace")
 
 
@@ -254,13 +349,6 @@ def _lora_delta(f: Any, info: AdapterInfo, mod: str, part: str, where: Path) -> 
         ("lora_embedding_A", "lora_embedding_B") if part == "emb" else ("lora_A.weight", "lora_B.weight")
     )
     a, b = get(a_key), get(b_key)
-    r = info.rank(mod)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != r or b.shape[1] != r:
-        raise CorruptCheckpoint(
-            f"{where}: LoRA factors of {mod!r} have shapes {tuple(a.shape)} and "
-            f"{tuple(b.shape)}, not rank {r} matrices as adapter_config.json says.",
-            hints=["only Linear and Embedding LoRA layers are supported"],
-        )
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise CheckpointError(
             f"{where}: the LoRA factors of {mod!r} contain NaN or Inf values.",

@@ -421,19 +421,27 @@ def to_skill(
         return out
     pre = find_base(base_fingerprint, [*base, snap.base_hint], origin=snap.origin)
     from .._build.build import build_skill
-    from ..errors import TensorMismatch
 
     out.parent.mkdir(parents=True, exist_ok=True)
     args: dict[str, Any] = {"adapter": snap.path} if snap.kind == "adapter" else {"finetuned": snap.path}
-    try:
+    with _other_base_hint(snap):
         build_skill(
             pre, output=out, name=_skill_name(snap.repo), version=f"0.0.0+hf.{snap.sha[:12]}",
             description=f"Converted from {snap.origin}.", source_label=snap.origin, progress=progress, **args,
         )  # fmt: skip
+    return out
+
+
+@contextlib.contextmanager
+def _other_base_hint(snap: HubSnapshot) -> Iterator[None]:
+    """A TensorMismatch converting ``snap`` gets the hint that the repo was trained elsewhere (real and dry runs)."""
+    from ..errors import TensorMismatch
+
+    try:
+        yield
     except TensorMismatch as exc:
         exc.hints.append(f"`{snap.origin}` was not trained on this model's base (its own hint: {snap.base_hint})")
         raise
-    return out
 
 
 def fetch(
@@ -581,7 +589,8 @@ def plan_only(
     is downloaded and nothing is converted into tvreg's cache. What it verifies: θ_pre by
     fingerprint (as the real install does, before any tensor); a ``.tvskill``'s base from
     its manifest; a checkpoint's tensor names and shapes against θ_pre, from each weight
-    file's header read by ``Range``. An adapter's shapes are checked when it is converted.
+    file's header read by ``Range``; an adapter's config and factor shapes against θ_pre
+    (:func:`tvreg._build.adapter.check_shapes`, from its header), with the conversion's words.
 
     Returns:
         A :class:`tvreg._registry.fetch.Resolved` with ``path=None`` and the download size.
@@ -626,7 +635,25 @@ def plan_only(
     )  # fmt: skip
     if snap.kind == "checkpoint":
         _check_shapes(snap, pre, {f: h for f, (h, _) in headers.items()})
+    elif snap.kind == "adapter":
+        _check_adapter(snap, pre, headers[_ADAPTER_FILES[1]][0])
     return Resolved(None, origin, name=ident, version=f"0.0.0+hf.{snap.sha[:12]}", size=size, cached=False)
+
+
+def _check_adapter(snap: HubSnapshot, pre: str, header: dict) -> None:
+    """Refuse, from adapter_config.json and the weights' header, what the conversion refuses for its
+    config or its shapes (NaN/Inf values need the tensor data: only the real install finds those).
+
+    The errors name the weights file where the real install puts it (``snap.path``, the same
+    HF cache snapshot), so a dry run and the install it previews print the same sentence.
+    """
+    from .._build.adapter import WEIGHTS_NAME, check_shapes, header_shapes, read_adapter
+    from .._format.checkpoint import Checkpoint
+
+    info = read_adapter(snap.path, weights_here=False)
+    where = snap.path / WEIGHTS_NAME
+    with Checkpoint.open(pre) as base, _other_base_hint(snap):
+        check_shapes(info, header_shapes(header, where), {n: i.shape for n, i in base.infos().items()}, where=where)
 
 
 def _check_shapes(snap: HubSnapshot, pre: str, headers: dict[str, dict]) -> None:
