@@ -16,6 +16,15 @@ grows with size along that order. Cost: 2 evaluations (θ_pre and θ_pre + τ) p
 target of 1.0 means "keep τ bit for bit" (a lossy coding can measure above 100% by
 noise): ``exact`` is chosen after the 2 reference evaluations.
 
+Margin: a mean over N texts is itself an estimate. On real pairs a candidate that kept
+99.0% on the calibration texts kept 97.0% on disjoint held-out texts, so with per-text
+losses (a text file) a candidate passes only when the 5th percentile of a paired bootstrap
+of retention also meets the target: 1000 resamples of the text indices (seed 0), the same
+indices for θ_pre, θ_pre + τ and θ_pre + τ̂, each resample's retention
+Σ(nll_pre − nll_τ̂) / Σ(nll_pre − nll_τ) over its texts (per-text NLL summed over tokens,
+so the token weighting of the mean is kept). A hook returns one number, which cannot be
+resampled: it is judged on the mean, and the manifest says so.
+
 Data: a UTF-8 text file of held-out texts, one per line (blank lines ignored), scored with
 the model's own tokenizer (mean token NLL, each text on its own, ``add_special_tokens``);
 or an evaluation hook ``module:fn`` / ``file.py:fn`` (:mod:`tvreg._env.evaluate`), called on a
@@ -40,6 +49,12 @@ from ..errors import EvaluationError
 
 MAX_TEXTS = 100_000
 
+RESAMPLES = 1000
+QUANTILE = 0.05
+SEED = 0
+MARGIN = {"method": "paired bootstrap", "resamples": RESAMPLES, "quantile": QUANTILE, "seed": SEED}
+"""How a candidate's retention bound is computed; the manifest records it beside the bound."""
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -57,6 +72,9 @@ class Calibration:
     loss_chosen: float
     evaluations: int
     metric: str = "loss"
+    retention_bound: float | None = None
+    margin: dict | None = None
+    margin_reason: str | None = None
     explored: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -142,8 +160,52 @@ def _is_hook(spec: str) -> bool:
     return bool(sep and target and attr and "/" not in attr and not Path(spec).exists())
 
 
+@dataclass(frozen=True)
+class _Score:
+    """One evaluation: the score, and for a text file each text's NLL summed over its tokens (float64)."""
+
+    value: float
+    per_text: torch.Tensor | None = None
+
+
+class _Judge:
+    """Retention against the two reference scores, and its paired-bootstrap lower bound (:data:`MARGIN`)."""
+
+    def __init__(self, pre: _Score, ft: _Score, *, target: float, margin: bool) -> None:
+        self.pre, self.ft, self.target = pre, ft, target
+        self.gain = pre.value - ft.value
+        self.idx: torch.Tensor | None = None
+        if margin and pre.per_text is not None and ft.per_text is not None:
+            n = pre.per_text.numel()
+            self.idx = torch.randint(0, n, (RESAMPLES, n), generator=torch.Generator().manual_seed(SEED))
+            self.full = (pre.per_text - ft.per_text)[self.idx].sum(1)
+            # A resample where the fine-tune gains nothing (or the opposite of what it gains on
+            # all the texts) cannot show that a coding keeps the gain: it counts as -inf.
+            self.invalid = self.full * math.copysign(1.0, self.gain) <= 0
+
+    @property
+    def bootstraps(self) -> bool:
+        return self.idx is not None
+
+    def retention(self, score: _Score) -> float:
+        return (self.pre.value - score.value) / self.gain
+
+    def bound(self, score: _Score) -> float | None:
+        """The 5th percentile of the resampled retentions (numpy's ``lower`` method), None without per-text losses."""
+        if self.idx is None or score.per_text is None or self.pre.per_text is None:
+            return None
+        kept = (self.pre.per_text - score.per_text)[self.idx].sum(1) / self.full
+        kept[self.invalid] = -math.inf
+        return float(kept.sort().values[math.floor(QUANTILE * (RESAMPLES - 1))])
+
+    def passes(self, kept: float, bound: float | None) -> bool:
+        if kept < self.target:
+            return False
+        return not self.bootstraps or (bound is not None and math.isfinite(bound) and bound >= self.target)
+
+
 class _TextScorer:
-    """Mean token NLL of θ_pre + τ̂ on the texts, in one fp32 model whose weights are reset for each call."""
+    """Token NLL of θ_pre + τ̂ on each text, in one fp32 model whose weights are reset for each call."""
 
     def __init__(self, base: Path, texts: list[str]) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,17 +230,16 @@ class _TextScorer:
                 hints=["give longer held-out texts"],
             )
 
-    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> float:
+    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> _Score:
         with torch.no_grad():
             for n, t in self.state.items():
                 t.copy_(self.pre[n])
             for n, tau in (taus or {}).items():
                 if n in self.state:
                     self.state[n].add_(tau.to(self.state[n].dtype))
-            total = 0.0
-            for ids in self.ids:
-                total += float(self.model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
-        return total / self.tokens
+            sums = [float(self.model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1) for ids in self.ids]
+        per_text = torch.tensor(sums, dtype=torch.float64)
+        return _Score(float(per_text.sum()) / self.tokens, per_text)
 
 
 class _HookScorer:
@@ -194,7 +255,7 @@ class _HookScorer:
         with Checkpoint.open(base) as ck:
             self.pre = {n: ck.read_float32(n) if ck.info(n).is_float else ck.read(n) for n in ck.names()}
 
-    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> float:
+    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> _Score:
         from safetensors.torch import save_file
 
         from .._env.evaluate import run_hook
@@ -222,7 +283,7 @@ class _HookScorer:
                 )
         if self.metric not in scores:
             raise EvaluationError(f"calibration hook `{self.hook.spec}` stopped returning metric `{self.metric}`.")
-        return scores[self.metric]
+        return _Score(scores[self.metric])
 
 
 def _data_identity(spec: str, texts: list[str] | None) -> str:
@@ -239,6 +300,7 @@ def calibrate(
     base: str | os.PathLike[str],
     data: str | os.PathLike[str],
     min_retention: float = 0.99,
+    margin: bool = True,
     candidates: list[tuple[str, dict[str, object]]] | None = None,
     on_evaluation: Callable[[str, float], None] | None = None,
 ) -> tuple[Codec, Calibration]:
@@ -249,6 +311,9 @@ def calibrate(
         base: θ_pre (or G for a WiSE-FT delta): the model τ is added to.
         data: a text file of held-out texts, or an evaluation hook ``module:fn``.
         min_retention: the target, in (0, 1]; 1 picks ``exact``.
+        margin: with a text file, accept a candidate only when the lower bound of its
+            retention (5th percentile of a paired bootstrap over the texts) meets the target,
+            not only the mean. A hook is always judged on its mean.
         candidates: ``(codec, options)`` settings to try instead of :data:`CANDIDATES`.
         on_evaluation: called with ``(what, score)`` after each evaluation.
 
@@ -267,7 +332,7 @@ def calibrate(
     base = Path(base)
     spec = str(data)
     texts: list[str] | None = None
-    scorer: Callable[[Mapping[str, torch.Tensor] | None], float]
+    scorer: Callable[[Mapping[str, torch.Tensor] | None], _Score]
     if _is_hook(spec):
         scorer = hook_scorer = _HookScorer(spec, base)
     else:
@@ -275,11 +340,11 @@ def calibrate(
         scorer = text_scorer = _TextScorer(base, texts)
     evaluations = 0
 
-    def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> float:
+    def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> _Score:
         nonlocal evaluations
         evaluations += 1
         try:
-            value = scorer(t)
+            score = scorer(t)
         except EvaluationError as exc:
             if texts is None and not exc.hints:
                 exc.hints.append(
@@ -287,27 +352,26 @@ def calibrate(
                     "and uses its one metric (or `loss`); check it runs on the base model"
                 )
             raise
-        if not math.isfinite(value):
-            raise EvaluationError(f"calibration gave a score of {value} for {what}.")
+        if not math.isfinite(score.value):
+            raise EvaluationError(f"calibration gave a score of {score.value} for {what}.")
         if on_evaluation:
-            on_evaluation(what, value)
-        return value
+            on_evaluation(what, score.value)
+        return score
 
-    loss_pre = evaluate("θ_pre", None)
-    loss_ft = evaluate("θ_pre + τ", taus)
-    if loss_pre == loss_ft:
+    pre = evaluate("θ_pre", None)
+    ft = evaluate("θ_pre + τ", taus)
+    if pre.value == ft.value:
         raise EvaluationError(
-            f"the fine-tune scores the same as the base model on calibration data `{spec}` ({loss_pre:.6g}), "
+            f"the fine-tune scores the same as the base model on calibration data `{spec}` ({pre.value:.6g}), "
             "so retention cannot be measured.",
             hints=["give held-out data of the skill's domain, where the fine-tune differs from the base"],
         )
-
-    def retention(score: float) -> float:
-        return (loss_pre - score) / (loss_pre - loss_ft)
+    judge = _Judge(pre, ft, target=min_retention, margin=margin)
 
     explored: list[dict] = []
     chosen: Codec = _Uniform(make_codec("exact"))
-    loss_chosen = loss_ft
+    # τ̂ = τ bit for bit keeps every text's gain, so its bound is 1 by construction.
+    best = (ft, 1.0 if judge.bootstraps else None)
     if min_retention < 1.0:
         sized = []
         for name, opts in candidates if candidates is not None else CANDIDATES:
@@ -326,10 +390,13 @@ def calibrate(
                 decoded[n] = get_codec(e.codec or coder.inner.name).decode(e.data, tuple(t.shape), e.params, where=n)
             score = evaluate(coder.describe(), decoded)
             del decoded
-            kept = retention(score)
-            explored.append({"codec": coder.describe(), "bytes": size, "retention": kept, "loss": score})
-            if kept >= min_retention:
-                hi, chosen, loss_chosen = mid, coder, score
+            kept, bound = judge.retention(score), judge.bound(score)
+            explored.append(
+                {"codec": coder.describe(), "bytes": size, "retention": kept, "retention_bound": _finite(bound),
+                 "loss": score.value}
+            )  # fmt: skip
+            if judge.passes(kept, bound):
+                hi, chosen, best = mid, coder, (score, bound)
             else:
                 lo = mid + 1
     if texts is not None:
@@ -339,20 +406,33 @@ def calibrate(
     else:
         n_texts = n_tokens = None
         metric = hook_scorer.metric or "loss"
+    if judge.bootstraps:
+        margin_record, margin_reason = dict(MARGIN), None
+    elif texts is None:
+        margin_record, margin_reason = None, "a hook returns one score, which cannot be resampled: judged on the mean"
+    else:
+        margin_record, margin_reason = None, "turned off (--no-margin): judged on the mean"
     figures = Calibration(
-        retention=retention(loss_chosen),
+        retention=judge.retention(best[0]),
         target=min_retention,
         chosen=chosen.describe(),
         data=Path(spec).name if texts is not None else spec,
         data_sha256=_data_identity(spec, texts),
         texts=n_texts,
         tokens=n_tokens,
-        loss_pre=loss_pre,
-        loss_finetuned=loss_ft,
-        loss_chosen=loss_chosen,
+        loss_pre=pre.value,
+        loss_finetuned=ft.value,
+        loss_chosen=best[0].value,
         evaluations=evaluations,
         metric=metric,
+        retention_bound=_finite(best[1]),
+        margin=margin_record,
+        margin_reason=margin_reason,
         explored=sorted(explored, key=lambda e: e["bytes"]),
     )
     return chosen, figures
 
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinities: a bound of -inf (too few resamples where the fine-tune gains) is recorded as null."""
+    return value if value is not None and math.isfinite(value) else None
