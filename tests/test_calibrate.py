@@ -95,6 +95,8 @@ def test_a_target_of_one_keeps_tau_exact_after_two_evaluations(family, heldout, 
     cal = m.calibration
     assert cal["retention"] == 1.0 and cal["evaluations"] == 2 and cal["explored"] == []
     assert cal["texts"] == len(HELDOUT) and cal["chosen"] == "exact"
+    assert cal["plan"] is None and cal["plan_reason"] == "a target of 100% keeps τ exact"
+    assert cal["retention_bound"] == 1.0  # τ̂ = τ keeps every text's gain
     assert cal["loss_finetuned"] < cal["loss_pre"]  # the skill helps on its domain, so retention is defined
 
 
@@ -108,17 +110,42 @@ def test_a_lower_target_picks_a_smaller_lossy_coding_that_meets_it(family, heldo
     assert m.lossy and res.stored_bytes < exact.stored_bytes
     assert m.source["codec"] == f"auto({cal['chosen']})"
 
-    pre = _loss(family.pre, HELDOUT, None)
-    ft = _loss(family.pre, HELDOUT, _taus(exact.path))
-    coded = _loss(family.pre, HELDOUT, _taus(res.path))
-    kept = (pre - coded) / (pre - ft)
-    assert kept >= target
+    pre = _nll(family.pre, HELDOUT, None)
+    ft = _nll(family.pre, HELDOUT, _taus(exact.path))
+    coded = _nll(family.pre, HELDOUT, _taus(res.path))
+    losses = [sum(n for n, _ in x) / sum(c for _, c in x) for x in (pre, ft, coded)]
+    kept = (losses[0] - losses[2]) / (losses[0] - losses[1])
+    assert kept >= target and _bootstrap_bound(pre, ft, coded) >= target
     assert kept == pytest.approx(cal["retention"], abs=1e-4)
-    assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx((pre, ft, coded), abs=1e-4)
-    # Bisection over the candidates sorted by size: 2 reference evaluations plus ⌈log₂(n+1)⌉.
-    assert cal["evaluations"] == 2 + len(cal["explored"]) <= 2 + 4
-    chosen = next(e for e in cal["explored"] if e["codec"] == cal["chosen"])
-    assert all(e["retention"] < target for e in cal["explored"] if e["bytes"] < chosen["bytes"])
+    assert cal["retention_bound"] == pytest.approx(_bootstrap_bound(pre, ft, coded), abs=1e-4)
+    assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx(losses, abs=1e-4)
+    # Every evaluation is one explored entry; the uniform bisection over the 15 candidates sorted
+    # by size costs ⌈log₂(15+1)⌉ = 4 at most, the per-group search one probe per group plus its bisection.
+    plan = cal["plan"]
+    uniform = [e for e in cal["explored"] if ";" not in e["codec"]]
+    assert cal["evaluations"] == 2 + len(cal["explored"]) == 2 + len(uniform) + plan["evaluations"]
+    assert len(uniform) <= 4 and plan["evaluations"] == plan["probes"] + plan["verifications"]
+    assert plan["probes"] <= len(plan["groups"]) == 4  # lm_head, embed_tokens, layers 0 and 1 (norm: a vector)
+    picked = next(e for e in uniform if e["codec"] == plan["setting"])
+    assert all(e["retention"] < target or e["retention_bound"] < target for e in uniform if e["bytes"] < picked["bytes"])
+
+    # The per-group plan is never larger than the uniform pick, and here it moves some layers.
+    stored = sum(t.stored_bytes for t in m.tensors.values())
+    budget = 2 + len(uniform)  # the same uniform search with no room left for the per-group one
+    alone = _build(family, tmp_path / "u.tvskill", calibration=heldout, min_retention=target, max_evaluations=budget)
+    assert alone.manifest.calibration["chosen"] == plan["setting"] and alone.manifest.calibration["plan"] is None
+    assert alone.manifest.calibration["plan_reason"] == f"the budget of {budget} evaluations leaves no room for a per-group search"
+    assert stored == next(e["bytes"] for e in cal["explored"] if e["codec"] == cal["chosen"])
+    assert stored < sum(t.stored_bytes for t in alone.manifest.tensors.values()) == picked["bytes"]
+    assert plan["moved"] == sum(g["smaller"] for g in plan["groups"]) >= 1
+    assert cal["chosen"] == f"{plan['setting']}; {plan['smaller']} on {plan['moved']} of 4 groups"
+    # The manifest's per-tensor codecs are the plan: moved layers in the smaller setting's codec.
+    smaller = plan["smaller"].partition("(")[0]
+    assert smaller not in {alone.manifest.tensors[n].codec for n in alone.manifest.tensors}  # so the check can tell
+    moved = {g["group"] for g in plan["groups"] if g["smaller"]}
+    for name, entry in m.tensors.items():
+        in_moved = any(name.startswith(g + ".") for g in moved) and len(entry.shape) == 2
+        assert (entry.codec == smaller) == in_moved, name
 
 
 def test_a_hook_calibrates_like_the_text_file(family, heldout, tmp_path):
@@ -131,14 +158,14 @@ def test_a_hook_calibrates_like_the_text_file(family, heldout, tmp_path):
         "    return {'loss': _loss(model_dir, HELDOUT, None)}\n",
         encoding="utf-8",
     )
-    by_text = _build(family, tmp_path / "t.tvskill", calibration=heldout, min_retention=0.9).manifest.calibration
+    # Judged on the mean like the hook (a hook's one number has no margin).
+    by_text = _build(family, tmp_path / "t.tvskill", calibration=heldout, min_retention=0.9, margin=False).manifest.calibration
     by_hook = _build(family, tmp_path / "h.tvskill", calibration=f"{hook}:score", min_retention=0.9).manifest.calibration
     assert by_hook["chosen"] == by_text["chosen"]
     assert by_hook["retention"] == pytest.approx(by_text["retention"], abs=1e-3)
     assert by_hook["texts"] is None and by_hook["data"] == f"{hook}:score" and by_hook["metric"] == "loss"
     assert by_hook["margin"] is None and by_hook["retention_bound"] is None
     assert by_hook["margin_reason"] == "a hook returns one score, which cannot be resampled: judged on the mean"
-    assert by_text["margin"] is not None and by_text["retention_bound"] is not None
 
 
 def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldout, tmp_path):
@@ -210,6 +237,67 @@ def test_no_margin_on_the_command_line_judges_the_mean(run, family, heldout, tmp
         cal = art.manifest.calibration
     assert cal["margin"] is None and cal["retention_bound"] is None
     assert f"lossy, retention {100 * cal['retention']:.1f}% on {len(HELDOUT)} held-out texts (target 90%" in res.stdout
+
+
+def _counting_hook(tmp_path: Path) -> tuple[str, Path]:
+    """A hook scoring like the text file that appends a line to a log per call: the evaluations really made."""
+    log = tmp_path / "calls.log"
+    (tmp_path / "counting.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_calibrate import HELDOUT, _loss\n"
+        "def score(model_dir):\n"
+        f"    with open({str(log)!r}, 'a') as f:\n"
+        "        f.write('call\\n')\n"
+        "    return {'loss': _loss(model_dir, HELDOUT, None)}\n",
+        encoding="utf-8",
+    )
+    return f"{tmp_path / 'counting.py'}:score", log
+
+
+BUDGETS = [
+    # (max_evaluations, what the budget leaves for the per-group search; 2 candidates: 2 references + 2 bisection steps)
+    (40, "every layer its own group: 4 probes, then ⌈log₂(4+1)⌉ = 3 verifications at most"),
+    (4 + 2 + 2, "2 groups (adjacent layers merged): 2 probes + ⌈log₂(2+1)⌉ = 2 verifications"),
+    (5, "one evaluation left: no per-group search"),
+    (3, "the uniform bisection itself stops after one step"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("budget, what", BUDGETS, ids=[str(b) for b, _ in BUDGETS])
+def test_the_recorded_evaluations_are_the_hook_calls_and_stay_within_the_budget(
+    family, tmp_path, monkeypatch, budget, what
+):
+    import tvreg._build.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "CANDIDATES", [SMALL, LARGE])
+    hook, log = _counting_hook(tmp_path)
+    res = _build(family, tmp_path / "s.tvskill", calibration=hook, min_retention=0.95, max_evaluations=budget)
+    cal = res.manifest.calibration
+    calls = len(log.read_text().splitlines())
+    assert cal["evaluations"] == calls == 2 + len(cal["explored"]) <= budget
+    assert cal["max_evaluations"] == budget
+    assert cal["retention"] >= 0.95
+    plan = cal["plan"]
+    if budget >= 8:
+        assert plan["evaluations"] == plan["probes"] + plan["verifications"] == calls - 4
+        groups = [g["group"] for g in plan["groups"]]
+        if budget == 8:
+            assert groups == ["lm_head … model.embed_tokens", "model.layers.0 … model.layers.1"]
+            assert [g["tensors"] for g in plan["groups"]] == [2, 14]
+        else:
+            assert groups == ["lm_head", "model.embed_tokens", "model.layers.0", "model.layers.1"]
+    elif budget == 5:
+        assert plan is None and cal["plan_reason"] == "the budget of 5 evaluations leaves no room for a per-group search"
+        assert cal["chosen"] == "lowrank(energy=0.99, fallback=int8)"
+    else:
+        assert plan is None and cal["plan_reason"] == "the budget of 3 evaluations ran out in the uniform bisection"
+
+
+def test_the_budget_is_at_least_the_two_references(family, heldout, tmp_path):
+    with pytest.raises(EvaluationError, match="the evaluation budget must be an integer of at least 2, not 1"):
+        _build(family, tmp_path / "s.tvskill", calibration=heldout, max_evaluations=1)
+    assert not (tmp_path / "s.tvskill").exists()
 
 
 def test_uncalibrated_auto_is_unchanged_and_says_what_calibration_would_do(run, family, tmp_path):
@@ -287,6 +375,8 @@ PROJECT_ERRORS = [
     ({"codec": "int8", "calibration": "h.txt"}, '`build.calibration` chooses the coding only with `codec = "auto"`'),
     ({"codec": "auto", "calibration": 3}, "`build.calibration` must be a string"),
     ({"codec": "auto", "calibration": "h.txt", "margin": "no"}, "`build.margin` must be true or false"),
+    ({"codec": "auto", "calibration": "h.txt", "max_evaluations": 1}, "`build.max_evaluations` must be an integer of at least 2"),
+    ({"codec": "auto", "calibration": "h.txt", "max_evaluations": 10.0}, "`build.max_evaluations` must be an integer of at least 2"),
 ]  # fmt: skip
 
 
@@ -306,6 +396,8 @@ def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path,
     project = load_project(write({"codec": "auto", "calibration": "h.txt", "min_retention": 0.95}))
     assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95 and project.margin
     assert not load_project(write({"codec": "auto", "calibration": "h.txt", "margin": False})).margin
+    assert project.max_evaluations == 40
+    assert load_project(write({"codec": "auto", "calibration": "h.txt", "max_evaluations": 12})).max_evaluations == 12
     assert load_project(write({"codec": "auto", "calibration": "evals:score"})).calibration == "evals:score"
     with pytest.raises(ProjectError) as caught:
         load_project(write(build))

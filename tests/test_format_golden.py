@@ -300,6 +300,7 @@ HOSTILE = [
     ("a retention bound as text", lambda: _m(calibration={**_CAL, "retention_bound": "0.98"})),
     ("a retention bound as a boolean", lambda: _m(calibration={**_CAL, "retention_bound": True})),
     ("a margin that is not an object", lambda: _m(calibration={**_CAL, "margin": "bootstrap"})),
+    ("a plan that is not an object", lambda: _m(calibration={**_CAL, "plan": ["lm_head"]})),
 ]
 
 _MARGIN = {"method": "paired bootstrap", "resamples": 1000, "quantile": 0.05, "seed": 0}
@@ -307,6 +308,14 @@ CALIBRATIONS = [
     ("a bound and how it was computed", {**_CAL, "retention_bound": 0.991, "margin": _MARGIN, "margin_reason": None}),
     ("a hook: no bound, and why", {**_CAL, "retention_bound": None, "margin": None, "margin_reason": "a hook"}),
     ("written before margins existed", _CAL),
+    ("a per-group plan", {**_CAL, "max_evaluations": 40, "plan_reason": None, "plan": {
+        "method": "per-group sensitivity", "setting": "lowrank(energy=0.99)", "smaller": "sparse(density=0.5)",
+        "groups": [{"group": "model.layers.0", "tensors": 7, "bytes_saved": 9040, "retention": 0.99,
+                    "retention_bound": 0.96, "smaller": True},
+                   {"group": "lm_head", "tensors": 1, "bytes_saved": -5, "retention": None,
+                    "retention_bound": None, "smaller": False}],
+        "moved": 1, "probes": 1, "verifications": 1, "evaluations": 2}}),
+    ("no per-group search, and why", {**_CAL, "max_evaluations": 5, "plan": None, "plan_reason": "budget"}),
 ]
 
 

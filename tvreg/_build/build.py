@@ -107,6 +107,7 @@ def build_skill(
     calibration: str | os.PathLike[str] | None = None,
     min_retention: float = 0.99,
     margin: bool = True,
+    max_evaluations: int = 40,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
@@ -143,6 +144,9 @@ def build_skill(
         margin: with a calibration text file, a coding passes only when the lower bound of its
             retention (5th percentile of a paired bootstrap over the texts) meets the target;
             ``False`` judges the mean alone. A hook is always judged on its mean.
+        max_evaluations: the most times a calibrated build scores the model (the 2 references,
+            the uniform bisection, then the per-group search); it stops there with the best
+            coding measured.
 
     Returns:
         A :class:`BuildResult`.
@@ -226,8 +230,9 @@ def build_skill(
                         _check_finite(tname, tau)
                         taus[tname] = tau
                 coder, figures = calibrate(
-                    taus, base=reference, data=calibration, min_retention=min_retention, margin=margin
-                )
+                    taus, base=reference, data=calibration, min_retention=min_retention, margin=margin,
+                    max_evaluations=max_evaluations,
+                )  # fmt: skip
                 calibrated = figures.to_dict()
                 source["codec"] = f"auto({figures.chosen})"
                 deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
@@ -288,7 +293,7 @@ def write_skill(
                 return tname, None, 0
             _check_finite(tname, tau)
             sketcher.add(tname, tau)
-            enc = coder.encode(tau)
+            enc = coder.encode_named(tname, tau)
             used = get_codec(enc.codec or coder.name)
             err = enc.rel_error
             if err is None:

@@ -49,6 +49,9 @@ from ..errors import EvaluationError
 
 MAX_TEXTS = 100_000
 
+DEFAULT_MAX_EVALUATIONS = 40
+"""Model evaluations a calibration may spend, the 2 references included (``--max-evaluations``)."""
+
 RESAMPLES = 1000
 QUANTILE = 0.05
 SEED = 0
@@ -75,6 +78,9 @@ class Calibration:
     retention_bound: float | None = None
     margin: dict | None = None
     margin_reason: str | None = None
+    max_evaluations: int | None = None
+    plan: dict | None = None
+    plan_reason: str | None = None
     explored: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -107,6 +113,93 @@ class _Uniform(Codec):
 
     def decode(self, data, shape, params, *, where):  # pragma: no cover - the manifest names the inner codec
         raise NotImplementedError
+
+
+class _Planned(Codec):
+    """Codes each tensor exactly as the calibration measured it: its cached coding by name, else ``fallback``."""
+
+    name = "auto"
+    lossless = False
+
+    def __init__(self, fallback: Codec, codings: Mapping[str, Encoded] | None, label: str) -> None:
+        super().__init__()
+        self.fallback, self.codings, self.label = fallback, dict(codings or {}), label
+
+    def describe(self) -> str:
+        return self.label
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        return self.fallback.encode(tensor)
+
+    def encode_named(self, name: str, tensor: torch.Tensor) -> Encoded:
+        coded = self.codings.get(name)
+        return coded if coded is not None else self.fallback.encode(tensor)
+
+    def decode(self, data, shape, params, *, where):  # pragma: no cover - the manifest names the inner codec
+        raise NotImplementedError
+
+
+@dataclass
+class _Setting:
+    """One candidate coding for every matrix, and the bytes it takes per tensor."""
+
+    coder: _Uniform
+    sizes: dict[str, int]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
+
+
+def _encode_all(coder: Codec, taus: Mapping[str, torch.Tensor]) -> dict[str, Encoded]:
+    return {n: coder.encode(t) for n, t in taus.items()}
+
+
+def _decode(taus: Mapping[str, torch.Tensor], codings: Mapping[str, Encoded]) -> dict[str, torch.Tensor]:
+    return {
+        n: get_codec(codings[n].codec or "exact").decode(codings[n].data, tuple(t.shape), codings[n].params, where=n)
+        for n, t in taus.items()
+    }
+
+
+def _group_key(name: str) -> str:
+    """The decoder layer a tensor belongs to, read off its name: the prefix up to its first numeric part.
+
+    ``model.layers.3.mlp.down_proj.weight`` → ``model.layers.3`` (experts of a mixture stay in
+    their layer); a tensor outside any numbered block is its own group (``lm_head.weight`` →
+    ``lm_head``). No per-architecture table: the checkpoint's own names decide.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return name.rpartition(".")[0] or name
+
+
+def _natural(key: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split("."))
+
+
+def _groups(taus: Mapping[str, torch.Tensor], most: int) -> list[tuple[str, list[str]]]:
+    """The matrices of τ by layer, in layer order; adjacent layers merged into at most ``most`` groups."""
+    by_key: dict[str, list[str]] = {}
+    for n, t in taus.items():
+        if t.dim() >= 2:
+            by_key.setdefault(_group_key(n), []).append(n)
+    keys = sorted(by_key, key=_natural)
+    if len(keys) <= most:
+        return [(k, by_key[k]) for k in keys]
+    merged = []
+    for i in range(most):
+        part = keys[i * len(keys) // most : (i + 1) * len(keys) // most]
+        label = part[0] if len(part) == 1 else f"{part[0]} … {part[-1]}"
+        merged.append((label, [n for k in part for n in by_key[k]]))
+    return merged
+
+
+def _plan_cost(groups: int) -> int:
+    """Evaluations of the per-group search over ``groups`` groups: one probe each, then a bisection of the prefix."""
+    return groups + math.ceil(math.log2(groups + 1))
 
 
 def _setting(codec: str, **opts: object) -> tuple[str, dict[str, object]]:
@@ -301,6 +394,7 @@ def calibrate(
     data: str | os.PathLike[str],
     min_retention: float = 0.99,
     margin: bool = True,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     candidates: list[tuple[str, dict[str, object]]] | None = None,
     on_evaluation: Callable[[str, float], None] | None = None,
 ) -> tuple[Codec, Calibration]:
@@ -314,11 +408,14 @@ def calibrate(
         margin: with a text file, accept a candidate only when the lower bound of its
             retention (5th percentile of a paired bootstrap over the texts) meets the target,
             not only the mean. A hook is always judged on its mean.
+        max_evaluations: the most times the model is scored, the 2 references included; the
+            search stops at it with the best coding measured so far (≥ 2).
         candidates: ``(codec, options)`` settings to try instead of :data:`CANDIDATES`.
         on_evaluation: called with ``(what, score)`` after each evaluation.
 
     Returns:
-        The codec to build with (it codes every matrix with the chosen setting) and the figures.
+        The codec to build with (it codes each tensor as measured: the chosen setting, or
+        the per-group plan) and the figures.
 
     Raises:
         EvaluationError: bad data or hook, a hook that fails, or a fine-tune that does not
@@ -329,6 +426,12 @@ def calibrate(
             f"the minimum retention must be in (0, 1], not {min_retention}.",
             hints=["e.g. `--min-retention 0.99` keeps 99% of what the fine-tune gained"],
         )
+    if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) or max_evaluations < 2:
+        raise EvaluationError(
+            f"the evaluation budget must be an integer of at least 2, not {max_evaluations!r}.",
+            hints=[f"calibration scores θ_pre and θ_pre + τ first; the default, {DEFAULT_MAX_EVALUATIONS}, "
+                   "also covers the uniform bisection and the per-group search"],
+        )  # fmt: skip
     base = Path(base)
     spec = str(data)
     texts: list[str] | None = None
@@ -342,6 +445,7 @@ def calibrate(
 
     def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> _Score:
         nonlocal evaluations
+        assert evaluations < max_evaluations, "the search plans within its budget"
         evaluations += 1
         try:
             score = scorer(t)
@@ -369,36 +473,59 @@ def calibrate(
     judge = _Judge(pre, ft, target=min_retention, margin=margin)
 
     explored: list[dict] = []
-    chosen: Codec = _Uniform(make_codec("exact"))
+
+    def measure(label: str, codings: Mapping[str, Encoded], size: int) -> tuple[_Score, float | None, bool]:
+        decoded = _decode(taus, codings)
+        score = evaluate(label, decoded)
+        del decoded
+        kept, bound = judge.retention(score), judge.bound(score)
+        explored.append(
+            {"codec": label, "bytes": size, "retention": kept, "retention_bound": _finite(bound), "loss": score.value}
+        )
+        return score, bound, judge.passes(kept, bound)
+
+    exact = _Uniform(make_codec("exact"))
+    chosen: Codec = exact
     # τ̂ = τ bit for bit keeps every text's gain, so its bound is 1 by construction.
     best = (ft, 1.0 if judge.bootstraps else None)
+    plan: dict | None = None
+    plan_reason: str | None = "a target of 100% keeps τ exact"
     if min_retention < 1.0:
-        sized = []
+        settings = []
         for name, opts in candidates if candidates is not None else CANDIDATES:
             coder = _Uniform(make_codec(name, opts), opts)
-            # Only the size is kept: the few candidates the bisection measures are coded again,
-            # so memory holds τ and one τ̂, not every candidate's coding.
-            sized.append((sum(len(coder.encode(t).data) for t in taus.values()), coder))
-        sized.sort(key=lambda s: s[0])
-        lo, hi = 0, len(sized)  # the answer is in [lo, hi]; hi means "none passes"
-        while lo < hi:
+            # Only the sizes are kept: the few candidates the search measures are coded again,
+            # so memory holds τ, one or two codings of it and one τ̂, not every candidate's coding.
+            settings.append(_Setting(coder, {n: len(coder.encode(t).data) for n, t in taus.items()}))
+        settings.sort(key=lambda c: c.size)
+        settings.append(_Setting(exact, {n: len(exact.encode(t).data) for n, t in taus.items()}))
+        n_lossy = len(settings) - 1
+        codings: dict[str, Encoded] | None = None
+        lo, hi = 0, n_lossy  # the answer is in [lo, hi]; n_lossy means "none passes" (exact)
+        while lo < hi and evaluations < max_evaluations:
             mid = (lo + hi) // 2
-            size, coder = sized[mid]
-            decoded = {}
-            for n, t in taus.items():
-                e = coder.encode(t)
-                decoded[n] = get_codec(e.codec or coder.inner.name).decode(e.data, tuple(t.shape), e.params, where=n)
-            score = evaluate(coder.describe(), decoded)
-            del decoded
-            kept, bound = judge.retention(score), judge.bound(score)
-            explored.append(
-                {"codec": coder.describe(), "bytes": size, "retention": kept, "retention_bound": _finite(bound),
-                 "loss": score.value}
-            )  # fmt: skip
-            if judge.passes(kept, bound):
-                hi, chosen, best = mid, coder, (score, bound)
+            trial = _encode_all(settings[mid].coder, taus)
+            score, bound, ok = measure(settings[mid].coder.describe(), trial, settings[mid].size)
+            if ok:
+                hi, best, codings = mid, (score, bound), trial
             else:
                 lo = mid + 1
+            del trial
+        chosen = _Planned(settings[hi].coder, codings, settings[hi].coder.describe())
+        if lo < hi:
+            plan_reason = f"the budget of {max_evaluations} evaluations ran out in the uniform bisection"
+        elif hi == 0:
+            plan_reason = "the smallest candidate passes for every matrix"
+        elif max_evaluations - evaluations < _plan_cost(1):
+            plan_reason = f"the budget of {max_evaluations} evaluations leaves no room for a per-group search"
+        else:
+            found = _per_group(
+                taus, settings[hi], settings[hi - 1], codings, judge, measure, budget=max_evaluations - evaluations,
+                kept_uniform=judge.retention(best[0]),
+            )  # fmt: skip
+            plan, plan_reason = found.record, None
+            if found.codings is not None and found.best is not None:
+                chosen, best = _Planned(exact, found.codings, found.label), found.best
     if texts is not None:
         n_texts: int | None = len(texts)
         n_tokens: int | None = text_scorer.tokens
@@ -428,9 +555,106 @@ def calibrate(
         retention_bound=_finite(best[1]),
         margin=margin_record,
         margin_reason=margin_reason,
+        max_evaluations=max_evaluations,
+        plan=plan,
+        plan_reason=plan_reason,
         explored=sorted(explored, key=lambda e: e["bytes"]),
     )
     return chosen, figures
+
+
+@dataclass
+class _Found:
+    record: dict
+    codings: dict[str, Encoded] | None = None
+    label: str = ""
+    best: tuple[_Score, float | None] | None = None
+
+
+def _per_group(
+    taus: Mapping[str, torch.Tensor],
+    setting: _Setting,
+    smaller: _Setting,
+    codings: Mapping[str, Encoded] | None,
+    judge: _Judge,
+    measure: Callable[[str, Mapping[str, Encoded], int], tuple[_Score, float | None, bool]],
+    *,
+    budget: int,
+    kept_uniform: float,
+) -> _Found:
+    """Move the layers that feel it least from ``setting`` (which passes) to the next smaller ``smaller``.
+
+    Each group's sensitivity is measured once: the retention with only that group at
+    ``smaller``. Groups are ordered by retention lost per byte saved, and the longest
+    prefix of that order that still passes (the judge's test, bound included) is found by
+    bisection, each step one evaluation of the combined assignment. At most
+    :func:`_plan_cost` of the number of groups, which adjacent layers are merged to keep
+    within ``budget``.
+    """
+    most = 1
+    while most < len(taus) and _plan_cost(most + 1) <= budget:
+        most += 1
+    groups = _groups(taus, most)
+    big = dict(codings) if codings is not None else _encode_all(setting.coder, taus)
+    small = _encode_all(smaller.coder, taus)
+    named = f"{setting.coder.describe()}; {smaller.coder.describe()} on"
+    rows = [_Group(g, names, sum(setting.sizes[n] - smaller.sizes[n] for n in names)) for g, names in groups]
+    for row in rows:
+        if row.saved <= 0:
+            continue  # the smaller setting is no smaller here: nothing to gain, no probe spent
+        score, bound, _ = measure(
+            f"{named} {row.group}", {**big, **{n: small[n] for n in row.names}}, setting.size - row.saved
+        )
+        row.retention, row.bound = judge.retention(score), bound
+    order = sorted(
+        (r for r in rows if r.retention is not None),
+        key=lambda r: (max(0.0, kept_uniform - (r.retention or 0.0)) / r.saved, -r.saved, rows.index(r)),
+    )
+    found = _Found(record={})
+    lo, hi = 0, len(order)  # the longest passing prefix is in [lo, hi]; 0 is the uniform setting, known to pass
+    verifications = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = {**big, **{n: small[n] for r in order[:mid] for n in r.names}}
+        label = f"{named} {mid} of {len(rows)} groups"
+        score, bound, ok = measure(label, trial, setting.size - sum(r.saved for r in order[:mid]))
+        verifications += 1
+        if ok:
+            lo = mid
+            found.codings, found.label, found.best = trial, label, (score, bound)
+        else:
+            hi = mid - 1
+    for r in order[:lo]:
+        r.moved = True
+    found.record = {
+        "method": "per-group sensitivity",
+        "setting": setting.coder.describe(),
+        "smaller": smaller.coder.describe(),
+        "groups": [r.record() for r in rows],
+        "moved": lo,
+        "probes": len(order),
+        "verifications": verifications,
+        "evaluations": len(order) + verifications,
+    }
+    return found
+
+
+@dataclass(eq=False)
+class _Group:
+    """One group of the per-group search: its matrices, the bytes the smaller setting saves, its probe."""
+
+    group: str
+    names: list[str]
+    saved: int
+    retention: float | None = None
+    bound: float | None = None
+    moved: bool = False
+
+    def record(self) -> dict:
+        return {
+            "group": self.group, "tensors": len(self.names), "bytes_saved": self.saved,
+            "retention": self.retention, "retention_bound": _finite(self.bound), "smaller": self.moved,
+        }  # fmt: skip
 
 
 def _finite(value: float | None) -> float | None:

@@ -148,8 +148,9 @@ class Manifest:
                 isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)
             ):
                 raise bad("`calibration.retention_bound` must be a finite number or null")
-            if not isinstance(calibration.get("margin"), (dict, type(None))):
-                raise bad("`calibration.margin` must be an object or null")
+            for key in ("margin", "plan"):
+                if not isinstance(calibration.get(key), (dict, type(None))):
+                    raise bad(f"`calibration.{key}` must be an object or null")
         if data.get("dataset_unit", "examples") not in DATASET_UNITS:
             raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
         for key in ("requires", "conflicts"):

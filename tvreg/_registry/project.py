@@ -21,6 +21,7 @@ that made it. Two forms::
     # calibration = "heldout.txt"    #     auto only: held-out texts (one per line) or `module:fn`
     # min_retention = 0.99           #     share of the fine-tune's gain the coding keeps
     # margin = true                  #     ... as a bootstrap lower bound over the texts, not only the mean
+    # max_evaluations = 40           #     the most times calibration scores the model
 
     [sign]                           # optional: sign the artifact when publishing
     key = "release"                  #     a key name from `tvreg key generate`, or a path
@@ -70,7 +71,8 @@ _TOP_KEYS = {
     "conflicts",
     "sign",
 }
-_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params", "calibration", "min_retention", "margin"}
+_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params", "calibration", "min_retention", "margin",
+               "max_evaluations"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -97,6 +99,8 @@ class SkillProject:
     min_retention: float = 0.99
     margin: bool = True
     """``[build] margin``: judge a calibration text file by the bootstrap lower bound of retention, not the mean."""
+    max_evaluations: int = 40
+    """``[build] max_evaluations``: the most times calibration scores the model."""
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
     sign_key: str | None = None
@@ -173,6 +177,9 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     margin = build.get("margin", True)
     if not isinstance(margin, bool):
         raise _bad(file, "`build.margin` must be true or false")
+    max_evaluations = build.get("max_evaluations", 40)
+    if type(max_evaluations) is not int or max_evaluations < 2:
+        raise _bad(file, "`build.max_evaluations` must be an integer of at least 2")
     if "calibration" in build and build.get("codec", "exact") != "auto":
         raise _bad(file, '`build.calibration` chooses the coding only with `codec = "auto"`')
     codec_params = build.get("codec_params")
@@ -238,6 +245,7 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         calibration=_resolve_data(root, build["calibration"]) if build.get("calibration") else None,
         min_retention=float(min_retention),
         margin=margin,
+        max_evaluations=max_evaluations,
         requires=deps["requires"],
         conflicts=deps["conflicts"],
         sign_key=_resolve_key(root, sign["key"]) if sign.get("key") else None,
@@ -388,6 +396,7 @@ def prepare_artifact(
                 calibration=project.calibration,
                 min_retention=project.min_retention,
                 margin=project.margin,
+                max_evaluations=project.max_evaluations,
                 progress=progress,
             )
             built = True

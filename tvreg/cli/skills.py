@@ -81,6 +81,14 @@ from .text import safe
     "the texts) must meet --min-retention, not only its mean.",
 )
 @click.option(
+    "--max-evaluations",
+    type=int,
+    default=40,
+    show_default=True,
+    help="auto with --calibration: the most times the model is scored (2 references, the uniform "
+    "bisection, then the per-layer search); it stops there with the best coding measured.",
+)
+@click.option(
     "--requires",
     "requires",
     multiple=True,
@@ -116,6 +124,7 @@ def build(
     calibration,
     min_retention,
     margin,
+    max_evaluations,
     requires,
     conflicts,
     output,
@@ -153,6 +162,7 @@ def build(
         calibration=calibration,
         min_retention=min_retention,
         margin=margin,
+        max_evaluations=max_evaluations,
         progress=RichProgress(),
     )
     m = res.manifest
