@@ -172,11 +172,12 @@ def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldo
     out = tmp_path / "s.tvskill"
     res = run(
         "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
-        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "-o", out,
+        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "--max-evaluations", "30", "-o", out,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     with Artifact(out) as art:
         cal = art.manifest.calibration
+        assert cal["max_evaluations"] == 30 and cal["evaluations"] <= 30
         assert Manifest.from_json(art.manifest.to_json(), where="x").calibration == cal
     assert cal["margin"] == {"method": "paired bootstrap", "resamples": 1000, "quantile": 0.05, "seed": 0}
     assert 0.9 <= cal["retention_bound"] <= cal["retention"] and cal["margin_reason"] is None
@@ -292,6 +293,27 @@ def test_the_recorded_evaluations_are_the_hook_calls_and_stay_within_the_budget(
         assert cal["chosen"] == "lowrank(energy=0.99, fallback=int8)"
     else:
         assert plan is None and cal["plan_reason"] == "the budget of 3 evaluations ran out in the uniform bisection"
+
+
+GROUPINGS = [
+    # (tensor names, at most how many groups, the groups expected, why)
+    (["model.layers.10.mlp.w", "model.layers.2.mlp.w", "model.layers.2.attn.q", "lm_head.weight"], 9,
+     [("lm_head", 1), ("model.layers.2", 2), ("model.layers.10", 1)], "layers in numeric order, not 10 before 2"),
+    (["model.layers.3.mlp.experts.0.w", "model.layers.3.mlp.experts.7.w", "model.layers.3.router.w"], 9,
+     [("model.layers.3", 3)], "a mixture's experts stay in their layer"),
+    (["model.norm.weight", "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"], 9,
+     [("model.embed_tokens", 1)], "vectors are not grouped: they stay exact"),
+    ([f"model.layers.{i}.w" for i in range(5)], 2,
+     [("model.layers.0 … model.layers.1", 2), ("model.layers.2 … model.layers.4", 3)], "adjacent layers merged to fit"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("names, most, expected, why", GROUPINGS, ids=[g[3] for g in GROUPINGS])
+def test_groups_are_layers_read_off_the_tensor_names(names, most, expected, why):
+    from tvreg._build.calibrate import _groups
+
+    taus = {n: torch.zeros(2, 2) if not n.endswith("norm.weight") else torch.zeros(2) for n in names}
+    assert [(g, len(ns)) for g, ns in _groups(taus, most)] == expected
 
 
 def test_the_budget_is_at_least_the_two_references(family, heldout, tmp_path):
