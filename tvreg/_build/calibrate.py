@@ -16,6 +16,13 @@ grows with size along that order. Cost: 2 evaluations (θ_pre and θ_pre + τ) p
 target of 1.0 means "keep τ bit for bit" (a lossy coding can measure above 100% by
 noise): ``exact`` is chosen after the 2 reference evaluations.
 
+Then per group (a decoder layer's matrices, read off the tensor names; no per-architecture
+table): each group is probed once with only it at the next smaller setting, groups are
+ordered by retention lost per byte saved, and the longest passing prefix is bisected, as
+mixed-precision quantizers allocate bits by a sensitivity measured once. Cost: G +
+⌈log₂(G + 1)⌉ for G groups; ``max_evaluations`` caps the whole search (adjacent layers are
+merged to fit), so a build costs at most 2 + ⌈log₂(n + 1)⌉ + G + ⌈log₂(G + 1)⌉ evaluations.
+
 Margin: a mean over N texts is itself an estimate. On real pairs a candidate that kept
 99.0% on the calibration texts kept 97.0% on disjoint held-out texts, so with per-text
 losses (a text file) a candidate passes only when the 5th percentile of a paired bootstrap
