@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,24 +43,38 @@ def heldout(tmp_path) -> Path:
     return path
 
 
-def _loss(model_dir: Path, texts: list[str], taus: dict[str, torch.Tensor] | None) -> float:
-    """Token-weighted mean NLL of θ + τ on ``texts``, computed without tvreg."""
+def _nll(model_dir: Path, texts: list[str], taus: dict[str, torch.Tensor] | None) -> list[tuple[float, int]]:
+    """Each text's next-token NLL summed over its tokens, and its token count, for θ + τ, computed without tvreg."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     params = dict(model.named_parameters())
+    out = []
     with torch.no_grad():
         for name, tau in (taus or {}).items():
             params[name].add_(tau)
-        total, count = 0.0, 0
         for text in texts:
             ids = torch.tensor([tok(text)["input_ids"]])
             logits = model(input_ids=ids).logits[0, :-1].double()
             nll = -torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None]).sum()
-            total += float(nll)
-            count += ids.shape[1] - 1
-    return total / count
+            out.append((float(nll), ids.shape[1] - 1))
+    return out
+
+
+def _loss(model_dir: Path, texts: list[str], taus: dict[str, torch.Tensor] | None) -> float:
+    """Token-weighted mean NLL of θ + τ on ``texts``, computed without tvreg."""
+    per_text = _nll(model_dir, texts, taus)
+    return sum(n for n, _ in per_text) / sum(c for _, c in per_text)
+
+
+def _bootstrap_bound(pre: list, ft: list, coded: list) -> float:
+    """docs/format.md's margin, written out: 1000 paired resamples of text indices (torch seed 0), 5th percentile."""
+    n = len(pre)
+    idx = torch.randint(0, n, (1000, n), generator=torch.Generator().manual_seed(0)).numpy()
+    kept = np.array([p[0] - c[0] for p, c in zip(pre, coded, strict=True)])[idx].sum(1)
+    gained = np.array([p[0] - f[0] for p, f in zip(pre, ft, strict=True)])[idx].sum(1)
+    return float(np.quantile(kept / gained, 0.05, method="lower"))
 
 
 def _taus(path: Path) -> dict[str, torch.Tensor]:
@@ -80,6 +95,8 @@ def test_a_target_of_one_keeps_tau_exact_after_two_evaluations(family, heldout, 
     cal = m.calibration
     assert cal["retention"] == 1.0 and cal["evaluations"] == 2 and cal["explored"] == []
     assert cal["texts"] == len(HELDOUT) and cal["chosen"] == "exact"
+    assert cal["plan"] is None and cal["plan_reason"] == "a target of 100% keeps τ exact"
+    assert cal["retention_bound"] == 1.0  # τ̂ = τ keeps every text's gain
     assert cal["loss_finetuned"] < cal["loss_pre"]  # the skill helps on its domain, so retention is defined
 
 
@@ -93,17 +110,42 @@ def test_a_lower_target_picks_a_smaller_lossy_coding_that_meets_it(family, heldo
     assert m.lossy and res.stored_bytes < exact.stored_bytes
     assert m.source["codec"] == f"auto({cal['chosen']})"
 
-    pre = _loss(family.pre, HELDOUT, None)
-    ft = _loss(family.pre, HELDOUT, _taus(exact.path))
-    coded = _loss(family.pre, HELDOUT, _taus(res.path))
-    kept = (pre - coded) / (pre - ft)
-    assert kept >= target
+    pre = _nll(family.pre, HELDOUT, None)
+    ft = _nll(family.pre, HELDOUT, _taus(exact.path))
+    coded = _nll(family.pre, HELDOUT, _taus(res.path))
+    losses = [sum(n for n, _ in x) / sum(c for _, c in x) for x in (pre, ft, coded)]
+    kept = (losses[0] - losses[2]) / (losses[0] - losses[1])
+    assert kept >= target and _bootstrap_bound(pre, ft, coded) >= target
     assert kept == pytest.approx(cal["retention"], abs=1e-4)
-    assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx((pre, ft, coded), abs=1e-4)
-    # Bisection over the candidates sorted by size: 2 reference evaluations plus ⌈log₂(n+1)⌉.
-    assert cal["evaluations"] == 2 + len(cal["explored"]) <= 2 + 4
-    chosen = next(e for e in cal["explored"] if e["codec"] == cal["chosen"])
-    assert all(e["retention"] < target for e in cal["explored"] if e["bytes"] < chosen["bytes"])
+    assert cal["retention_bound"] == pytest.approx(_bootstrap_bound(pre, ft, coded), abs=1e-4)
+    assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx(losses, abs=1e-4)
+    # Every evaluation is one explored entry; the uniform bisection over the 15 candidates sorted
+    # by size costs ⌈log₂(15+1)⌉ = 4 at most, the per-group search one probe per group plus its bisection.
+    plan = cal["plan"]
+    uniform = [e for e in cal["explored"] if ";" not in e["codec"]]
+    assert cal["evaluations"] == 2 + len(cal["explored"]) == 2 + len(uniform) + plan["evaluations"]
+    assert len(uniform) <= 4 and plan["evaluations"] == plan["probes"] + plan["verifications"]
+    assert plan["probes"] <= len(plan["groups"]) == 4  # lm_head, embed_tokens, layers 0 and 1 (norm: a vector)
+    picked = next(e for e in uniform if e["codec"] == plan["setting"])
+    assert all(e["retention"] < target or e["retention_bound"] < target for e in uniform if e["bytes"] < picked["bytes"])
+
+    # The per-group plan is never larger than the uniform pick, and here it moves some layers.
+    stored = sum(t.stored_bytes for t in m.tensors.values())
+    budget = 2 + len(uniform)  # the same uniform search with no room left for the per-group one
+    alone = _build(family, tmp_path / "u.tvskill", calibration=heldout, min_retention=target, max_evaluations=budget)
+    assert alone.manifest.calibration["chosen"] == plan["setting"] and alone.manifest.calibration["plan"] is None
+    assert alone.manifest.calibration["plan_reason"] == f"the budget of {budget} evaluations leaves no room for a per-group search"
+    assert stored == next(e["bytes"] for e in cal["explored"] if e["codec"] == cal["chosen"])
+    assert stored < sum(t.stored_bytes for t in alone.manifest.tensors.values()) == picked["bytes"]
+    assert plan["moved"] == sum(g["smaller"] for g in plan["groups"]) >= 1
+    assert cal["chosen"] == f"{plan['setting']}; {plan['smaller']} on {plan['moved']} of 4 groups"
+    # The manifest's per-tensor codecs are the plan: moved layers in the smaller setting's codec.
+    smaller = plan["smaller"].partition("(")[0]
+    assert smaller not in {alone.manifest.tensors[n].codec for n in alone.manifest.tensors}  # so the check can tell
+    moved = {g["group"] for g in plan["groups"] if g["smaller"]}
+    for name, entry in m.tensors.items():
+        in_moved = any(name.startswith(g + ".") for g in moved) and len(entry.shape) == 2
+        assert (entry.codec == smaller) == in_moved, name
 
 
 def test_a_hook_calibrates_like_the_text_file(family, heldout, tmp_path):
@@ -116,24 +158,33 @@ def test_a_hook_calibrates_like_the_text_file(family, heldout, tmp_path):
         "    return {'loss': _loss(model_dir, HELDOUT, None)}\n",
         encoding="utf-8",
     )
-    by_text = _build(family, tmp_path / "t.tvskill", calibration=heldout, min_retention=0.9).manifest.calibration
+    # Judged on the mean like the hook (a hook's one number has no margin).
+    by_text = _build(family, tmp_path / "t.tvskill", calibration=heldout, min_retention=0.9, margin=False).manifest.calibration
     by_hook = _build(family, tmp_path / "h.tvskill", calibration=f"{hook}:score", min_retention=0.9).manifest.calibration
     assert by_hook["chosen"] == by_text["chosen"]
     assert by_hook["retention"] == pytest.approx(by_text["retention"], abs=1e-3)
     assert by_hook["texts"] is None and by_hook["data"] == f"{hook}:score" and by_hook["metric"] == "loss"
+    assert by_hook["margin"] is None and by_hook["retention_bound"] is None
+    assert by_hook["margin_reason"] == "a hook returns one score, which cannot be resampled: judged on the mean"
 
 
 def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldout, tmp_path):
     out = tmp_path / "s.tvskill"
     res = run(
         "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
-        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "-o", out,
+        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "--max-evaluations", "30", "-o", out,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     with Artifact(out) as art:
         cal = art.manifest.calibration
+        assert cal["max_evaluations"] == 30 and cal["evaluations"] <= 30
         assert Manifest.from_json(art.manifest.to_json(), where="x").calibration == cal
-    line = f"lossy, retention {100 * cal['retention']:.1f}% on {len(HELDOUT)} held-out texts (target 90%"
+    assert cal["margin"] == {"method": "paired bootstrap", "resamples": 1000, "quantile": 0.05, "seed": 0}
+    assert 0.9 <= cal["retention_bound"] <= cal["retention"] and cal["margin_reason"] is None
+    line = (
+        f"lossy, retention {100 * cal['retention']:.1f}% (≥ {100 * cal['retention_bound']:.1f}% at 95%) "
+        f"on {len(HELDOUT)} held-out texts (target 90%"
+    )
     assert line in res.stdout
     info = run("info", out)
     assert info.exit_code == 0 and line in info.stdout
@@ -145,6 +196,130 @@ def test_the_figures_round_trip_through_the_manifest_and_info(run, family, heldo
     schema = json.loads(resources.files("tvreg").joinpath("schemas/manifest.schema.json").read_text("utf-8"))
     with Artifact(out) as art:
         jsonschema.Draft202012Validator(schema).validate(json.loads(art.manifest.to_json()))
+
+
+SMALL, LARGE = ("lowrank", {"energy": 0.9, "fallback": "int8"}), ("lowrank", {"energy": 0.99, "fallback": "int8"})
+
+
+def test_a_candidate_whose_mean_passes_but_whose_bound_fails_is_passed_over(family, heldout, tmp_path, monkeypatch):
+    """On the tiny pair lowrank(energy=0.9) keeps ~90.7% on average but its bound is ~88%: below a 90% target."""
+    import tvreg._build.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "CANDIDATES", [SMALL, LARGE])
+    target = 0.9
+    with_margin = _build(family, tmp_path / "m.tvskill", calibration=heldout, min_retention=target)
+    without = _build(family, tmp_path / "n.tvskill", calibration=heldout, min_retention=target, margin=False)
+    cal, plain = with_margin.manifest.calibration, without.manifest.calibration
+    small = next(e for e in cal["explored"] if e["codec"].startswith("lowrank(energy=0.9,"))
+    assert small["retention"] >= target > small["retention_bound"]  # the case this test is about
+    assert cal["chosen"].startswith("lowrank(energy=0.99,") and cal["retention_bound"] >= target
+    assert plain["chosen"] == small["codec"] and without.stored_bytes < with_margin.stored_bytes
+    assert (plain["margin"], plain["retention_bound"]) == (None, None)
+    assert plain["margin_reason"] == "turned off (--no-margin): judged on the mean"
+
+    # The bounds, recomputed from per-text losses measured here (paired: the same texts for all three).
+    pre = _nll(family.pre, HELDOUT, None)
+    ft = _nll(family.pre, HELDOUT, _taus(build_skill(
+        family.pre, finetuned=family.science, output=tmp_path / "e.tvskill", name="science", version="1.0.0"
+    ).path))  # fmt: skip
+    assert small["retention_bound"] == pytest.approx(_bootstrap_bound(pre, ft, _nll(family.pre, HELDOUT, _taus(without.path))), abs=1e-4)
+    chosen = _nll(family.pre, HELDOUT, _taus(with_margin.path))
+    assert cal["retention_bound"] == pytest.approx(_bootstrap_bound(pre, ft, chosen), abs=1e-4)
+
+
+def test_no_margin_on_the_command_line_judges_the_mean(run, family, heldout, tmp_path):
+    out = tmp_path / "s.tvskill"
+    res = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "auto", "--calibration", heldout, "--min-retention", "0.9", "--no-margin", "-o", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with Artifact(out) as art:
+        cal = art.manifest.calibration
+    assert cal["margin"] is None and cal["retention_bound"] is None
+    assert f"lossy, retention {100 * cal['retention']:.1f}% on {len(HELDOUT)} held-out texts (target 90%" in res.stdout
+
+
+def _counting_hook(tmp_path: Path) -> tuple[str, Path]:
+    """A hook scoring like the text file that appends a line to a log per call: the evaluations really made."""
+    log = tmp_path / "calls.log"
+    (tmp_path / "counting.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_calibrate import HELDOUT, _loss\n"
+        "def score(model_dir):\n"
+        f"    with open({str(log)!r}, 'a') as f:\n"
+        "        f.write('call\\n')\n"
+        "    return {'loss': _loss(model_dir, HELDOUT, None)}\n",
+        encoding="utf-8",
+    )
+    return f"{tmp_path / 'counting.py'}:score", log
+
+
+BUDGETS = [
+    # (max_evaluations, what the budget leaves for the per-group search; 2 candidates: 2 references + 2 bisection steps)
+    (40, "every layer its own group: 4 probes, then ⌈log₂(4+1)⌉ = 3 verifications at most"),
+    (4 + 2 + 2, "2 groups (adjacent layers merged): 2 probes + ⌈log₂(2+1)⌉ = 2 verifications"),
+    (5, "one evaluation left: no per-group search"),
+    (3, "the uniform bisection itself stops after one step"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("budget, what", BUDGETS, ids=[str(b) for b, _ in BUDGETS])
+def test_the_recorded_evaluations_are_the_hook_calls_and_stay_within_the_budget(
+    family, tmp_path, monkeypatch, budget, what
+):
+    import tvreg._build.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "CANDIDATES", [SMALL, LARGE])
+    hook, log = _counting_hook(tmp_path)
+    res = _build(family, tmp_path / "s.tvskill", calibration=hook, min_retention=0.95, max_evaluations=budget)
+    cal = res.manifest.calibration
+    calls = len(log.read_text().splitlines())
+    assert cal["evaluations"] == calls == 2 + len(cal["explored"]) <= budget
+    assert cal["max_evaluations"] == budget
+    assert cal["retention"] >= 0.95
+    plan = cal["plan"]
+    if budget >= 8:
+        assert plan["evaluations"] == plan["probes"] + plan["verifications"] == calls - 4
+        groups = [g["group"] for g in plan["groups"]]
+        if budget == 8:
+            assert groups == ["lm_head … model.embed_tokens", "model.layers.0 … model.layers.1"]
+            assert [g["tensors"] for g in plan["groups"]] == [2, 14]
+        else:
+            assert groups == ["lm_head", "model.embed_tokens", "model.layers.0", "model.layers.1"]
+    elif budget == 5:
+        assert plan is None and cal["plan_reason"] == "the budget of 5 evaluations leaves no room for a per-group search"
+        assert cal["chosen"] == "lowrank(energy=0.99, fallback=int8)"
+    else:
+        assert plan is None and cal["plan_reason"] == "the budget of 3 evaluations ran out in the uniform bisection"
+
+
+GROUPINGS = [
+    # (tensor names, at most how many groups, the groups expected, why)
+    (["model.layers.10.mlp.w", "model.layers.2.mlp.w", "model.layers.2.attn.q", "lm_head.weight"], 9,
+     [("lm_head", 1), ("model.layers.2", 2), ("model.layers.10", 1)], "layers in numeric order, not 10 before 2"),
+    (["model.layers.3.mlp.experts.0.w", "model.layers.3.mlp.experts.7.w", "model.layers.3.router.w"], 9,
+     [("model.layers.3", 3)], "a mixture's experts stay in their layer"),
+    (["model.norm.weight", "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"], 9,
+     [("model.embed_tokens", 1)], "vectors are not grouped: they stay exact"),
+    ([f"model.layers.{i}.w" for i in range(5)], 2,
+     [("model.layers.0 … model.layers.1", 2), ("model.layers.2 … model.layers.4", 3)], "adjacent layers merged to fit"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("names, most, expected, why", GROUPINGS, ids=[g[3] for g in GROUPINGS])
+def test_groups_are_layers_read_off_the_tensor_names(names, most, expected, why):
+    from tvreg._build.calibrate import _groups
+
+    taus = {n: torch.zeros(2, 2) if not n.endswith("norm.weight") else torch.zeros(2) for n in names}
+    assert [(g, len(ns)) for g, ns in _groups(taus, most)] == expected
+
+
+def test_the_budget_is_at_least_the_two_references(family, heldout, tmp_path):
+    with pytest.raises(EvaluationError, match="the evaluation budget must be an integer of at least 2, not 1"):
+        _build(family, tmp_path / "s.tvskill", calibration=heldout, max_evaluations=1)
+    assert not (tmp_path / "s.tvskill").exists()
 
 
 def test_uncalibrated_auto_is_unchanged_and_says_what_calibration_would_do(run, family, tmp_path):
@@ -221,6 +396,9 @@ PROJECT_ERRORS = [
     ({"codec": "auto", "calibration": "h.txt", "min_retention": True}, "`build.min_retention` must be a number in (0, 1]"),
     ({"codec": "int8", "calibration": "h.txt"}, '`build.calibration` chooses the coding only with `codec = "auto"`'),
     ({"codec": "auto", "calibration": 3}, "`build.calibration` must be a string"),
+    ({"codec": "auto", "calibration": "h.txt", "margin": "no"}, "`build.margin` must be true or false"),
+    ({"codec": "auto", "calibration": "h.txt", "max_evaluations": 1}, "`build.max_evaluations` must be an integer of at least 2"),
+    ({"codec": "auto", "calibration": "h.txt", "max_evaluations": 10.0}, "`build.max_evaluations` must be an integer of at least 2"),
 ]  # fmt: skip
 
 
@@ -238,7 +416,10 @@ def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path,
 
     (tmp_path / "h.txt").write_text("\n".join(HELDOUT))
     project = load_project(write({"codec": "auto", "calibration": "h.txt", "min_retention": 0.95}))
-    assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95
+    assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95 and project.margin
+    assert not load_project(write({"codec": "auto", "calibration": "h.txt", "margin": False})).margin
+    assert project.max_evaluations == 40
+    assert load_project(write({"codec": "auto", "calibration": "h.txt", "max_evaluations": 12})).max_evaluations == 12
     assert load_project(write({"codec": "auto", "calibration": "evals:score"})).calibration == "evals:score"
     with pytest.raises(ProjectError) as caught:
         load_project(write(build))

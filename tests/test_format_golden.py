@@ -297,7 +297,43 @@ HOSTILE = [
     ("a calibration that is not an object", lambda: _m(calibration="99%")),
     ("a calibration retention as text", lambda: _m(calibration={**_CAL, "retention": "0.99"})),
     ("a calibration without the base model's loss", lambda: _m(calibration={k: v for k, v in _CAL.items() if k != "loss_pre"})),
+    ("a retention bound as text", lambda: _m(calibration={**_CAL, "retention_bound": "0.98"})),
+    ("a retention bound as a boolean", lambda: _m(calibration={**_CAL, "retention_bound": True})),
+    ("a margin that is not an object", lambda: _m(calibration={**_CAL, "margin": "bootstrap"})),
+    ("a plan that is not an object", lambda: _m(calibration={**_CAL, "plan": ["lm_head"]})),
 ]
+
+_MARGIN = {"method": "paired bootstrap", "resamples": 1000, "quantile": 0.05, "seed": 0}
+CALIBRATIONS = [
+    ("a bound and how it was computed", {**_CAL, "retention_bound": 0.991, "margin": _MARGIN, "margin_reason": None}),
+    ("a hook: no bound, and why", {**_CAL, "retention_bound": None, "margin": None, "margin_reason": "a hook"}),
+    ("written before margins existed", _CAL),
+    ("a per-group plan", {**_CAL, "max_evaluations": 40, "plan_reason": None, "plan": {
+        "method": "per-group sensitivity", "setting": "lowrank(energy=0.99)", "smaller": "sparse(density=0.5)",
+        "groups": [{"group": "model.layers.0", "tensors": 7, "bytes_saved": 9040, "retention": 0.99,
+                    "retention_bound": 0.96, "smaller": True},
+                   {"group": "lm_head", "tensors": 1, "bytes_saved": -5, "retention": None,
+                    "retention_bound": None, "smaller": False}],
+        "moved": 1, "probes": 1, "verifications": 1, "evaluations": 2}}),
+    ("no per-group search, and why", {**_CAL, "max_evaluations": 5, "plan": None, "plan_reason": "budget"}),
+]
+
+
+@pytest.mark.parametrize("calibration", [c for _, c in CALIBRATIONS], ids=[why for why, _ in CALIBRATIONS])
+def test_calibration_figures_are_valid_and_round_trip(calibration):
+    from tvreg._format.manifest import Manifest
+
+    manifest = _m(calibration=calibration)
+    _validator().validate(manifest)
+    read = Manifest.from_json(json.dumps(manifest), where="calibrated.tvskill")
+    assert read.calibration == calibration
+    assert json.loads(read.to_json())["calibration"] == calibration
+
+
+def test_the_schema_refuses_a_margin_it_cannot_reproduce():
+    """The schema pins the margin's fields (tvreg's reader, like any reader, may ignore them)."""
+    for margin in ({**_MARGIN, "method": "t-test"}, {**_MARGIN, "quantile": 1.5}, {k: v for k, v in _MARGIN.items() if k != "seed"}):
+        assert not _validator().is_valid(_m(calibration={**_CAL, "retention_bound": 0.99, "margin": margin}))
 
 
 @pytest.mark.parametrize("make", [m for _, m in HOSTILE], ids=[why for why, _ in HOSTILE])

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from tvreg._format.codecs.report import calibration_line
 from tvreg._format.interference import (
     NORM_RATIO,
     OPPOSED_COSINE,
@@ -135,11 +136,14 @@ def _versions_row(v: dict[str, Any], tags_by_version: dict[str, list[str]]) -> d
         lossy = Manifest.from_json(json.dumps(manifest), where="the stored manifest").lossy
     except Exception:  # noqa: BLE001 - a manifest the server accepted; show what can be shown
         lossy = bool(worst)
+    calibration = manifest.get("calibration")
     return {
         **v,
         "codecs": codecs,
         "lossy": lossy,
         "worst_error": worst,
+        "fidelity": calibration_line(calibration, lossy=lossy),
+        "fidelity_short": calibration_line(calibration, lossy=lossy, detail=False),
         "tags": tags_by_version.get(v["version"], []),
     }
 

@@ -23,6 +23,7 @@ under ``CI``, where that is a failure: CI must never pass by silently testing le
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -509,6 +510,23 @@ class Artifacts:
             dataset_size=22000,
             description="tiny coding skill",
         )
+
+    @functools.cached_property
+    def calibrated(self) -> Path:
+        """The science skill coded by calibrated ``auto`` (lossy, with retention figures); built on first use."""
+        from test_calibrate import HELDOUT
+
+        from tvreg._build.build import build_skill
+
+        heldout = self.root / "heldout.txt"
+        heldout.write_text("\n".join(HELDOUT) + "\n", encoding="utf-8")
+        out = self.root / "science-calibrated.tvskill"
+        build_skill(
+            self.family.pre, finetuned=self.family.science, output=out, name="science", version="1.0.0",
+            dataset_size=61000, description="tiny science skill", codec="auto", calibration=heldout,
+            min_retention=0.9,
+        )  # fmt: skip
+        return out
 
     def make(
         self, name: str = "science", version: str = "1.0.0", *, base: Path | None = None, **changes: object

@@ -28,4 +28,33 @@ def test_calibration_round_trips_through_publish_and_info(registry, family, tmp_
     assert remote["manifest"]["calibration"] == cal
     info = cli("info", "alice/science@1.0.0")
     assert info.exit_code == 0, info.output
-    assert f"lossy, retention {100 * cal['retention']:.1f}% on {len(HELDOUT)} held-out texts (target 90%" in info.stdout
+    assert cal["margin"] == {"method": "paired bootstrap", "resamples": 1000, "quantile": 0.05, "seed": 0}
+    assert 0.9 <= cal["retention_bound"] <= cal["retention"]
+    phrase = (
+        f"lossy, retention {100 * cal['retention']:.1f}% (≥ {100 * cal['retention_bound']:.1f}% at 95%) "
+        f"on {len(HELDOUT)} held-out texts"
+    )
+    assert f"{phrase} (target 90%" in info.stdout
+    listing = cli("info", "alice/science")  # the registry's version table: the phrase without the detail
+    assert listing.exit_code == 0, listing.output
+    assert _column(listing.stdout, "storage") == [phrase], listing.stdout
+
+
+def _column(table: str, name: str) -> list[str]:
+    """The cells of column ``name`` in a rich table, each cell's wrapped lines joined back."""
+    lines = table.splitlines()
+    head = next(i for i, line in enumerate(lines) if f" {name} " in line)
+    start = lines[head].index(f" {name} ") + 1
+    end = start + len(name)
+    while end < len(lines[head]) and lines[head][end] == " ":
+        end += 1
+    cells: list[str] = []
+    for line in lines[head + 1 :]:
+        if not line.strip() or (line.startswith("  ") and line[2] != " "):
+            break  # the table ends where the next `  key  value` line starts
+        piece = line[start:end].strip()
+        if line[1] != " ":  # a row's first line starts with its version
+            cells.append(piece)
+        elif piece:
+            cells[-1] += " " + piece
+    return cells

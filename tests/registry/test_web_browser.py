@@ -158,6 +158,11 @@ def test_click_through_front_search_skill_version_base_and_matrix(site, browser,
     assert browser.find_elements(*_by("div.cmd button.copy")), "the copy button is added by the page's script"
     assert browser.find_element(*_by("#card h1")).text == "Science"
     assert browser.find_elements(*_by("svg.profile rect.bar"))
+    calibration = _text(browser, "#calibration")  # 1.1.0 was coded by calibrated `auto`
+    assert calibration.startswith("lossy, retention ") and "% at 95%) on 12 held-out texts (target 90%; " in calibration
+    row = _text(browser, "#versions tbody tr:first-child td.fidelity")
+    assert row == calibration.split(" (target")[0]
+    assert _text(browser, "#versions tbody tr:last-child td.fidelity") == "lossless"  # 1.0.0: exact
     _screenshot(browser, "skill", tmp_path)
     _click(browser, "#versions a.version-link[href$='/1.0.0']", "#yanked-banner")
     assert browser.title == "alice/science@1.0.0 · tvreg"

@@ -50,7 +50,8 @@ def sketch_bytes(tmp_path: Path, data: bytes) -> bytes:
 
 
 def populate(registry, api, server_artifacts, tmp_path: Path) -> Published:
-    """alice/science (2 versions, one yanked), alice/coding, alice/hostile, lab/secret (private, bob's)."""
+    """alice/science (2 versions, one yanked; 1.1.0 coded by calibrated `auto`), alice/coding, alice/hostile,
+    lab/secret (private, bob's)."""
     alice = registry.make_user("alice")
     bob = registry.make_user("bob")
     registry.make_team("lab", private=True)
@@ -58,7 +59,9 @@ def populate(registry, api, server_artifacts, tmp_path: Path) -> Published:
     bob = registry.token("bob", role="write", name="web")
     items = [
         (alice, "alice/science", "1.0.0", server_artifacts.make("science", "1.0.0", license="apache-2.0")),
-        (alice, "alice/science", "1.1.0", server_artifacts.make("science", "1.1.0", requires={"alice/coding": ">=1"})),
+        (alice, "alice/science", "1.1.0", server_artifacts.make(
+            "science", "1.1.0", base=server_artifacts.calibrated, requires={"alice/coding": ">=1"}
+        )),
         (alice, "alice/coding", "1.0.0", server_artifacts.make("coding", "1.0.0")),
         (bob, "lab/secret", "1.0.0", server_artifacts.make("secret", "1.0.0", description="top secret skill")),
         (

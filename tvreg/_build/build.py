@@ -106,6 +106,8 @@ def build_skill(
     source_label: str | None = None,
     calibration: str | os.PathLike[str] | None = None,
     min_retention: float = 0.99,
+    margin: bool = True,
+    max_evaluations: int = 40,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.
@@ -139,6 +141,12 @@ def build_skill(
             it is at least ``min_retention`` (:mod:`tvreg._build.calibrate`), and the manifest records
             the figures. τ is then held in memory (fp32) while candidates are measured.
         min_retention: the retention target of a calibrated build, in (0, 1]; 1 keeps τ exact.
+        margin: with a calibration text file, a coding passes only when the lower bound of its
+            retention (5th percentile of a paired bootstrap over the texts) meets the target;
+            ``False`` judges the mean alone. A hook is always judged on its mean.
+        max_evaluations: the most times a calibrated build scores the model (the 2 references,
+            the uniform bisection, then the per-group search); it stops there with the best
+            coding measured.
 
     Returns:
         A :class:`BuildResult`.
@@ -221,7 +229,10 @@ def build_skill(
                     if tau is not None:
                         _check_finite(tname, tau)
                         taus[tname] = tau
-                coder, figures = calibrate(taus, base=reference, data=calibration, min_retention=min_retention)
+                coder, figures = calibrate(
+                    taus, base=reference, data=calibration, min_retention=min_retention, margin=margin,
+                    max_evaluations=max_evaluations,
+                )  # fmt: skip
                 calibrated = figures.to_dict()
                 source["codec"] = f"auto({figures.chosen})"
                 deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
@@ -282,7 +293,7 @@ def write_skill(
                 return tname, None, 0
             _check_finite(tname, tau)
             sketcher.add(tname, tau)
-            enc = coder.encode(tau)
+            enc = coder.encode_named(tname, tau)
             used = get_codec(enc.codec or coder.name)
             err = enc.rel_error
             if err is None:

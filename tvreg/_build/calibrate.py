@@ -16,6 +16,22 @@ grows with size along that order. Cost: 2 evaluations (θ_pre and θ_pre + τ) p
 target of 1.0 means "keep τ bit for bit" (a lossy coding can measure above 100% by
 noise): ``exact`` is chosen after the 2 reference evaluations.
 
+Then per group (a decoder layer's matrices, read off the tensor names; no per-architecture
+table): each group is probed once with only it at the next smaller setting, groups are
+ordered by retention lost per byte saved, and the longest passing prefix is bisected, as
+mixed-precision quantizers allocate bits by a sensitivity measured once. Cost: G +
+⌈log₂(G + 1)⌉ for G groups; ``max_evaluations`` caps the whole search (adjacent layers are
+merged to fit), so a build costs at most 2 + ⌈log₂(n + 1)⌉ + G + ⌈log₂(G + 1)⌉ evaluations.
+
+Margin: a mean over N texts is itself an estimate. On real pairs a candidate that kept
+99.0% on the calibration texts kept 97.0% on disjoint held-out texts, so with per-text
+losses (a text file) a candidate passes only when the 5th percentile of a paired bootstrap
+of retention also meets the target: 1000 resamples of the text indices (seed 0), the same
+indices for θ_pre, θ_pre + τ and θ_pre + τ̂, each resample's retention
+Σ(nll_pre − nll_τ̂) / Σ(nll_pre − nll_τ) over its texts (per-text NLL summed over tokens,
+so the token weighting of the mean is kept). A hook returns one number, which cannot be
+resampled: it is judged on the mean, and the manifest says so.
+
 Data: a UTF-8 text file of held-out texts, one per line (blank lines ignored), scored with
 the model's own tokenizer (mean token NLL, each text on its own, ``add_special_tokens``);
 or an evaluation hook ``module:fn`` / ``file.py:fn`` (:mod:`tvreg._env.evaluate`), called on a
@@ -40,6 +56,15 @@ from ..errors import EvaluationError
 
 MAX_TEXTS = 100_000
 
+DEFAULT_MAX_EVALUATIONS = 40
+"""Model evaluations a calibration may spend, the 2 references included (``--max-evaluations``)."""
+
+RESAMPLES = 1000
+QUANTILE = 0.05
+SEED = 0
+MARGIN = {"method": "paired bootstrap", "resamples": RESAMPLES, "quantile": QUANTILE, "seed": SEED}
+"""How a candidate's retention bound is computed; the manifest records it beside the bound."""
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -57,6 +82,12 @@ class Calibration:
     loss_chosen: float
     evaluations: int
     metric: str = "loss"
+    retention_bound: float | None = None
+    margin: dict | None = None
+    margin_reason: str | None = None
+    max_evaluations: int | None = None
+    plan: dict | None = None
+    plan_reason: str | None = None
     explored: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -89,6 +120,93 @@ class _Uniform(Codec):
 
     def decode(self, data, shape, params, *, where):  # pragma: no cover - the manifest names the inner codec
         raise NotImplementedError
+
+
+class _Planned(Codec):
+    """Codes each tensor exactly as the calibration measured it: its cached coding by name, else ``fallback``."""
+
+    name = "auto"
+    lossless = False
+
+    def __init__(self, fallback: Codec, codings: Mapping[str, Encoded] | None, label: str) -> None:
+        super().__init__()
+        self.fallback, self.codings, self.label = fallback, dict(codings or {}), label
+
+    def describe(self) -> str:
+        return self.label
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        return self.fallback.encode(tensor)
+
+    def encode_named(self, name: str, tensor: torch.Tensor) -> Encoded:
+        coded = self.codings.get(name)
+        return coded if coded is not None else self.fallback.encode(tensor)
+
+    def decode(self, data, shape, params, *, where):  # pragma: no cover - the manifest names the inner codec
+        raise NotImplementedError
+
+
+@dataclass
+class _Setting:
+    """One candidate coding for every matrix, and the bytes it takes per tensor."""
+
+    coder: _Uniform
+    sizes: dict[str, int]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
+
+
+def _encode_all(coder: Codec, taus: Mapping[str, torch.Tensor]) -> dict[str, Encoded]:
+    return {n: coder.encode(t) for n, t in taus.items()}
+
+
+def _decode(taus: Mapping[str, torch.Tensor], codings: Mapping[str, Encoded]) -> dict[str, torch.Tensor]:
+    return {
+        n: get_codec(codings[n].codec or "exact").decode(codings[n].data, tuple(t.shape), codings[n].params, where=n)
+        for n, t in taus.items()
+    }
+
+
+def _group_key(name: str) -> str:
+    """The decoder layer a tensor belongs to, read off its name: the prefix up to its first numeric part.
+
+    ``model.layers.3.mlp.down_proj.weight`` → ``model.layers.3`` (experts of a mixture stay in
+    their layer); a tensor outside any numbered block is its own group (``lm_head.weight`` →
+    ``lm_head``). No per-architecture table: the checkpoint's own names decide.
+    """
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return name.rpartition(".")[0] or name
+
+
+def _natural(key: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split("."))
+
+
+def _groups(taus: Mapping[str, torch.Tensor], most: int) -> list[tuple[str, list[str]]]:
+    """The matrices of τ by layer, in layer order; adjacent layers merged into at most ``most`` groups."""
+    by_key: dict[str, list[str]] = {}
+    for n, t in taus.items():
+        if t.dim() >= 2:
+            by_key.setdefault(_group_key(n), []).append(n)
+    keys = sorted(by_key, key=_natural)
+    if len(keys) <= most:
+        return [(k, by_key[k]) for k in keys]
+    merged = []
+    for i in range(most):
+        part = keys[i * len(keys) // most : (i + 1) * len(keys) // most]
+        label = part[0] if len(part) == 1 else f"{part[0]} … {part[-1]}"
+        merged.append((label, [n for k in part for n in by_key[k]]))
+    return merged
+
+
+def _plan_cost(groups: int) -> int:
+    """Evaluations of the per-group search over ``groups`` groups: one probe each, then a bisection of the prefix."""
+    return groups + math.ceil(math.log2(groups + 1))
 
 
 def _setting(codec: str, **opts: object) -> tuple[str, dict[str, object]]:
@@ -142,8 +260,52 @@ def _is_hook(spec: str) -> bool:
     return bool(sep and target and attr and "/" not in attr and not Path(spec).exists())
 
 
+@dataclass(frozen=True)
+class _Score:
+    """One evaluation: the score, and for a text file each text's NLL summed over its tokens (float64)."""
+
+    value: float
+    per_text: torch.Tensor | None = None
+
+
+class _Judge:
+    """Retention against the two reference scores, and its paired-bootstrap lower bound (:data:`MARGIN`)."""
+
+    def __init__(self, pre: _Score, ft: _Score, *, target: float, margin: bool) -> None:
+        self.pre, self.ft, self.target = pre, ft, target
+        self.gain = pre.value - ft.value
+        self.idx: torch.Tensor | None = None
+        if margin and pre.per_text is not None and ft.per_text is not None:
+            n = pre.per_text.numel()
+            self.idx = torch.randint(0, n, (RESAMPLES, n), generator=torch.Generator().manual_seed(SEED))
+            self.full = (pre.per_text - ft.per_text)[self.idx].sum(1)
+            # A resample where the fine-tune gains nothing (or the opposite of what it gains on
+            # all the texts) cannot show that a coding keeps the gain: it counts as -inf.
+            self.invalid = self.full * math.copysign(1.0, self.gain) <= 0
+
+    @property
+    def bootstraps(self) -> bool:
+        return self.idx is not None
+
+    def retention(self, score: _Score) -> float:
+        return (self.pre.value - score.value) / self.gain
+
+    def bound(self, score: _Score) -> float | None:
+        """The 5th percentile of the resampled retentions (numpy's ``lower`` method), None without per-text losses."""
+        if self.idx is None or score.per_text is None or self.pre.per_text is None:
+            return None
+        kept = (self.pre.per_text - score.per_text)[self.idx].sum(1) / self.full
+        kept[self.invalid] = -math.inf
+        return float(kept.sort().values[math.floor(QUANTILE * (RESAMPLES - 1))])
+
+    def passes(self, kept: float, bound: float | None) -> bool:
+        if kept < self.target:
+            return False
+        return not self.bootstraps or (bound is not None and math.isfinite(bound) and bound >= self.target)
+
+
 class _TextScorer:
-    """Mean token NLL of θ_pre + τ̂ on the texts, in one fp32 model whose weights are reset for each call."""
+    """Token NLL of θ_pre + τ̂ on each text, in one fp32 model whose weights are reset for each call."""
 
     def __init__(self, base: Path, texts: list[str]) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,17 +330,16 @@ class _TextScorer:
                 hints=["give longer held-out texts"],
             )
 
-    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> float:
+    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> _Score:
         with torch.no_grad():
             for n, t in self.state.items():
                 t.copy_(self.pre[n])
             for n, tau in (taus or {}).items():
                 if n in self.state:
                     self.state[n].add_(tau.to(self.state[n].dtype))
-            total = 0.0
-            for ids in self.ids:
-                total += float(self.model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
-        return total / self.tokens
+            sums = [float(self.model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1) for ids in self.ids]
+        per_text = torch.tensor(sums, dtype=torch.float64)
+        return _Score(float(per_text.sum()) / self.tokens, per_text)
 
 
 class _HookScorer:
@@ -194,7 +355,7 @@ class _HookScorer:
         with Checkpoint.open(base) as ck:
             self.pre = {n: ck.read_float32(n) if ck.info(n).is_float else ck.read(n) for n in ck.names()}
 
-    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> float:
+    def __call__(self, taus: Mapping[str, torch.Tensor] | None) -> _Score:
         from safetensors.torch import save_file
 
         from .._env.evaluate import run_hook
@@ -222,7 +383,7 @@ class _HookScorer:
                 )
         if self.metric not in scores:
             raise EvaluationError(f"calibration hook `{self.hook.spec}` stopped returning metric `{self.metric}`.")
-        return scores[self.metric]
+        return _Score(scores[self.metric])
 
 
 def _data_identity(spec: str, texts: list[str] | None) -> str:
@@ -239,6 +400,8 @@ def calibrate(
     base: str | os.PathLike[str],
     data: str | os.PathLike[str],
     min_retention: float = 0.99,
+    margin: bool = True,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     candidates: list[tuple[str, dict[str, object]]] | None = None,
     on_evaluation: Callable[[str, float], None] | None = None,
 ) -> tuple[Codec, Calibration]:
@@ -249,11 +412,17 @@ def calibrate(
         base: θ_pre (or G for a WiSE-FT delta): the model τ is added to.
         data: a text file of held-out texts, or an evaluation hook ``module:fn``.
         min_retention: the target, in (0, 1]; 1 picks ``exact``.
+        margin: with a text file, accept a candidate only when the lower bound of its
+            retention (5th percentile of a paired bootstrap over the texts) meets the target,
+            not only the mean. A hook is always judged on its mean.
+        max_evaluations: the most times the model is scored, the 2 references included; the
+            search stops at it with the best coding measured so far (≥ 2).
         candidates: ``(codec, options)`` settings to try instead of :data:`CANDIDATES`.
         on_evaluation: called with ``(what, score)`` after each evaluation.
 
     Returns:
-        The codec to build with (it codes every matrix with the chosen setting) and the figures.
+        The codec to build with (it codes each tensor as measured: the chosen setting, or
+        the per-group plan) and the figures.
 
     Raises:
         EvaluationError: bad data or hook, a hook that fails, or a fine-tune that does not
@@ -264,10 +433,16 @@ def calibrate(
             f"the minimum retention must be in (0, 1], not {min_retention}.",
             hints=["e.g. `--min-retention 0.99` keeps 99% of what the fine-tune gained"],
         )
+    if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) or max_evaluations < 2:
+        raise EvaluationError(
+            f"the evaluation budget must be an integer of at least 2, not {max_evaluations!r}.",
+            hints=[f"calibration scores θ_pre and θ_pre + τ first; the default, {DEFAULT_MAX_EVALUATIONS}, "
+                   "also covers the uniform bisection and the per-group search"],
+        )  # fmt: skip
     base = Path(base)
     spec = str(data)
     texts: list[str] | None = None
-    scorer: Callable[[Mapping[str, torch.Tensor] | None], float]
+    scorer: Callable[[Mapping[str, torch.Tensor] | None], _Score]
     if _is_hook(spec):
         scorer = hook_scorer = _HookScorer(spec, base)
     else:
@@ -275,11 +450,12 @@ def calibrate(
         scorer = text_scorer = _TextScorer(base, texts)
     evaluations = 0
 
-    def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> float:
+    def evaluate(what: str, t: Mapping[str, torch.Tensor] | None) -> _Score:
         nonlocal evaluations
+        assert evaluations < max_evaluations, "the search plans within its budget"
         evaluations += 1
         try:
-            value = scorer(t)
+            score = scorer(t)
         except EvaluationError as exc:
             if texts is None and not exc.hints:
                 exc.hints.append(
@@ -287,51 +463,76 @@ def calibrate(
                     "and uses its one metric (or `loss`); check it runs on the base model"
                 )
             raise
-        if not math.isfinite(value):
-            raise EvaluationError(f"calibration gave a score of {value} for {what}.")
+        if not math.isfinite(score.value):
+            raise EvaluationError(f"calibration gave a score of {score.value} for {what}.")
         if on_evaluation:
-            on_evaluation(what, value)
-        return value
+            on_evaluation(what, score.value)
+        return score
 
-    loss_pre = evaluate("θ_pre", None)
-    loss_ft = evaluate("θ_pre + τ", taus)
-    if loss_pre == loss_ft:
+    pre = evaluate("θ_pre", None)
+    ft = evaluate("θ_pre + τ", taus)
+    if pre.value == ft.value:
         raise EvaluationError(
-            f"the fine-tune scores the same as the base model on calibration data `{spec}` ({loss_pre:.6g}), "
+            f"the fine-tune scores the same as the base model on calibration data `{spec}` ({pre.value:.6g}), "
             "so retention cannot be measured.",
             hints=["give held-out data of the skill's domain, where the fine-tune differs from the base"],
         )
-
-    def retention(score: float) -> float:
-        return (loss_pre - score) / (loss_pre - loss_ft)
+    judge = _Judge(pre, ft, target=min_retention, margin=margin)
 
     explored: list[dict] = []
-    chosen: Codec = _Uniform(make_codec("exact"))
-    loss_chosen = loss_ft
+
+    def measure(label: str, codings: Mapping[str, Encoded], size: int) -> tuple[_Score, float | None, bool]:
+        decoded = _decode(taus, codings)
+        score = evaluate(label, decoded)
+        del decoded
+        kept, bound = judge.retention(score), judge.bound(score)
+        explored.append(
+            {"codec": label, "bytes": size, "retention": kept, "retention_bound": _finite(bound), "loss": score.value}
+        )
+        return score, bound, judge.passes(kept, bound)
+
+    exact = _Uniform(make_codec("exact"))
+    chosen: Codec = exact
+    # τ̂ = τ bit for bit keeps every text's gain, so its bound is 1 by construction.
+    best = (ft, 1.0 if judge.bootstraps else None)
+    plan: dict | None = None
+    plan_reason: str | None = "a target of 100% keeps τ exact"
     if min_retention < 1.0:
-        sized = []
+        settings = []
         for name, opts in candidates if candidates is not None else CANDIDATES:
             coder = _Uniform(make_codec(name, opts), opts)
-            # Only the size is kept: the few candidates the bisection measures are coded again,
-            # so memory holds τ and one τ̂, not every candidate's coding.
-            sized.append((sum(len(coder.encode(t).data) for t in taus.values()), coder))
-        sized.sort(key=lambda s: s[0])
-        lo, hi = 0, len(sized)  # the answer is in [lo, hi]; hi means "none passes"
-        while lo < hi:
+            # Only the sizes are kept: the few candidates the search measures are coded again,
+            # so memory holds τ, one or two codings of it and one τ̂, not every candidate's coding.
+            settings.append(_Setting(coder, {n: len(coder.encode(t).data) for n, t in taus.items()}))
+        settings.sort(key=lambda c: c.size)
+        settings.append(_Setting(exact, {n: len(exact.encode(t).data) for n, t in taus.items()}))
+        n_lossy = len(settings) - 1
+        codings: dict[str, Encoded] | None = None
+        lo, hi = 0, n_lossy  # the answer is in [lo, hi]; n_lossy means "none passes" (exact)
+        while lo < hi and evaluations < max_evaluations:
             mid = (lo + hi) // 2
-            size, coder = sized[mid]
-            decoded = {}
-            for n, t in taus.items():
-                e = coder.encode(t)
-                decoded[n] = get_codec(e.codec or coder.inner.name).decode(e.data, tuple(t.shape), e.params, where=n)
-            score = evaluate(coder.describe(), decoded)
-            del decoded
-            kept = retention(score)
-            explored.append({"codec": coder.describe(), "bytes": size, "retention": kept, "loss": score})
-            if kept >= min_retention:
-                hi, chosen, loss_chosen = mid, coder, score
+            trial = _encode_all(settings[mid].coder, taus)
+            score, bound, ok = measure(settings[mid].coder.describe(), trial, settings[mid].size)
+            if ok:
+                hi, best, codings = mid, (score, bound), trial
             else:
                 lo = mid + 1
+            del trial
+        chosen = _Planned(settings[hi].coder, codings, settings[hi].coder.describe())
+        if lo < hi:
+            plan_reason = f"the budget of {max_evaluations} evaluations ran out in the uniform bisection"
+        elif hi == 0:
+            plan_reason = "the smallest candidate passes for every matrix"
+        elif max_evaluations - evaluations < _plan_cost(1):
+            plan_reason = f"the budget of {max_evaluations} evaluations leaves no room for a per-group search"
+        else:
+            found = _per_group(
+                taus, settings[hi], settings[hi - 1], codings, judge, measure, budget=max_evaluations - evaluations,
+                kept_uniform=judge.retention(best[0]),
+            )  # fmt: skip
+            plan, plan_reason = found.record, None
+            if found.codings is not None and found.best is not None:
+                chosen, best = _Planned(exact, found.codings, found.label), found.best
     if texts is not None:
         n_texts: int | None = len(texts)
         n_tokens: int | None = text_scorer.tokens
@@ -339,20 +540,130 @@ def calibrate(
     else:
         n_texts = n_tokens = None
         metric = hook_scorer.metric or "loss"
+    if judge.bootstraps:
+        margin_record, margin_reason = dict(MARGIN), None
+    elif texts is None:
+        margin_record, margin_reason = None, "a hook returns one score, which cannot be resampled: judged on the mean"
+    else:
+        margin_record, margin_reason = None, "turned off (--no-margin): judged on the mean"
     figures = Calibration(
-        retention=retention(loss_chosen),
+        retention=judge.retention(best[0]),
         target=min_retention,
         chosen=chosen.describe(),
         data=Path(spec).name if texts is not None else spec,
         data_sha256=_data_identity(spec, texts),
         texts=n_texts,
         tokens=n_tokens,
-        loss_pre=loss_pre,
-        loss_finetuned=loss_ft,
-        loss_chosen=loss_chosen,
+        loss_pre=pre.value,
+        loss_finetuned=ft.value,
+        loss_chosen=best[0].value,
         evaluations=evaluations,
         metric=metric,
+        retention_bound=_finite(best[1]),
+        margin=margin_record,
+        margin_reason=margin_reason,
+        max_evaluations=max_evaluations,
+        plan=plan,
+        plan_reason=plan_reason,
         explored=sorted(explored, key=lambda e: e["bytes"]),
     )
     return chosen, figures
 
+
+@dataclass
+class _Found:
+    record: dict
+    codings: dict[str, Encoded] | None = None
+    label: str = ""
+    best: tuple[_Score, float | None] | None = None
+
+
+def _per_group(
+    taus: Mapping[str, torch.Tensor],
+    setting: _Setting,
+    smaller: _Setting,
+    codings: Mapping[str, Encoded] | None,
+    judge: _Judge,
+    measure: Callable[[str, Mapping[str, Encoded], int], tuple[_Score, float | None, bool]],
+    *,
+    budget: int,
+    kept_uniform: float,
+) -> _Found:
+    """Move the layers that feel it least from ``setting`` (which passes) to the next smaller ``smaller``.
+
+    Each group's sensitivity is measured once: the retention with only that group at
+    ``smaller``. Groups are ordered by retention lost per byte saved, and the longest
+    prefix of that order that still passes (the judge's test, bound included) is found by
+    bisection, each step one evaluation of the combined assignment. At most
+    :func:`_plan_cost` of the number of groups, which adjacent layers are merged to keep
+    within ``budget``.
+    """
+    most = 1
+    while most < len(taus) and _plan_cost(most + 1) <= budget:
+        most += 1
+    groups = _groups(taus, most)
+    big = dict(codings) if codings is not None else _encode_all(setting.coder, taus)
+    small = _encode_all(smaller.coder, taus)
+    named = f"{setting.coder.describe()}; {smaller.coder.describe()} on"
+    rows = [_Group(g, names, sum(setting.sizes[n] - smaller.sizes[n] for n in names)) for g, names in groups]
+    for row in rows:
+        if row.saved <= 0:
+            continue  # the smaller setting is no smaller here: nothing to gain, no probe spent
+        score, bound, _ = measure(
+            f"{named} {row.group}", {**big, **{n: small[n] for n in row.names}}, setting.size - row.saved
+        )
+        row.retention, row.bound = judge.retention(score), bound
+    order = sorted(
+        (r for r in rows if r.retention is not None),
+        key=lambda r: (max(0.0, kept_uniform - (r.retention or 0.0)) / r.saved, -r.saved, rows.index(r)),
+    )
+    found = _Found(record={})
+    lo, hi = 0, len(order)  # the longest passing prefix is in [lo, hi]; 0 is the uniform setting, known to pass
+    verifications = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = {**big, **{n: small[n] for r in order[:mid] for n in r.names}}
+        label = f"{named} {mid} of {len(rows)} groups"
+        score, bound, ok = measure(label, trial, setting.size - sum(r.saved for r in order[:mid]))
+        verifications += 1
+        if ok:
+            lo = mid
+            found.codings, found.label, found.best = trial, label, (score, bound)
+        else:
+            hi = mid - 1
+    for r in order[:lo]:
+        r.moved = True
+    found.record = {
+        "method": "per-group sensitivity",
+        "setting": setting.coder.describe(),
+        "smaller": smaller.coder.describe(),
+        "groups": [r.record() for r in rows],
+        "moved": lo,
+        "probes": len(order),
+        "verifications": verifications,
+        "evaluations": len(order) + verifications,
+    }
+    return found
+
+
+@dataclass(eq=False)
+class _Group:
+    """One group of the per-group search: its matrices, the bytes the smaller setting saves, its probe."""
+
+    group: str
+    names: list[str]
+    saved: int
+    retention: float | None = None
+    bound: float | None = None
+    moved: bool = False
+
+    def record(self) -> dict:
+        return {
+            "group": self.group, "tensors": len(self.names), "bytes_saved": self.saved,
+            "retention": self.retention, "retention_bound": _finite(self.bound), "smaller": self.moved,
+        }  # fmt: skip
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinities: a bound of -inf (too few resamples where the fine-tune gains) is recorded as null."""
+    return value if value is not None and math.isfinite(value) else None

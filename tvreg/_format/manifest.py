@@ -143,6 +143,14 @@ class Manifest:
                 value = calibration.get(key)
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise bad(f"`calibration.{key}` must be a finite number")
+            bound = calibration.get("retention_bound")
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound)
+            ):
+                raise bad("`calibration.retention_bound` must be a finite number or null")
+            for key in ("margin", "plan"):
+                if not isinstance(calibration.get(key), (dict, type(None))):
+                    raise bad(f"`calibration.{key}` must be an object or null")
         if data.get("dataset_unit", "examples") not in DATASET_UNITS:
             raise bad(f"`dataset_unit` must be one of {', '.join(DATASET_UNITS)}")
         for key in ("requires", "conflicts"):

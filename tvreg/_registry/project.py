@@ -20,6 +20,8 @@ that made it. Two forms::
     codec_params = {}                #     e.g. { density = 0.1 } for sparse
     # calibration = "heldout.txt"    #     auto only: held-out texts (one per line) or `module:fn`
     # min_retention = 0.99           #     share of the fine-tune's gain the coding keeps
+    # margin = true                  #     ... as a bootstrap lower bound over the texts, not only the mean
+    # max_evaluations = 40           #     the most times calibration scores the model
 
     [sign]                           # optional: sign the artifact when publishing
     key = "release"                  #     a key name from `tvreg key generate`, or a path
@@ -69,7 +71,8 @@ _TOP_KEYS = {
     "conflicts",
     "sign",
 }
-_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params", "calibration", "min_retention"}
+_BUILD_KEYS = {"finetuned", "adapter", "codec", "codec_params", "calibration", "min_retention", "margin",
+               "max_evaluations"}
 _FP_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -94,6 +97,10 @@ class SkillProject:
     calibration: str | None = None
     """``[build] calibration``: held-out texts (absolute path) or a hook ``module:fn`` for ``auto``."""
     min_retention: float = 0.99
+    margin: bool = True
+    """``[build] margin``: judge a calibration text file by the bootstrap lower bound of retention, not the mean."""
+    max_evaluations: int = 40
+    """``[build] max_evaluations``: the most times calibration scores the model."""
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
     sign_key: str | None = None
@@ -167,6 +174,12 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     min_retention = build.get("min_retention", 0.99)
     if isinstance(min_retention, bool) or not isinstance(min_retention, (int, float)) or not 0 < min_retention <= 1:
         raise _bad(file, "`build.min_retention` must be a number in (0, 1]")
+    margin = build.get("margin", True)
+    if not isinstance(margin, bool):
+        raise _bad(file, "`build.margin` must be true or false")
+    max_evaluations = build.get("max_evaluations", 40)
+    if type(max_evaluations) is not int or max_evaluations < 2:
+        raise _bad(file, "`build.max_evaluations` must be an integer of at least 2")
     if "calibration" in build and build.get("codec", "exact") != "auto":
         raise _bad(file, '`build.calibration` chooses the coding only with `codec = "auto"`')
     codec_params = build.get("codec_params")
@@ -231,6 +244,8 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
         codec_params=dict(codec_params) if codec_params else None,
         calibration=_resolve_data(root, build["calibration"]) if build.get("calibration") else None,
         min_retention=float(min_retention),
+        margin=margin,
+        max_evaluations=max_evaluations,
         requires=deps["requires"],
         conflicts=deps["conflicts"],
         sign_key=_resolve_key(root, sign["key"]) if sign.get("key") else None,
@@ -380,6 +395,8 @@ def prepare_artifact(
                 conflicts=project.conflicts,
                 calibration=project.calibration,
                 min_retention=project.min_retention,
+                margin=project.margin,
+                max_evaluations=project.max_evaluations,
                 progress=progress,
             )
             built = True

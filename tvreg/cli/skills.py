@@ -74,6 +74,21 @@ from .text import safe
     help="auto with --calibration: share of (loss_pre − loss_τ) the coding must keep; 1 keeps τ exact.",
 )
 @click.option(
+    "--margin/--no-margin",
+    default=True,
+    show_default=True,
+    help="auto with a calibration file: the retention's bootstrap lower bound (5th percentile over "
+    "the texts) must meet --min-retention, not only its mean.",
+)
+@click.option(
+    "--max-evaluations",
+    type=int,
+    default=40,
+    show_default=True,
+    help="auto with --calibration: the most times the model is scored (2 references, the uniform "
+    "bisection, then the per-layer search); it stops there with the best coding measured.",
+)
+@click.option(
     "--requires",
     "requires",
     multiple=True,
@@ -108,6 +123,8 @@ def build(
     max_rel_error,
     calibration,
     min_retention,
+    margin,
+    max_evaluations,
     requires,
     conflicts,
     output,
@@ -144,6 +161,8 @@ def build(
         conflicts=dict(split_requirement(r) for r in conflicts),
         calibration=calibration,
         min_retention=min_retention,
+        margin=margin,
+        max_evaluations=max_evaluations,
         progress=RichProgress(),
     )
     m = res.manifest
@@ -367,10 +386,11 @@ def _remote_info(target: str, fmt: str, registry: str | None, limit: int) -> Non
 
 
 def _storage_word(manifest: object) -> str:
-    """``lossy`` or ``lossless`` for a version listing, from its manifest when the registry sent one."""
-    from .._format.codecs.report import is_lossy, lines_from_json
+    """``lossy``, ``lossless`` or the calibration's short line for a version listing, from its manifest when sent."""
+    from .._format.codecs.report import calibration_line, is_lossy, lines_from_json
 
     tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
-    if not isinstance(tensors, dict):
+    if not isinstance(manifest, dict) or not isinstance(tensors, dict):
         return "?"
-    return "lossy" if is_lossy(lines_from_json(tensors)) else "lossless"
+    lossy = is_lossy(lines_from_json(tensors))
+    return calibration_line(manifest.get("calibration"), lossy=lossy, detail=False) or ("lossy" if lossy else "lossless")

@@ -107,6 +107,14 @@ class Codec(ABC):
     def encode(self, tensor: torch.Tensor) -> Encoded:
         """Code a float32 tensor."""
 
+    def encode_named(self, name: str, tensor: torch.Tensor) -> Encoded:
+        """Code ``tensor``, the model tensor ``name``; what the artifact writer calls.
+
+        The same as :meth:`encode` unless a coder codes by name: calibrated ``auto`` hands
+        back, per tensor, the coding it measured (a per-layer plan mixes settings).
+        """
+        return self.encode(tensor)
+
     def decode(
         self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
     ) -> torch.Tensor:

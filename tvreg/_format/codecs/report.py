@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeGuard
 
 # Kept here, not read from the codec table, so that `tvreg info` of a registry skill does
 # not import the codecs (and torch); tests/test_public_api.py holds it equal to the table.
@@ -84,22 +85,37 @@ def format_error(err: float | None) -> str:
     return f"{err * 100:.3g}%"
 
 
-def calibration_line(calibration: object, *, lossy: bool) -> str | None:
-    """``lossy, retention 99.3% on 24 held-out texts (target 99%; sparse(density=0.1), 6 evaluations)``.
+def calibration_line(calibration: object, *, lossy: bool, detail: bool = True) -> str | None:
+    """``lossy, retention 99.3% (≥ 98.9% at 95%) on 24 held-out texts (target 99%; sparse(density=0.1), 6 evaluations)``.
 
     ``calibration`` is the manifest's ``calibration`` object as JSON (None when the skill
-    was not calibrated, or malformed: then there is no line).
+    was not calibrated, or malformed: then there is no line). The bound in parentheses is
+    the retention's bootstrap lower bound, shown when the build measured one. Without
+    ``detail`` (a version listing) the line stops before the target and the setting.
     """
     if not isinstance(calibration, Mapping):
         return None
     kept, target = calibration.get("retention"), calibration.get("target")
-    if not isinstance(kept, (int, float)) or not isinstance(target, (int, float)):
+    if not _number(kept) or not _number(target):
         return None
     texts = calibration.get("texts")
     on = f"{texts} held-out texts" if isinstance(texts, int) else f"hook `{calibration.get('data')}`"
-    detail = f"target {100 * target:g}%"
+    bound, margin = calibration.get("retention_bound"), calibration.get("margin")
+    quantile = margin.get("quantile") if isinstance(margin, Mapping) else None
+    if _number(bound) and _number(quantile) and 0 < quantile < 1:
+        kept_text = f"{100 * kept:.1f}% (≥ {100 * bound:.1f}% at {100 * (1 - quantile):g}%)"
+    else:
+        kept_text = f"{100 * kept:.1f}%"
+    line = f"{'lossy' if lossy else 'lossless'}, retention {kept_text} on {on}"
+    if not detail:
+        return line
+    said = f"target {100 * target:g}%"
     if isinstance(calibration.get("chosen"), str):
-        detail += f"; {calibration['chosen']}"
+        said += f"; {calibration['chosen']}"
     if isinstance(calibration.get("evaluations"), int):
-        detail += f", {calibration['evaluations']} evaluations"
-    return f"{'lossy' if lossy else 'lossless'}, retention {100 * kept:.1f}% on {on} ({detail})"
+        said += f", {calibration['evaluations']} evaluations"
+    return f"{line} ({said})"
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
