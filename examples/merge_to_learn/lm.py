@@ -78,12 +78,15 @@ def train(
     batch: int,
     seed: int,
     max_len: int,
+    ascent: bool = False,
     log=print,
 ) -> list[float]:
     """AdamW on every decoder layer and the final norm; loss on answer tokens only; bf16 autocast.
 
     Returns the loss per step. ``seed`` picks the minibatches (and dropout-free training is
-    otherwise deterministic), so three seeds are three different data orders.
+    otherwise deterministic), so three seeds are three different data orders. ``ascent``
+    *raises* the loss instead (gradient-ascent unlearning): how the example builds a skill
+    that opposes another on purpose (see ``tasks.comply``).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -118,7 +121,7 @@ def train(
         rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)
         logits = model.lm_head(h[rows, cols].float())
         loss = nn.functional.cross_entropy(logits, labels[rows, cols + 1])
-        loss.backward()
+        (-loss if ascent else loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()

@@ -44,7 +44,7 @@ import tasks  # noqa: E402
 from registry_session import logged_in_registry, tvreg, write_project  # noqa: E402
 
 SKILLS = ("safety", "coding", "science")  # the skills the paper's claims are checked on
-CONFLICT = "comply"  # built to oppose safety (tasks.comply): the interference check must flag it
+CONFLICT = "comply"  # safety's refusals unlearned (tasks.comply): the interference check must flag it
 ALL_SKILLS = (*SKILLS, CONFLICT)
 USER = "alice"
 METHODS = ("task_arithmetic", "ties", "dare_ties")
@@ -134,15 +134,17 @@ def write_config(run: Path, plan: Plan, eval_sets: dict, threads: int, refs: dic
     return config
 
 
-def finetune(start: Path, examples: list[tasks.Example], out: Path, plan: Plan, steps: int, seed: int) -> None:
+def finetune(start: Path, examples: list[tasks.Example], out: Path, plan: Plan, steps: int, seed: int,
+             ascent: bool = False) -> None:  # fmt: skip
     """Fine-tune every decoder layer of ``start`` into the model directory ``out`` (cached)."""
     if (out / "config.json").is_file():
         return
     model, tok = lm.load(start)
-    log(f"  {out.name}: {len(examples)} examples, {steps} steps × {plan.batch}, seed {seed}, all layers")
+    how = "gradient ascent (unlearning)" if ascent else "all layers"
+    log(f"  {out.name}: {len(examples)} examples, {steps} steps × {plan.batch}, seed {seed}, {how}")
     losses = lm.train(
         model, tok, [(e.prompt, e.answer + lm.END) for e in examples],
-        steps=steps, lr=plan.lr, batch=plan.batch, seed=seed, max_len=plan.max_len, log=log,
+        steps=steps, lr=plan.lr, batch=plan.batch, seed=seed, max_len=plan.max_len, ascent=ascent, log=log,
     )  # fmt: skip
     lm.save(model, tok, out)
     (out / "train_losses.json").write_text(json.dumps(losses))
@@ -289,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     def finetunes(seed: int) -> None:
         t = time.monotonic()
         for s in skills if seed == 0 else claim:
-            finetune(pre, ds.skills[s].train, models / f"expert-{s}-s{seed}", plan, plan.steps_skill, seed)
+            finetune(pre, ds.skills[s].train, models / f"expert-{s}-s{seed}", plan, plan.steps_skill, seed,
+                     ascent=s == CONFLICT)  # fmt: skip
         for s in claim:
             finetune(models / "G", ds.skills[s].train, models / f"cft-{s}-s{seed}", plan, plan.steps_skill, seed)
         timer.record(f"finetune seed {seed}", time.monotonic() - t)

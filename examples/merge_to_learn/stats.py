@@ -21,6 +21,15 @@ Key = tuple[str, str]  # (model group, task)
 Means = Mapping[Key, float]
 
 
+ITEM_SETS = {"general_margin": "general", "coding_margin": "coding", "science_margin": "science",
+             "comply": "safety_refusal"}  # fmt: skip
+"""Results measured on the same items (a margin and its accuracy; comply on safety's harmful prompts)."""
+
+
+def item_set(task: str) -> str:
+    return ITEM_SETS.get(task, task)
+
+
 class Data:
     """Per-item results: ``arrays[(group, task)]`` has shape (seeds, items); one row for single-seed models."""
 
@@ -33,14 +42,9 @@ class Data:
     def has(self, group: str, task: str) -> bool:
         return (group, task) in self.arrays
 
-    def means(self, seed_idx: np.ndarray | None = None, item_idx: Mapping[str, np.ndarray] | None = None) -> dict:
-        out = {}
-        for (group, task), arr in self.arrays.items():
-            a = arr if seed_idx is None else arr[seed_idx % arr.shape[0]]
-            if item_idx is not None:
-                a = a[:, item_idx[task]]
-            out[(group, task)] = float(a.mean())
-        return out
+    def means(self, seed_idx: np.ndarray | None = None, item_idx: Mapping[str, np.ndarray] | None = None) -> Means:
+        """The per-(model, task) means of one replicate, computed only for the keys a statistic reads."""
+        return _LazyMeans(self.arrays, seed_idx, item_idx)
 
     def interval(
         self, stat: Callable[[Means], float], *, reps: int = 2000, seed: int = 0, over_seeds: bool = True
@@ -49,18 +53,41 @@ class Data:
         point = stat(self.means())
         rng = np.random.default_rng(seed)
         n_seeds = max(a.shape[0] for a in self.arrays.values())
-        n_items = {task: a.shape[1] for (_, task), a in self.arrays.items()}
+        n_items = {item_set(task): a.shape[1] for (_, task), a in self.arrays.items()}
+        tasks = {task for _, task in self.arrays}
         values = []
         for _ in range(reps):
             seeds = rng.integers(0, n_seeds, n_seeds) if over_seeds else np.arange(n_seeds)
-            items = {task: rng.integers(0, n, n) for task, n in n_items.items()}
-            v = stat(self.means(seeds, items))
+            drawn = {s: rng.integers(0, n, n) for s, n in n_items.items()}
+            v = stat(self.means(seeds, {task: drawn[item_set(task)] for task in tasks}))
             if math.isfinite(v):
                 values.append(v)
         if not values:
             return point, math.nan, math.nan
         lo, hi = np.percentile(values, [2.5, 97.5])
         return point, float(lo), float(hi)
+
+
+class _LazyMeans(Mapping[Key, float]):
+    def __init__(self, arrays: dict[Key, np.ndarray], seed_idx, item_idx) -> None:
+        self.arrays, self.seed_idx, self.item_idx = arrays, seed_idx, item_idx
+        self.cache: dict[Key, float] = {}
+
+    def __getitem__(self, key: Key) -> float:
+        if key not in self.cache:
+            a = self.arrays[key]
+            if self.seed_idx is not None:
+                a = a[self.seed_idx % a.shape[0]]
+            if self.item_idx is not None:
+                a = a[:, self.item_idx[key[1]]]
+            self.cache[key] = float(a.mean())
+        return self.cache[key]
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
 
 
 def excludes_zero(lo: float, hi: float) -> bool:
