@@ -273,15 +273,22 @@ class Report:
         L = self.lines
         L += ["## Interference: what `tvreg check` predicted before each merge, and what the merge lost", "",
               "Loss = mean over the pair's two skills of (skill ÷ expert alone at |D|/|G|) − (the same in the pair), "
-              "seed 0; predicted conflict = −cosine of the two task vectors from the published sketches.", "",
+              "seed 0; for safety the score is harmful prompts refused ÷ the expert's (what the safety vector adds: "
+              "a merge that loses refusals *raises* the look-alike side, and the mean of the two would hide the "
+              "loss). Predicted conflict = −cosine of the two task vectors from the published sketches.", "",
               "| pair | cosine | sign conflict | flagged | measured loss |", "|---|---|---|---|---|"]  # fmt: skip
         xs, ys, names, flagged = [], [], [], []
 
         def single(s: str) -> str:
             return f"ptm-{s}@default"
 
+        def kept(m, g: str, s: str) -> float:
+            if s == "safety":  # what the safety vector adds: refusals (losing them raises the look-alike side)
+                return _div(m[(g, "safety_refusal")], m[("expert-safety", "safety_refusal")])
+            return skill_norm(m, g, s)
+
         def loss(m, g: str, a: str, b: str) -> float:
-            return sum(skill_norm(m, single(s), s) - skill_norm(m, g, s) for s in (a, b)) / 2
+            return sum(kept(m, single(s), s) - kept(m, g, s) for s in (a, b)) / 2
 
         run_dir = self.run_dir
         for r in pairs:
@@ -298,9 +305,11 @@ class Report:
             names.append(f"{a}+{b}")
             flagged.append(flag)
         rho = spearman(xs, [y[0] for y in ys])
+        groups = [(group_of(r), *r["skills"].split("+")) for r in pairs]
+        rho_ci = d.interval(lambda m: spearman(xs, [loss(m, g, a, b) for g, a, b in groups]), over_seeds=False)
         L.append("")
         L.append(f"Spearman ρ between predicted conflict (−cosine) and measured loss over {len(xs)} pairs: "
-                 f"**{rho:+.2f}**.")  # fmt: skip
+                 f"**{rho:+.2f}** (95% interval over items {ci(rho_ci, 2).split(' ', 1)[1]}).")  # fmt: skip
         worst = max(range(len(ys)), key=lambda i: ys[i][0])
         L.append(f"The pair that loses most: {names[worst]} ({ci(ys[worst])}); flagged by the check: "
                  f"{', '.join(n for n, f in zip(names, flagged, strict=True) if f) or 'none'}.")  # fmt: skip

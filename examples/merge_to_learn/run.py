@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         report.write(rows, skills, sizes, plan.general_size, list(plan.seeds), results_dir, run)
         timings = {}
         for file in sorted(run.glob("timings*.json")):  # the main run's and any seed worker's
-            timings.update(json.loads(file.read_text()))
+            for stage, seconds in json.loads(file.read_text()).items():
+                timings[stage] = max(seconds, timings.get(stage, 0.0))
         (results_dir / "timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
         shutil.copy(run / "plan.json", results_dir / "plan.json")
 
