@@ -135,24 +135,25 @@ def train(
     return losses
 
 
-def _answer_logits(model, h: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(model.lm_head(h[rows, cols]).float(), -1)
+def _hidden_rows(model, tok, seqs: list[tuple[list[int], int]], batch: int):
+    """(index, last hidden states) of each sequence, batched by length; call under ``torch.no_grad()``."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    for b in range(0, len(order), batch):
+        idx = order[b : b + batch]
+        ids, mask = _pad([seqs[i][0] for i in idx], _pad_id(tok))
+        h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        for r, i in enumerate(idx):
+            yield i, h[r]
 
 
 def sequence_logprobs(model, tok, seqs: list[tuple[list[int], int]], batch: int = 32) -> list[float]:
     """Sum of log-probabilities of each sequence's answer tokens, one full forward pass per sequence."""
     scores = [0.0] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     with torch.no_grad():
-        for b in range(0, len(order), batch):
-            idx = order[b : b + batch]
-            ids, mask = _pad([seqs[i][0] for i in idx], _pad_id(tok))
-            h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            for r, i in enumerate(idx):
-                s, start = seqs[i]
-                cols = torch.arange(max(start, 1) - 1, len(s) - 1)
-                logp = _answer_logits(model, h, torch.full_like(cols, r), cols)
-                scores[i] = float(logp.gather(1, torch.tensor(s[max(start, 1) :])[:, None]).sum())
+        for i, h in _hidden_rows(model, tok, seqs, batch):
+            s, start = seqs[i]
+            logp = torch.log_softmax(model.lm_head(h[max(start, 1) - 1 : len(s) - 1]).float(), -1)
+            scores[i] = float(logp.gather(1, torch.tensor(s[max(start, 1) :])[:, None]).sum())
     return scores
 
 
@@ -211,34 +212,15 @@ def _common_prefix(toks: list[list[int]]) -> int:
     return c
 
 
-def starts_with(model, tok, prompts: list[str], prefixes: Sequence[str], batch: int = 32) -> list[list[bool]]:
-    """Per prompt and prefix: whether greedy decoding of the answer starts with that prefix (teacher-forced argmax).
-
-    One forward pass per prompt, teacher-forced on the first prefix; a later prefix that is a
-    single token is judged from the same pass (the argmax at the answer's first position), so
-    "refused?" and "complied?" cost one pass, not two. Longer later prefixes get their own pass.
-    """
-    first, rest = prefixes[0], list(prefixes[1:])
-    single = {p: _ids(tok, p) for p in rest}
-    seqs = encode_pairs(tok, [(p, first) for p in prompts], 10_000)
-    out = [[True] * len(prefixes) for _ in prompts]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+def starts_with(model, tok, prompts: list[str], prefix: str, batch: int = 32) -> list[bool]:
+    """Whether greedy decoding of each prompt's answer starts with ``prefix`` (teacher-forced argmax)."""
+    seqs = encode_pairs(tok, [(p, prefix) for p in prompts], 10_000)
+    out = [False] * len(seqs)
     with torch.no_grad():
-        for b in range(0, len(order), batch):
-            idx = order[b : b + batch]
-            ids, mask = _pad([seqs[i][0] for i in idx], _pad_id(tok))
-            h = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            for r, i in enumerate(idx):
-                s, start = seqs[i]
-                best = model.lm_head(h[r, torch.arange(start - 1, len(s) - 1)]).argmax(-1)
-                out[i][0] = bool((best == torch.tensor(s[start:])).all())
-                for j, p in enumerate(rest, 1):
-                    if len(single[p]) == 1:
-                        out[i][j] = int(best[0]) == single[p][0]
-    for j, p in enumerate(rest, 1):
-        if len(single[p]) > 1:
-            for i, ok in enumerate(starts_with(model, tok, prompts, [p], batch)):
-                out[i][j] = ok[0]
+        for i, h in _hidden_rows(model, tok, seqs, batch):
+            s, start = seqs[i]
+            best = model.lm_head(h[start - 1 : len(s) - 1]).argmax(-1)
+            out[i] = bool((best == torch.tensor(s[start:])).all())
     return out
 
 
