@@ -274,6 +274,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     zstd_mod = importlib.import_module("tvreg._format.codecs.zstd_frame")
     planes_mod = importlib.import_module("tvreg._format.codecs.planes")
     inst = importlib.import_module("tvreg._env.operations")
+    mat = importlib.import_module("tvreg._env.materialise")
     sio = importlib.import_module("tvreg._format.safetensors_io")
     Checkpoint = importlib.import_module("tvreg._format.checkpoint").Checkpoint
 
@@ -305,19 +306,27 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
             return
         setattr(owner, attr, timed(getattr(owner, attr), label))
 
+    def patch_where_called(name, label):
+        # A function is looked up where it was imported: wrap its binding in each install module.
+        owners = [m for m in (inst, mat) if hasattr(m, name)]
+        if not owners:
+            missing.append(name)
+        for owner in owners:
+            setattr(owner, name, timed(getattr(owner, name), label))
+
     def hashlib_with_timed_sha256(label):
         ns = {k: getattr(hashlib, k) for k in dir(hashlib) if not k.startswith("__")}
         ns["sha256"] = timed(hashlib.sha256, label)
         return types.SimpleNamespace(**ns)
 
-    patch(inst, "tensor_hashes", "verify pristine G fingerprint (tensor_hashes)")
-    patch(inst, "file_digest", "sha256 of the whole artifact (file_digest)")
+    patch_where_called("tensor_hashes", "verify pristine G fingerprint (tensor_hashes)")
+    patch_where_called("file_digest", "sha256 of the whole artifact (file_digest)")
     patch(art_mod, "file_digest", "sha256 of a locked artifact (file_digest)")
-    patch(inst, "keep_artifact", "copy artifact into store (keep_artifact)")
-    patch(inst, "_stage_other_files", "stage other files")
-    patch(inst, "swap_directories", "swap directories")
-    patch(inst.shutil, "rmtree", "rmtree (old tree / staging)")
-    patch(inst, "remember", "seed fingerprint cache (remember)")
+    patch_where_called("keep_artifact", "copy artifact into store (keep_artifact)")
+    patch_where_called("_stage_other_files", "stage other files")
+    patch_where_called("swap_directories", "swap directories")
+    patch(mat.shutil, "rmtree", "rmtree (old tree / staging)")
+    patch_where_called("remember", "seed fingerprint cache (remember)")
     patch(Checkpoint, "read", "[worker] read G tensor")
     patch(art_mod.Artifact, "decode_form", "[worker] Artifact.decode_form (all)")
     patch(sio.SafetensorsFile, "read_bytes", "[worker]   decode: read blob")
@@ -327,12 +336,12 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     patch(planes_mod, "merge", "[worker]     codec: planes back to floats")
     patch(importlib.import_module("tvreg._merge.trim"), "_select", "[worker]   TIES cutoff (trim._select)")
     device_mod = importlib.import_module("tvreg._merge.device")
-    patch(inst, "plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
+    patch_where_called("plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
     patch(device_mod, "merge_tensor", "[worker] merge_tensor (fp32 merge + round, CPU)")
-    inst.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
+    mat.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
     patch(sio.SafetensorsWriter, "write", "[main] SafetensorsWriter.write")
     patch(sio.SafetensorsWriter, "finish", "[main] SafetensorsWriter.finish (fsync)")
-    original_map = inst.ordered_map
+    original_map = mat.ordered_map
 
     def waited_map(*a, **k):
         gen = original_map(*a, **k)
@@ -350,7 +359,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
                 )
             yield item
 
-    inst.ordered_map = waited_map
+    mat.ordered_map = waited_map
     started = time.perf_counter()
     inst.install(artifacts, into=model_dir, device="cpu", method="task_arithmetic")
     wall = time.perf_counter() - started

@@ -64,3 +64,32 @@ print("ok", PostgresCluster.__module__)
     assert "ok registry_server.pgcluster" in res.stdout
     source = (ROOT / "benchmarks/load.py").read_text()
     assert "registry_server.pgcluster" in source
+
+
+def test_install_breakdown_times_every_stage_it_names(family, tmp_path) -> None:
+    """``benchmarks/install.py --breakdown`` wraps the library's install stages by name; when the
+    library moves a function (as the private-package split did), the wrap must follow it, not
+    silently time nothing. Here every named stage is found and the time-consuming ones are hit."""
+    import json
+
+    from helpers import copy_model, subprocess_env
+
+    from tvreg._build.build import build_skill
+    from tvreg._env.environment import init_environment
+
+    skill = build_skill(family.pre, finetuned=family.science, output=tmp_path / "s.tvskill", name="science",
+                        version="1.0.0", dataset_size=10).path  # fmt: skip
+    model = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(model, base=family.pre, general_size=100)
+    out = tmp_path / "breakdown.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "install.py"), "--breakdown-install", str(model), str(out), str(skill)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["not_patched"] == []
+    stages = report["stages"]
+    for label in ("stage other files", "swap directories", "[worker] merge_tensor (fp32 merge + round, CPU)",
+                  "[worker] sha256 of merged tensor", "[main] waiting for workers (next(stream))"):  # fmt: skip
+        assert stages.get(label, [0, 0, 0])[2] >= 1, (label, sorted(stages))
