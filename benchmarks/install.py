@@ -62,7 +62,7 @@ INIT_STD = 0.02
 NOISE_STD = 1e-3
 FINETUNE_MOVED = 0.31
 SEED = 1234
-BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts", "mergekit-out")
+BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts", "mergekit-out", "breakdown-model")
 DEFAULT_MERGEKIT_VENV = Path(__file__).resolve().parent / ".venv-mergekit"
 TIES_DENSITY = 0.2
 
@@ -683,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         artifact_bytes = sum(p.stat().st_size for p in skills)
+        if args.breakdown:
+            # The breakdown needs a first install: the timed one below leaves the model synced, and the
+            # same set again takes the no-op path. Installs never write in place, so links are safe.
+            shutil.copytree(dirs["general"], workdir / "breakdown-model", copy_function=os.link, symlinks=True)
 
         print("\n[2/3] measuring (each step a separate process) ...", flush=True)
         copy_cmd = [sys.executable, os.path.abspath(__file__), "--copy-baseline", str(dirs["general"]),
@@ -722,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         breakdown = None
         if args.breakdown:
             bjson = logs / "breakdown.json"
-            cmd = [sys.executable, os.path.abspath(__file__), "--breakdown-install", str(dirs["general"]),
+            cmd = [sys.executable, os.path.abspath(__file__), "--breakdown-install", str(workdir / "breakdown-model"),
                    str(bjson), *map(str, skills)]  # fmt: skip
             step = run_step("install (breakdown)", cmd, env, logs, cold)
             breakdown = json.loads(bjson.read_text())
