@@ -9,12 +9,15 @@ model's own tokenizer, a plain forward and a hand-written token-level cross entr
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tvreg._build import calibrate
 from tvreg._build.build import build_skill
 from tvreg._format.artifact import Artifact
 from tvreg._format.manifest import Manifest
@@ -119,12 +122,15 @@ def test_a_lower_target_picks_a_smaller_lossy_coding_that_meets_it(family, heldo
     assert kept == pytest.approx(cal["retention"], abs=1e-4)
     assert cal["retention_bound"] == pytest.approx(_bootstrap_bound(pre, ft, coded), abs=1e-4)
     assert (cal["loss_pre"], cal["loss_finetuned"], cal["loss_chosen"]) == pytest.approx(losses, abs=1e-4)
-    # Every evaluation is one explored entry; the uniform bisection over the 15 candidates sorted
-    # by size costs ⌈log₂(15+1)⌉ = 4 at most, the per-group search one probe per group plus its bisection.
+    # Every evaluation is one explored entry; the uniform search bisects each family of candidates
+    # (sorted by size) on its own, ⌈log₂(n+1)⌉ at most for n settings, and the per-group search costs
+    # one probe per group plus its bisection.
     plan = cal["plan"]
     uniform = [e for e in cal["explored"] if ";" not in e["codec"]]
     assert cal["evaluations"] == 2 + len(cal["explored"]) == 2 + len(uniform) + plan["evaluations"]
-    assert len(uniform) <= 4 and plan["evaluations"] == plan["probes"] + plan["verifications"]
+    sizes = Counter(calibrate.family(n, o) for n, o in calibrate.CANDIDATES).values()
+    assert len(uniform) <= sum(math.ceil(math.log2(n + 1)) for n in sizes)
+    assert plan["evaluations"] == plan["probes"] + plan["verifications"]
     assert plan["probes"] <= len(plan["groups"]) == 4  # lm_head, embed_tokens, layers 0 and 1 (norm: a vector)
     picked = next(e for e in uniform if e["codec"] == plan["setting"])
     assert all(e["retention"] < target or e["retention_bound"] < target for e in uniform if e["bytes"] < picked["bytes"])
@@ -295,6 +301,44 @@ def test_the_recorded_evaluations_are_the_hook_calls_and_stay_within_the_budget(
         assert plan is None and cal["plan_reason"] == "the budget of 3 evaluations ran out in the uniform bisection"
 
 
+MIXED = [
+    ("sparse", {"density": 0.5, "select": "random"}),
+    ("sparse", {"density": 0.2, "select": "random"}),
+    ("sparse", {"density": 0.05, "select": "random"}),
+    ("sparse", {"density": 0.3}),
+    ("sparse", {"density": 0.1}),
+    ("lowrank", {"energy": 0.99, "fallback": "int8"}),
+    ("lowrank", {"energy": 0.9, "fallback": "int8"}),
+    ("lowrank", {"energy": 0.5, "fallback": "int8"}),
+]
+
+
+def test_the_uniform_search_finds_the_smallest_passing_setting_across_families(family, heldout, tmp_path, monkeypatch):
+    """Retention grows with size along a family, not across families: one bisection of all sizes can step
+    past the smallest passing setting, so each family is searched on its own. Checked against every
+    candidate measured alone."""
+    import tvreg._build.calibrate as calibrate
+
+    target = 0.8
+    alone = {}
+    for i, setting in enumerate(MIXED):
+        monkeypatch.setattr(calibrate, "CANDIDATES", [setting])
+        cal = _build(family, tmp_path / f"{i}.tvskill", calibration=heldout, min_retention=target,
+                     max_evaluations=3).manifest.calibration  # fmt: skip
+        (entry,) = cal["explored"]
+        alone[entry["codec"]] = (entry["bytes"], entry["retention"] >= target and entry["retention_bound"] >= target)
+    passing = sorted((size, label) for label, (size, ok) in alone.items() if ok)
+    assert passing and len(passing) < len(alone)  # the target separates the candidates
+    monkeypatch.setattr(calibrate, "CANDIDATES", MIXED)
+    cal = _build(family, tmp_path / "all.tvskill", calibration=heldout, min_retention=target,
+                 max_evaluations=40).manifest.calibration  # fmt: skip
+    picked = cal["plan"]["setting"] if cal["plan"] else cal["chosen"]
+    assert picked == passing[0][1], (passing, cal["explored"])
+    for entry in cal["explored"]:
+        if ";" not in entry["codec"]:
+            assert entry["bytes"] == alone[entry["codec"]][0]
+
+
 GROUPINGS = [
     # (tensor names, at most how many groups, the groups expected, why)
     (["model.layers.10.mlp.w", "model.layers.2.mlp.w", "model.layers.2.attn.q", "lm_head.weight"], 9,
@@ -351,7 +395,28 @@ BAD_DATA = [
      "error: calibration data `{p}/nope.txt` cannot be read (No such file or directory)."),
     ("a hook that raises", _hook_that_raises,
      "error: evaluation hook `{p}/broken.py:score` failed on `"),
+    ("a JSON Lines file with a line that is not JSON",
+     lambda p: (p / "d.jsonl").write_text('{"text": "fine"}\n{"text": \n') and str(p / "d.jsonl"),
+     "error: calibration data `{p}/d.jsonl` line 2 is not JSON (Expecting value)."),
+    ("a JSON Lines record without a text string",
+     lambda p: (p / "d.jsonl").write_text('{"text": "fine"}\n\n{"text": 3}\n') and str(p / "d.jsonl"),
+     "error: calibration data `{p}/d.jsonl` line 3 is not an object with a `text` string."),
+    ("a JSON Lines file of blank texts",
+     lambda p: (p / "d.jsonl").write_text('{"text": "  "}\n\n') and str(p / "d.jsonl"),
+     "error: calibration data `{p}/d.jsonl` holds no texts."),
 ]  # fmt: skip
+
+
+def test_a_json_lines_file_keeps_each_texts_newlines(tmp_path):
+    from tvreg._build.calibrate import read_texts
+
+    texts = ["def f(x):\n    return x\n", "plain text", 'quotes " and \\ and ünïcode']
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "source": "x"}) + "\n" for t in texts) + "\n", encoding="utf-8")
+    assert read_texts(data) == texts
+    flat = tmp_path / "heldout.txt"
+    flat.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    assert read_texts(flat) == [json.dumps({"text": t}) for t in texts]  # only .jsonl is parsed
 
 
 @pytest.mark.parametrize("what, make, first", BAD_DATA, ids=[b[0] for b in BAD_DATA])

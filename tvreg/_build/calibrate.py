@@ -32,7 +32,8 @@ indices for θ_pre, θ_pre + τ and θ_pre + τ̂, each resample's retention
 so the token weighting of the mean is kept). A hook returns one number, which cannot be
 resampled: it is judged on the mean, and the manifest says so.
 
-Data: a UTF-8 text file of held-out texts, one per line (blank lines ignored), scored with
+Data: a UTF-8 text file of held-out texts, one per line (blank lines ignored), or a
+``.jsonl`` file of ``{"text": ...}`` records (texts keep their newlines), scored with
 the model's own tokenizer (mean token NLL, each text on its own, ``add_special_tokens``);
 or an evaluation hook ``module:fn`` / ``file.py:fn`` (:mod:`tvreg._env.evaluate`), called on a
 scratch model directory per evaluation, whose single metric (or ``loss``) is used.
@@ -152,10 +153,27 @@ class _Setting:
 
     coder: _Uniform
     sizes: dict[str, int]
+    family: tuple = ()
 
     @property
     def size(self) -> int:
         return sum(self.sizes.values())
+
+
+KNOBS = ("density", "energy", "rank")
+"""The option that moves a setting along its family's size/retention curve."""
+
+
+def family(codec: str, opts: Mapping[str, object]) -> tuple:
+    """Settings that differ only in a knob (:data:`KNOBS`): along one family retention grows with size.
+
+    ``bf16`` and ``int8`` are one family (dense quantisers: fewer bits, more error);
+    across families there is no such order (a smaller random-sparse coding can keep more
+    than a larger low-rank one), so the search bisects each family on its own.
+    """
+    if codec in ("bf16", "int8") and not opts:
+        return ("dense",)
+    return (codec, *sorted((k, repr(v)) for k, v in opts.items() if k not in KNOBS))
 
 
 def _encode_all(coder: Codec, taus: Mapping[str, torch.Tensor]) -> dict[str, Encoded]:
@@ -217,19 +235,30 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
     _setting("bf16"),
     _setting("int8"),
     *[_setting("sparse", density=d, select="random") for d in (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)],
+    *[_setting("sparse", density=d, select="random", values="int8") for d in (0.1, 0.05, 0.03, 0.02, 0.01)],
     *[_setting("sparse", density=d) for d in (0.3, 0.1, 0.03)],
+    *[_setting("sparse", density=d, values="int8") for d in (0.1, 0.05, 0.03, 0.01)],
     *[_setting("lowrank", energy=e, fallback="int8") for e in (0.99, 0.9, 0.75, 0.5)],
 ]
 """The lossy settings tried, one for every matrix of τ (sorted by measured size before the search)."""
 
 
 def read_texts(path: Path) -> list[str]:
-    """The held-out texts of a calibration file: one per line, blank lines ignored.
+    """The held-out texts of a calibration file.
+
+    A ``.jsonl`` file holds one JSON object per line with a ``text`` string (the layout of
+    Hugging Face datasets' JSON Lines exports), so texts keep their newlines — code and
+    documents are scored as they are written. Any other file holds one text per line,
+    blank lines ignored.
 
     Raises:
-        EvaluationError: the file is missing, not UTF-8 text, empty, or holds NUL bytes.
+        EvaluationError: the file is missing, not UTF-8 text, empty, holds NUL bytes, or a
+            JSON Lines record that is not an object with a ``text`` string.
     """
-    hint = "give a UTF-8 text file with one held-out text of the skill's domain per line, or a hook `module:fn`"
+    hint = (
+        "give a UTF-8 text file with one held-out text of the skill's domain per line, a `.jsonl` file of "
+        '{"text": ...} records, or a hook `module:fn`'
+    )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -244,7 +273,10 @@ def read_texts(path: Path) -> list[str]:
         raise EvaluationError(
             f"calibration data `{path}` is not UTF-8 text (byte {exc.start}).", hints=[hint]
         ) from None
-    texts = [line.strip() for line in text.splitlines() if line.strip()]
+    if path.suffix.lower() == ".jsonl":
+        texts = _jsonl_texts(path, text, hint)
+    else:
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
         raise EvaluationError(f"calibration data `{path}` holds no texts.", hints=[hint])
     if len(texts) > MAX_TEXTS:
@@ -252,6 +284,31 @@ def read_texts(path: Path) -> list[str]:
             f"calibration data `{path}` holds {len(texts)} texts; at most {MAX_TEXTS} are read.",
             hints=["a few dozen to a few thousand held-out texts are enough to measure retention"],
         )
+    return texts
+
+
+def _jsonl_texts(path: Path, text: str, hint: str) -> list[str]:
+    import json
+
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) > MAX_TEXTS:
+        return [""] * len(lines)  # not parsed: read_texts refuses the file by its count
+    texts = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise EvaluationError(
+                f"calibration data `{path}` line {number} is not JSON ({getattr(exc, 'msg', 'too deeply nested')}).",
+                hints=[hint],
+            ) from None
+        value = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            raise EvaluationError(
+                f"calibration data `{path}` line {number} is not an object with a `text` string.", hints=[hint]
+            )
+        if value.strip():
+            texts.append(value)
     return texts
 
 
@@ -503,31 +560,46 @@ def calibrate(
             coder = _Uniform(make_codec(name, opts), opts)
             # Only the sizes are kept: the few candidates the search measures are coded again,
             # so memory holds τ, one or two codings of it and one τ̂, not every candidate's coding.
-            settings.append(_Setting(coder, {n: len(coder.encode(t).data) for n, t in taus.items()}))
+            sizes = {n: len(coder.encode(t).data) for n, t in taus.items()}
+            settings.append(_Setting(coder, sizes, family(name, opts)))
         settings.sort(key=lambda c: c.size)
-        settings.append(_Setting(exact, {n: len(exact.encode(t).data) for n, t in taus.items()}))
-        n_lossy = len(settings) - 1
-        codings: dict[str, Encoded] | None = None
-        lo, hi = 0, n_lossy  # the answer is in [lo, hi]; n_lossy means "none passes" (exact)
-        while lo < hi and evaluations < max_evaluations:
-            mid = (lo + hi) // 2
-            trial = _encode_all(settings[mid].coder, taus)
-            score, bound, ok = measure(settings[mid].coder.describe(), trial, settings[mid].size)
-            if ok:
-                hi, best, codings = mid, (score, bound), trial
-            else:
-                lo = mid + 1
-            del trial
-        chosen = _Planned(settings[hi].coder, codings, settings[hi].coder.describe())
-        if lo < hi:
+        exact_setting = _Setting(exact, {n: len(exact.encode(t).data) for n, t in taus.items()}, ("exact",))
+        families: dict[tuple, list[_Setting]] = {}
+        for setting in settings:
+            families.setdefault(setting.family, []).append(setting)
+        winner, codings = exact_setting, None
+        ran_out = False
+        for members in sorted(families.values(), key=lambda f: f[0].size):
+            # Only what would beat the best so far is worth an evaluation.
+            smaller = [c for c in members if c.size < winner.size]
+            lo, hi = 0, len(smaller)  # the family's smallest passing one is in [lo, hi]; len means none
+            while lo < hi:
+                if evaluations >= max_evaluations:
+                    ran_out = True
+                    break
+                mid = (lo + hi) // 2
+                trial = _encode_all(smaller[mid].coder, taus)
+                score, bound, ok = measure(smaller[mid].coder.describe(), trial, smaller[mid].size)
+                if ok:
+                    hi, best, codings = mid, (score, bound), trial
+                else:
+                    lo = mid + 1
+                del trial
+            if hi < len(smaller):
+                winner = smaller[hi]
+            if ran_out:
+                break
+        chosen = _Planned(winner.coder, codings, winner.coder.describe())
+        neighbour = _next_smaller(settings, winner)
+        if ran_out:
             plan_reason = f"the budget of {max_evaluations} evaluations ran out in the uniform bisection"
-        elif hi == 0:
+        elif neighbour is None:
             plan_reason = "the smallest candidate passes for every matrix"
         elif max_evaluations - evaluations < _plan_cost(1):
             plan_reason = f"the budget of {max_evaluations} evaluations leaves no room for a per-group search"
         else:
             found = _per_group(
-                taus, settings[hi], settings[hi - 1], codings, judge, measure, budget=max_evaluations - evaluations,
+                taus, winner, neighbour, codings, judge, measure, budget=max_evaluations - evaluations,
                 kept_uniform=judge.retention(best[0]),
             )  # fmt: skip
             plan, plan_reason = found.record, None
@@ -576,6 +648,14 @@ class _Found:
     codings: dict[str, Encoded] | None = None
     label: str = ""
     best: tuple[_Score, float | None] | None = None
+
+
+def _next_smaller(settings: list[_Setting], winner: _Setting) -> _Setting | None:
+    """The setting the per-group search moves layers to: the next smaller one of the winner's family, else of all."""
+    below = [c for c in settings if c.size < winner.size]
+    same = [c for c in below if c.family == winner.family]
+    choice = same or below
+    return choice[-1] if choice else None
 
 
 def _per_group(
