@@ -229,10 +229,12 @@ def build_skill(
                     if tau is not None:
                         _check_finite(tname, tau)
                         taus[tname] = tau
+                progress.task(f"Calibrating on {Path(str(calibration)).name}", max_evaluations)
                 coder, figures = calibrate(
                     taus, base=reference, data=calibration, min_retention=min_retention, margin=margin,
-                    max_evaluations=max_evaluations,
+                    max_evaluations=max_evaluations, on_evaluation=lambda what, score: progress.advance(1),
                 )  # fmt: skip
+                progress.done()
                 calibrated = figures.to_dict()
                 source["codec"] = f"auto({figures.chosen})"
                 deltas = [(tname, lambda n: taus.get(n)) for tname, _ in deltas]
