@@ -41,7 +41,6 @@ scratch model directory per evaluation, whose single metric (or ``loss``) is use
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -60,9 +59,6 @@ MAX_TEXTS = 100_000
 
 DEFAULT_MAX_EVALUATIONS = 40
 """Model evaluations a calibration may spend, the 2 references included (``--max-evaluations``)."""
-
-BATCH_TOKENS = 1024
-"""Padded tokens per forward pass when scoring calibration texts."""
 
 RESAMPLES = 1000
 QUANTILE = 0.05
@@ -398,39 +394,9 @@ class _TextScorer:
             for n, tau in (taus or {}).items():
                 if n in self.state:
                     self.state[n].add_(tau.to(self.state[n].dtype))
-            per_text = torch.zeros(len(self.ids), dtype=torch.float64)
-            for batch in self.batches:
-                per_text[batch] = self._nll(batch)
+            sums = [float(self.model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1) for ids in self.ids]
+        per_text = torch.tensor(sums, dtype=torch.float64)
         return _Score(float(per_text.sum()) / self.tokens, per_text)
-
-    @functools.cached_property
-    def batches(self) -> list[list[int]]:
-        """Texts of similar length together, at most :data:`BATCH_TOKENS` padded tokens a batch.
-
-        One forward over a batch costs far less than one per text on a CPU (the matrix
-        products get wide enough to use the cores' vector units), and sorting by length keeps
-        the padding small.
-        """
-        order = sorted(range(len(self.ids)), key=lambda i: self.ids[i].shape[1])
-        batches: list[list[int]] = []
-        for i in order:
-            if batches and (len(batches[-1]) + 1) * self.ids[i].shape[1] <= BATCH_TOKENS:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        return batches
-
-    def _nll(self, batch: list[int]) -> torch.Tensor:
-        """Each text's next-token NLL summed over its own tokens (right-padded, padding masked out)."""
-        lengths = [int(self.ids[i].shape[1]) for i in batch]
-        width = max(lengths)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, (i, n) in enumerate(zip(batch, lengths, strict=True)):
-            ids[row, :n], mask[row, :n] = self.ids[i][0], 1
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        return (nll.double() * mask[:, 1:]).sum(1)
 
 
 class _HookScorer:
