@@ -9,19 +9,22 @@ for a score where higher is better (both differences flip sign), so a hook may r
 either a loss or an accuracy.
 
 Search: every candidate coding (one setting for every matrix; vectors and scalars stay
-``exact``, as in uncalibrated ``auto``) is encoded once to learn its size, candidates are
-sorted by size, and the smallest passing one is found by bisection, assuming retention
-grows with size along that order. Cost: 2 evaluations (θ_pre and θ_pre + τ) plus
-⌈log₂(n + 1)⌉ for n lossy candidates; the winner is always one that was measured. A
-target of 1.0 means "keep τ bit for bit" (a lossy coding can measure above 100% by
-noise): ``exact`` is chosen after the 2 reference evaluations.
+``exact``, as in uncalibrated ``auto``) is encoded once to learn its size. Retention grows
+with size along a *family* (settings that differ in one knob: density, energy, rank; bf16
+and int8 are one family) but not across families — a smaller random-sparse coding can keep
+more than a larger low-rank one — so each family is bisected on its own, smallest families
+first, and only settings smaller than the best passing one so far are measured. Cost: 2
+evaluations (θ_pre and θ_pre + τ) plus at most Σ ⌈log₂(n_f + 1)⌉ over families of n_f
+settings; the winner is always one that was measured. A target of 1.0 means "keep τ bit
+for bit" (a lossy coding can measure above 100% by noise): ``exact`` is chosen after the 2
+reference evaluations.
 
 Then per group (a decoder layer's matrices, read off the tensor names; no per-architecture
 table): each group is probed once with only it at the next smaller setting, groups are
 ordered by retention lost per byte saved, and the longest passing prefix is bisected, as
 mixed-precision quantizers allocate bits by a sensitivity measured once. Cost: G +
 ⌈log₂(G + 1)⌉ for G groups; ``max_evaluations`` caps the whole search (adjacent layers are
-merged to fit), so a build costs at most 2 + ⌈log₂(n + 1)⌉ + G + ⌈log₂(G + 1)⌉ evaluations.
+merged to fit), so a build costs at most 2 + Σ ⌈log₂(n_f + 1)⌉ + G + ⌈log₂(G + 1)⌉ evaluations.
 
 Margin: a mean over N texts is itself an estimate. On real pairs a candidate that kept
 99.0% on the calibration texts kept 97.0% on disjoint held-out texts, so with per-text
