@@ -15,7 +15,7 @@ from .._names import validate_name, validate_version
 from .._version import __version__
 from .._format.artifact import ArtifactWriter, file_digest, remember_verified
 from .._format.checkpoint import Checkpoint
-from .._format.codecs import Codec, get_codec, make_codec, relative_error
+from .._format.codecs import Codec, get_codec, jit, make_codec, relative_error
 from ..errors import TensorMismatch, TvregError
 from .._format.fingerprint import fingerprint
 from .._format.manifest import DATASET_UNITS, Manifest
@@ -50,6 +50,11 @@ def _check_finite(name: str, tau: torch.Tensor) -> None:
         )
 
 
+def _words(t: torch.Tensor) -> np.ndarray:
+    """The uint16 bit patterns of a contiguous bf16 tensor."""
+    return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+
+
 def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[str, Callable[[str], torch.Tensor | None]]]:
     base_names, ft_names = set(base.names()), set(finetuned.names())
     for name in sorted(ft_names - base_names):
@@ -80,6 +85,12 @@ def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[
                     tensor=name,
                 )
             return None
+        if base.info(name).dtype == finetuned.info(name).dtype == "BF16" and jit.ready(base.info(name).numel):
+            # One compiled pass, the same fp32 subtraction: no fp32 copies of either model's tensor.
+            f, b = finetuned.read(name), base.read(name)
+            tau = torch.empty(f.shape, dtype=torch.float32)
+            jit.bf16_delta(_words(f), _words(b), tau.view(-1).numpy())
+            return tau
         return finetuned.read_float32(name).sub_(base.read_float32(name))
 
     for name in base.names():

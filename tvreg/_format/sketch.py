@@ -39,6 +39,7 @@ import torch
 
 from .._merge.trim import kth_largest_magnitude
 from ..errors import SketchError
+from .codecs import jit
 from .safetensors_io import MAX_HEADER_BYTES, build_header
 
 SKETCH_VERSION = 1
@@ -133,20 +134,25 @@ def sketch_tensor(
     whole = torch.from_numpy(flat)
     threshold = kth_largest_magnitude(n, top, lambda: ((s, whole[s : s + _CHUNK]) for s in range(0, n, _CHUNK)))
     squares = 0.0
+    buf = np.empty(min(n, _CHUNK), np.float64)  # one buffer for every chunk: fresh pages cost more than the sum
     for start in range(0, n, _CHUNK):
-        part = flat[start : start + _CHUNK].astype(np.float64)
-        squares += float(np.add.reduce(part * part))
+        part = buf[: min(_CHUNK, n - start)]
+        np.copyto(part, flat[start : start + _CHUNK])
+        squares += float(np.add.reduce(np.multiply(part, part, out=part)))
     norm = math.sqrt(squares)
     if n <= projection_dim + sample_size:
         return TensorSketch(n, norm, positive / n, threshold, flat.copy())
     seed = _seed(name)
     shift = np.uint64(64 - (projection_dim.bit_length() - 1))
     projection = np.zeros(projection_dim, np.float64)
-    for start in range(0, n, _CHUNK):
-        part = flat[start : start + _CHUNK].astype(np.float64)
-        h = _splitmix(seed, start, start + part.size)
-        part.view(np.uint64)[...] ^= h << np.uint64(63)  # the sign: flip where h is odd
-        projection += np.bincount((h >> shift).view(np.int64), weights=part, minlength=projection_dim)
+    if jit.ready(n):  # one compiled pass: the same sums in the same order (tests compare both paths)
+        jit.count_sketch(flat, seed, int(shift), _CHUNK, projection)
+    else:
+        for start in range(0, n, _CHUNK):
+            part = flat[start : start + _CHUNK].astype(np.float64)
+            h = _splitmix(seed, start, start + part.size)
+            part.view(np.uint64)[...] ^= h << np.uint64(63)  # the sign: flip where h is odd
+            projection += np.bincount((h >> shift).view(np.int64), weights=part, minlength=projection_dim)
     sample = flat[sample_positions(name, n, sample_size)]
     return TensorSketch(n, norm, positive / n, threshold, sample, projection.astype(np.float32))
 

@@ -21,6 +21,7 @@ with uint8 vector ops, so they run at memory speed and release the GIL.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -159,20 +160,33 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
     layout = _layout_of(flat.dtype)
     n = flat.numel()
     per = zstd_frame.CHUNK_BYTES // size
-    segments, nnz = [], []
-    for lo in range(0, n, per):
-        chunk = flat[lo : lo + per]
-        ints = chunk.view(_INT_OF[size]).numpy()  # NumPy: torch's compare and select are far slower here
-        nonzero = ints != 0
-        picked = ints[nonzero]
-        values = torch.from_numpy(picked).view(chunk.dtype) if picked.size else chunk[:0].contiguous()
-        bits = np.packbits(nonzero, bitorder="little")
-        stored = split(values, "exp") if layout == "exp" else values.view(torch.uint8)
-        segments.append(bits.tobytes() + stored.numpy().tobytes())
-        nnz.append(values.numel())
-    data, stream = zstd_frame.compress_segments(segments)
+    nnz: list[int] = []
+    compiled = layout == "exp" and size in _WORDS and jit.ready(n)
+
+    def segments() -> Iterator[bytes | memoryview]:
+        # One chunk at a time: each segment is compressed before the next is made.
+        for lo in range(0, n, per):
+            chunk = flat[lo : lo + per]
+            if compiled:
+                count = chunk.numel()
+                out = zstd_frame.scratch(_bitmap_bytes(count) + size * count, "encode", slot="segment").numpy()
+                values = zstd_frame.scratch(size * count, "encode", slot="values").numpy().view(_WORDS[size])
+                k = jit.mask_split(chunk.view(_INT_OF[size]).numpy().view(_WORDS[size]), out, values)
+                nnz.append(k)
+                yield memoryview(out[: _bitmap_bytes(count) + size * k])
+                continue
+            ints = chunk.view(_INT_OF[size]).numpy()  # NumPy: torch's compare and select are far slower here
+            nonzero = ints != 0
+            picked = ints[nonzero]
+            values = torch.from_numpy(picked).view(chunk.dtype) if picked.size else chunk[:0].contiguous()
+            bits = np.packbits(nonzero, bitorder="little")
+            stored = split(values, "exp") if layout == "exp" else values.view(torch.uint8)
+            nnz.append(values.numel())
+            yield bits.tobytes() + stored.numpy().tobytes()
+
+    data, stream = zstd_frame.compress_segments(segments())
     params = {"zeros": "bitmap", "planes": layout, "nnz": nnz, **stream}
-    if len(segments) > 1:
+    if len(nnz) > 1:
         params["chunk_elems"] = per
     return data, params
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -168,8 +168,11 @@ def _layout(data_len: int, segments: list[int], params: dict, where: str) -> lis
     return spans
 
 
-def compress_segments(segments: Sequence[bytes | memoryview]) -> tuple[bytes, dict]:
-    """One frame per raw segment (sizes known to the decoder); the frame table when there are several."""
+def compress_segments(segments: Iterable[bytes | memoryview]) -> tuple[bytes, dict]:
+    """One frame per raw segment (sizes known to the decoder); the frame table when there are several.
+
+    Segments are compressed as they are taken, so a generator may reuse one buffer for each.
+    """
     cctx = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
     frames = [cctx.compress(seg) for seg in segments]
     return b"".join(frames), ({"frames": [len(f) for f in frames]} if len(frames) > 1 else {})
