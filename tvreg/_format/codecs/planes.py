@@ -170,10 +170,10 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
             if compiled:
                 count = chunk.numel()
                 out = zstd_frame.scratch(_bitmap_bytes(count) + size * count, "encode", slot="segment").numpy()
-                values = zstd_frame.scratch(size * count, "encode", slot="values").numpy().view(_WORDS[size])
-                k = jit.mask_split(chunk.view(_INT_OF[size]).numpy().view(_WORDS[size]), out, values)
+                words = zstd_frame.scratch(size * count, "encode", slot="values").numpy().view(_WORDS[size])
+                k = jit.mask_split(chunk.view(_INT_OF[size]).numpy().view(_WORDS[size]), out, words)
                 nnz.append(k)
-                yield memoryview(out[: _bitmap_bytes(count) + size * k])
+                yield memoryview(out[: _bitmap_bytes(count) + size * k])  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
                 continue
             ints = chunk.view(_INT_OF[size]).numpy()  # NumPy: torch's compare and select are far slower here
             nonzero = ints != 0
