@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._format.codecs import jit
+from .._format.codecs import jit, zstd_frame
 from . import bitmasks
 
 
@@ -94,17 +94,21 @@ def _radix_select_compiled(
     a tenth of the tensor and selecting among those cost more than both passes here.
     """
 
-    def floats(chunk: torch.Tensor) -> np.ndarray:
-        return chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy()
+    def histogram(high: int) -> np.ndarray:
+        # Counts add up in any order: the chunks are spread over the shared threads, one histogram per group.
+        parts = [chunk for _, chunk in chunks()]
+        groups = max(1, min(len(parts), zstd_frame.decode_threads()))
+        lanes = np.zeros((groups, 4, 1 << (15 if high < 0 else 16)), np.int64)
 
-    lanes = np.zeros((4, 1 << 15), np.int64)
-    for _, chunk in chunks():
-        jit.magnitude_hist(floats(chunk), -1, lanes)
-    high, higher = _top_bucket(lanes.sum(axis=0), k)
-    lanes = np.zeros((4, 1 << 16), np.int64)
-    for _, chunk in chunks():
-        jit.magnitude_hist(floats(chunk), high, lanes)
-    hist = lanes.sum(axis=0)
+        def group(g: int) -> None:
+            for chunk in parts[g::groups]:
+                jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes[g])
+
+        zstd_frame.each_chunk(groups, group)
+        return lanes.sum(axis=(0, 1))
+
+    high, higher = _top_bucket(histogram(-1), k)
+    hist = histogram(high)
     low, higher_low = _top_bucket(hist, k - higher)
     t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
     return t, higher + higher_low, int(hist[low])

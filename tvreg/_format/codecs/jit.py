@@ -176,23 +176,18 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _count_sketch_py(flat, seed, shift, chunk, projection, local):  # pragma: no cover - compiled
-    n = flat.size
-    for start in range(0, n, chunk):
-        local[:] = 0.0
-        for i in range(start, min(n, start + chunk)):
-            x = np.uint64(i + 1) * _GOLDEN + seed
-            x ^= x >> np.uint64(30)
-            x *= _MIX1
-            x ^= x >> np.uint64(27)
-            x *= _MIX2
-            x ^= x >> np.uint64(31)
-            w = np.float64(flat[i])
-            if x & np.uint64(1):
-                w = -w
-            local[x >> shift] += w
-        for b in range(projection.size):
-            projection[b] += local[b]
+def _count_sketch_py(part, seed, shift, start, buckets):  # pragma: no cover - compiled
+    for i in range(part.size):
+        x = np.uint64(start + i + 1) * _GOLDEN + seed
+        x ^= x >> np.uint64(30)
+        x *= _MIX1
+        x ^= x >> np.uint64(27)
+        x *= _MIX2
+        x ^= x >> np.uint64(31)
+        w = np.float64(part[i])
+        if x & np.uint64(1):
+            w = -w
+        buckets[x >> shift] += w
 
 
 def _magnitude_hist_py(bits, high, hist):  # pragma: no cover - compiled
@@ -310,11 +305,14 @@ def bf16_delta(ft: np.ndarray, pre: np.ndarray, out: np.ndarray) -> None:
     _kernels.bf16_delta(ft, pre, out)
 
 
-def count_sketch(flat: np.ndarray, seed: int, shift: int, chunk: int, projection: np.ndarray) -> None:
-    """Add the CountSketch of ``flat`` (float32) into ``projection`` (float64), as :func:`tvreg._format.sketch.sketch_tensor`'s
-    NumPy loop does: the same splitmix64 hashes, each ``chunk`` summed in index order into zeros, then added."""
-    local = np.zeros(projection.size, np.float64)
-    _kernels.count_sketch(flat, np.uint64(seed), np.uint64(shift), chunk, projection, local)
+def count_sketch(part: np.ndarray, seed: int, shift: int, start: int, buckets: np.ndarray) -> None:
+    """Add one chunk's CountSketch into ``buckets`` (float64, zeros for NumPy's result), as
+    :func:`tvreg._format.sketch.sketch_tensor`'s NumPy loop does with ``np.bincount``: the same
+    splitmix64 hashes of the indices ``start + 1, ...``, the same signs, the sums in index order.
+    """
+    if part.dtype != np.float32 or buckets.dtype != np.float64 or buckets.size != 1 << (64 - shift):
+        raise ValueError("a float32 chunk and float64 buckets, one per hash value")
+    _kernels.count_sketch(part, np.uint64(seed), np.uint64(shift), start, buckets)
 
 
 def magnitude_hist(x: np.ndarray, high: int, lanes: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -43,6 +43,11 @@ def set_decode_threads(n: int) -> None:
         if _pool is not None:
             _pool.shutdown(wait=False)
             _pool = None
+
+
+def decode_threads() -> int:
+    """How many threads :func:`each_chunk` spreads work over."""
+    return _threads
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -168,14 +173,34 @@ def _layout(data_len: int, segments: list[int], params: dict, where: str) -> lis
     return spans
 
 
-def compress_segments(segments: Iterable[bytes | memoryview]) -> tuple[bytes, dict]:
-    """One frame per raw segment (sizes known to the decoder); the frame table when there are several.
+def compress_segments(segments: Sequence[bytes | memoryview]) -> tuple[bytes, dict]:
+    """One frame per raw segment (sizes known to the decoder); the frame table when there are several."""
+    return compress_made(len(segments), segments.__getitem__)
 
-    Segments are compressed as they are taken, so a generator may reuse one buffer for each.
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compression context per thread (contexts are not thread-safe)."""
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
+    return c
+
+
+def compress_made(count: int, segment: Callable[[int], bytes | memoryview]) -> tuple[bytes, dict]:
+    """:func:`compress_segments` of ``segment(0..count-1)``, each made and compressed by one task on the
+    shared threads (:func:`each_chunk`); the frames are joined in order, so the blob does not
+    depend on the thread count.
+
+    ``segment(i)`` may return a view of a buffer of the calling thread (:func:`scratch`): it is
+    compressed before that thread makes another.
     """
-    cctx = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
-    frames = [cctx.compress(seg) for seg in segments]
-    return b"".join(frames), ({"frames": [len(f) for f in frames]} if len(frames) > 1 else {})
+    frames: list[bytes] = [b""] * count
+
+    def one(i: int) -> None:
+        frames[i] = _compressor().compress(segment(i))
+
+    each_chunk(count, one)
+    return b"".join(frames), ({"frames": [len(f) for f in frames]} if count > 1 else {})
 
 
 def plan_segments(
@@ -272,14 +297,26 @@ def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
         raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
 
 
-def _each_frame(count: int, one: Callable[[int], None]) -> None:
-    """``one(i)`` for every frame, on the decode threads when there are several (zstd releases the GIL)."""
+def each_chunk(count: int, one: Callable[[int], None]) -> None:
+    """``one(i)`` for ``i < count``, on the shared worker threads when there are several (zstd, NumPy
+    and the compiled kernels release the GIL); returns once all are done.
+
+    ``one`` must not itself wait on work given to these threads.
+    """
     if count <= 1 or _threads == 1:
         for i in range(count):
             one(i)
         return
-    for fut in [_executor().submit(one, i) for i in range(count)]:
-        fut.result()
+    futures = [_executor().submit(one, i) for i in range(count)]
+    try:
+        for fut in futures:
+            fut.result()
+    finally:
+        for fut in futures:
+            fut.cancel()
+
+
+_each_frame = each_chunk
 
 
 def decompress_spans_into(
