@@ -24,7 +24,7 @@ What it does, in one run on the same inputs:
    the load average (the machine may be shared: read CPU seconds beside wall).
    ``--breakdown`` adds one in-process build with the library's stages wrapped in timers
    (read, subtract, finite check, sketch, planes, zstd, hash, write, finish/fsync, fingerprint),
-   summed over worker threads.
+   summed over worker threads ([chunk] rows: over the threads a big tensor's chunks are spread on).
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
         ns["sha256"] = timed(hashlib.sha256, label)
         return types.SimpleNamespace(**ns)
 
+    jit_mod = importlib.import_module("tvreg._format.codecs.jit")
     patch(build_mod, "fingerprint", "fingerprint of θ_pre (hash every tensor)")
     patch(fp_mod, "tensor_hashes", "  tensor_hashes")
     patch(sio.SafetensorsFile, "read", "[worker] read a checkpoint tensor (SafetensorsFile.read)")
@@ -128,9 +129,24 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
     patch(build_mod, "_check_finite", "[worker] NaN/Inf check")
     patch(sketch_mod, "sketch_tensor", "[worker] sketch (sketch_tensor)")
     patch(build_mod, "get_codec", "[worker] get_codec")
+    patch(build_mod, "_read_reused", "[worker] read a bf16 tensor into reused memory")
+    patch(jit_mod, "bf16_delta", "[worker] subtract (compiled bf16 delta)")
+    patch(sketch_mod, "kth_largest_magnitude", "[worker]   sketch: top-20% cutoff (kth_largest_magnitude)")
+    patch(jit_mod, "count_sketch", "[chunk]    sketch: CountSketch (compiled, per chunk)")
     patch(planes_mod, "encode_masked", "[worker] encode (planes.encode_masked, all)")
-    patch(planes_mod, "split", "[worker]   planes.split")
-    patch(zstd_mod, "compress_segments", "[worker]   zstd compress_segments")
+    patch(planes_mod, "split", "[worker]   planes.split (NumPy path)")
+    patch(jit_mod, "mask_split", "[chunk]    encode: bitmap + planes (compiled, per chunk)")
+    if hasattr(zstd_mod, "_compressor"):  # zstd contexts are C objects: time their compress through a proxy
+        plain_compressor = zstd_mod._compressor
+
+        class TimedCompressor:
+            def __init__(self, inner):
+                self.compress = timed(inner.compress, "[chunk]    encode: zstd compress (per frame)")
+
+        proxies: dict[int, TimedCompressor] = {}
+        zstd_mod._compressor = lambda: proxies.setdefault(threading.get_ident(), TimedCompressor(plain_compressor()))
+    else:
+        patch(zstd_mod, "compress_segments", "[worker]   zstd compress_segments")
     art_mod.hashlib = hashlib_with_timed_sha256("[main/worker] sha256 of blobs / file (artifact)")
     patch(art_mod.ArtifactWriter, "add", "[main] ArtifactWriter.add (write blob)")
     patch(art_mod.ArtifactWriter, "finish", "[main] ArtifactWriter.finish (header, copy body, fsync)")
@@ -257,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             breakdown = json.loads(bjson.read_text())
             result["breakdown"] = breakdown
             print(f"\nbuild stage breakdown (in-process build_skill {breakdown['wall_s']:.2f} s, process {wall:.2f} s; "
-                  "[worker] rows are summed over threads; CPU = the calling thread's own):")  # fmt: skip
+                  "[worker]/[chunk] rows are summed over threads; CPU = the calling thread's own):")  # fmt: skip
             print(f"  {'stage':<58} {'wall s':>8} {'CPU s':>8} {'calls':>6}")
             for label, (secs, cpu_s, calls) in sorted(breakdown["stages"].items(), key=lambda kv: -kv[1][0]):
                 print(f"  {label:<58} {secs:8.2f} {cpu_s:8.2f} {calls:6d}")

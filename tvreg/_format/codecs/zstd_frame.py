@@ -280,6 +280,18 @@ class Arena:
             _local.arena = before
 
 
+def reused(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of uint8 from the calling thread's active :class:`Arena`, else a fresh buffer.
+
+    For a writer's own temporaries (a build's τ and the tensors it is read from), whose
+    sizes come from checkpoints the user chose, so no decode budget is charged.
+    """
+    arena = getattr(_local, "arena", None)
+    if arena is None or nbytes == 0:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    return arena.take(nbytes)[:nbytes]
+
+
 def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
     """A buffer for a decoded tensor (from the thread's :class:`Arena` when one is active).
 
