@@ -359,6 +359,10 @@ class SketchBuilder:
             name, tau, projection_dim=self.projection_dim, sample_size=self.sample_size
         )
 
+    def tensor(self, name: str) -> TensorSketch:
+        """The sketch :meth:`add` made of tensor ``name``."""
+        return self._tensors[name]
+
     def finish(self, *, skill: str, version: str, base_fingerprint: str, artifact_digest: str) -> Sketch:
         return Sketch(
             skill,
