@@ -129,6 +129,8 @@ def _select(
 
     The counting runs in NumPy: its float comparisons and boolean selection are several
     times faster than torch's on the CPU, and this pass reads every entry of every skill.
+    With the compiled kernels (:mod:`tvreg._format.codecs.jit`) the radix select runs instead,
+    always: the same three numbers, since each is determined by the data alone.
     """
     if jit.ready(numel):  # exact whatever the data, in two compiled passes
         return _radix_select_compiled(k, chunks)
