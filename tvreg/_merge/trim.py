@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._format.codecs import jit, zstd_frame
+from .._format.codecs import jit
 from . import bitmasks
 
 
@@ -95,17 +95,11 @@ def _radix_select_compiled(
     """
 
     def histogram(high: int) -> np.ndarray:
-        # Counts add up in any order: the chunks are spread over the shared threads, one histogram per group.
-        parts = [chunk for _, chunk in chunks()]
-        groups = max(1, min(len(parts), zstd_frame.decode_threads()))
-        lanes = np.zeros((groups, 4, 1 << (15 if high < 0 else 16)), np.int64)
-
-        def group(g: int) -> None:
-            for chunk in parts[g::groups]:
-                jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes[g])
-
-        zstd_frame.each_chunk(groups, group)
-        return lanes.sum(axis=(0, 1))
+        # One chunk at a time, as they come: a compact form expands each chunk afresh (install's TIES).
+        lanes = np.zeros((4, 1 << (15 if high < 0 else 16)), np.int64)
+        for _, chunk in chunks():
+            jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes)
+        return lanes.sum(axis=0)
 
     high, higher = _top_bucket(histogram(-1), k)
     hist = histogram(high)

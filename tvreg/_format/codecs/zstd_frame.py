@@ -328,8 +328,6 @@ def each_chunk(count: int, one: Callable[[int], None]) -> None:
             fut.cancel()
 
 
-_each_frame = each_chunk
-
 
 def decompress_spans_into(
     data: bytes | memoryview,
@@ -353,7 +351,7 @@ def decompress_spans_into(
         if finish is not None:
             finish(i, d_lo, d_hi)
 
-    _each_frame(len(spans), one)
+    each_chunk(len(spans), one)
 
 
 #: Frames up to this many raw bytes decode into a reused per-thread buffer (the writers cut at 4 MiB).
@@ -399,7 +397,7 @@ def decompress_frames(
         decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         each(i, raw)
 
-    _each_frame(len(spans), one)
+    each_chunk(len(spans), one)
 
 
 def decompress_stream(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) -> torch.Tensor:
