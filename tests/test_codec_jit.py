@@ -227,3 +227,25 @@ def test_a_build_writes_the_same_artifact_and_sketch_on_both_paths(monkeypatch, 
         assert res.sketch is not None
         out[compiled] = (res.path.read_bytes(), res.sketch.to_bytes())
     assert out[True] == out[False]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_trim_holds_one_chunk_at_a_time_on_both_paths(monkeypatch, compiled):
+    """Install's TIES expands a compact form chunk by chunk; the cutoff must not keep them all."""
+    import weakref
+
+    from tvreg._merge import trim
+
+    x = _select_cases()[0]
+    alive: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+
+    def chunks():
+        for s in range(0, x.numel(), 1 << 14):
+            assert len(alive) <= 1, "an earlier chunk is still held"  # the caller's loop variable may hold one
+            chunk = x[s : s + (1 << 14)].clone()
+            alive.add(chunk)
+            yield s, chunk
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(jit, "enabled", compiled)
+    assert trim.magnitude_trim(x.numel(), 0.2, chunks) is not None
