@@ -101,7 +101,10 @@ def _radix_select_compiled(
             jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes)
         return lanes.sum(axis=0)
 
-    high, higher = _top_bucket(histogram(-1), k)
+    first = histogram(-1)
+    if int(first.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
+        return float("nan"), int(first.sum()), 0
+    high, higher = _top_bucket(first, k)
     hist = histogram(high)
     low, higher_low = _top_bucket(hist, k - higher)
     t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])

@@ -328,7 +328,6 @@ def each_chunk(count: int, one: Callable[[int], None]) -> None:
             fut.cancel()
 
 
-
 def decompress_spans_into(
     data: bytes | memoryview,
     out: memoryview,
