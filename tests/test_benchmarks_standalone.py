@@ -93,3 +93,32 @@ def test_install_breakdown_times_every_stage_it_names(family, tmp_path) -> None:
     for label in ("stage other files", "swap directories", "[worker] merge_tensor (fp32 merge + round, CPU)",
                   "[worker] sha256 of merged tensor", "[main] waiting for workers (next(stream))"):  # fmt: skip
         assert stages.get(label, [0, 0, 0])[2] >= 1, (label, sorted(stages))
+
+
+def test_build_benchmark_reports_the_copy_baseline_and_the_ratio(tmp_path) -> None:
+    """``benchmarks/build.py`` on the smallest model it makes: a copy row, a ``tvreg build`` row, the
+    ratio of the two, and a breakdown whose every named stage is found in the library and hit."""
+    import json
+
+    from helpers import subprocess_env
+
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "build.py"), "--params", "1e6", "--repeat", "1", "--breakdown",
+         "--tau", "finetune", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    result = json.loads(out.read_text())
+    copy, build = result["steps"]["copy"], result["steps"]["build"]
+    assert copy["wall_s"] > 0 and copy["cpu_s"] >= 0 and build["cpu_s"] > 0
+    assert build["ratio_to_copy"] == pytest.approx(build["wall_s"] / copy["wall_s"])
+    assert f"ratio to copy (target ≤ 3): {build['ratio_to_copy']:.2f}" in done.stdout
+    assert result["breakdown"]["not_patched"] == []
+    stages = result["breakdown"]["stages"]
+    for label in ("fingerprint of θ_pre (hash every tensor)", "[worker] subtract (compiled bf16 delta)",
+                  "[worker] sketch (sketch_tensor)", "[chunk]    encode: zstd compress (per frame)",
+                  "[chunk]    encode: bitmap + planes (compiled, per chunk)",
+                  "[main] ArtifactWriter.finish (header, copy body, fsync)"):  # fmt: skip
+        assert stages.get(label, [0, 0, 0])[2] >= 1, (label, sorted(stages))
+    assert not list((tmp_path / "work").glob("*.tvskill")), "the artifacts are removed without --keep"

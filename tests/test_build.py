@@ -100,6 +100,29 @@ def test_nan_in_the_fine_tune_is_refused(family, tmp_path):
     assert not list(tmp_path.glob("*x.tvskill*"))
 
 
+@pytest.mark.parametrize("where", ["two entries", "every entry"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_non_finite_bf16_fine_tune_is_refused_on_both_paths(family_bf16, tmp_path, monkeypatch, where, bad, compiled):
+    """bf16 models take the compiled delta, whose NaN/Inf check is the sketch's ‖τ‖²; it must refuse
+    as the NumPy check does, naming the tensor and the count, even when no entry is finite."""
+    from tvreg._format.codecs import jit
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(jit, "enabled", compiled)
+    ft = tmp_path / "ft"
+    shutil.copytree(family_bf16.science, ft)
+    tensors = load_file(ft / "model.safetensors")
+    weight = tensors["model.layers.1.mlp.up_proj.weight"]
+    region = weight[3, 4:6] if where == "two entries" else weight
+    region.fill_(bad)
+    save_file(tensors, ft / "model.safetensors")
+    count = region.numel()
+    with pytest.raises(TensorMismatch, match=rf"`model\.layers\.1\.mlp\.up_proj\.weight` of the task vector has {count} NaN"):
+        build_skill(family_bf16.pre, finetuned=ft, output=tmp_path / "x.tvskill", name="x", version="1.0.0")
+    assert not list(tmp_path.glob("*x.tvskill*"))
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

@@ -122,3 +122,130 @@ def test_small_work_stays_on_numpy_and_never_loads_numba(monkeypatch):
     assert not jit.ready(jit.MIN_ELEMENTS - 1)
     assert jit._kernels is None
     assert jit.ready(jit.MIN_ELEMENTS) and jit._kernels is not None
+
+
+# --------------------------------------------------------------------------- the build's kernels
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 70_001])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.31, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_planes_encode_to_the_same_bytes_on_both_paths(monkeypatch, n, density, dtype):
+    """The artifact's bytes do not depend on whether Numba is there (golden files pin one of them)."""
+    tau = _fine_tune_like(n, density, dtype, seed=n + 1)
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    got = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        got[compiled] = planes.encode_masked(tau)
+    assert got[True] == got[False]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_frames_made_on_several_threads_join_to_the_bytes_of_one(monkeypatch, threads):
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)
+    tau = _fine_tune_like(50_003, 0.31, torch.float32, seed=4)
+    before = zstd_frame.decode_threads()
+    zstd_frame.set_decode_threads(1)
+    try:
+        one = planes.encode_masked(tau)
+        zstd_frame.set_decode_threads(threads)
+        assert planes.encode_masked(tau) == one
+    finally:
+        zstd_frame.set_decode_threads(before)
+    assert len(one[1]["frames"]) > 10
+
+
+def test_bf16_delta_is_the_fp32_subtraction_on_every_bit_pattern():
+    """Random bf16 words cover NaN payloads, infinities, −0.0 and subnormals; the result must be
+    bit for bit torch's ``ft.float() - pre.float()`` (NaNs compared as NaN, whatever their payload)."""
+    assert jit.ready(jit.MIN_ELEMENTS)
+    g = torch.Generator().manual_seed(11)
+    ft, pre = (torch.randint(-(2**15), 2**15, (100_003,), generator=g, dtype=torch.int32).to(torch.int16) for _ in "ab")
+    want = ft.view(torch.bfloat16).float() - pre.view(torch.bfloat16).float()
+    got = np.empty(ft.numel(), np.float32)
+    jit.bf16_delta(ft.numpy().view(np.uint16), pre.numpy().view(np.uint16), got)
+    nan = torch.isnan(want)
+    assert torch.equal(torch.from_numpy(np.isnan(got)), nan)
+    assert torch.equal(torch.from_numpy(got)[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+@pytest.mark.parametrize("start", [0, 1 << 20, 3 * (1 << 20) + 5])
+def test_count_sketch_chunk_is_numpys_bincount_bit_for_bit(start):
+    from tvreg._format import sketch
+
+    assert jit.ready(jit.MIN_ELEMENTS)
+    part = _fine_tune_like(100_000, 0.6, torch.float32, seed=5).numpy()
+    seed, shift = sketch._seed("model.layers.0.mlp.up_proj.weight"), np.uint64(64 - 9)
+    h = sketch._splitmix(seed, start, start + part.size)
+    signed = part.astype(np.float64)
+    signed.view(np.uint64)[...] ^= h << np.uint64(63)
+    want = np.bincount((h >> shift).view(np.int64), weights=signed, minlength=512)
+    got = np.zeros(512, np.float64)
+    jit.count_sketch(part, seed, int(shift), start, got)
+    assert got.tobytes() == want.tobytes()
+
+
+def _select_cases() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(8)
+    pre = (torch.randn(300_001, generator=g) * 0.02).to(torch.bfloat16)
+    ft = (torch.randn(300_001, generator=g) * 1e-3 + pre.float()).to(torch.bfloat16)
+    steps = torch.randint(-3, 4, (300_001,), generator=g).float()  # a handful of values, many ties
+    return [ft.float() - pre.float(), torch.randn(300_001, generator=g), torch.zeros(300_001), steps, -steps]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_trim_cutoff_and_counts_are_the_same_on_both_paths(monkeypatch, case):
+    """The compiled radix select gives the NumPy bracket's (t, entries > t, entries == t) exactly."""
+    from tvreg._merge import trim
+
+    x = _select_cases()[case]
+    n = x.numel()
+
+    def chunks():
+        return ((s, x[s : s + (1 << 16)]) for s in range(0, n, 1 << 16))
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    for k in (1, 7, n // 5, n // 2, n - 1, n):
+        got = {}
+        for compiled in (True, False):
+            monkeypatch.setattr(jit, "enabled", compiled)
+            got[compiled] = trim._select(n, k, chunks)
+        assert got[True] == got[False], k
+
+
+def test_a_build_writes_the_same_artifact_and_sketch_on_both_paths(monkeypatch, family_bf16, tmp_path):
+    """bf16 models take the compiled delta, bitmap, sketch and cutoff; Numba or not, the same bytes."""
+    from tvreg._build.build import build_skill
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    out = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        res = build_skill(family_bf16.pre, finetuned=family_bf16.science, output=tmp_path / f"{compiled}.tvskill",
+                          name="science", version="1.0.0", dataset_size=10)  # fmt: skip
+        assert res.sketch is not None
+        out[compiled] = (res.path.read_bytes(), res.sketch.to_bytes())
+    assert out[True] == out[False]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_trim_holds_one_chunk_at_a_time_on_both_paths(monkeypatch, compiled):
+    """Install's TIES expands a compact form chunk by chunk; the cutoff must not keep them all."""
+    import weakref
+
+    from tvreg._merge import trim
+
+    x = _select_cases()[0]
+    alive: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+
+    def chunks():
+        for s in range(0, x.numel(), 1 << 14):
+            assert len(alive) <= 1, "an earlier chunk is still held"  # the caller's loop variable may hold one
+            chunk = x[s : s + (1 << 14)].clone()
+            alive.add(chunk)
+            yield s, chunk
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(jit, "enabled", compiled)
+    assert trim.magnitude_trim(x.numel(), 0.2, chunks) is not None

@@ -71,6 +71,30 @@ def test_same_tau_same_bytes_in_any_order_and_thread_count():
 GOLDEN = "1864101ca1e3255bde8c0eb3ef0241b49d30fb686229a1c2d13374bf28aadc6d"
 
 
+def _full_mantissa(n: int, salt: int) -> torch.Tensor:
+    """Integer-derived values with full float32 mantissas, so the order float64 sums are taken in shows."""
+    i = np.arange(n, dtype=np.int64)
+    return torch.from_numpy((((i * 2654435761 + salt) % 1000003) - 500001).astype(np.float32) / np.float32(3e6))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_big_tensors_sketched_chunk_by_chunk_on_threads_keep_the_golden_bytes(threads):
+    """Chunks of a big tensor are sketched on several threads and their sums joined in chunk order:
+    the bytes are those of one thread walking the chunks (this digest was made before the split; with
+    these values, summing the chunks' squares in another order changes ‖τ‖)."""
+    from tvreg._format.codecs import zstd_frame
+
+    tensors = {"model.embed_tokens.weight": _full_mantissa(5_000_000, 0).reshape(5000, 1000),
+               "lm_head.weight": _full_mantissa(3_300_000, 1).reshape(3300, 1000)}  # fmt: skip
+    before = zstd_frame.decode_threads()
+    zstd_frame.set_decode_threads(threads)
+    try:
+        got = _sketch_of(tensors)
+    finally:
+        zstd_frame.set_decode_threads(before)
+    assert hashlib.sha256(got).hexdigest() == "2ba104e4d915faf33600673804c42c74e3709570748bc9370acd15fb3eae0864"
+
+
 def test_sketch_roundtrip_and_small_tensors_exact():
     tau = _synthetic(100)
     s = sketch_tensor("x.weight", tau)

@@ -14,8 +14,9 @@ import torch
 from .._names import validate_name, validate_version
 from .._version import __version__
 from .._format.artifact import ArtifactWriter, file_digest, remember_verified
+from .._format.codecs.zstd_frame import Arena
 from .._format.checkpoint import Checkpoint
-from .._format.codecs import Codec, get_codec, make_codec, relative_error
+from .._format.codecs import Codec, get_codec, jit, make_codec, relative_error, zstd_frame
 from ..errors import TensorMismatch, TvregError
 from .._format.fingerprint import fingerprint
 from .._format.manifest import DATASET_UNITS, Manifest
@@ -50,6 +51,14 @@ def _check_finite(name: str, tau: torch.Tensor) -> None:
         )
 
 
+def _read_reused(ckpt: Checkpoint, name: str) -> np.ndarray:
+    """The uint16 words of a bf16 tensor, read into :func:`zstd_frame.reused` memory."""
+    info = ckpt.info(name)
+    raw = zstd_frame.reused(info.nbytes)
+    ckpt.file_of(name).read_into(info, memoryview(raw.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+    return raw.numpy().view(np.uint16)
+
+
 def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[str, Callable[[str], torch.Tensor | None]]]:
     base_names, ft_names = set(base.names()), set(finetuned.names())
     for name in sorted(ft_names - base_names):
@@ -80,6 +89,14 @@ def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[
                     tensor=name,
                 )
             return None
+        info = base.info(name)
+        if info.dtype == finetuned.info(name).dtype == "BF16" and jit.ready(info.numel):
+            # One compiled pass, the same fp32 subtraction: no fp32 copies of either model's tensor.
+            # Buffers come from the writer's arena when it has one: fresh pages cost more than the pass.
+            f, b = _read_reused(finetuned, name), _read_reused(base, name)
+            tau = zstd_frame.reused(4 * info.numel).view(torch.float32)
+            jit.bf16_delta(f, b, tau.numpy())
+            return tau.reshape(info.shape)
         return finetuned.read_float32(name).sub_(base.read_float32(name))
 
     for name in base.names():
@@ -288,13 +305,25 @@ def write_skill(
     try:
         progress.task(f"Building {manifest.label}", total)
 
+        arena = Arena()  # a worker's temporaries are handed back after each tensor and taken again
+
         def work(item):
+            with arena.active():
+                try:
+                    return code(item)
+                finally:
+                    arena.recycle()
+
+        def code(item):
             tname, fn = item
             tau = fn(tname)
             if tau is None:
                 return tname, None, 0
-            _check_finite(tname, tau)
+            # ‖τ‖² summed in float64 is finite exactly when every entry is (a float32 squared is
+            # below 2^256), so the sketch's pass is the NaN/Inf check; the named refusal follows.
             sketcher.add(tname, tau)
+            if not math.isfinite(sketcher.tensor(tname).norm):
+                _check_finite(tname, tau)
             enc = coder.encode_named(tname, tau)
             used = get_codec(enc.codec or coder.name)
             err = enc.rel_error

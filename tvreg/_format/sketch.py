@@ -39,6 +39,7 @@ import torch
 
 from .._merge.trim import kth_largest_magnitude
 from ..errors import SketchError
+from .codecs import jit, zstd_frame
 from .safetensors_io import MAX_HEADER_BYTES, build_header
 
 SKETCH_VERSION = 1
@@ -128,21 +129,41 @@ def sketch_tensor(
     n = flat.size
     if n == 0:
         return TensorSketch(0, 0.0, 0.0, 0.0, np.zeros(0, np.float32))
-    positive = int(np.count_nonzero(flat > 0))
     top = min(n, max(1, math.ceil(TOP_FRACTION * n)))
     whole = torch.from_numpy(flat)
     threshold = kth_largest_magnitude(n, top, lambda: ((s, whole[s : s + _CHUNK]) for s in range(0, n, _CHUNK)))
-    squares = 0.0
-    for start in range(0, n, _CHUNK):
-        part = flat[start : start + _CHUNK].astype(np.float64)
-        squares += float(np.add.reduce(part * part))
-    norm = math.sqrt(squares)
-    if n <= projection_dim + sample_size:
-        return TensorSketch(n, norm, positive / n, threshold, flat.copy())
+    starts = range(0, n, _CHUNK)
+    positives, squares_of = [0] * len(starts), [0.0] * len(starts)
     seed = _seed(name)
     shift = np.uint64(64 - (projection_dim.bit_length() - 1))
+    whole_kept = n <= projection_dim + sample_size
+    compiled = not whole_kept and jit.ready(n)
+    buckets = np.zeros((len(starts) if compiled else 0, projection_dim), np.float64)
+
+    def chunk(i: int) -> None:
+        # Chunks run on several threads; each sum is kept apart and they are added in chunk order
+        # below, so the result is the same bits as one thread going through them in turn.
+        part = flat[starts[i] : starts[i] + _CHUNK]
+        positives[i] = int(np.count_nonzero(part > 0))
+        wide = zstd_frame.scratch(8 * part.size, name, slot="sketch").numpy().view(np.float64)
+        np.copyto(wide, part)  # a reused buffer: fresh pages cost more than the sum
+        squares_of[i] = float(np.add.reduce(np.multiply(wide, wide, out=wide)))
+        if compiled:
+            jit.count_sketch(part, seed, int(shift), starts[i], buckets[i])
+
+    zstd_frame.each_chunk(len(starts), chunk)
+    positive = sum(positives)
+    squares = 0.0
+    for part_squares in squares_of:
+        squares += part_squares
+    norm = math.sqrt(squares)
+    if whole_kept:
+        return TensorSketch(n, norm, positive / n, threshold, flat.copy())
     projection = np.zeros(projection_dim, np.float64)
-    for start in range(0, n, _CHUNK):
+    for start in starts:
+        if compiled:  # the same hashes and sums as the NumPy loop (tests compare both paths)
+            projection += buckets[start // _CHUNK]
+            continue
         part = flat[start : start + _CHUNK].astype(np.float64)
         h = _splitmix(seed, start, start + part.size)
         part.view(np.uint64)[...] ^= h << np.uint64(63)  # the sign: flip where h is odd
@@ -337,6 +358,10 @@ class SketchBuilder:
         self._tensors[name] = sketch_tensor(
             name, tau, projection_dim=self.projection_dim, sample_size=self.sample_size
         )
+
+    def tensor(self, name: str) -> TensorSketch:
+        """The sketch :meth:`add` made of tensor ``name``."""
+        return self._tensors[name]
 
     def finish(self, *, skill: str, version: str, base_fingerprint: str, artifact_digest: str) -> Sketch:
         return Sketch(

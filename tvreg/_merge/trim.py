@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._format.codecs import jit
 from . import bitmasks
 
 
@@ -73,22 +74,48 @@ def _radix_select(k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]
     hist = torch.zeros(1 << 15, dtype=torch.int64)
     for _, chunk in chunks():
         hist += torch.bincount(_bits(chunk) >> 16, minlength=1 << 15)[: 1 << 15]
-    high, higher = _top_bucket(hist, k)
+    high, higher = _top_bucket(hist.numpy(), k)
     hist = torch.zeros(1 << 16, dtype=torch.int64)
     for _, chunk in chunks():
         bits = _bits(chunk)
         inside = bits[(bits >> 16) == high]
         hist += torch.bincount(inside & 0xFFFF, minlength=1 << 16)
-    low, higher_low = _top_bucket(hist, k - higher)
+    low, higher_low = _top_bucket(hist.numpy(), k - higher)
     pattern = (high << 16) | low
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32)), higher + higher_low
 
 
-def _top_bucket(hist: torch.Tensor, k: int) -> tuple[int, int]:
+def _radix_select_compiled(
+    k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+) -> tuple[float, int, int]:
+    """:func:`_select`'s (t, entries > t, entries == t) by :func:`_radix_select`'s two histograms, compiled.
+
+    Why not the bracket: τ of bf16 weights takes few distinct values, so the bracket holds
+    a tenth of the tensor and selecting among those cost more than both passes here.
+    """
+
+    def histogram(high: int) -> np.ndarray:
+        # One chunk at a time, as they come: a compact form expands each chunk afresh (install's TIES).
+        lanes = np.zeros((4, 1 << (15 if high < 0 else 16)), np.int64)
+        for _, chunk in chunks():
+            jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes)
+        return lanes.sum(axis=0)
+
+    first = histogram(-1)
+    if int(first.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
+        return float("nan"), int(first.sum()), 0
+    high, higher = _top_bucket(first, k)
+    hist = histogram(high)
+    low, higher_low = _top_bucket(hist, k - higher)
+    t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
+    return t, higher + higher_low, int(hist[low])
+
+
+def _top_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
     """The bucket holding the k-th largest item, and how many items lie in higher buckets."""
-    above = torch.flip(torch.cumsum(torch.flip(hist, [0]), 0), [0])  # items in buckets ≥ b
-    bucket = int(torch.nonzero(above >= k)[-1])
-    higher = int(above[bucket + 1]) if bucket + 1 < hist.numel() else 0
+    above = np.cumsum(hist[::-1])[::-1]  # items in buckets ≥ b
+    bucket = int(np.flatnonzero(above >= k)[-1])
+    higher = int(above[bucket + 1]) if bucket + 1 < hist.size else 0
     return bucket, higher
 
 
@@ -99,7 +126,11 @@ def _select(
 
     The counting runs in NumPy: its float comparisons and boolean selection are several
     times faster than torch's on the CPU, and this pass reads every entry of every skill.
+    With the compiled kernels (:mod:`tvreg._format.codecs.jit`) the radix select runs instead,
+    always: the same three numbers, since each is determined by the data alone.
     """
+    if jit.ready(numel):  # exact whatever the data, in two compiled passes
+        return _radix_select_compiled(k, chunks)
     lo, hi = _bracket(numel, k, chunks)
     lo32, hi32 = np.float32(lo), np.float32(hi)
     above, candidates = 0, []

@@ -95,6 +95,120 @@ def _popcount_py(bits, popcount):  # pragma: no cover - compiled
     return total
 
 
+def _mask_split4_py(ints, values, out):  # pragma: no cover - compiled
+    count = ints.size
+    nbits = (count + 7) // 8
+    k = 0
+    for q in range(count // 8):  # whole bytes: a fixed inner loop, unrolled
+        byte = 0
+        for t in range(8):
+            nz = ints[q * 8 + t] != 0
+            byte |= nz << t
+            k += nz
+        out[q] = byte
+    if count % 8:
+        byte = 0
+        for t in range(count % 8):
+            nz = ints[count - count % 8 + t] != 0
+            byte |= nz << t
+            k += nz
+        out[nbits - 1] = byte
+    j = 0
+    for i in range(count):  # compaction: a zero is written at slot j too, then overwritten
+        v = ints[i]
+        values[j] = v
+        j += v != 0
+    # one loop per plane, each over its own slice: LLVM vectorises these, not one loop storing to four places
+    p0, p1, p2, p3 = out[nbits : nbits + k], out[nbits + k : nbits + 2 * k], out[nbits + 2 * k : nbits + 3 * k], out[nbits + 3 * k : nbits + 4 * k]
+    for i in range(k):
+        p0[i] = np.uint8((values[i] >> np.uint32(23)) & np.uint32(0xFF))
+    for i in range(k):
+        v = values[i]
+        p1[i] = np.uint8(((v >> np.uint32(24)) & np.uint32(0x80)) | ((v >> np.uint32(16)) & np.uint32(0x7F)))
+    for i in range(k):
+        p2[i] = np.uint8((values[i] >> np.uint32(8)) & np.uint32(0xFF))
+    for i in range(k):
+        p3[i] = np.uint8(values[i] & np.uint32(0xFF))
+    return k
+
+
+def _mask_split2_py(ints, values, out):  # pragma: no cover - compiled
+    count = ints.size
+    nbits = (count + 7) // 8
+    k = 0
+    for q in range(count // 8):  # whole bytes: a fixed inner loop, unrolled
+        byte = 0
+        for t in range(8):
+            nz = ints[q * 8 + t] != 0
+            byte |= nz << t
+            k += nz
+        out[q] = byte
+    if count % 8:
+        byte = 0
+        for t in range(count % 8):
+            nz = ints[count - count % 8 + t] != 0
+            byte |= nz << t
+            k += nz
+        out[nbits - 1] = byte
+    j = 0
+    for i in range(count):
+        v = ints[i]
+        values[j] = v
+        j += v != 0
+    p0, p1 = out[nbits : nbits + k], out[nbits + k : nbits + 2 * k]
+    for i in range(k):
+        p0[i] = np.uint8((values[i] >> np.uint16(7)) & np.uint16(0xFF))
+    for i in range(k):
+        v = values[i]
+        p1[i] = np.uint8(((v >> np.uint16(8)) & np.uint16(0x80)) | (v & np.uint16(0x7F)))
+    return k
+
+
+def _bf16_delta_py(ft, pre, out):  # pragma: no cover - compiled
+    for i in range(out.size):
+        a = np.uint32(np.uint32(ft[i]) << 16)
+        b = np.uint32(np.uint32(pre[i]) << 16)
+        out[i] = a.view(np.float32) - b.view(np.float32)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _count_sketch_py(part, seed, shift, start, buckets):  # pragma: no cover - compiled
+    for i in range(part.size):
+        x = np.uint64(start + i + 1) * _GOLDEN + seed
+        x ^= x >> np.uint64(30)
+        x *= _MIX1
+        x ^= x >> np.uint64(27)
+        x *= _MIX2
+        x ^= x >> np.uint64(31)
+        w = np.float64(part[i])
+        if x & np.uint64(1):
+            w = -w
+        buckets[x >> shift] += w
+
+
+def _magnitude_hist_py(bits, high, hist):  # pragma: no cover - compiled
+    # high < 0: histogram of the top 15 bits of |x|; else of the low 16 bits of the |x| whose top bits are `high`.
+    # Four interleaved histograms (hist is (4, bins)): runs of equal values (τ of bf16 weights
+    # has few distinct ones) would otherwise wait on one counter.
+    n = bits.size
+    nan = np.uint32(0x7F800000)
+    if high < 0:
+        for i in range(n):
+            b = bits[i] & np.uint32(0x7FFFFFFF)
+            if b <= nan:  # NaN is never among the largest, as in the NumPy comparisons
+                hist[i & 3, b >> np.uint32(16)] += 1
+        return
+    top = np.uint32(high)
+    for i in range(n):
+        b = bits[i] & np.uint32(0x7FFFFFFF)
+        if b <= nan and (b >> np.uint32(16)) == top:
+            hist[i & 3, b & np.uint32(0xFFFF)] += 1
+
+
 def ready(numel: int) -> bool:
     """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
 
@@ -123,6 +237,11 @@ def ready(numel: int) -> bool:
                     merge_bytes=compile_(_merge_bytes_py),
                     scatter=compile_(_scatter_py),
                     popcount=compile_(_popcount_py),
+                    mask_split4=compile_(_mask_split4_py),
+                    mask_split2=compile_(_mask_split2_py),
+                    bf16_delta=compile_(_bf16_delta_py),
+                    count_sketch=compile_(_count_sketch_py),
+                    magnitude_hist=compile_(_magnitude_hist_py),
                 )
     return True
 
@@ -160,3 +279,51 @@ def scatter(bits: np.ndarray, values: np.ndarray, out: np.ndarray) -> int:
     if bits.size * 8 > out.size + 7 or bits.size * 8 < out.size:
         raise ValueError("bitmap and output sizes disagree")
     return _kernels.scatter(bits, values, out.size, out, _POPCOUNT, _POSITIONS)
+
+
+def mask_split(ints: np.ndarray, out: np.ndarray, values: np.ndarray) -> int:
+    """The ``zeros: bitmap`` segment of one chunk (:func:`tvreg._format.codecs.planes.encode_masked`) into ``out``.
+
+    ``ints`` are the chunk's uint32 (fp32) or uint16 (bf16) words; ``out`` (uint8) must hold
+    ``ceil(n/8) + itemsize·n`` bytes and ``values`` (scratch, ``ints``' dtype) ``n`` words.
+    Writes the little-endian bitmap of the non-zero words, then their ``exp`` planes, and
+    returns the number k of non-zeros: the segment is ``out[: ceil(n/8) + itemsize·k]``.
+    """
+    if out.size < (ints.size + 7) // 8 + ints.itemsize * ints.size or values.size < ints.size or values.dtype != ints.dtype:
+        raise ValueError("output or scratch too small for the segment")
+    if ints.dtype == np.uint32:
+        return int(_kernels.mask_split4(ints, values, out))
+    if ints.dtype == np.uint16:
+        return int(_kernels.mask_split2(ints, values, out))
+    raise TypeError(f"no exp layout for {ints.dtype}")  # pragma: no cover - callers pass only these
+
+
+def bf16_delta(ft: np.ndarray, pre: np.ndarray, out: np.ndarray) -> None:
+    """``out = float32(ft) − float32(pre)`` for the uint16 bit patterns of two bf16 tensors (one pass, exact)."""
+    if not (ft.size == pre.size == out.size):
+        raise ValueError("sizes differ")
+    _kernels.bf16_delta(ft, pre, out)
+
+
+def count_sketch(part: np.ndarray, seed: int, shift: int, start: int, buckets: np.ndarray) -> None:
+    """Add one chunk's CountSketch into ``buckets`` (float64, zeros for NumPy's result), as
+    :func:`tvreg._format.sketch.sketch_tensor`'s NumPy loop does with ``np.bincount``: the same
+    splitmix64 hashes of the indices ``start + 1, ...``, the same signs, the sums in index order.
+    """
+    if part.dtype != np.float32 or buckets.dtype != np.float64 or buckets.size != 1 << (64 - shift):
+        raise ValueError("a float32 chunk and float64 buckets, one per hash value")
+    _kernels.count_sketch(part, np.uint64(seed), np.uint64(shift), start, buckets)
+
+
+def magnitude_hist(x: np.ndarray, high: int, lanes: np.ndarray) -> None:
+    """Add the radix histogram of ``|x|`` (float32) into ``lanes`` for :func:`tvreg._merge.trim._radix_select`.
+
+    ``high < 0``: counts by the top 15 bits of ``|x|``'s float bits (2¹⁵ bins); otherwise
+    counts, among the ``|x|`` whose top bits equal ``high``, by the low 16 bits (2¹⁶ bins).
+    ``lanes`` is int64 of shape (4, bins), the histogram being ``lanes.sum(axis=0)``. NaNs
+    are not counted.
+    """
+    bins = 1 << (15 if high < 0 else 16)
+    if x.dtype != np.float32 or lanes.dtype != np.int64 or lanes.shape != (4, bins):
+        raise ValueError("float32 input and int64 lanes of shape (4, bins)")
+    _kernels.magnitude_hist(x.view(np.uint32), np.int64(high), lanes)

@@ -159,20 +159,30 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
     layout = _layout_of(flat.dtype)
     n = flat.numel()
     per = zstd_frame.CHUNK_BYTES // size
-    segments, nnz = [], []
-    for lo in range(0, n, per):
-        chunk = flat[lo : lo + per]
+    count = -(-n // per)
+    nnz = [0] * count
+    compiled = layout == "exp" and size in _WORDS and jit.ready(n)
+
+    def segment(i: int) -> bytes | memoryview:
+        chunk = flat[i * per : (i + 1) * per]
+        if compiled:
+            m = chunk.numel()
+            out = zstd_frame.scratch(_bitmap_bytes(m) + size * m, "encode", slot="segment").numpy()
+            words = zstd_frame.scratch(size * m, "encode", slot="values").numpy().view(_WORDS[size])
+            k = nnz[i] = jit.mask_split(chunk.view(_INT_OF[size]).numpy().view(_WORDS[size]), out, words)
+            return memoryview(out[: _bitmap_bytes(m) + size * k])  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         ints = chunk.view(_INT_OF[size]).numpy()  # NumPy: torch's compare and select are far slower here
         nonzero = ints != 0
         picked = ints[nonzero]
         values = torch.from_numpy(picked).view(chunk.dtype) if picked.size else chunk[:0].contiguous()
         bits = np.packbits(nonzero, bitorder="little")
         stored = split(values, "exp") if layout == "exp" else values.view(torch.uint8)
-        segments.append(bits.tobytes() + stored.numpy().tobytes())
-        nnz.append(values.numel())
-    data, stream = zstd_frame.compress_segments(segments)
+        nnz[i] = values.numel()
+        return bits.tobytes() + stored.numpy().tobytes()
+
+    data, stream = zstd_frame.compress_made(count, segment)  # chunks in parallel, joined in order
     params = {"zeros": "bitmap", "planes": layout, "nnz": nnz, **stream}
-    if len(segments) > 1:
+    if count > 1:
         params["chunk_elems"] = per
     return data, params
 

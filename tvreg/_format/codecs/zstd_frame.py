@@ -45,6 +45,11 @@ def set_decode_threads(n: int) -> None:
             _pool = None
 
 
+def decode_threads() -> int:
+    """How many threads :func:`each_chunk` spreads work over."""
+    return _threads
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
@@ -170,9 +175,32 @@ def _layout(data_len: int, segments: list[int], params: dict, where: str) -> lis
 
 def compress_segments(segments: Sequence[bytes | memoryview]) -> tuple[bytes, dict]:
     """One frame per raw segment (sizes known to the decoder); the frame table when there are several."""
-    cctx = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
-    frames = [cctx.compress(seg) for seg in segments]
-    return b"".join(frames), ({"frames": [len(f) for f in frames]} if len(frames) > 1 else {})
+    return compress_made(len(segments), segments.__getitem__)
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """One compression context per thread (contexts are not thread-safe)."""
+    c = getattr(_local, "compressor", None)
+    if c is None:
+        c = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL, write_content_size=True, write_checksum=True)
+    return c
+
+
+def compress_made(count: int, segment: Callable[[int], bytes | memoryview]) -> tuple[bytes, dict]:
+    """:func:`compress_segments` of ``segment(0..count-1)``, each made and compressed by one task on the
+    shared threads (:func:`each_chunk`); the frames are joined in order, so the blob does not
+    depend on the thread count.
+
+    ``segment(i)`` may return a view of a buffer of the calling thread (:func:`scratch`): it is
+    compressed before that thread makes another.
+    """
+    frames: list[bytes] = [b""] * count
+
+    def one(i: int) -> None:
+        frames[i] = _compressor().compress(segment(i))
+
+    each_chunk(count, one)
+    return b"".join(frames), ({"frames": [len(f) for f in frames]} if count > 1 else {})
 
 
 def plan_segments(
@@ -252,6 +280,18 @@ class Arena:
             _local.arena = before
 
 
+def reused(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of uint8 from the calling thread's active :class:`Arena`, else a fresh buffer.
+
+    For a writer's own temporaries (a build's τ and the tensors it is read from), whose
+    sizes come from checkpoints the user chose, so no decode budget is charged.
+    """
+    arena = getattr(_local, "arena", None)
+    if arena is None or nbytes == 0:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    return arena.take(nbytes)[:nbytes]
+
+
 def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
     """A buffer for a decoded tensor (from the thread's :class:`Arena` when one is active).
 
@@ -269,14 +309,23 @@ def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
         raise CorruptArtifact(f"tensor `{where}` declares {numel} elements, too many to decode.") from exc
 
 
-def _each_frame(count: int, one: Callable[[int], None]) -> None:
-    """``one(i)`` for every frame, on the decode threads when there are several (zstd releases the GIL)."""
+def each_chunk(count: int, one: Callable[[int], None]) -> None:
+    """``one(i)`` for ``i < count``, on the shared worker threads when there are several (zstd, NumPy
+    and the compiled kernels release the GIL); returns once all are done.
+
+    ``one`` must not itself wait on work given to these threads.
+    """
     if count <= 1 or _threads == 1:
         for i in range(count):
             one(i)
         return
-    for fut in [_executor().submit(one, i) for i in range(count)]:
-        fut.result()
+    futures = [_executor().submit(one, i) for i in range(count)]
+    try:
+        for fut in futures:
+            fut.result()
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 def decompress_spans_into(
@@ -301,7 +350,7 @@ def decompress_spans_into(
         if finish is not None:
             finish(i, d_lo, d_hi)
 
-    _each_frame(len(spans), one)
+    each_chunk(len(spans), one)
 
 
 #: Frames up to this many raw bytes decode into a reused per-thread buffer (the writers cut at 4 MiB).
@@ -347,7 +396,7 @@ def decompress_frames(
         decompress_into(src[s_lo:s_hi], memoryview(raw.numpy()).cast("B"), where=where)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         each(i, raw)
 
-    _each_frame(len(spans), one)
+    each_chunk(len(spans), one)
 
 
 def decompress_stream(data: bytes | memoryview, raw_len: int, params: dict, *, where: str) -> torch.Tensor:
