@@ -104,14 +104,17 @@ def _write_weights(
         else:
             crash_point("install:decode")
             with arena.active():
+                # lazy: each blob is read and its digest checked now; the merge decodes it, or adds it
+                # straight into its float32 sum (task arithmetic on the CPU), in this arena
                 forms = [
-                    s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
+                    s.artifact.decode_form(name, lazy=True) if name in s.artifact.manifest.tensors else None
+                    for s in skills
                 ]
-            pre = merge.pre.read(name) if merge.pre is not None else None
-            plan = plan_tensor(
-                merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
-            )
-            out = merge.merger(plan, general.read(name), forms, pre, want)
+                pre = merge.pre.read(name) if merge.pre is not None else None
+                plan = plan_tensor(
+                    merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
+                )
+                out = merge.merger(plan, general.read(name), forms, pre, want)
             del forms
             arena.recycle()
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""

@@ -24,7 +24,7 @@ from ..errors import CorruptArtifact, InvalidManifest
 from . import statcache
 from .codecs import get_codec
 from .codecs.budget import charge
-from .codecs.forms import StoredForm
+from .codecs.forms import StoredForm, Undecoded
 from .codecs.verify import verify_stored
 from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
@@ -204,12 +204,26 @@ class Artifact:
         entry, data = self._verified(name)
         return get_codec(entry.codec).decode(data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
 
-    def decode_form(self, name: str) -> StoredForm:
-        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...)."""
+    def decode_form(self, name: str, *, lazy: bool = False) -> StoredForm:
+        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...).
+
+        With ``lazy`` the blob is read and its digest checked now, and the decode waits
+        for the merge (:class:`~tvreg._format.codecs.forms.Undecoded`), which may add it
+        straight into its accumulator instead.
+        """
         entry, data = self._verified(name)
-        return get_codec(entry.codec).decode_form(
-            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
-        )
+        codec = get_codec(entry.codec)
+        where = f"{name}` in `{self.path}"
+        if not lazy:
+            return codec.decode_form(data, entry.shape, entry.params, where=where)
+
+        def decode() -> StoredForm:
+            return codec.decode_form(data, entry.shape, entry.params, where=where)
+
+        def add(acc: torch.Tensor, weight: float) -> bool:
+            return codec.add_into(data, entry.shape, entry.params, where=where, acc=acc, weight=weight)
+
+        return Undecoded(shape=tuple(entry.shape), decode=decode, add=add)
 
     def verify(self, name: str) -> None:
         """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.

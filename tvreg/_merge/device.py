@@ -78,7 +78,7 @@ class _CudaMerger:
         with torch.cuda.stream(stream):
             g = _to_device(general, self._device)
             p = _to_device(pre, self._device) if pre is not None else None
-            fs = [_to_device(f, self._device) if f is not None else None for f in forms]
+            fs = [_to_device(f.resolved(), self._device) if f is not None else None for f in forms]
             out = self._fused(plan, g, fs, pre=p, out_dtype=out_dtype)
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)

@@ -187,6 +187,18 @@ def merge_chunk(
     return acc.add_(mix)
 
 
+def _one_skill_at_a_time(plan: TensorPlan) -> bool:
+    """Whether each skill can be added over the whole tensor in turn: a direct recipe, no trim, no drop.
+
+    Per element that is the direct path's ``((anchor + w_1) + w_2) + …``, the same roundings
+    in the same order, so a form may add its τ in one pass of its own (an ``exact`` blob
+    straight from its frames) instead of chunk by chunk beside the others.
+    """
+    return plan.recipe.direct and all(
+        t.trim is None and t.key is None and t.numel <= plan.numel for _, t in plan.active()
+    )
+
+
 def merge_tensor(
     plan: TensorPlan,
     general: torch.Tensor,
@@ -204,8 +216,14 @@ def merge_tensor(
     """
     out_dtype = out_dtype or general.dtype
     flat = general.reshape(-1)
-    out = torch.empty(flat.numel(), dtype=out_dtype)
     pre_flat = pre.reshape(-1) if pre is not None else None
+    if _one_skill_at_a_time(plan):
+        acc = _anchor(plan, 0, flat, pre_flat)
+        for k, term in plan.active():
+            # an active term has its form
+            cast(StoredForm, forms[k]).add_scaled(acc[: term.numel], term.weight, chunk=chunk, consume=consume)
+        return acc.to(out_dtype).reshape(general.shape)
+    out = torch.empty(flat.numel(), dtype=out_dtype)
     for start in range(0, max(flat.numel(), 1), chunk):
         stop = min(start + chunk, flat.numel())
         if stop <= start:
