@@ -30,7 +30,7 @@ from .._format.fsutil import atomic_write_text, disk_errors, free_bytes, fsync_d
 from .._format.safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .._merge import Recipe, plan_tensor
 from .._merge.device import Merger
-from .._util.pipeline import ordered_map, torch_threads
+from .._util.pipeline import frozen_heap, ordered_map, torch_threads
 from .._util.progress import Progress
 from .._version import __version__
 from ..errors import IncompatibleBase, LockOutdated
@@ -126,7 +126,7 @@ def _write_weights(
     progress.task("Merging and writing weights", general.total_bytes)
     workers = max(1, min(3, os.cpu_count() or 1))
     names = general.names()
-    with torch_threads(1 if workers > 1 else None):
+    with torch_threads(1 if workers > 1 else None), frozen_heap():
         stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
         _write_files(general, staging, stream, target_dtype, hashes, per_file, progress)
     progress.done()
