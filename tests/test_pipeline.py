@@ -50,3 +50,15 @@ def test_a_command_process_leaves_its_heap_out_of_the_collections_at_exit():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_a_process_with_triton_loaded_is_collected_at_exit_so_nanobind_reports_no_leaks():
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    probe = "import tvreg.cli, triton, triton.language\n"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "leaked" not in done.stderr
