@@ -26,6 +26,7 @@ from .codecs import get_codec
 from .codecs.budget import charge
 from .codecs.forms import StoredForm, Undecoded
 from .codecs.verify import verify_stored
+from .codecs.zstd_frame import buffer
 from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
@@ -239,11 +240,17 @@ class Artifact:
         entry, data = self._verified(name)
         verify_stored(entry.codec, data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
 
-    def _verified(self, name: str) -> tuple[TensorEntry, bytearray]:
-        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget."""
+    def _verified(self, name: str) -> tuple[TensorEntry, memoryview]:
+        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget.
+
+        The bytes land in a buffer of the thread's decode arena when one is active (an install:
+        no fresh pages, no zero-filling under the GIL), else in fresh memory.
+        """
         entry = self.manifest.tensors[name]
         charge(4 * entry.numel, where=f"{name}` in `{self.path}")
-        data = self._file.read_bytes(name)
+        info = self._file.tensors[name]
+        data = memoryview(buffer(info.nbytes, torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+        self._file.read_into(info, data)
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
             raise CorruptArtifact(

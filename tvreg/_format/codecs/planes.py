@@ -119,7 +119,7 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
     layout = params.get("planes", "exp")
     if layout not in LAYOUTS:
         raise CorruptArtifact(f"tensor `{where}` uses an unknown plane layout {layout!r}.")
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     spans = zstd_frame.plan(data, numel * size, params, where=where)
     if any(lo % size or hi % size for _, _, lo, hi in spans):
         raise CorruptArtifact(f"tensor `{where}` has frames that split an element.")
@@ -184,7 +184,7 @@ def _masked_frames(
     (bitmap, non-zero count, frame) checked against the manifest, nothing allocated."""
     from ...errors import CorruptArtifact
 
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     nnz = params.get("nnz")
     per = params.get("chunk_elems", max(n, 1))
     if (

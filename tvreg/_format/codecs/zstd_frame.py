@@ -273,7 +273,7 @@ def buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
     arena = getattr(_local, "arena", None)
     if arena is None or numel == 0:
         return torch.empty(numel, dtype=dtype)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     return arena.take(numel * itemsize)[: numel * itemsize].view(dtype)
 
 
@@ -283,7 +283,7 @@ def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
     A size the machine cannot hold is the artifact's fault; one over the decode memory
     budget (:mod:`tvreg._format.codecs.budget`) is refused before allocating.
     """
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     budget.charge(numel * itemsize, where=where)
     try:
         arena = getattr(_local, "arena", None)
