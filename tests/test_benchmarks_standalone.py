@@ -91,7 +91,8 @@ def test_install_breakdown_times_every_stage_it_names(family, tmp_path) -> None:
     assert report["not_patched"] == []
     stages = report["stages"]
     for label in ("stage other files", "swap directories", "[worker] merge_tensor (fp32 merge + round, CPU)",
-                  "[worker] sha256 of merged tensor", "[main] waiting for workers (next(stream))"):  # fmt: skip
+                  "[worker] sha256 of merged tensor", "[main] waiting for workers (next(stream))",
+                  "[worker]   merge: exact frames added into the sum (add_into)"):  # fmt: skip
         assert stages.get(label, [0, 0, 0])[2] >= 1, (label, sorted(stages))
 
 

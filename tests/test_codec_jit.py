@@ -102,6 +102,73 @@ def test_a_bitmap_that_disagrees_with_the_count_is_refused_on_both_paths(path, d
     bad = zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
     with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
         get_codec("exact").decode(bad, (n,), params, where="w")
+    with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
+        planes.add_masked(bad, params, n, where="w", acc=torch.zeros(n), weight=0.5)
+
+
+def _anchor_like(n: int, seed: int) -> torch.Tensor:
+    """θ_G in float32 with the values whose sums are delicate: ±0.0, subnormals, huge and tiny entries."""
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.randn(n, generator=g).to(torch.bfloat16).float()
+    specials = torch.tensor([-0.0, 0.0, -0.0, 2.0**-149, -(2.0**-130), 3.0e38, -1.0e-30])
+    acc[: min(n, len(specials))] = specials[: min(n, len(specials))]
+    if n > 40:
+        acc[17::23] = -0.0  # more −0.0 under zero and non-zero τ alike
+    return acc
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 70_001])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.31, 1.0])
+@pytest.mark.parametrize("weight", [0.15, -0.3, 1.0, 2.0**-130])
+def test_adding_masked_frames_equals_decoding_then_adding_on_both_paths(path, n, density, weight):
+    """The fused add (τ never materialised) gives the bits of the engine's ``acc.add_(tau.mul_(ω))``,
+    down to −0.0 + 0·ω = +0.0 and products that round to subnormals or zero."""
+    tau = _fine_tune_like(n, density, torch.float32, seed=n + 1)
+    data, params = planes.encode_masked(tau)
+    w = float(torch.tensor(weight, dtype=torch.float32))
+    expected = _anchor_like(n, seed=n)
+    got = expected.clone()
+    expected.add_(planes.decode_masked(data, params, n, torch.float32, where="w").mul_(w))
+    planes.add_masked(data, params, n, where="w", acc=got, weight=w)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
+def test_adding_several_frames_equals_decoding_then_adding_on_both_paths(path, monkeypatch):
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)  # many frames, each its own bitmap
+    n = 50_003
+    tau = _fine_tune_like(n, 0.31, torch.float32, seed=5)
+    data, params = planes.encode_masked(tau)
+    assert len(params["nnz"]) > 10
+    expected = _anchor_like(n, seed=6)
+    got = expected.clone()
+    expected.add_(tau.mul(0.25))
+    planes.add_masked(data, params, n, where="w", acc=got, weight=0.25)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+
+def test_the_exact_codec_adds_only_the_layout_it_can_add_in_one_pass():
+    tau = _fine_tune_like(5000, 0.31, torch.float32, seed=9)
+    codec = get_codec("exact")
+    enc = codec.encode(tau)
+    acc = torch.ones(5000)
+    assert codec.add_into(enc.data, (50, 100), enc.params, where="w", acc=acc, weight=0.5)
+    assert torch.equal(acc, torch.ones(5000).add_(tau.mul(0.5)))
+    shuffled = zstd_frame.compress(planes.split(tau, "bytes").numpy().tobytes())
+    assert codec.add_into(shuffled, (5000,), {"shuffle": 4}, where="w", acc=acc, weight=0.5) is False
+    with pytest.raises(ValueError, match="float32 value"):
+        planes.add_masked(enc.data, enc.params, 5000, where="w", acc=acc, weight=0.1)
+
+
+def test_scatter_add_never_reads_past_the_values_it_has():
+    assert jit.ready(jit.MIN_ELEMENTS)
+    bits = np.full(4, 0xFF, dtype=np.uint8)
+    values = np.arange(1, 21, dtype=np.float32)  # 19 values (+ the slot past them) for 32 set bits
+    acc = np.zeros(32, dtype=np.float32)
+    assert jit.scatter_add(bits, values, acc, np.float32(1.0)) == -1
+    tail = np.array([0xFF, 0x01 | 0x02], dtype=np.uint8)  # 9 entries, 10 set bits counting a pad bit
+    assert jit.scatter_add(tail, np.arange(1, 11, dtype=np.float32), np.zeros(9, dtype=np.float32), np.float32(1)) == -1
+    with pytest.raises(ValueError):
+        jit.scatter_add(bits, values, np.zeros(40, dtype=np.float32), np.float32(1))
 
 
 def test_scatter_never_writes_past_the_values_it_has():

@@ -66,6 +66,23 @@ def test_installed_weights_equal_the_plain_torch_reference_bit_for_bit(fam_name,
     assert torch.isfinite(logits).all()
 
 
+def test_the_compiled_fused_add_installs_the_same_bits_as_the_reference(family_bf16, tmp_path, monkeypatch):
+    """Task arithmetic adds each ``exact`` blob's frames straight into the float32 sum; with the compiled
+    loops forced on (a real model's tensors are large enough for them) the install is still bit-exact."""
+    from tvreg._format.codecs import jit
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    fam = family_bf16
+    sci, cod = _skills(fam, tmp_path)
+    model = copy_model(fam.general, tmp_path / "mymodel")
+    install([sci, cod], into=model, base=fam.pre, general_size=10000)
+    expected = reference_install(fam.general, fam.pre, [(fam.science, 0.3), (fam.coding, 0.15)])
+    got = read_state_dict(model)
+    assert set(got) == set(expected)
+    for name, t in expected.items():
+        assert torch.equal(got[name].view(torch.int16), t.view(torch.int16)), name
+
+
 def test_config_tokenizer_and_sharding_are_kept(family, tmp_path):
     sci, _ = _skills(family, tmp_path)
     model = copy_model(family.general, tmp_path / "mymodel")

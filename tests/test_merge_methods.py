@@ -7,7 +7,8 @@ import pytest
 import torch
 from merge_reference import reference_merge, topk_mask
 
-from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse
+from tvreg._format.codecs import get_codec
+from tvreg._format.codecs.forms import Dense, Int8Groups, LowRank, Sparse, Undecoded
 from tvreg._merge import METHODS, get_method, merge_tensor, plan_tensor, rng
 from tvreg._merge.chunks import dense_chunk
 from tvreg._merge.trim import kth_largest_magnitude, magnitude_trim
@@ -218,6 +219,51 @@ def test_shorter_tau_and_pre_leave_added_rows_to_general():
     for method in ("ties", "linear"):
         got = engine(method, general, [dense(t) for t in short], weights, pre=pre[:7].clone(), chunk=9)
         head = reference_merge(method, general[:7], short, weights, pre=pre[:7], **REF_KW.get(method, {}))
+        assert torch.equal(got[:7], head) and torch.equal(got[7:], general[7:])
+
+
+def undecoded(t: torch.Tensor) -> Undecoded:
+    """τ stored by the ``exact`` codec and handed over undecoded, as an install hands it to the engine."""
+    codec, shape = get_codec("exact"), tuple(t.shape)
+    enc = codec.encode(t)
+
+    def add(acc, weight):
+        return codec.add_into(enc.data, shape, enc.params, where="t", acc=acc, weight=weight)
+
+    return Undecoded(shape=shape, decode=lambda: codec.decode_form(enc.data, shape, enc.params, where="t"), add=add)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_undecoded_exact_forms_merge_like_their_decode_for_every_method(method, monkeypatch):
+    """Task arithmetic adds each blob straight into the float32 sum; every other path decodes it first.
+    Both equal the whole-tensor reference bit for bit, −0.0 in θ_G under zero and non-zero τ included."""
+    from tvreg._format.codecs import jit
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)  # the compiled kernels even on these small tensors
+    general, pre, taus, weights = rand_inputs(3, shape=(41, 37), seed=5)
+    general.view(-1)[::7] = -0.0
+    for t in taus:
+        t.view(-1)[::3] = 0.0
+        t.view(-1)[1::14] = -0.0
+        t.view(-1)[::21] = -0.0  # under θ_G's −0.0: the sum stays −0.0 only if no +0.0 is added there
+    expected = reference_merge(
+        method, general, taus, weights, pre=pre, kinds=kinds_for(method, 3), **REF_KW.get(method, {})
+    )
+    for chunk in (1 << 20, 97):
+        forms = [undecoded(t) for t in taus]
+        got = engine(method, general, forms, weights, pre=pre, chunk=chunk)
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), (method, chunk)
+        assert torch.equal(engine(method, general, [dense(t) for t in taus], weights, pre=pre, chunk=chunk), got)
+        if method == "task_arithmetic":  # added from its frames, never decoded to a τ tensor
+            assert all(f._form is None for f in forms)
+
+
+def test_skills_added_one_at_a_time_leave_added_rows_to_general():
+    general, _, taus, weights = rand_inputs(2, shape=(10, 4), seed=6)
+    short = [t[:7] for t in taus]
+    for forms in ([dense(t) for t in short], [undecoded(t) for t in short]):
+        got = engine("task_arithmetic", general, forms, weights, chunk=9)
+        head = reference_merge("task_arithmetic", general[:7], short, weights)
         assert torch.equal(got[:7], head) and torch.equal(got[7:], general[7:])
 
 

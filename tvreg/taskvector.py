@@ -639,7 +639,8 @@ class _PairArtifact:
         self.manifest = _PairManifest(source.label, source.label, entries)
         self.path = Path(source.finetuned)
 
-    def decode_form(self, name: str) -> Any:
+    def decode_form(self, name: str, *, lazy: bool = False) -> Any:
+        """τ of ``name`` as a dense form (``lazy`` is accepted for the artifact's signature; a delta is computed now)."""
         from ._build.build import _check_finite
         from ._format.codecs.forms import Dense
 

@@ -52,9 +52,9 @@ def _check_finite(name: str, tau: torch.Tensor) -> None:
 
 
 def _read_reused(ckpt: Checkpoint, name: str) -> np.ndarray:
-    """The uint16 words of a bf16 tensor, read into :func:`zstd_frame.reused` memory."""
+    """The uint16 words of a bf16 tensor, read into :func:`zstd_frame.buffer` memory."""
     info = ckpt.info(name)
-    raw = zstd_frame.reused(info.nbytes)
+    raw = zstd_frame.buffer(info.nbytes, torch.uint8)
     ckpt.file_of(name).read_into(info, memoryview(raw.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
     return raw.numpy().view(np.uint16)
 
@@ -94,7 +94,7 @@ def _finetune_deltas(base: Checkpoint, finetuned: Checkpoint) -> Iterator[tuple[
             # One compiled pass, the same fp32 subtraction: no fp32 copies of either model's tensor.
             # Buffers come from the writer's arena when it has one: fresh pages cost more than the pass.
             f, b = _read_reused(finetuned, name), _read_reused(base, name)
-            tau = zstd_frame.reused(4 * info.numel).view(torch.float32)
+            tau = zstd_frame.buffer(info.numel, torch.float32)
             jit.bf16_delta(f, b, tau.numpy())
             return tau.reshape(info.shape)
         return finetuned.read_float32(name).sub_(base.read_float32(name))

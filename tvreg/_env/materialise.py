@@ -30,7 +30,7 @@ from .._format.fsutil import atomic_write_text, disk_errors, free_bytes, fsync_d
 from .._format.safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .._merge import Recipe, plan_tensor
 from .._merge.device import Merger
-from .._util.pipeline import ordered_map, torch_threads
+from .._util.pipeline import frozen_heap, ordered_map, torch_threads
 from .._util.progress import Progress
 from .._version import __version__
 from ..errors import IncompatibleBase, LockOutdated
@@ -94,28 +94,40 @@ def _write_weights(
         info = general.info(name)
         return out_dtype if out_dtype is not None and info.is_float else info.torch_dtype
 
-    def merged(name: str) -> tuple[str, torch.Tensor, str]:
+    def merged(name: str) -> tuple[str, torch.Tensor, str, torch.Tensor | None]:
         info = general.info(name)
         want = target_dtype(name)
+        lent = None
         if name not in touched:
             if want == info.torch_dtype:
-                return name, general.read(name), known_hashes[name][2]
+                return name, general.read(name), known_hashes[name][2], None
             out = general.read(name).to(want)
         else:
             crash_point("install:decode")
             with arena.active():
+                # lazy: each blob is read and its digest checked now; the merge decodes it, or adds it
+                # straight into its float32 sum (task arithmetic on the CPU), in this arena
                 forms = [
-                    s.artifact.decode_form(name) if name in s.artifact.manifest.tensors else None for s in skills
+                    s.artifact.decode_form(name, lazy=True) if name in s.artifact.manifest.tensors else None
+                    for s in skills
                 ]
-            pre = merge.pre.read(name) if merge.pre is not None else None
-            plan = plan_tensor(
-                merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
-            )
-            out = merge.merger(plan, general.read(name), forms, pre, want)
-            del forms
+                pre = merge.pre.read(name) if merge.pre is not None else None
+                plan = plan_tensor(
+                    merge.recipe, name, labels, forms, info.numel, pre_numel=pre.numel() if pre is not None else 0
+                )
+                # G's tensor and the merged one live in reused buffers, not fresh pages per tensor;
+                # the merged one goes to the writer, which gives it back once it is on disk
+                g = general.read(name, into=arena.take(info.nbytes))
+                nbytes = info.numel * itemsize(DTYPE_NAMES[want])
+                lent = arena.lend(nbytes)
+                out = merge.merger(plan, g, forms, pre, want, lent[:nbytes].view(want))
+            del forms, g
             arena.recycle()
+            if out.data_ptr() != lent.data_ptr():  # a device merge returns its own copy
+                arena.give_back(lent)
+                lent = None
         raw = out.reshape(-1).view(torch.uint8).numpy() if out.numel() else b""
-        return name, out, hashlib.sha256(raw).hexdigest()  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+        return name, out, hashlib.sha256(raw).hexdigest(), lent  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
 
     hashes: dict[str, tuple[str, list[int], str]] = {}
     per_file: dict[str, dict] = {}
@@ -123,9 +135,9 @@ def _write_weights(
     progress.task("Merging and writing weights", general.total_bytes)
     workers = max(1, min(3, os.cpu_count() or 1))
     names = general.names()
-    with torch_threads(1 if workers > 1 else None):
+    with torch_threads(1 if workers > 1 else None), frozen_heap():
         stream = ordered_map(merged, names, workers=workers, in_flight=workers + 1)
-        _write_files(general, staging, stream, target_dtype, hashes, per_file, progress)
+        _write_files(general, staging, stream, target_dtype, hashes, per_file, progress, arena)
     progress.done()
     return hashes, per_file
 
@@ -133,13 +145,16 @@ def _write_weights(
 def _write_files(
     general: Checkpoint,
     staging: Path,
-    stream: Iterator[tuple[str, torch.Tensor, str]],
+    stream: Iterator[tuple[str, torch.Tensor, str, torch.Tensor | None]],
     target_dtype: Callable[[str], torch.dtype],
     hashes: dict[str, tuple[str, list[int], str]],
     per_file: dict[str, dict],
     progress: Progress,
+    arena: Arena,
 ) -> None:
-    """Write each shard of G's layout from the stream of merged tensors, recording their hashes."""
+    """Write each shard of G's layout from the stream of merged tensors, recording their hashes.
+
+    A tensor that came in a buffer lent by ``arena`` is given back once it is written."""
     for handle in general.handles:
         target = staging / handle.path.name
         entries = [(n, DTYPE_NAMES[target_dtype(n)], i.shape) for n, i in handle.tensors.items()]
@@ -149,9 +164,12 @@ def _write_files(
         with disk_errors(target, general.total_bytes), open(target, "wb") as f:
             writer = SafetensorsWriter(f, entries, metadata)
             for expected in handle.tensors:
-                name, tensor, digest = next(stream)
+                name, tensor, digest, lent = next(stream)
                 assert name == expected
                 writer.write(name, tensor)
+                del tensor
+                if lent is not None:
+                    arena.give_back(lent)
                 info = handle.tensors[name]
                 file_hashes[name] = (DTYPE_NAMES[target_dtype(name)], list(info.shape), digest)
                 progress.advance(info.nbytes)

@@ -24,8 +24,9 @@ from ..errors import CorruptArtifact, InvalidManifest
 from . import statcache
 from .codecs import get_codec
 from .codecs.budget import charge
-from .codecs.forms import StoredForm
+from .codecs.forms import StoredForm, Undecoded
 from .codecs.verify import verify_stored
+from .codecs.zstd_frame import buffer
 from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
@@ -204,12 +205,26 @@ class Artifact:
         entry, data = self._verified(name)
         return get_codec(entry.codec).decode(data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
 
-    def decode_form(self, name: str) -> StoredForm:
-        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...)."""
+    def decode_form(self, name: str, *, lazy: bool = False) -> StoredForm:
+        """Decode one tensor to its codec's compact stored form (int8 + scales, sparse, factors, ...).
+
+        With ``lazy`` the blob is read and its digest checked now, and the decode waits
+        for the merge (:class:`~tvreg._format.codecs.forms.Undecoded`), which may add it
+        straight into its accumulator instead.
+        """
         entry, data = self._verified(name)
-        return get_codec(entry.codec).decode_form(
-            data, entry.shape, entry.params, where=f"{name}` in `{self.path}"
-        )
+        codec = get_codec(entry.codec)
+        where = f"{name}` in `{self.path}"
+        if not lazy:
+            return codec.decode_form(data, entry.shape, entry.params, where=where)
+
+        def decode() -> StoredForm:
+            return codec.decode_form(data, entry.shape, entry.params, where=where)
+
+        def add(acc: torch.Tensor, weight: float) -> bool:
+            return codec.add_into(data, entry.shape, entry.params, where=where, acc=acc, weight=weight)
+
+        return Undecoded(shape=tuple(entry.shape), decode=decode, add=add)
 
     def verify(self, name: str) -> None:
         """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.
@@ -225,11 +240,17 @@ class Artifact:
         entry, data = self._verified(name)
         verify_stored(entry.codec, data, entry.shape, entry.params, where=f"{name}` in `{self.path}")
 
-    def _verified(self, name: str) -> tuple[TensorEntry, bytearray]:
-        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget."""
+    def _verified(self, name: str) -> tuple[TensorEntry, memoryview]:
+        """The entry and digest-checked bytes of ``name``, once its fp32 size fits the decode budget.
+
+        The bytes land in a buffer of the thread's decode arena when one is active (an install:
+        no fresh pages, no zero-filling under the GIL), else in fresh memory.
+        """
         entry = self.manifest.tensors[name]
         charge(4 * entry.numel, where=f"{name}` in `{self.path}")
-        data = self._file.read_bytes(name)
+        info = self._file.tensors[name]
+        data = memoryview(buffer(info.nbytes, torch.uint8).numpy()).cast("B")  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+        self._file.read_into(info, data)
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
             raise CorruptArtifact(

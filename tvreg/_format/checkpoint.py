@@ -170,9 +170,10 @@ class Checkpoint:
     def __contains__(self, name: object) -> bool:
         return name in self._where
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor in fresh memory, or in the front of the uint8 buffer ``into``."""
         handle, _ = self._where[name]
-        return handle.read(name)
+        return handle.read(name, into=into)
 
     def read_float32(self, name: str) -> torch.Tensor:
         t = self.read(name)

@@ -50,7 +50,7 @@ FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 
 def itemsize(dtype: str) -> int:
-    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return DTYPES[dtype].itemsize
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,16 @@ class SafetensorsFile:
         self.read_into(info, memoryview(buf))
         return buf
 
-    def read(self, name: str) -> torch.Tensor:
-        """Read one tensor into fresh heap memory, with its stored dtype and shape."""
+    def read(self, name: str, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor, with its stored dtype and shape, into fresh heap memory or the front of
+        ``into`` (a contiguous uint8 buffer of at least its size, e.g. reused from tensor to tensor)."""
         info = self.tensors[name]
-        raw = torch.empty(info.nbytes, dtype=torch.uint8)
+        if into is None:
+            raw = torch.empty(info.nbytes, dtype=torch.uint8)
+        elif into.dtype != torch.uint8 or not into.is_contiguous() or into.numel() < info.nbytes:
+            raise ValueError(f"`into` must be a contiguous uint8 buffer of at least {info.nbytes} bytes")
+        else:
+            raw = into.reshape(-1)[: info.nbytes]
         if info.nbytes:
             self.read_into(info, memoryview(raw.numpy()).cast("B"))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
         return raw.view(info.torch_dtype).reshape(info.shape)

@@ -23,8 +23,11 @@ from .engine import TensorPlan, merge_tensor
 DEVICES = ("auto", "cuda", "cpu")
 
 Merger = Callable[
-    [TensorPlan, torch.Tensor, Sequence[StoredForm | None], torch.Tensor | None, torch.dtype], torch.Tensor
+    [TensorPlan, torch.Tensor, Sequence[StoredForm | None], torch.Tensor | None, torch.dtype, torch.Tensor | None],
+    torch.Tensor,
 ]
+"""``(plan, general, forms, pre, out_dtype, out)`` → the merged CPU tensor, written into ``out`` where the
+device can (the CPU; CUDA returns its pinned copy)."""
 
 
 def resolve_device(name: str) -> str:
@@ -44,8 +47,8 @@ def resolve_device(name: str) -> str:
     return "cuda" if usable else "cpu"
 
 
-def _cpu_merge(plan, general, forms, pre, out_dtype):
-    return merge_tensor(plan, general, forms, pre=pre, out_dtype=out_dtype, consume=True)
+def _cpu_merge(plan, general, forms, pre, out_dtype, out=None):
+    return merge_tensor(plan, general, forms, pre=pre, out_dtype=out_dtype, consume=True, out=out)
 
 
 def _to_device(value, device: torch.device):
@@ -71,14 +74,14 @@ class _CudaMerger:
         self._device = torch.device("cuda", torch.cuda.current_device())
         self._local = threading.local()
 
-    def __call__(self, plan, general, forms, pre, out_dtype):
+    def __call__(self, plan, general, forms, pre, out_dtype, out=None):
         stream = getattr(self._local, "stream", None)
         if stream is None:
             stream = self._local.stream = torch.cuda.Stream(self._device)
         with torch.cuda.stream(stream):
             g = _to_device(general, self._device)
             p = _to_device(pre, self._device) if pre is not None else None
-            fs = [_to_device(f, self._device) if f is not None else None for f in forms]
+            fs = [_to_device(f.resolved(), self._device) if f is not None else None for f in forms]
             out = self._fused(plan, g, fs, pre=p, out_dtype=out_dtype)
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)

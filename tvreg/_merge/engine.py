@@ -30,6 +30,7 @@ from typing import cast
 import torch
 
 from .._format.codecs.forms import StoredForm
+from .._format.codecs.zstd_frame import buffer
 from . import bitmasks, rng
 from .base import Recipe, fp32
 from .chunks import dense_chunk, form_numel, iter_chunks
@@ -108,8 +109,10 @@ def plan_tensor(
     )
 
 
-def _anchor(plan: TensorPlan, start: int, general: torch.Tensor, pre: torch.Tensor | None) -> torch.Tensor:
-    acc = general.to(torch.float32, copy=True)
+def _anchor(
+    plan: TensorPlan, start: int, general: torch.Tensor, pre: torch.Tensor | None, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    acc = general.to(torch.float32, copy=True) if into is None else into.copy_(general)
     coef = plan.recipe.general_coef
     if coef is None or pre is None or pre.numel() == 0:
         return acc
@@ -187,6 +190,18 @@ def merge_chunk(
     return acc.add_(mix)
 
 
+def _one_skill_at_a_time(plan: TensorPlan) -> bool:
+    """Whether each skill can be added over the whole tensor in turn: a direct recipe, no trim, no drop.
+
+    Per element that is the direct path's ``((anchor + w_1) + w_2) + …``, the same roundings
+    in the same order, so a form may add its τ in one pass of its own (an ``exact`` blob
+    straight from its frames) instead of chunk by chunk beside the others.
+    """
+    return plan.recipe.direct and all(
+        t.trim is None and t.key is None and t.numel <= plan.numel for _, t in plan.active()
+    )
+
+
 def merge_tensor(
     plan: TensorPlan,
     general: torch.Tensor,
@@ -196,16 +211,29 @@ def merge_tensor(
     out_dtype: torch.dtype | None = None,
     chunk: int = CPU_CHUNK,
     consume: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Merge one whole tensor chunk by chunk on the CPU; the result has G's shape and ``out_dtype``.
 
     With ``consume`` the forms' float32 buffers are overwritten (freshly decoded forms
-    the caller drops afterwards), saving one copy per chunk.
+    the caller drops afterwards), saving one copy per chunk. The result is written into
+    ``out`` when given (contiguous, ``out_dtype``, G's element count).
     """
     out_dtype = out_dtype or general.dtype
     flat = general.reshape(-1)
-    out = torch.empty(flat.numel(), dtype=out_dtype)
     pre_flat = pre.reshape(-1) if pre is not None else None
+    if out is None:
+        out = torch.empty(flat.numel(), dtype=out_dtype)
+    elif out.dtype != out_dtype or not out.is_contiguous() or out.numel() != flat.numel():
+        raise ValueError(f"`out` must be a contiguous {out_dtype} tensor of {flat.numel()} elements")
+    out = out.reshape(-1)
+    if _one_skill_at_a_time(plan):
+        # the float32 sum comes from the install's buffer arena when one is active (no fresh pages per tensor)
+        acc = _anchor(plan, 0, flat, pre_flat, into=buffer(flat.numel(), torch.float32))
+        for k, term in plan.active():
+            # an active term has its form
+            cast(StoredForm, forms[k]).add_scaled(acc[: term.numel], term.weight, chunk=chunk, consume=consume)
+        return out.copy_(acc).reshape(general.shape)
     for start in range(0, max(flat.numel(), 1), chunk):
         stop = min(start + chunk, flat.numel())
         if stop <= start:

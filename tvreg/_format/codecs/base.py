@@ -130,6 +130,26 @@ class Codec(ABC):
         """
         return Dense(shape=tuple(shape), values=self.decode(data, shape, params, where=where).reshape(-1))
 
+    def add_into(
+        self,
+        data: bytes | bytearray | memoryview,
+        shape: tuple[int, ...],
+        params: dict,
+        *,
+        where: str,
+        acc: torch.Tensor,
+        weight: float,
+    ) -> bool:
+        """``acc ← acc + τ·weight`` (float32, each product and sum rounded) without materialising τ, if this
+        codec can for these ``params``; returns False, having done nothing, when it cannot.
+
+        ``acc`` is a contiguous float32 tensor of τ's element count and ``weight`` a float32
+        value. The bits must equal ``acc.add_(decode(...).reshape(-1).mul_(weight))``; the
+        data must pass every check :meth:`decode` makes. Default: False (callers then add
+        :meth:`decode_form`'s chunks).
+        """
+        return False
+
 
 def relative_error(tau: torch.Tensor, approx: torch.Tensor) -> float:
     """‖approx − τ‖ / ‖τ‖ in float64 (0 when both are zero, inf when only τ is)."""

@@ -47,3 +47,10 @@ class ExactCodec(Codec):
         if params.get("zeros") is None:
             return planes.decode(data, params, n, torch.float32, where=where).reshape(shape)
         return planes.decode_masked(data, params, n, torch.float32, where=where).reshape(shape)
+
+    def add_into(self, data, shape, params, *, where, acc, weight):
+        """The zero-bitmap layout adds each frame's non-zeros straight into ``acc`` (:func:`planes.add_masked`)."""
+        if params.get("zeros") is None:
+            return False
+        planes.add_masked(data, params, numel_of(shape), where=where, acc=acc, weight=weight)
+        return True

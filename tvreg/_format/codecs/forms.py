@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -57,6 +57,22 @@ class StoredForm:
         ``consume`` a float32 :class:`Dense` hands out a view of its storage (read each element once).
         """
         raise NotImplementedError
+
+    def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
+        """``acc ← acc + τ·weight`` over τ's first ``acc.numel()`` elements (float32, each product and sum rounded).
+
+        Bit for bit the engine's chunked direct path: chunks start at multiples of
+        ``chunk`` from 0 (a low-rank form's bits depend on its chunking), and each is
+        ``acc_chunk.add_(chunk.mul_(weight))``. ``consume`` as for :meth:`chunk`.
+        """
+        n = acc.numel()
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            acc[start:stop].add_(self.chunk(start, stop, consume=consume).mul_(weight))
+
+    def resolved(self) -> StoredForm:
+        """This form with its arrays in memory (what a device copy reads); only :class:`Undecoded` differs."""
+        return self
 
     def registers(
         self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
@@ -216,3 +232,44 @@ class LowRank(StoredForm):
 
 
 __all__ = ["Dense", "Int8Groups", "LowRank", "Registers", "Scatter", "Sparse", "StoredForm"]
+
+
+@dataclass
+class Undecoded(StoredForm):
+    """A verified blob whose decode waits until the merge asks for it.
+
+    Why: the CPU engine's direct path (task arithmetic) adds ω·τ onto θ_G; a codec that
+    can add its frames straight into that float32 accumulator (``add``) spares the τ
+    tensor, its page faults and three passes over it. Any other use (TIES' trim, the
+    chunked engine, a device copy) decodes the blob once, on first use, with ``decode``,
+    and reads that form; both give the same bits.
+    """
+
+    decode: Callable[[], StoredForm]
+    add: Callable[[torch.Tensor, float], bool]
+    _form: StoredForm | None = field(default=None, repr=False)
+
+    def resolved(self) -> StoredForm:
+        if self._form is None:
+            self._form = self.decode()
+        return self._form
+
+    def to_dense(self) -> torch.Tensor:
+        return self.resolved().to_dense()
+
+    @property
+    def nbytes(self) -> int:
+        return self.resolved().nbytes
+
+    def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
+        return self.resolved().chunk(start, stop, consume=consume)
+
+    def registers(
+        self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
+    ) -> Registers:
+        return self.resolved().registers(start, stop, extent, device, scatter=scatter)
+
+    def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
+        if self._form is None and self.add(acc, weight):
+            return
+        self.resolved().add_scaled(acc, weight, chunk=chunk, consume=consume)

@@ -88,6 +88,36 @@ def _scatter_py(bits, values, count, out, popcount, positions):  # pragma: no co
     return j
 
 
+def _scatter_add_py(bits, values, count, acc, weight, zero, popcount):  # pragma: no cover - compiled
+    k = values.size - 1
+    j = 0
+    full = count // 8
+    for q in range(full):
+        b = np.int64(bits[q])
+        if j + popcount[b] > k:
+            return -1
+        base = q * 8
+        for t in range(8):
+            # branch-free (random bits defeat a predictor): always load values[j], select it or +0.0,
+            # and move j by the bit; a conditional load compiles to a branch and runs 4x slower
+            bit = (b >> t) & 1
+            v = values[j]
+            x = v if bit else zero
+            acc[base + t] = acc[base + t] + x * weight
+            j += bit
+    if full < bits.size:
+        b = np.int64(bits[full])
+        if j + popcount[b] > k:
+            return -1
+        for i in range(full * 8, count):
+            bit = (b >> (i - full * 8)) & 1
+            v = values[j]
+            x = v if bit else zero
+            acc[i] = acc[i] + x * weight
+            j += bit
+    return j
+
+
 def _popcount_py(bits, popcount):  # pragma: no cover - compiled
     total = 0
     for q in range(bits.size):
@@ -236,6 +266,7 @@ def ready(numel: int) -> bool:
                     merge_exp2=compile_(_merge_exp2_py),
                     merge_bytes=compile_(_merge_bytes_py),
                     scatter=compile_(_scatter_py),
+                    scatter_add=compile_(_scatter_add_py),
                     popcount=compile_(_popcount_py),
                     mask_split4=compile_(_mask_split4_py),
                     mask_split2=compile_(_mask_split2_py),
@@ -327,3 +358,21 @@ def magnitude_hist(x: np.ndarray, high: int, lanes: np.ndarray) -> None:
     if x.dtype != np.float32 or lanes.dtype != np.int64 or lanes.shape != (4, bins):
         raise ValueError("float32 input and int64 lanes of shape (4, bins)")
     _kernels.magnitude_hist(x.view(np.uint32), np.int64(high), lanes)
+
+
+def scatter_add(bits: np.ndarray, values: np.ndarray, acc: np.ndarray, weight: np.float32) -> int:
+    """``acc[i] = acc[i] + τ_i·weight`` in float32 for every ``i``, where τ_i is the next of ``values``
+    if bit ``i`` of the little-endian bitmap is set, else +0.0: one pass, τ never written out.
+
+    Each product and each sum is rounded to float32, in that order, as torch's
+    ``acc.add_(tau.mul_(weight))`` rounds them, so the bits equal the engine's; a clear bit
+    adds ``+0.0·weight`` too (it turns an accumulated −0.0 into +0.0 when ``weight ≥ 0``, as
+    adding a decoded zero does). ``values`` holds the k values plus one slot past them
+    (read, never used, after the last set bit); ``acc`` is float32. Returns the number of
+    values used, or −1 when the bitmap marks more than k entries; it never reads or writes
+    outside the arrays. Bits past ``acc``'s end are ignored (the caller checks them).
+    """
+    if bits.size * 8 > acc.size + 7 or bits.size * 8 < acc.size or values.size < 1:
+        raise ValueError("bitmap, values and accumulator sizes disagree")
+    w = np.float32(weight)
+    return int(_kernels.scatter_add(bits, values, acc.size, acc, w, np.float32(0.0), _POPCOUNT))

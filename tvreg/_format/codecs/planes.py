@@ -119,7 +119,7 @@ def decode(data: bytes | memoryview, params: dict, numel: int, dtype: torch.dtyp
     layout = params.get("planes", "exp")
     if layout not in LAYOUTS:
         raise CorruptArtifact(f"tensor `{where}` uses an unknown plane layout {layout!r}.")
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     spans = zstd_frame.plan(data, numel * size, params, where=where)
     if any(lo % size or hi % size for _, _, lo, hi in spans):
         raise CorruptArtifact(f"tensor `{where}` has frames that split an element.")
@@ -187,24 +187,14 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
     return data, params
 
 
-def decode_masked(
-    data: bytes | memoryview,
-    params: dict,
-    numel: int,
-    dtype: torch.dtype,
-    *,
-    where: str,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32, bf16 or int8 values (in ``out`` when given).
-
-    Every size (bitmap, non-zero count, frame) is checked against the manifest before
-    anything is allocated, and each frame's bitmap must mark exactly its declared count.
-    """
+def _masked_frames(
+    data: bytes | memoryview, params: dict, n: int, dtype: torch.dtype, where: str
+) -> tuple[int, list[int], list[int], list[tuple[int, int, int, int]]]:
+    """``(chunk_elems, entries per frame, non-zeros per frame, frame spans)`` of a masked stream, every size
+    (bitmap, non-zero count, frame) checked against the manifest, nothing allocated."""
     from ...errors import CorruptArtifact
 
-    n = numel
-    size = torch.empty(0, dtype=dtype).element_size()
+    size = dtype.itemsize
     nnz = params.get("nnz")
     per = params.get("chunk_elems", max(n, 1))
     if (
@@ -220,34 +210,99 @@ def decode_masked(
     if not all(type(k) is int and 0 <= k <= c for k, c in zip(nnz, sizes, strict=True)):
         raise CorruptArtifact(f"tensor `{where}` declares more non-zero entries than it has.")
     segments = [_bitmap_bytes(c) + size * k for c, k in zip(sizes, nnz, strict=True)]
-    spans = zstd_frame.plan_segments(data, segments, params, where=where)
+    return per, sizes, nnz, zstd_frame.plan_segments(data, segments, params, where=where)
+
+
+def decode_masked(
+    data: bytes | memoryview,
+    params: dict,
+    numel: int,
+    dtype: torch.dtype,
+    *,
+    where: str,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32, bf16 or int8 values (in ``out`` when given).
+
+    Every size (bitmap, non-zero count, frame) is checked against the manifest before
+    anything is allocated, and each frame's bitmap must mark exactly its declared count.
+    """
+    n = numel
+    per, sizes, nnz, spans = _masked_frames(data, params, n, dtype, where)
     out = zstd_frame.empty(n, dtype, where=where) if out is None else _check_out(out, n, dtype)
 
     def finish(i: int, raw: torch.Tensor) -> None:
-        count, k = sizes[i], nnz[i]
-        nbits = _bitmap_bytes(count)
-        bits = raw[:nbits].numpy()
-        if jit.ready(count):
-            return _finish_compiled(bits, raw[nbits:], count, k, out[i * per : i * per + count], where)
-        keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
-        if np.count_nonzero(keep) != k or _pad_bits_set(bits, count):
-            raise _bitmap_disagrees(where)
-        planes_ = raw[nbits:].view(size, k)
-        target = out[i * per : i * per + count]
-        if not dtype.is_floating_point:  # int8 codes: stored as they are
-            values = planes_.reshape(-1).view(dtype)
-        elif k == count:  # nothing to scatter: write the values in place
-            merge(planes_, "exp", target)
-            return
-        else:
-            values = merge(planes_, "exp", torch.empty(k, dtype=dtype))
-        ints = target.view(_INT_OF[size]).numpy()
-        ints.fill(0)
-        # a boolean store wins when almost every entry is kept, an index store otherwise
-        ints[keep if 8 * k > 7 * count else np.flatnonzero(keep)] = values.view(_INT_OF[size]).numpy()
+        _decode_frame(raw, sizes[i], nnz[i], out[i * per : i * per + sizes[i]], where)
 
     zstd_frame.decompress_frames(data, spans, where=where, each=finish)
     return out
+
+
+def add_masked(data: bytes | memoryview, params: dict, numel: int, *, where: str, acc: torch.Tensor, weight: float) -> None:
+    """``acc ← acc + τ·weight`` over the fp32 τ of :func:`encode_masked`, frame by frame, τ never materialised.
+
+    Why: an install adds each skill's ω·τ onto θ_G in float32. Decoding τ to a tensor and
+    then multiplying and adding walks τ's 4 bytes per entry three more times; here each
+    frame's bitmap and planes are read once, straight into the accumulator. The float32
+    roundings are those of ``acc.add_(decode_masked(...).mul_(weight))``, bit for bit,
+    and the frames are checked exactly as :func:`decode_masked` checks them, each before
+    it touches ``acc`` (a corrupt frame can leave earlier frames added: ``acc`` is scratch).
+    ``weight`` must be a float32 value.
+    """
+    per, sizes, nnz, spans = _masked_frames(data, params, numel, torch.float32, where)
+    if acc.dtype != torch.float32 or not acc.is_contiguous() or acc.numel() != numel:
+        raise ValueError(f"`acc` must be a contiguous float32 tensor of {numel} elements")
+    flat = acc.reshape(-1)
+    w = np.float32(weight)
+    if float(w) != weight:
+        raise ValueError(f"weight {weight!r} is not a float32 value")
+
+    def finish(i: int, raw: torch.Tensor) -> None:
+        count, k = sizes[i], nnz[i]
+        target = flat[i * per : i * per + count]
+        nbits = _bitmap_bytes(count)
+        bits = raw[:nbits].numpy()
+        if jit.ready(count):
+            if _pad_bits_set(bits, count):
+                raise _bitmap_disagrees(where)
+            values = zstd_frame.scratch(4 * (k + 1), where, slot="values").numpy().view(np.uint32)
+            jit.merge_exp(raw[nbits:].numpy().reshape(4, k), values[:k])
+            values[k] = 0
+            if jit.scatter_add(bits, values.view(np.float32), target.numpy(), w) != k:
+                raise _bitmap_disagrees(where)
+            return
+        tau = zstd_frame.scratch(4 * count, where, slot="tau").view(torch.float32)
+        _decode_frame(raw, count, k, tau, where)
+        t = tau.numpy()
+        np.multiply(t, w, out=t)
+        np.add(target.numpy(), t, out=target.numpy())
+
+    zstd_frame.decompress_frames(data, spans, where=where, each=finish)
+
+
+def _decode_frame(raw: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
+    """One frame of :func:`decode_masked` (its raw bitmap and planes in ``raw``) into ``target``."""
+    dtype = target.dtype
+    size = target.element_size()
+    nbits = _bitmap_bytes(count)
+    bits = raw[:nbits].numpy()
+    if jit.ready(count):
+        return _finish_compiled(bits, raw[nbits:], count, k, target, where)
+    keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
+    if np.count_nonzero(keep) != k or _pad_bits_set(bits, count):
+        raise _bitmap_disagrees(where)
+    planes_ = raw[nbits:].view(size, k)
+    if not dtype.is_floating_point:  # int8 codes: stored as they are
+        values = planes_.reshape(-1).view(dtype)
+    elif k == count:  # nothing to scatter: write the values in place
+        merge(planes_, "exp", target)
+        return
+    else:
+        values = merge(planes_, "exp", torch.empty(k, dtype=dtype))
+    ints = target.view(_INT_OF[size]).numpy()
+    ints.fill(0)
+    # a boolean store wins when almost every entry is kept, an index store otherwise
+    ints[keep if 8 * k > 7 * count else np.flatnonzero(keep)] = values.view(_INT_OF[size]).numpy()
 
 
 def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:

@@ -251,6 +251,14 @@ class Arena:
         return used
 
     def take(self, nbytes: int) -> torch.Tensor:
+        """A buffer of at least ``nbytes``, handed back by the calling thread's next :meth:`recycle`."""
+        buf = self.lend(nbytes)
+        self._used().append(buf)
+        return buf
+
+    def lend(self, nbytes: int) -> torch.Tensor:
+        """A buffer of at least ``nbytes`` that whoever ends up holding it hands back with :meth:`give_back`
+        (an install's merged tensor, given back by the thread that writes it)."""
         with self._lock:
             sizes = [b.numel() for b in self._free]
             fits = [i for i, size in enumerate(sizes) if size >= nbytes]
@@ -259,8 +267,12 @@ class Arena:
                 self._free.pop(max(range(len(sizes)), key=sizes.__getitem__))
         if buf is None:
             buf = torch.empty(nbytes, dtype=torch.uint8)
-        self._used().append(buf)
         return buf
+
+    def give_back(self, buf: torch.Tensor) -> None:
+        """Return a buffer from :meth:`lend`; nothing may use it afterwards."""
+        with self._lock:
+            self._free.append(buf)
 
     def recycle(self) -> None:
         """Hand back every buffer the calling thread took since its last call."""
@@ -280,16 +292,18 @@ class Arena:
             _local.arena = before
 
 
-def reused(nbytes: int) -> torch.Tensor:
-    """``nbytes`` of uint8 from the calling thread's active :class:`Arena`, else a fresh buffer.
+def buffer(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``numel`` elements of scratch from the thread's :class:`Arena` when one is active, else fresh.
 
-    For a writer's own temporaries (a build's τ and the tensors it is read from), whose
-    sizes come from checkpoints the user chose, so no decode budget is charged.
+    For buffers sized by the model itself (the merge's float32 sum, a build's τ and the
+    tensors it is read from), whose sizes come from checkpoints the user chose, so no decode
+    budget is charged: :func:`empty` is the one for sizes an artifact declares.
     """
     arena = getattr(_local, "arena", None)
-    if arena is None or nbytes == 0:
-        return torch.empty(nbytes, dtype=torch.uint8)
-    return arena.take(nbytes)[:nbytes]
+    if arena is None or numel == 0:
+        return torch.empty(numel, dtype=dtype)
+    itemsize = dtype.itemsize
+    return arena.take(numel * itemsize)[: numel * itemsize].view(dtype)
 
 
 def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
@@ -298,7 +312,7 @@ def empty(numel: int, dtype: torch.dtype, *, where: str) -> torch.Tensor:
     A size the machine cannot hold is the artifact's fault; one over the decode memory
     budget (:mod:`tvreg._format.codecs.budget`) is refused before allocating.
     """
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     budget.charge(numel * itemsize, where=where)
     try:
         arena = getattr(_local, "arena", None)
