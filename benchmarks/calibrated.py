@@ -75,7 +75,7 @@ def calibration_texts(tok, domain: str, n: int) -> list[str]:
     texts: list[str] = []
     for doc in held[used:]:
         ids = tok(doc, add_special_tokens=False)["input_ids"]
-        for s in list(range(0, len(ids) - HELDOUT_SEQ, HELDOUT_SEQ))[:2]:
+        for s in list(range(0, len(ids) - HELDOUT_SEQ, HELDOUT_SEQ))[:4]:
             texts.append(tok.decode(ids[s : s + HELDOUT_SEQ]))
         if len(texts) >= n:
             break

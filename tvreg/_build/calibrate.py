@@ -168,7 +168,7 @@ KNOBS = ("density", "energy", "rank")
 
 
 def family(codec: str, opts: Mapping[str, object]) -> tuple:
-    """Settings that differ only in a knob (:data:`KNOBS`): along one family retention grows with size.
+    """Settings that differ only in the value of one knob (:data:`KNOBS`): along a family retention grows with size.
 
     ``bf16`` and ``int8`` are one family (dense quantisers: fewer bits, more error);
     across families there is no such order (a smaller random-sparse coding can keep more
@@ -176,7 +176,8 @@ def family(codec: str, opts: Mapping[str, object]) -> tuple:
     """
     if codec in ("bf16", "int8") and not opts:
         return ("dense",)
-    return (codec, *sorted((k, repr(v)) for k, v in opts.items() if k not in KNOBS))
+    knob = tuple(k for k in KNOBS if k in opts)
+    return (codec, *knob, *sorted((k, repr(v)) for k, v in opts.items() if k not in KNOBS))
 
 
 def _encode_all(coder: Codec, taus: Mapping[str, torch.Tensor]) -> dict[str, Encoded]:
@@ -242,6 +243,7 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
     *[_setting("sparse", density=d) for d in (0.3, 0.1, 0.03)],
     *[_setting("sparse", density=d, values="int8") for d in (0.1, 0.05, 0.03, 0.01)],
     *[_setting("lowrank", energy=e, fallback="int8") for e in (0.99, 0.9, 0.75, 0.5)],
+    *[_setting("lowrank", rank=r, fallback="int8") for r in (64, 32, 16, 8)],
 ]
 """The lossy settings tried, one for every matrix of τ (sorted by measured size before the search)."""
 
