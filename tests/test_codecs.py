@@ -27,6 +27,12 @@ LOSSY = [
     ("sparse", {"density": 0.05, "values": "int8", "index": "bitmap"}),
     ("sparse", {"density": 0.3, "select": "random", "seed": 7}),
     ("lowrank", {"rank": 4}),
+    ("int4", {}),
+    ("int4", {"group": 0, "scales": "fp16"}),
+    ("sign", {}),
+    ("sign", {"scales": "tensor"}),
+    ("sparse", {"density": 0.2, "values": "int4", "group": 8}),
+    ("sparse", {"density": 0.3, "select": "random", "values": "sign"}),
     ("auto", {"max_rel_error": 0.05, "min_numel": 0}),
 ]
 
@@ -368,14 +374,14 @@ def test_truncated_and_tampered_artifacts_fail_clearly(family_bf16, tmp_path):
 
 
 def test_unknown_codec_names_the_known_ones():
-    with pytest.raises(InvalidManifest, match="unknown codec `magic`; this tvreg knows bf16, exact, int8"):
+    with pytest.raises(InvalidManifest, match="unknown codec `magic`; this tvreg knows bf16, exact, int4, int8, lowrank, sign, sparse"):
         get_codec("magic")
     with pytest.raises(InvalidManifest, match="unknown codec `auto`"):
         get_codec("auto")
 
 
 def test_codec_parameters_are_validated_with_one_sentence():
-    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, index, seed, select, values"):
+    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, group, index, seed, select, values"):
         make_codec("sparse", {"rank": 3})
     with pytest.raises(InvalidCodecOption, match="parameter `density` must be > 0, not '0'"):
         make_codec("sparse", {"density": "0"})
@@ -438,6 +444,10 @@ def test_every_codec_round_trips_any_shape_and_dtype(tau, pick):
         assert err <= 2**-8
     if used.name == "int8":
         assert err <= 0.5 / 127 * (tau.numel() ** 0.5) + 1e-12
+    if used.name == "int4":
+        assert err <= 0.5 / 7 * (tau.numel() ** 0.5) * (1 + 2**-7) + 1e-12
+    if used.name == "sign":
+        assert err <= 1.0 + 1e-6  # mean |τ| is the L2-optimal scale: never worse than τ̂ = 0
     if enc.rel_error is not None:
         assert abs(enc.rel_error - err) <= 1e-9
     if codec_name == "auto":

@@ -196,7 +196,7 @@ def test_the_schema_accepts_every_manifest_the_builder_writes(family, tmp_path):
             version="1.0.0", codec=codec, dataset_size=3000, requires={"alice/coding": "^1"},
             conflicts={"bob/legacy": "<2 || >=3.1.0-beta.2"}, description="ünïcode ✓", license="MIT",
         ).path
-        for codec in ("exact", "bf16", "int8", "sparse", "lowrank", "auto")
+        for codec in ("exact", "bf16", "int8", "int4", "sign", "sparse", "lowrank", "auto")
     ]  # fmt: skip
     built.append(
         build_skill(

@@ -173,9 +173,9 @@ def test_cli_install_with_method_flags(family, tmp_path):
     assert "error: method `linear` needs θ_pre's weights: pass `--base-weights PATH`" in res.output
 
 
-@pytest.mark.parametrize("codecs", [("int8", "sparse"), ("bf16", "lowrank")])
+@pytest.mark.parametrize("codecs", [("int8", "sparse"), ("bf16", "lowrank"), ("int4", "sign")])
 def test_install_reads_lossy_stored_forms_like_their_dense_decode(codecs, family, tmp_path):
-    """Skills stored as int8/sparse/bf16/low-rank merge as their decoded τ would (ties: per-tensor trim)."""
+    """Skills stored as int8/sparse/bf16/low-rank/int4/sign merge as their decoded τ would (ties: per-tensor trim)."""
     from tvreg._format.artifact import Artifact
 
     paths = [

@@ -16,7 +16,7 @@ that made it. Two forms::
     [build]                          # ... or build it (into dist/) from one of these
     finetuned = "../models/science"  #     θ_D, a model directory or cached Hub id
     # adapter = "lora/"              #     a PEFT LoRA adapter trained on `base`
-    codec = "exact"                  #     or bf16, int8, sparse, lowrank, auto
+    codec = "exact"                  #     or bf16, int8, int4, sign, sparse, lowrank, auto
     codec_params = {}                #     e.g. { density = 0.1 } for sparse
     # calibration = "heldout.txt"    #     auto only: held-out texts (one per line) or `module:fn`
     # min_retention = 0.99           #     share of the fine-tune's gain the coding keeps

@@ -43,7 +43,8 @@ from .text import safe
     default="exact",
     show_default=True,
     metavar="NAME",
-    help="How tensors are stored: exact (lossless), bf16, int8, sparse, lowrank, or auto (per tensor).",
+    help="How tensors are stored: exact (lossless), bf16, int8, int4, sign (1 bit + scale), sparse, lowrank, "
+    "or auto (per tensor).",
 )
 @click.option(
     "-P",
@@ -51,7 +52,8 @@ from .text import safe
     "codec_params",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A codec parameter (repeatable), e.g. `-P group=64` for int8, `-P values=int8` for sparse.",
+    help="A codec parameter (repeatable), e.g. `-P group=64` for int8/int4, `-P scales=tensor` for sign, "
+    "`-P values=int4` (or int8, sign) for sparse.",
 )
 @click.option("--density", type=float, help="sparse: fraction of entries kept (same as `-P density=...`).")
 @click.option("--rank", type=int, help="lowrank: rank of the factors (same as `-P rank=...`).")

@@ -9,12 +9,14 @@ from .auto import AutoCodec
 from .base import Codec
 from .bf16 import Bf16Codec
 from .exact import ExactCodec
+from .int4 import Int4Codec
 from .int8 import Int8Codec
 from .lowrank import LowRankCodec
+from .sign import SignCodec
 from .sparse import SparseCodec
 
 CODEC_TYPES: dict[str, type[Codec]] = {
-    c.name: c for c in (ExactCodec, Bf16Codec, Int8Codec, SparseCodec, LowRankCodec, AutoCodec)
+    c.name: c for c in (ExactCodec, Bf16Codec, Int8Codec, Int4Codec, SignCodec, SparseCodec, LowRankCodec, AutoCodec)
 }
 CODECS: dict[str, Codec] = {name: cls() for name, cls in CODEC_TYPES.items() if name != "auto"}
 """The codecs a manifest may name (``auto`` only chooses among them at build time)."""

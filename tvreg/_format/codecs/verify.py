@@ -142,6 +142,58 @@ def _scales_check(dtype: np.dtype, where: str) -> Handler:
     return check
 
 
+def _lowbit_scales(kind: str, where: str, *, top: int) -> Handler:
+    """A handler of a ``bf16``/``fp16``/``fp32`` scale region (:mod:`~tvreg._format.codecs.lowbit`), whole scales at a time."""
+    from . import lowbit
+
+    dtype = lowbit.SCALE_DTYPES[kind]
+
+    def check(raw: np.ndarray) -> None:
+        scales = torch.from_numpy(raw.copy()).view(dtype).to(torch.float32).numpy()
+        lowbit.check_scales(scales, where, top=top)
+
+    return _Aligned(dtype.itemsize, check)
+
+
+class _Packed:
+    """Packed 4-bit or 1-bit codes streamed piece by piece: no −8 nibble, no bit set past ``count``."""
+
+    def __init__(self, count: int, bits: int, where: str) -> None:
+        from . import lowbit
+
+        self.count, self.bits, self.where, self.seen = count, bits, where, 0
+        self.nbytes = lowbit.packed_bytes(count, bits)
+
+    def __call__(self, chunk: np.ndarray) -> None:
+        from . import lowbit
+
+        self.seen += chunk.size
+        lowbit.check_packed(chunk, self.count, self.bits, self.where, last=self.seen == self.nbytes)
+
+
+def _lowbit_regions(kind: str, count: int, scale_bytes: int, scales: str, where: str) -> list[tuple[int, Handler]]:
+    """The scale region, then the packed codes, of ``count`` int4 or sign codes."""
+    from . import lowbit
+
+    bits = lowbit.bits_per_code(kind)
+    top = lowbit.INT4_MAX if kind == "int4" else 1
+    codes = _Packed(count, bits, where)
+    return [(scale_bytes, _lowbit_scales(scales, where, top=top)), (codes.nbytes, codes)]
+
+
+def _check_lowbit(kind: str) -> Callable[..., None]:
+    def check(data, shape, params, where) -> None:
+        from . import lowbit
+        from .int4 import layout
+
+        n = numel_of(shape)
+        _, scales, scale_bytes = layout(params, n, where)
+        spans = zstd_frame.plan(data, scale_bytes + lowbit.packed_bytes(n, lowbit.bits_per_code(kind)), params, where=where)
+        _walk(data, spans, iter(_lowbit_regions(kind, n, scale_bytes, scales, where)), where)
+
+    return check
+
+
 def _masked_regions(numel: int, params: dict, size: int, floating: bool, where: str):
     """Per frame of :func:`planes.encode_masked`: the bitmap, then (floats) the exponent plane, then the rest."""
     per = params.get("chunk_elems", max(numel, 1))
@@ -293,14 +345,15 @@ def _check_int8(data, shape, params, where) -> None:
 
 
 def _check_sparse(data, shape, params, where) -> None:
-    from .sparse import _VALUE_BYTES, hashed_count, plausible_hash_count
+    from .sparse import VALUE_KINDS, hashed_count, plausible_hash_count, value_layout
 
     n = numel_of(shape)
     k = param(params, "k", int, where)
     kind = param(params, "values", str, where)
     how = param(params, "index", str, where)
-    if not 0 <= k <= n or kind not in _VALUE_BYTES or how not in ("bitmap", "delta", "hash"):
+    if not 0 <= k <= n or kind not in VALUE_KINDS or how not in ("bitmap", "delta", "hash"):
         raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
+    value_len, scale_bytes, scales = value_layout(params, kind, k, where)
     if how == "hash":
         index_len = 0
     elif how == "bitmap":
@@ -309,13 +362,15 @@ def _check_sparse(data, shape, params, where) -> None:
         index_len = param(params, "index_bytes", int, where)
     if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
         raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
-    value_len = k * _VALUE_BYTES[kind]
     spans = zstd_frame.plan(data, value_len + index_len, params, where=where)
-    if kind == "int8":
+    values: list[tuple[int, Handler]]
+    if kind in ("int4", "sign"):
+        values = _lowbit_regions(kind, k, scale_bytes, scales, where)
+    elif kind == "int8":
         scale = param(params, "scale", (int, float), where)
         if not math.isfinite(scale) or not math.isfinite(127.0 * float(scale)):
             raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
-        values: list[tuple[int, Handler]] = [(value_len, _skip)]
+        values = [(value_len, _skip)]
     else:
         values = [(k, _no_inf_exponents(where)), (k, _skip)]
     if how == "hash":
@@ -403,6 +458,8 @@ _CHECKS = {
     "exact": _check_exact,
     "bf16": _check_bf16,
     "int8": _check_int8,
+    "int4": _check_lowbit("int4"),
+    "sign": _check_lowbit("sign"),
     "sparse": _check_sparse,
     "lowrank": _check_lowrank,
 }
