@@ -502,3 +502,43 @@ def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path,
     with pytest.raises(ProjectError) as caught:
         load_project(write(build))
     assert reason in caught.value.message
+
+
+LOW_BIT = [
+    ("sparse", {"density": 0.5, "select": "random"}),
+    ("int8", {}),
+    ("sparse", {"density": 0.5, "select": "random", "values": "int4"}),
+    ("sparse", {"density": 0.5, "select": "random", "values": "sign"}),
+    ("sign", {}),
+]
+
+
+def test_the_search_picks_a_low_bit_family_when_it_is_the_smallest_that_passes(family, heldout, tmp_path, monkeypatch):
+    """The low-bit settings (issue 23) are families of their own (random sparse with int4 values) or extend
+    the dense one (int8 → sign); the search measures them like any other and keeps the smallest passing."""
+    import tvreg._build.calibrate as calibrate
+
+    fams = {calibrate.family(c, o) for c, o in LOW_BIT}
+    assert calibrate.family("int8", {}) == calibrate.family("sign", {}) == ("dense",) and len(fams) == 4
+    target = 0.5
+    alone = {}
+    for i, setting in enumerate(LOW_BIT):
+        monkeypatch.setattr(calibrate, "CANDIDATES", [setting])
+        cal = _build(family, tmp_path / f"{i}.tvskill", calibration=heldout, min_retention=target,
+                     max_evaluations=3).manifest.calibration  # fmt: skip
+        (entry,) = cal["explored"]
+        alone[i] = (entry["bytes"], entry["retention"] >= target and entry["retention_bound"] >= target, entry["retention"])
+    passing = sorted((size, i) for i, (size, ok, _) in alone.items() if ok)
+    smallest = LOW_BIT[passing[0][1]]
+    assert smallest[0] == "sign" or smallest[1].get("values") in ("int4", "sign"), alone
+    assert alone[passing[0][1]][0] < min(alone[0][0], alone[1][0])
+    monkeypatch.setattr(calibrate, "CANDIDATES", LOW_BIT)
+    res = _build(family, tmp_path / "all.tvskill", calibration=heldout, min_retention=target, max_evaluations=12)
+    cal = res.manifest.calibration
+    picked = cal["plan"]["setting"] if cal["plan"] else cal["chosen"]
+    assert picked == calibrate._Uniform(calibrate.make_codec(*smallest), smallest[1]).describe(), cal["explored"]
+    matrices = {e.codec for e in res.manifest.tensors.values() if len(e.shape) == 2}
+    assert smallest[0] in matrices
+    with Artifact(res.path) as art:
+        for name in art.manifest.tensors:
+            art.verify(name)
