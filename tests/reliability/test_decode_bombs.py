@@ -61,6 +61,9 @@ def bombs(shape: list[int] = [ROWS, COLS], base: str = "ab" * 32) -> dict[str, b
                  "scale_frame": len(head)},
             )
         )(_zeros_frame(2 * shape[0])),
+        "sign-zero-scales": coded(  # all signs +, every row's scale 0: a zero τ in 1 bit an entry
+            _zeros_frame(4 * shape[0] + n // 8), shape, "sign", {"group": shape[1], "scales": "fp32"}
+        ),
     }  # fmt: skip
 
 
