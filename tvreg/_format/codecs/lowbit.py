@@ -93,7 +93,7 @@ def sign_scales(flat: torch.Tensor, group: int, scales: str) -> tuple[torch.Tens
     counts = torch.full((g.shape[0],), float(group), dtype=torch.float64)
     if g.shape[0] and n % group:
         counts[-1] = float(n % group)
-    raw = (g.abs().double().sum(dim=1) / counts).to(torch.float32) if g.shape[0] else torch.zeros(0)
+    raw = (g.abs().sum(dim=1, dtype=torch.float64) / counts).to(torch.float32) if g.shape[0] else torch.zeros(0)
     stored = raw.to(SCALE_DTYPES[choose_scales(raw, scales)])
     return flat < 0, stored
 
