@@ -31,7 +31,7 @@ SETTINGS: list[tuple[str, dict]] = [
     ("int4", {"group": 64}),
     ("int4", {"group": 32, "scales": "fp16"}),
     ("sign", {}),
-    ("sign", {"scales": "tensor"}),
+    ("sign", {"per": "tensor"}),
     ("sparse", {"density": 0.1, "select": "random"}),
     ("sparse", {"density": 0.1, "select": "random", "values": "int8"}),
     ("sparse", {"density": 0.2, "select": "random", "values": "int4"}),

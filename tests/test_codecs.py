@@ -30,7 +30,7 @@ LOSSY = [
     ("int4", {}),
     ("int4", {"group": 0, "scales": "fp16"}),
     ("sign", {}),
-    ("sign", {"scales": "tensor"}),
+    ("sign", {"per": "tensor"}),
     ("sparse", {"density": 0.2, "values": "int4", "group": 8}),
     ("sparse", {"density": 0.3, "select": "random", "values": "sign"}),
     ("auto", {"max_rel_error": 0.05, "min_numel": 0}),

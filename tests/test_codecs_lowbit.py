@@ -126,17 +126,17 @@ def test_int4_refuses_a_minus_eight_nibble_set_pad_bits_and_bad_scales():
 # -- sign ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scales", ["row", "tensor"])
-def test_sign_decodes_to_exactly_plus_or_minus_mean_abs(scales):
+@pytest.mark.parametrize("per", ["row", "tensor"])
+def test_sign_decodes_to_exactly_plus_or_minus_mean_abs(per):
     tau = _tau()
-    enc, form, dense = _coded("sign", {"scales": scales}, tau)
+    enc, form, dense = _coded("sign", {"per": per}, tau)
     rows, cols = tau.shape
     assert isinstance(form, Int8Groups) and enc.params["scales"] == "fp32"
-    means = tau.abs().double().mean(dim=1) if scales == "row" else tau.abs().double().mean().reshape(1)
+    means = tau.abs().double().mean(dim=1) if per == "row" else tau.abs().double().mean().reshape(1)
     assert torch.equal(form.scales, means.float())
-    per = form.scales.repeat_interleave(cols) if scales == "row" else form.scales.expand(tau.numel())
+    scale = form.scales.repeat_interleave(cols) if per == "row" else form.scales.expand(tau.numel())
     signs = torch.where(tau.reshape(-1) < 0, -1.0, 1.0)
-    assert torch.equal(dense.reshape(-1), signs * per)  # ±scale exactly; zeros take +scale
+    assert torch.equal(dense.reshape(-1), signs * scale)  # ±scale exactly; zeros take +scale
     n = tau.numel()
     raw = _raw(enc, 4 * form.scales.numel() + (n + 7) // 8)
     assert np.array_equal(np.unpackbits(raw[4 * form.scales.numel() :], bitorder="little")[:n], (tau.reshape(-1) < 0).numpy())
@@ -144,7 +144,7 @@ def test_sign_decodes_to_exactly_plus_or_minus_mean_abs(scales):
 
 def test_mean_abs_is_the_l2_optimal_sign_scale():
     tau = _tau()
-    _, form, dense = _coded("sign", {"scales": "tensor"}, tau)
+    _, form, dense = _coded("sign", {"per": "tensor"}, tau)
     base = float((dense - tau).square().sum())
     for factor in (0.97, 1.03):
         assert float((dense * factor - tau).square().sum()) > base

@@ -52,7 +52,7 @@ from .text import safe
     "codec_params",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A codec parameter (repeatable), e.g. `-P group=64` for int8/int4, `-P scales=tensor` for sign, "
+    help="A codec parameter (repeatable), e.g. `-P group=64` for int8/int4, `-P per=tensor` for sign, "
     "`-P values=int4` (or int8, sign) for sparse.",
 )
 @click.option("--density", type=float, help="sparse: fraction of entries kept (same as `-P density=...`).")

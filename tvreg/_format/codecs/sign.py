@@ -6,9 +6,9 @@ arXiv 2402.10193, starts from it and then distils the scales; tvreg keeps the cl
 form, so a build needs no training). Zeros decode to ``+s``: one bit cannot say zero.
 1 bit per entry: 16x smaller than the bf16 τ, plus a scale per row.
 
-Why per row by default (``scales=row``): BitDelta uses one scale per matrix, but rows of
+Why per row by default (``per=row``): BitDelta uses one scale per matrix, but rows of
 a τ differ in size by orders of magnitude, and a row's fp32 scale costs 32 bits against
-its ``cols`` bits of signs (2% on a 1536-wide row). ``scales=tensor`` is the paper's form.
+its ``cols`` bits of signs (2% on a 1536-wide row). ``per=tensor`` is the paper's form.
 
 Raw stream (one :func:`zstd_frame.compress_stream` stream): the fp32 scales (one per
 row, or one), then ``⌈numel/8⌉`` bytes of signs (:mod:`tvreg._format.codecs.lowbit`:
@@ -30,14 +30,14 @@ class SignCodec(Codec):
     name = "sign"
     lossless = False
     options = {
-        "scales": Option("one fp32 scale (mean |τ|) per row, or one for the tensor (BitDelta)", "row", choices=("row", "tensor")),
+        "per": Option("one fp32 scale (mean |τ|) per row, or one for the tensor (BitDelta)", "row", choices=("row", "tensor")),
     }
 
     def encode(self, tensor: torch.Tensor) -> Encoded:
         shape = tuple(tensor.shape)
         flat = tensor.detach().to(torch.float32).contiguous().reshape(-1)
         n = flat.numel()
-        per_row = self.opts["scales"] == "row" and len(shape) > 1 and shape[-1] > 0
+        per_row = self.opts["per"] == "row" and len(shape) > 1 and shape[-1] > 0
         gs = max(1, shape[-1] if per_row else n)
         negative, stored = lowbit.sign_scales(flat, gs, "fp32")
         raw = torch.cat([stored.contiguous().view(torch.uint8), torch.from_numpy(lowbit.pack_signs(negative))])
