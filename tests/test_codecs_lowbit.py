@@ -263,3 +263,21 @@ def test_install_of_a_low_bit_skill_equals_its_decoded_tau_added(codec, opts, fa
             head = reference_merge("task_arithmetic", gt[:rows], [tau], [0.4]).to(gt.dtype)
             want = torch.cat([head, gt[rows:]]) if rows < gt.shape[0] else head
             assert torch.equal(got[name], want), name
+
+
+def test_the_cli_builds_low_bit_skills_and_explains_a_bad_option(run, family, tmp_path):
+    skill = tmp_path / "s.tvskill"
+    res = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "sparse", "--density", 0.2, "-P", "select=random", "-P", "values=int4", "-P", "group=32", "-o", skill,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with Artifact(skill) as art:
+        matrices = [e for e in art.manifest.tensors.values() if len(e.shape) == 2]
+        assert matrices and all(e.codec == "sparse" and e.params["values"] == "int4" and e.params["group"] == 32 for e in matrices)
+    res = run(
+        "build", "--base", family.pre, "--finetuned", family.science, "--name", "science", "--version", "1.0.0",
+        "--codec", "sign", "-P", "per=column", "-o", tmp_path / "t.tvskill",
+    )  # fmt: skip
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output  # a usage error
+    assert res.stderr.startswith("error: codec `sign` parameter `per` must be one of row, tensor, not 'column'."), res.stderr
