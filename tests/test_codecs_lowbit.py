@@ -281,3 +281,52 @@ def test_the_cli_builds_low_bit_skills_and_explains_a_bad_option(run, family, tm
     )  # fmt: skip
     assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output  # a usage error
     assert res.stderr.startswith("error: codec `sign` parameter `per` must be one of row, tensor, not 'column'."), res.stderr
+
+
+@pytest.mark.parametrize(
+    ("codec", "opts"),
+    [
+        ("int4", {"group": 8, "scales": "fp16"}),
+        ("sign", {}),
+        ("sparse", {"density": 0.3, "values": "int4", "group": 8, "index": "bitmap"}),
+        ("sparse", {"density": 0.3, "select": "random", "values": "sign", "group": 8}),
+    ],
+    ids=str,
+)
+def test_the_registry_verification_refuses_exactly_what_the_decoder_refuses(codec, opts):
+    """Random byte changes in the raw stream: verify_stored (bounded memory, no expansion) and decode agree."""
+    tau = _tau(rows=7, cols=21)
+    enc = make_codec(codec, opts).encode(tau)
+    raw_len = sum(hi - lo for _, _, lo, hi in zstd_frame.plan(enc.data, _declared(codec, enc, tau), enc.params, where="w"))
+    raw = _raw(enc, raw_len)
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(150):
+        bad = raw.copy()
+        at = rng.integers(0, bad.size, size=rng.integers(1, 3))
+        bad[at] = rng.integers(0, 256, size=at.size, dtype=np.uint8)
+        data, params = _recoded(bad, enc.params)
+        outcomes = []
+        for check in (
+            lambda d=data, p=params: get_codec(codec).decode(d, tuple(tau.shape), p, where="w"),
+            lambda d=data, p=params: verify_stored(codec, d, tuple(tau.shape), p, where="w"),
+        ):
+            try:
+                check()
+                outcomes.append(None)
+            except CorruptArtifact as exc:
+                outcomes.append(str(exc).split(" ")[2:5])
+        assert (outcomes[0] is None) == (outcomes[1] is None), outcomes
+        refused += outcomes[0] is not None
+    assert 0 < refused < 150
+
+
+def _declared(codec: str, enc, tau: torch.Tensor) -> int:
+    n = tau.numel()
+    if codec == "int4":
+        return 2 * -(-n // enc.params["group"]) + (n + 1) // 2
+    if codec == "sign":
+        return 4 * tau.shape[0] + (n + 7) // 8
+    k, bits = enc.params["k"], 4 if enc.params["values"] == "int4" else 1
+    index = (n + 7) // 8 if enc.params["index"] == "bitmap" else 0
+    return 2 * -(-k // enc.params["group"]) + lowbit.packed_bytes(k, bits) + index
