@@ -73,3 +73,31 @@ def test_kernel_equals_torch_engine_for_every_method_and_form(method, out_dtype)
     got = merge_tensor_fused(plan, general, forms, **kwargs)
     assert got.dtype == out_dtype and got.shape == SHAPE
     assert torch.equal(got, expected), (got - expected).abs().max()
+
+
+def low_bit_forms(seed: int):
+    """The stored forms the low-bit codecs decode to (issue 23): int8 codes of [−7, 7] or ±1, fp32 sparse values."""
+    from tvreg._format.codecs import get_codec, make_codec
+
+    tau = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * 0.01
+    settings = [("int4", {"group": 16}), ("sign", {}), ("sparse", {"density": 0.3, "select": "random", "values": "int4", "group": 8}),
+                ("sparse", {"density": 0.4, "values": "sign", "group": 8})]  # fmt: skip
+    forms = []
+    for name, opts in settings:
+        enc = make_codec(name, opts).encode(tau)
+        forms.append(get_codec(name).decode_form(enc.data, SHAPE, enc.params, where=name))
+    return forms
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_kernel_equals_torch_engine_on_the_low_bit_forms(method):
+    general, pre, _, _ = rand_inputs(1, shape=SHAPE, seed=13)
+    forms = low_bit_forms(14)
+    assert [type(f).__name__ for f in forms] == ["Int8Groups", "Int8Groups", "Sparse", "Sparse"]
+    m = get_method(method)
+    recipe = m.recipe([0.3, -0.2, 0.5, 0.25], kinds_for(method, len(forms)), m.resolve_params(PARAMS[method]))
+    plan = plan_tensor(recipe, "w", [f"skill{k}" for k in range(len(forms))], forms, N, pre_numel=N, chunk=64)
+    kwargs = dict(pre=pre if recipe.needs_base_weights else None, out_dtype=torch.float32, chunk=64)
+    expected = merge_tensor(plan, general, forms, **kwargs)
+    got = merge_tensor_fused(plan, general, forms, **kwargs)
+    assert torch.equal(got, expected), (got - expected).abs().max()
