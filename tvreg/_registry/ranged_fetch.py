@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import threading
 import uuid
@@ -57,8 +58,12 @@ class RangeIgnored(RegistryError):
 class RangedSource(Protocol):
     label: str
 
-    def open_range(self, start: int, end: int) -> AbstractContextManager[Iterator[bytes]]:
-        """Bytes ``[start, end)``; raises :class:`RangeIgnored` when the server sends all instead."""
+    def open_range(self, start: int, end: int, *, first: bool = False) -> AbstractContextManager[Iterator[bytes]]:
+        """Bytes ``[start, end)``; raises :class:`RangeIgnored` when the server sends all instead.
+
+        ``first`` is set on the one request that begins the download (the first try of the
+        piece at byte 0), so the registry counts the download once.
+        """
         ...
 
 
@@ -181,19 +186,23 @@ class _Writer:
             self.cond.notify_all()
 
     def hash_in_order(self, h) -> None:
-        """Hash the file front to back as its prefix fills (runs on its own thread)."""
-        while self.hashed < self.size:
-            with self.cond:
-                while (upto := self.prefix()) <= self.hashed and self.failed is None:
-                    self.cond.wait()
-                if self.failed is not None:
-                    return
-            while self.hashed < upto:
-                data = os.pread(self.fd, min(_HASH_READ, upto - self.hashed), self.hashed)
-                if not data:
-                    raise OSError(f"short read at byte {self.hashed} of a download being hashed")
-                h.update(data)
-                self.hashed += len(data)
+        """Hash the file front to back as its prefix fills (runs on its own thread).
+
+        The bytes are hashed where the writers left them, in the page cache, through a
+        read-only mapping: no copy back into this process (hashlib drops the GIL on them).
+        """
+        with mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+            while self.hashed < self.size:
+                with self.cond:
+                    while (upto := self.prefix()) <= self.hashed and self.failed is None:
+                        self.cond.wait()
+                    if self.failed is not None:
+                        return
+                while self.hashed < upto:
+                    end = min(self.hashed + _HASH_READ, upto)
+                    with view[self.hashed : end] as part:
+                        h.update(part)
+                    self.hashed = end
 
 
 def download(path: Path, digest: str, size: int, source: RangedSource, progress: Progress) -> None:
@@ -258,7 +267,7 @@ def _download(
                 if pos >= end:
                     break
                 try:
-                    with source.open_range(pos, end) as chunks:
+                    with source.open_range(pos, end, first=pos == 0 and attempts == 0) as chunks:
                         if probe:
                             probe_ok.set()
                         for chunk in chunks:
