@@ -10,13 +10,16 @@ How (``BlobCache.fetch`` calls :func:`download` under the digest's lock):
 - The blob is cut into pieces of :data:`PIECE` bytes; ``TVREG_DOWNLOAD_CONNECTIONS``
   workers (default 4) each request one piece at a time with ``Range: bytes=a-b`` and
   ``pwrite`` it into a ``.sparse`` temporary file of the final size.
-- One thread hashes the file in order, reading back the bytes below the lowest point
+- One thread hashes the file in order, through a read-only mapping of the bytes below the lowest point
   not yet written, so the SHA-256 is ready when the last piece lands; nothing is used
   unless the whole file hashes to the announced digest (the caller renames it).
 - A piece that ends early is asked for again from where it stopped (``Range``),
   :data:`RETRIES` times; a server that ignores ``Range`` (answers 200 to the first
   piece) raises :class:`RangeIgnored` before any byte is written, and the caller falls
   back to one stream.
+- The request for the piece at byte 0, first try, carries ``X-Tvreg-Download: first``
+  and every other request ``more``, so the registry counts the download once whatever
+  the piece size and retries (docs/registry-api.md).
 - Completed pieces are appended to a journal beside the file (``.sparse.pieces``).
   A killed download is resumed from its journal: only the pieces it lists are kept
   (and hashed again with the rest). A ``.sparse`` file without its journal cannot tell
