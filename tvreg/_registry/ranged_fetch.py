@@ -192,20 +192,22 @@ class _Writer:
         """Hash the file front to back as its prefix fills (runs on its own thread).
 
         The bytes are hashed where the writers left them, in the page cache, through a
-        read-only mapping: no copy back into this process (hashlib drops the GIL on them).
+        read-only mapping of at most :data:`_HASH_READ` bytes at a time: no copy back into
+        this process (hashlib drops the GIL on them), and no more of the file mapped than that.
         """
-        with mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
-            while self.hashed < self.size:
-                with self.cond:
-                    while (upto := self.prefix()) <= self.hashed and self.failed is None:
-                        self.cond.wait()
-                    if self.failed is not None:
-                        return
-                while self.hashed < upto:
-                    end = min(self.hashed + _HASH_READ, upto)
-                    with view[self.hashed : end] as part:
+        while self.hashed < self.size:
+            with self.cond:
+                while (upto := self.prefix()) <= self.hashed and self.failed is None:
+                    self.cond.wait()
+                if self.failed is not None:
+                    return
+            while self.hashed < upto:
+                end = min(self.hashed + _HASH_READ, upto)
+                base = self.hashed - self.hashed % mmap.ALLOCATIONGRANULARITY
+                with mmap.mmap(self.fd, end - base, prot=mmap.PROT_READ, offset=base) as window:
+                    with memoryview(window) as view, view[self.hashed - base :] as part:
                         h.update(part)
-                    self.hashed = end
+                self.hashed = end
 
 
 def download(path: Path, digest: str, size: int, source: RangedSource, progress: Progress) -> None:
