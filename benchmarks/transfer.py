@@ -24,10 +24,12 @@ What it does:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +49,28 @@ def _cpu() -> float:
 def _proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_FETCH = """
+import json, resource, sys, time
+from tvreg._registry.fetch import fetch_skill
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+c0, t = cpu(), time.perf_counter()
+path = fetch_skill("bench/big@1.0.0", base_fingerprint=sys.argv[3], registry=sys.argv[1], token=sys.argv[2])
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": cpu() - c0, "size": path.stat().st_size}))
+"""
+
+
+def _child_fetch(tree: Path | None, connections: str, url: str, token: str, base_fp: str) -> dict:
+    """One ``fetch_skill`` into an empty cache in a child process (from ``tree`` when given): wall and CPU s."""
+    env = dict(os.environ, TVREG_DOWNLOAD_CONNECTIONS=connections)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _FETCH, url, token, base_fp], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
         from tvreg._build.build import build_skill
         from tvreg._format.fingerprint import fingerprint
-        from tvreg._registry.fetch import fetch_skill
         from tvreg._registry.publish import publish
 
         dirs = generate_models(work / "models", llama_shape(args.params), 1 << 30, ["pre", "ft"])
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             # The same publish against another checkout's server (e.g. main), for a before/after in one run.
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.baseline_tree), os.environ.get("PYTHONPATH", "")]))
             servers.insert(0, (f"{args.baseline_tree.name}", (), env))
-        for r in range(args.publish_repeat):
+        for r in range(max(args.publish_repeat, 1)):  # 0: one untimed publish, for the downloads
             for mode, serve_args, env in servers:
                 if server:
                     server.stop()
@@ -126,43 +149,57 @@ def main(argv: list[str] | None = None) -> int:
                 res = publish(project, registry=server.url, token=token)
                 wall, cpu, srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
                 assert res.status == "published", res
+                if args.publish_repeat == 0:
+                    continue
                 row = next((x for x in rows if x[0] == f"publish {mode}"), None)
                 if row is None:
                     rows.append(row := (f"publish {mode}", [], [], []))
                 row[1].append(wall)
                 row[2].append(cpu)
                 row[3].append(srv)
-        # Download: one stream and ranged connections, interleaved so load drifts hit both alike.
-        copies = [copy_s]
-        modes = [("download 1 conn", "1"), (f"download {args.connections} conn", str(args.connections))]
+        # Download: one stream and ranged connections, interleaved so load drifts hit both alike. Each
+        # download runs in a child process (timed inside it, imports excluded) so that a --baseline-tree
+        # client (the previous path) is measured in the same run, against the same server.
+        copies, copy_cpus = [copy_s], []
+        trees = [("", None)]
+        if args.baseline_tree:
+            trees.append((f" ({args.baseline_tree.name})", args.baseline_tree))
+        modes = [(f"download {c} conn{suffix}", str(c), tree) for suffix, tree in trees for c in (1, args.connections)]
         for _ in range(args.repeat):
-            for label, conns in modes:
-                os.environ["TVREG_DOWNLOAD_CONNECTIONS"] = conns
+            for label, conns, tree in modes:
                 shutil.rmtree(work / "cache" / "tvreg" / "blobs", ignore_errors=True)
-                c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()
-                got = fetch_skill("bench/big@1.0.0", base_fingerprint=base_fp, registry=server.url, token=token)
-                wall, cpu, srv = time.perf_counter() - t, _cpu() - c0, _proc_cpu(server.proc.pid) - s0
-                assert got.stat().st_size == size
+                s0 = _proc_cpu(server.proc.pid)
+                got = _child_fetch(tree, conns, server.url, token, base_fp)
+                srv = _proc_cpu(server.proc.pid) - s0
+                assert got["size"] == size, got
                 row = next((x for x in rows if x[0] == label), None)
                 if row is None:
                     rows.append(row := (label, [], [], []))
-                row[1].append(wall)
-                row[2].append(cpu)
+                row[1].append(got["wall"])
+                row[2].append(got["cpu"])
                 row[3].append(srv)
+            c0 = _cpu()
             copies.append(timed_copy(art, work / "copy.bin"))
+            copy_cpus.append(_cpu() - c0)
         copy_med = statistics.median(copies)
+        copy_cpu = statistics.median(copy_cpus) if copy_cpus else float("nan")
 
         print(f"artifact {mib:.0f} MiB; build {build_s:.1f} s; load avg {os.getloadavg()[0]:.2f}; "
               f"publish x{args.publish_repeat}, download x{args.repeat}; medians (min-max wall)")
-        print(f"{'step':<18} {'wall s':>8} {'range':>13} {'MiB/s':>7} {'client CPU s':>13} {'server CPU s':>13} "
-              f"{'x copy':>7}")
-        print(f"{'copy':<18} {copy_med:8.2f} {min(copies):6.2f}-{max(copies):<6.2f} {mib / copy_med:7.0f} "
-              f"{'':>13} {'':>13} {1:7.2f}")
-        for label, walls, cpus, srvs in rows:
-            w = statistics.median(walls)
-            print(f"{label:<18} {w:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} {mib / w:7.0f} "
-                  f"{statistics.median(cpus):13.2f} {statistics.median(srvs):13.2f} {w / copy_med:7.2f}")
-        print(f"publish: median {statistics.median(put_s):.2f} s in the final PUT (the server's checks after the upload)")
+        print(f"{'step':<26} {'wall s':>8} {'range':>13} {'MiB/s':>7} {'client CPU s':>13} {'server CPU s':>13} "
+              f"{'x copy':>7} {'CPU x copy':>10} {'x before':>9}")
+        print(f"{'copy':<26} {copy_med:8.2f} {min(copies):6.2f}-{max(copies):<6.2f} {mib / copy_med:7.0f} "
+              f"{copy_cpu:13.2f} {'':>13} {1:7.2f} {1:10.2f}")
+        medians = {label: (statistics.median(w), statistics.median(c), statistics.median(v)) for label, w, c, v in rows}
+        for label, walls, _, _ in rows:
+            w, cpu, srv = medians[label]
+            # "x before": wall (and client CPU) against the same step run from --baseline-tree.
+            before = next((medians[b] for b in medians if args.baseline_tree and b.startswith(label + " (")), None)
+            vs = f"{w / before[0]:5.2f}/{cpu / before[1]:.2f}" if before else ""
+            print(f"{label:<26} {w:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} {mib / w:7.0f} "
+                  f"{cpu:13.2f} {srv:13.2f} {w / copy_med:7.2f} {(cpu + srv) / copy_cpu:10.2f} {vs:>9}")
+        if put_s and args.publish_repeat:
+            print(f"publish: median {statistics.median(put_s):.2f} s in the final PUT (the server's checks after the upload)")
     finally:
         if server:
             server.stop()

@@ -80,6 +80,23 @@ def _single_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start < end else None
 
 
+def _starts_download(request: Headers, start: int, end: int, size: int) -> bool:
+    """Whether a GET of ``[start, end)`` begins a download of the artifact (it is counted once).
+
+    A ranged download's pieces say which they are (``X-Tvreg-Download: first`` on the first
+    request of the piece at byte 0, ``more`` on every other), so one download over many
+    connections counts once whatever its piece size and retries. Without the header, a read
+    from byte 0 counts unless it is a header read (at most 1 MiB, short of the end).
+    """
+    part = request.get("x-tvreg-download")
+    if part == "first":
+        return start == 0
+    if part == "more":
+        return False
+    probe = end < size and end - start <= _PROBE_BYTES  # a header read (`install --dry-run hf://`)
+    return start == 0 and not probe
+
+
 class _StreamedBlob(Response):
     """A blob from either store, read 1 MiB at a time off the event loop, one range at most.
 
@@ -136,8 +153,7 @@ class _StreamedBlob(Response):
                 headers["content-range"] = f"bytes {start}-{end - 1}/{self.size}"
                 headers["content-length"] = str(end - start)
         await send({"type": "http.response.start", "status": status, "headers": headers.raw})
-        probe = end < self.size and end - start <= _PROBE_BYTES  # a header read (`install --dry-run hf://`)
-        if self.on_download is not None and scope["method"] == "GET" and start == 0 and not probe:
+        if self.on_download is not None and scope["method"] == "GET" and _starts_download(request, start, end, self.size):
             self.on_download()  # a download from the first byte; a resumed one was counted when it began
         if scope["method"] == "HEAD" or start == end:
             await send({"type": "http.response.body", "body": b""})

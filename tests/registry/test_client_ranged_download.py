@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,6 +83,22 @@ def test_a_large_artifact_arrives_in_ranged_pieces_with_the_same_bytes(registry,
     assert sorted(proxy.artifact_requests) == sorted((r, 206) for r in _ranges(len(data), small_pieces))
     assert len(proxy.artifact_requests) >= 4
     assert _leftovers(digest) == []
+
+
+def test_a_ranged_download_is_counted_once_whatever_its_pieces_and_retries(registry, published, small_pieces):
+    """Pieces far below the 1 MiB header-read size, one cut short and asked for again: one download each time."""
+    digest, data = published
+    assert small_pieces < 1 << 20
+    registry.stop()
+    registry.start(env={"TVREG_DOWNLOAD_FLUSH": "3600"})  # counts reach the database at the clean stop
+    with FaultProxy(registry.url, truncate_at=1000, truncate_times=1) as proxy:
+        assert fetch_skill("alice/science", base_fingerprint=None, registry=proxy.url).read_bytes() == data
+    shutil.rmtree(BlobCache().root)
+    assert fetch_skill("alice/science", base_fingerprint=None).read_bytes() == data
+    registry.stop()
+    assert registry.sql("SELECT downloads FROM versions") == [(2,)]
+    marks = [h.get("X-Tvreg-Download") for _, path, h in proxy.requests if path.endswith("/artifact")]
+    assert marks.count("first") == 1 and len(marks) == len(_ranges(len(data), small_pieces)) + 1
 
 
 def test_a_corrupt_piece_is_refused_and_nothing_is_kept(registry, published, small_pieces):

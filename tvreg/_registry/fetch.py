@@ -63,10 +63,11 @@ class _RegistrySource(BlobSource):
         return self.client.open_artifact(self.ref, self.version, start=start, expected_digest=self.digest)
 
     @contextlib.contextmanager
-    def open_range(self, start: int, end: int) -> Iterator[Iterator[bytes]]:
-        """Bytes ``[start, end)`` for a ranged download (tvreg._registry.ranged_fetch)."""
+    def open_range(self, start: int, end: int, *, first: bool = False) -> Iterator[Iterator[bytes]]:
+        """Bytes ``[start, end)`` for a ranged download (tvreg._registry.ranged_fetch); ``first`` begins it."""
         with self.client.open_artifact(
-            self.ref, self.version, start=start, end=end, expected_digest=self.digest
+            self.ref, self.version, start=start, end=end, expected_digest=self.digest,
+            piece="first" if first else "more",
         ) as (_, chunks):
             yield chunks
 

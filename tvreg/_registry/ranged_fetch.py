@@ -10,13 +10,16 @@ How (``BlobCache.fetch`` calls :func:`download` under the digest's lock):
 - The blob is cut into pieces of :data:`PIECE` bytes; ``TVREG_DOWNLOAD_CONNECTIONS``
   workers (default 4) each request one piece at a time with ``Range: bytes=a-b`` and
   ``pwrite`` it into a ``.sparse`` temporary file of the final size.
-- One thread hashes the file in order, reading back the bytes below the lowest point
+- One thread hashes the file in order, through a read-only mapping of the bytes below the lowest point
   not yet written, so the SHA-256 is ready when the last piece lands; nothing is used
   unless the whole file hashes to the announced digest (the caller renames it).
 - A piece that ends early is asked for again from where it stopped (``Range``),
   :data:`RETRIES` times; a server that ignores ``Range`` (answers 200 to the first
   piece) raises :class:`RangeIgnored` before any byte is written, and the caller falls
   back to one stream.
+- The request for the piece at byte 0, first try, carries ``X-Tvreg-Download: first``
+  and every other request ``more``, so the registry counts the download once whatever
+  the piece size and retries (docs/registry-api.md).
 - Completed pieces are appended to a journal beside the file (``.sparse.pieces``).
   A killed download is resumed from its journal: only the pieces it lists are kept
   (and hashed again with the rest). A ``.sparse`` file without its journal cannot tell
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import threading
 import uuid
@@ -57,8 +61,12 @@ class RangeIgnored(RegistryError):
 class RangedSource(Protocol):
     label: str
 
-    def open_range(self, start: int, end: int) -> AbstractContextManager[Iterator[bytes]]:
-        """Bytes ``[start, end)``; raises :class:`RangeIgnored` when the server sends all instead."""
+    def open_range(self, start: int, end: int, *, first: bool = False) -> AbstractContextManager[Iterator[bytes]]:
+        """Bytes ``[start, end)``; raises :class:`RangeIgnored` when the server sends all instead.
+
+        ``first`` is set on the one request that begins the download (the first try of the
+        piece at byte 0), so the registry counts the download once.
+        """
         ...
 
 
@@ -181,7 +189,12 @@ class _Writer:
             self.cond.notify_all()
 
     def hash_in_order(self, h) -> None:
-        """Hash the file front to back as its prefix fills (runs on its own thread)."""
+        """Hash the file front to back as its prefix fills (runs on its own thread).
+
+        The bytes are hashed where the writers left them, in the page cache, through a
+        read-only mapping of at most :data:`_HASH_READ` bytes at a time: no copy back into
+        this process (hashlib drops the GIL on them), and no more of the file mapped than that.
+        """
         while self.hashed < self.size:
             with self.cond:
                 while (upto := self.prefix()) <= self.hashed and self.failed is None:
@@ -189,11 +202,12 @@ class _Writer:
                 if self.failed is not None:
                     return
             while self.hashed < upto:
-                data = os.pread(self.fd, min(_HASH_READ, upto - self.hashed), self.hashed)
-                if not data:
-                    raise OSError(f"short read at byte {self.hashed} of a download being hashed")
-                h.update(data)
-                self.hashed += len(data)
+                end = min(self.hashed + _HASH_READ, upto)
+                base = self.hashed - self.hashed % mmap.ALLOCATIONGRANULARITY
+                with mmap.mmap(self.fd, end - base, prot=mmap.PROT_READ, offset=base) as window:
+                    with memoryview(window) as view, view[self.hashed - base :] as part:
+                        h.update(part)
+                self.hashed = end
 
 
 def download(path: Path, digest: str, size: int, source: RangedSource, progress: Progress) -> None:
@@ -258,7 +272,7 @@ def _download(
                 if pos >= end:
                     break
                 try:
-                    with source.open_range(pos, end) as chunks:
+                    with source.open_range(pos, end, first=pos == 0 and attempts == 0) as chunks:
                         if probe:
                             probe_ok.set()
                         for chunk in chunks:
