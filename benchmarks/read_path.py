@@ -126,7 +126,7 @@ def main() -> None:
     if args.baseline_tree:
         tree = args.baseline_tree.resolve()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]))
-        servers.append((f"fast path, {tree.name}", Server(shared, None, 1 << 30, env=env)))
+        servers.append((f"fast path, {tree.name}", Server(shared, None, 1 << 30, env=env, cwd=tree)))
     bare = BareServer(workdir)
     results: dict[str, list[float]] = {label: [] for label, _ in servers}
     results.update({"fast path, token": [], "bare uvicorn": []})

@@ -34,13 +34,13 @@ database a second time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -72,8 +72,10 @@ class SharedGeneration:
     A request waits for the next query that has not started yet (starting it when none is
     running), never for one already running: that one may have read the database before
     the request arrived, and so miss a write that completed just before. At most one query
-    runs per process, in a worker thread (a database that stops answering must not stall
-    the event loop), and the requests that arrive meanwhile share the one after it.
+    runs per process, in a thread of its own (a database that stops answering must not stall
+    the event loop, and a cached read must not queue for the worker threads behind slow
+    routes; a plain executor also costs less per hop than anyio's), and the requests that
+    arrive meanwhile share the one after it.
     """
 
     def __init__(self, read: Callable[[], int]) -> None:
@@ -81,6 +83,7 @@ class SharedGeneration:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: asyncio.Task[None] | None = None
         self._next: asyncio.Future[int] | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.queries = 0  # how many queries were sent (tests and benchmarks read it)
 
     async def get(self) -> int:
@@ -103,7 +106,9 @@ class SharedGeneration:
     async def _run(self, waiting: asyncio.Future[int]) -> None:
         try:
             self.queries += 1
-            value = await anyio.to_thread.run_sync(self._read)
+            if self._thread is None:
+                self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tvreg-generation")
+            value = await asyncio.get_running_loop().run_in_executor(self._thread, self._read)
         except BaseException as exc:
             if not waiting.done():
                 if isinstance(exc, asyncio.CancelledError):
