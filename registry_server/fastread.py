@@ -9,7 +9,9 @@ before any middleware: for a ``GET`` of a cacheable API read (search, skill info
 version info) it waits for the registry generation and, when it holds an answer of that
 generation for the same URL and the same visibility, sends those bytes with exactly the
 headers the whole stack sent when it built them (security headers included); otherwise
-the application answers as before and a ``200`` is kept for next time.
+the application answers as before and a ``200`` is kept for next time. While one request
+builds an answer, the same read (same generation and key) waits for it rather than
+building it again, so a cold cache costs one build per answer, not one per client.
 
 The generation is read by :class:`SharedGeneration`: one query answers every request
 that arrived before the query started, so under load a replica sends one query per
@@ -133,6 +135,9 @@ class CachedReads:
         self.context = context
         self.paths = cacheable_paths(prefix)
         self.generation = SharedGeneration(self._read_generation)
+        # Answers being built, by generation and key: the same read arriving meanwhile waits for it
+        # instead of building it again (a cold cache, or every replica's cache after a write).
+        self._building: dict[tuple[int, tuple], asyncio.Future[None]] = {}
 
     def _read_generation(self) -> int:
         with self.context.engine.connect() as connection:  # one statement: no ORM session needed
@@ -185,8 +190,19 @@ class CachedReads:
 
         key = make_key()
         stored = cache.answer(generation, key) if key is not None else None
+        if stored is None and key is not None and (generation, key) in self._building:
+            await asyncio.shield(self._building[(generation, key)])  # the same answer is being built
+            stored = cache.answer(generation, key)
         if stored is None:
-            await app(scope, receive, self._keeping(send, generation, make_key))
+            if key is None or (generation, key) in self._building:
+                await app(scope, receive, self._keeping(send, generation, make_key))
+                return
+            building = self._building[(generation, key)] = asyncio.get_running_loop().create_future()
+            try:
+                await app(scope, receive, self._keeping(send, generation, make_key))
+            finally:
+                del self._building[(generation, key)]
+                building.set_result(None)
             return
         kept, body = stored
         await send({"type": "http.response.start", "status": 200, "headers": [*kept, (CACHE_HEADER, b"hit")]})

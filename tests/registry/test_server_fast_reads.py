@@ -100,3 +100,24 @@ def test_a_revoked_or_bad_token_is_refused_even_after_cached_reads(registry, api
         assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
     with api.client("tvr_" + "x" * 43) as c:
         assert c.get("/skills/alice/science").status_code == 401
+
+
+def test_the_same_read_arriving_while_its_answer_is_built_waits_for_it(registry, api, published):
+    """A cold cache (a fresh replica, or every replica after a write) builds each answer once, not once per client."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = 8
+    barrier = threading.Barrier(clients)
+
+    def read(_: int):
+        with api.client() as c:
+            c.get("/health")  # connected before the barrier, so the reads arrive together
+            barrier.wait()
+            return c.get("/skills?q=science&per_page=3")
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(read, range(clients)))
+    assert [r.status_code for r in answers] == [200] * clients
+    assert len({r.content for r in answers}) == 1
+    assert sum(HIT not in r.headers for r in answers) == 1  # one built it; the others were served its bytes
