@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/load.py [--clients 100] [--duration 60] [--replicas 2]
                               [--artifact-mb 10,40,100] [--phases metadata,mixed] [--workdir DIR]
+                              [--baseline-tree DIR]
 
 What it does:
 
@@ -30,6 +31,12 @@ What it does:
    error count (any non-2xx, transport error or digest mismatch). At the end checks that
    every publish answered 201 is listed exactly once and nothing else was added (no
    version lost or duplicated). Writes ``<workdir>/load-results.json``.
+
+With ``--baseline-tree`` (an older checkout, e.g. ``git archive`` of the commit before a
+change), the phases run first on replicas started from that tree's ``registry_server``
+(same database, same data), then on this tree's, and a last table gives each phase's
+operations/s and replica CPU-ms per operation against that baseline: a before/after in
+one run.
 
 The clients share the machine with the servers and PostgreSQL, so the figures are for
 the whole system on this box, not the server alone; run it on a quiet machine.
@@ -63,6 +70,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from registry_throughput import MiB, digest_of, make_artifact  # noqa: E402
 
 SMALL_SKILLS = 30
+# Operations started in a phase's first seconds fill the replicas' read caches (every URL built once
+# per replica and caller); the phase's p99 counts them, and a second p99 leaves them out.
+WARM_UP_S = 3.0
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -124,7 +134,9 @@ def _free_port() -> int:
 
 
 class Replica:
-    def __init__(self, workdir: Path, database_url: str, index: int) -> None:
+    def __init__(
+        self, workdir: Path, database_url: str, index: int, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(workdir / f"replica-{index}.log", "wb")
@@ -133,6 +145,8 @@ class Replica:
             + ["--database-url", database_url, "--port", str(self.port), "--log-level", "warning"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,  # `python -m` imports from the working directory first: a baseline tree runs in its own
         )
 
     def wait(self) -> None:
@@ -183,6 +197,7 @@ def _with_version(template: bytes, name: str, version: str) -> bytes:
 class Stats:
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = defaultdict(list)
+        self.steady: list[float] = []  # every operation's latency after the warm-up (WARM_UP_S)
         self.errors: dict[str, int] = defaultdict(int)
         self.samples: list[str] = []
         self.bytes = 0
@@ -310,7 +325,9 @@ class Client:
         )
 
 
-async def _client(url: str, token: str, mix, deadline: float, seed: int, stats: Stats, world: dict) -> None:
+async def _client(
+    url: str, token: str, mix, deadline: float, duration: float, seed: int, stats: Stats, world: dict
+) -> None:
     rng = random.Random(seed)
     ops, weights = zip(*mix, strict=True)
     c = Client(url, token)
@@ -323,7 +340,10 @@ async def _client(url: str, token: str, mix, deadline: float, seed: int, stats: 
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 stats.fail(op.__name__.strip("_"), repr(exc))
                 continue
-            stats.latency[endpoint].append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            stats.latency[endpoint].append(took)
+            if time.monotonic() - took > deadline - duration + WARM_UP_S:
+                stats.steady.append(took)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -342,7 +362,7 @@ def run_phase(
     async def main() -> None:
         await asyncio.gather(
             *(
-                _client(urls[i % len(urls)], token, MIXES[name], deadline, i, stats, world)
+                _client(urls[i % len(urls)], token, MIXES[name], deadline, duration, i, stats, world)
                 for i in range(clients)
             )
         )
@@ -373,6 +393,7 @@ def run_phase(
         "errors": sum(stats.errors.values()),
         "error_samples": stats.samples,
         "endpoints": endpoints,
+        "p99_ms_after_warm_up": 1000 * _percentile(stats.steady, 0.99) if stats.steady else None,
         "cpu_ms_per_operation": {k: 1000 * v / max(total, 1) for k, v in cpu.items()},
         "cpu_share": {k: v / (wall * (os.cpu_count() or 1)) for k, v in cpu.items()},
         "loadavg_before": load_before,
@@ -511,6 +532,8 @@ def _print_phase(result: dict) -> None:
         print(
             f"  {ep:<10}{e['requests']:>10}{e['per_s']:>9.1f}{e['p50_ms']:>9.1f}{e['p99_ms']:>9.1f}{e['errors']:>8}"
         )
+    if result.get("p99_ms_after_warm_up") is not None:
+        print(f"  p99 of every operation started after the first {WARM_UP_S:g} s: {result['p99_ms_after_warm_up']:.1f} ms")
     per_op, share = result["cpu_ms_per_operation"], result["cpu_share"]
     print(
         "  CPU per operation: "
@@ -537,6 +560,9 @@ def main() -> None:
         action="store_true",
         help="run each phase a second time beside hostile traffic (idle sockets, trickled bodies, bad tokens)",
     )
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="first run the phases on replicas from this checkout (before/after)"
+    )
     args = parser.parse_args()
 
     from registry_server.pgcluster import PostgresCluster, find_pg_bin
@@ -544,7 +570,7 @@ def main() -> None:
     bin_dir = find_pg_bin()
     if bin_dir is None:
         raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not found; install the `postgresql` package.")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tvreg-load-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="tvreg-load-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cluster = PostgresCluster(bin_dir, durable=True)
     replicas: list[Replica] = []
@@ -587,23 +613,43 @@ def main() -> None:
                     c, _with_version(world["small_template"], f"skill{i}", "1.0.0"), f"load/skill{i}", "1.0.0"
                 )
 
+        trees: list[tuple[str, Path | None]] = [("this tree", None)]
+        if args.baseline_tree:
+            trees.insert(0, (f"baseline {args.baseline_tree.resolve()}", args.baseline_tree.resolve()))
         results = []
-        pids = [r.proc.pid for r in replicas]
-        for phase in args.phases.split(","):
-            for hostile in (False, True) if args.abuse else (False,):
-                label = f"{phase}+abuse" if hostile else phase
-                print(f"phase `{label}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
-                _reset_peak(pids)
-                abuse = Abuse(urls) if hostile else contextlib.nullcontext()
-                with abuse:
-                    result = run_phase(phase, urls, token, args.clients, args.duration, world, meter)
-                result["phase"] = label
-                result["replica_peak_rss_MiB"] = _peak_mib(pids)
-                if hostile:
-                    result["abuse"] = dict(abuse.counts)
-                _print_phase(result)
-                print(f"  replica peak RSS: {result['replica_peak_rss_MiB']} MiB; abuse: {result.get('abuse')}")
-                results.append(result)
+        for tree, where in trees:
+            if where is not None or tree != trees[0][0]:  # replicas of this tree (the setup ones serve the first)
+                for r in replicas:
+                    r.stop()
+                env = None
+                if where is not None:
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")]))
+                replicas = [Replica(workdir, url, len(results) * 10 + i, env, where) for i in range(args.replicas)]
+                for r in replicas:
+                    r.wait()
+                urls = [r.url for r in replicas]
+                meter = CpuMeter([r.proc.pid for r in replicas], _postmaster_pid(cluster))
+            if len(trees) > 1:
+                print(f"\n=== replicas from {tree}", flush=True)
+            pids = [r.proc.pid for r in replicas]
+            for phase in args.phases.split(","):
+                for hostile in (False, True) if args.abuse else (False,):
+                    label = f"{phase}+abuse" if hostile else phase
+                    print(f"phase `{label}`: {args.clients} clients for {args.duration:.0f} s ...", flush=True)
+                    _reset_peak(pids)
+                    abuse = Abuse(urls) if hostile else contextlib.nullcontext()
+                    with abuse:
+                        result = run_phase(phase, urls, token, args.clients, args.duration, world, meter)
+                    result["phase"] = label
+                    result["tree"] = tree
+                    result["replica_peak_rss_MiB"] = _peak_mib(pids)
+                    if hostile:
+                        result["abuse"] = dict(abuse.counts)
+                    _print_phase(result)
+                    print(f"  replica peak RSS: {result['replica_peak_rss_MiB']} MiB; abuse: {result.get('abuse')}")
+                    results.append(result)
+        if len(trees) > 1:
+            _print_against_baseline(results, trees[0][0])
 
         published = [v for r in results for v in r["published"]]
         with httpx.Client(base_url=urls[-1] + "/api/v1", headers=headers, timeout=60) as c:
@@ -644,6 +690,25 @@ def main() -> None:
             r.stop()
         cluster.stop()
         shutil.rmtree(workdir / "registry", ignore_errors=True)
+
+
+def _print_against_baseline(results: list[dict], baseline: str) -> None:
+    """Each phase of this tree against the same phase of the baseline tree."""
+    before = {r["phase"]: r for r in results if r["tree"] == baseline}
+    print(f"\nthis tree against {baseline} (same run):")
+    print(f"  {'phase':<16}{'ops/s':>16}{'ratio':>8}{'replica CPU-ms/op':>22}{'ratio':>8}{'p99 ms (max)':>16}")
+    for r in results:
+        b = before.get(r["phase"])
+        if r["tree"] == baseline or b is None:
+            continue
+        cpu, cpu_b = r["cpu_ms_per_operation"]["replicas"], b["cpu_ms_per_operation"]["replicas"]
+        p99 = max((e["p99_ms"] for e in r["endpoints"].values()), default=0.0)
+        p99_b = max((e["p99_ms"] for e in b["endpoints"].values()), default=0.0)
+        print(
+            f"  {r['phase']:<16}{b['operations_per_s']:>7.0f} -> {r['operations_per_s']:<6.0f}"
+            f"{r['operations_per_s'] / max(b['operations_per_s'], 1e-9):>7.2f}x"
+            f"{cpu_b:>11.2f} -> {cpu:<7.2f}{cpu_b / max(cpu, 1e-9):>7.2f}x{p99_b:>8.0f} -> {p99:<6.0f}"
+        )
 
 
 def _postmaster_pid(cluster) -> int | None:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/read_path.py [--reads 3000] [--rounds 3] [--workdir DIR]
+    python benchmarks/read_path.py [--reads 3000] [--rounds 3] [--workdir DIR] [--baseline-tree DIR]
 
 Starts two ``tvreg-server`` processes on SQLite over the same published skills, one with
 the cached-read fast path (:mod:`registry_server.fastread`) and one without it
@@ -11,7 +11,10 @@ the cached-read fast path (:mod:`registry_server.fastread`) and one without it
 search, skill info and version info in turn; each round measures every server, in
 alternating order, by the CPU-seconds its process spends per read (steady on a shared
 machine, unlike wall time). Prints the median per server and the ratio against the
-framework path measured in the same run.
+framework path measured in the same run. With ``--baseline-tree`` (an older checkout, e.g.
+``git archive`` of the commit before a change), a fast-path server run from that tree's
+``registry_server`` reads the same data directory too, and its ratio to this tree's fast
+path is printed: a before/after in one run.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=3000, help="reads per server per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--baseline-tree", type=Path, help="also measure a fast-path server run from this checkout")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tvreg-read-path-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,27 +122,37 @@ def main() -> None:
     slow = Server(shared, None, 1 << 30)
     os.environ["TVREG_SERVER_FAST_READS"] = "1"
     fast = Server(shared, None, 1 << 30)
+    servers = [("fast path", fast), ("framework path", slow)]
+    if args.baseline_tree:
+        tree = args.baseline_tree.resolve()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]))
+        servers.append((f"fast path, {tree.name}", Server(shared, None, 1 << 30, env=env, cwd=tree)))
     bare = BareServer(workdir)
-    results: dict[str, list[float]] = {"fast path": [], "framework path": [], "fast path, token": [], "bare uvicorn": []}
+    results: dict[str, list[float]] = {label: [] for label, _ in servers}
+    results.update({"fast path, token": [], "bare uvicorn": []})
     try:
         for r in range(args.rounds):
-            order = [("fast path", fast), ("framework path", slow)]
+            order = servers
             for label, server in order if r % 2 == 0 else order[::-1]:
                 results[label].append(_per_read(server.url, server.proc.pid, args.reads))
             results["fast path, token"].append(_per_read(fast.url, fast.proc.pid, args.reads, token))
             results["bare uvicorn"].append(_bare(bare, args.reads))
     finally:
-        for server in (fast, slow):
+        for _, server in servers:
             server.stop()
         bare.stop()
     base = statistics.median(results["framework path"])
     load = os.getloadavg()[0]
     print(f"cached API reads, {args.reads} per server per round, {args.rounds} rounds, load {load:.1f}")
-    print(f"{'server':<22} {'CPU-ms/read (median)':>22} {'all rounds':>30} {'vs framework':>13}")
+    print(f"{'server':<30} {'CPU-ms/read (median)':>22} {'all rounds':>30} {'vs framework':>13}")
     for label, values in results.items():
         median = statistics.median(values)
         rounds = ", ".join(f"{v:.3f}" for v in values)
-        print(f"{label:<22} {median:>22.3f} {rounds:>30} {base / median:>12.2f}x")
+        print(f"{label:<30} {median:>22.3f} {rounds:>30} {base / median:>12.2f}x")
+    if args.baseline_tree:
+        before = statistics.median(results[f"fast path, {args.baseline_tree.resolve().name}"])
+        after = statistics.median(results["fast path"])
+        print(f"fast path: {after:.3f} CPU-ms/read vs {before:.3f} from {args.baseline_tree}: {before / after:.2f}x less CPU")
 
 
 def _bare(bare: BareServer, reads: int) -> float:

@@ -118,8 +118,9 @@ class Server:
         *,
         serve_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
-        self.data = workdir / "registry"
+        self.data = workdir.resolve() / "registry"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = ["--database-url", database_url] if database_url else []
@@ -132,6 +133,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,  # `python -m` imports from the working directory first: a baseline tree runs in its own
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 if server:
                     server.stop()
                 (work / f"reg-{mode}-{r}").mkdir()
-                server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=serve_args, env=env)
+                # A baseline runs in its own tree: `python -m` imports from the working directory first.
+                cwd = args.baseline_tree.resolve() if env is not None else None
+                server = Server(work / f"reg-{mode}-{r}", None, 1 << 40, serve_args=serve_args, env=env, cwd=cwd)
                 server.admin("create-user", "bench")
                 token = server.admin("create-token", "bench", "--role", "write").split()[-1]
                 c0, s0, t = _cpu(), _proc_cpu(server.proc.pid), time.perf_counter()

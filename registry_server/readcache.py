@@ -32,6 +32,8 @@ from .ratelimit import MAX_ADDRESS_LENGTH
 MAX_ENTRIES = 4096
 MAX_BYTES = 64 * 1024 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+# A whole answer: its raw headers as sent, and its body.
+Answer = tuple[tuple[tuple[bytes, bytes], ...], bytes]
 _GENERATION = text("SELECT generation FROM registry_state WHERE id = 1")
 # With the address's ``skip``+1-th newest failed token check (registry_server.ratelimit), so that
 # an authenticated cached read costs one round trip.
@@ -53,6 +55,12 @@ def read_generation_and_failure(session: Session, address: str, nth: int) -> tup
     return generation, at
 
 
+def _size(value: bytes | Answer) -> int:
+    if isinstance(value, bytes):
+        return len(value)
+    return len(value[1]) + sum(len(k) + len(v) for k, v in value[0])
+
+
 class ReadCache:
     """Response bodies and token lookups of the newest generation seen, least recently used out."""
 
@@ -60,7 +68,7 @@ class ReadCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.generation = -1
-        self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bodies: OrderedDict[Hashable, bytes | Answer] = OrderedDict()
         self._bytes = 0
         self._tokens: dict[str, Principal] = {}
         self._lock = threading.Lock()
@@ -74,26 +82,41 @@ class ReadCache:
             self._tokens.clear()
         return generation == self.generation
 
-    def body(self, generation: int, key: Hashable) -> bytes | None:
+    def _get(self, generation: int, key: Hashable) -> bytes | Answer | None:
         with self._lock:
             if not self._current(generation):
                 return None
-            body = self._bodies.get(key)
-            if body is not None:
+            value = self._bodies.get(key)
+            if value is not None:
                 self._bodies.move_to_end(key)
-            return body
+            return value
 
-    def keep_body(self, generation: int, key: Hashable, body: bytes) -> None:
-        if len(body) > MAX_BODY_BYTES:
-            return
+    def _keep(self, generation: int, key: Hashable, value: bytes | Answer) -> None:
         with self._lock:
             if not self._current(generation):
                 return
             old = self._bodies.pop(key, None)
-            self._bytes += len(body) - (len(old) if old is not None else 0)
-            self._bodies[key] = body
+            self._bytes += _size(value) - (_size(old) if old is not None else 0)
+            self._bodies[key] = value
             while len(self._bodies) > self.max_entries or self._bytes > self.max_bytes:
-                self._bytes -= len(self._bodies.popitem(last=False)[1])
+                self._bytes -= _size(self._bodies.popitem(last=False)[1])
+
+    def body(self, generation: int, key: Hashable) -> bytes | None:
+        value = self._get(generation, key)
+        return value if isinstance(value, bytes) else None
+
+    def keep_body(self, generation: int, key: Hashable, body: bytes) -> None:
+        if len(body) <= MAX_BODY_BYTES:
+            self._keep(generation, key, body)
+
+    def answer(self, generation: int, key: Hashable) -> Answer | None:
+        """A whole HTTP answer kept by :meth:`keep_answer`: its headers, ready to send, and its body."""
+        value = self._get(generation, key)
+        return value if isinstance(value, tuple) else None
+
+    def keep_answer(self, generation: int, key: Hashable, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if len(body) <= MAX_BODY_BYTES:
+            self._keep(generation, key, (tuple(headers), body))
 
     def token(self, generation: int, token_hash: str) -> Principal | None:
         """The caller behind a token seen valid in this generation, or None."""

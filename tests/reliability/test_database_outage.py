@@ -43,6 +43,7 @@ def test_database_outage_is_a_bounded_503_and_recovers_without_restart(registry,
                 assert r.status_code == 503, (path, r.text)
                 assert r.json()["error"]["code"] == "unavailable"
                 assert int(r.headers["retry-after"]) > 0
+                assert r.headers["x-content-type-options"] == "nosniff", path  # the cached-read path's 503 too
             r = c.post("/uploads", json={"size": 1, "digest": "sha256:" + "0" * 64})
             assert r.status_code == 503
         finally:

@@ -131,3 +131,52 @@ def test_a_change_through_one_replica_is_read_at_once_through_the_other(registry
         registry.admin("revoke-token", "alice", "--name", "test")
         assert b.get("/skills/alice/science").status_code == 401
         assert anon.get("/skills/alice/science").status_code == 200
+
+
+def test_under_concurrent_reads_a_completed_write_is_in_every_later_read_on_both_replicas(
+    registry, server_artifacts
+):
+    """A read shares its replica's generation query with other reads (registry_server.fastread), but only a
+    query that starts after it arrived: with readers keeping a query in flight on both replicas all the time,
+    each tag change is still in the very next read of either replica, anonymous or with a token."""
+    token = registry.make_user("alice")
+    other = registry.replica()
+    with _client(registry.url, token) as c:
+        upload_id = _upload(registry.url, token, server_artifacts.make("science", "1.0.0"))
+        assert c.put("/skills/alice/science/versions/1.0.0", json={"upload_id": upload_id}).status_code == 201
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def read(url: str, who: str | None) -> int:
+        n = 0
+        with _client(url, who) as c:
+            while not stop.is_set():
+                r = c.get("/skills/alice/science")
+                if r.status_code != 200:
+                    failures.append(f"{url}: {r.status_code} {r.text[:200]}")
+                n += 1
+        return n
+
+    readers = [(url, who) for url in (registry.url, other.url) for who in (token, None, token)]
+    with ThreadPoolExecutor(len(readers)) as pool:
+        running = [pool.submit(read, url, who) for url, who in readers]
+        try:
+            with (
+                _client(registry.url, token) as writer,
+                _client(registry.url, token) as a,
+                _client(other.url, token) as b,
+                _client(registry.url) as anon_a,
+                _client(other.url) as anon_b,
+            ):
+                for i in range(12):
+                    tag = f"stage{i}"
+                    write = writer if i % 2 == 0 else b  # writes through either replica
+                    r = write.put(f"/skills/alice/science/tags/{tag}", json={"version": "1.0.0"})
+                    assert r.status_code == 200, r.text
+                    for c in (a, b, anon_a, anon_b):
+                        assert tag in c.get("/skills/alice/science").json()["dist_tags"], (i, str(c.base_url))
+        finally:
+            stop.set()
+        counts = [f.result() for f in running]
+    assert failures == []
+    assert min(counts) > 0
