@@ -59,7 +59,8 @@ def cpu():
     return r.ru_utime + r.ru_stime
 c0, t = cpu(), time.perf_counter()
 path = fetch_skill("bench/big@1.0.0", base_fingerprint=sys.argv[3], registry=sys.argv[1], token=sys.argv[2])
-print(json.dumps({"wall": time.perf_counter() - t, "cpu": cpu() - c0, "size": path.stat().st_size}))
+import tvreg
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": cpu() - c0, "size": path.stat().st_size, "module": tvreg.__file__}))
 """
 
 
@@ -68,9 +69,13 @@ def _child_fetch(tree: Path | None, connections: str, url: str, token: str, base
     env = dict(os.environ, TVREG_DOWNLOAD_CONNECTIONS=connections)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    # From the tree's own directory: `python -c` puts the working directory first on sys.path.
     out = subprocess.run([sys.executable, "-c", _FETCH, url, token, base_fp], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+                         capture_output=True, text=True, cwd=tree.resolve() if tree is not None else None).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    if tree is not None and not Path(got["module"]).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"error: the baseline download imported tvreg from {got['module']}, not from {tree}.")
+    return got
 
 
 def main(argv: list[str] | None = None) -> int:
