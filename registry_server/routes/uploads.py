@@ -159,4 +159,5 @@ async def append_upload(
         raise
     crash_point("registry.upload.before_offset")
     await run_in_threadpool(uploads.release, ctx, claim, new_offset)
+    writer.recorded()
     return {"offset": new_offset}
