@@ -18,15 +18,11 @@ or nothing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
-import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar
 
@@ -37,8 +33,6 @@ from .errors import Conflict, DigestMismatch, SizeMismatch
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _READ = 8 * 1024 * 1024
-_IOV = 512  # chunks per writev(2); Linux allows 1024
-_RUNNING_HASHES = 1024  # uploads whose running SHA-256 one process keeps (about 0.5 KiB each)
 
 
 def digest_hex(digest: str) -> str:
@@ -56,10 +50,6 @@ class StagedWriter(ABC):
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data``. Blocking; call it off the event loop."""
 
-    def write_all(self, chunks: list[bytes]) -> None:
-        """Append ``chunks`` in order (as received from the network, without joining them first)."""
-        self.write(b"".join(chunks))
-
     @abstractmethod
     def finish(self) -> int:
         """Flush and fsync; return the staged length, which becomes the durable offset."""
@@ -67,13 +57,6 @@ class StagedWriter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Drop everything written through this writer (truncate back to its start offset)."""
-
-    def recorded(self) -> None:  # noqa: B027 - optional hook, a no-op unless the staging keeps state
-        """The offset :meth:`finish` returned is now the upload's durable offset (the lease was kept).
-
-        Only from then on are the staged bytes before it immutable (no other writer may start
-        before the recorded offset), so only then may a running hash of them be trusted.
-        """
 
 
 class BlobStore(ABC):
@@ -134,56 +117,14 @@ class BlobStore(ABC):
         """Every stored blob as ``(digest, mtime)``, for garbage collection."""
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    """What changes when any process writes to or truncates a file (timestamps at nanosecond resolution)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _sole_writer(fd: int) -> bool:
-    """Take an exclusive advisory lock on the staging file, held until ``fd`` is closed.
-
-    Every writer takes it, so a writer that gets it knows no other writer has the file open
-    (one whose lease expired may still be writing): only such a writer keeps a running hash.
-    Never waits: a writer that does not get it writes all the same (the lease in the database
-    is what orders writers) and the final check re-reads the file.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class _Running:
-    """SHA-256 of the first ``end`` staged bytes of an upload, all received by this process in order.
-
-    ``identity`` is the staging file's :func:`_identity` right after they were fsynced; any
-    later write or truncation by another writer (another replica, a request whose lease
-    expired) changes it, and the hash is then not used.
-    """
-
-    end: int
-    sha: hashlib._Hash
-    identity: tuple[int, ...]
-
 
 class _LocalWriter(StagedWriter):
-    def __init__(self, staging: UploadStaging, upload_id: str, offset: int) -> None:
-        path = staging.path(upload_id)
-        self._staging = staging
-        self._upload_id = upload_id
+    def __init__(self, path: Path, offset: int) -> None:
         self._path = path
         self._offset = offset
-        self._sha: hashlib._Hash | None = None
-        self._done: _Running | None = None
-        self._written = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            st = os.fstat(self._fd)
-            size = st.st_size
-            if _sole_writer(self._fd):
-                self._sha = staging._resume_hash(upload_id, offset, _identity(st))
+            size = os.fstat(self._fd).st_size
             if size < offset:
                 raise Conflict(
                     f"the staged bytes of this upload end at {size}, before its recorded offset {offset}; "
@@ -201,44 +142,16 @@ class _LocalWriter(StagedWriter):
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        if self._sha is not None:
-            # The buffer just written, in file order: the hash is of exactly the staged bytes.
-            self._sha.update(data)
-            self._written += len(data)
-
-    def write_all(self, chunks: list[bytes]) -> None:
-        """One ``writev(2)`` per up to :data:`_IOV` chunks, then each chunk into the running hash, in order."""
-        for i in range(0, len(chunks), _IOV):
-            batch = chunks[i : i + _IOV]
-            total = sum(map(len, batch))
-            n = os.writev(self._fd, batch)
-            if n < total:  # a short write (signal, full disk): write the rest the plain way
-                rest = memoryview(b"".join(batch))[n:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest) :]
-            if self._sha is not None:
-                for chunk in batch:
-                    self._sha.update(chunk)
-                self._written += total
 
     def finish(self) -> int:
         try:
             os.fsync(self._fd)
-            st = os.fstat(self._fd)
+            return os.fstat(self._fd).st_size
         finally:
             os.close(self._fd)
             self._fd = -1
-        if self._sha is not None and st.st_size == self._offset + self._written:
-            self._done = _Running(st.st_size, self._sha, _identity(st))
-        self._sha = None
-        return st.st_size
-
-    def recorded(self) -> None:
-        self._staging._keep_hash(self._upload_id, self._done)
-        self._done = None
 
     def abort(self) -> None:
-        self._sha = self._done = None
         if self._fd >= 0:
             try:
                 os.ftruncate(self._fd, self._offset)
@@ -257,29 +170,6 @@ class UploadStaging:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._running: OrderedDict[str, _Running] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _resume_hash(self, upload_id: str, offset: int, identity: tuple[int, ...]) -> hashlib._Hash | None:
-        """A running hash to continue from ``offset``: fresh at 0, a copy of this process's hash
-        when it covers exactly the bytes before ``offset`` and nobody touched the file since,
-        else None (the final :meth:`verify` then re-reads the file)."""
-        with self._lock:
-            kept = self._running.pop(upload_id, None)
-        if offset == 0:
-            return hashlib.sha256()
-        if kept is None or kept.end != offset or kept.identity != identity:
-            return None
-        return kept.sha.copy()
-
-    def _keep_hash(self, upload_id: str, running: _Running | None) -> None:
-        with self._lock:
-            self._running.pop(upload_id, None)
-            if running is None:
-                return
-            self._running[upload_id] = running
-            while len(self._running) > _RUNNING_HASHES:
-                self._running.popitem(last=False)
 
     def create(self) -> None:
         """Make the directory (the server does this at startup, so a bad path fails early). Idempotent."""
@@ -304,31 +194,16 @@ class UploadStaging:
         offset was recorded) are discarded. Raises :class:`Conflict` when fewer than
         ``offset`` bytes are staged (the staged bytes were lost).
         """
-        return _LocalWriter(self, upload_id, offset)
+        return _LocalWriter(self.path(upload_id), offset)
 
     def verify(self, upload_id: str, *, size: int, digest: str) -> Path:
-        """Check the staged bytes' size and SHA-256, then return the path to them.
+        """Stream the staged bytes through SHA-256, then return the path to them.
 
-        When every byte was received by this process, in order, and the file is as its last
-        writer here left it, the SHA-256 taken as the bytes were written is used; otherwise
-        (another replica or an earlier life of this server took part of the upload) the file
-        is read back through SHA-256, one sequential read. Raises :class:`SizeMismatch` or
+        Cost: one sequential read of the upload. Raises :class:`SizeMismatch` or
         :class:`DigestMismatch` (naming both digests) when the bytes are not what was
         declared; the caller then discards them.
         """
         path = self.path(upload_id)
-        with self._lock:
-            kept = self._running.get(upload_id)
-        if kept is not None and kept.end == size:
-            with contextlib.suppress(FileNotFoundError):
-                if _identity(os.stat(path)) == kept.identity:
-                    return self._check(path, size, size, "sha256:" + kept.sha.hexdigest(), digest)
-        received, found = self._reread(path, size)
-        return self._check(path, size, received, found, digest)
-
-    @staticmethod
-    def _reread(path: Path, size: int) -> tuple[int, str]:
-        """The staged length (up to one read past ``size``) and the SHA-256 of the file, read back."""
         h = hashlib.sha256()
         received = 0
         buf = bytearray(_READ)
@@ -339,14 +214,11 @@ class UploadStaging:
                 if received > size:
                     break
                 h.update(view[:n])
-        return received, "sha256:" + h.hexdigest()
-
-    @staticmethod
-    def _check(path: Path, size: int, received: int, found: str, digest: str) -> Path:
         if received != size:
             raise SizeMismatch(
                 f"the upload received {received} of {size} bytes.", expected=size, received=received
             )
+        found = "sha256:" + h.hexdigest()
         if found != digest:
             raise DigestMismatch(
                 f"the uploaded bytes hash to {found}, not the declared {digest}; nothing was stored.",
@@ -357,8 +229,6 @@ class UploadStaging:
 
     def discard(self, upload_id: str) -> None:
         """Remove the staged bytes of ``upload_id``, if any. Never fails for a missing upload."""
-        with self._lock:
-            self._running.pop(upload_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(upload_id))
 

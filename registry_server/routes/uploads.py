@@ -8,8 +8,6 @@ writes, database calls) runs in worker threads, in writes of about 4 MiB.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import logging
 import time
@@ -131,49 +129,29 @@ async def append_upload(
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         raise
     room = claim.size - offset
-    pending: list[bytes] = []
-    pending_bytes = 0
+    pending = bytearray()
     written = 0
     renewed = time.monotonic()
-    # At most one write in flight, started before the next bytes are awaited, so that receiving
-    # (event loop) and writing + hashing (worker thread, without the GIL) overlap; awaited before
-    # the next one starts, so the file is written strictly in order.
-    inflight: asyncio.Future[None] | None = None
-    inflight_bytes = 0
     try:
         try:
             async for chunk in request.stream():
-                if written + inflight_bytes + pending_bytes + len(chunk) > room:
+                if written + len(pending) + len(chunk) > room:
                     raise uploads.past_end(claim.size)
-                if chunk:
-                    pending.append(chunk)
-                    pending_bytes += len(chunk)
-                if pending_bytes >= _WRITE_BYTES:
-                    if inflight is not None:
-                        await inflight
-                        written += inflight_bytes
-                    inflight = asyncio.ensure_future(run_in_threadpool(writer.write_all, pending))
-                    inflight_bytes = pending_bytes
-                    pending, pending_bytes = [], 0
+                pending += chunk
+                if len(pending) >= _WRITE_BYTES:
+                    full, pending = pending, bytearray()
+                    await run_in_threadpool(writer.write, full)
+                    written += len(full)
                 if time.monotonic() - renewed > uploads.RENEW_AFTER_SECONDS:
                     await run_in_threadpool(uploads.renew, ctx, claim)
                     renewed = time.monotonic()
         except ClientDisconnect:
             # Keep what arrived: the client resumes from the offset GET /uploads/{id} reports.
             pass
-        if inflight is not None:
-            await inflight
-            written += inflight_bytes
-            inflight = None
         if pending:
-            await run_in_threadpool(writer.write_all, pending)
-            written += pending_bytes
+            await run_in_threadpool(writer.write, pending)
         new_offset = await run_in_threadpool(writer.finish)
     except BaseException as exc:
-        if inflight is not None:
-            # Never truncate under a write still running in a worker thread.
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(inflight)
         await run_in_threadpool(writer.abort)
         await run_in_threadpool(uploads.release, ctx, claim, offset)
         if isinstance(exc, OSError):
@@ -181,5 +159,4 @@ async def append_upload(
         raise
     crash_point("registry.upload.before_offset")
     await run_in_threadpool(uploads.release, ctx, claim, new_offset)
-    writer.recorded()
     return {"offset": new_offset}
