@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             # The same publish against another checkout's server (e.g. main), for a before/after in one run.
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.baseline_tree), os.environ.get("PYTHONPATH", "")]))
             servers.insert(0, (f"{args.baseline_tree.name}", (), env))
+        put_by_mode: dict[str, list[float]] = {}
         for r in range(max(args.publish_repeat, 1)):  # 0: one untimed publish, for the downloads
             for mode, serve_args, env in servers:
                 if server:
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert res.status == "published", res
                 if args.publish_repeat == 0:
                     continue
+                put_by_mode.setdefault(mode, []).append(put_s[-1])
                 row = next((x for x in rows if x[0] == f"publish {mode}"), None)
                 if row is None:
                     rows.append(row := (f"publish {mode}", [], [], []))
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<26} {w:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} {mib / w:7.0f} "
                   f"{cpu:13.2f} {srv:13.2f} {w / copy_med:7.2f} {(cpu + srv) / copy_cpu:10.2f} {vs:>9}")
         if put_s and args.publish_repeat:
-            print(f"publish: median {statistics.median(put_s):.2f} s in the final PUT (the server's checks after the upload)")
+            for mode, puts in put_by_mode.items():
+                print(f"publish {mode}: median {statistics.median(puts):.2f} s in the final PUT "
+                      "(the server's checks after the upload)")
     finally:
         if server:
             server.stop()
