@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_tree:
             # The same publish against another checkout's server (e.g. main), for a before/after in one run.
             env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(args.baseline_tree), os.environ.get("PYTHONPATH", "")]))
-            servers.insert(0, (f"{args.baseline_tree.name}", (), env))
+            # With the first --http mode too: a baseline on another parser would compare parsers, not trees.
+            servers.insert(0, (f"{args.baseline_tree.name}", ("--http", args.http.split(",")[0]), env))
         put_by_mode: dict[str, list[float]] = {}
         for r in range(max(args.publish_repeat, 1)):  # 0: one untimed publish, for the downloads
             for mode, serve_args, env in servers:
