@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _stages import StageTimer  # noqa: E402
 from install import copy_baseline, generate_models, llama_shape, tvreg_cmd  # noqa: E402
 
 SHARD_BYTES = 500 * 10**6
@@ -75,10 +76,8 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
     Functions are replaced in this process only; a name the library no longer has is
     reported under ``not_patched`` rather than silently timing nothing.
     """
-    import hashlib
     import importlib
     import threading
-    import types
 
     build_mod = importlib.import_module("tvreg._build.build")
     art_mod = importlib.import_module("tvreg._format.artifact")
@@ -89,37 +88,8 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
     Checkpoint = importlib.import_module("tvreg._format.checkpoint").Checkpoint
     sio = importlib.import_module("tvreg._format.safetensors_io")
 
-    totals: dict[str, list[float]] = {}  # label -> [wall s, calling-thread CPU s, calls]
-    missing: list[str] = []
-    guard = threading.Lock()
-
-    def add(label: str, wall: float, cpu: float) -> None:
-        with guard:
-            slot = totals.setdefault(label, [0.0, 0.0, 0])
-            slot[0] += wall
-            slot[1] += cpu
-            slot[2] += 1
-
-    def timed(fn, label):
-        def wrapper(*a, **k):
-            t, c = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*a, **k)
-            finally:
-                add(label, time.perf_counter() - t, time.thread_time() - c)
-
-        return wrapper
-
-    def patch(owner, attr, label):
-        if not hasattr(owner, attr):
-            missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
-            return
-        setattr(owner, attr, timed(getattr(owner, attr), label))
-
-    def hashlib_with_timed_sha256(label):
-        ns = {k: getattr(hashlib, k) for k in dir(hashlib) if not k.startswith("__")}
-        ns["sha256"] = timed(hashlib.sha256, label)
-        return types.SimpleNamespace(**ns)
+    timer = StageTimer()
+    patch, timed = timer.patch, timer.timed
 
     jit_mod = importlib.import_module("tvreg._format.codecs.jit")
     patch(build_mod, "fingerprint", "fingerprint of θ_pre (hash every tensor)")
@@ -147,30 +117,16 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
         zstd_mod._compressor = lambda: proxies.setdefault(threading.get_ident(), TimedCompressor(plain_compressor()))
     else:
         patch(zstd_mod, "compress_segments", "[worker]   zstd compress_segments")
-    art_mod.hashlib = hashlib_with_timed_sha256("[main/worker] sha256 of blobs / file (artifact)")
+    art_mod.hashlib = timer.hashlib_with_timed_sha256("[main/worker] sha256 of blobs / file (artifact)")
     patch(art_mod.ArtifactWriter, "add", "[main] ArtifactWriter.add (write blob)")
     patch(art_mod.ArtifactWriter, "finish", "[main] ArtifactWriter.finish (header, copy body, fsync)")
     patch(sketch_mod, "store_cached", "store sketch in cache")
     patch(art_mod, "remember_verified", "remember verified")
-    original_map = build_mod.ordered_map
-
-    def waited_map(*a, **k):
-        gen = original_map(*a, **k)
-        while True:
-            t, c = time.perf_counter(), time.thread_time()
-            try:
-                item = next(gen)
-            except StopIteration:
-                return
-            finally:
-                add("[main] waiting for workers (next(stream))", time.perf_counter() - t, time.thread_time() - c)
-            yield item
-
-    build_mod.ordered_map = waited_map
+    build_mod.ordered_map = timer.waited(build_mod.ordered_map, "[main] waiting for workers (next(stream))")
     started = time.perf_counter()
     build_mod.build_skill(pre, finetuned=ft, output=out, name="bench", version="1.0.0", dataset_size=1000)
     wall = time.perf_counter() - started
-    out_json.write_text(json.dumps({"wall_s": wall, "stages": totals, "not_patched": missing}, indent=2))
+    out_json.write_text(json.dumps(timer.results(wall), indent=2))
 
 
 # --------------------------------------------------------------------------- main

@@ -263,10 +263,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
 
     Nothing in the library is changed on disk: functions are replaced in this process only.
     """
-    import hashlib
     import importlib
-    import threading
-    import types
 
     # import_module: the module object (tvreg.install is the public function)
     art_mod = importlib.import_module("tvreg._format.artifact")
@@ -278,46 +275,13 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     sio = importlib.import_module("tvreg._format.safetensors_io")
     Checkpoint = importlib.import_module("tvreg._format.checkpoint").Checkpoint
 
-    totals: dict[str, list[float]] = {}  # label -> [wall s, calling-thread CPU s, calls]
-    missing: list[str] = []
-    guard = threading.Lock()
+    from _stages import StageTimer  # beside this script (its directory is first on sys.path)
 
-    def add(label: str, wall: float, cpu: float) -> None:
-        with guard:
-            slot = totals.setdefault(label, [0.0, 0.0, 0])
-            slot[0] += wall
-            slot[1] += cpu
-            slot[2] += 1
-
-    def timed(fn, label):
-        def wrapper(*a, **k):
-            t, c = time.perf_counter(), time.thread_time()
-            try:
-                return fn(*a, **k)
-            finally:
-                add(label, time.perf_counter() - t, time.thread_time() - c)
-
-        return wrapper
-
-    def patch(owner, attr, label):
-        # The library changes under this script: skip (and report) what is no longer there.
-        if not hasattr(owner, attr):
-            missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
-            return
-        setattr(owner, attr, timed(getattr(owner, attr), label))
+    timer = StageTimer()
+    patch = timer.patch
 
     def patch_where_called(name, label):
-        # A function is looked up where it was imported: wrap its binding in each install module.
-        owners = [m for m in (inst, mat) if hasattr(m, name)]
-        if not owners:
-            missing.append(name)
-        for owner in owners:
-            setattr(owner, name, timed(getattr(owner, name), label))
-
-    def hashlib_with_timed_sha256(label):
-        ns = {k: getattr(hashlib, k) for k in dir(hashlib) if not k.startswith("__")}
-        ns["sha256"] = timed(hashlib.sha256, label)
-        return types.SimpleNamespace(**ns)
+        timer.patch_where_called((inst, mat), name, label)
 
     patch_where_called("tensor_hashes", "verify pristine G fingerprint (tensor_hashes)")
     patch_where_called("file_digest", "sha256 of the whole artifact (file_digest)")
@@ -330,7 +294,7 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     patch(Checkpoint, "read", "[worker] read G tensor")
     patch(art_mod.Artifact, "decode_form", "[worker] Artifact.decode_form (all; lazy: blob read + digest)")
     patch(sio.SafetensorsFile, "read_bytes", "[worker]   decode: read blob")
-    art_mod.hashlib = hashlib_with_timed_sha256("[worker]   decode: sha256 verify blob")
+    art_mod.hashlib = timer.hashlib_with_timed_sha256("[worker]   decode: sha256 verify blob")
     patch(exact_mod.ExactCodec, "decode", "[worker]   decode: codec (zstd + planes)")
     # task arithmetic on the CPU decodes nothing: merge_tensor adds each exact blob's frames into its sum
     patch(exact_mod.ExactCodec, "add_into", "[worker]   merge: exact frames added into the sum (add_into)")
@@ -343,32 +307,14 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     device_mod = importlib.import_module("tvreg._merge.device")
     patch_where_called("plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
     patch(device_mod, "merge_tensor", "[worker] merge_tensor (fp32 merge + round, CPU)")
-    mat.hashlib = hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
+    mat.hashlib = timer.hashlib_with_timed_sha256("[worker] sha256 of merged tensor")
     patch(sio.SafetensorsWriter, "write", "[main] SafetensorsWriter.write")
     patch(sio.SafetensorsWriter, "finish", "[main] SafetensorsWriter.finish (fsync)")
-    original_map = mat.ordered_map
-
-    def waited_map(*a, **k):
-        gen = original_map(*a, **k)
-        while True:
-            t, c = time.perf_counter(), time.thread_time()
-            try:
-                item = next(gen)
-            except StopIteration:
-                return
-            finally:
-                add(
-                    "[main] waiting for workers (next(stream))",
-                    time.perf_counter() - t,
-                    time.thread_time() - c,
-                )
-            yield item
-
-    mat.ordered_map = waited_map
+    mat.ordered_map = timer.waited(mat.ordered_map, "[main] waiting for workers (next(stream))")
     started = time.perf_counter()
     inst.install(artifacts, into=model_dir, device="cpu", method="task_arithmetic")
     wall = time.perf_counter() - started
-    out_json.write_text(json.dumps({"wall_s": wall, "stages": totals, "not_patched": missing}, indent=2))
+    out_json.write_text(json.dumps(timer.results(wall), indent=2))
 
 
 # --------------------------------------------------------------------------- sanity check
