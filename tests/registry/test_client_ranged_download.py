@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import httpx
 import pytest
 from client_helpers import FaultProxy, build_artifacts, cli, find_blob, flip_byte, login, write_project
 
@@ -240,3 +241,26 @@ def test_a_bad_connection_count_is_refused_in_one_sentence(registry, published, 
         fetch_skill("alice/science", base_fingerprint=None)
     assert exc.value.message == f"TVREG_DOWNLOAD_CONNECTIONS={value!r} is not a number of connections from 1 to 64."
     assert exc.value.hints[0].startswith("unset TVREG_DOWNLOAD_CONNECTIONS")
+
+
+@pytest.mark.parametrize(
+    ("mark", "ranges", "counted"),
+    [
+        ("first", ["bytes=0-99"], 1),  # a piece below the header-read size that begins a download
+        ("more", ["bytes=0-99", "bytes=0-"], 0),  # a retry of piece 0, and even the whole file: never counted
+        (None, ["bytes=0-99"], 0),  # an old client's short read from byte 0: a header read
+        (None, ["bytes=0-"], 1),  # an old client's whole download
+        ("first", ["bytes=100-199"], 0),  # `first` counts only from byte 0
+    ],
+)
+def test_the_registry_counts_by_the_download_mark(registry, published, mark, ranges, counted):
+    """The server's side of the rule, request by request (the client test above sends only what it sends)."""
+    registry.stop()
+    registry.start(env={"TVREG_DOWNLOAD_FLUSH": "3600"})  # counts reach the database at the clean stop
+    headers = {"X-Tvreg-Download": mark} if mark else {}
+    with httpx.Client(base_url=registry.url) as c:  # a public skill: no token needed
+        for r in ranges:
+            answer = c.get("/api/v1/skills/alice/science/versions/1.0.0/artifact", headers={**headers, "Range": r})
+            assert answer.status_code == 206, answer.text
+    registry.stop()
+    assert registry.sql("SELECT downloads FROM versions") == [(counted,)]
