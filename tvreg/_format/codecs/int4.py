@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import CorruptArtifact
 from . import lowbit, zstd_frame
-from .base import Codec, Encoded, Option, numel_of, param, raw_view
+from .base import Codec, Encoded, Option, numel_of, raw_view
 from .forms import Int8Groups
 from .int8 import group_size_for
 
@@ -55,17 +54,9 @@ class Int4Codec(Codec):
 
     def decode_form(self, data, shape, params, *, where):
         n = numel_of(shape)
-        gs, kind, scale_bytes = layout(params, n, where)
+        gs, kind, scale_bytes = lowbit.scale_layout(params, n, where)
         buf = zstd_frame.decompress_stream(data, scale_bytes + lowbit.packed_bytes(n, 4), params, where=where)
-        scales = lowbit.scales_from(buf[:scale_bytes], kind, where, top=lowbit.INT4_MAX)
+        scales = lowbit.scales_from(buf[:scale_bytes], kind, where, top=lowbit.top_code("int4"))
         q = lowbit.unpack(buf[scale_bytes:], n, 4, where)
         return Int8Groups(shape=tuple(shape), q=q, scales=scales, group_size=gs)
 
-
-def layout(params: dict, n: int, where: str) -> tuple[int, str, int]:
-    """``(group, scales, scale bytes)`` of a dense ``int4`` or ``sign`` tensor, checked (manifests are untrusted)."""
-    gs = param(params, "group", int, where)
-    kind = param(params, "scales", str, where)
-    if gs < 1 or kind not in lowbit.SCALE_DTYPES:
-        raise CorruptArtifact(f"tensor `{where}` has invalid scale parameters (group {gs}, scales {kind!r}).")
-    return gs, kind, lowbit.groups_of(n, gs) * lowbit.SCALE_DTYPES[kind].itemsize

@@ -27,6 +27,7 @@ import torch
 
 from ...errors import CorruptArtifact
 from . import zstd_frame
+from .base import param
 
 SCALE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _FP16_MIN_NORMAL = 2.0**-14
@@ -42,6 +43,20 @@ _SIGNS = np.array([[1 - 2 * ((b >> t) & 1) for t in range(8)] for b in range(256
 
 def bits_per_code(kind: str) -> int:
     return 4 if kind == "int4" else 1
+
+
+def top_code(kind: str) -> int:
+    """The largest code magnitude of ``kind``: what a scale is multiplied by at most."""
+    return INT4_MAX if kind == "int4" else 1
+
+
+def scale_layout(params: dict, count: int, where: str, *, what: str = "scale") -> tuple[int, str, int]:
+    """``(group, scales, scale bytes)`` of ``count`` codes in groups, parameters checked (manifests are untrusted)."""
+    gs = param(params, "group", int, where)
+    kind = param(params, "scales", str, where)
+    if gs < 1 or kind not in SCALE_DTYPES:
+        raise CorruptArtifact(f"tensor `{where}` has invalid {what} parameters (group {gs}, scales {kind!r}).")
+    return gs, kind, groups_of(count, gs) * SCALE_DTYPES[kind].itemsize
 
 
 def packed_bytes(count: int, bits: int) -> int:

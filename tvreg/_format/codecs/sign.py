@@ -23,7 +23,6 @@ import torch
 from . import lowbit, zstd_frame
 from .base import Codec, Encoded, Option, numel_of, raw_view
 from .forms import Int8Groups
-from .int4 import layout
 
 
 class SignCodec(Codec):
@@ -46,8 +45,8 @@ class SignCodec(Codec):
 
     def decode_form(self, data, shape, params, *, where):
         n = numel_of(shape)
-        gs, kind, scale_bytes = layout(params, n, where)
+        gs, kind, scale_bytes = lowbit.scale_layout(params, n, where)
         buf = zstd_frame.decompress_stream(data, scale_bytes + lowbit.packed_bytes(n, 1), params, where=where)
-        scales = lowbit.scales_from(buf[:scale_bytes], kind, where, top=1)
+        scales = lowbit.scales_from(buf[:scale_bytes], kind, where, top=lowbit.top_code("sign"))
         q = lowbit.unpack(buf[scale_bytes:], n, 1, where)
         return Int8Groups(shape=tuple(shape), q=q, scales=scales, group_size=gs)

@@ -53,11 +53,7 @@ def value_layout(params: dict, kind: str, k: int, where: str) -> tuple[int, int,
     """
     if kind in _VALUE_BYTES:
         return k * _VALUE_BYTES[kind], 0, ""
-    gs = param(params, "group", int, where)
-    scales = param(params, "scales", str, where)
-    if gs < 1 or scales not in lowbit.SCALE_DTYPES:
-        raise CorruptArtifact(f"tensor `{where}` has invalid sparse scale parameters (group {gs}, scales {scales!r}).")
-    scale_bytes = lowbit.groups_of(k, gs) * lowbit.SCALE_DTYPES[scales].itemsize
+    _, scales, scale_bytes = lowbit.scale_layout(params, k, where, what="sparse scale")
     return scale_bytes + lowbit.packed_bytes(k, lowbit.bits_per_code(kind)), scale_bytes, scales
 
 
@@ -211,8 +207,7 @@ class SparseCodec(Codec):
         buf = zstd_frame.decompress_stream(data, value_len + index_len, params, where=where)
         if kind in ("int4", "sign"):
             bits = lowbit.bits_per_code(kind)
-            top = lowbit.INT4_MAX if kind == "int4" else 1
-            scales = lowbit.scales_from(buf[:scale_bytes], scale_kind, where, top=top)
+            scales = lowbit.scales_from(buf[:scale_bytes], scale_kind, where, top=lowbit.top_code(kind))
             codes = lowbit.unpack(buf[scale_bytes:value_len], k, bits, where)
         index_raw = buf[value_len:].numpy()
         if how == "hash":

@@ -176,18 +176,16 @@ def _lowbit_regions(kind: str, count: int, scale_bytes: int, scales: str, where:
     from . import lowbit
 
     bits = lowbit.bits_per_code(kind)
-    top = lowbit.INT4_MAX if kind == "int4" else 1
     codes = _Packed(count, bits, where)
-    return [(scale_bytes, _lowbit_scales(scales, where, top=top)), (codes.nbytes, codes)]
+    return [(scale_bytes, _lowbit_scales(scales, where, top=lowbit.top_code(kind))), (codes.nbytes, codes)]
 
 
 def _check_lowbit(kind: str) -> Callable[..., None]:
     def check(data, shape, params, where) -> None:
         from . import lowbit
-        from .int4 import layout
 
         n = numel_of(shape)
-        _, scales, scale_bytes = layout(params, n, where)
+        _, scales, scale_bytes = lowbit.scale_layout(params, n, where)
         spans = zstd_frame.plan(data, scale_bytes + lowbit.packed_bytes(n, lowbit.bits_per_code(kind)), params, where=where)
         _walk(data, spans, iter(_lowbit_regions(kind, n, scale_bytes, scales, where)), where)
 
