@@ -17,7 +17,7 @@ its bound on the calibration texts) and where it stopped, and writes ``--out`` a
 
 Run (from the repository root, with ``pip install -e '.[bench]'``)::
 
-    nice -n 10 .venv/bin/python benchmarks/calibrated.py [--pairs a-lowlr,b-highlr,c-lora]
+    nice -n 10 .venv/bin/python benchmarks/calibrated.py [--pairs a-lowlr,b-highlr,c-lora,d-long]
         [--min-retention 0.99] [--calib-texts 32] [--out bench-out/calibrated.json]
 """
 

@@ -19,7 +19,7 @@ cannot use it for skills; shown as the bound a base-aware codec could reach).
 
 Run (from the repository root, with ``pip install -e '.[bench]'``)::
 
-    nice -n 10 .venv/bin/python benchmarks/compression.py [--pairs a-lowlr,b-highlr,c-lora]
+    nice -n 10 .venv/bin/python benchmarks/compression.py [--pairs a-lowlr,b-highlr,c-lora,d-long]
         [--cache-dir ~/.cache/tvreg-bench] [--out bench-out/compression.csv] [--no-eval]
 """
 

@@ -16,7 +16,12 @@ Pairs (each a different offline text domain):
 - ``b-highlr``: full fine-tune, more steps at lr 1e-4, on the Python language reference
   shipped as ``pydoc_data/topics.py``;
 - ``c-lora``: LoRA (r=16 on every linear layer of the blocks), merged into bf16, on the
-  package READMEs shipped in installed distributions' ``METADATA``.
+  package READMEs shipped in installed distributions' ``METADATA``;
+- ``d-long``: pair b done the way issue 23 asked for it — 400 steps at lr 1e-4 on the same
+  language reference, the harder, realistic case (a τ that moved far from θ_pre). Pair b
+  cut at most 4 blocks from each document, so its 80 steps already went over the training
+  text 1.4 times; d cuts every block of a document (about 2,900 blocks of 32 tokens), so
+  its 400 steps read 1,600 blocks and see none twice. Its held-out blocks are pair b's.
 
 Run ``python benchmarks/finetune_pairs.py`` alone to (re)build missing pairs.
 """
@@ -53,12 +58,15 @@ class Pair:
     steps: int
     lr: float
     lora: bool = False
+    per_doc: int = 4
+    """Training blocks cut from each document at most (0: every block)."""
 
 
 PAIRS = (
     Pair("a-lowlr", "python-stdlib", steps=60, lr=2e-5),
     Pair("b-highlr", "python-reference", steps=80, lr=1e-4),
     Pair("c-lora", "package-readmes", steps=60, lr=2e-4, lora=True),
+    Pair("d-long", "python-reference", steps=400, lr=1e-4, per_doc=0),
 )
 
 
@@ -96,28 +104,32 @@ def _domain_texts(domain: str) -> list[str]:
     raise ValueError(domain)
 
 
-def _token_blocks(tok, docs: list[str], n: int, seed: int, seq: int) -> torch.Tensor:
-    """``n`` blocks of ``seq`` tokens cut from the documents (at most 4 blocks per document)."""
+def _token_blocks(tok, docs: list[str], n: int, seed: int, seq: int, per_doc: int = 4) -> torch.Tensor:
+    """``n`` blocks of ``seq`` tokens cut from the documents (at most ``per_doc`` per document; 0: all)."""
     rng = random.Random(seed)
     blocks = []
     for doc in docs:
         ids = tok(doc, add_special_tokens=False)["input_ids"]
         starts = list(range(0, len(ids) - seq, seq))
         rng.shuffle(starts)
-        blocks += [ids[s : s + seq] for s in starts[:4]]
+        blocks += [ids[s : s + seq] for s in (starts[:per_doc] if per_doc else starts)]
         if len(blocks) >= n:
             break
     rng.shuffle(blocks)
     return torch.tensor(blocks[:n], dtype=torch.long)
 
 
-def domain_data(tok, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train blocks, held-out blocks), split by document so held-out text is unseen."""
+def domain_data(tok, domain: str, per_doc: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train blocks, held-out blocks), split by document so held-out text is unseen.
+
+    ``per_doc`` bounds the training blocks per document only: the held-out blocks are the
+    same for every pair of a domain.
+    """
     docs = _domain_texts(domain)
     random.Random(0).shuffle(docs)
     cut = max(1, len(docs) // 5)
     held = _token_blocks(tok, docs[:cut], HELDOUT_SEQS, seed=1, seq=HELDOUT_SEQ)
-    train = _token_blocks(tok, docs[cut:], 400 * BATCH, seed=2, seq=SEQ)
+    train = _token_blocks(tok, docs[cut:], 400 * BATCH, seed=2, seq=SEQ, per_doc=per_doc)
     return train, held
 
 
@@ -136,7 +148,7 @@ def finetune(cache: Path, pair: Pair) -> Path:
 
     base = base_model(cache)
     tok = AutoTokenizer.from_pretrained(base)
-    train, held = domain_data(tok, pair.domain)
+    train, held = domain_data(tok, pair.domain, pair.per_doc)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if pair.lora:
@@ -178,6 +190,8 @@ def finetune(cache: Path, pair: Pair) -> Path:
                 "lr": pair.lr,
                 "batch": BATCH,
                 "seq": SEQ,
+                "blocks_per_document": pair.per_doc or "all",
+                "training_blocks": len(train),
                 "lora": "r=16 alpha=32 on q,k,v,o,gate,up,down" if pair.lora else None,
                 "seconds": round(time.monotonic() - t0),
             }
