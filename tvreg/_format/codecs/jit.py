@@ -125,7 +125,7 @@ def _popcount_py(bits, popcount):  # pragma: no cover - compiled
     return total
 
 
-def _mask_split4_py(ints, values, out):  # pragma: no cover - compiled
+def _mask_compact_py(ints, values, out):  # pragma: no cover - compiled
     count = ints.size
     nbits = (count + 7) // 8
     k = 0
@@ -148,8 +148,12 @@ def _mask_split4_py(ints, values, out):  # pragma: no cover - compiled
         v = ints[i]
         values[j] = v
         j += v != 0
-    # one loop per plane, each over its own slice: LLVM vectorises these, not one loop storing to four places
-    p0, p1, p2, p3 = out[nbits : nbits + k], out[nbits + k : nbits + 2 * k], out[nbits + 2 * k : nbits + 3 * k], out[nbits + 3 * k : nbits + 4 * k]
+    return k
+
+
+# One loop per plane, each over its own slice: LLVM vectorises these, not one loop storing to four places.
+def _split_exp4_py(values, k, out):  # pragma: no cover - compiled
+    p0, p1, p2, p3 = out[:k], out[k : 2 * k], out[2 * k : 3 * k], out[3 * k : 4 * k]
     for i in range(k):
         p0[i] = np.uint8((values[i] >> np.uint32(23)) & np.uint32(0xFF))
     for i in range(k):
@@ -159,39 +163,15 @@ def _mask_split4_py(ints, values, out):  # pragma: no cover - compiled
         p2[i] = np.uint8((values[i] >> np.uint32(8)) & np.uint32(0xFF))
     for i in range(k):
         p3[i] = np.uint8(values[i] & np.uint32(0xFF))
-    return k
 
 
-def _mask_split2_py(ints, values, out):  # pragma: no cover - compiled
-    count = ints.size
-    nbits = (count + 7) // 8
-    k = 0
-    for q in range(count // 8):  # whole bytes: a fixed inner loop, unrolled
-        byte = 0
-        for t in range(8):
-            nz = ints[q * 8 + t] != 0
-            byte |= nz << t
-            k += nz
-        out[q] = byte
-    if count % 8:
-        byte = 0
-        for t in range(count % 8):
-            nz = ints[count - count % 8 + t] != 0
-            byte |= nz << t
-            k += nz
-        out[nbits - 1] = byte
-    j = 0
-    for i in range(count):
-        v = ints[i]
-        values[j] = v
-        j += v != 0
-    p0, p1 = out[nbits : nbits + k], out[nbits + k : nbits + 2 * k]
+def _split_exp2_py(values, k, out):  # pragma: no cover - compiled
+    p0, p1 = out[:k], out[k : 2 * k]
     for i in range(k):
         p0[i] = np.uint8((values[i] >> np.uint16(7)) & np.uint16(0xFF))
     for i in range(k):
         v = values[i]
         p1[i] = np.uint8(((v >> np.uint16(8)) & np.uint16(0x80)) | (v & np.uint16(0x7F)))
-    return k
 
 
 def _bf16_delta_py(ft, pre, out):  # pragma: no cover - compiled
@@ -268,8 +248,9 @@ def ready(numel: int) -> bool:
                     scatter=compile_(_scatter_py),
                     scatter_add=compile_(_scatter_add_py),
                     popcount=compile_(_popcount_py),
-                    mask_split4=compile_(_mask_split4_py),
-                    mask_split2=compile_(_mask_split2_py),
+                    mask_compact=compile_(_mask_compact_py),
+                    split_exp4=compile_(_split_exp4_py),
+                    split_exp2=compile_(_split_exp2_py),
                     bf16_delta=compile_(_bf16_delta_py),
                     count_sketch=compile_(_count_sketch_py),
                     magnitude_hist=compile_(_magnitude_hist_py),
@@ -322,11 +303,12 @@ def mask_split(ints: np.ndarray, out: np.ndarray, values: np.ndarray) -> int:
     """
     if out.size < (ints.size + 7) // 8 + ints.itemsize * ints.size or values.size < ints.size or values.dtype != ints.dtype:
         raise ValueError("output or scratch too small for the segment")
-    if ints.dtype == np.uint32:
-        return int(_kernels.mask_split4(ints, values, out))
-    if ints.dtype == np.uint16:
-        return int(_kernels.mask_split2(ints, values, out))
-    raise TypeError(f"no exp layout for {ints.dtype}")  # pragma: no cover - callers pass only these
+    split = {np.dtype(np.uint32): _kernels.split_exp4, np.dtype(np.uint16): _kernels.split_exp2}.get(ints.dtype)
+    if split is None:  # pragma: no cover - callers pass only these
+        raise TypeError(f"no exp layout for {ints.dtype}")
+    k = int(_kernels.mask_compact(ints, values, out))
+    split(values, k, out[(ints.size + 7) // 8 :])
+    return k
 
 
 def bf16_delta(ft: np.ndarray, pre: np.ndarray, out: np.ndarray) -> None:
