@@ -330,3 +330,12 @@ def _declared(codec: str, enc, tau: torch.Tensor) -> int:
     k, bits = enc.params["k"], 4 if enc.params["values"] == "int4" else 1
     index = (n + 7) // 8 if enc.params["index"] == "bitmap" else 0
     return 2 * -(-k // enc.params["group"]) + lowbit.packed_bytes(k, bits) + index
+
+
+@pytest.mark.parametrize("scale", [float("inf"), 1e39, 3e38, -1e-3])
+def test_sparse_int8_scale_that_overflows_or_flips_signs_is_refused_by_decoder_and_registry_alike(scale):
+    """1e39 is not an fp32, 127 × 3e38 is not one either, a negative scale flips τ: one check on both sides."""
+    tau = _tau()
+    enc = make_codec("sparse", {"density": 0.1, "values": "int8"}).encode(tau)
+    assert enc.params["values"] == "int8"
+    _both_refuse("sparse", tuple(tau.shape), enc.data, dict(enc.params, scale=scale), "negative or non-finite scales")

@@ -32,6 +32,7 @@ most 2⁻⁹, far below a 4-bit step.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,60 @@ def value_layout(params: dict, kind: str, k: int, where: str) -> tuple[int, int,
         return k * _VALUE_BYTES[kind], 0, ""
     _, scales, scale_bytes = lowbit.scale_layout(params, k, where, what="sparse scale")
     return scale_bytes + lowbit.packed_bytes(k, lowbit.bits_per_code(kind)), scale_bytes, scales
+
+
+class Layout(NamedTuple):
+    """Where a sparse blob's regions lie, read off its parameters (checked): what the decoder and the
+    registry's verification (:mod:`tvreg._format.codecs.verify`) both start from, so they accept the same blobs.
+    """
+
+    n: int
+    k: int
+    kind: str
+    how: str
+    value_len: int
+    scale_bytes: int
+    scale_kind: str
+    index_len: int
+
+
+def layout(shape: tuple[int, ...], params: dict, where: str) -> Layout:
+    n = numel_of(shape)
+    k = param(params, "k", int, where)
+    kind = param(params, "values", str, where)
+    how = param(params, "index", str, where)
+    if not 0 <= k <= n or kind not in VALUE_KINDS or how not in ("bitmap", "delta", "hash"):
+        raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
+    value_len, scale_bytes, scale_kind = value_layout(params, kind, k, where)
+    if how == "hash":
+        index_len = 0
+    elif how == "bitmap":
+        index_len = (n + 7) // 8
+    else:
+        index_len = param(params, "index_bytes", int, where)
+    if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
+        raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
+    return Layout(n, k, kind, how, value_len, scale_bytes, scale_kind, index_len)
+
+
+def hash_params(params: dict, n: int, k: int, where: str) -> tuple[int, int]:
+    """``(seed, threshold)`` of hashed positions, checked, and ``k`` plausible for them (before hashing n positions)."""
+    seed = param(params, "seed", int, where)
+    threshold = param(params, "threshold", int, where)
+    if not (0 <= seed < 1 << 32 and 0 <= threshold <= 1 << 32 and n < 1 << 32):
+        raise CorruptArtifact(f"tensor `{where}` has invalid hashed-index parameters.")
+    if not plausible_hash_count(n, threshold, k):
+        raise CorruptArtifact(f"tensor `{where}` declares {k} kept entries, impossible at its hash threshold.")
+    return seed, threshold
+
+
+def int8_scale(params: dict, where: str) -> float:
+    """The one scale of int8 kept values, by the rule of every low-bit scale (:func:`lowbit.check_scales`):
+    not negative, and finite in fp32 times 127, the largest code — the product the decode takes.
+    """
+    scale = float(param(params, "scale", (int, float), where))
+    lowbit.check_scales(np.array([scale]), where, top=127)
+    return scale
 
 
 def keep_count(n: int, density: float) -> int:
@@ -189,21 +244,7 @@ class SparseCodec(Codec):
         return Encoded(data, {**params, **stream})
 
     def decode_form(self, data, shape, params, *, where):
-        n = numel_of(shape)
-        k = param(params, "k", int, where)
-        kind = param(params, "values", str, where)
-        how = param(params, "index", str, where)
-        if not 0 <= k <= n or kind not in VALUE_KINDS or how not in ("bitmap", "delta", "hash"):
-            raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
-        value_len, scale_bytes, scale_kind = value_layout(params, kind, k, where)
-        if how == "hash":
-            index_len = 0
-        elif how == "bitmap":
-            index_len = (n + 7) // 8
-        else:
-            index_len = param(params, "index_bytes", int, where)
-        if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
-            raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
+        n, k, kind, how, value_len, scale_bytes, scale_kind, index_len = layout(shape, params, where)
         buf = zstd_frame.decompress_stream(data, value_len + index_len, params, where=where)
         if kind in ("int4", "sign"):
             bits = lowbit.bits_per_code(kind)
@@ -211,12 +252,7 @@ class SparseCodec(Codec):
             codes = lowbit.unpack(buf[scale_bytes:value_len], k, bits, where)
         index_raw = buf[value_len:].numpy()
         if how == "hash":
-            seed = param(params, "seed", int, where)
-            threshold = param(params, "threshold", int, where)
-            if not (0 <= seed < 1 << 32 and 0 <= threshold <= 1 << 32 and n < 1 << 32):
-                raise CorruptArtifact(f"tensor `{where}` has invalid hashed-index parameters.")
-            if not plausible_hash_count(n, threshold, k):
-                raise CorruptArtifact(f"tensor `{where}` declares {k} kept entries, impossible at its hash threshold.")
+            seed, threshold = hash_params(params, n, k, where)
             indices = hashed_positions(n, threshold, seed)
             if len(indices) != k:
                 raise CorruptArtifact(f"tensor `{where}` hashes to {len(indices)} kept entries but declares {k}.")
@@ -237,10 +273,8 @@ class SparseCodec(Codec):
         index_dtype = torch.int32 if n <= 2**31 - 1 else torch.int64
         index_t = torch.from_numpy(indices).to(index_dtype)
         if kind == "int8":
-            scale = param(params, "scale", (int, float), where)
-            if not math.isfinite(scale):
-                raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
-            return Sparse(shape=tuple(shape), indices=index_t, values=buf[:value_len].view(torch.int8), scale=float(scale))
+            scale = int8_scale(params, where)
+            return Sparse(shape=tuple(shape), indices=index_t, values=buf[:value_len].view(torch.int8), scale=scale)
         if kind in ("int4", "sign"):
             gs = param(params, "group", int, where)
             return Sparse(shape=tuple(shape), indices=index_t, values=lowbit.expand(codes, scales, gs))

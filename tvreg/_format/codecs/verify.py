@@ -16,7 +16,6 @@ which zstd bounds at :data:`~tvreg._format.codecs.zstd_frame.MAX_RATIO` times th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Generator, Iterator
 
 import numpy as np
@@ -343,41 +342,20 @@ def _check_int8(data, shape, params, where) -> None:
 
 
 def _check_sparse(data, shape, params, where) -> None:
-    from .sparse import VALUE_KINDS, hashed_count, plausible_hash_count, value_layout
+    from .sparse import hash_params, hashed_count, int8_scale, layout
 
-    n = numel_of(shape)
-    k = param(params, "k", int, where)
-    kind = param(params, "values", str, where)
-    how = param(params, "index", str, where)
-    if not 0 <= k <= n or kind not in VALUE_KINDS or how not in ("bitmap", "delta", "hash"):
-        raise CorruptArtifact(f"tensor `{where}` has invalid sparse parameters.")
-    value_len, scale_bytes, scales = value_layout(params, kind, k, where)
-    if how == "hash":
-        index_len = 0
-    elif how == "bitmap":
-        index_len = (n + 7) // 8
-    else:
-        index_len = param(params, "index_bytes", int, where)
-    if index_len < 0 or index_len > varint.MAX_BYTES * k + (n + 7) // 8:
-        raise CorruptArtifact(f"tensor `{where}` declares an implausible index size {index_len}.")
+    n, k, kind, how, value_len, scale_bytes, scales, index_len = layout(shape, params, where)
     spans = zstd_frame.plan(data, value_len + index_len, params, where=where)
     values: list[tuple[int, Handler]]
     if kind in ("int4", "sign"):
         values = _lowbit_regions(kind, k, scale_bytes, scales, where)
     elif kind == "int8":
-        scale = param(params, "scale", (int, float), where)
-        if not math.isfinite(scale) or not math.isfinite(127.0 * float(scale)):
-            raise CorruptArtifact(f"tensor `{where}` has a non-finite sparse scale.")
+        int8_scale(params, where)
         values = [(value_len, _skip)]
     else:
         values = [(k, _no_inf_exponents(where)), (k, _skip)]
     if how == "hash":
-        seed = param(params, "seed", int, where)
-        threshold = param(params, "threshold", int, where)
-        if not (0 <= seed < 1 << 32 and 0 <= threshold <= 1 << 32 and n < 1 << 32):
-            raise CorruptArtifact(f"tensor `{where}` has invalid hashed-index parameters.")
-        if not plausible_hash_count(n, threshold, k):
-            raise CorruptArtifact(f"tensor `{where}` declares {k} kept entries, impossible at its hash threshold.")
+        seed, threshold = hash_params(params, n, k, where)
         _walk(data, spans, iter(values), where)
         found = hashed_count(n, threshold, seed)
         if found != k:
