@@ -9,8 +9,9 @@ delta indices, hashed positions, scales — and finiteness, from the stored valu
 themselves: an fp32 or bf16 value is NaN or infinite exactly when its 8 exponent bits are
 all ones, and the ``exp`` plane layout stores those bits as one byte per value. A
 low-rank product is finite when the largest row norm of L times the largest column
-norm of R is (Cauchy–Schwarz); only when that bound fails are rows multiplied, a few at a
-time. Memory is a few pieces plus the codec's compact factors; time is the raw bytes,
+norm of R is (Cauchy–Schwarz), and with quantised factors when Σₖ topₖ²·(largest L scale
+of component k)·(largest R scale of k) is, read off the streamed scales; only when the
+bound fails are rows multiplied, a few at a time. Memory is a few pieces plus the codec's compact factors; time is the raw bytes,
 which zstd bounds at :data:`~tvreg._format.codecs.zstd_frame.MAX_RATIO` times the stored ones.
 """
 
