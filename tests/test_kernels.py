@@ -101,3 +101,26 @@ def test_kernel_equals_torch_engine_on_the_low_bit_forms(method):
     expected = merge_tensor(plan, general, forms, **kwargs)
     got = merge_tensor_fused(plan, general, forms, **kwargs)
     assert torch.equal(got, expected), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_linear"])
+def test_kernel_equals_torch_engine_on_quantised_low_rank_factors(method):
+    """``lowrank`` with int8/int4/mixed factors (issue 23) decodes to fp32 factors; the kernel reads them as bf16 ones."""
+    from tvreg._format.codecs import get_codec, make_codec
+
+    general, pre, _, _ = rand_inputs(1, shape=SHAPE, seed=15)
+    gen = torch.Generator().manual_seed(16)
+    tau = torch.randn(13, 3, generator=gen) @ torch.randn(3, 11, generator=gen) * 0.01
+    forms = []
+    for values in ("int8", "int4", "mixed"):
+        enc = make_codec("lowrank", {"rank": 3, "values": values, "group": 4}).encode(tau)
+        assert enc.codec is None
+        forms.append(get_codec("lowrank").decode_form(enc.data, SHAPE, enc.params, where=values))
+    assert all(isinstance(f, LowRank) and f.left.dtype == torch.float32 for f in forms)
+    m = get_method(method)
+    recipe = m.recipe([0.3, -0.2, 0.5], kinds_for(method, len(forms)), m.resolve_params(PARAMS[method]))
+    plan = plan_tensor(recipe, "w", [f"skill{k}" for k in range(len(forms))], forms, N, pre_numel=N, chunk=64)
+    kwargs = dict(pre=pre if recipe.needs_base_weights else None, out_dtype=torch.float32, chunk=64)
+    expected = merge_tensor(plan, general, forms, **kwargs)
+    got = merge_tensor_fused(plan, general, forms, **kwargs)
+    assert torch.equal(got, expected), (got - expected).abs().max()

@@ -171,6 +171,8 @@ def family(codec: str, opts: Mapping[str, object]) -> tuple:
     """Settings that differ only in the value of one knob (:data:`KNOBS`): along a family retention grows with size.
 
     ``bf16`` and ``int8`` are one family (dense quantisers: fewer bits, more error).
+    ``lowrank`` at fixed ranks is one family per ``values`` kind (bf16, int8, mixed factors):
+    ``values`` is not a knob, so it stays in the family's key.
     ``int4`` and ``sign`` are each a family of their own: their sizes need not sit below
     int8's — on a τ that is 95% zeros, int4's packed codes (67.7 KB for 576 × 1536) are
     larger than int8's zero-bitmapped ones (61.6 KB) at 10x the error — and a family
@@ -247,6 +249,8 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
     *[_setting("sparse", density=d, values="int8") for d in (0.1, 0.05, 0.03, 0.01)],
     *[_setting("lowrank", energy=e, fallback="int8") for e in (0.99, 0.9, 0.75, 0.5)],
     *[_setting("lowrank", rank=r, fallback="int8") for r in (64, 32, 16, 8)],
+    *[_setting("lowrank", rank=r, fallback="int8", values="int8") for r in (64, 32, 16, 8)],
+    *[_setting("lowrank", rank=r, fallback="int8", values="mixed") for r in (64, 32, 16, 8)],
     _setting("int4"),
     _setting("sign"),
     *[_setting("sparse", density=d, select="random", values="int4") for d in (0.2, 0.1, 0.05, 0.03)],
@@ -254,11 +258,17 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
 ]
 """The lossy settings tried, one for every matrix of τ (sorted by measured size before the search).
 
-38 settings in 11 families (at most 27 evaluations for the uniform pick). The low-bit ones
+46 settings in 13 families (at most 33 evaluations for the uniform pick). The low-bit ones
 (issue 23) reach ≥ 32x vs the bf16 τ with hashed positions: random sparse with int4 values
 in groups of 64 kept values (0.1·4.25 bits an entry: 38x at density 0.1) and with sign
 values (0.3·1.25 bits: 43x at 0.3); dense ``int4`` (≈ 4x) and ``sign`` (≈ 16x) are
-families of one setting each (see :func:`family`).
+families of one setting each (see :func:`family`). Low-rank factors in int8, or mixed
+(the top ⌈r/4⌉ components int8, the rest int4), at fixed ranks: a merged rank-16 LoRA
+keeps ≥ 99% with bf16 factors at only 35x, and these make the same rank about 1.6x and
+2.6x smaller (rank 16 of a 576 × 1536 matrix). Each ``values`` kind is its own family
+(sizes along rank rise with retention only at one precision). Why no energy forms of
+them: each family of 4 costs up to 3 evaluations and an SVD of every matrix per setting,
+and two more would make the worst case 2 + 39 evaluations, over the default budget of 40.
 """
 
 

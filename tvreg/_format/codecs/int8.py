@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import CorruptArtifact
-from . import planes, zstd_frame
+from . import lowbit, planes, zstd_frame
 from .base import Codec, Encoded, Option, numel_of, param, raw_view, relative_error
 from .forms import Int8Groups
 
@@ -45,7 +45,12 @@ def group_size_for(shape: tuple[int, ...], group: int) -> int:
 
 
 def quantize(flat: torch.Tensor, gs: int, scales: str) -> Int8Groups:
-    """Absmax int8 codes of a flat fp32 tensor in groups of ``gs``; fp16 scales widen to fp32 when needed."""
+    """Absmax int8 codes of a flat fp32 tensor in groups of ``gs``; fp16 scales widen to fp32 when needed.
+
+    ``scales`` may also be ``bf16`` (what ``lowrank``'s quantised factors store; the int8
+    codec itself writes fp16 or fp32): codes are rounded against the stored scale, so the
+    error stays within half a stored step.
+    """
     n = flat.numel()
     groups = -(-n // gs)
     padded = torch.zeros(groups * gs, dtype=torch.float32)
@@ -55,7 +60,7 @@ def quantize(flat: torch.Tensor, gs: int, scales: str) -> Int8Groups:
         nonzero = absmax[absmax > 0]
         if nonzero.numel() and (float(nonzero.min()) < _FP16_MIN_NORMAL or float(nonzero.max()) > 60000.0):
             scales = "fp32"
-    stored = absmax.to(_SCALE_DTYPES[scales])
+    stored = absmax.to(lowbit.SCALE_DTYPES[scales])
     used = stored.to(torch.float32)
     safe = torch.where(used > 0, used, torch.ones_like(used))
     q = padded.view(groups, gs).div(safe[:, None]).round_().clamp_(-127, 127).to(torch.int8).reshape(-1)[:n]

@@ -9,8 +9,9 @@ delta indices, hashed positions, scales — and finiteness, from the stored valu
 themselves: an fp32 or bf16 value is NaN or infinite exactly when its 8 exponent bits are
 all ones, and the ``exp`` plane layout stores those bits as one byte per value. A
 low-rank product is finite when the largest row norm of L times the largest column
-norm of R is (Cauchy–Schwarz); only when that bound fails are rows multiplied, a few at a
-time. Memory is a few pieces plus the codec's compact factors; time is the raw bytes,
+norm of R is (Cauchy–Schwarz), and with quantised factors when Σₖ topₖ²·(largest L scale
+of component k)·(largest R scale of k) is, read off the streamed scales; only when the
+bound fails are rows multiplied, a few at a time. Memory is a few pieces plus the codec's compact factors; time is the raw bytes,
 which zstd bounds at :data:`~tvreg._format.codecs.zstd_frame.MAX_RATIO` times the stored ones.
 """
 
@@ -407,7 +408,79 @@ class _DeltaIndex:
             raise self._bad()
 
 
+class _ComponentScales:
+    """The scales of one part of quantised low-rank factors, whole scales at a time: each checked as a decode
+    checks it, and the largest of every component's L and R scales kept for :func:`lowrank.product_bound`."""
+
+    def __init__(self, layout, comps: int, top: int, where: str) -> None:
+        from . import lowbit
+
+        self.layout, self.comps, self.top, self.where, self.seen = layout, comps, top, where, 0
+        self.dtype = lowbit.SCALE_DTYPES[layout.scales]
+        self.left_max = np.zeros(comps, dtype=np.float64)
+        self.right_max = np.zeros(comps, dtype=np.float64)
+        self.handler = _Aligned(self.dtype.itemsize, self._scales)
+
+    def _scales(self, raw: np.ndarray) -> None:
+        from . import lowbit
+
+        scales = torch.from_numpy(raw.copy()).view(self.dtype).to(torch.float32).numpy()
+        lowbit.check_scales(scales, self.where, top=self.top)
+        index = np.arange(self.seen, self.seen + scales.size, dtype=np.int64)
+        self.seen += scales.size
+        comp, is_r = self.layout.component_of_scale(index, self.comps)
+        np.maximum.at(self.left_max, comp[~is_r], scales[~is_r])
+        np.maximum.at(self.right_max, comp[is_r], scales[is_r])
+
+
+def _check_lowrank_quantised(data, shape, params, where) -> None:
+    """Quantised factors (``values`` int8/int4/mixed), streamed: scales, int8 codes (no −128), packed int4 codes.
+
+    The product is finite when Σₖ topₖ²·max sₗ,ₖ·max sᵣ,ₖ is (each entry of L @ R is at most that);
+    only when that bound fails are the factors decoded (the codec's compact form) and multiplied a
+    few rows at a time.
+    """
+    from . import lowbit
+    from .lowrank import INT8_MAX, Layout, _decode_quantised, check_int8_codes, product_bound
+
+    lay = Layout(shape, params, where)
+    spans = zstd_frame.plan(data, lay.raw_bytes, params, where=where)
+    high = _ComponentScales(lay, lay.k, INT8_MAX, where)
+    low = _ComponentScales(lay, lay.r - lay.k, lowbit.INT4_MAX, where)
+    codes = _Packed(lay.count4, 4, where)
+
+    def int8_codes(chunk: np.ndarray) -> None:
+        check_int8_codes(chunk, where)
+
+    regions: list[tuple[int, Handler]] = [
+        (lay.scale8_bytes, high.handler),
+        (lay.code8_bytes, int8_codes),
+        (lay.scale4_bytes, low.handler),
+        (lay.code4_bytes, codes),
+    ]
+    _walk(data, spans, iter(regions), where)
+    bound = product_bound([INT8_MAX] * lay.k, high.left_max, high.right_max) + product_bound(
+        [lowbit.INT4_MAX] * (lay.r - lay.k), low.left_max, low.right_max
+    )
+    if bound < _FP32_MAX / 2:
+        return
+    form = _decode_quantised(data, shape, params, where)
+    _finite_product(form.left, form.right, where)
+
+
+def _finite_product(left: torch.Tensor, right: torch.Tensor, where: str) -> None:
+    """Refuse a product L @ R with a non-finite entry, a few rows of it at a time."""
+    rows, cols = left.shape[0], right.shape[1]
+    step = max(1, (PIECE // 4) // max(cols, 1))
+    for lo in range(0, rows, step):
+        if not bool(torch.isfinite(left[lo : lo + step] @ right).all()):
+            raise CorruptArtifact(f"tensor `{where}` has NaN or infinite values.")
+
+
 def _check_lowrank(data, shape, params, where) -> None:
+    if param(params, "values", str, where, default="bf16") != "bf16":
+        _check_lowrank_quantised(data, shape, params, where)
+        return
     r = param(params, "rank", int, where)
     if len(shape) != 2 or not 0 <= r <= min(shape):
         raise CorruptArtifact(f"tensor `{where}` has rank {r}, impossible for shape {list(shape)}.")
@@ -424,10 +497,7 @@ def _check_lowrank(data, shape, params, where) -> None:
     )
     if bound < _FP32_MAX / 2:
         return
-    step = max(1, (PIECE // 4) // max(cols, 1))
-    for lo in range(0, rows, step):
-        if not bool(torch.isfinite(left[lo : lo + step] @ right).all()):
-            raise CorruptArtifact(f"tensor `{where}` has NaN or infinite values.")
+    _finite_product(left, right, where)
 
 
 _CHECKS = {
