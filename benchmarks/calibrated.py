@@ -73,12 +73,15 @@ def calibration_texts(tok, domain: str, n: int) -> list[str]:
         if blocks >= HELDOUT_SEQS:
             break
     texts: list[str] = []
-    for doc in held[used:]:
-        ids = tok(doc, add_special_tokens=False)["input_ids"]
-        for s in list(range(0, len(ids) - HELDOUT_SEQ, HELDOUT_SEQ))[:4]:
-            texts.append(tok.decode(ids[s : s + HELDOUT_SEQ]))
-        if len(texts) >= n:
-            break
+    cuts = [tok(doc, add_special_tokens=False)["input_ids"] for doc in held[used:]]
+    starts = [list(range(0, len(ids) - HELDOUT_SEQ, HELDOUT_SEQ)) for ids in cuts]
+    # 4 blocks a document first (variety); a small domain (the language reference: 7 unused
+    # documents, 11 texts) then takes the rest of each document's blocks
+    for first in (True, False):
+        for ids, where in zip(cuts, starts, strict=True):
+            for s in where[:4] if first else where[4:]:
+                if len(texts) < n:
+                    texts.append(tok.decode(ids[s : s + HELDOUT_SEQ]))
     if len(texts) < n:
         _log(f"{domain}: only {len(texts)} calibration texts in the unused held-out documents")
     return texts[:n]

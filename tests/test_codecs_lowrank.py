@@ -295,3 +295,29 @@ def test_calibration_tries_int8_and_mixed_factors_as_families_of_their_own():
     assert (len(calibrate.CANDIDATES), len(sizes), sum(math.ceil(math.log2(n + 1)) for n in sizes)) == (46, 13, 33)
     assert "46 settings in 13 families (at most 33 evaluations" in Path(calibrate.__file__).read_text(encoding="utf-8")
     assert 2 + 33 < calibrate.DEFAULT_MAX_EVALUATIONS
+
+
+# -- one SVD per matrix within a calibration search ----------------------------------------------
+
+
+def test_reuse_svd_decomposes_each_matrix_once_and_codes_the_same_bytes(monkeypatch):
+    from tvreg._format.codecs.lowrank import MEMO_RANK, reuse_svd
+
+    g = torch.Generator().manual_seed(5)
+    tau = torch.randn(160, 2 * MEMO_RANK + 40, generator=g) * 1e-3
+    settings = [{"rank": r, "values": v, "fallback": "int8"} for r in (64, 16, 8) for v in ("bf16", "int8", "mixed")]
+    settings += [{"energy": 0.5}, {"energy": 0.9999}]  # the second needs more than MEMO_RANK components
+    fresh = [make_codec("lowrank", o).encode(tau) for o in settings]
+    calls = []
+    real = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with reuse_svd():
+        memo = [make_codec("lowrank", o).encode(tau) for o in settings]
+        assert len(calls) == 2, "one SVD, plus one for the coding past the kept components"
+        tau.mul_(2)  # changed in place: its version moves, so it is decomposed again
+        again = make_codec("lowrank", {"rank": 8}).encode(tau)
+        assert len(calls) == 3
+    assert [(e.data, e.params, e.codec) for e in memo] == [(e.data, e.params, e.codec) for e in fresh]
+    assert again.data == make_codec("lowrank", {"rank": 8}).encode(tau).data
+    make_codec("lowrank", {"rank": 8}).encode(tau)
+    assert len(calls) == 5, "outside the block nothing is kept"

@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 
 from .._format.codecs import Codec, Encoded, get_codec, make_codec
+from .._format.codecs.lowrank import reuse_svd
 from ..errors import EvaluationError
 
 MAX_TEXTS = 100_000
@@ -480,6 +481,7 @@ def _data_identity(spec: str, texts: list[str] | None) -> str:
     return hashlib.sha256(path.read_bytes() if path.is_file() else spec.encode()).hexdigest()
 
 
+@reuse_svd()  # every low-rank candidate codes the same τ: one SVD per matrix for the whole search
 def calibrate(
     taus: Mapping[str, torch.Tensor],
     *,

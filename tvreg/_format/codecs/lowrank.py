@@ -42,6 +42,10 @@ L's components before R's. Decodes to :class:`~.forms.LowRank` with fp32 factors
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -51,6 +55,45 @@ from .base import Codec, Encoded, Option, param, raw_view
 from .forms import LowRank
 
 VALUE_KINDS = ("bf16", "int8", "int4", "mixed")
+MEMO_RANK = 128
+"""Components of each SVD kept by :func:`reuse_svd`; a coding that needs more computes its SVD again."""
+_SVD_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tvreg_lowrank_svd", default=None)
+
+
+@contextlib.contextmanager
+def reuse_svd() -> Iterator[None]:
+    """Within the block, each tensor's SVD is computed once and its leading components reused.
+
+    Why: a calibration search (:mod:`tvreg._build.calibrate`) codes the same τ at every
+    low-rank candidate (four ranks and two energies, times three factor precisions), and the
+    SVD is most of each coding's cost. The SVD of the same values gives the same bits, so
+    the codings are those of a fresh SVD. Memory: σ and :data:`MEMO_RANK` components of
+    each matrix (128·(rows + cols) floats, under a third of a 576 × 1536 τ), held until
+    the block ends; a tensor changed in place (a new ``_version``) is decomposed again.
+    """
+    token = _SVD_MEMO.set({})
+    try:
+        yield
+    finally:
+        _SVD_MEMO.reset(token)
+
+
+def _svd(tensor: torch.Tensor, tau: torch.Tensor, rank: int, energy: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``(u, s, vh, r)`` with at least r leading components, r from ``rank`` or ``energy``; memoised in :func:`reuse_svd`."""
+    memo = _SVD_MEMO.get()
+    key = (id(tensor), tensor._version)
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None and hit[0] is tensor:
+        _, u, s, vh = hit
+        r = min(rank or rank_for_energy(s, energy), len(s))
+        if r <= u.shape[1]:
+            return u, s, vh, r
+    u, s, vh = torch.linalg.svd(tau, full_matrices=False)
+    r = min(rank or rank_for_energy(s, energy), len(s))
+    if memo is not None and hit is None:
+        keep = min(MEMO_RANK, len(s))
+        memo[key] = (tensor, u[:, :keep].clone(), s, vh[:keep].clone())
+    return u, s, vh, r
 INT8_MAX = 127
 SCALES = "bf16"
 
@@ -163,9 +206,7 @@ class LowRankCodec(Codec):
             return self._fallback(tensor)
         rows, cols = tensor.shape
         tau = tensor.detach().to(torch.float32)
-        u, s, vh = torch.linalg.svd(tau, full_matrices=False)
-        r = int(self.opts["rank"]) or rank_for_energy(s, float(self.opts["energy"]))
-        r = min(r, len(s))
+        u, s, vh, r = _svd(tensor, tau, int(self.opts["rank"]), float(self.opts["energy"]))
         kind = str(self.opts["values"])
         # bf16 factors hold 2 bytes an entry, like the fallback's worst case, so an element count
         # decides without coding; quantised ones are compared by their real coded sizes below.
@@ -258,4 +299,7 @@ def product_bound(top: list[int], left_max: np.ndarray, right_max: np.ndarray) -
     return float(np.sum(np.asarray(top, dtype=np.float64) ** 2 * left_max.astype(np.float64) * right_max.astype(np.float64)))
 
 
-__all__ = ["VALUE_KINDS", "Layout", "LowRankCodec", "check_int8_codes", "int8_rank_for", "product_bound", "rank_for_energy"]
+__all__ = [
+    "VALUE_KINDS", "Layout", "LowRankCodec", "check_int8_codes", "int8_rank_for", "product_bound", "rank_for_energy",
+    "reuse_svd",
+]  # fmt: skip
