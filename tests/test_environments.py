@@ -225,7 +225,7 @@ def test_model_card_lists_g_and_the_skills_and_keeps_the_users_text(family, tmp_
 )
 def test_the_model_card_is_read_as_huggingface_hub_reads_it(card):
     """tvreg splits a card without importing ``huggingface_hub.repocard`` (its Hub client costs every
-    install ~0.4 CPU-s); metadata and text must be what ``ModelCard(..., ignore_metadata_errors=True)`` gives."""
+    install ~0.35 CPU-s); metadata and text must be what ``ModelCard(..., ignore_metadata_errors=True)`` gives."""
     from tvreg._env.modelcard import _read_card
 
     theirs = ModelCard(card, ignore_metadata_errors=True)
@@ -308,7 +308,7 @@ print(sorted(m for m in sys.argv[-1].split(",") if m in sys.modules))
 
 
 def test_installing_files_imports_no_http_stack_or_hub_client(family, tmp_path, two_skills):
-    """The HTTP client and the Hub client cost a process ~0.6 CPU-s to import; an install from files
+    """The HTTP client and the Hub client cost a process ~0.4 CPU-s to import; an install from files
     uses neither (the model card is read without ``huggingface_hub.repocard``)."""
     model = copy_model(family.general, tmp_path / "mymodel")
     (model / "README.md").write_text("---\nlicense: mit\n---\n\nMy notes.\n")

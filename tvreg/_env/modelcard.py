@@ -32,7 +32,7 @@ def _read_card(content: str) -> tuple[dict, str]:
     reads them.
 
     Why not ``ModelCard`` itself: importing ``huggingface_hub.repocard`` pulls in the Hub
-    client (its HTTP stack, file downloads), about 0.4 CPU-s that every install paid for
+    client (its HTTP stack, file downloads), about 0.35 CPU-s that every install paid for
     one front-matter split; :class:`~huggingface_hub.ModelCardData` alone is light.
     """
     import yaml
