@@ -62,7 +62,8 @@ INIT_STD = 0.02
 NOISE_STD = 1e-3
 FINETUNE_MOVED = 0.31
 SEED = 1234
-BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts", "mergekit-out", "breakdown-model")
+BIG_DIRS = ("models", "copy", "store", "cache", "cache-scratch", "artifacts", "mergekit-out", "breakdown-model",
+            "ab-model", "ab-trial")  # fmt: skip
 DEFAULT_MERGEKIT_VENV = Path(__file__).resolve().parent / ".venv-mergekit"
 TIES_DENSITY = 0.2
 
@@ -303,6 +304,9 @@ def breakdown_install(artifacts: list[Path], model_dir: Path, out_json: Path) ->
     jit_mod = importlib.import_module("tvreg._format.codecs.jit")
     patch(jit_mod, "merge_exp", "[worker]     codec: exp planes back to floats (compiled)")
     patch(jit_mod, "scatter_add", "[worker]     codec: bitmap scatter-add into the sum (compiled)")
+    # bf16 G and exact blobs: every skill's frames at once, added and rounded (no τ, no tensor-sized sum)
+    patch(planes_mod, "add_round_masked", "[worker]   merge: all skills' exact frames added + rounded")
+    patch(jit_mod, "add_round_bf16", "[worker]     codec: frames added onto G and rounded (compiled)")
     patch(importlib.import_module("tvreg._merge.trim"), "_select", "[worker]   TIES cutoff (trim._select)")
     device_mod = importlib.import_module("tvreg._merge.device")
     patch_where_called("plan_tensor", "[worker] plan_tensor (TIES cutoff, DARE keys)")
@@ -460,6 +464,56 @@ def tvreg_cmd() -> list[str]:
     return [found] if found else [sys.executable, "-m", "tvreg.cli"]
 
 
+# --------------------------------------------------------------------------- before/after in one run
+
+
+def _same_run_rounds(args, tv: list[str], skills: list[Path], workdir: Path, env: dict, logs: Path, cold: bool) -> dict:
+    """Task arithmetic installs of ``--baseline-tree`` and of this tree, interleaved on fresh copies of one model.
+
+    Each install gets its own hard-linked copy of the initialised model (an install swaps in a
+    new directory and never writes in place) and its own process, so both trees do the same
+    work on the same bytes. One untimed install per tree first: it compiles or loads each
+    tree's Numba cache and seeds the digest caches, which a user pays once.
+    """
+    trees = [("baseline", dict(env, PYTHONPATH=str(args.baseline_tree.resolve()))), ("this tree", env)]
+    rows: dict[str, list[dict]] = {label: [] for label, _ in trees}
+    fingerprints: set[str] = set()
+    for r in range(args.rounds + 1):
+        for label, tree_env in trees:
+            trial = workdir / "ab-trial"
+            shutil.copytree(workdir / "ab-model", trial, copy_function=os.link, symlinks=True)
+            cmd = [*tv, "install", *map(str, skills), "--into", str(trial), "--device", "cpu", "--method",
+                   "task_arithmetic"]  # fmt: skip
+            step = run_step(f"{label} TA {'warm-up' if r == 0 else f'#{r}'}", cmd, tree_env, logs, cold)
+            step["loadavg"] = os.getloadavg()
+            with open(trial / "tvreg.lock") as f:
+                fingerprints.add(json.load(f)["output_fingerprint"])
+            shutil.rmtree(trial)
+            if r:
+                rows[label].append(step)
+    if len(fingerprints) != 1:
+        raise SystemExit(f"the two trees installed different weights: {sorted(fingerprints)}")
+    return {"tree": str(args.baseline_tree), "rounds": rows, "output_fingerprint": fingerprints.pop()}
+
+
+def _print_same_run(ab: dict, copy_wall: float, copy_cpu: float) -> None:
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+    print(f"\ntask_arithmetic, baseline tree {ab['tree']} vs this tree (same model, interleaved; same weights "
+          f"{ab['output_fingerprint'][:12]}):")  # fmt: skip
+    med = {}
+    for label, steps in ab["rounds"].items():
+        wall, cpu = median([s["wall_s"] for s in steps]), median([s["cpu_s"] for s in steps])
+        loads = ", ".join(f"{s['loadavg'][0]:.1f}" for s in steps)
+        med[label] = (wall, cpu)
+        print(f"  {label:<10} median wall {wall:7.2f} s ({wall / copy_wall:.2f}x the copy), CPU {cpu:7.2f} s "
+              f"({cpu / copy_cpu:.2f}x the copy's); load average after each: {loads}")  # fmt: skip
+    (bw, bc), (tw, tc) = med["baseline"], med["this tree"]
+    print(f"  this tree / baseline: wall {tw / bw:.2f}, CPU {tc / bc:.2f}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -532,6 +586,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time only the full install and the no-op commands (install, upgrade, sync --locked) after it",
     )
+    ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also time task_arithmetic installs with PYTHONPATH=DIR (an older checkout), interleaved with this "
+        "tree's on fresh copies of the same initialised model (--rounds each, after one untimed warm-up each)",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="timed installs per tree with --baseline-tree (default 2)")
     ap.add_argument("--copy-baseline", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--breakdown-install", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -634,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         artifact_bytes = sum(p.stat().st_size for p in skills)
+        if args.baseline_tree:  # the initialised model, before any install (installs never write in place)
+            shutil.copytree(dirs["general"], workdir / "ab-model", copy_function=os.link, symlinks=True)
         if args.breakdown:
             # The breakdown needs a first install: the timed one below leaves the model synced, and the
             # same set again takes the no-op path. Installs never write in place, so links are safe.
@@ -644,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                     str(workdir / "copy"), *map(str, skills)]  # fmt: skip
         steps.append(run_step("copy baseline", copy_cmd, env, logs, cold))
         shutil.rmtree(workdir / "copy")
+        ab = _same_run_rounds(args, tv, skills, workdir, env, logs, cold) if args.baseline_tree else None
         install = [*tv, "install", *map(str, skills), "--into", str(dirs["general"]), "--device", "cpu"]
         steps.append(run_step("tvreg task_arithmetic", [*install, "--method", "task_arithmetic"], env, logs, cold))
         mismatches = verify_sample(dirs, dirs["general"], weights)
@@ -720,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": ratios,
             "sanity_mismatches": mismatches,
             "breakdown": breakdown,
+            "baseline_tree": ab,
         }
         (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
@@ -763,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  tvreg peak RSS / (largest shard + {args.skills + 1} x largest fp32 tensor = "
                 f"{rss_target / 2**20:.1f} MiB): {ratios[f'tvreg_{method}_rss_over_target']:.2f}"
             )
+        if ab:
+            _print_same_run(ab, copy_wall, by["copy baseline"]["cpu_s"])
         base_rss = by["startup (import)"]["max_rss_kib"] / 1024
         print(
             f"process startup (import tvreg + torch): {by['startup (import)']['wall_s']:.2f} s, "

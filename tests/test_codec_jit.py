@@ -316,3 +316,79 @@ def test_trim_holds_one_chunk_at_a_time_on_both_paths(monkeypatch, compiled):
     monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(jit, "enabled", compiled)
     assert trim.magnitude_trim(x.numel(), 0.2, chunks) is not None
+
+
+def _general_bf16(n: int, seed: int, *, nans: bool) -> torch.Tensor:
+    """θ_G in bf16 with the delicate values: ±0.0, subnormals, ±inf, the largest finite, and (``nans``) NaNs."""
+    g = _anchor_like(n, seed).to(torch.bfloat16)
+    words = g.view(torch.int16)
+    specials = [0x7F80, -0x80, 0x0001, -0x7FFF, 0x7F7F]  # +inf, −inf, subnormals ±, the largest finite
+    if nans:
+        specials += [0x7FC0, 0x7F81, -0x3F]  # quiet, signalling and negative NaN
+    for i, bits in enumerate(specials):
+        words[(i * 37 + 11) % n] = bits
+    return g
+
+
+def _added_then_rounded(general: torch.Tensor, blobs: list[tuple[bytes, dict]], weights: list[float]) -> torch.Tensor:
+    """What the engine computed before: a float32 sum filled from θ_G, each blob added in turn, one bf16 copy."""
+    acc = general.float()
+    for (data, params), w in zip(blobs, weights, strict=True):
+        planes.add_masked(data, params, acc.numel(), where="w", acc=acc, weight=w)
+    return acc.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("n", [9, 1000, 70_001])
+@pytest.mark.parametrize("skills", [1, 3])
+@pytest.mark.parametrize("nans", [False, True])
+def test_adding_every_skill_and_rounding_in_one_pass_gives_the_engines_bits(monkeypatch, n, skills, nans):
+    """``bf16(((θ_G + τ_1·ω_1) + τ_2·ω_2) + …)`` frame by frame equals adding each blob into a float32 sum
+    and copying it to bf16, down to −0.0, infinities, subnormals and the bits torch gives a NaN sum."""
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)  # several frames, the last one short
+    weights = [float(torch.tensor(w, dtype=torch.float32)) for w in (0.15, -0.3, 2.0**-130)[:skills]]
+    densities = (0.31, 1.0, 0.0)
+    blobs = [planes.encode_masked(_fine_tune_like(n, densities[k], torch.float32, seed=n + k)) for k in range(skills)]
+    general = _general_bf16(n, seed=n, nans=nans)
+    out = torch.full((n,), 7.0, dtype=torch.bfloat16)
+    masked = [(planes.MaskedBlob(data, params, "w"), w) for (data, params), w in zip(blobs, weights, strict=True)]
+    assert planes.add_round_masked(masked, general, out)
+    expected = _added_then_rounded(general, blobs, weights)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
+
+
+def test_blobs_cut_into_other_frames_are_left_to_the_per_skill_path(monkeypatch):
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    n = 20_000
+    general = _general_bf16(n, seed=1, nans=False)
+    one = planes.encode_masked(_fine_tune_like(n, 0.31, torch.float32, seed=1))
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)
+    other = planes.encode_masked(_fine_tune_like(n, 0.31, torch.float32, seed=2))
+    out = torch.zeros(n, dtype=torch.bfloat16)
+    blobs = [(planes.MaskedBlob(data, params, "w"), 0.5) for data, params in (one, other)]
+    assert planes.add_round_masked(blobs, general, out) is False
+    assert planes.add_round_masked(blobs[:1], general.float(), out) is False  # only bf16 θ_G
+    assert not out.any(), "nothing is written when the blobs cannot be added together"
+
+
+@pytest.mark.parametrize("damage", ["extra bit", "missing bit", "pad bit"])
+def test_a_bitmap_that_disagrees_is_refused_naming_its_blob_when_skills_are_added_together(monkeypatch, damage):
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    n = 1001
+    tau = _fine_tune_like(n, 0.5, torch.float32, seed=7)
+    tau[0], tau[5] = 1.0, 0.0
+    segment, params = _segment(tau)
+    bitmap = bytearray(segment[: (n + 7) // 8])
+    if damage == "extra bit":
+        bitmap[0] |= 0x20  # entry 5, which is zero
+    elif damage == "missing bit":
+        bitmap[0] &= ~0x01
+    else:
+        bitmap[-1] |= 0x80
+        bitmap[0] &= ~0x01  # the set-bit count stays right: only the pad check can catch it
+    bad = zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
+    good = planes.encode_masked(_fine_tune_like(n, 0.31, torch.float32, seed=8))
+    blobs = [(planes.MaskedBlob(good[0], good[1], "good"), 0.5), (planes.MaskedBlob(bad, params, "bad"), 0.5)]
+    general = _general_bf16(n, seed=2, nans=False)
+    with pytest.raises(CorruptArtifact, match="tensor `bad` has a zero bitmap that disagrees"):
+        planes.add_round_masked(blobs, general, torch.empty(n, dtype=torch.bfloat16))

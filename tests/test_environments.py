@@ -211,6 +211,27 @@ def test_model_card_lists_g_and_the_skills_and_keeps_the_users_text(family, tmp_
     assert "| science |" not in card.text and card.text.count("My notes.") == 1
 
 
+@pytest.mark.parametrize(
+    "card",
+    [
+        "---\nlicense: apache-2.0\ntags:\n- mine\n---\n\n# My model\n",  # the usual card
+        "---\r\nlicense: mit\r\nlanguage:\r\n- en\r\n---\r\nText with CRLF.\r\n",  # Windows line ends
+        "---\n---\nno metadata at all\n",  # an empty block
+        "  ---\nlicense: mit\n---   \nspaces around the fences\n",
+        "---\nmodel-index: not-a-list\nlicense: mit\n---\nbad metadata, kept (ignore_metadata_errors)\n",
+        "---\nlicense: mit\nno closing fence\n",  # no block: the whole text is the body
+        "---\nbase_model: [a, b]\ncustom_key: {nested: 1}\n---\n\n---\nsecond fence is text\n",
+    ],
+)
+def test_the_model_card_is_read_as_huggingface_hub_reads_it(card):
+    """tvreg splits a card without importing ``huggingface_hub.repocard`` (its Hub client costs every
+    install ~0.35 CPU-s); metadata and text must be what ``ModelCard(..., ignore_metadata_errors=True)`` gives."""
+    from tvreg._env.modelcard import _read_card
+
+    theirs = ModelCard(card, ignore_metadata_errors=True)
+    assert _read_card(card) == (theirs.data.to_dict(), theirs.text)
+
+
 def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
@@ -271,6 +292,35 @@ def test_verify_cli_exits_1_and_names_the_tensor(installed):
     assert f"error: 1 tensor(s) of `{installed}` differ from tvreg.lock: `{name}` (changed)." in res.stderr
     assert cli("sync", "--into", installed).exit_code == 0
     assert cli("verify", installed).exit_code == 0
+
+
+_HEAVY_UNUSED = ("httpx", "httpcore", "huggingface_hub.repocard", "huggingface_hub.hf_api")
+
+_INSTALL_FROM_FILES = """
+import sys
+from tvreg.cli import main
+try:
+    main(sys.argv[1:-1])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(sorted(m for m in sys.argv[-1].split(",") if m in sys.modules))
+"""
+
+
+def test_installing_files_imports_no_http_stack_or_hub_client(family, tmp_path, two_skills):
+    """The HTTP client and the Hub client cost a process ~0.4 CPU-s to import; an install from files
+    uses neither (the model card is read without ``huggingface_hub.repocard``)."""
+    model = copy_model(family.general, tmp_path / "mymodel")
+    (model / "README.md").write_text("---\nlicense: mit\n---\n\nMy notes.\n")
+    argv = ["install", *map(str, two_skills), "--into", str(model), "--base", str(family.pre),
+            "--general-size", "10000", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _INSTALL_FROM_FILES, *argv, ",".join(_HEAVY_UNUSED)],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "My notes." in (model / "README.md").read_text() and read_lock(model).skills
 
 
 @pytest.mark.parametrize("point", ["install:write", "install:before-swap"])

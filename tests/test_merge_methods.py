@@ -34,7 +34,9 @@ def kinds_for(method: str, k: int) -> list[str]:
     return ["delta_from_general"] * k if method == "wise_ft" else ["task_vector"] * k
 
 
-def engine(method, general, forms, weights, *, pre=None, chunk=1 << 20, params=None, names=None, kinds=None):
+def engine(
+    method, general, forms, weights, *, pre=None, chunk=1 << 20, params=None, names=None, kinds=None, out_dtype=torch.float32
+):
     m = get_method(method)
     kinds = kinds or kinds_for(method, len(forms))
     recipe = m.recipe(weights, kinds, m.resolve_params(PARAMS[method] if params is None else params))
@@ -48,7 +50,7 @@ def engine(method, general, forms, weights, *, pre=None, chunk=1 << 20, params=N
         pre_numel=pre.numel() if pre is not None else 0,
         chunk=chunk,
     )
-    return merge_tensor(plan, general, forms, pre=pre, out_dtype=torch.float32, chunk=chunk)
+    return merge_tensor(plan, general, forms, pre=pre, out_dtype=out_dtype, chunk=chunk)
 
 
 def dense(t: torch.Tensor) -> Dense:
@@ -230,7 +232,10 @@ def undecoded(t: torch.Tensor) -> Undecoded:
     def add(acc, weight):
         return codec.add_into(enc.data, shape, enc.params, where="t", acc=acc, weight=weight)
 
-    return Undecoded(shape=shape, decode=lambda: codec.decode_form(enc.data, shape, enc.params, where="t"), add=add)
+    masked = codec.masked_blob(enc.data, shape, enc.params, where="t")
+    return Undecoded(
+        shape=shape, decode=lambda: codec.decode_form(enc.data, shape, enc.params, where="t"), add=add, masked=masked
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -256,6 +261,28 @@ def test_undecoded_exact_forms_merge_like_their_decode_for_every_method(method, 
         assert torch.equal(engine(method, general, [dense(t) for t in taus], weights, pre=pre, chunk=chunk), got)
         if method == "task_arithmetic":  # added from its frames, never decoded to a τ tensor
             assert all(f._form is None for f in forms)
+
+
+def test_task_arithmetic_on_bf16_adds_every_skill_in_one_pass_with_the_same_bits(monkeypatch):
+    """bf16 θ_G with ``exact`` blobs (an install's usual case): every skill's frames are added together
+    and rounded once (:func:`planes.add_round_masked`), never one skill at a time, and the bits equal
+    the chunked engine's on the decoded forms."""
+    from tvreg._format.codecs import jit, zstd_frame
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 4096)  # several frames per blob
+    general, _, taus, weights = rand_inputs(3, shape=(83, 41), seed=8)
+    general = general.to(torch.bfloat16)
+    general.view(-1)[::7] = -0.0
+    for t in taus:
+        t.view(-1)[::3] = 0.0
+    forms = [undecoded(t) for t in taus]
+    for f in forms:
+        f.add = lambda acc, weight: pytest.fail("a skill was added on its own")  # type: ignore[method-assign]
+    got = engine("task_arithmetic", general, forms, weights, out_dtype=torch.bfloat16)
+    assert all(f._form is None for f in forms), "no blob is decoded to a τ tensor"
+    expected = engine("task_arithmetic", general, [dense(t) for t in taus], weights, chunk=97, out_dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), expected.view(torch.int16))
 
 
 def test_skills_added_one_at_a_time_leave_added_rows_to_general():

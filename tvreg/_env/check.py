@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 from .._format.checkpoint import Checkpoint
 from .._format.interference import InterferenceReport, SkillEntry, check_sketches
 from .._format.sketch import Sketch, load_cached, sketch_for, store_cached
-from .._registry.client import RegistryClient, client_for
 from .._registry.refs import SkillRef, parse_ref
 from .._util.progress import NULL_PROGRESS, Progress
 from ..errors import SketchError, SketchMissing, TensorMismatch
 from .lockfile import Lock
 
 if TYPE_CHECKING:
+    from .._registry.client import RegistryClient
     from .._registry.fetch import Resolved
 
 
@@ -225,6 +225,8 @@ def check_resolved(
             if sketch is None:
                 url = item.origin.registry or registry
                 if url not in clients:
+                    from .._registry.client import client_for  # imported here: local files need no HTTP stack
+
                     clients[url] = stack.enter_context(client_for(url, token))
                 version = clients[url].version(ref, item.version)
                 if not version.get("sketch") and item.path is not None:

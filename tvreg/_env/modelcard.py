@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
-
 from .._format.fingerprint import short
 from .._format.fsutil import atomic_write_text
 from .lockfile import Lock
@@ -25,6 +23,30 @@ BEGIN = "<!-- tvreg:begin: this section is rewritten by tvreg on every install; 
 END = "<!-- tvreg:end -->"
 TAGS = ("tvreg", "task-vector")
 _SECTION = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n*", re.S)
+#: ``huggingface_hub.repocard.REGEX_YAML_BLOCK``: where a card's metadata block is.
+_YAML_BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
+
+
+def _read_card(content: str) -> tuple[dict, str]:
+    """The metadata and text of a card, as ``huggingface_hub.ModelCard(content, ignore_metadata_errors=True)``
+    reads them.
+
+    Why not ``ModelCard`` itself: importing ``huggingface_hub.repocard`` pulls in the Hub
+    client (its HTTP stack, file downloads), about 0.35 CPU-s that every install paid for
+    one front-matter split; :class:`~huggingface_hub.ModelCardData` alone is light.
+    """
+    import yaml
+    from huggingface_hub.repocard_data import ModelCardData
+
+    match = _YAML_BLOCK.search(content)
+    if match is None:
+        return {}, content
+    data = yaml.safe_load(match.group(2))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("repo card metadata block should be a dict")
+    return ModelCardData(**data, ignore_metadata_errors=True).to_dict(), content[match.end() :]
 
 
 def general_model_id(lock: Lock) -> str:
@@ -74,14 +96,15 @@ def write_model_card(directory: Path, lock: Lock) -> None:
     path = directory / CARD_NAME
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     if old.lstrip().startswith("---"):
-        card = ModelCard(old, ignore_metadata_errors=True)
-        data, body = card.data.to_dict(), card.text
+        data, body = _read_card(old)
     else:
         data, body = {}, old
     body = _SECTION.sub("", body).strip()
     tags = [t for t in data.pop("tags", None) or [] if t not in TAGS] + list(TAGS)
     for key in ("base_model", "base_model_relation"):
         data.pop(key, None)
+    from huggingface_hub.repocard_data import ModelCardData
+
     card_data = ModelCardData(
         base_model=[general_id] + [s.id for s in lock.skills],
         base_model_relation="merge",

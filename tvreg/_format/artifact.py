@@ -224,7 +224,8 @@ class Artifact:
         def add(acc: torch.Tensor, weight: float) -> bool:
             return codec.add_into(data, entry.shape, entry.params, where=where, acc=acc, weight=weight)
 
-        return Undecoded(shape=tuple(entry.shape), decode=decode, add=add)
+        masked = codec.masked_blob(data, tuple(entry.shape), entry.params, where=where)
+        return Undecoded(shape=tuple(entry.shape), decode=decode, add=add, masked=masked)
 
     def verify(self, name: str) -> None:
         """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.

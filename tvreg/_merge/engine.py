@@ -29,6 +29,7 @@ from typing import cast
 
 import torch
 
+from .._format.codecs import planes
 from .._format.codecs.forms import StoredForm
 from .._format.codecs.zstd_frame import buffer
 from . import bitmasks, rng
@@ -202,6 +203,30 @@ def _one_skill_at_a_time(plan: TensorPlan) -> bool:
     )
 
 
+def _add_round_fused(
+    plan: TensorPlan,
+    general: torch.Tensor,
+    forms: Sequence[StoredForm | None],
+    pre: torch.Tensor | None,
+    out: torch.Tensor,
+) -> bool:
+    """Task arithmetic of bf16 θ_G and ``exact`` blobs in one compiled pass per frame (:func:`planes.add_round_masked`).
+
+    The direct path's ``((θ_G + w_1) + w_2) + …`` and its one rounding, bit for bit, when
+    every active skill covers the whole tensor with a zero-bitmap blob and nothing
+    anchors at θ_pre; False (nothing done) otherwise.
+    """
+    if pre is not None and plan.recipe.general_coef is not None:
+        return False
+    blobs = []
+    for k, term in plan.active():
+        masked = getattr(forms[k], "masked", None)
+        if masked is None or term.numel != plan.numel:
+            return False
+        blobs.append((masked, term.weight))
+    return planes.add_round_masked(blobs, general, out)
+
+
 def merge_tensor(
     plan: TensorPlan,
     general: torch.Tensor,
@@ -227,6 +252,8 @@ def merge_tensor(
     elif out.dtype != out_dtype or not out.is_contiguous() or out.numel() != flat.numel():
         raise ValueError(f"`out` must be a contiguous {out_dtype} tensor of {flat.numel()} elements")
     out = out.reshape(-1)
+    if _one_skill_at_a_time(plan) and _add_round_fused(plan, flat, forms, pre_flat, out):
+        return out.reshape(general.shape)
     if _one_skill_at_a_time(plan):
         # the float32 sum comes from the install's buffer arena when one is active (no fresh pages per tensor)
         acc = _anchor(plan, 0, flat, pre_flat, into=buffer(flat.numel(), torch.float32))

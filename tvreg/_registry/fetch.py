@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._env.lockfile import LockedSkill, Origin, require_locked_digest
 from .._format.fingerprint import short
@@ -31,9 +32,19 @@ from ..errors import (
     ResolutionImpossible,
 )
 from .cache import BlobCache, BlobSource
-from .client import RegistryClient, client_for
 from .refs import SkillRef, parse_ref
 from .resolve import Candidate, resolve
+
+if TYPE_CHECKING:
+    from .client import RegistryClient
+
+
+def client_for(registry: str | None = None, token: str | None = None) -> RegistryClient:
+    """:func:`tvreg._registry.client.client_for`, imported on first use: installing files needs no HTTP
+    stack, and httpx with httpcore cost a process ~0.2 s to import."""
+    from .client import client_for as make
+
+    return make(registry, token)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ...errors import CorruptArtifact, InvalidCodecOption
 from .forms import Dense, StoredForm
+
+if TYPE_CHECKING:
+    from .planes import MaskedBlob
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,11 @@ class Codec(ABC):
         :meth:`decode_form`'s chunks).
         """
         return False
+
+    def masked_blob(self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> MaskedBlob | None:
+        """The blob as frames :func:`tvreg._format.codecs.planes.add_round_masked` can add beside other
+        skills' (an ``exact`` zero-bitmap blob), or None. Default: None."""
+        return None
 
 
 def relative_error(tau: torch.Tensor, approx: torch.Tensor) -> float:

@@ -54,3 +54,9 @@ class ExactCodec(Codec):
             return False
         planes.add_masked(data, params, numel_of(shape), where=where, acc=acc, weight=weight)
         return True
+
+    def masked_blob(self, data, shape, params, *, where):
+        """The zero-bitmap layout, which :func:`planes.add_round_masked` adds frame by frame beside other skills."""
+        if params.get("zeros") is None:
+            return None
+        return planes.MaskedBlob(data=data, params=params, where=where)

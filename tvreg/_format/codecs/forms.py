@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .planes import MaskedBlob
 
 #: What the fused kernel reads of one skill over one chunk: ``(values, scales, offset, group, scaled)``;
 #: element ``i`` is ``values[i - offset]``, times ``scales[i // group]`` when ``scaled``.
@@ -247,6 +251,8 @@ class Undecoded(StoredForm):
 
     decode: Callable[[], StoredForm]
     add: Callable[[torch.Tensor, float], bool]
+    #: the blob's frames when the codec can add them beside other skills' (:func:`planes.add_round_masked`)
+    masked: MaskedBlob | None = field(default=None, repr=False)
     _form: StoredForm | None = field(default=None, repr=False)
 
     def resolved(self) -> StoredForm:

@@ -118,6 +118,89 @@ def _scatter_add_py(bits, values, count, acc, weight, zero, popcount):  # pragma
     return j
 
 
+def _add_round_bf16_py(g, frames, nnz, weights, values, out, out32, popcount):  # pragma: no cover - compiled
+    # One frame of K `exact` blobs added onto θ_G and rounded once: frames[k] is skill k's raw frame
+    # (bitmap, then the exp planes of its nnz[k] values). Each skill's values are put back together
+    # first (a loop LLVM vectorises); the float32 sum then lives in a block small enough for L1:
+    # the same adds from memory cost twice as much per element.
+    count = g.size
+    skills = frames.shape[0]
+    nbits = (count + 7) // 8
+    words = values.view(np.uint32)
+    starts = np.zeros(skills, np.int64)
+    at = 0
+    for k in range(skills):
+        kk = nnz[k]
+        row = frames[k]
+        starts[k] = at
+        e, sm, hi, lo = row[nbits : nbits + kk], row[nbits + kk : nbits + 2 * kk], row[nbits + 2 * kk : nbits + 3 * kk], row[nbits + 3 * kk : nbits + 4 * kk]
+        dest = words[at : at + kk]
+        for j in range(kk):
+            s = np.uint32(sm[j])
+            dest[j] = (
+                ((s & np.uint32(0x80)) << np.uint32(24))
+                | (np.uint32(e[j]) << np.uint32(23))
+                | ((s & np.uint32(0x7F)) << np.uint32(16))
+                | (np.uint32(hi[j]) << np.uint32(8))
+                | np.uint32(lo[j])
+            )
+        words[at + kk] = 0  # +0.0: what a clear bit adds
+        at += kk + 1
+    block = 4096
+    acc = np.empty(block, np.float32)
+    acc_bits = acc.view(np.uint32)
+    used = starts.copy()
+    nans = 0
+    full = count // 8
+    for lo in range(0, count, block):
+        hi = min(lo + block, count)
+        m = hi - lo
+        for i in range(m):
+            acc_bits[i] = np.uint32(g[lo + i]) << np.uint32(16)
+        for k in range(skills):
+            row = frames[k]
+            end = np.uint64(starts[k] + nnz[k])
+            w = weights[k]
+            j = np.uint64(used[k])
+            for q in range(lo // 8, min(hi // 8, full)):
+                b = np.uint64(row[q])
+                if j + np.uint64(popcount[b]) > end:
+                    return -1 - k
+                base = np.uint64(q * 8 - lo)
+                for t in range(8):
+                    # branch-free: a clear bit reads the +0.0 past the skill's values. The index is
+                    # selected (an integer cmov), not the value: LLVM turns a float select, or a
+                    # masked load, into a branch, mispredicted at random bits (2-3x slower here).
+                    # Unsigned indices spare a wraparound check per load.
+                    bit = (b >> np.uint64(t)) & np.uint64(1)
+                    x = values[j if bit else end]
+                    acc[base + np.uint64(t)] = acc[base + np.uint64(t)] + x * w
+                    j += bit
+            if hi == count and count % 8:
+                b = np.uint64(row[full])
+                if j + np.uint64(popcount[b]) > end:
+                    return -1 - k
+                for i in range(full * 8, count):
+                    bit = (b >> np.uint64(i - full * 8)) & np.uint64(1)
+                    x = values[j if bit else end]
+                    acc[i - lo] = acc[i - lo] + x * w
+                    j += bit
+            used[k] = np.int64(j)
+        if out32.size:
+            for i in range(m):
+                out32[lo + i] = acc[i]
+            continue
+        for i in range(m):
+            x = acc_bits[i]
+            if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                nans += 1
+            out[lo + i] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    for k in range(skills):
+        if used[k] != starts[k] + nnz[k]:
+            return -1 - k
+    return nans
+
+
 def _popcount_py(bits, popcount):  # pragma: no cover - compiled
     total = 0
     for q in range(bits.size):
@@ -247,6 +330,7 @@ def ready(numel: int) -> bool:
                     merge_bytes=compile_(_merge_bytes_py),
                     scatter=compile_(_scatter_py),
                     scatter_add=compile_(_scatter_add_py),
+                    add_round_bf16=compile_(_add_round_bf16_py),
                     popcount=compile_(_popcount_py),
                     mask_compact=compile_(_mask_compact_py),
                     split_exp4=compile_(_split_exp4_py),
@@ -358,3 +442,45 @@ def scatter_add(bits: np.ndarray, values: np.ndarray, acc: np.ndarray, weight: n
         raise ValueError("bitmap, values and accumulator sizes disagree")
     w = np.float32(weight)
     return int(_kernels.scatter_add(bits, values, acc.size, acc, w, np.float32(0.0), _POPCOUNT))
+
+
+def add_round_bf16(
+    general: np.ndarray,
+    frames: np.ndarray,
+    nnz: np.ndarray,
+    weights: np.ndarray,
+    values: np.ndarray,
+    out: np.ndarray,
+    out32: np.ndarray,
+) -> int:
+    """One frame of task arithmetic on bf16 weights: ``out = bf16(((θ_G + τ_1·ω_1) + τ_2·ω_2) + …)``, τ never written out.
+
+    ``general`` and ``out`` are the frame's bf16 words (uint16) of θ_G and of the result;
+    ``frames[k]`` (uint8, one row per skill) is skill k's raw ``exact`` frame: its
+    little-endian bitmap of ``len(general)`` bits, then the ``exp`` planes of its
+    ``nnz[k]`` non-zeros; ``weights`` are the float32 ω_k; ``values`` (float32 scratch)
+    must hold ``Σ (nnz[k] + 1)`` words. Each element's float32 products and sums are
+    rounded in the order :func:`scatter_add` rounds them, one skill after another, and
+    the sum is rounded to nearest even once, as torch's float32 → bf16 copy rounds every
+    number. A NaN sum gets no canonical bits here (torch's vector and scalar paths give
+    different ones): the return value counts them, and a caller that gets a non-zero count
+    asks again with ``out32`` (``len(general)`` float32) to have the float32 sums written
+    there instead, for torch to round. Returns the NaN count, or ``-1 - k`` when skill k's
+    bitmap marks more or fewer entries than ``nnz[k]``. Never reads or writes outside the
+    arrays; the caller checks the pad bits past ``len(general)`` in the last bitmap byte.
+    """
+    count = general.size
+    skills = frames.shape[0]
+    if (
+        out.size != count
+        or (out32.size and out32.size != count)
+        or nnz.size != skills
+        or weights.size != skills
+        or weights.dtype != np.float32
+        or nnz.dtype != np.int64
+        or any(not 0 <= int(k) <= count or frames.shape[1] < (count + 7) // 8 + 4 * int(k) for k in nnz)
+        or values.dtype != np.float32
+        or values.size < int(nnz.sum()) + skills
+    ):
+        raise ValueError("frames, counts, weights and outputs disagree")
+    return int(_kernels.add_round_bf16(general, frames, nnz, weights, values, out, out32, _POPCOUNT))

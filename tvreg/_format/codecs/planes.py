@@ -21,6 +21,8 @@ with uint8 vector ops, so they run at memory speed and release the GIL.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -278,6 +280,88 @@ def add_masked(data: bytes | memoryview, params: dict, numel: int, *, where: str
         np.add(target.numpy(), t, out=target.numpy())
 
     zstd_frame.decompress_frames(data, spans, where=where, each=finish)
+
+
+@dataclass(frozen=True)
+class MaskedBlob:
+    """A digest-checked fp32 blob of :func:`encode_masked`: what :func:`add_round_masked` reads frame by frame."""
+
+    data: bytes | memoryview
+    params: dict
+    where: str
+
+
+_NO_FLOAT32 = np.empty(0, dtype=np.float32)
+
+
+def add_round_masked(blobs: Sequence[tuple[MaskedBlob, float]], general: torch.Tensor, out: torch.Tensor) -> bool:
+    """``out ← bf16(((θ_G + τ_1·ω_1) + τ_2·ω_2) + …)`` for bf16 ``general``, frame by frame; τ and the sum never in memory.
+
+    Why: task arithmetic on the CPU otherwise walks a tensor-sized float32 sum once to
+    fill it from θ_G, once per skill to add τ_k·ω_k (:func:`add_masked`) and once more to
+    round it, each pass from memory. Here the k-th frame of every blob is decompressed
+    side by side and one compiled loop (:func:`tvreg._format.codecs.jit.add_round_bf16`)
+    adds them onto θ_G in a cache-sized block and rounds, with the same float32 roundings
+    in the same order, so the bits equal :func:`add_masked` for each blob in turn and a
+    float32 → bf16 copy. Every blob's frames are checked as :func:`decode_masked` checks
+    them, each frame before it is used.
+
+    Returns False, having done nothing, unless ``general`` and ``out`` are contiguous bf16
+    of one size, every blob is a zero-bitmap fp32 blob of that many entries, their frames
+    hold the same entries (one ``chunk_elems``), and the work is large enough for the
+    compiled kernels. ``ω_k`` must be float32 values.
+    """
+    n = general.numel()
+    if (
+        not blobs
+        or general.dtype != torch.bfloat16
+        or out.dtype != torch.bfloat16
+        or out.numel() != n
+        or not general.is_contiguous()
+        or not out.is_contiguous()
+        or not jit.ready(n)
+    ):
+        return False
+    layouts = [_masked_frames(b.data, b.params, n, torch.float32, b.where) for b, _ in blobs]
+    per = layouts[0][0]
+    if any(layout[0] != per for layout in layouts):
+        return False
+    weights = np.array([w for _, w in blobs], dtype=np.float32)
+    if any(float(w) != weight for w, (_, weight) in zip(weights, blobs, strict=True)):
+        raise ValueError(f"weights {[w for _, w in blobs]!r} are not all float32 values")
+    g = general.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    flat_out = out.reshape(-1)
+    o = flat_out.view(torch.int16).numpy().view(np.uint16)
+    sizes = layouts[0][1]
+    skills = len(blobs)
+    sources = [memoryview(b.data).cast("B") for b, _ in blobs]
+
+    def one(i: int) -> None:
+        count = sizes[i]
+        nbits = _bitmap_bytes(count)
+        stride = max(layout[3][i][3] - layout[3][i][2] for layout in layouts)
+        need = skills * stride
+        rows = zstd_frame.scratch(need, "", slot="frames", limit=max(need, zstd_frame.SCRATCH_MAX)).numpy()
+        rows = rows.reshape(skills, stride)
+        for k, (blob, _) in enumerate(blobs):
+            s_lo, s_hi, d_lo, d_hi = layouts[k][3][i]
+            zstd_frame.decompress_into(sources[k][s_lo:s_hi], memoryview(rows[k, : d_hi - d_lo]), where=blob.where)  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+            if _pad_bits_set(rows[k, :nbits], count):
+                raise _bitmap_disagrees(blob.where)
+        nnz = np.array([layout[2][i] for layout in layouts], dtype=np.int64)
+        words = 4 * (int(nnz.sum()) + skills)
+        values = zstd_frame.scratch(words, "", slot="values", limit=max(words, zstd_frame.SCRATCH_MAX)).numpy().view(np.float32)
+        lo = i * per
+        found = jit.add_round_bf16(g[lo : lo + count], rows, nnz, weights, values, o[lo : lo + count], _NO_FLOAT32)
+        if found < 0:
+            raise _bitmap_disagrees(blobs[-1 - found][0].where)
+        if found:  # NaN sums: torch's float32 → bf16 copy gives them its own bits
+            acc = zstd_frame.scratch(4 * count, "", slot="sum").view(torch.float32)
+            jit.add_round_bf16(g[lo : lo + count], rows, nnz, weights, values, o[lo : lo + count], acc.numpy())
+            flat_out[lo : lo + count].copy_(acc)
+
+    zstd_frame.each_chunk(len(sizes), one)
+    return True
 
 
 def _decode_frame(raw: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:

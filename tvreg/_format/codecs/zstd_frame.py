@@ -371,13 +371,14 @@ def decompress_spans_into(
 SCRATCH_MAX = 16 << 20
 
 
-def scratch(n: int, where: str, *, slot: str = "frame") -> torch.Tensor:
-    """``n`` bytes of this thread's reused buffer named ``slot``; past :data:`SCRATCH_MAX`, a buffer of its own.
+def scratch(n: int, where: str, *, slot: str = "frame", limit: int = SCRATCH_MAX) -> torch.Tensor:
+    """``n`` bytes of this thread's reused buffer named ``slot``; past ``limit``, a buffer of its own.
 
     A codec that needs a second temporary while a frame's raw bytes are still in use
-    (``"frame"``) asks for another slot.
+    (``"frame"``) asks for another slot; one that holds a frame per skill at once raises
+    ``limit`` to what those frames need.
     """
-    if n > SCRATCH_MAX:
+    if n > limit:
         return empty(n, torch.uint8, where=where)
     buffers = getattr(_local, "scratch", None)
     if buffers is None:
