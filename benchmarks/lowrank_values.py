@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 from tvreg._format.codecs import get_codec, make_codec, relative_error, zstd_frame
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lowbit import cpu_seconds  # noqa: E402
 
 KINDS = ("bf16", "int8", "mixed", "int4")
 RANKS = (8, 16, 32)
@@ -48,16 +51,6 @@ def full_rank(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     sigma = torch.arange(1, n + 1, dtype=torch.float32).pow(-0.8)
     tau = (u * sigma) @ v.T
     return tau * (1e-3 / float(tau.square().mean().sqrt()))
-
-
-def cpu_seconds(fn, repeat: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        runs.append(time.process_time() - t)
-    return statistics.median(runs)
 
 
 def main() -> None:

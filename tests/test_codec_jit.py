@@ -79,6 +79,22 @@ def _segment(tau: torch.Tensor) -> tuple[bytes, dict]:
     return zstandard.ZstdDecompressor().decompress(enc.data), enc.params
 
 
+def _damaged(segment: bytes, n: int, damage: str, *, every_entry_set: bool = False) -> bytes:
+    """The segment recompressed with its bitmap (entry 0 set, entry 5 clear unless every entry is set) damaged."""
+    bitmap = bytearray(segment[: (n + 7) // 8])
+    if damage == "extra bit":
+        if every_entry_set:
+            bitmap[-1] |= 0x80  # every entry is set: the only bit left is a pad bit
+        else:
+            bitmap[0] |= 0x20  # entry 5, which is zero
+    elif damage == "missing bit":
+        bitmap[0] &= ~0x01
+    else:
+        bitmap[-1] |= 0x80
+        bitmap[0] &= ~0x01  # the set-bit count stays right: only the pad check can catch it
+    return zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
+
+
 @pytest.mark.parametrize("damage", ["extra bit", "missing bit", "pad bit"])
 @pytest.mark.parametrize("density", [0.5, 1.0])
 def test_a_bitmap_that_disagrees_with_the_count_is_refused_on_both_paths(path, damage, density):
@@ -88,18 +104,7 @@ def test_a_bitmap_that_disagrees_with_the_count_is_refused_on_both_paths(path, d
     if density < 1:
         tau[5] = 0.0
     segment, params = _segment(tau)
-    bitmap = bytearray(segment[: (n + 7) // 8])
-    if damage == "extra bit":
-        if density < 1:
-            bitmap[0] |= 0x20  # entry 5, which is zero
-        else:
-            bitmap[-1] |= 0x80  # every entry is set: the only bit left is a pad bit
-    elif damage == "missing bit":
-        bitmap[0] &= ~0x01
-    else:
-        bitmap[-1] |= 0x80
-        bitmap[0] &= ~0x01  # the set-bit count stays right: only the pad check can catch it
-    bad = zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
+    bad = _damaged(segment, n, damage, every_entry_set=density == 1)
     with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
         get_codec("exact").decode(bad, (n,), params, where="w")
     with pytest.raises(CorruptArtifact, match="bitmap that disagrees"):
@@ -378,15 +383,7 @@ def test_a_bitmap_that_disagrees_is_refused_naming_its_blob_when_skills_are_adde
     tau = _fine_tune_like(n, 0.5, torch.float32, seed=7)
     tau[0], tau[5] = 1.0, 0.0
     segment, params = _segment(tau)
-    bitmap = bytearray(segment[: (n + 7) // 8])
-    if damage == "extra bit":
-        bitmap[0] |= 0x20  # entry 5, which is zero
-    elif damage == "missing bit":
-        bitmap[0] &= ~0x01
-    else:
-        bitmap[-1] |= 0x80
-        bitmap[0] &= ~0x01  # the set-bit count stays right: only the pad check can catch it
-    bad = zstd_frame.compress(bytes(bitmap) + segment[len(bitmap) :])
+    bad = _damaged(segment, n, damage)
     good = planes.encode_masked(_fine_tune_like(n, 0.31, torch.float32, seed=8))
     blobs = [(planes.MaskedBlob(good[0], good[1], "good"), 0.5), (planes.MaskedBlob(bad, params, "bad"), 0.5)]
     general = _general_bf16(n, seed=2, nans=False)
