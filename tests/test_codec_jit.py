@@ -301,6 +301,50 @@ def test_a_build_writes_the_same_artifact_and_sketch_on_both_paths(monkeypatch, 
     assert out[True] == out[False]
 
 
+@pytest.mark.parametrize("case", range(5))
+def test_trim_tie_cut_is_the_same_on_both_paths(monkeypatch, case):
+    """The compiled tie cut (``jit.nth_magnitude``) stops at the entry the NumPy scan finds, across chunk edges."""
+    from tvreg._merge import trim
+
+    x = _select_cases()[case]
+    n = x.numel()
+
+    def chunks():
+        return ((s, x[s : s + 5000]) for s in range(0, n, 5000))  # ties straddle chunk edges
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    for density in (1e-5, 0.05, 0.2, 0.5, 0.9):
+        got = {}
+        for compiled in (True, False):
+            monkeypatch.setattr(jit, "enabled", compiled)
+            got[compiled] = trim.magnitude_trim(n, density, chunks)
+        assert got[True] == got[False], density
+
+
+def test_compiled_select_reads_bf16_valued_tau_once(monkeypatch):
+    """The second radix pass is skipped only when the cutoff's bucket holds one value (every bf16 number)."""
+    from tvreg._merge import trim
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    steps = _select_cases()[3] * 2.0**-10  # a few bf16 values
+    mixed = steps.clone()
+    mixed[123] = float(np.nextafter(np.float32(3 * 2.0**-10), np.float32(1.0)))  # in the cutoff's bucket, low bits set
+    for x, passes in ((steps, 1), (mixed, 2), (_select_cases()[1], 2)):
+        calls = 0
+
+        def chunks(x=x):
+            nonlocal calls
+            calls += 1
+            return ((s, x[s : s + (1 << 16)]) for s in range(0, x.numel(), 1 << 16))
+
+        k = x.numel() // 5
+        t, greater, equal = trim._select(x.numel(), k, chunks)
+        assert calls == passes
+        magnitudes = np.abs(x.numpy())
+        assert (greater, equal) == (int((magnitudes > t).sum()), int((magnitudes == t).sum()))
+        assert greater < k <= greater + equal
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_trim_holds_one_chunk_at_a_time_on_both_paths(monkeypatch, compiled):
     """Install's TIES expands a compact form chunk by chunk; the cutoff must not keep them all."""
@@ -389,3 +433,52 @@ def test_a_bitmap_that_disagrees_is_refused_naming_its_blob_when_skills_are_adde
     general = _general_bf16(n, seed=2, nans=False)
     with pytest.raises(CorruptArtifact, match="tensor `bad` has a zero bitmap that disagrees"):
         planes.add_round_masked(blobs, general, torch.empty(n, dtype=torch.bfloat16))
+
+
+def _delicate_taus(n: int, seed: int) -> list[torch.Tensor]:
+    """τ chunks with what the consensus must treat bit for bit: ±0.0, ties at one magnitude, subnormals,
+    ±inf, and opposite signs that cancel in the election."""
+    g = torch.Generator().manual_seed(seed)
+    specials = torch.tensor([1e-45, -1e-45, float("inf"), -float("inf")])
+    out = []
+    for k in range(3):
+        steps = torch.randint(-3, 4, (n,), generator=g).float() * 2.0**-10
+        steps[torch.rand(n, generator=g) < 0.3] = 0.0
+        steps[torch.rand(n, generator=g) < 0.05] = -0.0
+        steps[torch.rand(n, generator=g) < 0.2] = float(torch.randn(1, generator=g)) * 1e-3  # one more tied value
+        at = steps[k * 7 + 3 :: 9973]
+        at.copy_(specials.repeat(at.numel())[: at.numel()])
+        out.append(steps)
+    out[1][::5] = -out[0][::5]  # sums of exactly zero: no elected sign
+    return out
+
+
+@pytest.mark.parametrize(
+    "normalize, lam, weights, cut",
+    [(True, 1.0, (0.1, 0.15, 0.2), True), (False, 0.7, (0.3, -0.25, 1.0), True), (True, 1.3, (0.5, 0.5, 0.5), False)],
+)
+def test_ties_consensus_compiled_equals_the_torch_path_bit_for_bit(monkeypatch, normalize, lam, weights, cut):
+    """The one-pass consensus loop (``jit.consensus_mix``) gives :func:`merge_chunk`'s float32 bits,
+    trims with ties cut mid-chunk, skills that skip the tensor, and every sign case included."""
+    from tvreg._merge import engine
+    from tvreg._merge.base import Recipe
+    from tvreg._merge.trim import magnitude_trim
+
+    n, start = 70_001, 1_000_000
+    taus = _delicate_taus(n, 11)
+    general = torch.randn(n, generator=torch.Generator().manual_seed(12)) * 0.02
+    terms = []
+    for k, tau in enumerate(taus):
+        trim = magnitude_trim(n, 0.2 + 0.1 * k, lambda tau=tau: [(start, tau)]) if cut else None
+        terms.append(engine.Term(weight=weights[k], numel=n, trim=trim))
+    terms.insert(1, None)  # a skill that leaves this tensor unchanged
+    recipe = Recipe(weights=(weights[0], 0.5, *weights[1:]), consensus=True, normalize=normalize, lam=lam)
+    plan = engine.TensorPlan(recipe=recipe, numel=n + start, pre_numel=0, terms=tuple(terms))
+    chunks = [taus[0], None, taus[1], taus[2]]
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    got = engine._consensus_compiled(plan, start, general, None, [c.clone() if c is not None else None for c in chunks])
+    want = engine.merge_chunk(plan, start, general, None, [c.clone() if c is not None else None for c in chunks])
+    assert got is not None
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    if cut:
+        assert any(t is not None and t.trim is not None and start < t.trim.tie_cut < start + n for t in terms)

@@ -29,7 +29,7 @@ from typing import cast
 
 import torch
 
-from .._format.codecs import planes
+from .._format.codecs import jit, planes
 from .._format.codecs.forms import StoredForm
 from .._format.codecs.zstd_frame import buffer
 from . import bitmasks, rng
@@ -191,6 +191,33 @@ def merge_chunk(
     return acc.add_(mix)
 
 
+def _consensus_compiled(
+    plan: TensorPlan,
+    start: int,
+    general: torch.Tensor,
+    pre: torch.Tensor | None,
+    taus: Sequence[torch.Tensor | None],
+) -> torch.Tensor | None:
+    """:func:`merge_chunk` for TIES (trim, consensus, no DARE drop) in one compiled pass, the same bits; None
+    when the chunk is not that case (DARE keys, a τ shorter than the chunk, no compiled kernels)."""
+    r, n = plan.recipe, general.numel()
+    active = plan.active()
+    if not (r.consensus and active and jit.ready(n)):
+        return None
+    chunks, weights, cutoffs = [], [], []
+    for k, term in active:
+        tau = taus[k]
+        if term.key is not None or tau is None or tau.numel() != n or tau.dtype != torch.float32:
+            return None
+        chunks.append(tau.contiguous().numpy())
+        weights.append(term.weight)
+        trim = term.trim
+        cutoffs.append((bitmasks.float_bits(trim.threshold), trim.tie_cut) if trim is not None else (-1, 0))
+    acc = _anchor(plan, start, general, pre)
+    jit.consensus_mix(acc.numpy(), chunks, weights, cutoffs, start, normalize=r.normalize, lam=r.lam)
+    return acc
+
+
 def _one_skill_at_a_time(plan: TensorPlan) -> bool:
     """Whether each skill can be added over the whole tensor in turn: a direct recipe, no trim, no drop.
 
@@ -267,5 +294,6 @@ def merge_tensor(
             break
         p = pre_flat[start : min(stop, pre_flat.numel())] if pre_flat is not None else None
         taus = [dense_chunk(f, start, stop, consume=consume) if f is not None else None for f in forms]
-        out[start:stop] = merge_chunk(plan, start, flat[start:stop], p, taus)
+        merged = _consensus_compiled(plan, start, flat[start:stop], p, taus)
+        out[start:stop] = merged if merged is not None else merge_chunk(plan, start, flat[start:stop], p, taus)
     return out.reshape(general.shape)

@@ -92,20 +92,29 @@ def _radix_select_compiled(
 
     Why not the bracket: τ of bf16 weights takes few distinct values, so the bracket holds
     a tenth of the tensor and selecting among those cost more than both passes here.
+
+    The second pass reads every entry again only to split the bucket of ``t``'s top 16 bits
+    by its low 16. The first pass ORs those low bits per bucket; when the bucket's are all
+    zero (every entry of it is the same float, as every bf16 number is), ``t`` is that value
+    and the pass would find exactly that, so it is skipped: one pass instead of two on τ of
+    bf16 weights, whose differences of nearby bf16 values are themselves bf16 values.
     """
 
-    def histogram(high: int) -> np.ndarray:
+    def histogram(high: int) -> tuple[np.ndarray, np.ndarray]:
         # One chunk at a time, as they come: a compact form expands each chunk afresh (install's TIES).
-        lanes = np.zeros((4, 1 << (15 if high < 0 else 16)), np.int64)
+        lanes = np.zeros((5, 1 << (15 if high < 0 else 16)), np.int64)
         for _, chunk in chunks():
             jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes)
-        return lanes.sum(axis=0)
+        return lanes[:4].sum(axis=0), lanes[4]
 
-    first = histogram(-1)
+    first, low_bits = histogram(-1)
     if int(first.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
         return float("nan"), int(first.sum()), 0
     high, higher = _top_bucket(first, k)
-    hist = histogram(high)
+    if not low_bits[high]:
+        t = float(np.array([high << 16], dtype=np.uint32).view(np.float32)[0])
+        return t, higher, int(first[high])
+    hist, _ = histogram(high)
     low, higher_low = _top_bucket(hist, k - higher)
     t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
     return t, higher + higher_low, int(hist[low])
@@ -180,6 +189,15 @@ def magnitude_trim(
     if ties_kept == equal:
         return Trim(threshold, numel)
     seen, t32 = 0, np.float32(threshold)
+    if jit.ready(numel) and math.isfinite(threshold):
+        for start, chunk in chunks():
+            at, found = jit.nth_magnitude(
+                chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), threshold, ties_kept - seen
+            )
+            if at >= 0:
+                return Trim(threshold, start + at + 1)
+            seen += found
+        raise AssertionError("lost count of the entries tied at the cutoff")
     for start, chunk in chunks():
         where = np.flatnonzero(np.abs(chunk.numpy()) == t32)
         if seen + where.size >= ties_kept:
