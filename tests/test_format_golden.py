@@ -154,6 +154,26 @@ def test_the_golden_artifact_verifies_and_a_flipped_byte_is_named():
         art.decode(list(_golden_tensors())[-1])
 
 
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_verification_on_threads_names_the_first_corrupt_tensor_in_manifest_order(tmp_path, workers):
+    """However many threads check the tensors, the error is the one a sequential check reports."""
+    from tvreg._format.artifact import verify_stored_artifact
+    from tvreg._format.safetensors_io import SafetensorsFile
+    from tvreg.errors import CorruptArtifact
+
+    order = list(verify_stored_artifact(ARTIFACT, workers=workers).tensors)
+    assert len(order) >= 3
+    with SafetensorsFile(ARTIFACT) as f:
+        spans = {name: (info.start, info.end) for name, info in f.tensors.items()}
+    data = bytearray(ARTIFACT.read_bytes())
+    for name in order[1:]:  # every tensor but the first: the second in manifest order is the one to name
+        data[spans[name][1] - 1] ^= 0x01
+    tampered = tmp_path / "tampered.tvskill"
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifact, match=f"tensor `{order[1]}` in `.*` is corrupt"):
+        verify_stored_artifact(tampered, workers=workers)
+
+
 # --------------------------------------------------------------------------- schema
 
 
