@@ -94,6 +94,35 @@ def test_writing_the_golden_artifact_gives_the_checked_in_bytes(tmp_path):
     assert (tmp_path / "tiny.tvskill").read_bytes() == ARTIFACT.read_bytes()
 
 
+@pytest.mark.parametrize("reads", ["short reads", "short writes"])
+def test_the_golden_bytes_and_digest_whatever_the_kernel_returns(tmp_path, monkeypatch, reads):
+    """Finishing an artifact appends its body after the header; short reads and writes must give the
+    same bytes and the same remembered digest (the hash runs on another thread over the same pages)."""
+    import hashlib
+    import os
+
+    from tvreg._format.artifact import file_digest
+
+    real_preadv, real_write = os.preadv, os.write
+    calls = []
+
+    def preadv(fd, buffers, offset):
+        calls.append(offset)
+        if reads == "short reads":
+            buffers = [buffers[0][:7]]
+        return real_preadv(fd, buffers, offset)
+
+    def write(fd, data):
+        return real_write(fd, data[:5] if reads == "short writes" and len(data) > 5 else data)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "write", write)
+    _write_golden(tmp_path / "tiny.tvskill")
+    data = (tmp_path / "tiny.tvskill").read_bytes()
+    assert data == ARTIFACT.read_bytes() and calls
+    assert file_digest(tmp_path / "tiny.tvskill") == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def test_the_golden_artifact_layout_is_the_documented_one():
     """docs/format.md, 'Bytes' and 'Header': length prefix, space padding to 8, metadata, U8 blobs back to back."""
     data = ARTIFACT.read_bytes()

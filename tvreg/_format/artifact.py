@@ -28,7 +28,7 @@ from .codecs.budget import charge
 from .codecs.forms import StoredForm, Undecoded
 from .codecs.verify import verify_stored
 from .codecs.zstd_frame import buffer
-from .fsutil import disk_errors, file_sha256, fsync_dir, make_temp
+from .fsutil import append_hashed, disk_errors, file_sha256, fsync_dir, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
 
@@ -128,14 +128,13 @@ class ArtifactWriter:
         fd, tmp = make_temp(self.path.parent, self.path.name)
         try:
             with disk_errors(self.path):
+                size = self._body.tell()
                 self._body.close()
                 h = hashlib.sha256(head)
                 with os.fdopen(fd, "wb") as out, open(self._body_path, "rb") as body:
                     out.write(head)
-                    while chunk := body.read(8 * 1024 * 1024):
-                        out.write(chunk)
-                        h.update(chunk)
                     out.flush()
+                    append_hashed(body.fileno(), size, out.fileno(), h)
                     os.fsync(out.fileno())
             os.replace(tmp, self.path)
             fsync_dir(self.path.parent)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -161,3 +163,44 @@ def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | 
             if left is not None:
                 left -= len(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def append_hashed(src: int, size: int, out: int, h: hashlib._Hash) -> None:
+    """Append the first ``size`` bytes of the file ``src`` (an fd) to ``out`` (an fd, at its position)
+    and feed them to ``h``, the hash on a thread of its own reading the same pages mapped.
+
+    Why: finishing an artifact appends its body after a header known only at the end. One loop
+    that read each block into fresh memory, wrote it and hashed it spent ~1.9 s on a 557 MiB body;
+    reading into one reused buffer and writing costs ~0.12 s, and the hash (~0.3 s) runs beside it
+    without the GIL. ``copy_file_range`` measured 1.4 s on a body tvreg had just written (0.17 s on
+    a file written in one go), so it is not used.
+    """
+    if size <= 0:
+        return
+    hashed: list[BaseException] = []
+
+    def digest() -> None:
+        try:
+            with mmap.mmap(src, size, prot=mmap.PROT_READ) as view:
+                for lo in range(0, size, _DIGEST_CHUNK):
+                    h.update(memoryview(view)[lo : min(lo + _DIGEST_CHUNK, size)])
+        except BaseException as exc:  # re-raised by the caller's thread
+            hashed.append(exc)
+
+    worker = threading.Thread(target=digest, name="tvreg-hash")
+    worker.start()
+    try:
+        block = memoryview(bytearray(min(_DIGEST_CHUNK, size)))
+        done = 0
+        while done < size:
+            n = os.preadv(src, [block[: min(len(block), size - done)]], done)
+            if n == 0:
+                raise OSError(errno.EIO, f"the file ended {size - done} bytes early")
+            view = block[:n]
+            while view:
+                view = view[os.write(out, view) :]
+            done += n
+    finally:
+        worker.join()
+    if hashed:
+        raise hashed[0]
