@@ -31,7 +31,7 @@ import torch
 
 from .._format.codecs import jit, planes
 from .._format.codecs.forms import StoredForm
-from .._format.codecs.zstd_frame import buffer
+from .._format.codecs.zstd_frame import buffer, each_chunk
 from . import bitmasks, rng
 from .base import Recipe, fp32
 from .chunks import dense_chunk, form_numel, iter_chunks
@@ -288,12 +288,38 @@ def merge_tensor(
             # an active term has its form
             cast(StoredForm, forms[k]).add_scaled(acc[: term.numel], term.weight, chunk=chunk, consume=consume)
         return out.copy_(acc).reshape(general.shape)
-    for start in range(0, max(flat.numel(), 1), chunk):
+    shared = _shared_forms(forms) if flat.numel() > chunk else None
+    starts = range(0, flat.numel(), chunk)
+    reads = shared if shared is not None else forms
+
+    def one(i: int) -> None:
+        start = starts[i]
         stop = min(start + chunk, flat.numel())
-        if stop <= start:
-            break
         p = pre_flat[start : min(stop, pre_flat.numel())] if pre_flat is not None else None
-        taus = [dense_chunk(f, start, stop, consume=consume) if f is not None else None for f in forms]
+        taus = [dense_chunk(f, start, stop, consume=consume) if f is not None else None for f in reads]
         merged = _consensus_compiled(plan, start, flat[start:stop], p, taus)
         out[start:stop] = merged if merged is not None else merge_chunk(plan, start, flat[start:stop], p, taus)
+
+    if shared is not None:
+        each_chunk(len(starts), one)
+    else:
+        for i in range(len(starts)):
+            one(i)
     return out.reshape(general.shape)
+
+
+def _shared_forms(forms: Sequence[StoredForm | None]) -> list[StoredForm | None] | None:
+    """Every form ready for its chunks to be read on the shared threads (:meth:`StoredForm.shared`), else None.
+
+    Why: an install merges two or three tensors at once, one thread each, and takes them
+    in order, so one big tensor (the embeddings, ``lm_head``) merged chunk after chunk left
+    the other cores idle. Its chunks are independent: they run on the shared threads
+    (:func:`tvreg._format.codecs.zstd_frame.each_chunk`) when every form can be read there.
+    """
+    shared: list[StoredForm | None] = []
+    for form in forms:
+        ready = form.shared() if form is not None else None
+        if form is not None and ready is None:
+            return None
+        shared.append(ready)
+    return shared

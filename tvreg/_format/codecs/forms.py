@@ -62,6 +62,15 @@ class StoredForm:
         """
         raise NotImplementedError
 
+    def shared(self) -> StoredForm | None:
+        """This form, ready for :meth:`chunk` from several threads at once, or None when it is not.
+
+        Why: the engine spreads a big tensor's chunks over the shared threads, which must neither
+        decode (they would wait on themselves) nor touch state another chunk writes. A decoded
+        :class:`Dense` is a pure slice of one buffer; others keep their chunks on one thread.
+        """
+        return None
+
     def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
         """``acc ← acc + τ·weight`` over τ's first ``acc.numel()`` elements (float32, each product and sum rounded).
 
@@ -100,6 +109,9 @@ class Dense(StoredForm):
     """All values, flat, in fp32 (exact) or bf16 (lossy ``bf16``)."""
 
     values: torch.Tensor
+
+    def shared(self) -> StoredForm | None:
+        return self
 
     def to_dense(self) -> torch.Tensor:
         if self.values.dtype == torch.float32:
@@ -262,6 +274,9 @@ class Undecoded(StoredForm):
 
     def to_dense(self) -> torch.Tensor:
         return self.resolved().to_dense()
+
+    def shared(self) -> StoredForm | None:
+        return self.resolved().shared()
 
     @property
     def nbytes(self) -> int:
