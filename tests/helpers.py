@@ -111,3 +111,56 @@ def cli_without_torch(*args: object) -> tuple[str, bool]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, "torch not loaded" in proc.stderr
+
+
+def recoded(raw, params: dict) -> tuple[bytes, dict]:
+    """A blob's raw (decompressed) stream framed again as tvreg frames it, with ``params`` updated to the new frames:
+    how the codec tests hand a damaged stream to the decoder and to the registry's verification."""
+    from tvreg._format.codecs import zstd_frame
+
+    data, stream = zstd_frame.compress_stream(memoryview(raw.tobytes()))
+    return data, {**{k: v for k, v in params.items() if k not in ("frames", "chunk_bytes")}, **stream}
+
+
+def damaged_blobs_refused_alike(
+    codec: str,
+    raw,
+    params: dict,
+    shape: tuple[int, ...],
+    decode: Callable[[bytes, dict], object],
+    *,
+    rounds: int,
+    seed: int,
+    same_message: bool,
+) -> int:
+    """Change 1-2 random bytes of ``raw`` ``rounds`` times; each time ``decode(data, params)`` and
+    ``verify_stored`` must both accept or both refuse (with ``same_message``, in the same words).
+    Returns how many damaged blobs were refused."""
+    import numpy as np
+
+    from tvreg._format.codecs.verify import verify_stored
+    from tvreg.errors import CorruptArtifact
+
+    rng = np.random.default_rng(seed)
+    refused = 0
+    for _ in range(rounds):
+        bad = raw.copy()
+        at = rng.integers(0, bad.size, size=rng.integers(1, 3))
+        bad[at] = rng.integers(0, 256, size=at.size, dtype=np.uint8)
+        data, changed = recoded(bad, params)
+        outcomes: list[str | None] = []
+        for check in (
+            lambda d=data, c=changed: decode(d, c),
+            lambda d=data, c=changed: verify_stored(codec, d, shape, c, where="w"),
+        ):
+            try:
+                check()
+                outcomes.append(None)
+            except CorruptArtifact as exc:
+                outcomes.append(str(exc))
+        if same_message:
+            assert outcomes[0] == outcomes[1], outcomes
+        else:
+            assert (outcomes[0] is None) == (outcomes[1] is None), outcomes
+        refused += outcomes[0] is not None
+    return refused

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import copy_model
+from helpers import copy_model, damaged_blobs_refused_alike, recoded
 from merge_reference import reference_merge
 from tiny_models import read_state_dict
 
@@ -49,11 +49,6 @@ def _both_refuse(codec: str, shape, data: bytes, params: dict, match: str) -> No
         get_codec(codec).decode(data, shape, params, where="w")
     with pytest.raises(CorruptArtifact, match=match):
         verify_stored(codec, data, shape, params, where="w")
-
-
-def _recoded(raw: np.ndarray, params: dict) -> tuple[bytes, dict]:
-    data, stream = zstd_frame.compress_stream(memoryview(raw.tobytes()))
-    return data, {**{k: v for k, v in params.items() if k not in ("frames", "chunk_bytes")}, **stream}
 
 
 # -- int4 ------------------------------------------------------------------------------------------
@@ -107,16 +102,16 @@ def test_int4_refuses_a_minus_eight_nibble_set_pad_bits_and_bad_scales():
     verify_stored("int4", enc.data, tuple(tau.shape), enc.params, where="w")
     bad = raw.copy()
     bad[sb + 2] = (bad[sb + 2] & 0xF0) | 0x8
-    _both_refuse("int4", tau.shape, *_recoded(bad, enc.params), "int4 code of −8")
+    _both_refuse("int4", tau.shape, *recoded(bad, enc.params), "int4 code of −8")
     bad = raw.copy()
     bad[-1] |= 0x30
-    _both_refuse("int4", tau.shape, *_recoded(bad, enc.params), "bits set past its last entry")
+    _both_refuse("int4", tau.shape, *recoded(bad, enc.params), "bits set past its last entry")
     for scale in (-1.0, float("inf"), float("nan")):
         bad = raw.copy()
         bad[2:4] = torch.tensor([scale], dtype=torch.bfloat16).view(torch.uint8).numpy()
-        _both_refuse("int4", tau.shape, *_recoded(bad, enc.params), "negative or non-finite scales")
+        _both_refuse("int4", tau.shape, *recoded(bad, enc.params), "negative or non-finite scales")
     fp32 = np.concatenate([np.full(-(-n // 8), 1e38, dtype="<f4").view(np.uint8), raw[sb:]])  # 7·scale overflows
-    _both_refuse("int4", tau.shape, *_recoded(fp32, {**enc.params, "scales": "fp32"}), "negative or non-finite scales")
+    _both_refuse("int4", tau.shape, *recoded(fp32, {**enc.params, "scales": "fp32"}), "negative or non-finite scales")
     for params in ({**enc.params, "group": 0}, {**enc.params, "scales": "fp8"}, {**enc.params, "group": "8"}):
         _both_refuse("int4", tau.shape, enc.data, params, "scale parameters|malformed codec parameter")
     _both_refuse("int4", tau.shape, enc.data[: len(enc.data) // 2], enc.params, "corrupt|decompresses")
@@ -157,10 +152,10 @@ def test_sign_refuses_set_pad_bits_bad_scales_and_lying_sizes():
     verify_stored("sign", enc.data, tuple(tau.shape), enc.params, where="w")
     bad = raw.copy()
     bad[-1] |= 0x80
-    _both_refuse("sign", tau.shape, *_recoded(bad, enc.params), "bits set past its last entry")
+    _both_refuse("sign", tau.shape, *recoded(bad, enc.params), "bits set past its last entry")
     bad = raw.copy()
     bad[4:8] = np.array([-2.0], dtype="<f4").view(np.uint8)
-    _both_refuse("sign", tau.shape, *_recoded(bad, enc.params), "negative or non-finite scales")
+    _both_refuse("sign", tau.shape, *recoded(bad, enc.params), "negative or non-finite scales")
     _both_refuse("sign", (3, 14), enc.data, enc.params, "decompresses to|declares")
     _both_refuse("sign", tau.shape, enc.data, {**enc.params, "group": 5}, "decompresses to|declares")
     _both_refuse("sign", tau.shape, enc.data, {**enc.params, "group": -1}, "scale parameters")
@@ -217,15 +212,15 @@ def test_sparse_low_bit_values_are_refused_when_tampered(values):
     verify_stored("sparse", enc.data, tuple(tau.shape), enc.params, where="w")
     bad = raw.copy()
     bad[0:2] = torch.tensor([float("nan")], dtype=torch.bfloat16).view(torch.uint8).numpy()
-    _both_refuse("sparse", tau.shape, *_recoded(bad, enc.params), "negative or non-finite scales")
+    _both_refuse("sparse", tau.shape, *recoded(bad, enc.params), "negative or non-finite scales")
     if k * bits % 8:
         bad = raw.copy()
         bad[sb + lowbit.packed_bytes(k, bits) - 1] |= 0x80
-        _both_refuse("sparse", tau.shape, *_recoded(bad, enc.params), "bits set past its last entry")
+        _both_refuse("sparse", tau.shape, *recoded(bad, enc.params), "bits set past its last entry")
     if values == "int4":
         bad = raw.copy()
         bad[sb] = 0x88
-        _both_refuse("sparse", tau.shape, *_recoded(bad, enc.params), "int4 code of −8")
+        _both_refuse("sparse", tau.shape, *recoded(bad, enc.params), "int4 code of −8")
     _both_refuse("sparse", tau.shape, enc.data, {**enc.params, "k": k + 1}, "decompresses to|declares|malformed")
     _both_refuse("sparse", tau.shape, enc.data, {**enc.params, "scales": "fp8"}, "sparse scale parameters")
     _both_refuse("sparse", tau.shape, enc.data, {**enc.params, "group": 0}, "sparse scale parameters")
@@ -299,25 +294,11 @@ def test_the_registry_verification_refuses_exactly_what_the_decoder_refuses(code
     enc = make_codec(codec, opts).encode(tau)
     raw_len = sum(hi - lo for _, _, lo, hi in zstd_frame.plan(enc.data, _declared(codec, enc, tau), enc.params, where="w"))
     raw = _raw(enc, raw_len)
-    rng = np.random.default_rng(0)
-    refused = 0
-    for _ in range(150):
-        bad = raw.copy()
-        at = rng.integers(0, bad.size, size=rng.integers(1, 3))
-        bad[at] = rng.integers(0, 256, size=at.size, dtype=np.uint8)
-        data, params = _recoded(bad, enc.params)
-        outcomes = []
-        for check in (
-            lambda d=data, p=params: get_codec(codec).decode(d, tuple(tau.shape), p, where="w"),
-            lambda d=data, p=params: verify_stored(codec, d, tuple(tau.shape), p, where="w"),
-        ):
-            try:
-                check()
-                outcomes.append(None)
-            except CorruptArtifact as exc:
-                outcomes.append(str(exc).split(" ")[2:5])
-        assert (outcomes[0] is None) == (outcomes[1] is None), outcomes
-        refused += outcomes[0] is not None
+    refused = damaged_blobs_refused_alike(
+        codec, raw, enc.params, tuple(tau.shape),
+        lambda d, p: get_codec(codec).decode(d, tuple(tau.shape), p, where="w"),
+        rounds=150, seed=0, same_message=False,
+    )  # fmt: skip
     assert 0 < refused < 150
 
 

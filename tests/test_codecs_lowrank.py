@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import damaged_blobs_refused_alike, recoded
 from merge_reference import reference_merge
 from test_merge_methods import REF_KW, engine, rand_inputs
 
@@ -58,11 +59,6 @@ def _both_refuse(shape, data: bytes, params: dict, match: str) -> None:
 def _raw(enc, tau) -> np.ndarray:
     lay = Layout(tuple(tau.shape), enc.params, "w")
     return zstd_frame.decompress_stream(enc.data, lay.raw_bytes, enc.params, where="w").numpy().copy()
-
-
-def _recoded(raw: np.ndarray, params: dict) -> tuple[bytes, dict]:
-    data, stream = zstd_frame.compress_stream(memoryview(raw.tobytes()))
-    return data, {**{k: v for k, v in params.items() if k not in ("frames", "chunk_bytes")}, **stream}
 
 
 # -- the bf16 default ------------------------------------------------------------------------------
@@ -182,31 +178,31 @@ def test_decode_and_verify_refuse_every_corruption_class_with_one_sentence_namin
     # an int8 code of −128
     bad = raw.copy()
     bad[s8 + 3] = 0x80
-    _both_refuse(shape, *_recoded(bad, enc.params), "int8 code of −128")
+    _both_refuse(shape, *recoded(bad, enc.params), "int8 code of −128")
     # an int4 nibble of −8; bits set past the last int4 code (a 9 × 12 matrix leaves 3 · 21 codes: a pad nibble)
     bad = raw.copy()
     bad[int4_codes + 1] = (bad[int4_codes + 1] & 0xF0) | 0x8
-    _both_refuse(shape, *_recoded(bad, enc.params), "int4 code of −8")
+    _both_refuse(shape, *recoded(bad, enc.params), "int4 code of −8")
     t2, e2, l2 = _mixed(rows=9, cols=12)
     assert l2.count4 % 2 == 1
     bad = _raw(e2, t2)
     bad[-1] |= 0x70
-    _both_refuse(tuple(t2.shape), *_recoded(bad, e2.params), "bits set past its last entry")
+    _both_refuse(tuple(t2.shape), *recoded(bad, e2.params), "bits set past its last entry")
     # negative, non-finite and overflowing scales, in both parts
     for at in (0, s8 + c8):
         for scale in (-1.0, float("inf"), float("nan")):
             bad = raw.copy()
             bad[at : at + 2] = torch.tensor([scale], dtype=torch.bfloat16).view(torch.uint8).numpy()
-            _both_refuse(shape, *_recoded(bad, enc.params), "negative or non-finite scales")
+            _both_refuse(shape, *recoded(bad, enc.params), "negative or non-finite scales")
     bad = raw.copy()
     bad[0:2] = torch.tensor([3e38], dtype=torch.bfloat16).view(torch.uint8).numpy()  # finite, but 127·scale is not
-    _both_refuse(shape, *_recoded(bad, enc.params), "negative or non-finite scales")
+    _both_refuse(shape, *recoded(bad, enc.params), "negative or non-finite scales")
     # lying sizes: a rank, group, split or shape that does not match the bytes; a truncated blob
     for params in ({**enc.params, "rank": 3}, {**enc.params, "group": 5}, {**enc.params, "int8_rank": 2}):
         _both_refuse(shape, enc.data, params, "decompresses to|declares")
     _both_refuse((9, 14), enc.data, enc.params, "decompresses to|declares")
     _both_refuse(shape, enc.data[: len(enc.data) // 2], enc.params, "corrupt|decompresses")
-    _both_refuse(shape, *_recoded(raw[:-1], enc.params), "decompresses to|declares")
+    _both_refuse(shape, *recoded(raw[:-1], enc.params), "decompresses to|declares")
     # parameters impossible for the shape or malformed
     _both_refuse(shape, enc.data, {**enc.params, "rank": 10}, "rank 10, impossible for shape")
     _both_refuse((9,), enc.data, enc.params, "impossible for shape")
@@ -243,12 +239,12 @@ def test_verify_refuses_an_overflowing_product_that_each_factor_alone_would_pass
     big = torch.tensor([1e30, 1e30], dtype=torch.bfloat16).view(torch.uint8).numpy()
     bad = raw.copy()
     bad[0:4] = big  # L's one scale, R's one scale
-    data, params = _recoded(bad, enc.params)
+    data, params = recoded(bad, enc.params)
     get_codec("lowrank").decode_form(data, tuple(tau.shape), params, where="w")
     with pytest.raises(CorruptArtifact, match="tensor `w` has NaN or infinite values."):
         verify_stored("lowrank", data, tuple(tau.shape), params, where="w")
     bad[lay.scale8_bytes + 6 :] = 0  # R's codes
-    data, params = _recoded(bad, enc.params)
+    data, params = recoded(bad, enc.params)
     verify_stored("lowrank", data, tuple(tau.shape), params, where="w")
 
 
@@ -258,25 +254,11 @@ def test_the_registry_verification_refuses_exactly_what_the_decoder_refuses(valu
     tau = _lora_like(7, 11, 3, seed=6)
     enc = make_codec("lowrank", {"rank": 3, "values": values, "group": 4}).encode(tau)
     raw = _raw(enc, tau)
-    rng = np.random.default_rng(1)
-    refused = 0
-    for _ in range(120):
-        bad = raw.copy()
-        at = rng.integers(0, bad.size, size=rng.integers(1, 3))
-        bad[at] = rng.integers(0, 256, size=at.size, dtype=np.uint8)
-        data, params = _recoded(bad, enc.params)
-        outcomes = []
-        for check in (
-            lambda d=data, p=params: get_codec("lowrank").decode_form(d, tuple(tau.shape), p, where="w"),
-            lambda d=data, p=params: verify_stored("lowrank", d, tuple(tau.shape), p, where="w"),
-        ):
-            try:
-                check()
-                outcomes.append(None)
-            except CorruptArtifact as exc:
-                outcomes.append(str(exc))
-        assert outcomes[0] == outcomes[1], outcomes
-        refused += outcomes[0] is not None
+    refused = damaged_blobs_refused_alike(
+        "lowrank", raw, enc.params, tuple(tau.shape),
+        lambda d, p: get_codec("lowrank").decode_form(d, tuple(tau.shape), p, where="w"),
+        rounds=120, seed=1, same_message=True,
+    )  # fmt: skip
     assert 0 < refused < 120
 
 
