@@ -111,13 +111,14 @@ def _radix_select_compiled(
     if int(first.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
         return float("nan"), int(first.sum()), 0
     high, higher = _top_bucket(first, k)
-    if not low_bits[high]:
-        t = float(np.array([high << 16], dtype=np.uint32).view(np.float32)[0])
-        return t, higher, int(first[high])
-    hist, _ = histogram(high)
-    low, higher_low = _top_bucket(hist, k - higher)
+    if low_bits[high]:
+        hist, _ = histogram(high)
+        low, higher_low = _top_bucket(hist, k - higher)
+        equal = int(hist[low])
+    else:  # every entry of the bucket is `high << 16`: the second pass would find just that
+        low, higher_low, equal = 0, 0, int(first[high])
     t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
-    return t, higher + higher_low, int(hist[low])
+    return t, higher + higher_low, equal
 
 
 def _top_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
