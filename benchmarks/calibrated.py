@@ -47,6 +47,7 @@ from finetune_pairs import (  # noqa: E402
 )
 
 from tvreg._build.build import build_skill  # noqa: E402
+from tvreg._build.calibrate import DEFAULT_MAX_EVALUATIONS  # noqa: E402
 from tvreg._format.artifact import Artifact  # noqa: E402
 
 
@@ -100,8 +101,11 @@ class Scorer:
 
     def loss(self, taus: dict[str, torch.Tensor] | None) -> float:
         with torch.no_grad():
+            # every reset before any add: a tied lm_head shares the embedding's storage, and a
+            # reset of it after the embedding's add would drop the embedding's τ
             for n, t in self.state.items():
                 t.copy_(self.pre[n])
+            for n, t in self.state.items():
                 if taus is not None and n in taus:
                     t.add_(taus[n].to(t.dtype))
         return heldout_loss(self.model, self.blocks)
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", type=Path, default=default_cache())
     ap.add_argument("--pairs", default=",".join(p.name for p in PAIRS))
     ap.add_argument("--min-retention", type=float, default=0.99)
-    ap.add_argument("--max-evaluations", type=int, default=40)
+    ap.add_argument("--max-evaluations", type=int, default=DEFAULT_MAX_EVALUATIONS)
     ap.add_argument("--calib-texts", type=int, default=32, help="calibration texts of 128 tokens per pair")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--out", type=Path, default=Path("bench-out/calibrated.json"))

@@ -542,3 +542,57 @@ def test_the_search_picks_a_low_bit_family_when_it_is_the_smallest_that_passes(f
     with Artifact(res.path) as art:
         for name in art.manifest.tensors:
             art.verify(name)
+
+
+FINE_LADDER = [
+    ("sparse", {"density": d, "select": "random", "rescale": "row"})
+    for d in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
+]
+
+
+def test_moved_groups_step_further_down_their_family_and_the_artifact_holds_each_level(
+    family, heldout, tmp_path, monkeypatch
+):
+    """After the per-group step, the moved groups go on down the smaller setting's family, one setting at a
+    time (the same sensitivity order, a bisection per step); every level a group reached is what is stored."""
+    monkeypatch.setattr(calibrate, "CANDIDATES", FINE_LADDER)
+    target = 0.95
+    res = _build(family, tmp_path / "s.tvskill", calibration=heldout, min_retention=target)
+    cal = res.manifest.calibration
+    plan = cal["plan"]
+    steps = [d for d in plan["deeper"] if d["moved"]]
+    assert steps, plan  # on this family the moved layers take further steps
+    describe = [calibrate._Uniform(calibrate.make_codec(c, o), o).describe() for c, o in FINE_LADDER]
+    ladder = describe[describe.index(plan["smaller"]) + 1 :]
+    assert [d["setting"] for d in plan["deeper"]] == ladder[: len(plan["deeper"])]
+    assert [d["moved"] for d in steps] == sorted((d["moved"] for d in steps), reverse=True) and steps[0]["moved"] <= plan["moved"]
+    assert cal["chosen"] == f"{plan['setting']}; {plan['smaller']} on {plan['moved']} of 4 groups" + "".join(
+        f"; {d['setting']} on {d['moved']} of them" for d in steps
+    )
+    for k, d in enumerate(steps):
+        assert sum(g["level"] >= k + 2 for g in plan["groups"]) == d["moved"]
+    assert plan["evaluations"] == plan["probes"] + plan["verifications"] and cal["evaluations"] <= cal["max_evaluations"]
+
+    pre = _nll(family.pre, HELDOUT, None)
+    exact = build_skill(family.pre, finetuned=family.science, output=tmp_path / "e.tvskill", name="science", version="1.0.0")
+    ft = _nll(family.pre, HELDOUT, _taus(exact.path))
+    coded = _nll(family.pre, HELDOUT, _taus(res.path))
+    losses = [sum(n for n, _ in x) / sum(c for _, c in x) for x in (pre, ft, coded)]
+    assert (losses[0] - losses[2]) / (losses[0] - losses[1]) == pytest.approx(cal["retention"], abs=1e-4)
+    assert cal["retention"] >= target and _bootstrap_bound(pre, ft, coded) >= target
+
+    by_level = [plan["setting"], plan["smaller"], *(d["setting"] for d in steps)]
+    level_of = {g["group"]: g["level"] for g in plan["groups"]}
+    uniform = {}
+    for level in set(level_of.values()):
+        codec, opts = FINE_LADDER[describe.index(by_level[level])]
+        uniform[level] = build_skill(
+            family.pre, finetuned=family.science, output=tmp_path / f"u{level}.tvskill", name="science",
+            version="1.0.0", codec=codec, codec_options=opts,
+        ).manifest  # fmt: skip
+    for name, entry in res.manifest.tensors.items():
+        if len(entry.shape) == 2:
+            (level,) = [lv for g, lv in level_of.items() if name.startswith(g + ".")]
+            assert entry.sha256 == uniform[level].tensors[name].sha256, name
+    stored = sum(t.stored_bytes for t in res.manifest.tensors.values())
+    assert stored == next(e["bytes"] for e in cal["explored"] if e["codec"] == cal["chosen"])

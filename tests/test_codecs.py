@@ -33,6 +33,7 @@ LOSSY = [
     ("sign", {"per": "tensor"}),
     ("sparse", {"density": 0.2, "values": "int4", "group": 8}),
     ("sparse", {"density": 0.3, "select": "random", "values": "sign"}),
+    ("sparse", {"density": 0.3, "select": "random", "values": "int4", "rescale": "row"}),
     ("auto", {"max_rel_error": 0.05, "min_numel": 0}),
 ]
 
@@ -189,6 +190,36 @@ def test_sparse_random_selection_rescales_and_stores_no_positions():
         codec.decode(enc.data, (200, 150), dict(enc.params, threshold=enc.params["threshold"] // 2), where="w")
     with pytest.raises(CorruptArtifact, match="hashed-index parameters"):
         codec.decode(enc.data, (200, 150), dict(enc.params, seed=-1), where="w")
+
+
+@pytest.mark.parametrize("select", ["random", "magnitude"])
+def test_sparse_row_rescale_gives_each_row_its_whole_projection_at_the_same_positions(select):
+    torch.manual_seed(5)
+    tau = torch.randn(120, 90) * torch.rand(120, 1)
+    tau[3] = 0.0
+    opts = {"density": 0.1, "select": select}
+    _, plain, _, before = _round_trip("sparse", opts, tau)
+    _, enc, _, dense = _round_trip("sparse", {**opts, "rescale": "row"}, tau)
+    assert enc.params["k"] == plain.params["k"] and torch.equal(dense != 0, before != 0)
+    proj = (dense * tau).sum(1)
+    norm = (tau * tau).sum(1)
+    live = (dense != 0).any(1)  # a magnitude trim may keep nothing of a small row: nothing to scale there
+    assert torch.allclose(proj[live] / norm[live], torch.ones(int(live.sum())), atol=1e-2)
+    assert not dense[3].any()
+    ratio = (dense[live] / tau[live]).where(dense[live] != 0, torch.nan)
+    assert torch.allclose(ratio.nanmean(1), ratio.nan_to_num(-1).amax(1), rtol=1e-2)
+    if select == "random":  # DARE's constant leaves rows far from their length, which is what row fixes
+        spread = (before * tau).sum(1)[live] / norm[live]
+        assert float(spread.max() - spread.min()) > 0.5
+
+
+def test_sparse_row_rescale_leaves_a_row_without_kept_energy_at_zero():
+    tau = torch.zeros(4, 64)
+    tau[1, 0] = 1.0
+    enc = make_codec("sparse", {"density": 0.1, "select": "random", "rescale": "row"}).encode(tau)
+    dense = get_codec("sparse").decode(enc.data, (4, 64), enc.params, where="t")
+    kept_first = bool(dense[1, 0] != 0)
+    assert torch.isfinite(dense).all() and float(dense.abs().sum()) == (1.0 if kept_first else 0.0)
 
 
 def test_lowrank_recovers_a_low_rank_update_and_falls_back_elsewhere():
@@ -381,7 +412,7 @@ def test_unknown_codec_names_the_known_ones():
 
 
 def test_codec_parameters_are_validated_with_one_sentence():
-    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, group, index, seed, select, values"):
+    with pytest.raises(InvalidCodecOption, match="codec `sparse` has no parameter `rank`; it takes density, group, index, rescale, seed, select, values"):
         make_codec("sparse", {"rank": 3})
     with pytest.raises(InvalidCodecOption, match="parameter `density` must be > 0, not '0'"):
         make_codec("sparse", {"density": "0"})
