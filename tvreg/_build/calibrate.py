@@ -271,7 +271,7 @@ CANDIDATES: list[tuple[str, dict[str, object]]] = [
 in groups of 64 kept values (0.1·4.25 bits an entry: 38x at density 0.1) and with sign
 values (0.3·1.25 bits: 43x at 0.3). The int4 family scales each row's kept values to carry
 the row's squared norm (``rescale=row``): on the low-learning-rate SmolLM2 pair it kept
-0.999 of the gain at density 0.15 where DARE's 1/density kept 0.976, so that family's
+0.998 of the gain at density 0.2 where DARE's 1/density kept 0.979, so that family's
 six densities (six settings cost the same 3 bisection steps as four) replace DARE's; dense ``int4`` (≈ 4x) and ``sign`` (≈ 16x) are
 families of one setting each (see :func:`family`). Low-rank factors in int8, or mixed
 (the top ⌈r/4⌉ components int8, the rest int4), at fixed ranks: a merged rank-16 LoRA
