@@ -272,14 +272,16 @@ in groups of 64 kept values (0.1·4.25 bits an entry: 38x at density 0.1) and wi
 values (0.3·1.25 bits: 43x at 0.3). The int4 family scales each row's kept values to carry
 the row's squared norm (``rescale=row``): on the low-learning-rate SmolLM2 pair it kept
 0.998 of the gain at density 0.2 where DARE's 1/density kept 0.979, so that family's
-six densities (six settings cost the same 3 bisection steps as four) replace DARE's; dense ``int4`` (≈ 4x) and ``sign`` (≈ 16x) are
-families of one setting each (see :func:`family`). Low-rank factors in int8, or mixed
-(the top ⌈r/4⌉ components int8, the rest int4), at fixed ranks: a merged rank-16 LoRA
+six densities (six settings cost the same 3 bisection steps as four) replace DARE's.
+Dense ``int4`` (≈ 4x) and ``sign`` (≈ 16x) are families of one setting each (see
+:func:`family`). Low-rank factors in int8, or mixed (the top ⌈r/4⌉ components int8, the
+rest int4), at fixed ranks: a merged rank-16 LoRA
 keeps ≥ 99% with bf16 factors at only 35x, and these make the same rank about 1.6x and
 2.6x smaller (rank 16 of a 576 × 1536 matrix). Each ``values`` kind is its own family
 (sizes along rank rise with retention only at one precision). Why no energy forms of
 them: each family of 4 costs up to 3 evaluations and an SVD of every matrix per setting,
-and two more would make the worst case 2 + 39 evaluations, over the default budget of 40.
+and two more would make the worst case 2 + 39 evaluations, most of the default budget of 48,
+which the per-group search and its further steps need.
 """
 
 
@@ -632,7 +634,9 @@ def calibrate(
                 break
         chosen = _Planned(winner.coder, codings, winner.coder.describe())
         neighbour = _next_smaller(settings, winner)
-        ladder = [] if neighbour is None else [c for c in reversed(settings) if c.family == neighbour.family and c.size < neighbour.size]
+        ladder = [
+            c for c in reversed(settings) if neighbour and c.family == neighbour.family and c.size < neighbour.size
+        ]
         if ran_out:
             plan_reason = f"the budget of {max_evaluations} evaluations ran out in the uniform bisection"
         elif neighbour is None:
