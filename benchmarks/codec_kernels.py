@@ -9,7 +9,9 @@ prints ns per element and the NumPy / compiled ratio. Then task arithmetic of th
 blobs (31% non-zero) onto bf16 θ_G, as an install runs it: skill by skill into a
 tensor-sized float32 sum (fill, ``planes.add_masked`` per skill, round) against every
 skill's frames at once (``planes.add_round_masked``), same bits checked; ns per element
-and skill, zstd included, in CPU seconds. Single-threaded (``set_decode_threads(1)``), so the ratio is
+and skill, zstd included, in CPU seconds. Last, a whole ``sparse select=random`` decode to dense
+(hashed positions, int4 values, what calibrated ``auto`` picks on full fine-tunes) with each
+path, and against the ``exact`` decode of the same τ. Single-threaded (``set_decode_threads(1)``), so the ratio is
 CPU work, not parallelism.
 """
 
@@ -21,7 +23,7 @@ import time
 
 import torch
 
-from tvreg._format.codecs import jit, planes, zstd_frame
+from tvreg._format.codecs import get_codec, jit, make_codec, planes, zstd_frame
 
 
 def tau(n: int, density: float, seed: int = 0) -> torch.Tensor:
@@ -97,6 +99,29 @@ def main() -> None:
     print(f"\ntask arithmetic, {skills} exact blobs (31% non-zero) onto bf16 θ_G; ns per element and skill")
     print(f"{'skill by skill':>18s} {'all at once':>12s} {'ratio':>7s}")
     print(f"{a / n / skills * 1e9:18.2f} {b / n / skills * 1e9:12.2f} {a / b:6.1f}x")
+
+    print("\nsparse select=random (hashed positions, int4 values, rescale=row) decoded to dense; ns per element")
+    print(f"{'density':>8s} {'numpy':>8s} {'compiled':>9s} {'ratio':>7s} {'exact':>8s} {'vs exact':>9s}")
+    t = tau(n, 1.0, seed=3).view(-1, 1024)
+    ref = get_codec("exact")
+    enc_exact = ref.encode(t)
+    exact = timed(lambda: ref.decode(enc_exact.data, t.shape, enc_exact.params, where="bench"), args.repeat, time.process_time)
+    for density in (0.1, 0.2, 0.3):
+        codec = make_codec("sparse", {"density": density, "select": "random", "values": "int4", "rescale": "row"})
+        enc = codec.encode(t)
+        secs, outs = {}, {}
+
+        def sparse_decode(codec=codec, enc=enc) -> torch.Tensor:
+            return codec.decode(enc.data, t.shape, enc.params, where="bench")
+
+        for compiled in (False, True):
+            jit.enabled = compiled
+            secs[compiled] = timed(sparse_decode, args.repeat, time.process_time)
+            outs[compiled] = sparse_decode()
+        jit.enabled = True
+        assert torch.equal(outs[False], outs[True])
+        print(f"{density:8.0%} {secs[False] / n * 1e9:8.2f} {secs[True] / n * 1e9:9.2f} {secs[False] / secs[True]:6.1f}x"
+              f" {exact / n * 1e9:8.2f} {secs[True] / exact:8.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

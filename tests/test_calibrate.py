@@ -496,7 +496,7 @@ def test_the_project_file_takes_calibration_in_its_build_table(family, tmp_path,
     project = load_project(write({"codec": "auto", "calibration": "h.txt", "min_retention": 0.95}))
     assert project.calibration == str(tmp_path / "h.txt") and project.min_retention == 0.95 and project.margin
     assert not load_project(write({"codec": "auto", "calibration": "h.txt", "margin": False})).margin
-    assert project.max_evaluations == 40
+    assert project.max_evaluations == calibrate.DEFAULT_MAX_EVALUATIONS
     assert load_project(write({"codec": "auto", "calibration": "h.txt", "max_evaluations": 12})).max_evaluations == 12
     assert load_project(write({"codec": "auto", "calibration": "evals:score"})).calibration == "evals:score"
     with pytest.raises(ProjectError) as caught:
@@ -596,3 +596,17 @@ def test_moved_groups_step_further_down_their_family_and_the_artifact_holds_each
             assert entry.sha256 == uniform[level].tensors[name].sha256, name
     stored = sum(t.stored_bytes for t in res.manifest.tensors.values())
     assert stored == next(e["bytes"] for e in cal["explored"] if e["codec"] == cal["chosen"])
+
+
+def test_every_entry_point_defaults_to_the_same_evaluation_budget(tmp_path):
+    """The CLI, ``build_skill``, ``tvskill.toml`` and the search read one figure (they once drifted: 40 beside 48)."""
+    import inspect
+
+    from tvreg._registry import project
+    from tvreg.cli.skills import build as build_cmd
+
+    budget = calibrate.DEFAULT_MAX_EVALUATIONS
+    assert inspect.signature(build_skill).parameters["max_evaluations"].default == budget
+    assert inspect.signature(calibrate.calibrate).parameters["max_evaluations"].default == budget
+    assert next(p for p in build_cmd.params if p.name == "max_evaluations").default == budget
+    assert project.SkillProject.__dataclass_fields__["max_evaluations"].default == budget

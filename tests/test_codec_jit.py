@@ -482,3 +482,58 @@ def test_ties_consensus_compiled_equals_the_torch_path_bit_for_bit(monkeypatch, 
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     if cut:
         assert any(t is not None and t.trim is not None and start < t.trim.tie_cut < start + n for t in terms)
+
+
+@pytest.mark.parametrize("n", [1, 2047, 2048, 2049, 70_001])
+@pytest.mark.parametrize("threshold", [0, 1, round(0.2 * 2**32), 2**31, 2**32 - 1])
+@pytest.mark.parametrize("seed", [0, 12345, 2**32 - 1])
+def test_hashed_positions_and_counts_are_the_same_on_both_paths(monkeypatch, n, threshold, seed):
+    from tvreg._format.codecs.sparse import hashed_count, hashed_positions
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    got = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        got[compiled] = (hashed_positions(n, threshold, seed), hashed_count(n, threshold, seed))
+    (pos, count), (ref, ref_count) = got[True], got[False]
+    assert np.array_equal(pos, ref) and count == ref_count == len(ref)
+    monkeypatch.setattr(jit, "enabled", True)
+    for wrong in (max(0, len(ref) - 1), len(ref) + 1):  # a declared count the hash disagrees with
+        assert np.array_equal(hashed_positions(n, threshold, seed, expected=wrong, dtype=np.int32), ref)
+
+
+def test_the_hash_loop_never_writes_past_the_slots_it_has():
+    jit.ready(1 << 20)
+    ref_count = jit.hash_positions(0, 10_000, 2**31, 7, np.zeros(0, dtype=np.int64))
+    out = np.full(11, -1, dtype=np.int64)
+    guard = np.full(4, -9, dtype=np.int64)
+    room = np.concatenate([out, guard])
+    assert jit.hash_positions(0, 10_000, 2**31, 7, room[:11]) == ref_count > 11
+    assert (room[11:] == -9).all()
+
+
+@pytest.mark.parametrize("select", ["random", "magnitude"])
+def test_sparse_forms_expand_the_same_on_both_paths(monkeypatch, select):
+    from tvreg._format.codecs import make_codec
+
+    g = torch.Generator().manual_seed(5)
+    tau = torch.randn(300, 257, generator=g)
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    codec = make_codec("sparse", {"density": 0.2, "select": select, "values": "int4"})
+    enc = codec.encode(tau)
+    got = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        form = codec.decode_form(enc.data, tau.shape, enc.params, where="t")
+        got[compiled] = (form.to_dense(), torch.cat([form.chunk(a, min(a + 9_999, tau.numel())) for a in range(0, tau.numel(), 9_999)]))
+    assert torch.equal(got[True][0], got[False][0]) and torch.equal(got[True][1], got[False][1])
+    assert torch.equal(got[True][0].reshape(-1), got[True][1])
+
+
+def test_placing_a_position_outside_the_range_is_refused_without_a_write():
+    jit.ready(1 << 20)
+    out = np.zeros(8, dtype=np.float32)
+    room = np.concatenate([out, np.full(4, 7.0, dtype=np.float32)])
+    with pytest.raises(ValueError, match="outside"):
+        jit.place(np.array([1, 8, 9], dtype=np.int32), np.ones(3, dtype=np.float32), 0, room[:8])
+    assert room[1] == 1.0 and (room[8:] == 7.0).all()

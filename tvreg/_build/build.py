@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._names import validate_name, validate_version
+from . import DEFAULT_MAX_EVALUATIONS
 from .._version import __version__
 from .._format.artifact import ArtifactWriter, file_digest, remember_verified
 from .._format.codecs.zstd_frame import Arena
@@ -124,7 +125,7 @@ def build_skill(
     calibration: str | os.PathLike[str] | None = None,
     min_retention: float = 0.99,
     margin: bool = True,
-    max_evaluations: int = 40,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     progress: Progress = NULL_PROGRESS,
 ) -> BuildResult:
     """Build a ``.tvskill`` holding τ = θ_finetuned − θ_base, or τ of a PEFT LoRA adapter.

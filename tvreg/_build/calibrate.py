@@ -54,6 +54,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -62,11 +63,9 @@ import torch
 from .._format.codecs import Codec, Encoded, get_codec, make_codec
 from .._format.codecs.lowrank import reuse_svd
 from ..errors import EvaluationError
+from . import DEFAULT_MAX_EVALUATIONS
 
 MAX_TEXTS = 100_000
-
-DEFAULT_MAX_EVALUATIONS = 48
-"""Model evaluations a calibration may spend, the 2 references included (``--max-evaluations``)."""
 
 RESAMPLES = 1000
 QUANTILE = 0.05
@@ -752,19 +751,16 @@ def _per_group(
         key=lambda r: (max(0.0, kept_uniform - (r.retention or 0.0)) / r.saved, -r.saved, rows.index(r)),
     )
     found = _Found(record={})
-    lo, hi = 0, len(order)  # the longest passing prefix is in [lo, hi]; 0 is the uniform setting, known to pass
-    verifications = 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
+
+    def first(mid: int) -> tuple[bool, tuple]:
         trial = {**big, **{n: small[n] for r in order[:mid] for n in r.names}}
         label = f"{named} {mid} of {len(rows)} groups"
         score, bound, ok = measure(label, trial, setting.size - sum(r.saved for r in order[:mid]))
-        verifications += 1
-        if ok:
-            lo = mid
-            found.codings, found.label, found.best = trial, label, (score, bound)
-        else:
-            hi = mid - 1
+        return ok, (trial, label, (score, bound))
+
+    lo, best, verifications = _longest_passing_prefix(len(order), first)
+    if best is not None:
+        found.codings, found.label, found.best = best
     for r in order[:lo]:
         r.moved, r.level = True, 1
     spent = len(order) + verifications
@@ -774,26 +770,20 @@ def _per_group(
     for step in ladder:
         if found.codings is None or not prefix or spent >= budget:
             break
-        passing = found.codings
         coded = _encode_all(step.coder, {n: taus[n] for r in prefix for n in r.names})
-        kept, tried = 0, 0
-        top = len(prefix)  # the longest passing prefix at `step` is in [kept, top]
-        while kept < top and spent < budget:
-            mid = (kept + top + 1) // 2
+
+        def further(mid: int, step=step, coded=coded, passing=found.codings, base=found.label, size_was=found_size):
             trial = {**passing, **{n: coded[n] for r in prefix[:mid] for n in r.names}}
-            size = found_size - sum(sizes_now[n] - step.sizes[n] for r in prefix[:mid] for n in r.names)
-            label = f"{found.label}; {step.coder.describe()} on {mid} of them"
+            size = size_was - sum(sizes_now[n] - step.sizes[n] for r in prefix[:mid] for n in r.names)
+            label = f"{base}; {step.coder.describe()} on {mid} of them"
             score, bound, ok = measure(label, trial, size)
-            spent += 1
-            tried += 1
-            if ok:
-                kept = mid
-                best_step = (trial, label, (score, bound), size)
-            else:
-                top = mid - 1
+            return ok, (trial, label, (score, bound), size)
+
+        kept, best_step, tried = _longest_passing_prefix(len(prefix), further, limit=budget - spent)
+        spent += tried
         deeper.append({"setting": step.coder.describe(), "moved": kept, "verifications": tried})
         verifications += tried
-        if not kept:
+        if best_step is None:
             break
         found.codings, found.label, found.best, found_size = best_step
         prefix = prefix[:kept]
@@ -813,6 +803,29 @@ def _per_group(
     }
     return found
 
+
+
+def _longest_passing_prefix(
+    count: int, attempt: Callable[[int], tuple[bool, Any]], *, limit: int | None = None
+) -> tuple[int, Any, int]:
+    """The largest ``m ≤ count`` for which ``attempt(m)`` passes, by bisection; ``attempt(0)`` is known to pass.
+
+    Why one helper: the per-group search asks this once to move groups to the smaller
+    setting and once per further step down its family, with the same order and the same
+    monotone assumption (a prefix of a passing prefix passes). Returns ``(m, what the
+    passing attempt at m returned or None when m is 0, attempts made)``; ``limit`` caps the
+    attempts (the budget left), leaving the best prefix found so far.
+    """
+    lo, hi, tries, best = 0, count, 0, None
+    while lo < hi and (limit is None or tries < limit):
+        mid = (lo + hi + 1) // 2
+        ok, result = attempt(mid)
+        tries += 1
+        if ok:
+            lo, best = mid, result
+        else:
+            hi = mid - 1
+    return lo, best, tries
 
 @dataclass(eq=False)
 class _Group:

@@ -21,7 +21,7 @@ that made it. Two forms::
     # calibration = "heldout.txt"    #     auto only: held-out texts (one per line) or `module:fn`
     # min_retention = 0.99           #     share of the fine-tune's gain the coding keeps
     # margin = true                  #     ... as a bootstrap lower bound over the texts, not only the mean
-    # max_evaluations = 40           #     the most times calibration scores the model
+    # max_evaluations = 48           #     the most times calibration scores the model
 
     [sign]                           # optional: sign the artifact when publishing
     key = "release"                  #     a key name from `tvreg key generate`, or a path
@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from .._build import DEFAULT_MAX_EVALUATIONS
 from .._format.artifact import Artifact, file_digest, known_verified, remember_verified
 from .._format.fingerprint import short
 from .._format.manifest import DATASET_UNITS, Manifest
@@ -99,7 +100,7 @@ class SkillProject:
     min_retention: float = 0.99
     margin: bool = True
     """``[build] margin``: judge a calibration text file by the bootstrap lower bound of retention, not the mean."""
-    max_evaluations: int = 40
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     """``[build] max_evaluations``: the most times calibration scores the model."""
     requires: dict[str, str] | None = None
     conflicts: dict[str, str] | None = None
@@ -177,7 +178,7 @@ def load_project(path: str | os.PathLike[str]) -> SkillProject:
     margin = build.get("margin", True)
     if not isinstance(margin, bool):
         raise _bad(file, "`build.margin` must be true or false")
-    max_evaluations = build.get("max_evaluations", 40)
+    max_evaluations = build.get("max_evaluations", DEFAULT_MAX_EVALUATIONS)
     if type(max_evaluations) is not int or max_evaluations < 2:
         raise _bad(file, "`build.max_evaluations` must be an integer of at least 2")
     if "calibration" in build and build.get("codec", "exact") != "auto":

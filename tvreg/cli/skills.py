@@ -12,6 +12,7 @@ import click
 from rich.console import JustifyMethod
 from rich.table import Table
 
+from .._build import DEFAULT_MAX_EVALUATIONS
 from ..errors import RegistryError
 from .app import RichProgress, err, human_size, main, out, split_requirement
 from .environment_cmds import HUB_ENDPOINT
@@ -85,7 +86,7 @@ from .text import safe
 @click.option(
     "--max-evaluations",
     type=int,
-    default=40,
+    default=DEFAULT_MAX_EVALUATIONS,
     show_default=True,
     help="auto with --calibration: the most times the model is scored (2 references, the uniform "
     "bisection, then the per-layer search); it stops there with the best coding measured.",

@@ -165,6 +165,21 @@ class Int8Groups(StoredForm):
         return self.q.reshape(-1), self.scales.reshape(-1).to(torch.float32), 0, self.group_size, True
 
 
+def _place(indices: torch.Tensor, values: torch.Tensor, start: int, out: torch.Tensor) -> None:
+    """``out[indices − start] = values`` (float32, CPU): compiled for big ranges, torch's indexed store otherwise."""
+    from . import jit
+
+    if (
+        jit.ready(out.numel())
+        and indices.dtype in (torch.int32, torch.int64)
+        and values.is_contiguous()
+        and out.device.type == indices.device.type == values.device.type == "cpu"
+    ):
+        jit.place(indices.numpy(), values.numpy(), start, out.numpy())
+    else:
+        out[indices.to(torch.int64) - start] = values
+
+
 @dataclass
 class Sparse(StoredForm):
     """Only the kept entries: ascending flat ``indices`` (int32 or int64) and their ``values``.
@@ -185,7 +200,7 @@ class Sparse(StoredForm):
 
     def to_dense(self) -> torch.Tensor:
         out = torch.zeros(_dense_numel(self.shape), dtype=torch.float32)
-        out[self.indices.to(torch.int64)] = self.dense_values()
+        _place(self.indices.reshape(-1), self.dense_values().reshape(-1), 0, out)
         return out.reshape(self.shape)
 
     @property
@@ -200,7 +215,7 @@ class Sparse(StoredForm):
         values = self.values.reshape(-1)[lo:hi].to(torch.float32)
         if self.scale is not None:
             values = values.mul_(torch.tensor(self.scale, dtype=torch.float32))
-        out[idx[lo:hi].to(torch.int64) - start] = values
+        _place(idx[lo:hi], values, start, out)
         return out
 
     def registers(

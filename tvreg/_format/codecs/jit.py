@@ -379,6 +379,56 @@ def _consensus_mix_py(acc, tb, weights, limits, cuts, start, normalize, lam, sca
             acc[lo + j] = acc[lo + j] + x
 
 
+def _murmur_finaliser(i, seed):  # pragma: no cover - inlined into the compiled loops
+    # uint64 throughout, masked to 32 bits: Numba turns int64 mixed with uint64 into float64
+    m = np.uint64(0xFFFFFFFF)
+    h = ((np.uint64(i) & m) * np.uint64(0x9E3779B1)) & m
+    h ^= seed
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & m
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & m
+    return h ^ (h >> np.uint64(16))
+
+
+def _hash_count_py(lo, hi, threshold, seed, finaliser):  # pragma: no cover - compiled
+    t, s = np.uint64(threshold), np.uint64(seed)
+    c = 0
+    for i in range(lo, hi):
+        c += finaliser(i, s) < t
+    return c
+
+
+def _hash_positions_py(lo, hi, threshold, seed, out, finaliser):  # pragma: no cover - compiled
+    # two loops a block: the hashes (vectorised), then a branchless compaction (a kept
+    # position is a coin flip, a branch on it mispredicts): every i is stored at the next
+    # free slot, and only a kept one moves the slot on; the last slot of `out` is scratch,
+    # so an overflowing count never writes past the end
+    t, s = np.uint64(threshold), np.uint64(seed)
+    last = out.size - 1
+    keep = np.empty(2048, dtype=np.uint8)
+    c = 0
+    for b0 in range(lo, hi, keep.size):
+        m = min(keep.size, hi - b0)
+        for j in range(m):
+            keep[j] = finaliser(b0 + j, s) < t
+        for j in range(m):
+            out[min(c, last)] = b0 + j
+            c += keep[j]
+    return c
+
+def _place_py(indices, values, start, out):  # pragma: no cover - compiled
+    # a position outside `out` is counted, never written: forms are built by decoders that
+    # checked their indices, and one that did not must not turn into a wild store
+    outside = 0
+    for j in range(indices.size):
+        at = indices[j] - start
+        if 0 <= at < out.size:
+            out[at] = values[j]
+        else:
+            outside += 1
+    return outside
+
 def ready(numel: int) -> bool:
     """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
 
@@ -417,6 +467,10 @@ def ready(numel: int) -> bool:
                     magnitude_hist=compile_(_magnitude_hist_py),
                     nth_magnitude=compile_(_nth_magnitude_py),
                     consensus_mix=compile_(_consensus_mix_py),
+                    murmur=numba.njit(inline="always")(_murmur_finaliser),
+                    hash_count=compile_(_hash_count_py),
+                    place=compile_(_place_py),
+                    hash_positions=compile_(_hash_positions_py),
                 )
     return True
 
@@ -614,3 +668,33 @@ def add_round_bf16(
     ):
         raise ValueError("frames, counts, weights and outputs disagree")
     return int(_kernels.add_round_bf16(general, frames, nnz, weights, values, out, out32, _POPCOUNT))
+
+
+def hash_positions(lo: int, hi: int, threshold: int, seed: int, out: np.ndarray) -> int:
+    """The positions ``lo ≤ i < hi`` whose murmur3 hash of (``seed``, ``i``) is below ``threshold``, in order, into ``out``.
+
+    One pass with no temporaries, and no branch on the coin flip: NumPy's version
+    (:func:`~tvreg._format.codecs.sparse.hashed_positions`) makes eight passes over a uint32
+    array of the range, then a ``flatnonzero`` and an int64 copy. ``out`` (int32 or
+    int64) takes the first ``out.size − 1`` of them (its last slot is scratch); the return
+    value counts them all, so a caller sizing ``out`` from an untrusted count sees a larger
+    true count without a write past the end. An empty ``out`` only counts.
+    """
+    if not 0 <= lo <= hi <= 1 << 32 or not 0 <= threshold < 1 << 32 or not 0 <= seed < 1 << 32:
+        raise ValueError("hash range, threshold or seed out of bounds")
+    if out.size == 0:
+        return int(_kernels.hash_count(lo, hi, threshold, seed, _kernels.murmur))
+    return int(_kernels.hash_positions(lo, hi, threshold, seed, out, _kernels.murmur))
+
+
+def place(indices: np.ndarray, values: np.ndarray, start: int, out: np.ndarray) -> None:
+    """``out[indices − start] = values``: a sparse form's values into a zeroed dense range, in one pass.
+
+    Why not torch's indexed store: it copies int32 positions to int64 first and then
+    runs its general scatter, 2.7x this loop on a random 20% of 26M entries. Raises
+    ValueError when a position falls outside ``out`` (nothing past it is written).
+    """
+    if indices.size != values.size or values.dtype != out.dtype:
+        raise ValueError("positions, values and output disagree")
+    if _kernels.place(indices, values, start, out):
+        raise ValueError("a sparse position falls outside its tensor")

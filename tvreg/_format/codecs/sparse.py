@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ...errors import CorruptArtifact
-from . import lowbit, planes, varint, zstd_frame
+from . import jit, lowbit, planes, varint, zstd_frame
 from .base import Codec, Encoded, Option, numel_of, param, raw_view
 from .forms import Sparse
 
@@ -142,16 +142,26 @@ def _kept(lo: int, hi: int, threshold: int, seed: int) -> np.ndarray:
     return h < np.uint32(threshold)
 
 
-def hashed_positions(n: int, threshold: int, seed: int) -> np.ndarray:
+def hashed_positions(n: int, threshold: int, seed: int, *, expected: int | None = None, dtype=np.int64) -> np.ndarray:
     """Ascending positions ``i < n`` whose hash of (``seed``, ``i``) is below ``threshold`` (out of 2³²).
 
     The hash is murmur3's 32-bit finaliser of ``i·0x9E3779B1 ^ seed``: plain uint32
-    arithmetic, so every platform and version computes the same positions.
+    arithmetic, so every platform and version computes the same positions. ``expected``
+    (a decoder's declared count) sizes the result for the compiled one-pass loop
+    (:func:`~tvreg._format.codecs.jit.hash_positions`); when the hash disagrees with it
+    the true positions come back all the same, for the caller to refuse by their length.
+    ``dtype``: int32 spares a decoder the int64 → int32 copy of every position.
     """
     if threshold >= 1 << 32:
-        return np.arange(n, dtype=np.int64)
+        return np.arange(n, dtype=dtype)
+    if jit.ready(n) and n <= 1 << 32:
+        if expected is None:
+            expected = jit.hash_positions(0, n, threshold, seed, np.zeros(0, dtype=dtype))
+        out = np.empty(expected + 1, dtype=dtype)
+        if jit.hash_positions(0, n, threshold, seed, out) == expected:
+            return out[:expected]
     found = [np.flatnonzero(_kept(lo, min(n, lo + _HASH_CHUNK), threshold, seed)) + lo for lo in range(0, n, _HASH_CHUNK)]
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    return (np.concatenate(found) if found else np.zeros(0, dtype=np.int64)).astype(dtype, copy=False)
 
 
 def plausible_hash_count(n: int, threshold: int, k: int) -> bool:
@@ -169,6 +179,8 @@ def hashed_count(n: int, threshold: int, seed: int, *, chunk: int = 1 << 18) -> 
     """How many positions :func:`hashed_positions` keeps, in memory of ``chunk`` elements (verification)."""
     if threshold >= 1 << 32:
         return n
+    if jit.ready(n) and n <= 1 << 32:
+        return jit.hash_positions(0, n, threshold, seed, np.zeros(0, dtype=np.int64))
     return sum(int(np.count_nonzero(_kept(lo, min(n, lo + chunk), threshold, seed))) for lo in range(0, n, chunk))
 
 
@@ -194,7 +206,7 @@ def _row_rescaled(flat: torch.Tensor, idx: torch.Tensor, rows: int) -> torch.Ten
     """
     row = idx // (flat.numel() // rows)
     kept = flat[idx].double()
-    whole = flat.double().reshape(rows, -1).square().sum(1)
+    whole = torch.linalg.vector_norm(flat.view(rows, -1), dim=1, dtype=torch.float64).square()
     part = torch.zeros(rows, dtype=torch.float64).index_add_(0, row, kept.square())
     factor = torch.where(part > 0, whole / part.where(part > 0, torch.ones((), dtype=torch.float64)), 1.0)
     return (kept * factor[row]).float()
@@ -234,7 +246,9 @@ class SparseCodec(Codec):
         if self.opts["select"] == "random" and n < 1 << 32:
             threshold = min(1 << 32, round(density * 2**32))
             idx = torch.from_numpy(hashed_positions(n, threshold, int(self.opts["seed"])))
-            values = flat[idx].div_(torch.tensor(threshold / 2**32, dtype=torch.float32))
+            values = flat[idx]
+            if self.opts["rescale"] == "density":
+                values.div_(torch.tensor(threshold / 2**32, dtype=torch.float32))
             params = {"seed": int(self.opts["seed"]), "threshold": threshold}
         else:
             k = min(keep_count(n, density), int(torch.count_nonzero(flat)))
@@ -284,7 +298,7 @@ class SparseCodec(Codec):
         index_raw = buf[value_len:].numpy()
         if how == "hash":
             seed, threshold = hash_params(params, n, k, where)
-            indices = hashed_positions(n, threshold, seed)
+            indices = hashed_positions(n, threshold, seed, expected=k, dtype=np.int32 if n <= 2**31 - 1 else np.int64)
             if len(indices) != k:
                 raise CorruptArtifact(f"tensor `{where}` hashes to {len(indices)} kept entries but declares {k}.")
         elif how == "bitmap":
