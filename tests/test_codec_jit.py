@@ -537,3 +537,88 @@ def test_placing_a_position_outside_the_range_is_refused_without_a_write():
     with pytest.raises(ValueError, match="outside"):
         jit.place(np.array([1, 8, 9], dtype=np.int32), np.ones(3, dtype=np.float32), 0, room[:8])
     assert room[1] == 1.0 and (room[8:] == 7.0).all()
+
+
+@pytest.mark.parametrize("weight", [0.37, -1.25, 0.0])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16", "int8", "empty"])
+@pytest.mark.parametrize("extent", [1.0, 0.6])
+def test_adding_a_sparse_form_in_one_pass_gives_the_chunked_paths_bits(monkeypatch, weight, kind, extent):
+    from tvreg._format.codecs.forms import Sparse, StoredForm
+
+    n = 50_003
+    g = torch.Generator().manual_seed(11)
+    picked = torch.rand(n, generator=g) < (0.0 if kind == "empty" else 0.2)
+    idx = torch.nonzero(picked).reshape(-1).to(torch.int32)
+    values = torch.randn(idx.numel(), generator=g) * 1e-3
+    values[:3] = torch.tensor([-0.0, 1e-45, -1e-45])[: values.numel()]
+    scale = None
+    if kind == "bfloat16":
+        values = values.to(torch.bfloat16)
+    elif kind == "int8":
+        values, scale = torch.randint(-127, 128, (idx.numel(),), generator=g).to(torch.int8), 3e-4
+    form = Sparse(shape=(n,), indices=idx, values=values, scale=scale)
+    acc = torch.randn(int(n * extent), generator=g)
+    acc[::7] = -0.0
+    acc[5] = float("nan")
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    assert jit.ready(1)
+    one_pass, chunked = acc.clone(), acc.clone()
+    form.add_scaled(one_pass, weight, chunk=4096)
+    StoredForm.add_scaled(form, chunked, weight, chunk=4096)
+    assert torch.equal(one_pass.view(torch.int32), chunked.view(torch.int32))
+    if kind != "empty" and weight:
+        assert not torch.equal(one_pass.view(torch.int32), acc.view(torch.int32))
+
+
+def test_a_sparse_form_with_positions_out_of_order_is_refused_when_added(monkeypatch):
+    from tvreg._format.codecs.forms import Sparse
+
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    form = Sparse(shape=(100,), indices=torch.tensor([5, 3, 9], dtype=torch.int32), values=torch.ones(3))
+    with pytest.raises(ValueError, match="out of order"):
+        form.add_scaled(torch.zeros(100), 1.0, chunk=64)
+
+
+@pytest.mark.parametrize("weight", [0.37, -1.25])
+@pytest.mark.parametrize("extent", [1.0, 0.6])
+@pytest.mark.parametrize("density", [0.2, 1.0])
+def test_a_hashed_sparse_form_adds_with_the_chunked_paths_bits_and_no_positions(monkeypatch, weight, extent, density):
+    from tvreg._format.codecs import make_codec
+    from tvreg._format.codecs.forms import StoredForm
+
+    g = torch.Generator().manual_seed(3)
+    tau = torch.randn(200, 301, generator=g) * 1e-3
+    codec = make_codec("sparse", {"density": density, "select": "random", "values": "int4"})
+    enc = codec.encode(tau)
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    acc = torch.randn(int(tau.numel() * extent), generator=g)
+    acc[::5] = -0.0
+    one_pass, chunked = acc.clone(), acc.clone()
+    form = codec.decode_form(enc.data, tau.shape, enc.params, where="w")
+    form.add_scaled(one_pass, weight, chunk=4096)
+    if density < 1.0:
+        assert form.indices is None, "the hashed add must not compute the positions"
+    reference = codec.decode_form(enc.data, tau.shape, enc.params, where="w")
+    StoredForm.add_scaled(reference, chunked, weight, chunk=4096)
+    assert torch.equal(one_pass.view(torch.int32), chunked.view(torch.int32))
+    assert not torch.equal(one_pass.view(torch.int32), acc.view(torch.int32))
+
+
+@pytest.mark.parametrize("use", ["add", "dense", "chunk"])
+def test_a_hashed_form_whose_count_disagrees_is_refused_on_use(monkeypatch, use):
+    from tvreg._format.codecs import make_codec
+    from tvreg._format.codecs.forms import Sparse
+
+    tau = torch.randn(100, 300, generator=torch.Generator().manual_seed(4))
+    enc = make_codec("sparse", {"density": 0.2, "select": "random", "values": "int4"}).encode(tau)
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    good = get_codec("sparse").decode_form(enc.data, tau.shape, enc.params, where="blk.0")
+    assert isinstance(good, Sparse)
+    bad = Sparse(shape=good.shape, indices=None, values=good.values[:-1], hashed=good.hashed, where="blk.0")
+    with pytest.raises(CorruptArtifact, match=r"`blk\.0` hashes to \d+ kept entries but declares"):
+        if use == "add":
+            bad.add_scaled(torch.zeros(tau.numel()), 1.0, chunk=4096)
+        elif use == "dense":
+            bad.to_dense()
+        else:
+            bad.chunk(0, 10)

@@ -171,13 +171,13 @@ def test_sparse_int4_keeps_the_same_positions_within_half_a_group_step(select):
     ref_enc, ref, _ = _coded("sparse", {**opts, "values": "bf16"}, tau)
     enc, form, dense = _coded("sparse", {**opts, "values": "int4"}, tau)
     assert isinstance(form, Sparse) and form.values.dtype == torch.float32 and form.scale is None
-    assert torch.equal(form.indices, ref.indices)
+    assert torch.equal(form.positions, ref.positions)
     if select == "random":
         threshold = enc.params["threshold"]
-        assert np.array_equal(form.indices.numpy(), hashed_positions(tau.numel(), threshold, 0))
-        kept = tau.reshape(-1)[form.indices.long()] / torch.tensor(threshold / 2**32, dtype=torch.float32)
+        assert np.array_equal(form.positions.numpy(), hashed_positions(tau.numel(), threshold, 0))
+        kept = tau.reshape(-1)[form.positions.long()] / torch.tensor(threshold / 2**32, dtype=torch.float32)
     else:
-        kept = tau.reshape(-1)[form.indices.long()]
+        kept = tau.reshape(-1)[form.positions.long()]
     k = kept.numel()
     groups = -(-k // 16)
     index = {"hash": 0, "bitmap": (tau.numel() + 7) // 8}.get(enc.params["index"], enc.params.get("index_bytes"))
@@ -193,7 +193,7 @@ def test_sparse_sign_values_are_plus_or_minus_their_group_mean():
     tau = _tau()
     enc, form, _ = _coded("sparse", {"density": 0.3, "select": "random", "values": "sign", "group": 64}, tau)
     p = torch.tensor(enc.params["threshold"] / 2**32, dtype=torch.float32)
-    kept = tau.reshape(-1)[form.indices.long()] / p
+    kept = tau.reshape(-1)[form.positions.long()] / p
     k = kept.numel()
     means = torch.nn.functional.pad(kept.abs().double(), (0, -k % 64)).view(-1, 64).sum(dim=1)
     means /= torch.tensor([64.0] * (len(means) - 1) + [float(k - 64 * (len(means) - 1))], dtype=torch.float64)

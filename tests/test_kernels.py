@@ -124,3 +124,25 @@ def test_kernel_equals_torch_engine_on_quantised_low_rank_factors(method):
     expected = merge_tensor(plan, general, forms, **kwargs)
     got = merge_tensor_fused(plan, general, forms, **kwargs)
     assert torch.equal(got, expected), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_kernel_equals_torch_engine_on_a_hashed_sparse_form_whose_positions_wait(method):
+    from tvreg._format.codecs import get_codec, make_codec
+
+    general, pre, _, _ = rand_inputs(1, shape=SHAPE, seed=21)
+    tau = torch.randn(SHAPE, generator=torch.Generator().manual_seed(22)) * 0.01
+    enc = make_codec("sparse", {"density": 0.3, "select": "random", "values": "int4", "group": 8}).encode(tau)
+
+    def fresh():
+        return get_codec("sparse").decode_form(enc.data, SHAPE, enc.params, where="w")
+
+    assert fresh().indices is None
+    m = get_method(method)
+    recipe = m.recipe([0.7], kinds_for(method, 1), m.resolve_params(PARAMS[method]))
+    plan = plan_tensor(recipe, "w", ["skill0"], [fresh()], N, pre_numel=N, chunk=64)
+    kwargs = dict(pre=pre if recipe.needs_base_weights else None, out_dtype=torch.float32, chunk=64)
+    expected = merge_tensor(plan, general, [fresh()], **kwargs)
+    got = merge_tensor_fused(plan, general, [fresh()], **kwargs)
+    assert torch.equal(got, expected), (got - expected).abs().max()
+    assert not torch.equal(expected, general.float())

@@ -55,6 +55,7 @@ def _to_device(value, device: torch.device):
     if isinstance(value, torch.Tensor):
         return value.pin_memory().to(device, non_blocking=True)
     if isinstance(value, StoredForm):
+        value = value.resolved()  # a hashed sparse form computes its positions here, on the CPU
         changes = {
             f.name: _to_device(getattr(value, f.name), device)
             for f in dataclasses.fields(value)

@@ -252,7 +252,7 @@ def _scatter_kernel(out_ptr, idx_ptr, val_ptr, n, start, scale, HAS_SCALE: tl.co
 
 
 def _sparse_chunk(form: Sparse, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    idx = form.indices.reshape(-1)
+    idx = form.positions.reshape(-1)
     bounds = torch.tensor([start, stop], dtype=idx.dtype, device=idx.device)
     lo, hi = (int(x) for x in torch.searchsorted(idx, bounds))
     out = torch.zeros(stop - start, dtype=torch.float32, device=device)

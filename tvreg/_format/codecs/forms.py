@@ -165,6 +165,10 @@ class Int8Groups(StoredForm):
         return self.q.reshape(-1), self.scales.reshape(-1).to(torch.float32), 0, self.group_size, True
 
 
+_NO_SLOTS = torch.zeros(0, dtype=torch.int64).numpy()
+"""An empty output for :func:`~tvreg._format.codecs.jit.hash_positions`: count only."""
+
+
 def _place(indices: torch.Tensor, values: torch.Tensor, start: int, out: torch.Tensor) -> None:
     """``out[indices − start] = values`` (float32, CPU): compiled for big ranges, torch's indexed store otherwise."""
     from . import jit
@@ -186,11 +190,51 @@ class Sparse(StoredForm):
 
     ``values`` is fp32 or bf16, or int8 with one fp32 ``scale`` for the whole tensor.
     Entries not listed are exactly zero.
+
+    ``hashed``: ``(seed, threshold)`` when the positions are a hash's (``select=random``) and
+    ``indices`` is None until something asks for :attr:`positions`. Why lazily: adding the
+    form into a sum (:meth:`add_scaled`, the install's direct path) hashes block by block
+    and never needs the positions as an array. ``where`` names the tensor in errors.
     """
 
-    indices: torch.Tensor
+    indices: torch.Tensor | None
     values: torch.Tensor
     scale: float | None = None
+    hashed: tuple[int, int] | None = None
+    where: str = ""
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``indices``, computed from the hash on first use (and checked against the values' count)."""
+        if self.indices is None:
+            import numpy as np
+
+            from .sparse import hashed_positions
+
+            seed, threshold = self._hash
+            n, k = _numel(self.shape), self.values.numel()
+            found = hashed_positions(n, threshold, seed, expected=k, dtype=np.int32 if n <= 2**31 - 1 else np.int64)
+            self._check_count(len(found))
+            self.indices = torch.from_numpy(found)
+        return self.indices
+
+    @property
+    def _hash(self) -> tuple[int, int]:
+        if self.hashed is None:
+            raise ValueError("a sparse form needs its indices or its hash")
+        return self.hashed
+
+    def _check_count(self, found: int) -> None:
+        if found != self.values.numel():
+            from ...errors import CorruptArtifact
+
+            raise CorruptArtifact(
+                f"tensor `{self.where}` hashes to {found} kept entries but declares {self.values.numel()}."
+            )
+
+    def resolved(self) -> StoredForm:
+        self.indices = self.positions
+        return self
 
     def dense_values(self) -> torch.Tensor:
         v = self.values.to(torch.float32)
@@ -200,15 +244,18 @@ class Sparse(StoredForm):
 
     def to_dense(self) -> torch.Tensor:
         out = torch.zeros(_dense_numel(self.shape), dtype=torch.float32)
-        _place(self.indices.reshape(-1), self.dense_values().reshape(-1), 0, out)
+        _place(self.positions.reshape(-1), self.dense_values().reshape(-1), 0, out)
         return out.reshape(self.shape)
 
     @property
     def nbytes(self) -> int:
-        return self.indices.numel() * self.indices.element_size() + self.values.numel() * self.values.element_size()
+        index_bytes = 4 if _numel(self.shape) <= 2**31 - 1 else 8
+        if self.indices is not None:
+            index_bytes = self.indices.element_size()
+        return self.values.numel() * (index_bytes + self.values.element_size())
 
     def chunk(self, start: int, stop: int, *, consume: bool = False) -> torch.Tensor:
-        idx = self.indices.reshape(-1)
+        idx = self.positions.reshape(-1)
         lo = int(torch.searchsorted(idx, torch.tensor([start], dtype=idx.dtype)))
         hi = int(torch.searchsorted(idx, torch.tensor([stop], dtype=idx.dtype)))
         out = torch.zeros(stop - start, dtype=torch.float32)
@@ -217,6 +264,41 @@ class Sparse(StoredForm):
             values = values.mul_(torch.tensor(self.scale, dtype=torch.float32))
         _place(idx[lo:hi], values, start, out)
         return out
+
+    def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
+        """As :meth:`StoredForm.add_scaled`, in one compiled pass over ``acc`` with τ never expanded (same bits).
+
+        Hashed positions are hashed block by block as the pass goes (none stored).
+        """
+        from . import jit
+
+        if not (
+            jit.ready(acc.numel())
+            and acc.dtype == torch.float32
+            and acc.is_contiguous()
+            and acc.device.type == self.values.device.type == "cpu"
+            and (self.indices is None or self.indices.device.type == "cpu")
+        ):
+            return super().add_scaled(acc, weight, chunk=chunk, consume=consume)
+        k = self.values.numel()
+        values = torch.empty(k + 1, dtype=torch.float32)  # the values, then the +0.0 an absent entry reads
+        values[:k] = self.values.reshape(-1)
+        if self.scale is not None:
+            values[:k].mul_(torch.tensor(self.scale, dtype=torch.float32))
+        values[k] = 0.0
+        n = acc.numel()
+        seed, threshold = self.hashed or (0, 1 << 32)
+        if self.indices is None and n <= 1 << 32 and threshold < 1 << 32:
+            found = jit.hash_add(threshold, seed, values.numpy(), acc.numpy(), weight)
+            total = _numel(self.shape)
+            if total > n:
+                found += jit.hash_positions(n, total, threshold, seed, _NO_SLOTS)
+            self._check_count(found)
+            return
+        idx = self.positions.reshape(-1)
+        below = int(torch.searchsorted(idx, torch.tensor([n], dtype=idx.dtype)))
+        if jit.sparse_add(idx.numpy(), values.numpy(), acc.numpy(), weight) != below:
+            raise ValueError("a sparse form's positions are out of order")
 
     def registers(
         self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None

@@ -379,42 +379,61 @@ def _consensus_mix_py(acc, tb, weights, limits, cuts, start, normalize, lam, sca
             acc[lo + j] = acc[lo + j] + x
 
 
-def _murmur_finaliser(i, seed):  # pragma: no cover - inlined into the compiled loops
-    # uint64 throughout, masked to 32 bits: Numba turns int64 mixed with uint64 into float64
-    m = np.uint64(0xFFFFFFFF)
-    h = ((np.uint64(i) & m) * np.uint64(0x9E3779B1)) & m
-    h ^= seed
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x85EBCA6B)) & m
-    h ^= h >> np.uint64(13)
-    h = (h * np.uint64(0xC2B2AE35)) & m
-    return h ^ (h >> np.uint64(16))
+def _hash_block_py(b0, keep, threshold, seed):  # pragma: no cover - compiled
+    # keep[j] = hash(b0 + j) < threshold: murmur3's 32-bit finaliser, vectorised. uint64
+    # throughout, masked to 32 bits: Numba turns int64 mixed with uint64 into float64
+    m32 = np.uint64(0xFFFFFFFF)
+    for j in range(keep.size):
+        h = ((np.uint64(b0 + j) & m32) * np.uint64(0x9E3779B1)) & m32
+        h ^= seed
+        h ^= h >> np.uint64(16)
+        h = (h * np.uint64(0x85EBCA6B)) & m32
+        h ^= h >> np.uint64(13)
+        h = (h * np.uint64(0xC2B2AE35)) & m32
+        keep[j] = (h ^ (h >> np.uint64(16))) < threshold
 
 
-def _hash_count_py(lo, hi, threshold, seed, finaliser):  # pragma: no cover - compiled
+# The compiled `_hash_block` once `ready` has compiled it; the kernels below call it by this name.
+_hash_block = _hash_block_py
+_HASH_BLOCK = 2048
+
+
+def _hash_positions_py(lo, hi, threshold, seed, out):  # pragma: no cover - compiled
+    # a block's hashes, then a branchless compaction (a kept position is a coin flip, a
+    # branch on it mispredicts): every i is stored at the next free slot, and only a kept
+    # one moves the slot on; the last slot of `out` is scratch, so an overflowing count
+    # never writes past the end. An empty `out`: count only.
     t, s = np.uint64(threshold), np.uint64(seed)
+    last = out.size - 1
+    keep = np.empty(_HASH_BLOCK, dtype=np.uint8)
     c = 0
-    for i in range(lo, hi):
-        c += finaliser(i, s) < t
+    for b0 in range(lo, hi, _HASH_BLOCK):
+        m = min(_HASH_BLOCK, hi - b0)
+        _hash_block(b0, keep[:m], t, s)
+        if last < 0:
+            for j in range(m):
+                c += keep[j]
+        else:
+            for j in range(m):
+                out[min(c, last)] = b0 + j
+                c += keep[j]
     return c
 
 
-def _hash_positions_py(lo, hi, threshold, seed, out, finaliser):  # pragma: no cover - compiled
-    # two loops a block: the hashes (vectorised), then a branchless compaction (a kept
-    # position is a coin flip, a branch on it mispredicts): every i is stored at the next
-    # free slot, and only a kept one moves the slot on; the last slot of `out` is scratch,
-    # so an overflowing count never writes past the end
+def _hash_add_py(threshold, seed, values, acc, weight):  # pragma: no cover - compiled
+    # sparse_add with the positions hashed on the fly: none are stored or read
     t, s = np.uint64(threshold), np.uint64(seed)
-    last = out.size - 1
-    keep = np.empty(2048, dtype=np.uint8)
-    c = 0
-    for b0 in range(lo, hi, keep.size):
-        m = min(keep.size, hi - b0)
+    k = np.uint64(values.size - 1)
+    keep = np.empty(_HASH_BLOCK, dtype=np.uint8)
+    c = np.uint64(0)
+    for b0 in range(0, acc.size, _HASH_BLOCK):
+        m = min(_HASH_BLOCK, acc.size - b0)
+        _hash_block(b0, keep[:m], t, s)
         for j in range(m):
-            keep[j] = finaliser(b0 + j, s) < t
-        for j in range(m):
-            out[min(c, last)] = b0 + j
-            c += keep[j]
+            hit = np.uint64(keep[j])
+            x = values[min(c, k) if hit else k]
+            acc[b0 + j] = acc[b0 + j] + x * weight
+            c += hit
     return c
 
 def _place_py(indices, values, start, out):  # pragma: no cover - compiled
@@ -428,6 +447,20 @@ def _place_py(indices, values, start, out):  # pragma: no cover - compiled
         else:
             outside += 1
     return outside
+
+
+def _sparse_add_py(indices, values, acc, weight):  # pragma: no cover - compiled
+    # `values` ends with a +0.0 that an absent entry reads: the index is selected (an integer
+    # cmov), not the value, as in _add_round_bf16_py. A position out of order or past `acc`
+    # is never matched, so the walk stops there and the count returned falls short
+    k = np.uint64(indices.size)
+    j = np.uint64(0)
+    for i in range(acc.size):
+        hit = (j < k) & (indices[min(j, k - np.uint64(1))] == i)
+        x = values[j if hit else k]
+        acc[i] = acc[i] + x * weight
+        j += np.uint64(hit)
+    return j
 
 def ready(numel: int) -> bool:
     """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
@@ -451,6 +484,9 @@ def ready(numel: int) -> bool:
                 def compile_(fn):
                     return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
 
+                global _hash_block
+                _hash_block = compile_(_hash_block_py)
+
                 _kernels = SimpleNamespace(
                     merge_exp4=compile_(_merge_exp4_py),
                     merge_exp2=compile_(_merge_exp2_py),
@@ -467,9 +503,9 @@ def ready(numel: int) -> bool:
                     magnitude_hist=compile_(_magnitude_hist_py),
                     nth_magnitude=compile_(_nth_magnitude_py),
                     consensus_mix=compile_(_consensus_mix_py),
-                    murmur=numba.njit(inline="always")(_murmur_finaliser),
-                    hash_count=compile_(_hash_count_py),
                     place=compile_(_place_py),
+                    sparse_add=compile_(_sparse_add_py),
+                    hash_add=compile_(_hash_add_py),
                     hash_positions=compile_(_hash_positions_py),
                 )
     return True
@@ -682,9 +718,7 @@ def hash_positions(lo: int, hi: int, threshold: int, seed: int, out: np.ndarray)
     """
     if not 0 <= lo <= hi <= 1 << 32 or not 0 <= threshold < 1 << 32 or not 0 <= seed < 1 << 32:
         raise ValueError("hash range, threshold or seed out of bounds")
-    if out.size == 0:
-        return int(_kernels.hash_count(lo, hi, threshold, seed, _kernels.murmur))
-    return int(_kernels.hash_positions(lo, hi, threshold, seed, out, _kernels.murmur))
+    return int(_kernels.hash_positions(lo, hi, threshold, seed, out))
 
 
 def place(indices: np.ndarray, values: np.ndarray, start: int, out: np.ndarray) -> None:
@@ -698,3 +732,36 @@ def place(indices: np.ndarray, values: np.ndarray, start: int, out: np.ndarray) 
         raise ValueError("positions, values and output disagree")
     if _kernels.place(indices, values, start, out):
         raise ValueError("a sparse position falls outside its tensor")
+
+
+def sparse_add(indices: np.ndarray, values: np.ndarray, acc: np.ndarray, weight: float) -> int:
+    """``acc[i] = acc[i] + τ_i·weight`` for every ``i``, τ_i the value at position ``i`` or +0.0: one pass, τ never expanded.
+
+    The bits of :meth:`~tvreg._format.codecs.forms.StoredForm.add_scaled`'s chunked path: each
+    product and each sum rounded to float32 in that order, and an absent entry adds
+    ``+0.0·weight`` (turning an accumulated −0.0 into +0.0 when ``weight ≥ 0``, as adding a
+    decoded zero does). ``values`` (float32) holds one value per position and then one
+    +0.0 (:func:`padded_values`). ``indices`` ascending; returns how many of them were
+    matched (all those below ``acc.size`` unless they were out of order). Never reads or
+    writes outside the arrays.
+    """
+    if values.size != indices.size + 1 or values.dtype != np.float32 or acc.dtype != np.float32 or values[-1] != 0:
+        raise ValueError("positions, values and accumulator disagree")
+    if not indices.size:
+        np.add(acc, values[-1:] * np.float32(weight), out=acc)
+        return 0
+    return int(_kernels.sparse_add(indices, values, acc, np.float32(weight)))
+
+def hash_add(threshold: int, seed: int, values: np.ndarray, acc: np.ndarray, weight: float) -> int:
+    """:func:`sparse_add` for positions hashed as :func:`hash_positions` hashes them (same bits), none stored.
+
+    Why: a ``select=random`` form's positions are a hash's; computing them into an array
+    and walking it costs two passes and an int per kept entry, while the hash of a block
+    is a vectorised loop. ``values`` as for :func:`sparse_add`; returns how many positions
+    below ``acc.size`` the hash kept (a surplus reads the closing +0.0, never past it).
+    """
+    if values.size < 1 or values.dtype != np.float32 or acc.dtype != np.float32 or values[-1] != 0:
+        raise ValueError("values and accumulator disagree")
+    if acc.size > 1 << 32 or not 0 <= threshold < 1 << 32 or not 0 <= seed < 1 << 32:
+        raise ValueError("hash range, threshold or seed out of bounds")
+    return int(_kernels.hash_add(threshold, seed, values, acc, np.float32(weight)))

@@ -296,11 +296,10 @@ class SparseCodec(Codec):
             scales = lowbit.scales_from(buf[:scale_bytes], scale_kind, where, top=lowbit.top_code(kind))
             codes = lowbit.unpack(buf[scale_bytes:value_len], k, bits, where)
         index_raw = buf[value_len:].numpy()
+        hashed = None
         if how == "hash":
-            seed, threshold = hash_params(params, n, k, where)
-            indices = hashed_positions(n, threshold, seed, expected=k, dtype=np.int32 if n <= 2**31 - 1 else np.int64)
-            if len(indices) != k:
-                raise CorruptArtifact(f"tensor `{where}` hashes to {len(indices)} kept entries but declares {k}.")
+            hashed = hash_params(params, n, k, where)
+            indices = None
         elif how == "bitmap":
             bits = np.unpackbits(index_raw, bitorder="little")
             if bits[n:].any():
@@ -316,13 +315,13 @@ class SparseCodec(Codec):
             if k and indices[-1] >= n:
                 raise CorruptArtifact(f"tensor `{where}` has indices past its end.")
         index_dtype = torch.int32 if n <= 2**31 - 1 else torch.int64
-        index_t = torch.from_numpy(indices).to(index_dtype)
+        index_t = torch.from_numpy(indices).to(index_dtype) if indices is not None else None
+        found = {"shape": tuple(shape), "indices": index_t, "hashed": hashed, "where": where}
         if kind == "int8":
-            scale = int8_scale(params, where)
-            return Sparse(shape=tuple(shape), indices=index_t, values=buf[:value_len].view(torch.int8), scale=scale)
+            return Sparse(**found, values=buf[:value_len].view(torch.int8), scale=int8_scale(params, where))
         if kind in ("int4", "sign"):
             gs = param(params, "group", int, where)
-            return Sparse(shape=tuple(shape), indices=index_t, values=lowbit.expand(codes, scales, gs))
+            return Sparse(**found, values=lowbit.expand(codes, scales, gs))
         values = torch.empty(k, dtype=torch.bfloat16)
         planes.merge(buf[:value_len].view(2, k), "exp", values)
-        return Sparse(shape=tuple(shape), indices=index_t, values=values)
+        return Sparse(**found, values=values)
