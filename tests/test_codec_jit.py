@@ -622,3 +622,41 @@ def test_a_hashed_form_whose_count_disagrees_is_refused_on_use(monkeypatch, use)
             bad.to_dense()
         else:
             bad.chunk(0, 10)
+
+
+@pytest.mark.parametrize("weight", [0.37, -1.25])
+@pytest.mark.parametrize("nans", [False, True])
+@pytest.mark.parametrize("values", ["int4", "bf16", "int8"])
+def test_a_hashed_sparse_form_added_onto_bf16_and_rounded_in_one_pass_gives_the_engines_bits(monkeypatch, weight, nans, values):
+    from tvreg._format.codecs import make_codec
+    from tvreg._format.codecs.forms import StoredForm
+    from tvreg._merge import get_method, merge_tensor, plan_tensor
+
+    g = torch.Generator().manual_seed(8)
+    shape = (150, 301)
+    tau = torch.randn(shape, generator=g) * 1e-2
+    codec = make_codec("sparse", {"density": 0.3, "select": "random", "values": values})
+    enc = codec.encode(tau)
+    general = _general_bf16(tau.numel(), 9, nans=nans).view(shape)
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    calls = []
+    real = jit.hash_add_round_bf16
+    monkeypatch.setattr(jit, "hash_add_round_bf16", lambda *a: calls.append(1) or real(*a))
+
+    def fresh():
+        return codec.decode_form(enc.data, shape, enc.params, where="w")
+
+    out = torch.empty(tau.numel(), dtype=torch.bfloat16)
+    assert fresh().add_round(general.reshape(-1), weight, out)
+    acc = general.reshape(-1).float()
+    StoredForm.add_scaled(fresh(), acc, weight, chunk=4096)
+    assert torch.equal(out.view(torch.int16), acc.to(torch.bfloat16).view(torch.int16))
+    assert bool(out.isnan().any()) == nans
+
+    m = get_method("task_arithmetic")
+    recipe = m.recipe([weight], ["delta"], m.resolve_params({}))
+    calls.clear()
+    plan = plan_tensor(recipe, "w", ["s"], [fresh()], tau.numel())
+    merged = merge_tensor(plan, general, [fresh()])
+    assert calls, "the engine must take the one-pass path for a lone hashed skill on bf16 θ_G"
+    assert torch.equal(merged.reshape(-1).view(torch.int16), out.view(torch.int16))

@@ -237,7 +237,8 @@ def _add_round_fused(
     pre: torch.Tensor | None,
     out: torch.Tensor,
 ) -> bool:
-    """Task arithmetic of bf16 θ_G and ``exact`` blobs in one compiled pass per frame (:func:`planes.add_round_masked`).
+    """Task arithmetic of bf16 θ_G and ``exact`` blobs in one compiled pass per frame (:func:`planes.add_round_masked`),
+    or of one skill whose form adds and rounds itself (:meth:`StoredForm.add_round`).
 
     The direct path's ``((θ_G + w_1) + w_2) + …`` and its one rounding, bit for bit, when
     every active skill covers the whole tensor with a zero-bitmap blob and nothing
@@ -245,6 +246,11 @@ def _add_round_fused(
     """
     if pre is not None and plan.recipe.general_coef is not None:
         return False
+    active = list(plan.active())
+    if len(active) == 1 and active[0][1].numel == plan.numel:
+        k, term = active[0]
+        if cast(StoredForm, forms[k]).add_round(general, term.weight, out):
+            return True
     blobs = []
     for k, term in plan.active():
         masked = getattr(forms[k], "masked", None)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -86,6 +87,14 @@ class StoredForm:
     def resolved(self) -> StoredForm:
         """This form with its arrays in memory (what a device copy reads); only :class:`Undecoded` differs."""
         return self
+
+    def add_round(self, general: torch.Tensor, weight: float, out: torch.Tensor) -> bool:
+        """``out ← bf16(θ_G + τ·weight)`` in one pass, the bits of :meth:`add_scaled` onto float32 θ_G and a rounding copy.
+
+        For forms that can (a hashed :class:`Sparse`); False, having done nothing, otherwise
+        (the engine then takes its float32 sum). ``general`` and ``out`` are flat, of τ's size.
+        """
+        return False
 
     def registers(
         self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
@@ -165,7 +174,8 @@ class Int8Groups(StoredForm):
         return self.q.reshape(-1), self.scales.reshape(-1).to(torch.float32), 0, self.group_size, True
 
 
-_NO_SLOTS = torch.zeros(0, dtype=torch.int64).numpy()
+_NO_SLOTS = np.zeros(0, dtype=np.int64)
+_NO_FLOAT32 = np.zeros(0, dtype=np.float32)
 """An empty output for :func:`~tvreg._format.codecs.jit.hash_positions`: count only."""
 
 
@@ -207,8 +217,6 @@ class Sparse(StoredForm):
     def positions(self) -> torch.Tensor:
         """``indices``, computed from the hash on first use (and checked against the values' count)."""
         if self.indices is None:
-            import numpy as np
-
             from .sparse import hashed_positions
 
             seed, threshold = self._hash
@@ -280,12 +288,7 @@ class Sparse(StoredForm):
             and (self.indices is None or self.indices.device.type == "cpu")
         ):
             return super().add_scaled(acc, weight, chunk=chunk, consume=consume)
-        k = self.values.numel()
-        values = torch.empty(k + 1, dtype=torch.float32)  # the values, then the +0.0 an absent entry reads
-        values[:k] = self.values.reshape(-1)
-        if self.scale is not None:
-            values[:k].mul_(torch.tensor(self.scale, dtype=torch.float32))
-        values[k] = 0.0
+        values = self._closed_values()
         n = acc.numel()
         seed, threshold = self.hashed or (0, 1 << 32)
         if self.indices is None and n <= 1 << 32 and threshold < 1 << 32:
@@ -299,6 +302,55 @@ class Sparse(StoredForm):
         below = int(torch.searchsorted(idx, torch.tensor([n], dtype=idx.dtype)))
         if jit.sparse_add(idx.numpy(), values.numpy(), acc.numpy(), weight) != below:
             raise ValueError("a sparse form's positions are out of order")
+
+    def _closed_values(self) -> torch.Tensor:
+        """The values in float32 (as :meth:`dense_values` scales them), then the +0.0 an absent entry reads."""
+        k = self.values.numel()
+        values = torch.empty(k + 1, dtype=torch.float32)
+        values[:k] = self.values.reshape(-1)
+        if self.scale is not None:
+            values[:k].mul_(torch.tensor(self.scale, dtype=torch.float32))
+        values[k] = 0.0
+        return values
+
+    def add_round(self, general: torch.Tensor, weight: float, out: torch.Tensor) -> bool:
+        """Hashed positions onto bf16 θ_G and rounded in one compiled pass (:func:`~.jit.hash_add_round_bf16`).
+
+        Why: otherwise the install widens θ_G to a float32 sum, adds, and rounds it back,
+        three passes over a tensor-sized buffer; an ``exact`` blob already skips them
+        (:func:`~.planes.add_round_masked`), and a random-sparse skill should install as fast.
+        """
+        from . import jit
+
+        n = _numel(self.shape)
+        if (
+            self.indices is not None
+            or self.hashed is None
+            or self.hashed[1] >= 1 << 32
+            or n > 1 << 32
+            or general.dtype != torch.bfloat16
+            or out.dtype != torch.bfloat16
+            or general.numel() != n
+            or out.numel() != n
+            or not general.is_contiguous()
+            or not out.is_contiguous()
+            or general.device.type != "cpu"
+            or out.device.type != "cpu"
+            or self.values.device.type != "cpu"
+            or not jit.ready(n)
+        ):
+            return False
+        seed, threshold = self.hashed
+        values = self._closed_values().numpy()
+        g = general.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+        o = out.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+        found, nans = jit.hash_add_round_bf16(g, threshold, seed, values, weight, o, _NO_FLOAT32)
+        self._check_count(found)
+        if nans:  # torch rounds NaN sums to its own bits
+            sums = torch.empty(n, dtype=torch.float32)
+            jit.hash_add_round_bf16(g, threshold, seed, values, weight, o, sums.numpy())
+            out.reshape(-1).copy_(sums)
+        return True
 
     def registers(
         self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
@@ -386,6 +438,11 @@ class Undecoded(StoredForm):
         self, start: int, stop: int, extent: int, device: torch.device, *, scatter: Scatter | None = None
     ) -> Registers:
         return self.resolved().registers(start, stop, extent, device, scatter=scatter)
+
+    def add_round(self, general: torch.Tensor, weight: float, out: torch.Tensor) -> bool:
+        if self._form is None and self.masked is not None:
+            return False  # an exact blob: the engine adds its frames (planes.add_round_masked) without a decode
+        return self.resolved().add_round(general, weight, out)
 
     def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
         if self._form is None and self.add(acc, weight):

@@ -436,6 +436,38 @@ def _hash_add_py(threshold, seed, values, acc, weight):  # pragma: no cover - co
             c += hit
     return c
 
+
+def _hash_add_round_bf16_py(g, threshold, seed, values, weight, out, out32, found):  # pragma: no cover - compiled
+    # hash_add onto bf16 θ_G and rounded once, as _add_round_bf16_py does for exact frames:
+    # the float32 sum of a block lives in L1, never in a tensor-sized buffer
+    t, s = np.uint64(threshold), np.uint64(seed)
+    k = np.uint64(values.size - 1)
+    keep = np.empty(_HASH_BLOCK, dtype=np.uint8)
+    acc = np.empty(_HASH_BLOCK, dtype=np.float32)
+    acc_bits = acc.view(np.uint32)
+    c = np.uint64(0)
+    nans = 0
+    for b0 in range(0, g.size, _HASH_BLOCK):
+        m = min(_HASH_BLOCK, g.size - b0)
+        _hash_block(b0, keep[:m], t, s)
+        for j in range(m):
+            acc_bits[j] = np.uint32(g[b0 + j]) << np.uint32(16)
+        for j in range(m):
+            hit = np.uint64(keep[j])
+            acc[j] = acc[j] + values[min(c, k) if hit else k] * weight
+            c += hit
+        if out32.size:
+            for j in range(m):
+                out32[b0 + j] = acc[j]
+            continue
+        for j in range(m):
+            x = acc_bits[j]
+            if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                nans += 1
+            out[b0 + j] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    found[0] = c
+    return nans
+
 def _place_py(indices, values, start, out):  # pragma: no cover - compiled
     # a position outside `out` is counted, never written: forms are built by decoders that
     # checked their indices, and one that did not must not turn into a wild store
@@ -506,6 +538,7 @@ def ready(numel: int) -> bool:
                     place=compile_(_place_py),
                     sparse_add=compile_(_sparse_add_py),
                     hash_add=compile_(_hash_add_py),
+                    hash_add_round_bf16=compile_(_hash_add_round_bf16_py),
                     hash_positions=compile_(_hash_positions_py),
                 )
     return True
@@ -765,3 +798,29 @@ def hash_add(threshold: int, seed: int, values: np.ndarray, acc: np.ndarray, wei
     if acc.size > 1 << 32 or not 0 <= threshold < 1 << 32 or not 0 <= seed < 1 << 32:
         raise ValueError("hash range, threshold or seed out of bounds")
     return int(_kernels.hash_add(threshold, seed, values, acc, np.float32(weight)))
+
+
+def hash_add_round_bf16(
+    general: np.ndarray, threshold: int, seed: int, values: np.ndarray, weight: float, out: np.ndarray, out32: np.ndarray
+) -> tuple[int, int]:
+    """``out = bf16(θ_G + τ·weight)`` for a hashed sparse τ (:func:`hash_add`'s positions and values), in one pass.
+
+    ``general`` and ``out`` are bf16 words (uint16) of one size; the float32 sum is rounded
+    to nearest even as :func:`add_round_bf16` rounds it, and NaN sums are counted, not
+    rounded: a caller that gets a non-zero count asks again with ``out32`` (float32, the
+    size of ``general``) for torch to round. Returns ``(positions the hash kept, NaN sums)``.
+    """
+    if (
+        out.size != general.size
+        or (out32.size and out32.size != general.size)
+        or values.size < 1
+        or values.dtype != np.float32
+        or values[-1] != 0
+        or general.size > 1 << 32
+        or not 0 <= threshold < 1 << 32
+        or not 0 <= seed < 1 << 32
+    ):
+        raise ValueError("θ_G, values and outputs disagree")
+    found = np.zeros(1, dtype=np.uint64)
+    nans = int(_kernels.hash_add_round_bf16(general, threshold, seed, values, np.float32(weight), out, out32, found))
+    return int(found[0]), nans
