@@ -175,8 +175,9 @@ class Int8Groups(StoredForm):
 
 
 _NO_SLOTS = np.zeros(0, dtype=np.int64)
-_NO_FLOAT32 = np.zeros(0, dtype=np.float32)
 """An empty output for :func:`~tvreg._format.codecs.jit.hash_positions`: count only."""
+_NO_FLOAT32 = np.zeros(0, dtype=np.float32)
+"""No float32 sums wanted from :func:`~tvreg._format.codecs.jit.hash_add_round_bf16`: round to bf16."""
 
 
 def _place(indices: torch.Tensor, values: torch.Tensor, start: int, out: torch.Tensor) -> None:

@@ -119,6 +119,28 @@ def _scatter_add_py(bits, values, count, acc, weight, zero, popcount):  # pragma
     return j
 
 
+def _round_block_py(acc, lo, out, out32):  # pragma: no cover - compiled
+    # a block of float32 sums into out[lo:] as bf16, rounded to nearest even (as torch's copy
+    # rounds), or into out32[lo:] as they are when a caller asks for them; NaNs counted, for
+    # torch to round (its vector and scalar paths give NaNs different bits)
+    if out32.size:
+        for i in range(acc.size):
+            out32[lo + i] = acc[i]
+        return 0
+    bits = acc.view(np.uint32)
+    nans = 0
+    for i in range(acc.size):
+        x = bits[i]
+        if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+            nans += 1
+        out[lo + i] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    return nans
+
+
+# The compiled `_round_block` once `ready` has compiled it; the add-and-round kernels call it by this name.
+_round_block = _round_block_py
+
+
 def _add_round_bf16_py(g, frames, nnz, weights, values, out, out32, popcount):  # pragma: no cover - compiled
     # One frame of K `exact` blobs added onto θ_G and rounded once: frames[k] is skill k's raw frame
     # (bitmap, then the exp planes of its nnz[k] values). Each skill's values are put back together
@@ -187,15 +209,7 @@ def _add_round_bf16_py(g, frames, nnz, weights, values, out, out32, popcount):  
                     acc[i - lo] = acc[i - lo] + x * w
                     j += bit
             used[k] = np.int64(j)
-        if out32.size:
-            for i in range(m):
-                out32[lo + i] = acc[i]
-            continue
-        for i in range(m):
-            x = acc_bits[i]
-            if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                nans += 1
-            out[lo + i] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+        nans += _round_block(acc[:m], lo, out, out32)
     for k in range(skills):
         if used[k] != starts[k] + nnz[k]:
             return -1 - k
@@ -456,15 +470,7 @@ def _hash_add_round_bf16_py(g, threshold, seed, values, weight, out, out32, foun
             hit = np.uint64(keep[j])
             acc[j] = acc[j] + values[min(c, k) if hit else k] * weight
             c += hit
-        if out32.size:
-            for j in range(m):
-                out32[b0 + j] = acc[j]
-            continue
-        for j in range(m):
-            x = acc_bits[j]
-            if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                nans += 1
-            out[b0 + j] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+        nans += _round_block(acc[:m], b0, out, out32)
     found[0] = c
     return nans
 
@@ -516,8 +522,9 @@ def ready(numel: int) -> bool:
                 def compile_(fn):
                     return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
 
-                global _hash_block
+                global _hash_block, _round_block
                 _hash_block = compile_(_hash_block_py)
+                _round_block = compile_(_round_block_py)
 
                 _kernels = SimpleNamespace(
                     merge_exp4=compile_(_merge_exp4_py),
