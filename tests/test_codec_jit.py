@@ -604,8 +604,9 @@ def test_a_hashed_sparse_form_adds_with_the_chunked_paths_bits_and_no_positions(
     assert not torch.equal(one_pass.view(torch.int32), acc.view(torch.int32))
 
 
-@pytest.mark.parametrize("use", ["add", "dense", "chunk"])
-def test_a_hashed_form_whose_count_disagrees_is_refused_on_use(monkeypatch, use):
+@pytest.mark.parametrize("use", ["add", "round", "dense", "chunk"])
+@pytest.mark.parametrize("off", [-1, 1])
+def test_a_hashed_form_whose_count_disagrees_is_refused_on_use(monkeypatch, use, off):
     from tvreg._format.codecs import make_codec
     from tvreg._format.codecs.forms import Sparse
 
@@ -614,10 +615,14 @@ def test_a_hashed_form_whose_count_disagrees_is_refused_on_use(monkeypatch, use)
     monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
     good = get_codec("sparse").decode_form(enc.data, tau.shape, enc.params, where="blk.0")
     assert isinstance(good, Sparse)
-    bad = Sparse(shape=good.shape, indices=None, values=good.values[:-1], hashed=good.hashed, where="blk.0")
+    values = good.values[:-1] if off < 0 else torch.cat([good.values, good.values[:1]])
+    bad = Sparse(shape=good.shape, indices=None, values=values, hashed=good.hashed, where="blk.0")
     with pytest.raises(CorruptArtifact, match=r"`blk\.0` hashes to \d+ kept entries but declares"):
         if use == "add":
             bad.add_scaled(torch.zeros(tau.numel()), 1.0, chunk=4096)
+        elif use == "round":
+            general = torch.zeros(tau.numel(), dtype=torch.bfloat16)
+            bad.add_round(general, 1.0, torch.empty_like(general))
         elif use == "dense":
             bad.to_dense()
         else:
@@ -660,3 +665,44 @@ def test_a_hashed_sparse_form_added_onto_bf16_and_rounded_in_one_pass_gives_the_
     merged = merge_tensor(plan, general, [fresh()])
     assert calls, "the engine must take the one-pass path for a lone hashed skill on bf16 θ_G"
     assert torch.equal(merged.reshape(-1).view(torch.int16), out.view(torch.int16))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 999, 70_001])
+@pytest.mark.parametrize("group", [1, 16, 64])
+def test_int4_codes_unpack_and_scale_the_same_on_both_paths(monkeypatch, count, group):
+    from tvreg._format.codecs import lowbit
+
+    g = torch.Generator().manual_seed(count)
+    codes = torch.randint(-7, 8, (count,), generator=g, dtype=torch.int8)
+    raw = torch.from_numpy(lowbit.pack_int4(codes))
+    scales = torch.rand(-(-count // group), generator=g) * 1e-3
+    scales[0] = 2.0**-140  # a subnormal scale: the product still rounds once
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    got = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        got[compiled] = lowbit.unpack_expand(raw, count, 4, scales, group, "w")
+    assert torch.equal(got[True].view(torch.int32), got[False].view(torch.int32))
+    assert torch.equal(got[False], codes.float() * scales.repeat_interleave(group)[:count])
+
+
+@pytest.mark.parametrize("damage", ["minus eight", "pad bits", "short"])
+def test_damaged_int4_codes_are_refused_alike_on_both_paths(monkeypatch, damage):
+    from tvreg._format.codecs import lowbit
+
+    count = 1001
+    raw = torch.from_numpy(lowbit.pack_int4(torch.ones(count, dtype=torch.int8)))
+    if damage == "minus eight":
+        raw[17] = 0x81
+    elif damage == "pad bits":
+        raw[-1] = raw[-1] | 0x30
+    else:
+        raw = raw[:-1]
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    messages = set()
+    for compiled in (True, False):
+        monkeypatch.setattr(jit, "enabled", compiled)
+        with pytest.raises(CorruptArtifact) as caught:
+            lowbit.unpack_expand(raw, count, 4, torch.ones(count), 1, "blk.3")
+        messages.add(caught.value.message)
+    assert len(messages) == 1 and "`blk.3`" in messages.pop()

@@ -453,25 +453,39 @@ def _hash_add_py(threshold, seed, values, acc, weight):  # pragma: no cover - co
 
 def _hash_add_round_bf16_py(g, threshold, seed, values, weight, out, out32, found):  # pragma: no cover - compiled
     # hash_add onto bf16 θ_G and rounded once, as _add_round_bf16_py does for exact frames:
-    # the float32 sum of a block lives in L1, never in a tensor-sized buffer
+    # the float32 sum of a block lives in L1, never in a tensor-sized buffer. Every entry
+    # first gets θ_G + 0·ω (a vectorised loop); then the kept ones, listed by a branchless
+    # compaction, are recomputed from θ_G as θ_G + v·ω: the bits of adding each entry once
     t, s = np.uint64(threshold), np.uint64(seed)
-    k = np.uint64(values.size - 1)
+    k = values.size - 1
+    z = values[k] * weight
     keep = np.empty(_HASH_BLOCK, dtype=np.uint8)
+    kept = np.empty(_HASH_BLOCK, dtype=np.int64)
+    base = np.empty(_HASH_BLOCK, dtype=np.float32)
+    base_bits = base.view(np.uint32)
     acc = np.empty(_HASH_BLOCK, dtype=np.float32)
-    acc_bits = acc.view(np.uint32)
-    c = np.uint64(0)
+    c = 0
+    total = 0
     nans = 0
     for b0 in range(0, g.size, _HASH_BLOCK):
         m = min(_HASH_BLOCK, g.size - b0)
         _hash_block(b0, keep[:m], t, s)
         for j in range(m):
-            acc_bits[j] = np.uint32(g[b0 + j]) << np.uint32(16)
+            base_bits[j] = np.uint32(g[b0 + j]) << np.uint32(16)
         for j in range(m):
-            hit = np.uint64(keep[j])
-            acc[j] = acc[j] + values[min(c, k) if hit else k] * weight
-            c += hit
+            acc[j] = base[j] + z
+        q = 0
+        for j in range(m):
+            kept[q] = j
+            q += keep[j]
+        total += q
+        q = min(q, k - c)  # a surplus (a count the values disagree with) is never read
+        for i in range(q):
+            j = kept[i]
+            acc[j] = base[j] + values[c + i] * weight
+        c += q
         nans += _round_block(acc[:m], b0, out, out32)
-    found[0] = c
+    found[0] = total
     return nans
 
 def _place_py(indices, values, start, out):  # pragma: no cover - compiled
@@ -499,6 +513,18 @@ def _sparse_add_py(indices, values, acc, weight):  # pragma: no cover - compiled
         acc[i] = acc[i] + x * weight
         j += np.uint64(hit)
     return j
+
+
+def _expand_int4_py(raw, scales, group, out):  # pragma: no cover - compiled
+    # nibbles (two's complement, the even code low) times their group's scale, one rounding
+    # each, as lowbit.expand(lowbit.unpack(...)) computes them; the code −8 is counted, not used
+    bad = 0
+    for j in range(out.size):
+        b = np.int32(raw[j >> 1]) >> np.int32(4 * (j & 1))
+        q = ((b & np.int32(0xF)) ^ np.int32(8)) - np.int32(8)
+        bad += q == -8
+        out[j] = np.float32(q) * scales[j // group]
+    return bad
 
 def ready(numel: int) -> bool:
     """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
@@ -545,6 +571,7 @@ def ready(numel: int) -> bool:
                     place=compile_(_place_py),
                     sparse_add=compile_(_sparse_add_py),
                     hash_add=compile_(_hash_add_py),
+                    expand_int4=compile_(_expand_int4_py),
                     hash_add_round_bf16=compile_(_hash_add_round_bf16_py),
                     hash_positions=compile_(_hash_positions_py),
                 )
@@ -831,3 +858,17 @@ def hash_add_round_bf16(
     found = np.zeros(1, dtype=np.uint64)
     nans = int(_kernels.hash_add_round_bf16(general, threshold, seed, values, np.float32(weight), out, out32, found))
     return int(found[0]), nans
+
+
+def expand_int4(raw: np.ndarray, scales: np.ndarray, group: int, out: np.ndarray) -> int:
+    """``out[j] = q_j·scales[j // group]`` for the packed int4 codes ``raw``, in one pass; returns how many are −8.
+
+    Why: the NumPy path checks every byte against a table, looks each up into an int8
+    array, widens it and multiplies by a repeated scale array, four passes and two
+    temporaries per code; a sparse skill's kept values are millions of them.
+    """
+    if raw.dtype != np.uint8 or raw.size * 2 < out.size or scales.dtype != np.float32 or out.dtype != np.float32:
+        raise ValueError("codes, scales and output disagree")
+    if group < 1 or scales.size * group < out.size:
+        raise ValueError("too few scales for the codes")
+    return int(_kernels.expand_int4(raw, scales, group, out))

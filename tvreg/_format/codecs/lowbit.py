@@ -162,6 +162,24 @@ def check_scales(scales: np.ndarray, where: str, *, top: int) -> None:
         raise CorruptArtifact(f"tensor `{where}` has negative or non-finite scales.")
 
 
+def unpack_expand(raw: torch.Tensor, count: int, bits: int, scales: torch.Tensor, group: int, where: str) -> torch.Tensor:
+    """``expand(unpack(raw, count, bits, where), scales, group)``, the same checks and values, compiled for int4."""
+    from . import jit
+
+    if bits != 4 or not jit.ready(count) or scales.dtype != torch.float32:
+        return expand(unpack(raw, count, bits, where), scales, group)
+    arr = raw.numpy()
+    if arr.size != packed_bytes(count, bits):
+        raise CorruptArtifact(f"tensor `{where}` holds {arr.size} bytes of codes, not the {packed_bytes(count, bits)} it declares.")
+    check_packed(arr[-1:], count - 2 * (arr.size - 1), bits, where)  # the pad bits; every nibble is checked below
+    if scales.numel() * group < count:
+        raise CorruptArtifact(f"tensor `{where}` has fewer scales than its codes need.")
+    out = zstd_frame.empty(count, torch.float32, where=where)
+    if jit.expand_int4(arr, scales.contiguous().numpy(), group, out.numpy()):
+        raise CorruptArtifact(f"tensor `{where}` has an int4 code of −8, outside the symmetric range [−7, 7].")
+    return out
+
+
 def expand(q: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
     """fp32 ``q[j]·scales[j // group]`` (one rounding per element: the product :class:`~.forms.Int8Groups` takes)."""
     count = q.numel()
@@ -171,4 +189,5 @@ def expand(q: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
 __all__ = [
     "INT4_MAX", "SCALE_DTYPES", "bits_per_code", "check_packed", "check_scales", "choose_scales", "expand",
     "groups_of", "pack_int4", "pack_signs", "packed_bytes", "quantize_int4", "scales_from", "sign_scales", "unpack",
+    "unpack_expand",
 ]  # fmt: skip

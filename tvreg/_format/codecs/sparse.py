@@ -294,7 +294,8 @@ class SparseCodec(Codec):
         if kind in ("int4", "sign"):
             bits = lowbit.bits_per_code(kind)
             scales = lowbit.scales_from(buf[:scale_bytes], scale_kind, where, top=lowbit.top_code(kind))
-            codes = lowbit.unpack(buf[scale_bytes:value_len], k, bits, where)
+            gs = param(params, "group", int, where)
+            expanded = lowbit.unpack_expand(buf[scale_bytes:value_len], k, bits, scales, gs, where)
         index_raw = buf[value_len:].numpy()
         hashed = None
         if how == "hash":
@@ -320,8 +321,7 @@ class SparseCodec(Codec):
         if kind == "int8":
             return Sparse(**found, values=buf[:value_len].view(torch.int8), scale=int8_scale(params, where))
         if kind in ("int4", "sign"):
-            gs = param(params, "group", int, where)
-            return Sparse(**found, values=lowbit.expand(codes, scales, gs))
+            return Sparse(**found, values=expanded)
         values = torch.empty(k, dtype=torch.bfloat16)
         planes.merge(buf[:value_len].view(2, k), "exp", values)
         return Sparse(**found, values=values)
