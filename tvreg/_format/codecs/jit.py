@@ -488,6 +488,7 @@ def _hash_add_round_bf16_py(g, threshold, seed, values, weight, out, out32, foun
     found[0] = total
     return nans
 
+
 def _place_py(indices, values, start, out):  # pragma: no cover - compiled
     # a position outside `out` is counted, never written: forms are built by decoders that
     # checked their indices, and one that did not must not turn into a wild store
@@ -525,6 +526,7 @@ def _expand_int4_py(raw, scales, group, out):  # pragma: no cover - compiled
         bad += q == -8
         out[j] = np.float32(q) * scales[j // group]
     return bad
+
 
 def ready(numel: int) -> bool:
     """Whether to use the compiled kernels for ``numel`` elements of work; loads them on first use.
@@ -808,7 +810,7 @@ def sparse_add(indices: np.ndarray, values: np.ndarray, acc: np.ndarray, weight:
     product and each sum rounded to float32 in that order, and an absent entry adds
     ``+0.0·weight`` (turning an accumulated −0.0 into +0.0 when ``weight ≥ 0``, as adding a
     decoded zero does). ``values`` (float32) holds one value per position and then one
-    +0.0 (:func:`padded_values`). ``indices`` ascending; returns how many of them were
+    +0.0 (:meth:`~tvreg._format.codecs.forms.Sparse._closed_values`). ``indices`` ascending; returns how many of them were
     matched (all those below ``acc.size`` unless they were out of order). Never reads or
     writes outside the arrays.
     """
@@ -818,6 +820,7 @@ def sparse_add(indices: np.ndarray, values: np.ndarray, acc: np.ndarray, weight:
         np.add(acc, values[-1:] * np.float32(weight), out=acc)
         return 0
     return int(_kernels.sparse_add(indices, values, acc, np.float32(weight)))
+
 
 def hash_add(threshold: int, seed: int, values: np.ndarray, acc: np.ndarray, weight: float) -> int:
     """:func:`sparse_add` for positions hashed as :func:`hash_positions` hashes them (same bits), none stored.
