@@ -113,8 +113,15 @@ def breakdown_build(pre: Path, ft: Path, out: Path, out_json: Path) -> None:
             def __init__(self, inner):
                 self.compress = timed(inner.compress, "[chunk]    encode: zstd compress (per frame)")
 
-        proxies: dict[int, TimedCompressor] = {}
-        zstd_mod._compressor = lambda: proxies.setdefault(threading.get_ident(), TimedCompressor(plain_compressor()))
+        proxies: dict[tuple, TimedCompressor] = {}
+
+        def proxy(*profile):  # one per thread and profile, as the library keeps them (older trees take no profile)
+            key = (threading.get_ident(), *profile)
+            if key not in proxies:
+                proxies[key] = TimedCompressor(plain_compressor(*profile))
+            return proxies[key]
+
+        zstd_mod._compressor = proxy
     else:
         patch(zstd_mod, "compress_segments", "[worker]   zstd compress_segments")
     art_mod.hashlib = timer.hashlib_with_timed_sha256("[main/worker] sha256 of blobs / file (artifact)")

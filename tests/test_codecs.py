@@ -76,6 +76,33 @@ def test_exact_still_reads_older_layouts(taus):
     assert torch.equal(get_codec("exact").decode(data, tuple(tau.shape), params, where="w"), tau)
 
 
+def test_masked_planes_use_the_planes_profile_and_level_1_frames_still_decode(monkeypatch):
+    """Artifacts written before the planes profile (plain level 1) decode and install the same bits."""
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 1 << 16)
+    g = torch.Generator().manual_seed(3)
+    pre = (torch.randn(300_000, generator=g) * 0.02).to(torch.bfloat16)
+    tau = (pre.float() + torch.randn(300_000, generator=g) * 1e-3).to(torch.bfloat16).float() - pre.float()
+    tau[torch.rand(300_000, generator=g) < 0.4] = 0.0
+    for name in ("exact", "bf16"):
+        codec = get_codec(name)
+        enc = codec.encode(tau)
+        frames, at = [], 0
+        for size in enc.params["frames"]:
+            frames.append(bytes(enc.data[at : at + size]))
+            at += size
+        raws = [zstandard.ZstdDecompressor().decompress(f) for f in frames]
+        assert len(frames) > 1 and frames == [zstd_frame.compress(r, profile=zstd_frame.PLANES) for r in raws]
+        older = [zstd_frame.compress(r) for r in raws]  # what tvreg wrote before: level 1
+        assert older != frames
+        new = codec.decode(enc.data, (300_000,), enc.params, where="t")
+        old = codec.decode(b"".join(older), (300_000,), dict(enc.params, frames=[len(f) for f in older]), where="t")
+        assert torch.equal(new.view(torch.int32), old.view(torch.int32))
+        if name == "exact":
+            assert torch.equal(new.view(torch.int32), tau.view(torch.int32))
+    with pytest.raises(ValueError, match="unknown zstd profile"):
+        zstd_frame.compress(b"x", profile="fastest")
+
+
 def test_exact_stores_zeros_as_a_bitmap_and_refuses_a_lying_count():
     t = torch.tensor([0.0, -0.0, 2.0**-130, 0.0, 1.5, 0.0, 0.0, 0.0, -3.0])
     enc = get_codec("exact").encode(t)

@@ -282,20 +282,32 @@ def _bf16_delta_py(ft, pre, out):  # pragma: no cover - compiled
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
+_SKETCH_BLOCK = 256
 
 
 def _count_sketch_py(part, seed, shift, start, buckets):  # pragma: no cover - compiled
-    for i in range(part.size):
-        x = np.uint64(start + i + 1) * _GOLDEN + seed
-        x ^= x >> np.uint64(30)
-        x *= _MIX1
-        x ^= x >> np.uint64(27)
-        x *= _MIX2
-        x ^= x >> np.uint64(31)
-        w = np.float64(part[i])
-        if x & np.uint64(1):
-            w = -w
-        buckets[x >> shift] += w
+    # A block's hashes and signed values first (vectorised; the sign is an XOR of the float's sign
+    # bit, no branch: a branch on a random bit mispredicted half the time, 7.7 against 3.2 ns an
+    # element), then the adds in index order, so every bucket sums in the same order as before.
+    n = part.size
+    hashes = np.empty(_SKETCH_BLOCK, np.uint64)
+    values = np.empty(_SKETCH_BLOCK, np.float64)
+    bits = values.view(np.uint64)
+    for lo in range(0, n, _SKETCH_BLOCK):
+        m = min(_SKETCH_BLOCK, n - lo)
+        for j in range(m):
+            x = np.uint64(start + lo + j + 1) * _GOLDEN + seed
+            x ^= x >> np.uint64(30)
+            x *= _MIX1
+            x ^= x >> np.uint64(27)
+            x *= _MIX2
+            x ^= x >> np.uint64(31)
+            hashes[j] = x
+            values[j] = np.float64(part[lo + j])
+        for j in range(m):
+            bits[j] ^= hashes[j] << np.uint64(63)
+        for j in range(m):
+            buckets[hashes[j] >> shift] += values[j]
 
 
 def _magnitude_hist_py(bits, high, hist):  # pragma: no cover - compiled

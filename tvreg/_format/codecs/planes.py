@@ -182,7 +182,7 @@ def encode_masked(flat: torch.Tensor) -> tuple[bytes, dict]:
         nnz[i] = values.numel()
         return bits.tobytes() + stored.numpy().tobytes()
 
-    data, stream = zstd_frame.compress_made(count, segment)  # chunks in parallel, joined in order
+    data, stream = zstd_frame.compress_made(count, segment, profile=zstd_frame.PLANES)  # in parallel, joined in order
     params = {"zeros": "bitmap", "planes": layout, "nnz": nnz, **stream}
     if count > 1:
         params["chunk_elems"] = per
