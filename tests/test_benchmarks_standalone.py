@@ -123,3 +123,20 @@ def test_build_benchmark_reports_the_copy_baseline_and_the_ratio(tmp_path) -> No
                   "[main] ArtifactWriter.finish (header, copy body, fsync)"):  # fmt: skip
         assert stages.get(label, [0, 0, 0])[2] >= 1, (label, sorted(stages))
     assert not list((tmp_path / "work").glob("*.tvskill")), "the artifacts are removed without --keep"
+
+
+def test_zstd_profile_benchmark_compares_both_profiles_on_the_codec_s_own_segments() -> None:
+    """``benchmarks/zstd_profile.py`` on small synthetic τ: a row per profile and the ratio line, per case."""
+    from helpers import subprocess_env
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "zstd_profile.py"), "--numel", "2e6", "--repeat", "1"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for case in ("dense", "finetune"):
+        rows = [line.split() for line in lines if line.startswith(case)]
+        assert [r[2] if r[2] != "level" else "level 1" for r in rows] == ["level 1", "planes"], rows
+    ratios = [line for line in lines if "planes / level 1:" in line]
+    assert len(ratios) == 2 and all(float(r.split()[-3]) < 1.0 for r in ratios), ratios  # smaller on both

@@ -258,6 +258,53 @@ def test_count_sketch_chunk_is_numpys_bincount_bit_for_bit(start):
     assert got.tobytes() == want.tobytes()
 
 
+def test_count_sketch_with_lanes_adds_the_first_magnitude_histogram_in_the_same_pass():
+    assert jit.ready(jit.MIN_ELEMENTS)
+    part = _fine_tune_like(100_003, 0.6, torch.float32, seed=9).numpy().copy()
+    part[:6] = [np.nan, -np.inf, np.inf, -0.0, 2.0**-140, -np.nan]
+    part[7::1001] = np.float32(1.0 + 2.0**-20)  # low bits set in one bucket only
+    seed, shift = 12345, 64 - 9
+    want_buckets, got_buckets = np.zeros(512), np.zeros(512)
+    jit.count_sketch(part, seed, shift, 77, want_buckets)
+    want = np.zeros((5, 1 << 15), np.int64)
+    jit.magnitude_hist(part, -1, want)
+    lanes = np.zeros((5, 1 << 15), np.int64)
+    jit.count_sketch(part, seed, shift, 77, got_buckets, lanes)
+    assert got_buckets.tobytes() == want_buckets.tobytes()
+    assert np.array_equal(lanes[:4].sum(axis=0), want[:4].sum(axis=0)) and np.array_equal(lanes[4], want[4])
+    assert lanes[4].any() and int(lanes[:4].sum()) == part.size - 2  # the NaNs are not counted
+    with pytest.raises(ValueError, match="lanes"):
+        jit.count_sketch(part, seed, shift, 0, got_buckets, np.zeros((4, 1 << 15), np.int64))
+
+
+def test_tensors_sketched_at_once_on_shared_threads_keep_their_own_cutoffs():
+    """Two workers sketch two big tensors at once while the shared threads take chunks of both:
+    each tensor's cutoff histogram stays its own (the bytes equal sketching them one by one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvreg._format import sketch
+    from tvreg._format.codecs import zstd_frame
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3_000_000, generator=g) * 1e-3
+    b = (torch.randn(2_500_000, generator=g) * 0.5).to(torch.bfloat16).float()  # other magnitudes, bf16 values
+    alone = [sketch.sketch_tensor("a.weight", a), sketch.sketch_tensor("b.weight", b)]
+    before = zstd_frame.decode_threads()
+    zstd_frame.set_decode_threads(3)
+    try:
+        for _ in range(3):
+            with ThreadPoolExecutor(2) as pool:
+                both = list(pool.map(lambda nt: sketch.sketch_tensor(*nt), [("a.weight", a), ("b.weight", b)]))
+            for got, want in zip(both, alone, strict=True):
+                assert got.top_threshold == want.top_threshold and got.norm == want.norm
+                assert got.projection is not None and want.projection is not None
+                assert got.projection.tobytes() == want.projection.tobytes()
+    finally:
+        zstd_frame.set_decode_threads(before)
+    flat = a.abs().numpy()
+    assert alone[0].top_threshold == float(np.sort(flat)[::-1][int(np.ceil(0.2 * flat.size)) - 1])
+
+
 def _select_cases() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(8)
     pre = (torch.randn(300_001, generator=g) * 0.02).to(torch.bfloat16)

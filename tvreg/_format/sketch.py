@@ -31,13 +31,14 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._merge.trim import kth_largest_magnitude
+from .._merge.trim import kth_largest_from_histogram, kth_largest_magnitude
 from ..errors import SketchError
 from .codecs import jit, zstd_frame
 from .safetensors_io import MAX_HEADER_BYTES, build_header
@@ -131,7 +132,10 @@ def sketch_tensor(
         return TensorSketch(0, 0.0, 0.0, 0.0, np.zeros(0, np.float32))
     top = min(n, max(1, math.ceil(TOP_FRACTION * n)))
     whole = torch.from_numpy(flat)
-    threshold = kth_largest_magnitude(n, top, lambda: ((s, whole[s : s + _CHUNK]) for s in range(0, n, _CHUNK)))
+
+    def chunks():
+        return ((s, whole[s : s + _CHUNK]) for s in range(0, n, _CHUNK))
+
     starts = range(0, n, _CHUNK)
     positives, squares_of = [0] * len(starts), [0.0] * len(starts)
     seed = _seed(name)
@@ -139,6 +143,8 @@ def sketch_tensor(
     whole_kept = n <= projection_dim + sample_size
     compiled = not whole_kept and jit.ready(n)
     buckets = np.zeros((len(starts) if compiled else 0, projection_dim), np.float64)
+    lanes_used: dict[int, np.ndarray] = {}  # the cutoff's first histogram, one per thread (counts add up in any order)
+    threshold = 0.0 if compiled else kth_largest_magnitude(n, top, chunks)
 
     def chunk(i: int) -> None:
         # Chunks run on several threads; each sum is kept apart and they are added in chunk order
@@ -149,9 +155,15 @@ def sketch_tensor(
         np.copyto(wide, part)  # a reused buffer: fresh pages cost more than the sum
         squares_of[i] = float(np.add.reduce(np.multiply(wide, wide, out=wide)))
         if compiled:
-            jit.count_sketch(part, seed, int(shift), starts[i], buckets[i])
+            jit.count_sketch(part, seed, int(shift), starts[i], buckets[i], _lanes(lanes_used))
 
     zstd_frame.each_chunk(len(starts), chunk)
+    if compiled:
+        parts = list(lanes_used.values())
+        lanes = np.add.reduce(parts)
+        lanes[4] = np.bitwise_or.reduce([one[4] for one in parts])
+        _release_lanes(lanes_used)
+        threshold = kth_largest_from_histogram(n, top, lanes, chunks)
     positive = sum(positives)
     squares = 0.0
     for part_squares in squares_of:
@@ -170,6 +182,35 @@ def sketch_tensor(
         projection += np.bincount((h >> shift).view(np.int64), weights=part, minlength=projection_dim)
     sample = flat[sample_positions(name, n, sample_size)]
     return TensorSketch(n, norm, positive / n, threshold, sample, projection.astype(np.float32))
+
+
+_free_lanes: list[np.ndarray] = []
+_lanes_lock = threading.Lock()
+
+
+def _lanes(used: dict[int, np.ndarray]) -> np.ndarray:
+    """The calling thread's histogram lanes for the tensor whose ``used`` lanes these are, zeroed.
+
+    Taken from a free list and given back by :func:`_release_lanes`: fresh pages for 1.3 MB a tensor
+    and thread cost more than the pass that fills them. A thread's chunks of two tensors sketched at
+    once go to each tensor's own lanes.
+    """
+    key = threading.get_ident()
+    lanes = used.get(key)
+    if lanes is None:
+        with _lanes_lock:
+            lanes = _free_lanes.pop() if _free_lanes else None
+        if lanes is None:
+            lanes = np.zeros((5, 1 << 15), np.int64)
+        else:
+            lanes.fill(0)
+        used[key] = lanes
+    return lanes
+
+
+def _release_lanes(used: dict[int, np.ndarray]) -> None:
+    with _lanes_lock:
+        _free_lanes.extend(list(used.values())[: max(0, 16 - len(_free_lanes))])
 
 
 @dataclass(frozen=True)

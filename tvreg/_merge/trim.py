@@ -85,8 +85,24 @@ def _radix_select(k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32)), higher + higher_low
 
 
+def kth_largest_from_histogram(
+    numel: int, k: int, lanes: np.ndarray, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+) -> float:
+    """:func:`kth_largest_magnitude` when the first radix pass is done: ``lanes`` summed over every entry.
+
+    ``lanes`` is what :func:`tvreg._format.codecs.jit.magnitude_hist` with ``high=-1`` adds over
+    the whole tensor (several such arrays added, row 4 ORed); the sketch makes it in the same pass
+    as its CountSketch, so the cutoff reads τ once more at most, only when ties need splitting.
+    """
+    if not 1 <= k <= numel:
+        raise ValueError(f"k must be in 1..{numel}, not {k}")
+    return _radix_select_compiled(k, chunks, first=(lanes[:4].sum(axis=0), lanes[4]))[0]
+
+
 def _radix_select_compiled(
-    k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+    k: int,
+    chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]],
+    first: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, int, int]:
     """:func:`_select`'s (t, entries > t, entries == t) by :func:`_radix_select`'s two histograms, compiled.
 
@@ -107,16 +123,16 @@ def _radix_select_compiled(
             jit.magnitude_hist(chunk.detach().to(torch.float32).reshape(-1).contiguous().numpy(), high, lanes)
         return lanes[:4].sum(axis=0), lanes[4]
 
-    first, low_bits = histogram(-1)
-    if int(first.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
-        return float("nan"), int(first.sum()), 0
-    high, higher = _top_bucket(first, k)
+    counts, low_bits = histogram(-1) if first is None else first
+    if int(counts.sum()) < k:  # NaNs are not counted: no k-th largest (a build refuses such τ next)
+        return float("nan"), int(counts.sum()), 0
+    high, higher = _top_bucket(counts, k)
     if low_bits[high]:
         hist, _ = histogram(high)
         low, higher_low = _top_bucket(hist, k - higher)
         equal = int(hist[low])
     else:  # every entry of the bucket is `high << 16`: the second pass would find just that
-        low, higher_low, equal = 0, 0, int(first[high])
+        low, higher_low, equal = 0, 0, int(counts[high])
     t = float(np.array([(high << 16) | low], dtype=np.uint32).view(np.float32)[0])
     return t, higher + higher_low, equal
 
