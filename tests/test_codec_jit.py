@@ -392,6 +392,68 @@ def test_compiled_select_reads_bf16_valued_tau_once(monkeypatch):
         assert greater < k <= greater + equal
 
 
+def test_exact_decode_counts_the_magnitude_histogram_a_pass_over_the_dense_tau_would(monkeypatch):
+    """From each frame's non-zeros (the zeros as one count), on the shared threads: the same lanes as
+    ``magnitude_hist`` over the decoded τ, whole frames, partial ones, a short tail frame, NaN and −0.0."""
+    from tvreg._format.codecs import zstd_frame
+
+    monkeypatch.setattr(zstd_frame, "CHUNK_BYTES", 1 << 18)  # 64Ki entries a frame
+    before = zstd_frame.decode_threads()
+    zstd_frame.set_decode_threads(3)
+    try:
+        x = torch.cat([_select_cases()[1], _select_cases()[2]])[: 5 * (1 << 16) + 1000]
+        x[: 1 << 16] = torch.randn(1 << 16) * 1e-3  # a frame with no zero: its values merge in place
+        x[70_000:70_010] = float("nan")
+        x[70_010:70_020] = -0.0
+        enc = get_codec("exact").encode(x)
+        assert len(enc.params["frames"]) == 6 and enc.params["nnz"][0] == 1 << 16
+        got = get_codec("exact").decode_form_with_histogram(enc.data, (x.numel(),), enc.params, where="t")
+        assert got is not None
+        form, lanes = got
+        assert torch.equal(form.to_dense().view(torch.int32), x.view(torch.int32))
+        want = np.zeros((5, 1 << 15), np.int64)
+        jit.magnitude_hist(x.numpy(), -1, want)
+        assert np.array_equal(lanes[:4].sum(axis=0), want[:4].sum(axis=0)) and np.array_equal(lanes[4], want[4])
+    finally:
+        zstd_frame.set_decode_threads(before)
+
+
+def test_ties_cutoff_of_an_exact_blob_starts_from_the_decode_s_histogram(tmp_path, monkeypatch):
+    """plan_tensor takes the lanes the lazy decode counted: the same trim as from the decoded τ, with one
+    read of τ fewer (for bf16-valued τ, the tie cut's is then its only one)."""
+    from tvreg._format.artifact import Artifact, ArtifactWriter
+    from tvreg._format.manifest import Manifest
+    from tvreg._merge import engine
+    from tvreg._merge.ties import TIES
+
+    steps = _select_cases()[3] * 2.0**-10  # bf16 values: one histogram pass, then the tie cut
+    mixed = (torch.randn(steps.numel()) * 1e-3).contiguous()  # low bits everywhere: two histogram passes, no ties
+    passes = []
+    real_iter = engine.iter_chunks
+
+    def counting_iter(form, chunk):
+        passes.append(1)
+        return real_iter(form, chunk)
+
+    monkeypatch.setattr(engine, "iter_chunks", counting_iter)
+    recipe = TIES.recipe([1.0], ["task_vector"], {"density": 0.2, "normalize": True, "lambda": 1.0})
+    for i, tau in enumerate((steps, mixed)):
+        path = tmp_path / f"s{i}.tvskill"
+        writer = ArtifactWriter(path, Manifest(name="s", version="1.0.0", base_fingerprint="0123456789abcdef" * 4))
+        enc = get_codec("exact").encode(tau)
+        writer.add("w", enc.data, codec="exact", shape=(tau.numel(),), dtype="F32", params=enc.params, rel_error=0.0)
+        writer.finish()
+        counted = []
+        for lazy in (True, False):
+            form = Artifact(path).decode_form("w", lazy=lazy)
+            passes.clear()
+            plan = engine.plan_tensor(recipe, "w", ["s"], [form], tau.numel())
+            counted.append((len(passes), plan.terms))
+            assert form.magnitude_lanes() is None  # counted once, by the decode that made the form
+        assert counted[0][1] == counted[1][1] and counted[0][1][0].trim is not None
+        assert counted[0][0] == counted[1][0] - 1 and counted[1][0] == 2, counted  # steps: 1 + the tie cut
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_trim_holds_one_chunk_at_a_time_on_both_paths(monkeypatch, compiled):
     """Install's TIES expands a compact form chunk by chunk; the cutoff must not keep them all."""

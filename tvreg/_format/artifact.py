@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import CorruptArtifact, InvalidManifest
@@ -224,8 +225,13 @@ class Artifact:
         def add(acc: torch.Tensor, weight: float) -> bool:
             return codec.add_into(data, entry.shape, entry.params, where=where, acc=acc, weight=weight)
 
+        def decode_counting() -> tuple[StoredForm, np.ndarray] | None:
+            return codec.decode_form_with_histogram(data, tuple(entry.shape), entry.params, where=where)
+
         masked = codec.masked_blob(data, tuple(entry.shape), entry.params, where=where)
-        return Undecoded(shape=tuple(entry.shape), decode=decode, add=add, masked=masked)
+        return Undecoded(
+            shape=tuple(entry.shape), decode=decode, add=add, masked=masked, decode_counting=decode_counting
+        )
 
     def verify(self, name: str) -> None:
         """Check one tensor as :meth:`decode` would (digest, codec bounds) and that it is finite, without expanding it.

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def sketch_tensor(
     whole_kept = n <= projection_dim + sample_size
     compiled = not whole_kept and jit.ready(n)
     buckets = np.zeros((len(starts) if compiled else 0, projection_dim), np.float64)
-    lanes_used: dict[int, np.ndarray] = {}  # the cutoff's first histogram, one per thread (counts add up in any order)
+    lanes = jit.MagnitudeLanes()  # the cutoff's first histogram, counted beside the CountSketch
     threshold = 0.0 if compiled else kth_largest_magnitude(n, top, chunks)
 
     def chunk(i: int) -> None:
@@ -155,15 +154,11 @@ def sketch_tensor(
         np.copyto(wide, part)  # a reused buffer: fresh pages cost more than the sum
         squares_of[i] = float(np.add.reduce(np.multiply(wide, wide, out=wide)))
         if compiled:
-            jit.count_sketch(part, seed, int(shift), starts[i], buckets[i], _lanes(lanes_used))
+            jit.count_sketch(part, seed, int(shift), starts[i], buckets[i], lanes.here())
 
     zstd_frame.each_chunk(len(starts), chunk)
     if compiled:
-        parts = list(lanes_used.values())
-        lanes = np.add.reduce(parts)
-        lanes[4] = np.bitwise_or.reduce([one[4] for one in parts])
-        _release_lanes(lanes_used)
-        threshold = kth_largest_from_histogram(n, top, lanes, chunks)
+        threshold = kth_largest_from_histogram(n, top, lanes.total(), chunks)
     positive = sum(positives)
     squares = 0.0
     for part_squares in squares_of:
@@ -182,35 +177,6 @@ def sketch_tensor(
         projection += np.bincount((h >> shift).view(np.int64), weights=part, minlength=projection_dim)
     sample = flat[sample_positions(name, n, sample_size)]
     return TensorSketch(n, norm, positive / n, threshold, sample, projection.astype(np.float32))
-
-
-_free_lanes: list[np.ndarray] = []
-_lanes_lock = threading.Lock()
-
-
-def _lanes(used: dict[int, np.ndarray]) -> np.ndarray:
-    """The calling thread's histogram lanes for the tensor whose ``used`` lanes these are, zeroed.
-
-    Taken from a free list and given back by :func:`_release_lanes`: fresh pages for 1.3 MB a tensor
-    and thread cost more than the pass that fills them. A thread's chunks of two tensors sketched at
-    once go to each tensor's own lanes.
-    """
-    key = threading.get_ident()
-    lanes = used.get(key)
-    if lanes is None:
-        with _lanes_lock:
-            lanes = _free_lanes.pop() if _free_lanes else None
-        if lanes is None:
-            lanes = np.zeros((5, 1 << 15), np.int64)
-        else:
-            lanes.fill(0)
-        used[key] = lanes
-    return lanes
-
-
-def _release_lanes(used: dict[int, np.ndarray]) -> None:
-    with _lanes_lock:
-        _free_lanes.extend(list(used.values())[: max(0, 16 - len(_free_lanes))])
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,10 @@ def plan_tensor(
         n = form_numel(form)
         trim = None
         if recipe.density is not None:
-            trim = magnitude_trim(n, recipe.density, functools.partial(iter_chunks, form, chunk))
+            # an `exact` blob decoded now counts the cutoff's first histogram from its non-zeros
+            trim = magnitude_trim(
+                n, recipe.density, functools.partial(iter_chunks, form, chunk), lanes=form.magnitude_lanes()
+            )
         key = rng.tensor_key(recipe.seed, name, tensor) if recipe.drop_rate else None
         terms.append(Term(weight=weight, numel=n, trim=trim, key=key))
     divisor = 0.0

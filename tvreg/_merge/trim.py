@@ -146,7 +146,7 @@ def _top_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
 
 
 def _select(
-    numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+    numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]], lanes: np.ndarray | None = None
 ) -> tuple[float, int, int]:
     """(t = the k-th largest |x|, entries > t, entries == t): one counting pass when the sample's bracket holds t.
 
@@ -156,7 +156,7 @@ def _select(
     always: the same three numbers, since each is determined by the data alone.
     """
     if jit.ready(numel):  # exact whatever the data, in two compiled passes
-        return _radix_select_compiled(k, chunks)
+        return _radix_select_compiled(k, chunks, None if lanes is None else (lanes[:4].sum(axis=0), lanes[4]))
     lo, hi = _bracket(numel, k, chunks)
     lo32, hi32 = np.float32(lo), np.float32(hi)
     above, candidates = 0, []
@@ -190,18 +190,23 @@ def kth_largest_magnitude(numel: int, k: int, chunks: Callable[[], Iterable[tupl
 
 
 def magnitude_trim(
-    numel: int, density: float, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
+    numel: int,
+    density: float,
+    chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]],
+    *,
+    lanes: np.ndarray | None = None,
 ) -> Trim | None:
     """The :class:`Trim` keeping the top ``max(1, ⌊density·numel⌋)`` magnitudes; ``None`` when all are kept.
 
     At least one entry survives, as in mergekit 0.1.5's ``sparsify.magnitude``.
     ``chunks()`` yields ``(start, float32 chunk)`` over the tensor in order (chunks are
-    only read); it is called two to four times.
+    only read); it is called two to four times. ``lanes``: the first radix histogram of every entry,
+    when the caller counted it already (:meth:`tvreg._format.codecs.forms.StoredForm.magnitude_lanes`).
     """
     k = max(1, int(density * numel))
     if k >= numel:
         return None
-    threshold, greater, equal = _select(numel, k, chunks)
+    threshold, greater, equal = _select(numel, k, chunks, lanes)
     ties_kept = k - greater
     if ties_kept == equal:
         return Trim(threshold, numel)

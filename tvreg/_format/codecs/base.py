@@ -14,6 +14,8 @@ from ...errors import CorruptArtifact, InvalidCodecOption
 from .forms import Dense, StoredForm
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .planes import MaskedBlob
 
 
@@ -152,6 +154,14 @@ class Codec(ABC):
         :meth:`decode_form`'s chunks).
         """
         return False
+
+    def decode_form_with_histogram(
+        self, data: bytes | bytearray | memoryview, shape: tuple[int, ...], params: dict, *, where: str
+    ) -> tuple[StoredForm, np.ndarray] | None:
+        """:meth:`decode_form` and the first radix histogram of |τ| (:func:`tvreg._format.codecs.jit.magnitude_hist`,
+        ``high=-1``) counted while decoding, when this codec can count it cheaper than a pass over the dense
+        τ; None, having done nothing, when it cannot. Default: None."""
+        return None
 
     def masked_blob(self, data: bytes | memoryview, shape: tuple[int, ...], params: dict, *, where: str) -> MaskedBlob | None:
         """The blob as frames :func:`tvreg._format.codecs.planes.add_round_masked` can add beside other

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from . import planes, zstd_frame
+from . import jit, planes, zstd_frame
 from .base import Codec, Encoded, numel_of, raw_view
+from .forms import Dense
 
 
 class ExactCodec(Codec):
@@ -47,6 +48,15 @@ class ExactCodec(Codec):
         if params.get("zeros") is None:
             return planes.decode(data, params, n, torch.float32, where=where).reshape(shape)
         return planes.decode_masked(data, params, n, torch.float32, where=where).reshape(shape)
+
+    def decode_form_with_histogram(self, data, shape, params, *, where):
+        """The zero-bitmap layout counts |τ|'s histogram from each frame's non-zeros as it decodes them."""
+        n = numel_of(shape)
+        if params.get("zeros") is None or "shuffle" in params or not jit.ready(n):
+            return None
+        lanes = jit.MagnitudeLanes()
+        values = planes.decode_masked(data, params, n, torch.float32, where=where, lanes=lanes)
+        return Dense(shape=tuple(shape), values=values), lanes.total()
 
     def add_into(self, data, shape, params, *, where, acc, weight):
         """The zero-bitmap layout adds each frame's non-zeros straight into ``acc`` (:func:`planes.add_masked`)."""

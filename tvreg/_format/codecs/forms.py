@@ -72,6 +72,14 @@ class StoredForm:
         """
         return None
 
+    def magnitude_lanes(self) -> np.ndarray | None:
+        """The first radix histogram of |τ| (:func:`tvreg._format.codecs.jit.magnitude_hist`, ``high=-1``) when
+        this form got it cheaper than a pass over its dense values (counted while decoding), else None.
+
+        TIES' cutoff (:func:`tvreg._merge.trim.magnitude_trim`) then starts from it.
+        """
+        return None
+
     def add_scaled(self, acc: torch.Tensor, weight: float, *, chunk: int, consume: bool = False) -> None:
         """``acc ← acc + τ·weight`` over τ's first ``acc.numel()`` elements (float32, each product and sum rounded).
 
@@ -415,12 +423,23 @@ class Undecoded(StoredForm):
     add: Callable[[torch.Tensor, float], bool]
     #: the blob's frames when the codec can add them beside other skills' (:func:`planes.add_round_masked`)
     masked: MaskedBlob | None = field(default=None, repr=False)
+    #: the decode that also counts |τ|'s first radix histogram, when the codec has one (else it returns None)
+    decode_counting: Callable[[], tuple[StoredForm, np.ndarray] | None] | None = field(default=None, repr=False)
     _form: StoredForm | None = field(default=None, repr=False)
 
     def resolved(self) -> StoredForm:
         if self._form is None:
             self._form = self.decode()
         return self._form
+
+    def magnitude_lanes(self) -> np.ndarray | None:
+        if self._form is not None or self.decode_counting is None:
+            return None
+        got = self.decode_counting()
+        if got is None:
+            return None
+        self._form, lanes = got
+        return lanes
 
     def to_dense(self) -> torch.Tensor:
         return self.resolved().to_dense()

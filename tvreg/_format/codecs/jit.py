@@ -700,6 +700,47 @@ def magnitude_hist(x: np.ndarray, high: int, lanes: np.ndarray) -> None:
     _kernels.magnitude_hist(x.view(np.uint32), np.int64(high), lanes)
 
 
+class MagnitudeLanes:
+    """Per-thread lanes for :func:`magnitude_hist` (``high=-1``) over one tensor whose parts are counted on
+    several threads at once; :meth:`total` adds them up (row 4 ORed), as one array over every entry would.
+
+    The arrays come from a free list and go back to it: fresh pages for 1.3 MB a tensor and thread
+    cost more than the pass that fills them. A thread that counts parts of two tensors at once
+    (the shared decode threads do) counts each into that tensor's own lanes.
+    """
+
+    _free: list[np.ndarray] = []
+    _free_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._used: dict[int, np.ndarray] = {}
+
+    def here(self) -> np.ndarray:
+        """This thread's lanes for this tensor, zeroed on first use."""
+        key = threading.get_ident()
+        lanes = self._used.get(key)
+        if lanes is None:
+            with self._free_lock:
+                lanes = self._free.pop() if self._free else None
+            if lanes is None:
+                lanes = np.zeros((5, 1 << 15), np.int64)
+            else:
+                lanes.fill(0)
+            self._used[key] = lanes
+        return lanes
+
+    def total(self) -> np.ndarray:
+        """The lanes of every thread added up (a fresh array); the per-thread ones go back to the free list."""
+        parts = list(self._used.values())
+        out = np.add.reduce(parts) if parts else np.zeros((5, 1 << 15), np.int64)
+        if parts:
+            out[4] = np.bitwise_or.reduce([one[4] for one in parts])
+        self._used = {}
+        with self._free_lock:
+            self._free.extend(parts[: max(0, 16 - len(self._free))])
+        return out
+
+
 def nth_magnitude(x: np.ndarray, t: float, need: int) -> tuple[int, int]:
     """Where the ``need``-th entry with ``|x| == t`` (finite ``t``) lies in the float32 ``x``: ``(index, need)``,
     or ``(-1, how many there are)`` when ``x`` holds fewer. One pass that stops there, no temporaries:

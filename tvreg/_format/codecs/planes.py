@@ -223,20 +223,29 @@ def decode_masked(
     *,
     where: str,
     out: torch.Tensor | None = None,
+    lanes: jit.MagnitudeLanes | None = None,
 ) -> torch.Tensor:
     """Undo :func:`encode_masked`: a flat tensor of ``numel`` fp32, bf16 or int8 values (in ``out`` when given).
 
     Every size (bitmap, non-zero count, frame) is checked against the manifest before
     anything is allocated, and each frame's bitmap must mark exactly its declared count.
+
+    ``lanes`` (fp32, compiled kernels only) also counts the first radix histogram of |τ| that TIES'
+    cutoff starts from (:func:`tvreg._merge.trim.magnitude_trim`), from each frame's non-zeros
+    while they are in cache, the zeros added as one count: a pass over the dense τ fewer.
     """
     n = numel
+    if lanes is not None and not (dtype == torch.float32 and jit.ready(n)):
+        raise ValueError("a magnitude histogram comes with fp32 values and the compiled kernels only")
     per, sizes, nnz, spans = _masked_frames(data, params, n, dtype, where)
     out = zstd_frame.empty(n, dtype, where=where) if out is None else _check_out(out, n, dtype)
 
     def finish(i: int, raw: torch.Tensor) -> None:
-        _decode_frame(raw, sizes[i], nnz[i], out[i * per : i * per + sizes[i]], where)
+        _decode_frame(raw, sizes[i], nnz[i], out[i * per : i * per + sizes[i]], where, lanes)
 
     zstd_frame.decompress_frames(data, spans, where=where, each=finish)
+    if lanes is not None:
+        lanes.here()[0, 0] += n - sum(nnz)  # every zero entry: bucket 0, no low bits
     return out
 
 
@@ -364,14 +373,16 @@ def add_round_masked(blobs: Sequence[tuple[MaskedBlob, float]], general: torch.T
     return True
 
 
-def _decode_frame(raw: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
+def _decode_frame(
+    raw: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str, lanes: jit.MagnitudeLanes | None = None
+) -> None:
     """One frame of :func:`decode_masked` (its raw bitmap and planes in ``raw``) into ``target``."""
     dtype = target.dtype
     size = target.element_size()
     nbits = _bitmap_bytes(count)
     bits = raw[:nbits].numpy()
-    if jit.ready(count):
-        return _finish_compiled(bits, raw[nbits:], count, k, target, where)
+    if jit.ready(count) or lanes is not None:
+        return _finish_compiled(bits, raw[nbits:], count, k, target, where, lanes)
     keep = np.unpackbits(bits, count=count, bitorder="little").view(np.bool_)
     if np.count_nonzero(keep) != k or _pad_bits_set(bits, count):
         raise _bitmap_disagrees(where)
@@ -389,7 +400,15 @@ def _decode_frame(raw: torch.Tensor, count: int, k: int, target: torch.Tensor, w
     ints[keep if 8 * k > 7 * count else np.flatnonzero(keep)] = values.view(_INT_OF[size]).numpy()
 
 
-def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int, target: torch.Tensor, where: str) -> None:
+def _finish_compiled(
+    bits: np.ndarray,
+    stored: torch.Tensor,
+    count: int,
+    k: int,
+    target: torch.Tensor,
+    where: str,
+    lanes: jit.MagnitudeLanes | None = None,
+) -> None:
     """One frame of :func:`decode_masked` with the compiled kernels: same checks, same bytes."""
     if _pad_bits_set(bits, count):
         raise _bitmap_disagrees(where)
@@ -402,10 +421,14 @@ def _finish_compiled(bits: np.ndarray, stored: torch.Tensor, count: int, k: int,
         if jit.popcount(bits) != k:
             raise _bitmap_disagrees(where)
         merge(stored.view(size, k), "exp", target)
+        if lanes is not None:
+            jit.magnitude_hist(target.numpy(), -1, lanes.here())
         return
     else:
         values = zstd_frame.scratch(k * size, where, slot="values").numpy().view(words)
         jit.merge_exp(stored.numpy().reshape(size, k), values)
+        if lanes is not None:
+            jit.magnitude_hist(values.view(np.float32), -1, lanes.here())
     if jit.scatter(bits, values, dest) != k:
         raise _bitmap_disagrees(where)
 
