@@ -151,3 +151,30 @@ def test_unsafe_names_are_refused_before_any_work(family, tmp_path, name):
             family.pre, finetuned=family.science, output=tmp_path / "x.tvskill", name=name, version="1.0.0"
         )
     assert not list(tmp_path.rglob("*tvskill*"))
+
+
+def test_the_base_fingerprint_hashed_beside_the_build_reaches_the_header_and_sketch_or_leaves_nothing(
+    family, tmp_path, monkeypatch
+):
+    """θ_pre is hashed while the tensors are coded; the header and the sketch get its fingerprint, and a
+    fingerprint that fails (after the tensors were written) leaves neither an artifact nor a temporary file."""
+    import time
+
+    import tvreg._build.build as build_mod
+    from tvreg.errors import CheckpointError
+
+    res = build_skill(family.pre, finetuned=family.science, output=tmp_path / "ok.tvskill", name="ok", version="1.0.0")
+    want = fingerprint(family.pre)
+    assert res.manifest.base_fingerprint == want == res.sketch.base_fingerprint
+    assert Artifact(tmp_path / "ok.tvskill").manifest.base_fingerprint == want
+
+    def failing(model, **_):
+        time.sleep(0.5)  # the build's tensors are written by then
+        raise CheckpointError("`pre` could not be read while hashing it.")
+
+    monkeypatch.setattr(build_mod, "fingerprint", failing)
+    out = tmp_path / "bad" / "x.tvskill"
+    out.parent.mkdir()
+    with pytest.raises(CheckpointError, match="while hashing"):
+        build_skill(family.pre, finetuned=family.science, output=out, name="x", version="1.0.0")
+    assert list(out.parent.iterdir()) == []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from .._format.manifest import DATASET_UNITS, Manifest
 from .._util.pipeline import ordered_map
 from .._util.progress import NULL_PROGRESS, Progress
 from .._format.sketch import Sketch, SketchBuilder, store_cached
+
+_PENDING = "0" * 64
+"""The manifest's fingerprint until θ_pre's, hashed beside the build, is in (:func:`write_skill`)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,10 @@ def build_skill(
 
         adapter, hub_origin = download_adapter(str(adapter), progress=progress)
         source_label = source_label or hub_origin
-    with Checkpoint.open(reference) as pre:
-        base_fp = fingerprint(pre, progress=progress)
+    with Checkpoint.open(reference) as pre, ThreadPoolExecutor(1, thread_name_prefix="tvreg-fingerprint") as beside:
+        # θ_pre is hashed beside the build (on a first build from it; later ones find it cached):
+        # the fingerprint is needed only when the header is written, and the cores have room
+        base_fp = beside.submit(fingerprint, pre)
         source: dict = {"codec": coder.describe()}
         deltas: Iterable[tuple[str, Callable[[str], torch.Tensor | None]]]
         if finetuned is not None:
@@ -259,7 +265,7 @@ def build_skill(
             manifest = Manifest(
                 name=name,
                 version=version,
-                base_fingerprint=base_fp,
+                base_fingerprint=_PENDING,
                 kind=kind,
                 dataset_size=dataset_size,
                 dataset_unit=dataset_unit,
@@ -274,7 +280,7 @@ def build_skill(
             total = pre.total_bytes if ft is None else sum(pre.info(n).numel * 4 for n, _ in deltas)
             result = write_skill(
                 Path(output), manifest, deltas, lambda n: (pre.info(n).shape, pre.info(n).dtype), coder,
-                total=total, progress=progress,
+                total=total, progress=progress, base_fingerprint=base_fp.result,
             )  # fmt: skip
         finally:
             if ft is not None:
@@ -291,6 +297,7 @@ def write_skill(
     *,
     total: int,
     progress: Progress = NULL_PROGRESS,
+    base_fingerprint: Callable[[], str] | None = None,
 ) -> BuildResult:
     """Code and write τ tensor by tensor into a ``.tvskill`` at ``output`` (atomically), and cache its sketch.
 
@@ -298,7 +305,8 @@ def write_skill(
     ``deltas`` yields ``(name, fn)`` in the artifact's tensor order, and ``fn(name)`` gives
     that tensor's fp32 τ (``None`` for a tensor the skill leaves alone). ``layout(name)`` is
     the base tensor's shape and dtype name. A few tensors are in flight at once; each is
-    checked for NaN/Inf before it is coded.
+    checked for NaN/Inf before it is coded. ``base_fingerprint``, when given, is asked for the
+    manifest's ``base_fingerprint`` only once every tensor is written (it may be computing meanwhile).
     """
     writer = ArtifactWriter(Path(output), manifest)
     sketcher = SketchBuilder()
@@ -350,6 +358,8 @@ def write_skill(
                 )
                 raw += nbytes
             progress.advance(math.prod(shape) * 4)
+        if base_fingerprint is not None:
+            manifest = writer.manifest = replace(manifest, base_fingerprint=base_fingerprint())
         result_manifest = writer.finish()
         progress.done()
     except BaseException:
