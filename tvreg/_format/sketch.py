@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._merge.trim import kth_largest_from_histogram, kth_largest_magnitude
+from .._merge.trim import kth_largest_magnitude
 from ..errors import SketchError
 from .codecs import jit, zstd_frame
 from .safetensors_io import MAX_HEADER_BYTES, build_header
@@ -158,7 +158,7 @@ def sketch_tensor(
 
     zstd_frame.each_chunk(len(starts), chunk)
     if compiled:
-        threshold = kth_largest_from_histogram(n, top, lanes.total(), chunks)
+        threshold = kth_largest_magnitude(n, top, chunks, lanes=lanes.total())
     positive = sum(positives)
     squares = 0.0
     for part_squares in squares_of:

@@ -85,20 +85,6 @@ def _radix_select(k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]
     return float(torch.tensor([pattern], dtype=torch.int32).view(torch.float32)), higher + higher_low
 
 
-def kth_largest_from_histogram(
-    numel: int, k: int, lanes: np.ndarray, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]
-) -> float:
-    """:func:`kth_largest_magnitude` when the first radix pass is done: ``lanes`` summed over every entry.
-
-    ``lanes`` is what :func:`tvreg._format.codecs.jit.magnitude_hist` with ``high=-1`` adds over
-    the whole tensor (several such arrays added, row 4 ORed); the sketch makes it in the same pass
-    as its CountSketch, so the cutoff reads τ once more at most, only when ties need splitting.
-    """
-    if not 1 <= k <= numel:
-        raise ValueError(f"k must be in 1..{numel}, not {k}")
-    return _radix_select_compiled(k, chunks, first=(lanes[:4].sum(axis=0), lanes[4]))[0]
-
-
 def _radix_select_compiled(
     k: int,
     chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]],
@@ -177,16 +163,21 @@ def _select(
     return t, greater, equal
 
 
-def kth_largest_magnitude(numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]]) -> float:
+def kth_largest_magnitude(
+    numel: int, k: int, chunks: Callable[[], Iterable[tuple[int, torch.Tensor]]], *, lanes: np.ndarray | None = None
+) -> float:
     """The k-th largest |x| (1 ≤ k ≤ numel) of a tensor read chunk by chunk, exactly.
 
     Why not ``np.partition`` over the whole tensor: it needs a full float32 copy, and on
     τ of bf16 weights (most entries 0, the rest a few ulp steps) its introselect ran
-    20x slower than these passes.
+    20x slower than these passes. ``lanes``: the first radix histogram of every entry, when
+    the caller counted it in a pass of its own (:func:`tvreg._format.codecs.jit.magnitude_hist`
+    with ``high=-1``; the sketch counts it beside its CountSketch): τ is then read once more at
+    most, only when the cutoff's bucket must be split.
     """
     if not 1 <= k <= numel:
         raise ValueError(f"k must be in 1..{numel}, not {k}")
-    return _select(numel, k, chunks)[0]
+    return _select(numel, k, chunks, lanes)[0]
 
 
 def magnitude_trim(
