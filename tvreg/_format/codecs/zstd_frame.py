@@ -99,7 +99,7 @@ def compress(data: bytes | memoryview, *, profile: str | None = None) -> bytes:
     return _new_compressor(profile).compress(data)
 
 
-def compress_stream(raw: bytes | memoryview, *, profile: str | None = None) -> tuple[bytes, dict]:
+def compress_stream(raw: bytes | memoryview) -> tuple[bytes, dict]:
     """Compress ``raw`` as consecutive frames of :data:`CHUNK_BYTES` input each.
 
     Returns the blob and the manifest parameters describing its frames (none for a
@@ -109,7 +109,7 @@ def compress_stream(raw: bytes | memoryview, *, profile: str | None = None) -> t
     if len(view) == 0:
         return b"", {}
     chunk = CHUNK_BYTES
-    cctx = _new_compressor(profile)
+    cctx = _new_compressor(None)
     frames = [cctx.compress(view[i : i + chunk]) for i in range(0, len(view), chunk)]
     params = {"chunk_bytes": chunk, "frames": [len(f) for f in frames]} if len(frames) > 1 else {}
     return b"".join(frames), params
