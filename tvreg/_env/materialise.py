@@ -26,7 +26,14 @@ from .._format.checkpoint import INDEX_NAME, Checkpoint
 from .._format.codecs.zstd_frame import Arena
 from .._format.faults import crash_point
 from .._format.fingerprint import fingerprint_of_hashes, remember, short
-from .._format.fsutil import atomic_write_text, disk_errors, free_bytes, fsync_dir, swap_directories
+from .._format.fsutil import (
+    WriteBehind,
+    atomic_write_text,
+    disk_errors,
+    free_bytes,
+    fsync_dir,
+    swap_directories,
+)
 from .._format.safetensors_io import DTYPE_NAMES, SafetensorsWriter, itemsize
 from .._merge import Recipe, plan_tensor
 from .._merge.device import Merger
@@ -154,29 +161,32 @@ def _write_files(
 ) -> None:
     """Write each shard of G's layout from the stream of merged tensors, recording their hashes.
 
-    A tensor that came in a buffer lent by ``arena`` is given back once it is written."""
-    for handle in general.handles:
-        target = staging / handle.path.name
-        entries = [(n, DTYPE_NAMES[target_dtype(n)], i.shape) for n, i in handle.tensors.items()]
-        metadata = dict(handle.metadata)
-        metadata.setdefault("format", "pt")
-        file_hashes: dict[str, tuple[str, list[int], str]] = {}
-        with disk_errors(target, general.total_bytes), open(target, "wb") as f:
-            writer = SafetensorsWriter(f, entries, metadata)
-            for expected in handle.tensors:
-                name, tensor, digest, lent = next(stream)
-                assert name == expected
-                writer.write(name, tensor)
-                del tensor
-                if lent is not None:
-                    arena.give_back(lent)
-                info = handle.tensors[name]
-                file_hashes[name] = (DTYPE_NAMES[target_dtype(name)], list(info.shape), digest)
-                progress.advance(info.nbytes)
-                crash_point("install:write")
-            writer.finish()
-        hashes.update(file_hashes)
-        per_file[handle.path.name] = file_hashes
+    A tensor that came in a buffer lent by ``arena`` is given back once it is written. Each
+    shard is synced to disk while it and the next are written (:class:`WriteBehind`); every
+    shard is durable when this returns."""
+    with disk_errors(staging, general.total_bytes), WriteBehind() as behind:
+        for handle in general.handles:
+            target = staging / handle.path.name
+            entries = [(n, DTYPE_NAMES[target_dtype(n)], i.shape) for n, i in handle.tensors.items()]
+            metadata = dict(handle.metadata)
+            metadata.setdefault("format", "pt")
+            file_hashes: dict[str, tuple[str, list[int], str]] = {}
+            with disk_errors(target, general.total_bytes), open(target, "wb") as f:
+                writer = SafetensorsWriter(f, entries, metadata, behind=behind)
+                for expected in handle.tensors:
+                    name, tensor, digest, lent = next(stream)
+                    assert name == expected
+                    writer.write(name, tensor)
+                    del tensor
+                    if lent is not None:
+                        arena.give_back(lent)
+                    info = handle.tensors[name]
+                    file_hashes[name] = (DTYPE_NAMES[target_dtype(name)], list(info.shape), digest)
+                    progress.advance(info.nbytes)
+                    crash_point("install:write")
+                writer.finish()
+            hashes.update(file_hashes)
+            per_file[handle.path.name] = file_hashes
 
 
 def _materialise(

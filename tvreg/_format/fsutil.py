@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -140,6 +141,88 @@ def swap_directories(current: Path, staged: Path) -> None:
         os.rename(staged, current)
         os.rename(aside, staged)
     fsync_dir(current.parent)
+
+
+class WriteBehind:
+    """Make files durable off the critical path: written data is flushed to disk while more is written.
+
+    Why: Linux starts writing a file's dirty pages back only once the machine's dirty memory
+    passes ``vm.dirty_background_ratio`` (GiBs on a large machine), so the ``fsync`` that
+    ends each 500 MB shard of an install waited for the whole shard with the CPUs idle,
+    0.2-0.8 s a shard (1.7 s of a 12 s install of a 5.5e8-parameter model). Here one thread
+    ``fdatasync``s a file each ``every`` bytes written to it, and a finished file's ``fsync``
+    runs there too while the next file is written. Nothing is weaker: :meth:`wait` returns
+    only once every finished file is durable and raises the first error any sync met, and
+    callers rename nothing into place before it returns.
+
+    Use as a context manager; :meth:`wrote` after each write, :meth:`finished` after the
+    last (the file object may then be closed), :meth:`wait` before the rename.
+    """
+
+    def __init__(self, every: int = 64 << 20) -> None:
+        self._every = every
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tvreg-sync")
+        self._files: dict[int, list] = {}  # fileno → [own fd, bytes since the last sync, that sync]
+        self._syncs: list[Future] = []
+
+    def wrote(self, f: IO, nbytes: int) -> None:
+        """Count ``nbytes`` written to ``f``; past ``every`` since the last sync, start another (one at a time)."""
+        state = self._state(f)
+        state[1] += nbytes
+        if state[1] >= self._every and (state[2] is None or state[2].done()):
+            f.flush()
+            state[1] = 0
+            state[2] = self._pool.submit(_datasync, state[0])
+            self._syncs.append(state[2])
+
+    def finished(self, f: IO) -> None:
+        """``f`` holds all its bytes: fsync it in the background (its own descriptor stays open till then)."""
+        f.flush()
+        fd = self._state(f)[0]
+        del self._files[f.fileno()]
+        self._syncs.append(self._pool.submit(_fsync_close, fd))
+
+    def wait(self) -> None:
+        """Return once every finished file is on disk; raise the first error a sync met.
+
+        Every sync's error counts, not only the last one's: once ``fdatasync`` has reported
+        a failed write-back, a later ``fsync`` of the same descriptor succeeds.
+        """
+        errors = [exc for fut in self._syncs if (exc := fut.exception()) is not None]
+        self._syncs = []
+        if errors:
+            raise errors[0]
+
+    def _state(self, f: IO) -> list:
+        key = f.fileno()
+        if key not in self._files:
+            self._files[key] = [os.dup(key), 0, None]
+        return self._files[key]
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if exc_info[0] is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            for fd, _, _ in self._files.values():  # files abandoned by an error: nothing to make durable
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._files.clear()
+
+
+def _datasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _DIGEST_CHUNK = 8 << 20

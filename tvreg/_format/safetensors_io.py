@@ -25,6 +25,7 @@ import torch
 
 from ..errors import CorruptCheckpoint, TvregError
 from ._json import strict_json_loads
+from .fsutil import WriteBehind
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -258,7 +259,9 @@ class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, in a layout fixed up front.
 
     The header is written first, so only one tensor is in memory at a time. Call
-    :meth:`write` once per entry, in order, then :meth:`close`, which fsyncs.
+    :meth:`write` once per entry, in order, then :meth:`finish`, which fsyncs, or with
+    ``behind`` hands the file to that :class:`~tvreg._format.fsutil.WriteBehind` (which
+    also syncs what is written as it goes): the file is durable after its ``wait()``.
     """
 
     def __init__(
@@ -266,8 +269,11 @@ class SafetensorsWriter:
         fileobj,
         entries: Sequence[tuple[str, str, Sequence[int]]],
         metadata: Mapping[str, str] | None = None,
+        *,
+        behind: WriteBehind | None = None,
     ) -> None:
         self._f = fileobj
+        self._behind = behind
         self._entries = [(n, d, tuple(s)) for n, d, s in entries]
         self._next = 0
         head, _ = build_header(self._entries, metadata)
@@ -283,6 +289,8 @@ class SafetensorsWriter:
             )
         if tensor.numel():
             self._f.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]  # numpy's stubs make ndarray a buffer only on 3.12+
+            if self._behind is not None:
+                self._behind.wrote(self._f, tensor.numel() * tensor.element_size())
         self._next += 1
 
     def write_bytes(self, name: str, data: bytes | memoryview) -> None:
@@ -295,5 +303,8 @@ class SafetensorsWriter:
     def finish(self) -> None:
         if self._next != len(self._entries):
             raise ValueError(f"only {self._next} of {len(self._entries)} tensors were written")
+        if self._behind is not None:
+            self._behind.finished(self._f)
+            return
         self._f.flush()
         os.fsync(self._f.fileno())
