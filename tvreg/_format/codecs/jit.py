@@ -292,11 +292,10 @@ def _count_sketch_py(part, seed, shift, start, buckets, lanes):  # pragma: no co
     # A block's hashes and signed values first (vectorised; the sign is an XOR of the float's sign
     # bit, no branch: a branch on a random bit mispredicted half the time, 7.7 against 3.2 ns an
     # element), then the adds in index order, so every bucket sums in the same order as before.
-    # With lanes of 5 rows, the same loop adds the first radix histogram of |x| (_magnitude_hist_py).
+    # With lanes of 5 rows, each block also adds to the first radix histogram of |x| (_top_hist_py).
     n = part.size
     words = part.view(np.uint32)
     hist = lanes.shape[0] == 5
-    nan = np.uint32(0x7F800000)
     hashes = np.empty(_SKETCH_BLOCK, np.uint64)
     values = np.empty(_SKETCH_BLOCK, np.float64)
     bits = values.view(np.uint64)
@@ -319,31 +318,37 @@ def _count_sketch_py(part, seed, shift, start, buckets, lanes):  # pragma: no co
         for j in range(m):
             buckets[hashes[j] >> shift] += values[j]
         if hist:
-            for j in range(m):
-                b = wb[j] & np.uint32(0x7FFFFFFF)
-                if b <= nan:
-                    lanes[j & 3, b >> np.uint32(16)] += 1
-                    low = b & np.uint32(0xFFFF)
-                    if low:
-                        lanes[4, b >> np.uint32(16)] |= low
+            _top_hist(wb, lanes)
+
+
+def _top_hist_py(bits, hist):  # pragma: no cover - compiled
+    # The first radix histogram of |x|: its top 15 bits, in four interleaved rows (hist rows 0-3;
+    # runs of equal values, which τ of bf16 weights is full of, would otherwise wait on one
+    # counter), and row 4 ORs the low 16 bits of each bucket's entries (rarely set for τ of bf16
+    # weights, so the branch is taken seldom). NaN is never among the largest, as in NumPy's
+    # comparisons. The sketch's CountSketch calls it on each block it has in cache.
+    nan = np.uint32(0x7F800000)
+    for i in range(bits.size):
+        b = bits[i] & np.uint32(0x7FFFFFFF)
+        if b <= nan:
+            hist[i & 3, b >> np.uint32(16)] += 1
+            low = b & np.uint32(0xFFFF)
+            if low:
+                hist[4, b >> np.uint32(16)] |= low
+
+
+# The compiled `_top_hist` once `ready` has compiled it; _count_sketch_py and _magnitude_hist_py call it by this name.
+_top_hist = _top_hist_py
 
 
 def _magnitude_hist_py(bits, high, hist):  # pragma: no cover - compiled
-    # high < 0: histogram of the top 15 bits of |x|; else of the low 16 bits of the |x| whose top bits are `high`.
-    # Four interleaved histograms (hist rows 0-3): runs of equal values (τ of bf16 weights
-    # has few distinct ones) would otherwise wait on one counter. With high < 0, row 4 ORs the
-    # low 16 bits of each bucket's entries (rarely set for τ of bf16 weights, so the branch is taken seldom).
+    # high < 0: the first radix histogram (_top_hist_py); else that of the low 16 bits of the |x|
+    # whose top bits are `high`, in the same four interleaved rows.
+    if high < 0:
+        _top_hist(bits, hist)
+        return
     n = bits.size
     nan = np.uint32(0x7F800000)
-    if high < 0:
-        for i in range(n):
-            b = bits[i] & np.uint32(0x7FFFFFFF)
-            if b <= nan:  # NaN is never among the largest, as in the NumPy comparisons
-                hist[i & 3, b >> np.uint32(16)] += 1
-                low = b & np.uint32(0xFFFF)
-                if low:
-                    hist[4, b >> np.uint32(16)] |= low
-        return
     top = np.uint32(high)
     for i in range(n):
         b = bits[i] & np.uint32(0x7FFFFFFF)
@@ -584,9 +589,10 @@ def ready(numel: int) -> bool:
                 def compile_(fn):
                     return numba.njit(nogil=True, cache=True, boundscheck=False)(fn)
 
-                global _hash_block, _round_block
+                global _hash_block, _round_block, _top_hist
                 _hash_block = compile_(_hash_block_py)
                 _round_block = compile_(_round_block_py)
+                _top_hist = compile_(_top_hist_py)
 
                 _kernels = SimpleNamespace(
                     merge_exp4=compile_(_merge_exp4_py),
