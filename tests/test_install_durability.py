@@ -1,4 +1,8 @@
-"""WriteBehind: files are synced while they are written, every one is durable before the swap, no error is lost."""
+"""An install's writes are durable before its swap, made beside the merge, and no error of theirs is lost.
+
+WriteBehind syncs the shards while they are written; the store's copies of the artifacts are
+made on a thread of their own while the merge runs, and both are complete before the swap.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tvreg._build.build import build_skill
 from tvreg._env import materialise
 from tvreg._env.environment import init_environment
 from tvreg._env.operations import install
+from tvreg._env.store import artifact_path
 from tvreg._format.fsutil import WriteBehind
 from tvreg.errors import DiskFull
 
@@ -141,3 +146,34 @@ def test_a_full_disk_at_a_shards_last_fsync_names_it_and_changes_nothing(setup, 
         install([skill], into=model, method="ties", method_params={"density": 0.5})
     assert tree_digest(model) == before
     assert not list(model.parent.glob(f".{model.name}.tvreg-*.staging"))
+
+
+def test_the_store_copies_are_complete_at_the_swap_and_their_failure_changes_nothing(setup, monkeypatch):
+    model, skill = setup
+    from tvreg._format.fsutil import file_sha256
+
+    digest = file_sha256(skill)
+    at_swap = []
+    real_swap = materialise.swap_directories
+
+    def swap(current, staged):
+        stored = artifact_path(digest)
+        at_swap.append(stored.is_file() and file_sha256(stored) == digest)
+        real_swap(current, staged)
+
+    monkeypatch.setattr(materialise, "swap_directories", swap)
+    install([skill], into=model)
+    assert at_swap == [True]
+
+    before = tree_digest(model)
+    real_keep = materialise.keep_artifact
+
+    def full(src, digest):
+        raise DiskFull(f"no space left on the device while writing `{src}`.")
+
+    monkeypatch.setattr(materialise, "keep_artifact", full)
+    with pytest.raises(DiskFull):
+        install([skill], into=model, method="ties", method_params={"density": 0.5})
+    assert tree_digest(model) == before
+    assert not list(model.parent.glob(f".{model.name}.tvreg-*.staging"))
+    monkeypatch.setattr(materialise, "keep_artifact", real_keep)

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -212,14 +213,17 @@ def _materialise(
     Caller holds :func:`lock_model`.
     """
     out_dtype = _check_output_dtype(lock.output_dtype)
-    for skill in final:
-        keep_artifact(skill.artifact.path, skill.digest)
     needed = general.total_bytes + (1 << 20)
     if free_bytes(model_dir.parent) < needed:
         with disk_errors(model_dir, needed):
             raise OSError(28, "No space left on device")
     staging: Path | None
     staging = model_dir.parent / f".{model_dir.name}.tvreg-{os.getpid()}-{time.time_ns()}.staging"
+    # The store's copies of the artifacts (which the lock names) are made beside the merge, which
+    # reads the artifacts where they are: a first install copied and fsynced every one before
+    # merging anything (~1.5 s for three 150 MiB skills). They are complete before the swap.
+    kept = ThreadPoolExecutor(1, thread_name_prefix="tvreg-keep")
+    keeping = kept.submit(_keep_artifacts, final)
     try:
         staging.mkdir()
         weight_names = {p.name for p in general.files}
@@ -244,6 +248,7 @@ def _materialise(
                     "the lock was written by another tvreg version or edited; run `tvreg sync` without `--locked`"
                 ],
             )
+        keeping.result()
         new_lock = replace(lock, output_fingerprint=output_fp, tvreg_version=__version__)
         write_lock(staging, new_lock)
         write_tensor_hashes(staging, hashes)
@@ -260,8 +265,14 @@ def _materialise(
             remember(model_dir / fname, entries)
         return new_lock, written
     finally:
+        kept.shutdown(wait=True)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _keep_artifacts(final: Sequence[_Skill]) -> None:
+    for skill in final:
+        keep_artifact(skill.artifact.path, skill.digest)
 
 
 def _write_index(src: Path, dst: Path, total_size: int, out_dtype: torch.dtype | None) -> None:
