@@ -57,6 +57,21 @@ def family_fp16(tmp_path_factory):
 
 
 @pytest.fixture
+def science_env(family, tmp_path):
+    """``(model, skill)``: a sharded copy of G initialised on θ_pre, and a `science` skill built for it, not installed."""
+    from tvreg._build.build import build_skill
+    from tvreg._env.environment import init_environment
+
+    skill = build_skill(
+        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
+        version="1.0.0", dataset_size=3000,
+    ).path  # fmt: skip
+    model = copy_model(family.general, tmp_path / "mymodel")
+    init_environment(model, base=family.pre, general_size=10000)
+    return model, skill
+
+
+@pytest.fixture
 def run():
     """``tvreg ARGS`` in-process through click's runner; exceptions propagate (a traceback is a bug)."""
     from click.testing import CliRunner

@@ -10,11 +10,9 @@ import errno
 import os
 
 import pytest
-from helpers import copy_model, tree_digest
+from helpers import tree_digest
 
-from tvreg._build.build import build_skill
 from tvreg._env import materialise
-from tvreg._env.environment import init_environment
 from tvreg._env.operations import install
 from tvreg._env.store import artifact_path
 from tvreg._format.fsutil import WriteBehind
@@ -103,14 +101,8 @@ def test_a_file_abandoned_by_an_error_leaves_no_descriptor_open(tmp_path):
 
 
 @pytest.fixture
-def setup(family, tmp_path):
-    skill = build_skill(
-        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
-        version="1.0.0", dataset_size=3000,
-    ).path  # fmt: skip
-    model = copy_model(family.general, tmp_path / "mymodel")
-    init_environment(model, base=family.pre, general_size=10000)
-    return model, skill
+def setup(science_env):
+    return science_env
 
 
 def test_every_shard_of_an_install_is_fsynced_before_the_swap(setup, monkeypatch):

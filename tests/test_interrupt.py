@@ -12,22 +12,14 @@ import time
 import pytest
 from helpers import copy_model, subprocess_env, tree_digest
 
-from tvreg._build.build import build_skill
-from tvreg._env.environment import init_environment
 from tvreg._env.lockfile import read_lock
 from tvreg._env.operations import install
 from tvreg._format.fingerprint import fingerprint
 
 
 @pytest.fixture
-def setup(family, tmp_path):
-    skill = build_skill(
-        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
-        version="1.0.0", dataset_size=3000,
-    ).path  # fmt: skip
-    model = copy_model(family.general, tmp_path / "mymodel")
-    init_environment(model, base=family.pre, general_size=10000)
-    return model, skill
+def setup(science_env):
+    return science_env
 
 
 def _cli(*args, fault=None, preexec=None):

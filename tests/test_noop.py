@@ -6,10 +6,8 @@ import os
 import time
 
 import pytest
-from helpers import cli_without_torch, copy_model, tree_digest
+from helpers import cli_without_torch, tree_digest
 
-from tvreg._build.build import build_skill
-from tvreg._env.environment import init_environment
 from tvreg._env.operations import install
 from tvreg._format.statcache import SETTLE_NS
 
@@ -21,16 +19,11 @@ def _stats(model):
 
 
 @pytest.fixture
-def installed(family, tmp_path):
-    skill = build_skill(
-        family.pre, finetuned=family.science, output=tmp_path / "science.tvskill", name="science",
-        version="1.0.0", dataset_size=3000,
-    ).path  # fmt: skip
+def installed(science_env):
+    model, skill = science_env
     # A file read within statcache.SETTLE_NS of its last change is not remembered (racy-git
     # rule): without the pause the first no-op would (rightly) re-read it the full way.
     time.sleep(2 * SETTLE_NS / 1e9)
-    model = copy_model(family.general, tmp_path / "mymodel")
-    init_environment(model, base=family.pre, general_size=10000)
     install([skill], into=model, weights={"science": 0.25})
     return model, skill
 
