@@ -74,3 +74,29 @@ def test_bad_names_exit_2_like_usage_errors(run, family, tmp_path):
 def test_bad_weight_syntax_is_a_usage_error(run, tmp_path):
     res = run("install", "--into", tmp_path, "--weight", "science")
     assert res.exit_code == 2 and "expected NAME=FLOAT" in res.stderr
+
+
+def test_the_collector_is_off_while_a_command_starts_and_on_again_after_it(run, tmp_path, monkeypatch):
+    import gc
+
+    from tvreg.cli import app
+
+    seen = []
+    real_task = app.RichProgress.task
+
+    def task(self, description, total):
+        seen.append(("before the first task", gc.isenabled()))
+        real_task(self, description, total)
+        seen.append(("after it", gc.isenabled()))
+
+    monkeypatch.setattr(app.RichProgress, "task", task)
+    res = run("build", "--base", tmp_path / "missing", "--finetuned", tmp_path / "missing", "--name", "s",
+              "--version", "1.0.0", "-o", tmp_path / "s.tvskill")  # fmt: skip
+    assert res.exit_code != 0 and gc.isenabled()  # a failed command leaves the collector on
+    res = run("cache", "list")
+    assert res.exit_code == 0 and gc.isenabled()  # one that draws no progress too
+    seen.clear()
+    app._pause_collector()
+    assert not gc.isenabled()
+    app.RichProgress().task("work", 1)
+    assert seen == [("before the first task", False), ("after it", True)]

@@ -75,6 +75,7 @@ class RichProgress(Progress):
         RichProgress.live.append(self)
 
     def task(self, description, total):
+        _resume_collector()
         self.done()
         self._pending = (description, total, time.monotonic())
         self._completed = 0
@@ -149,6 +150,8 @@ class _Group(click.Group):
             err.print("[bold red]error:[/] interrupted.")
             _unchanged_line(drawn, "")
             sys.exit(130)
+        finally:
+            _resume_collector()  # a command run in-process (click's test runner) leaves the collector as it found it
 
 
 
@@ -167,6 +170,32 @@ def _spare_the_exit_collections() -> None:
 
 atexit.register(_spare_the_exit_collections)
 
+_collector_paused = False
+
+
+def _pause_collector() -> None:
+    """Keep the cyclic garbage collector off while a command starts, until its first progress task.
+
+    Why: start-up imports torch, NumPy and Numba, some 280,000 objects, and the collector's
+    full walks, each set off as the heap grows by a quarter, cost ~0.4 s of a 3 s start on the
+    2-core VM (``import`` of the install's modules: 3.04 s with the collector on, 2.57 s off).
+    Nothing cyclic worth collecting is made by imports. A command that shows progress has
+    imported what it needs by its first task, and from there on runs with the collector on, as
+    any long command must; a short command without progress ends with it off (its exit
+    collections are spared anyway, :func:`_spare_the_exit_collections`).
+    """
+    global _collector_paused
+    if gc.isenabled():
+        gc.disable()
+        _collector_paused = True
+
+
+def _resume_collector() -> None:
+    global _collector_paused
+    if _collector_paused:
+        _collector_paused = False
+        gc.enable()
+
 
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
@@ -182,6 +211,7 @@ def main(debug: bool) -> None:
     adapters, and install them onto a general model G: θ = θ_G + Σ ω_k τ_k.
     """
     signal.signal(signal.SIGTERM, _sigterm)
+    _pause_collector()
 
 
 def split_requirement(text: str) -> tuple[str, str]:
