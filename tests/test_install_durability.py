@@ -100,6 +100,24 @@ def test_a_file_abandoned_by_an_error_leaves_no_descriptor_open(tmp_path):
     assert _open_fds() == before
 
 
+def test_a_file_abandoned_midway_is_not_mistaken_for_the_next_one_with_its_descriptor_number(tmp_path, monkeypatch):
+    log = SyncLog(monkeypatch)
+    with WriteBehind(every=1 << 30) as behind:
+        first = open(tmp_path / "a.bin", "wb")
+        first.write(b"a" * 4096)
+        behind.wrote(first, 4096)
+        number = first.fileno()
+        first.close()  # given up without finished(): its number is free again
+        with open(tmp_path / "b.bin", "wb") as second:
+            assert second.fileno() == number
+            second.write(b"b" * 4096)
+            behind.wrote(second, 4096)
+            behind.finished(second)
+        behind.wait()
+        assert log.of(tmp_path / "b.bin") == ["fsync"]
+        assert log.of(tmp_path / "a.bin") == []
+
+
 @pytest.fixture
 def setup(science_env):
     return science_env

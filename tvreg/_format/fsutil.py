@@ -162,7 +162,8 @@ class WriteBehind:
     def __init__(self, every: int = 64 << 20) -> None:
         self._every = every
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tvreg-sync")
-        self._files: dict[int, list] = {}  # fileno → [own fd, bytes since the last sync, that sync]
+        # file object (held, so it is never mistaken for a later one) → [own fd, bytes since the last sync, that sync]
+        self._files: dict[IO, list] = {}
         self._syncs: list[Future] = []
 
     def wrote(self, f: IO, nbytes: int) -> None:
@@ -179,7 +180,7 @@ class WriteBehind:
         """``f`` holds all its bytes: fsync it in the background (its own descriptor stays open till then)."""
         f.flush()
         fd = self._state(f)[0]
-        del self._files[f.fileno()]
+        del self._files[f]
         self._syncs.append(self._pool.submit(_fsync_close, fd))
 
     def wait(self) -> None:
@@ -194,10 +195,9 @@ class WriteBehind:
             raise errors[0]
 
     def _state(self, f: IO) -> list:
-        key = f.fileno()
-        if key not in self._files:
-            self._files[key] = [os.dup(key), 0, None]
-        return self._files[key]
+        if f not in self._files:
+            self._files[f] = [os.dup(f.fileno()), 0, None]
+        return self._files[f]
 
     def __enter__(self) -> WriteBehind:
         return self
