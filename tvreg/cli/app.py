@@ -181,8 +181,10 @@ def _pause_collector() -> None:
     2-core VM (``import`` of the install's modules: 3.04 s with the collector on, 2.57 s off).
     Nothing cyclic worth collecting is made by imports. A command that shows progress has
     imported what it needs by its first task, and from there on runs with the collector on, as
-    any long command must; a short command without progress ends with it off (its exit
-    collections are spared anyway, :func:`_spare_the_exit_collections`).
+    any long command must; a short command without progress runs to its end with it off.
+    Either way it is on again when the command returns (:class:`_Group`), for a caller that
+    runs commands in-process; the process's exit collections are spared separately
+    (:func:`_spare_the_exit_collections`).
     """
     global _collector_paused
     if gc.isenabled():
