@@ -358,6 +358,53 @@ def test_big_tensors_are_chunked_and_decode_in_parallel(monkeypatch):
         zstd_frame.set_decode_threads(2)
 
 
+def test_each_chunk_runs_chunks_on_the_calling_thread_and_never_waits_for_a_queued_helper():
+    """With every shared thread busy elsewhere (another tensor's frames), the caller does all
+    its chunks itself and returns; it used to wait for threads that were never free."""
+    import threading
+
+    zstd_frame.set_decode_threads(2)
+    release = threading.Event()
+    busy = [zstd_frame._executor().submit(release.wait, 30) for _ in range(2)]
+    try:
+        ran: list[tuple[int, int]] = []
+        done = threading.Event()
+
+        def caller() -> None:
+            zstd_frame.each_chunk(5, lambda i: ran.append((i, threading.get_ident())))
+            done.set()
+
+        worker = threading.Thread(target=caller)
+        worker.start()
+        assert done.wait(10), "each_chunk waited for shared threads that were busy elsewhere"
+        worker.join()
+        assert sorted(i for i, _ in ran) == [0, 1, 2, 3, 4]
+        assert {tid for _, tid in ran} == {worker.ident}
+    finally:
+        release.set()
+        for fut in busy:
+            fut.result()
+
+
+def test_each_chunk_raises_the_lowest_failing_chunk_and_starts_no_new_one():
+    import threading
+
+    zstd_frame.set_decode_threads(2)
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        with lock:
+            started.append(i)
+        if i in (3, 5):
+            raise ValueError(f"chunk {i} is bad")
+
+    with pytest.raises(ValueError, match="chunk 3 is bad"):
+        zstd_frame.each_chunk(200, one)
+    # at most one chunk per thread (two shared, the caller) can be under way when the first fails
+    assert len(started) < 3 + 3 + 3 and sorted(started) == list(range(len(started)))
+
+
 def test_zstd_bomb_is_refused_without_inflating_it():
     bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 * 1024 * 1024))
     with pytest.raises(CorruptArtifact, match="decompresses to more than 4000 bytes"):

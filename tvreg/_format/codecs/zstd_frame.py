@@ -12,6 +12,7 @@ preallocated output buffer.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -358,18 +359,41 @@ def each_chunk(count: int, one: Callable[[int], None]) -> None:
     and the compiled kernels release the GIL); returns once all are done.
 
     ``one`` must not itself wait on work given to these threads.
+
+    The calling thread takes chunks too, from the same counter as the shared threads: it
+    would otherwise sit waiting while its chunks queue behind other callers' (an install
+    runs a tensor per worker thread, each spreading its frames here), and a helper that
+    has not started by the time the chunks are gone is dropped, never waited for. On an
+    error no new chunk is started, and the error of the lowest-numbered chunk that failed
+    is raised (every lower one was taken before it, so has finished).
     """
     if count <= 1 or _threads == 1:
         for i in range(count):
             one(i)
         return
-    futures = [_executor().submit(one, i) for i in range(count)]
+    claim = itertools.count().__next__
+    failed: list[tuple[int, BaseException]] = []
+
+    def drain() -> None:
+        while not failed:
+            i = claim()
+            if i >= count:
+                return
+            try:
+                one(i)
+            except BaseException as exc:  # re-raised by the caller's thread
+                failed.append((i, exc))
+                return
+
+    helpers = [_executor().submit(drain) for _ in range(min(_threads, count - 1))]
     try:
-        for fut in futures:
-            fut.result()
+        drain()
     finally:
-        for fut in futures:
-            fut.cancel()
+        for fut in helpers:
+            if not fut.cancel():
+                fut.result()
+    if failed:
+        raise min(failed, key=lambda f: f[0])[1]
 
 
 def decompress_spans_into(
