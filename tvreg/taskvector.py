@@ -568,7 +568,7 @@ class TaskVector:
             )
             total = sum(math.prod(shape) * 4 for shape, _ in layout.values())
             write_skill(
-                path, manifest, ((t, summed) for t in layout), lambda t: layout[t], coder,
+                path, manifest, [(t, summed) for t in layout], lambda t: layout[t], coder,
                 total=total, progress=progress,
             )  # fmt: skip
         return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 from .._names import validate_name, validate_version
 from . import DEFAULT_MAX_EVALUATIONS
 from .._version import __version__
-from .._format.artifact import ArtifactWriter, file_digest, remember_verified
+from .._format.artifact import RESERVE_FROM_BYTES, ArtifactWriter, file_digest, header_reserve, remember_verified
 from .._format.codecs.zstd_frame import Arena
 from .._format.checkpoint import Checkpoint
 from .._format.codecs import Codec, get_codec, jit, make_codec, relative_error, zstd_frame
@@ -308,7 +308,10 @@ def write_skill(
     checked for NaN/Inf before it is coded. ``base_fingerprint``, when given, is asked for the
     manifest's ``base_fingerprint`` only once every tensor is written (it may be computing meanwhile).
     """
-    writer = ArtifactWriter(Path(output), manifest)
+    reserve = 0
+    if isinstance(deltas, Sequence) and total >= RESERVE_FROM_BYTES:
+        reserve = header_reserve(manifest, [(n, math.prod(layout(n)[0])) for n, _ in deltas])
+    writer = ArtifactWriter(Path(output), manifest, reserve=reserve)
     sketcher = SketchBuilder()
     raw = 0
     try:

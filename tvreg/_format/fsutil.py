@@ -207,11 +207,15 @@ class WriteBehind:
             if exc_info[0] is None:
                 self.wait()
         finally:
-            self._pool.shutdown(wait=True)
-            for fd, _, _ in self._files.values():  # files abandoned by an error: nothing to make durable
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._files.clear()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the sync thread once its syncs are done, raising nothing; files never finished are let go."""
+        self._pool.shutdown(wait=True)
+        for fd, _, _ in self._files.values():  # files abandoned by an error: nothing to make durable
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._files.clear()
 
 
 def _datasync(fd: int) -> None:
@@ -248,9 +252,10 @@ def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | 
     return "sha256:" + h.hexdigest()
 
 
-def append_hashed(src: int, size: int, out: int, h: hashlib._Hash) -> None:
-    """Append the first ``size`` bytes of the file ``src`` (an fd) to ``out`` (an fd, at its position)
-    and feed them to ``h``, the hash on a thread of its own reading the same pages mapped.
+def append_hashed(src: int, size: int, out: int, h: hashlib._Hash, *, start: int = 0) -> None:
+    """Append ``size`` bytes of the file ``src`` (an fd) from offset ``start`` (a multiple of the page
+    size) to ``out`` (an fd, at its position) and feed them to ``h``, the hash on a thread of its own
+    reading the same pages mapped.
 
     Why: finishing an artifact appends its body after a header known only at the end. One loop
     that read each block into fresh memory, wrote it and hashed it spent ~1.9 s on a 557 MiB body;
@@ -264,7 +269,7 @@ def append_hashed(src: int, size: int, out: int, h: hashlib._Hash) -> None:
 
     def digest() -> None:
         try:
-            with mmap.mmap(src, size, prot=mmap.PROT_READ) as view:
+            with mmap.mmap(src, size, prot=mmap.PROT_READ, offset=start) as view:
                 for lo in range(0, size, _DIGEST_CHUNK):
                     h.update(memoryview(view)[lo : min(lo + _DIGEST_CHUNK, size)])
         except BaseException as exc:  # re-raised by the caller's thread
@@ -276,7 +281,7 @@ def append_hashed(src: int, size: int, out: int, h: hashlib._Hash) -> None:
         block = memoryview(bytearray(min(_DIGEST_CHUNK, size)))
         done = 0
         while done < size:
-            n = os.preadv(src, [block[: min(len(block), size - done)]], done)
+            n = os.preadv(src, [block[: min(len(block), size - done)]], start + done)
             if n == 0:
                 raise OSError(errno.EIO, f"the file ended {size - done} bytes early")
             view = block[:n]
