@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import tempfile
 import time
@@ -31,7 +30,7 @@ from .codecs.budget import charge
 from .codecs.forms import StoredForm, Undecoded
 from .codecs.verify import verify_stored
 from .codecs.zstd_frame import buffer
-from .fsutil import WriteBehind, append_hashed, disk_errors, file_sha256, fsync_dir, make_temp
+from .fsutil import WriteBehind, append_hashed, disk_errors, file_sha256, fsync_dir, hash_mapped, make_temp
 from .manifest import Manifest, TensorEntry
 from .safetensors_io import SafetensorsFile, build_header
 
@@ -127,7 +126,6 @@ class ArtifactWriter:
         else:
             fd, self._body_path = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent)
             self._body = os.fdopen(fd, "wb")
-        self._done = self._body_path
         self.digest: str | None = None
         """``sha256:<hex>`` of the finished file, computed while :meth:`finish` writes it."""
 
@@ -170,7 +168,7 @@ class ArtifactWriter:
                 self._finish_in_place(head)
             else:
                 self._finish_by_copy(head)
-            os.replace(self._done, self.path)
+            os.replace(self._copy_path or self._body_path, self.path)
             fsync_dir(self.path.parent)
             # tvreg wrote these bytes itself, so the digest is remembered at once (no settle wait).
             statcache.remember(_DIGESTS, self.path, self.digest)
@@ -188,12 +186,13 @@ class ArtifactWriter:
             self._body.flush()
             os.pwrite(self._body.fileno(), head, 0)
             self._behind.finished(self._body)
+            h = hashlib.sha256()
             with ThreadPoolExecutor(1, thread_name_prefix="tvreg-hash") as hasher:
-                hashed = hasher.submit(_sha256_of, self._body.fileno(), size)
+                hashed = hasher.submit(hash_mapped, self._body.fileno(), size, h)
                 self._behind.wait()
-                self.digest = "sha256:" + hashed.result()
+                hashed.result()
             self._body.close()
-        self._done = self._body_path
+        self.digest = "sha256:" + h.hexdigest()
 
     def _finish_by_copy(self, head: bytes) -> None:
         """Write ``head`` then the body after it into a new temporary file, hashing both on the way."""
@@ -210,7 +209,6 @@ class ArtifactWriter:
                 os.fsync(out.fileno())
             self._body.close()
         self.digest = "sha256:" + h.hexdigest()
-        self._done = tmp
 
     def abort(self) -> None:
         self._body.close()
@@ -220,15 +218,6 @@ class ArtifactWriter:
             if leftover is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)
-
-
-def _sha256_of(fd: int, size: int) -> str:
-    h = hashlib.sha256()
-    if size:
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
-            for lo in range(0, size, 8 << 20):
-                h.update(memoryview(view)[lo : min(lo + (8 << 20), size)])
-    return h.hexdigest()
 
 
 class Artifact:

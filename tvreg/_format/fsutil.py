@@ -252,6 +252,16 @@ def file_sha256(path: Path, *, progress: Progress = NULL_PROGRESS, limit: int | 
     return "sha256:" + h.hexdigest()
 
 
+def hash_mapped(fd: int, size: int, h: hashlib._Hash, *, start: int = 0) -> None:
+    """Feed ``size`` bytes of the file ``fd`` from offset ``start`` (a multiple of the page size) to ``h``,
+    reading them mapped: pages already in the cache are hashed where they are, with no copy."""
+    if size <= 0:
+        return
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ, offset=start) as view:
+        for lo in range(0, size, _DIGEST_CHUNK):
+            h.update(memoryview(view)[lo : min(lo + _DIGEST_CHUNK, size)])
+
+
 def append_hashed(src: int, size: int, out: int, h: hashlib._Hash, *, start: int = 0) -> None:
     """Append ``size`` bytes of the file ``src`` (an fd) from offset ``start`` (a multiple of the page
     size) to ``out`` (an fd, at its position) and feed them to ``h``, the hash on a thread of its own
@@ -269,9 +279,7 @@ def append_hashed(src: int, size: int, out: int, h: hashlib._Hash, *, start: int
 
     def digest() -> None:
         try:
-            with mmap.mmap(src, size, prot=mmap.PROT_READ, offset=start) as view:
-                for lo in range(0, size, _DIGEST_CHUNK):
-                    h.update(memoryview(view)[lo : min(lo + _DIGEST_CHUNK, size)])
+            hash_mapped(src, size, h, start=start)
         except BaseException as exc:  # re-raised by the caller's thread
             hashed.append(exc)
 
